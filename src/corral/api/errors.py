@@ -1,0 +1,99 @@
+"""One error shape for every failure: `{"error": {"code", "message", "detail"}}`.
+
+Installed by create_app; turns corral errors, HTTP errors and validation errors into it,
+and any unexpected exception into a 500 without a traceback.
+"""
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral.errors import CorralError
+
+log = structlog.get_logger("corral.api")
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+}
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_response(
+    status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "detail": detail}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        where, rest = parts[0], parts[1:]
+        return f"{where}: {'.'.join(rest)}" if rest else where
+    return ".".join(parts)
+
+
+def validation_detail(exc: RequestValidationError) -> list[dict[str, str]]:
+    return [
+        {
+            "field": _field(tuple(err.get("loc", ()))),
+            "message": str(err.get("msg", "")).removeprefix("Value error, "),
+        }
+        for err in exc.errors()
+    ]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CorralError)
+    async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, exc.detail, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = validation_detail(exc)
+        first = detail[0] if detail else {"field": "request", "message": "invalid"}
+        message = f"{first['field']}: {first['message']}"
+        if len(detail) > 1:
+            message += f" (and {len(detail) - 1} more)"
+        return error_response(422, "invalid", message, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, code, message, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path, method=request.method)
+        return error_response(500, "internal", "internal error; the server log has the details")

@@ -1,0 +1,126 @@
+"""Event routes: query the stored history, or follow new events live over SSE.
+
+The stream replays what the reader missed (`Last-Event-ID` or `after_id`), then goes live.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from corral.api.deps import CoreDep, Reader
+from corral.core import Core
+from corral.errors import Invalid
+from corral.model.views import EventView
+from corral.store.events import EventFilter
+
+router = APIRouter(prefix="/events", tags=["events"])
+
+KindQ = Annotated[
+    str | None, Query(max_length=64, description="Exact kind, or a prefix ending in '*'.")
+]
+ResourceQ = Annotated[
+    str | None, Query(max_length=200, description="Exact resource, or a prefix ending in '*'.")
+]
+SinceQ = Annotated[datetime | None, Query(description="ISO time, inclusive.")]
+AfterQ = Annotated[int | None, Query(ge=0, le=2**53, description="Only events with a larger id.")]
+HEARTBEAT_SECONDS = 15.0
+BACKFILL_PAGE = 500
+
+
+def _filter(
+    kind: str | None,
+    resource: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after_id: int | None,
+) -> EventFilter:
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and moment.tzinfo is None:
+            raise Invalid(f"{name} needs a time zone, e.g. 2026-01-01T00:00:00Z", {"field": name})
+    return EventFilter(kind, resource, since, until, after_id)
+
+
+@router.get("", summary="Query events")
+async def list_events(
+    core: CoreDep,
+    _: Reader,
+    kind: KindQ = None,
+    resource: ResourceQ = None,
+    since: SinceQ = None,
+    until: SinceQ = None,
+    after_id: AfterQ = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    newest_first: bool = False,
+) -> list[EventView]:
+    where = _filter(kind, resource, since, until, after_id)
+    return await core.events.query(where, limit, newest_first)
+
+
+@router.get(
+    "/stream",
+    summary="Follow events (server-sent events)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_events(
+    core: CoreDep,
+    _: Reader,
+    kind: KindQ = None,
+    resource: ResourceQ = None,
+    after_id: AfterQ = None,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    start = after_id
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise Invalid("Last-Event-ID must be an event id", {"field": "Last-Event-ID"})
+        start = int(last_event_id)
+    where = _filter(kind, resource, None, None, None)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        _follow(core, where, start), media_type="text/event-stream", headers=headers
+    )
+
+
+def _frame(event: EventView) -> str:
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+
+
+async def _follow(core: Core, where: EventFilter, after_id: int | None) -> AsyncIterator[str]:
+    """Replay from `after_id` (if given), then stream live; catch up from the store on lag."""
+    async with core.bus.subscribe() as sub:
+        yield ": connected\n\n"
+        if after_id is None:
+            newest = await core.events.query(EventFilter(), limit=1, newest_first=True)
+            last = newest[0].id if newest else 0
+        else:
+            last = after_id
+        backfill = after_id is not None
+        while not core.stopping.is_set():
+            if backfill or sub.lagged.is_set():
+                sub.lagged.clear()
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                page = await core.events.query(_after(where, last), limit=BACKFILL_PAGE)
+                for event in page:
+                    yield _frame(event)
+                    last = event.id
+                backfill = len(page) == BACKFILL_PAGE
+                continue
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), timeout=HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if event.id > last:
+                last = event.id
+                if where.matches(event):
+                    yield _frame(event)
+
+
+def _after(where: EventFilter, last: int) -> EventFilter:
+    return EventFilter(where.kind, where.resource, where.since, where.until, last)

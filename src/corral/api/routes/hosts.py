@@ -1,0 +1,92 @@
+"""Host routes: register Docker engines, read their state, refresh and remove them.
+
+`PUT /hosts` applies a whole hosts file (declarative, idempotent); the rest act on one host.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.api.deps import CoreDep, Reader, Writer
+from corral.errors import Invalid
+from corral.model.hosts import HostSpec, TlsFiles
+from corral.model.names import NAME_PATTERN
+from corral.model.views import HostView
+
+router = APIRouter(prefix="/hosts", tags=["hosts"])
+HostName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="Host name.")]
+
+
+class HostBody(BaseModel):
+    """A host without its name, for `PUT /hosts/{name}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    tls: TlsFiles | None = None
+
+
+class HostsApply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: list[HostSpec] = Field(max_length=1000)
+    prune: bool = Field(default=False, description="Remove hosts not in the list.")
+
+
+class ApplyResult(BaseModel):
+    outcomes: dict[str, str] = Field(description="created, updated, unchanged or removed.")
+
+
+def _spec(name: str, body: HostBody) -> HostSpec:
+    try:
+        return HostSpec(name=name, url=body.url, labels=body.labels, tls=body.tls)
+    except ValueError as exc:
+        raise Invalid(str(exc).splitlines()[-1].strip(), {"host": name}) from None
+
+
+@router.get("", summary="List hosts")
+async def list_hosts(core: CoreDep, _: Reader) -> list[HostView]:
+    return await core.hosts.store.list()
+
+
+@router.post("", status_code=201, summary="Register a host")
+async def add_host(spec: HostSpec, core: CoreDep, _: Writer) -> HostView:
+    """Register an engine; 409 if the name is taken. The first check runs before answering."""
+    return await core.hosts.add(spec)
+
+
+@router.put("", summary="Apply a hosts file")
+async def apply_hosts(body: HostsApply, core: CoreDep, _: Writer) -> ApplyResult:
+    names = [spec.name for spec in body.hosts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise Invalid(f"host {duplicates[0]!r} is listed twice", {"hosts": duplicates})
+    return ApplyResult(outcomes=await core.hosts.apply(body.hosts, body.prune))
+
+
+@router.get("/{name}", summary="Inspect a host")
+async def get_host(name: HostName, core: CoreDep, _: Reader) -> HostView:
+    return await core.hosts.store.get(name)
+
+
+@router.put("/{name}", summary="Create or update a host")
+async def put_host(
+    name: HostName, body: HostBody, core: CoreDep, _: Writer, response: Response
+) -> HostView:
+    view, outcome = await core.hosts.put(_spec(name, body))
+    if outcome == "created":
+        response.status_code = 201
+    return view
+
+
+@router.post("/{name}/refresh", summary="Check a host now")
+async def refresh_host(name: HostName, core: CoreDep, _: Writer) -> HostView:
+    return await core.hosts.check(name)
+
+
+@router.delete("/{name}", status_code=204, summary="Remove a host")
+async def remove_host(name: HostName, core: CoreDep, _: Writer) -> None:
+    """Forget the host; containers on the engine are left as they are."""
+    await core.hosts.remove(name)

@@ -1,0 +1,127 @@
+"""`corral serve`: run the API server with its background loops in one process.
+
+Starts the Core first (so a bad database URL is a one-line error), then uvicorn.
+"""
+
+import asyncio
+import contextlib
+import logging
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import typer
+import uvicorn
+
+from corral.api import create_app
+from corral.cli.client import CliError
+from corral.config import Settings
+from corral.core import Core
+from corral.errors import CorralError
+from corral.model.yamlfile import FileInvalid
+
+
+def _settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise CliError(f"bad setting {field}: {first['msg']}", 2) from None
+
+
+def _check_port(bind: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror}", 1) from None
+
+
+def _configure_logging(level: str) -> None:
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise CliError(f"bad log level {level!r}", 2)
+    logging.basicConfig(level=number, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(number))
+
+
+def _banner(core: Core, base: str) -> None:
+    typer.echo(f"corral {core.settings.bind}:{core.settings.port}  database {core.db.describe()}")
+    typer.echo(f"  API        {base}/")
+    typer.echo(f"  API docs   {base}/docs  (OpenAPI: {base}/openapi.json)")
+    typer.echo(f"  dashboard  {base}/ui/")
+    typer.echo(f"  metrics    {base}/metrics")
+    if core.first_admin_token:
+        typer.echo("")
+        typer.echo("First start: an admin token was created. It is shown only this once:")
+        typer.echo(f"  {core.first_admin_token}")
+        typer.echo(f"  export CORRAL_URL={base} CORRAL_TOKEN={core.first_admin_token}")
+        typer.echo("")
+
+
+async def _serve(settings: Settings) -> None:
+    core = Core(settings)
+    try:
+        await core.start()
+    except (CorralError, FileInvalid, OSError) as exc:
+        await core.stop()
+        raise CliError(f"corral could not start: {exc}", 1) from None
+    except Exception as exc:
+        await core.stop()
+        raise CliError(f"corral could not start: {type(exc).__name__}: {exc}", 1) from None
+    host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+    _banner(core, f"http://{host}:{settings.port}")
+    config = uvicorn.Config(
+        create_app(core=core),
+        host=settings.bind,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    try:
+        await server.serve()
+    finally:
+        await core.stop()
+
+
+def serve(
+    bind: Annotated[str | None, typer.Option(help="address to listen on [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8750]")] = None,
+    home: Annotated[Path | None, typer.Option(help="state directory [./.corral]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    hosts_file: Annotated[Path | None, typer.Option(help="YAML hosts file to apply")] = None,
+) -> None:
+    """Run the corral server (API, docs, dashboard, host monitor)."""
+    settings = _settings(
+        bind=bind, port=port, home=home, database_url=database_url, hosts_file=hosts_file
+    )
+    _configure_logging(settings.log_level)
+    _check_port(settings.bind, settings.port)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(settings))
+
+
+def reset_admin(
+    home: Annotated[Path | None, typer.Option(help="state directory [./.corral]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+) -> None:
+    """Revoke every admin token and print a new one (run where the database is)."""
+
+    async def reset() -> str:
+        core = Core(_settings(home=home, database_url=database_url))
+        try:
+            await core.db.migrate()
+            return await core.access.reset_admin()
+        finally:
+            await core.stop()
+
+    typer.echo(asyncio.run(reset()))

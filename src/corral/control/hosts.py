@@ -1,0 +1,210 @@
+"""The host service: register engines, check them on a period and on demand.
+
+Called by the API's host routes and by the serve loop; talks to engines only through
+a HostDriver, from a thread pool of its own, so a hung engine never blocks the API.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import structlog
+
+from corral.config import Settings
+from corral.errors import CorralError, Invalid, NotFound
+from corral.events import EventBus
+from corral.hosts.docker_engine import DockerEngine
+from corral.hosts.driver import HostDriver
+from corral.metrics import Metrics
+from corral.model.hosts import HostSpec, Probe, engine_url_allowed
+from corral.model.views import HostView
+from corral.store.hosts import HostStore, spec_of
+
+log = structlog.get_logger("corral.hosts")
+DriverFactory = Callable[[HostSpec, float], HostDriver]
+
+
+class HostService:
+    def __init__(
+        self,
+        store: HostStore,
+        bus: EventBus,
+        metrics: Metrics,
+        settings: Settings,
+        driver_factory: DriverFactory = DockerEngine,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.settings = settings
+        self.driver_factory = driver_factory
+        self._drivers: dict[str, tuple[HostSpec, HostDriver]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="corral-host")
+
+    def check_allowed(self, spec: HostSpec) -> None:
+        if not engine_url_allowed(spec.url, self.settings.engine_networks):
+            raise Invalid(
+                f"engine URL {spec.url!r} points outside the allowed engine networks",
+                {"field": "url", "allowed": self.settings.engine_networks},
+            )
+
+    async def add(self, spec: HostSpec) -> HostView:
+        self.check_allowed(spec)
+        view = await self.store.add(spec)
+        await self.bus.emit(
+            "host.added", f"host/{spec.name}", f"host {spec.name} added", {"url": spec.url}
+        )
+        return await self._check_or(view)
+
+    async def put(self, spec: HostSpec) -> tuple[HostView, str]:
+        self.check_allowed(spec)
+        view, outcome = await self.store.put(spec)
+        if outcome == "unchanged":
+            return view, outcome
+        kind = "added" if outcome == "created" else outcome
+        await self.bus.emit(
+            f"host.{kind}", f"host/{spec.name}", f"host {spec.name} {kind}", {"url": spec.url}
+        )
+        return await self._check_or(view), outcome
+
+    async def remove(self, name: str) -> None:
+        await self.store.remove(name)
+        self._drop_driver(name)
+        self.metrics.forget_host(name)
+        await self.bus.emit("host.removed", f"host/{name}", f"host {name} removed")
+
+    async def apply(self, specs: list[HostSpec], prune: bool) -> dict[str, str]:
+        """Make the stored hosts match a hosts file; returns each host's outcome."""
+        for spec in specs:
+            self.check_allowed(spec)
+        outcomes: dict[str, str] = {}
+        for spec in specs:
+            _, outcomes[spec.name] = await self.put(spec)
+        if prune:
+            wanted = {spec.name for spec in specs}
+            for view in await self.store.list():
+                if view.name not in wanted:
+                    await self.remove(view.name)
+                    outcomes[view.name] = "removed"
+        return outcomes
+
+    async def register_local(self, url: str) -> HostView | None:
+        """Register the engine at `url` as host `local` when it answers and none exists."""
+        if not url:
+            return None
+        try:
+            return await self.store.get("local")
+        except NotFound:
+            pass
+        spec = HostSpec(name="local", url=url, labels={})
+        probe = await self._probe(spec)
+        if not probe.reachable:
+            log.info(
+                "no local engine answers; not registering host local", url=url, error=probe.error
+            )
+            return None
+        view, _ = await self.put(spec)
+        return view
+
+    async def _check_or(self, view: HostView) -> HostView:
+        try:
+            return await self.check(view.name)
+        except NotFound:
+            return view
+
+    async def check(self, name: str) -> HostView:
+        """Check one host now (waiting for a check already under way) and store the result."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            view = await self.store.get(name)
+            spec = spec_of(view)
+            probe = await self._probe(spec)
+            view, changed = await self.store.record_probe(name, spec.url, probe)
+        self.metrics.host_reachable.labels(name).set(1 if probe.reachable else 0)
+        if changed:
+            await self._announce(view, probe)
+        return view
+
+    async def check_all(self) -> None:
+        views = await self.store.list()
+        busy = {name for name, lock in self._locks.items() if lock.locked()}
+        names = [v.name for v in views if v.name not in busy]
+        results = await asyncio.gather(*(self.check(n) for n in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, NotFound):
+                continue
+            if isinstance(result, BaseException):
+                log.error("host check failed", host=name, error=repr(result))
+
+    async def run_monitor(self, stop: asyncio.Event) -> None:
+        """Check every host each `host_refresh_seconds` until `stop` is set."""
+        interval = self.settings.host_refresh_seconds
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.check_all()
+            except Exception as exc:
+                log.error("host monitor round failed", error=repr(exc))
+            delay = max(0.05, interval - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _probe(self, spec: HostSpec) -> Probe:
+        driver = self._driver(spec)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        timeout = self.settings.host_timeout_seconds
+        try:
+            facts = await asyncio.wait_for(
+                loop.run_in_executor(self._pool, driver.probe), timeout + 1
+            )
+            probe = Probe(reachable=True, checked_at=datetime.now(UTC), facts=facts)
+        except TimeoutError:
+            self._drop_driver(spec.name)
+            probe = Probe(False, datetime.now(UTC), error=f"no answer within {timeout:g} s")
+        except CorralError as exc:
+            probe = Probe(False, datetime.now(UTC), error=exc.message)
+        self.metrics.host_check_seconds.labels(spec.name).observe(time.monotonic() - started)
+        return probe
+
+    def _driver(self, spec: HostSpec) -> HostDriver:
+        known = self._drivers.get(spec.name)
+        if known is not None and known[0] == spec:
+            return known[1]
+        self._drop_driver(spec.name)
+        driver = self.driver_factory(spec, self.settings.host_timeout_seconds)
+        self._drivers[spec.name] = (spec, driver)
+        return driver
+
+    def _drop_driver(self, name: str) -> None:
+        known = self._drivers.pop(name, None)
+        if known is not None:
+            self._pool.submit(known[1].close)
+
+    async def _announce(self, view: HostView, probe: Probe) -> None:
+        resource = f"host/{view.name}"
+        if probe.reachable and probe.facts is not None:
+            f = probe.facts
+            await self.bus.emit(
+                "host.reachable",
+                resource,
+                f"host {view.name} is reachable (Docker {f.engine_version}, {f.cpus} CPUs, "
+                f"{f.containers_running}/{f.containers_total} containers running)",
+                {"url": view.url},
+            )
+        else:
+            await self.bus.emit(
+                "host.unreachable",
+                resource,
+                f"host {view.name} is unreachable: {probe.error}",
+                {"url": view.url, "error": probe.error},
+            )
+
+    def close(self) -> None:
+        for name in list(self._drivers):
+            self._drop_driver(name)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,156 @@
+"""What a host is: a Docker engine endpoint with labels, and what corral observed of it.
+
+Specs are validated here (URL schemes, TLS files, the engine-address allow-list) so that
+the API, the hosts file and the CLI give the same answer for the same mistake.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from corral.model.names import check_labels, check_name
+
+SCHEMES = ("unix", "tcp", "ssh")
+SwarmRole = Literal["manager", "worker", "none"]
+
+
+class TlsFiles(BaseModel):
+    """Client certificate files for a `tcp://` engine with `--tlsverify`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca: str = Field(min_length=1, max_length=4096, description="CA certificate (PEM) path.")
+    cert: str = Field(min_length=1, max_length=4096, description="Client certificate path.")
+    key: str = Field(min_length=1, max_length=4096, description="Client key path.")
+    verify: bool = Field(default=True, description="Verify the engine's certificate.")
+
+
+class HostSpec(BaseModel):
+    """The desired host: how to reach the engine and the labels placement matches on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=63, examples=["robot"])
+    url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    tls: TlsFiles | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "host name")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_labels(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_engine_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_only_on_tcp(self) -> "HostSpec":
+        if self.tls is not None and not self.url.startswith("tcp://"):
+            raise ValueError("tls applies only to tcp:// engine URLs")
+        return self
+
+
+@dataclass(frozen=True)
+class EngineAddress:
+    """A parsed engine URL: scheme plus either a socket path or a host and port."""
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    user: str = ""
+
+
+def parse_engine_url(url: str) -> EngineAddress:
+    """Parse `unix:///path`, `tcp://host:port` or `ssh://[user@]host[:port]`; ValueError if bad."""
+    if any(ch.isspace() for ch in url):
+        raise ValueError(f"engine URL {url!r} contains white space")
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(
+            f"engine URL {url!r}: scheme must be one of unix://, tcp://, ssh:// "
+            f"(got {parts.scheme + '://' if parts.scheme else 'none'})"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"engine URL {url!r} must not have a query or fragment")
+    if parts.scheme == "unix":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError(f"engine URL {url!r}: use unix:///absolute/path/to/docker.sock")
+        return EngineAddress("unix", path=parts.path)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"engine URL {url!r}: port must be a number from 1 to 65535") from None
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"engine URL {url!r} names no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"engine URL {url!r} must not have a path")
+    if parts.scheme == "tcp":
+        if parts.username or parts.password:
+            raise ValueError(f"engine URL {url!r}: tcp:// takes no user name")
+        if port is None:
+            raise ValueError(f"engine URL {url!r}: tcp:// needs a port (2375, or 2376 with TLS)")
+        return EngineAddress("tcp", host=host, port=port)
+    if parts.password:
+        raise ValueError(f"engine URL {url!r}: put no password in an ssh:// URL; use keys")
+    return EngineAddress("ssh", host=host, port=port or 22, user=parts.username or "")
+
+
+def engine_url_allowed(url: str, allowed: list[str]) -> bool:
+    """True when the URL's host is inside the allow-list (CIDRs or exact names); unix always."""
+    address = parse_engine_url(url)
+    if address.scheme == "unix" or not allowed:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return address.host.lower() in {entry.lower() for entry in allowed}
+    for entry in allowed:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What one successful look at an engine told corral."""
+
+    engine_version: str
+    api_version: str
+    os: str
+    arch: str
+    cpus: int
+    memory_bytes: int
+    containers_running: int
+    containers_total: int
+    images: int
+    swarm_role: SwarmRole
+    swarm_node_id: str
+    engine_labels: dict[str, str] = field(default_factory=dict)
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of one check: facts when reachable, the error when not."""
+
+    reachable: bool
+    checked_at: datetime
+    facts: EngineFacts | None = None
+    error: str = ""

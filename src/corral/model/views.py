@@ -1,0 +1,74 @@
+"""Read shapes of stored resources, returned by the store and served by the API.
+
+Pydantic models so that one definition gives validation, JSON and the OpenAPI schema.
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.model.hosts import TlsFiles
+
+Role = Literal["admin", "operator", "viewer", "robot", "device"]
+ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "robot", "device")
+
+
+class HostFactsView(BaseModel):
+    engine_version: str
+    api_version: str
+    os: str
+    arch: str
+    cpus: int
+    memory_bytes: int
+    containers_running: int
+    containers_total: int
+    images: int
+    swarm_role: str
+    swarm_node_id: str
+    engine_labels: dict[str, str] = Field(default_factory=dict)
+    hostname: str = ""
+
+
+class HostView(BaseModel):
+    """A host as corral knows it: the spec, then the last observation."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    url: str
+    labels: dict[str, str]
+    tls: TlsFiles | None = None
+    reachable: bool | None = Field(description="None until the first check.")
+    state_since: datetime | None = Field(description="Since when `reachable` has held.")
+    last_checked: datetime | None
+    last_error: str = ""
+    facts: HostFactsView | None = Field(default=None, description="From the last good check.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class TokenView(BaseModel):
+    """A token's record; the secret itself is never shown again after creation."""
+
+    id: int
+    name: str
+    role: Role
+    prefix: str = Field(description="First characters of the token, to tell tokens apart.")
+    subject: str = Field(default="", description="Robot or device the token is bound to.")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    active: bool
+
+
+class EventView(BaseModel):
+    """One state change: what happened, to which resource, when."""
+
+    id: int
+    time: datetime
+    kind: str = Field(examples=["host.unreachable"])
+    resource: str = Field(examples=["host/robot"])
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,118 @@
+"""Stored hosts: the desired spec plus the last observation of each engine.
+
+Used by the host service in control/; rows never leave this module, views do.
+"""
+
+from dataclasses import asdict
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from corral.errors import Conflict, NotFound
+from corral.model.hosts import HostSpec, Probe
+from corral.model.views import HostFactsView, HostView
+from corral.store.database import Database
+from corral.store.tables import HostRow, utcnow
+
+
+def _view(row: HostRow) -> HostView:
+    return HostView(
+        name=row.name,
+        url=row.url,
+        labels=row.labels,
+        tls=row.tls,
+        reachable=row.reachable,
+        state_since=row.state_since,
+        last_checked=row.last_checked,
+        last_error=row.last_error,
+        facts=HostFactsView(**row.facts) if row.facts else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def spec_of(view: HostView) -> HostSpec:
+    return HostSpec(name=view.name, url=view.url, labels=view.labels, tls=view.tls)
+
+
+class HostStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def list(self) -> list[HostView]:
+        async with self.db.session() as s:
+            rows = (await s.scalars(select(HostRow).order_by(HostRow.name))).all()
+            return [_view(r) for r in rows]
+
+    async def get(self, name: str) -> HostView:
+        async with self.db.session() as s:
+            row = await s.scalar(select(HostRow).where(HostRow.name == name))
+            if row is None:
+                raise NotFound(f"host {name!r} not found", {"host": name})
+            return _view(row)
+
+    async def add(self, spec: HostSpec) -> HostView:
+        try:
+            async with self.db.session() as s:
+                row = HostRow(
+                    name=spec.name,
+                    url=spec.url,
+                    labels=dict(spec.labels),
+                    tls=spec.tls.model_dump() if spec.tls else None,
+                    last_error="",
+                )
+                s.add(row)
+                await s.flush()
+                return _view(row)
+        except IntegrityError:
+            raise Conflict(f"host {spec.name!r} already exists", {"host": spec.name}) from None
+
+    async def put(self, spec: HostSpec) -> tuple[HostView, str]:
+        """Create or update; returns the view and `created`, `updated` or `unchanged`."""
+        async with self.db.session() as s:
+            row = await s.scalar(select(HostRow).where(HostRow.name == spec.name))
+            tls = spec.tls.model_dump() if spec.tls else None
+            if row is None:
+                row = HostRow(name=spec.name, url=spec.url, labels=dict(spec.labels), tls=tls)
+                row.last_error = ""
+                s.add(row)
+                await s.flush()
+                return _view(row), "created"
+            if row.url == spec.url and row.labels == spec.labels and row.tls == tls:
+                return _view(row), "unchanged"
+            if row.url != spec.url or row.tls != tls:
+                row.reachable, row.state_since, row.facts, row.last_error = None, None, None, ""
+            row.url, row.labels, row.tls, row.updated_at = (
+                spec.url,
+                dict(spec.labels),
+                tls,
+                utcnow(),
+            )
+            await s.flush()
+            return _view(row), "updated"
+
+    async def remove(self, name: str) -> None:
+        async with self.db.session() as s:
+            result = await s.execute(delete(HostRow).where(HostRow.name == name))
+            if getattr(result, "rowcount", 0) == 0:
+                raise NotFound(f"host {name!r} not found", {"host": name})
+
+    async def record_probe(self, name: str, url: str, probe: Probe) -> tuple[HostView, bool]:
+        """Store a check's outcome; returns the view and whether reachability changed.
+
+        Ignored (NotFound) when the host was removed or re-pointed while it was checked.
+        """
+        async with self.db.session() as s:
+            row = await s.scalar(select(HostRow).where(HostRow.name == name))
+            if row is None or row.url != url:
+                raise NotFound(f"host {name!r} changed while it was checked", {"host": name})
+            changed = row.reachable is not probe.reachable
+            if changed:
+                row.state_since = probe.checked_at
+            row.reachable = probe.reachable
+            row.last_checked = probe.checked_at
+            row.last_error = probe.error
+            if probe.facts is not None:
+                row.facts = asdict(probe.facts)
+            await s.flush()
+            return _view(row), changed

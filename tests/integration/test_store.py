@@ -1,0 +1,117 @@
+"""The store on both backends: hosts, tokens and events survive a reopen; migrations rerun.
+
+Runs against a SQLite file and against the machine's real PostgreSQL.
+"""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from corral.errors import Conflict, NotFound
+from corral.model.hosts import HostSpec, Probe
+from corral.store.database import Database
+from corral.store.events import EventFilter, EventStore
+from corral.store.hosts import HostStore
+from corral.store.tokens import TokenStore
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+async def _open(url: str) -> Database:
+    db = Database(url)
+    await db.migrate()
+    return db
+
+
+async def test_hosts_round_trip_and_survive_reopen(db_url: str) -> None:
+    db = await _open(db_url)
+    hosts = HostStore(db)
+    robot = HostSpec(name="robot", url="tcp://10.231.0.2:2375", labels={"role": "robot"})
+    await hosts.add(robot)
+    with pytest.raises(Conflict):
+        await hosts.add(robot)
+    assert (await hosts.put(robot))[1] == "unchanged"
+    moved = HostSpec(name="robot", url="tcp://10.231.0.2:2376", labels={"role": "robot"})
+    assert (await hosts.put(moved))[1] == "updated"
+    probe = Probe(reachable=False, checked_at=datetime.now(UTC), error="connection refused")
+    view, changed = await hosts.record_probe("robot", moved.url, probe)
+    assert changed
+    assert view.reachable is False
+    assert view.last_error == "connection refused"
+    with pytest.raises(NotFound):
+        await hosts.record_probe("robot", robot.url, probe)
+    await db.close()
+
+    db = await _open(db_url)  # a restart: migrations again, data kept
+    again = await HostStore(db).get("robot")
+    assert again.url == moved.url
+    assert again.reachable is False
+    assert again.state_since is not None
+    assert again.state_since.tzinfo is not None
+    await HostStore(db).remove("robot")
+    with pytest.raises(NotFound):
+        await HostStore(db).remove("robot")
+    await db.close()
+
+
+async def test_tokens_hash_expire_and_revoke(db_url: str) -> None:
+    db = await _open(db_url)
+    tokens = TokenStore(db)
+    view, secret = await tokens.create("ops", "operator")
+    assert secret.startswith("crl_")
+    assert view.prefix == secret[:10]
+    assert (await tokens.authenticate(secret)) is not None
+    assert (await tokens.authenticate(secret + "x")) is None
+    short, short_secret = await tokens.create(
+        "short", "viewer", expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    assert not short.active
+    assert await tokens.authenticate(short_secret) is None
+    await tokens.revoke(view.id)
+    assert await tokens.authenticate(secret) is None
+    await db.close()
+
+    db = await _open(db_url)
+    listed = {t.name: t for t in await TokenStore(db).list()}
+    assert not listed["ops"].active
+    assert listed["ops"].revoked_at is not None
+    async with db.session() as s:
+        from sqlalchemy import text
+
+        stored = (await s.execute(text("select token_hash from tokens"))).scalars().all()
+    assert secret not in stored
+    assert all(len(h) == 64 for h in stored)
+    await db.close()
+
+
+async def test_events_filter_and_survive_reopen(db_url: str) -> None:
+    db = await _open(db_url)
+    events = EventStore(db)
+    first = await events.append("host.added", "host/robot", "added", {"url": "tcp://x:1"})
+    await events.append("host.unreachable", "host/robot", "down", {"error": "refused"})
+    await events.append("token.created", "token/1", "tok", {})
+    await db.close()
+
+    db = await _open(db_url)
+    events = EventStore(db)
+    assert [e.kind for e in await events.query(EventFilter(kind="host.*"))] == [
+        "host.added",
+        "host.unreachable",
+    ]
+    assert len(await events.query(EventFilter(resource="token/1"))) == 1
+    assert len(await events.query(EventFilter(after_id=first.id))) == 2
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert await events.query(EventFilter(since=later)) == []
+    newest = await events.query(EventFilter(), limit=1, newest_first=True)
+    assert newest[0].kind == "token.created"
+    assert newest[0].data == {}
+    assert await events.prune(later) == 3
+    await db.close()

@@ -1,0 +1,142 @@
+"""Real corral servers for tests: in a thread of the test process, or as `corral serve`.
+
+Both listen on a free loopback port and are stopped by the test that started them.
+"""
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from corral.api import create_app
+from corral.config import Settings
+
+ADMIN = "crl_test_admin_token_0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_healthy(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"corral at {url} did not become healthy in {timeout} s")
+
+
+class ThreadServer:
+    """corral's app under uvicorn in a background thread with its own event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> "ThreadServer":
+        self.thread.start()
+        wait_healthy(self.url)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    def client(self, token: str | None = ADMIN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def corral_command() -> list[str]:
+    return [sys.executable, "-m", "corral"]
+
+
+class ServeProcess:
+    """`corral serve` as a real process; stopped by SIGTERM to its own PID."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int = 0) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = workdir / f"serve-{self.port}.log"
+
+    def start(self) -> "ServeProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [*corral_command(), "serve", "--port", str(self.port)],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        try:
+            wait_healthy(self.url)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"corral serve failed:\n{self.log.read_text()}") from None
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def first_admin_token(self) -> str | None:
+        found = re.findall(r"CORRAL_TOKEN=(crl_\S+)", self.output())
+        return found[-1] if found else None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "CORRAL_URL": self.url}
+        if token is not None:
+            env["CORRAL_TOKEN"] = token
+        return subprocess.run(
+            [*corral_command(), *args],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )

@@ -1,0 +1,60 @@
+"""Small pure pieces: engine facts from `docker info`, event filters, CLI parsers.
+
+No services involved.
+"""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from corral.cli.client import CliError
+from corral.cli.tokens import parse_duration
+from corral.hosts.docker_engine import facts_from_info
+from corral.model.names import parse_label_args
+from corral.model.views import EventView
+from corral.store.events import EventFilter
+
+
+def test_facts_from_info_reads_swarm_role() -> None:
+    info = {
+        "ServerVersion": "20.10.24",
+        "NCPU": 4,
+        "MemTotal": 8 << 30,
+        "ContainersRunning": 2,
+        "Containers": 5,
+        "Images": 3,
+        "OperatingSystem": "Debian",
+        "Architecture": "aarch64",
+        "Labels": ["zone=lab", "gpu"],
+        "Swarm": {"LocalNodeState": "active", "ControlAvailable": False, "NodeID": "n1"},
+        "Name": "robot",
+    }
+    facts = facts_from_info(info, {"Version": "20.10.24", "ApiVersion": "1.41"})
+    assert facts.swarm_role == "worker"
+    assert (facts.cpus, facts.containers_running, facts.containers_total) == (4, 2, 5)
+    assert facts.engine_labels == {"zone": "lab", "gpu": ""}
+    info["Swarm"] = {"LocalNodeState": "inactive"}
+    assert facts_from_info(info, {}).swarm_role == "none"
+
+
+def _event(kind: str, resource: str, event_id: int = 1) -> EventView:
+    return EventView(
+        id=event_id, time=datetime.now(UTC), kind=kind, resource=resource, message="m", data={}
+    )
+
+
+def test_event_filter_prefixes() -> None:
+    assert EventFilter(kind="host.*").matches(_event("host.unreachable", "host/robot"))
+    assert not EventFilter(kind="host.added").matches(_event("host.unreachable", "host/robot"))
+    assert EventFilter(resource="host/robot").matches(_event("host.added", "host/robot"))
+    assert not EventFilter(after_id=5).matches(_event("x", "y", event_id=5))
+
+
+def test_durations_and_labels() -> None:
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("15m") == 900
+    with pytest.raises(CliError, match="duration"):
+        parse_duration("soon")
+    assert parse_label_args(["role=robot", "zone=a=b"]) == {"role": "robot", "zone": "a=b"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_label_args(["role"])
