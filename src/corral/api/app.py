@@ -5,6 +5,7 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -16,6 +17,7 @@ from corral.api.routes import events, hosts, system, tokens
 from corral.config import Settings
 from corral.core import Core
 
+DASHBOARD = resources.files("corral.web") / "static"
 DESCRIPTION = """One control plane for robot and edge fleets.
 
 Every request but `/healthz` needs `Authorization: Bearer <token>`. Errors are
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     errors.install(app)
     for router in (system.router, tokens.router, hosts.router, events.router):
         app.include_router(router)
+    app.mount("/ui", StaticFiles(directory=str(DASHBOARD), html=True), name="dashboard")
     app.mount("/docs-assets", StaticFiles(directory=str(system.DOCS_ASSETS)), name="docs-assets")
     app.add_middleware(BodyLimit, limit=core.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=core.metrics)

@@ -6,7 +6,11 @@ Starts the Core first (so a bad database URL is a one-line error), then uvicorn.
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,6 +70,24 @@ def _banner(core: Core, base: str) -> None:
         typer.echo("")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT end `serve()` normally (exit 0 after a clean stop)
+    instead of re-raising the signal and skipping corral's own shutdown."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 async def _serve(settings: Settings) -> None:
     core = Core(settings)
     try:
@@ -86,7 +108,7 @@ async def _serve(settings: Settings) -> None:
         timeout_graceful_shutdown=3,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         await server.serve()
     finally:

@@ -1,0 +1,99 @@
+"""Shared pytest setup: unit/integration/e2e markers by folder, real engines and PostgreSQL.
+
+All fixtures are synchronous; the engines and the database are real (see support/engines.py).
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+# Tests import `tests.support...`; make the repository root importable for that.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support.engines import (  # noqa: E402
+    LOCAL_URL,
+    NETNS_PATH,
+    RobotEngine,
+    build_busybox_image,
+    ensure_local_engine,
+)
+
+FOLDER_MARKERS = ("unit", "integration", "e2e")
+PG_ADMIN = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        except (ValueError, IndexError):
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, folder))
+
+
+@pytest.fixture(scope="session")
+def local_engine() -> str:
+    """The machine's own dockerd, with local/busybox:1 in it."""
+    ensure_local_engine()
+    build_busybox_image(LOCAL_URL)
+    return LOCAL_URL
+
+
+@pytest.fixture(scope="session")
+def robot_engine() -> Iterator[RobotEngine]:
+    """The robot dockerd in netns corral-robot at 10.231.0.2:2375, with local/busybox:1.
+
+    Torn down (dockerd stopped, namespace deleted, images kept) when the session ends.
+    Under pytest-xdist the workers share it and the controller tears it down at the end.
+    """
+    engine = RobotEngine().setup()
+    try:
+        build_busybox_image(engine.url)
+        yield engine
+    finally:
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            engine.teardown()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    xdist_controller = not hasattr(session.config, "workerinput") and (
+        session.config.getoption("dist", "no") != "no"
+    )
+    if xdist_controller and NETNS_PATH.exists():
+        RobotEngine().teardown()
+
+
+def _psql(sql: str) -> None:
+    done = subprocess.run(
+        ["psql", *PG_ADMIN, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({sql}): {done.stderr.strip()}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for each test, as an SQLAlchemy asyncpg URL.
+
+    Per test, not per session: tests add the same hosts and expect an empty store, like the
+    SQLite file in tmp_path they are parametrized against. Creating one takes about 0.1 s.
+    """
+    name = f"corral_test_{uuid.uuid4().hex[:12]}"
+    _psql(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
