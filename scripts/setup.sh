@@ -46,6 +46,11 @@ fi
 pkg_installed busybox-static || WANT+=(busybox-static)
 { command -v ip >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1; } || WANT+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || WANT+=(util-linux)
+command -v openssl >/dev/null 2>&1 || WANT+=(openssl)
+command -v psql >/dev/null 2>&1 || WANT+=(postgresql-client)
+# ssh:// hosts: the client runs `ssh`; the tests run a private sshd on loopback.
+command -v ssh >/dev/null 2>&1 || WANT+=(openssh-client)
+[[ -x /usr/sbin/sshd ]] || WANT+=(openssh-server)
 
 VENV_PROBE=$(mktemp -d)
 if ! python3 -m venv --without-pip "$VENV_PROBE/v" >/dev/null 2>&1 \

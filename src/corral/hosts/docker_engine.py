@@ -3,6 +3,7 @@
 Built by the control layer's host service; every call blocks and runs in a worker thread.
 """
 
+import os
 from typing import Any
 
 import docker
@@ -10,7 +11,8 @@ from docker.errors import DockerException
 from docker.tls import TLSConfig
 
 from corral.errors import Unreachable
-from corral.model.hosts import EngineFacts, HostSpec, SwarmRole
+from corral.hosts.ssh_tunnel import SshTunnel
+from corral.model.hosts import EngineFacts, HostSpec, SwarmRole, parse_engine_url
 
 
 def _labels(items: list[str] | None) -> dict[str, str]:
@@ -54,24 +56,37 @@ class DockerEngine:
         self.spec = spec
         self.timeout = timeout
         self._client: docker.DockerClient | None = None
+        address = parse_engine_url(spec.url)
+        self._tunnel = SshTunnel(spec.name, address, timeout) if address.scheme == "ssh" else None
 
     def _connect(self) -> docker.DockerClient:
         if self._client is None:
             tls: TLSConfig | bool = False
             if self.spec.tls is not None:
+                for what, path in (
+                    ("CA certificate", self.spec.tls.ca),
+                    ("client certificate", self.spec.tls.cert),
+                    ("client key", self.spec.tls.key),
+                ):
+                    if not os.path.isfile(path):
+                        raise Unreachable(f"TLS {what} {path} is not a readable file")
                 tls = TLSConfig(
                     client_cert=(self.spec.tls.cert, self.spec.tls.key),
                     ca_cert=self.spec.tls.ca,
                     verify=self.spec.tls.verify,
                 )
             url = self.spec.url.replace("tcp://", "https://", 1) if self.spec.tls else self.spec.url
+            if self._tunnel is not None:
+                url = self._tunnel.open()
             self._client = docker.DockerClient(
                 base_url=url,
                 tls=tls,
                 timeout=max(1, round(self.timeout)),
                 version=API_VERSION,
-                use_ssh_client=self.spec.url.startswith("ssh://"),
             )
+            # requests would let REQUESTS_CA_BUNDLE replace the host's own CA, and
+            # HTTP(S)_PROXY reroute engine traffic: an engine connection takes neither.
+            self._client.api.trust_env = False
         return self._client
 
     def probe(self) -> EngineFacts:
@@ -90,6 +105,8 @@ class DockerEngine:
                 self._client.close()
             finally:
                 self._client = None
+        if self._tunnel is not None:
+            self._tunnel.close()
 
 
 def _short(exc: BaseException) -> str:
