@@ -4,11 +4,13 @@ The server prints its admin token once; hosts, tokens and events survive a resta
 """
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from tests.support.engines import ROBOT_URL, RobotEngine
-from tests.support.server import ServeProcess
+from tests.support.server import ServeProcess, corral_command
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -61,6 +63,25 @@ def test_serve_hosts_cli_and_restart(
         bad = serve.cli("host", "add", "r2", "tcp://10.231.0.2", token=token)
         assert bad.returncode == 2
         assert "needs a port" in bad.stderr
+
+        follower = subprocess.Popen(
+            [*corral_command(), "events", "-f", "-n", "0", "--kind", "host.*"],
+            env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": token},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.5)  # let it connect before the change it should see
+            serve.cli("host", "rm", "robot", token=token)
+            line = follower.stdout.readline() if follower.stdout else ""
+            assert "host.removed" in line, line
+            assert "host/robot" in line, line
+        finally:
+            follower.terminate()
+            follower.communicate(timeout=10)
+        readd = serve.cli("host", "add", "robot", ROBOT_URL, "-l", "role=robot", token=token)
+        assert readd.returncode == 0, readd.stderr
 
         login = serve.cli("login", "--url", serve.url, "--token", token)
         assert login.returncode == 0, login.stderr

@@ -166,6 +166,13 @@ def test_metrics_and_docs_work_offline(server: ThreadServer) -> None:
         assert api.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
         assert api.get("/redoc").status_code == 200
         assert api.get("/openapi.json").json()["info"]["title"] == "corral"
+        page = api.get("/ui/")
+        assert page.status_code == 200
+        assert "<title>corral</title>" in page.text
+        for asset in ("/ui/corral.js", "/ui/corral.css"):
+            body = api.get(asset).text
+            assert "http://" not in body, asset
+            assert "https://" not in body, asset
     with server.client(None) as anonymous:
         _error(anonymous.get("/metrics"), 401)
         assert anonymous.get("/healthz").json() == {"status": "ok"}

@@ -53,7 +53,9 @@ def events(
     for key, value in (("kind", kind), ("resource", resource), ("since", _since(since))):
         if value:
             params[key] = value
-    past = list(reversed(api.call("GET", "/events", params=params)))
+    if limit < 0:
+        raise CliError("-n must be 0 or more", 2)
+    past = list(reversed(api.call("GET", "/events", params=params))) if limit else []
     for event in past:
         _line(event, cli.json)
     if not follow:
