@@ -31,7 +31,8 @@ step() { # step NAME COMMAND...
 step "ruff check" .venv/bin/ruff check "${DIRS[@]}"
 step "ruff format --check" .venv/bin/ruff format --check "${DIRS[@]}"
 step "mypy" .venv/bin/mypy
-step "pytest" .venv/bin/pytest "$@"
+# Two workers; tests sharing the robot engine stay on one of them (xdist_group).
+step "pytest" .venv/bin/pytest -n 2 --dist loadgroup "$@"
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then
   header "FAILED: ${FAILED[*]}"

@@ -38,6 +38,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if folder in FOLDER_MARKERS:
             item.add_marker(getattr(pytest.mark, folder))
+        # Tests that use (and may stop) the shared robot engine run on one xdist worker.
+        if "robot_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("robot"))
 
 
 @pytest.fixture(scope="session")

@@ -280,6 +280,7 @@ class RobotEngine:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop dockerd by its pid file; return once it is gone and the tcp port refuses."""
         pid = self.pid()
+        containerd = self._containerd_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -288,6 +289,11 @@ class RobotEngine:
                     os.kill(pid, signal.SIGKILL)
                 if not _wait_gone(pid, 10):
                     raise RuntimeError(f"robot dockerd (pid {pid}) does not exit")
+        # dockerd's own containerd must be gone too, or the next start waits on it and fails.
+        if containerd is not None and not _wait_gone(containerd, 10):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(containerd, signal.SIGKILL)
+            _wait_gone(containerd, 5)
         deadline = time.monotonic() + timeout
         while _robot_link_present() and not _port_refuses(ROBOT_ADDR, ROBOT_PORT):
             if time.monotonic() > deadline:
@@ -332,7 +338,7 @@ class RobotEngine:
         _ip("-n", NETNS, "link", "set", VETH_ROBOT, "up")
         _ip("-n", NETNS, "link", "set", "lo", "up")
 
-    def _start_dockerd(self, timeout: float = 30.0) -> None:
+    def _start_dockerd(self, timeout: float = 30.0, retry: bool = True) -> None:
         pid = self.pid()
         if pid is not None:
             # A dockerd from an earlier run that does not answer (starting or wedged).
@@ -373,13 +379,25 @@ class RobotEngine:
                 timeout=30,
                 check=False,
             )
-        if launcher.returncode != 0 or not self._wait_up(timeout):
+        if launcher.returncode == 0 and not self._wait_up(timeout) and retry:
+            # A containerd from the last run may still have held its socket: once more.
+            self.stop()
+            self._start_dockerd(timeout, retry=False)
+            return
+        if launcher.returncode != 0 or not self._wait_up(1):
             tail = self.log.read_text(errors="replace").splitlines()[-20:]
             self.stop()
             raise RuntimeError(
                 f"robot dockerd did not answer at {ROBOT_URL} within {timeout} s; "
                 f"last lines of {self.log}:\n" + "\n".join(tail)
             )
+
+    def _containerd_pid(self) -> int | None:
+        try:
+            pid = int((self.exec_root / "containerd" / "containerd.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
 
     def _clear_stale_containerd(self) -> None:
         """Remove what a killed dockerd leaves of its own containerd.
