@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     hosts_file: Path | None = Field(default=None, description="YAML hosts file applied at start.")
     host_refresh_seconds: float = Field(default=2.0, gt=0, le=3600)
     host_timeout_seconds: float = Field(default=2.0, gt=0, le=120)
+    stack_resync_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="Period of the full stack resync."
+    )
     engine_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allow-list of CIDRs and host names that engine URLs may point at; empty: any.",

@@ -16,6 +16,7 @@ import structlog
 from corral.config import Settings
 from corral.control.access import AccessService
 from corral.control.hosts import HostService
+from corral.control.stacks import StackService
 from corral.errors import NotFound
 from corral.events import EventBus
 from corral.metrics import Metrics
@@ -23,6 +24,7 @@ from corral.model.hostsfile import parse_hosts_file
 from corral.store.database import Database
 from corral.store.events import EventStore
 from corral.store.hosts import HostStore
+from corral.store.stacks import StackStore
 from corral.store.tables import utcnow
 from corral.store.tokens import TokenStore
 
@@ -38,6 +40,7 @@ class Core:
         self.bus = EventBus(self.events, self.metrics)
         self.hosts = HostService(HostStore(self.db), self.bus, self.metrics, settings)
         self.access = AccessService(TokenStore(self.db), self.bus)
+        self.stacks = StackService(StackStore(self.db), self.hosts, self.bus, settings)
         self.stopping = asyncio.Event()
         self.first_admin_token: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -58,6 +61,8 @@ class Core:
         if background:
             self._spawn(self.hosts.run_monitor(self.stopping))
             self._spawn(self._prune_events())
+            self._spawn(self.stacks.run_resync(self.stopping))
+            self._spawn(self.stacks.run_watchers(self.stopping))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(work))

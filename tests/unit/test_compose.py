@@ -5,6 +5,7 @@ Pure parsing plus reading `.env` / env_file files from a temporary directory.
 
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -133,17 +134,26 @@ def _y(*lines: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _problems(text: str, **kwargs: object) -> list[str]:
+def _problems(
+    text: str,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> list[str]:
     with pytest.raises(FileInvalid) as caught:
-        parse_compose(text, "compose.yml", **kwargs)  # type: ignore[arg-type]
+        parse_compose(text, "compose.yml", env=env, base_dir=base_dir)
     assert caught.value.source == "compose.yml"
     return [str(p) for p in caught.value.problems]
 
 
-def _service(*body: str, **kwargs: object) -> ServiceSpec:
+def _service(
+    *body: str,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    stack: str = "stack",
+) -> ServiceSpec:
     """Parse one service `a` whose body lines are given (indented under it)."""
     text = _y("services:", "  a:", *(f"    {line}" for line in body))
-    return parse_compose(text, **kwargs).services["a"]  # type: ignore[arg-type]
+    return parse_compose(text, env=env, base_dir=base_dir, stack=stack).services["a"]
 
 
 # ---------------------------------------------------------------- a realistic stack
@@ -568,6 +578,14 @@ def test_interpolation_forms(template: str, expected: str) -> None:
 def test_interpolation_errors_name_the_line(template: str, message: str) -> None:
     text = _y("services:", "  a:", "    image: x", "    environment:", "      V: " + repr(template))
     assert _problems(text, env={"EMPTY": ""}) == [f"line 5: services.a.environment.V: {message}"]
+
+
+def test_a_failed_interpolation_is_reported_once() -> None:
+    text = _y("services:", "  a:", "    image: ${IMAGE:?set IMAGE}", "    ports: ['${P']")
+    assert _problems(text) == [
+        "line 3: services.a.image: required variable IMAGE is missing a value: set IMAGE",
+        "line 4: services.a.ports.0: unclosed '${' in '${P'",
+    ]
 
 
 def test_interpolation_reads_dotenv_and_env_wins(tmp_path: Path) -> None:
@@ -1053,7 +1071,7 @@ def test_service_hash_ignores_order_line_and_replicas() -> None:
         "environment: {A: '2'}",
         "ports: ['81:80']",
         "deploy: {resources: {limits: {memory: 1g}}}",
-        "healthcheck: {test: true, interval: 1s}",
+        "healthcheck: {test: exit 0, interval: 1s}",
         "command: [run, --fast]",
     ],
 )
@@ -1110,6 +1128,27 @@ def test_service_hash_is_the_same_in_another_process() -> None:
 def test_constraint_matches(constraint: Constraint, expected: bool) -> None:
     matched = constraint.matches("edge", "worker", {"role": "robot"}, {"zone": "lab"})
     assert matched is expected
+
+
+def test_constraint_values_ignore_case_like_swarm() -> None:
+    assert Constraint("node.hostname", "==", "Edge").matches("edge", "worker", {}, {})
+    assert Constraint("node.labels.Role", "==", "robot").matches(
+        "h", "worker", {"Role": "ROBOT"}, {}
+    )
+    assert not Constraint("node.labels.role", "==", "robot").matches(
+        "h", "w", {"Role": "robot"}, {}
+    )
+
+
+def test_constraint_fields_are_normalised_but_label_keys_keep_case() -> None:
+    service = _service(
+        "image: x",
+        "deploy: {placement: {constraints: [Node.Hostname==edge, NODE.LABELS.Zone != lab]}}",
+    )
+    assert service.constraints == (
+        Constraint("node.hostname", "==", "edge"),
+        Constraint("node.labels.Zone", "!=", "lab"),
+    )
 
 
 # ---------------------------------------------------------------- durations and sizes

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import structlog
 
@@ -25,6 +26,7 @@ from corral.store.hosts import HostStore, spec_of
 
 log = structlog.get_logger("corral.hosts")
 DriverFactory = Callable[[HostSpec, float], HostDriver]
+T = TypeVar("T")
 
 
 class HostService:
@@ -43,7 +45,7 @@ class HostService:
         self.driver_factory = driver_factory
         self._drivers: dict[str, tuple[HostSpec, HostDriver]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="corral-host")
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="corral-host")
 
     def check_allowed(self, spec: HostSpec) -> None:
         if not engine_url_allowed(spec.url, self.settings.engine_networks):
@@ -170,6 +172,14 @@ class HostService:
             probe = Probe(False, datetime.now(UTC), error=exc.message)
         self.metrics.host_check_seconds.labels(spec.name).observe(time.monotonic() - started)
         return probe
+
+    async def driver(self, name: str) -> HostDriver:
+        """The driver for a stored host (NotFound if there is none)."""
+        return self._driver(spec_of(await self.store.get(name)))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking driver call in the hosts' thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _driver(self, spec: HostSpec) -> HostDriver:
         known = self._drivers.get(spec.name)

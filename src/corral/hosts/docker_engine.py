@@ -3,15 +3,25 @@
 Built by the control layer's host service; every call blocks and runs in a worker thread.
 """
 
+import contextlib
 import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import docker
-from docker.errors import DockerException
+from docker import APIClient
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.tls import TLSConfig
+from docker.types import IPAMConfig, IPAMPool
+from requests.exceptions import ConnectionError as RequestsConnectionError
 
-from corral.errors import Unreachable
+from corral.errors import Conflict, CorralError, Invalid, Unreachable
+from corral.errors import NotFound as CorralNotFound
 from corral.hosts.ssh_tunnel import SshTunnel
+from corral.model.compose import BuildSpec
+from corral.model.containers import ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts, HostSpec, SwarmRole, parse_engine_url
 
 
@@ -47,6 +57,34 @@ def facts_from_info(info: dict[str, Any], version: dict[str, Any]) -> EngineFact
 
 
 API_VERSION = "1.41"  # Docker 20.10; newer engines still serve it.
+WORK_TIMEOUT = 300  # seconds for container, image and network work (not for checks)
+_EXITED = re.compile(r"Exited \((-?\d+)\)")
+
+
+def _info(summary: dict[str, Any]) -> ContainerInfo:
+    status = str(summary.get("Status", ""))
+    health = ""
+    for word in ("healthy", "unhealthy", "starting"):
+        if f"({word})" in status or f"health: {word}" in status:
+            health = word
+    exited = _EXITED.search(status)
+    names = summary.get("Names") or ["/"]
+    return ContainerInfo(
+        id=str(summary["Id"]),
+        name=str(names[0]).lstrip("/"),
+        state=str(summary.get("State", "")),
+        labels=dict(summary.get("Labels") or {}),
+        exit_code=int(exited.group(1)) if exited else 0,
+        health=health,
+    )
+
+
+def _label_filter(labels: Mapping[str, str]) -> list[str]:
+    return [f"{k}={v}" if v else k for k, v in labels.items()]
+
+
+def _nanos(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
 
 
 class DockerEngine:
@@ -55,43 +93,50 @@ class DockerEngine:
     def __init__(self, spec: HostSpec, timeout: float) -> None:
         self.spec = spec
         self.timeout = timeout
-        self._client: docker.DockerClient | None = None
+        self._clients: dict[int, docker.DockerClient] = {}
+        self._lock = threading.Lock()
         address = parse_engine_url(spec.url)
         self._tunnel = SshTunnel(spec.name, address, timeout) if address.scheme == "ssh" else None
 
-    def _connect(self) -> docker.DockerClient:
-        if self._client is None:
-            tls: TLSConfig | bool = False
-            if self.spec.tls is not None:
-                for what, path in (
-                    ("CA certificate", self.spec.tls.ca),
-                    ("client certificate", self.spec.tls.cert),
-                    ("client key", self.spec.tls.key),
-                ):
-                    if not os.path.isfile(path):
-                        raise Unreachable(f"TLS {what} {path} is not a readable file")
-                tls = TLSConfig(
-                    client_cert=(self.spec.tls.cert, self.spec.tls.key),
-                    ca_cert=self.spec.tls.ca,
-                    verify=self.spec.tls.verify,
-                )
-            url = self.spec.url.replace("tcp://", "https://", 1) if self.spec.tls else self.spec.url
-            if self._tunnel is not None:
-                url = self._tunnel.open()
-            self._client = docker.DockerClient(
-                base_url=url,
-                tls=tls,
-                timeout=max(1, round(self.timeout)),
-                version=API_VERSION,
+    def _connect(self, timeout: int) -> docker.DockerClient:
+        with self._lock:
+            client = self._clients.get(timeout)
+            if client is None:
+                client = self._new_client(timeout)
+                self._clients[timeout] = client
+            return client
+
+    def _new_client(self, timeout: int) -> docker.DockerClient:
+        tls: TLSConfig | bool = False
+        if self.spec.tls is not None:
+            for what, path in (
+                ("CA certificate", self.spec.tls.ca),
+                ("client certificate", self.spec.tls.cert),
+                ("client key", self.spec.tls.key),
+            ):
+                if not os.path.isfile(path):
+                    raise Unreachable(f"TLS {what} {path} is not a readable file")
+            tls = TLSConfig(
+                client_cert=(self.spec.tls.cert, self.spec.tls.key),
+                ca_cert=self.spec.tls.ca,
+                verify=self.spec.tls.verify,
             )
-            # requests would let REQUESTS_CA_BUNDLE replace the host's own CA, and
-            # HTTP(S)_PROXY reroute engine traffic: an engine connection takes neither.
-            self._client.api.trust_env = False
-        return self._client
+        url = self.spec.url.replace("tcp://", "https://", 1) if self.spec.tls else self.spec.url
+        if self._tunnel is not None:
+            url = self._tunnel.open()
+        client = docker.DockerClient(base_url=url, tls=tls, timeout=timeout, version=API_VERSION)
+        # requests would let REQUESTS_CA_BUNDLE replace the host's own CA, and
+        # HTTP(S)_PROXY reroute engine traffic: an engine connection takes neither.
+        client.api.trust_env = False
+        return client
+
+    @property
+    def _api(self) -> APIClient:
+        return self._connect(WORK_TIMEOUT).api
 
     def probe(self) -> EngineFacts:
         try:
-            client = self._connect()
+            client = self._connect(max(1, round(self.timeout)))
             info = client.info()
             version = client.version()
         except (DockerException, OSError) as exc:
@@ -99,14 +144,213 @@ class DockerEngine:
             raise Unreachable(_short(exc), {"host": self.spec.name}) from None
         return facts_from_info(info, version)
 
-    def close(self) -> None:
-        if self._client is not None:
+    def containers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        with _engine_errors(self.spec.name):
+            found = self._api.containers(all=True, filters={"label": _label_filter(labels)})
+        return [_info(c) for c in found]
+
+    def ensure_network(
+        self,
+        name: str,
+        driver: str,
+        attachable: bool,
+        subnet: str | None,
+        labels: Mapping[str, str],
+    ) -> None:
+        with _engine_errors(self.spec.name):
+            if any(n["Name"] == name for n in self._api.networks(names=[name])):
+                return
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]) if subnet else None
+            self._api.create_network(
+                name,
+                driver=driver,
+                attachable=attachable or None,
+                labels=dict(labels),
+                ipam=ipam,
+                check_duplicate=True,
+            )
+
+    def networks(self, labels: Mapping[str, str]) -> list[str]:
+        with _engine_errors(self.spec.name):
+            found = self._api.networks(filters={"label": _label_filter(labels)})
+        return [str(n["Name"]) for n in found]
+
+    def remove_network(self, name: str) -> None:
+        with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
+            self._api.remove_network(name)
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        with _engine_errors(self.spec.name):
+            found = self._api.volumes(filters={"name": name}).get("Volumes") or []
+            if not any(v["Name"] == name for v in found):
+                self._api.create_volume(name, labels=dict(labels))
+
+    def has_image(self, ref: str) -> bool:
+        with _engine_errors(self.spec.name):
             try:
-                self._client.close()
-            finally:
-                self._client = None
+                self._api.inspect_image(ref)  # type: ignore[no-untyped-call]
+            except ImageNotFound:
+                return False
+            return True
+
+    def build_image(self, build: BuildSpec, tag: str) -> None:
+        with _engine_errors(self.spec.name):
+            stream = self._api.build(
+                path=build.context,
+                dockerfile=build.dockerfile,
+                tag=tag,
+                buildargs=dict(build.args),
+                rm=True,
+                decode=True,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    raise Invalid(f"building {tag} on {self.spec.name} failed: {chunk['error']}")
+
+    def export_image(self, ref: str) -> Iterator[bytes]:
+        with _engine_errors(self.spec.name):
+            yield from self._api.get_image(ref)
+
+    def import_image(self, chunks: Iterator[bytes]) -> None:
+        with _engine_errors(self.spec.name):
+            self._api.load_image(chunks)  # type: ignore[no-untyped-call]
+
+    def create(self, plan: ContainerPlan) -> str:
+        spec = plan.spec
+        api = self._api
+        restart: dict[str, Any] = {}
+        if spec.restart != "no":
+            restart = {"Name": spec.restart}
+            if spec.restart == "on-failure" and spec.restart_max:
+                restart["MaximumRetryCount"] = spec.restart_max
+        binds = list(plan.binds)
+        tmpfs = {m.target: "" for m in spec.volumes if m.kind == "tmpfs"}
+        anonymous = [m.target for m in spec.volumes if m.kind == "volume" and not m.source]
+        port_bindings: dict[int | str, Any] = {}
+        for port in spec.ports:
+            key = f"{port.container_port}/{port.protocol}"
+            bound: tuple[str, int] | int | None = port.host_port
+            if port.host_ip and port.host_port:
+                bound = (port.host_ip, port.host_port)
+            port_bindings.setdefault(key, []).append(bound)
+        network_mode = spec.network_mode
+        if network_mode is None and plan.networks:
+            network_mode = plan.networks[0].name
+        host_config = api.create_host_config(
+            binds=binds or None,
+            port_bindings=port_bindings or None,
+            restart_policy=restart or None,
+            privileged=spec.privileged,
+            devices=list(spec.devices) or None,
+            cap_add=list(spec.cap_add) or None,
+            group_add=list(spec.group_add) or None,
+            shm_size=spec.shm_size,
+            runtime=spec.runtime,
+            network_mode=network_mode,
+            nano_cpus=int(spec.cpu_limit * 1e9) if spec.cpu_limit else None,
+            mem_limit=spec.memory_limit,
+            mem_reservation=spec.memory_reservation,
+            tmpfs=tmpfs or None,
+            init=spec.init or None,
+            extra_hosts=list(spec.extra_hosts) or None,
+        )
+        networking = None
+        if spec.network_mode is None and plan.networks:
+            first = plan.networks[0]
+            endpoint = api.create_endpoint_config(aliases=list(first.aliases))
+            networking = api.create_networking_config({first.name: endpoint})  # type: ignore[arg-type]
+        health = None
+        if spec.healthcheck is not None:
+            hc = spec.healthcheck
+            health = {
+                "test": list(hc.test),
+                "interval": _nanos(hc.interval_s),
+                "timeout": _nanos(hc.timeout_s),
+                "retries": hc.retries,
+                "start_period": _nanos(hc.start_period_s),
+            }
+        with _engine_errors(self.spec.name):
+            try:
+                created = api.create_container(
+                    spec.image,
+                    command=list(spec.command) if spec.command is not None else None,
+                    entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
+                    name=plan.name,
+                    environment=dict(spec.environment),
+                    labels=dict(plan.labels),
+                    hostname=spec.hostname,
+                    ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
+                    volumes=anonymous or None,
+                    host_config=host_config,
+                    networking_config=networking,
+                    working_dir=spec.working_dir,
+                    user=spec.user,
+                    healthcheck=health,
+                    tty=spec.tty,
+                    stdin_open=spec.stdin_open,
+                    stop_timeout=round(spec.stop_grace_s),
+                )
+            except APIError as exc:
+                if exc.status_code == 409:
+                    message = f"container {plan.name} already exists on {self.spec.name}"
+                    raise Conflict(message) from None
+                raise
+            container_id = str(created["Id"])
+            for extra in plan.networks[1:] if spec.network_mode is None else ():
+                aliases = list(extra.aliases)
+                api.connect_container_to_network(container_id, extra.name, aliases=aliases)
+            api.start(container_id)
+        return container_id
+
+    def start(self, container_id: str) -> None:
+        with _engine_errors(self.spec.name):
+            self._api.start(container_id)
+
+    def stop(self, container_id: str, timeout: float) -> None:
+        with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
+            self._api.stop(container_id, timeout=max(0, round(timeout)))
+
+    def remove(self, container_id: str) -> None:
+        with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
+            self._api.remove_container(container_id, force=True, v=True)
+
+    def logs(self, container_id: str, tail: int, follow: bool) -> Iterator[bytes]:
+        with _engine_errors(self.spec.name):
+            yield from self._api.logs(
+                container_id, stream=True, follow=follow, tail=tail, timestamps=False
+            )
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        filters = {"type": ["container"], "label": _label_filter(labels)}
+        client = self._new_client(WORK_TIMEOUT)
+        with self._lock:
+            self._clients[-1 - len(self._clients)] = client  # closed with the others
+        with _engine_errors(self.spec.name):
+            yield from client.api.events(decode=True, filters=filters)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
         if self._tunnel is not None:
             self._tunnel.close()
+
+
+@contextlib.contextmanager
+def _engine_errors(host: str) -> Iterator[None]:
+    """Turn docker-py and socket failures into corral errors naming the host."""
+    try:
+        yield
+    except CorralError:
+        raise
+    except NotFound as exc:
+        raise CorralNotFound(f"{host}: {exc.explanation or exc}") from None
+    except APIError as exc:
+        raise Invalid(f"{host}: {exc.explanation or exc}") from None
+    except (DockerException, OSError, RequestsConnectionError) as exc:
+        raise Unreachable(f"{host}: {_short(exc)}", {"host": host}) from None
 
 
 def _short(exc: BaseException) -> str:

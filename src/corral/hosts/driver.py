@@ -1,24 +1,64 @@
-"""The protocol every host driver follows, and the factory that picks one for a spec.
+"""The protocol every host driver follows: engine facts, containers, networks, images.
 
 Drivers are synchronous (SDKs block); the control layer calls them from threads.
+Every method raises `corral.errors.Unreachable` when the engine does not answer, and
+`corral.errors.CorralError` subclasses for refusals it understands.
 """
 
-from typing import Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
-from corral.model.hosts import EngineFacts, HostSpec
+from corral.model.compose import BuildSpec
+from corral.model.containers import ContainerInfo, ContainerPlan
+from corral.model.hosts import EngineFacts
 
 
 class HostDriver(Protocol):
     """One connection to one engine."""
 
-    def probe(self) -> EngineFacts:
-        """Look at the engine; raise `corral.errors.Unreachable` when it does not answer."""
+    def probe(self) -> EngineFacts: ...
+
+    def containers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        """All containers (running or not) carrying every given label."""
         ...
 
-    def close(self) -> None:
-        """Release connections; the driver is not used again."""
+    def ensure_network(
+        self,
+        name: str,
+        driver: str,
+        attachable: bool,
+        subnet: str | None,
+        labels: Mapping[str, str],
+    ) -> None: ...
+
+    def networks(self, labels: Mapping[str, str]) -> list[str]: ...
+
+    def remove_network(self, name: str) -> None: ...
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None: ...
+
+    def has_image(self, ref: str) -> bool: ...
+
+    def build_image(self, build: BuildSpec, tag: str) -> None: ...
+
+    def export_image(self, ref: str) -> Iterator[bytes]: ...
+
+    def import_image(self, chunks: Iterator[bytes]) -> None: ...
+
+    def create(self, plan: ContainerPlan) -> str:
+        """Create and start the container; return its id."""
         ...
 
+    def start(self, container_id: str) -> None: ...
 
-class DriverFactory(Protocol):
-    def __call__(self, spec: HostSpec, timeout: float) -> HostDriver: ...
+    def stop(self, container_id: str, timeout: float) -> None: ...
+
+    def remove(self, container_id: str) -> None: ...
+
+    def logs(self, container_id: str, tail: int, follow: bool) -> Iterator[bytes]: ...
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        """Container events as they happen, until the connection drops."""
+        ...
+
+    def close(self) -> None: ...

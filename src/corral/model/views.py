@@ -72,3 +72,28 @@ class EventView(BaseModel):
     resource: str = Field(examples=["host/robot"])
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class SlotView(BaseModel):
+    """One replica of one service: its host, container and state."""
+
+    service: str
+    replica: int
+    host: str = Field(description="Empty while no host is chosen.")
+    container_id: str
+    container: str = Field(description="The container's name on its host.")
+    state: str = Field(description="pending, created, running, restarting, exited, stopped, ...")
+    health: str = ""
+    reason: str = Field(default="", description="Why it is pending or failed.")
+    exit_code: int = 0
+    updated_at: datetime
+
+
+class StackView(BaseModel):
+    name: str
+    services: list[str]
+    stopped_services: list[str]
+    slots: list[SlotView]
+    state: str = Field(description="running, partial, pending, stopped or empty.")
+    created_at: datetime
+    updated_at: datetime

@@ -105,7 +105,7 @@ def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], source: str) -
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:
         line = node.start_mark.line + 1
         raise FileInvalid(source, [Problem(dotted(path), line, str(exc))]) from None
     finally:

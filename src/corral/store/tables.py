@@ -86,3 +86,35 @@ class EventRow(Base):
     resource: Mapped[str] = mapped_column(String(200))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class StackRow(Base):
+    __tablename__ = "stacks"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    file: Mapped[str] = mapped_column(Text)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    base_dir: Mapped[str] = mapped_column(String(4096), default="")
+    stopped: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SlotRow(Base):
+    """One replica of one service of a stack: where it is placed and what was seen of it."""
+
+    __tablename__ = "stack_slots"
+    __table_args__ = (Index("ux_stack_slots", "stack", "service", "replica", unique=True),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    stack: Mapped[str] = mapped_column(String(63))
+    service: Mapped[str] = mapped_column(String(63))
+    replica: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(63), default="")
+    container_id: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    health: Mapped[str] = mapped_column(String(16), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

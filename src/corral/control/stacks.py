@@ -1,0 +1,700 @@
+"""The stack reconciler: make each host run exactly the containers a stack file declares.
+
+Called by the stack routes (apply, start/stop, down), by the resync loop, by host events and
+by each engine's container events. Work per pass: place replicas, observe labelled
+containers, remove strays, create networks and volumes, then create or fix containers wave
+by wave (depends_on order), in parallel within a wave and across hosts.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from corral.control.hosts import HostService
+from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
+from corral.events import EventBus
+from corral.hosts.driver import HostDriver
+from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec, parse_compose
+from corral.model.containers import (
+    OWNED,
+    SERVICE,
+    STACK,
+    ContainerInfo,
+    ContainerPlan,
+    network_name,
+    plan_container,
+    volume_name,
+)
+from corral.model.names import check_name
+from corral.model.placement import HostCandidate, Placement, matching_hosts, place
+from corral.model.views import HostView, StackView
+from corral.model.yamlfile import FileInvalid
+from corral.store.stacks import SlotState, StackStore, StoredStack, summarize
+
+log = structlog.get_logger("corral.stacks")
+DEPENDENCY_WAIT_SECONDS = 120.0
+BACKOFF_START, BACKOFF_MAX = 0.1, 10.0
+
+
+@dataclass
+class _Pass:
+    """One reconcile pass's view of the world."""
+
+    name: str
+    spec: StackSpec
+    stored: StoredStack
+    hosts: dict[str, HostView]
+    drivers: dict[str, HostDriver]
+    observed: dict[str, list[ContainerInfo]]
+    placement: Placement
+    networks: dict[str, str]
+    volumes: dict[str, str]
+
+
+class StackService:
+    def __init__(
+        self, store: StackStore, hosts: HostService, bus: EventBus, settings: Settings
+    ) -> None:
+        self.store = store
+        self.hosts = hosts
+        self.bus = bus
+        self.settings = settings
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._acting: dict[str, float] = {}  # container name -> until when corral acts on it
+        self._backoff: dict[str, float] = {}
+        self._poked: set[str] = set()
+
+    # ------------------------------------------------------------------ parsing
+    def parse(self, name: str, file: str, env: dict[str, str], base_dir: str) -> StackSpec:
+        """Parse a stack file; Invalid listing every problem with its line."""
+        try:
+            check_name(name, "stack name")
+        except ValueError as exc:
+            raise Invalid(str(exc), {"field": "name"}) from None
+        try:
+            return parse_compose(
+                file, f"stack {name}", env=env, base_dir=_path(base_dir), stack=name
+            )
+        except FileInvalid as exc:
+            problems = [str(p) for p in exc.problems]
+            raise Invalid(f"stack file is invalid: {problems[0]}", {"problems": problems}) from None
+
+    async def check(self, name: str, spec: StackSpec) -> list[str]:
+        """Problems that depend on the hosts: constraints no host meets, images no host has
+        and nothing can build, networks that would span hosts with no shared network."""
+        hosts = await self.hosts.store.list()
+        candidates = _candidates(hosts, {})
+        problems: list[str] = []
+        for svc_name, svc in sorted(spec.services.items()):
+            if svc.constraints and not matching_hosts(spec, svc_name, candidates):
+                text = ", ".join(f"{c.field} {c.op} {c.value}" for c in svc.constraints)
+                problems.append(
+                    f"line {svc.line}: services.{svc_name}.deploy.placement.constraints: "
+                    f"no host meets {text}"
+                )
+        reachable = [h.name for h in hosts if h.reachable]
+        need = {svc.image for svc in spec.services.values() if svc.build is None}
+        have: dict[str, bool] = {image: False for image in need}
+        for host in reachable:
+            driver = await self.hosts.driver(host)
+            for image in need:
+                if not have[image]:
+                    with contextlib.suppress(CorralError):
+                        have[image] = await self.hosts.call(driver.has_image, image)
+        for svc_name, svc in sorted(spec.services.items()):
+            if svc.build is None and not have.get(svc.image, True):
+                problems.append(
+                    f"line {svc.line}: services.{svc_name}.image: image {svc.image!r} is on no "
+                    "reachable host and the service has no build: to make it"
+                )
+        placement = place(spec, candidates, await self.store.placements(name))
+        problems += _network_problems(spec, placement, {h.name: h for h in hosts})
+        return problems
+
+    # ------------------------------------------------------------------ intent
+    async def apply(self, name: str, file: str, env: dict[str, str], base_dir: str) -> str:
+        spec = self.parse(name, file, env, base_dir)
+        problems = await self.check(name, spec)
+        if problems:
+            raise Invalid(f"stack cannot be placed: {problems[0]}", {"problems": problems})
+        outcome = await self.store.put(name, file, env, base_dir)
+        if outcome != "unchanged":
+            await self.bus.emit(
+                f"stack.{outcome}",
+                f"stack/{name}",
+                f"stack {name} {outcome} ({len(spec.services)} services)",
+            )
+        return outcome
+
+    async def set_stopped(self, name: str, services: list[str], stopped: bool) -> list[str]:
+        stored = await self.store.get(name)
+        spec = self.parse(name, stored.file, stored.env, stored.base_dir)
+        unknown = sorted(set(services) - set(spec.services))
+        if unknown:
+            raise NotFound(f"stack {name} has no service {unknown[0]!r}", {"services": unknown})
+        chosen = services or sorted(spec.services)
+        await self.store.set_stopped(name, chosen, stopped)
+        verb = "stopped" if stopped else "started"
+        await self.bus.emit(
+            f"stack.{verb}", f"stack/{name}", f"{', '.join(chosen)} {verb} by request"
+        )
+        if not stopped:
+            await self._start_existing(name, chosen)
+        return chosen
+
+    async def restart(self, name: str, services: list[str]) -> list[str]:
+        chosen = await self.set_stopped(name, services, True)
+        await self.converge(name)
+        await self.set_stopped(name, chosen, False)
+        return chosen
+
+    async def down(self, name: str) -> int:
+        """Remove every container, network and volume corral made for the stack."""
+        async with self._lock(name):
+            await self.store.get(name)
+            removed = 0
+            for host in await self.hosts.store.list():
+                if not host.reachable:
+                    continue
+                driver = await self.hosts.driver(host.name)
+                try:
+                    found = await self.hosts.call(driver.containers, {STACK: name})
+                    await asyncio.gather(*(self._remove(driver, c) for c in found))
+                    removed += len(found)
+                    for net in await self.hosts.call(driver.networks, {STACK: name}):
+                        await self.hosts.call(driver.remove_network, net)
+                except Unreachable as exc:
+                    log.warning("down: host unreachable", host=host.name, error=exc.message)
+            await self.store.remove(name)
+        await self.bus.emit(
+            "stack.removed", f"stack/{name}", f"stack {name} removed ({removed} containers)"
+        )
+        return removed
+
+    async def view(self, name: str) -> StackView:
+        stored = await self.store.get(name)
+        services = sorted(self.parse(name, stored.file, stored.env, stored.base_dir).services)
+        return summarize(stored, services, await self.store.slots(name))
+
+    # ------------------------------------------------------------------ convergence
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def converge(self, name: str) -> StackView:
+        async with self._lock(name):
+            self._poked.discard(name)
+            work = await self._observe(name)
+            await self._remove_strays(work)
+            await self._prepare_networks(work)
+            states: dict[tuple[str, int], SlotState] = {}
+            for wave in work.spec.waves():
+                await self._wait_for_dependencies(work, wave, states)
+                jobs = [
+                    self._ensure_slot(work, svc, replica, states)
+                    for svc in wave
+                    for replica in range(1, work.spec.services[svc].replicas + 1)
+                ]
+                for state in await asyncio.gather(*jobs):
+                    states[(state.service, state.replica)] = state
+            await self.store.save_slots(name, list(states.values()))
+        return await self.view(name)
+
+    async def _observe(self, name: str) -> _Pass:
+        stored = await self.store.get(name)
+        spec = self.parse(name, stored.file, stored.env, stored.base_dir)
+        hosts = {h.name: h for h in await self.hosts.store.list()}
+        loads = await self.store.host_loads()
+        previous = await self.store.placements(name)
+        for host in previous.values():
+            loads[host] = loads.get(host, 1) - 1
+        placement = place(spec, _candidates(list(hosts.values()), loads), previous)
+        drivers: dict[str, HostDriver] = {}
+        observed: dict[str, list[ContainerInfo]] = {}
+
+        async def look(host: str) -> None:
+            driver = await self.hosts.driver(host)
+            try:
+                observed[host] = await self.hosts.call(driver.containers, {STACK: name})
+                drivers[host] = driver
+            except Unreachable:
+                pass
+
+        await asyncio.gather(*(look(h) for h, v in hosts.items() if v.reachable))
+        networks = {
+            n: net.external_name or n if net.external else network_name(name, n)
+            for n, net in spec.networks.items()
+        }
+        networks.setdefault("default", network_name(name, "default"))
+        volumes = {
+            v: vol.external_name or v if vol.external else volume_name(name, v)
+            for v, vol in spec.volumes.items()
+        }
+        return _Pass(name, spec, stored, hosts, drivers, observed, placement, networks, volumes)
+
+    async def _remove_strays(self, work: _Pass) -> None:
+        """Containers of this stack that no slot wants where they are, or doubles."""
+        seen: set[tuple[str, int]] = set()
+        doomed: list[tuple[HostDriver, ContainerInfo]] = []
+        for host, found in sorted(work.observed.items()):
+            for c in sorted(found, key=lambda c: (c.state != "running", c.name)):
+                slot = (c.service, c.replica)
+                wanted = work.placement.hosts.get(slot) == host and c.name == _name(work, slot)
+                if not wanted or slot in seen:
+                    doomed.append((work.drivers[host], c))
+                else:
+                    seen.add(slot)
+        for driver, c in doomed:
+            await self._remove(driver, c)
+            await self.bus.emit(
+                "container.removed",
+                f"stack/{work.name}/{c.service or '?'}",
+                f"{c.name} removed: no longer declared here",
+                {"container": c.name},
+            )
+
+    async def _prepare_networks(self, work: _Pass) -> None:
+        """Networks first: a bridge per host, or one attachable overlay across a swarm."""
+        for net, engine_name in work.networks.items():
+            spec = work.spec.networks.get(net, NetworkSpec(net))
+            users = [
+                (svc, host)
+                for (svc, _), host in work.placement.hosts.items()
+                if net in work.spec.services[svc].networks
+                and work.spec.services[svc].network_mode is None
+            ]
+            hosts = sorted({h for _, h in users if h in work.drivers})
+            if not hosts or spec.external:
+                continue
+            labels = {STACK: work.name, OWNED: "true"}
+            overlay = spec.driver == "overlay" or (
+                spec.driver is None
+                and len({h for _, h in users}) > 1
+                and all(_in_swarm(work.hosts[h]) for _, h in users)
+            )
+            try:
+                if overlay:
+                    manager = _manager(work.hosts, hosts)
+                    if manager is None:
+                        raise Invalid(f"network {net} needs a reachable swarm manager")
+                    await self.hosts.call(
+                        work.drivers[manager].ensure_network,
+                        engine_name,
+                        "overlay",
+                        True,
+                        spec.subnet,
+                        labels,
+                    )
+                else:
+                    for host in hosts:
+                        await self.hosts.call(
+                            work.drivers[host].ensure_network,
+                            engine_name,
+                            spec.driver or "bridge",
+                            spec.attachable,
+                            spec.subnet,
+                            labels,
+                        )
+            except CorralError as exc:
+                await self.bus.emit(
+                    "network.failed", f"stack/{work.name}", f"network {net}: {exc.message}"
+                )
+
+    async def _wait_for_dependencies(
+        self, work: _Pass, wave: list[str], states: dict[tuple[str, int], SlotState]
+    ) -> None:
+        """Before a wave starts, wait for the conditions its services declare."""
+        deadline = time.monotonic() + DEPENDENCY_WAIT_SECONDS
+        waits = {
+            (dep.service, dep.condition)
+            for svc in wave
+            for dep in work.spec.services[svc].depends_on
+            if dep.condition != "service_started"
+        }
+        for dep, condition in sorted(waits):
+            slots = [s for s in states.values() if s.service == dep]
+            while time.monotonic() < deadline and slots:
+                ok = await self._condition_met(work, dep, condition, slots)
+                if ok is not None:
+                    break
+                await asyncio.sleep(0.25)
+
+    async def _condition_met(
+        self, work: _Pass, service: str, condition: str, slots: list[SlotState]
+    ) -> bool | None:
+        """True/False once decided, None while still waiting."""
+        for slot in slots:
+            if slot.host not in work.drivers or not slot.container_id:
+                return False
+            found = await self.hosts.call(
+                work.drivers[slot.host].containers,
+                {STACK: work.name, SERVICE: service},
+            )
+            mine = [c for c in found if c.id == slot.container_id]
+            if not mine:
+                return False
+            c = mine[0]
+            if condition == "service_healthy":
+                if c.health == "unhealthy" or c.state in ("exited", "dead"):
+                    return False
+                if c.health != "healthy":
+                    return None
+            elif c.state != "exited":
+                return None
+            elif c.exit_code != 0:
+                return False
+        return True
+
+    async def _ensure_slot(
+        self,
+        work: _Pass,
+        service: str,
+        replica: int,
+        states: dict[tuple[str, int], SlotState],
+    ) -> SlotState:
+        slot = (service, replica)
+        spec = work.spec.services[service]
+        resource = f"stack/{work.name}/{service}"
+        host = work.placement.hosts.get(slot, "")
+        if not host:
+            reason = work.placement.pending.get(slot, "not placed")
+            return SlotState(service, replica, "", "", "pending", reason=reason)
+        if host not in work.drivers:
+            why = work.hosts[host].last_error if host in work.hosts else "unknown host"
+            reason = f"host {host} is unreachable: {why or 'no answer'}"
+            return SlotState(service, replica, host, "", "pending", reason=reason)
+        blocked = [
+            d.service
+            for d in spec.depends_on
+            if any(
+                s.service == d.service and s.state in ("pending", "failed") for s in states.values()
+            )
+        ]
+        if blocked:
+            reason = f"waiting for {', '.join(sorted(blocked))}"
+            return SlotState(service, replica, host, "", "pending", reason=reason)
+        driver = work.drivers[host]
+        plan = plan_container(work.name, spec, replica, work.networks, work.volumes)
+        existing = next(
+            (c for c in work.observed.get(host, []) if (c.service, c.replica) == slot), None
+        )
+        stopped = service in work.stored.stopped
+        try:
+            if existing is not None and existing.spec_hash == plan.spec_hash:
+                return await self._keep(work, driver, host, plan, existing, stopped)
+            if existing is not None:
+                await self._remove(driver, existing)
+                await self.bus.emit(
+                    "container.replaced",
+                    resource,
+                    f"{plan.name} on {host}: spec changed, replacing",
+                    {"container": plan.name, "host": host},
+                )
+            if stopped:
+                return SlotState(service, replica, host, "", "stopped")
+            await self._ensure_image(work, host, spec)
+            await self._ensure_volumes(work, host, spec)
+            container_id = await self._create(driver, plan)
+            await self.bus.emit(
+                "container.created",
+                resource,
+                f"{plan.name} started on {host}",
+                {"container": plan.name, "host": host, "id": container_id[:12]},
+            )
+            return SlotState(service, replica, host, container_id, "running")
+        except CorralError as exc:
+            await self.bus.emit(
+                "container.failed",
+                resource,
+                f"{plan.name} on {host}: {exc.message}",
+                {"container": plan.name, "host": host},
+            )
+            state = "pending" if isinstance(exc, Unreachable) else "failed"
+            return SlotState(service, replica, host, "", state, reason=exc.message)
+
+    async def _keep(
+        self,
+        work: _Pass,
+        driver: HostDriver,
+        host: str,
+        plan: ContainerPlan,
+        c: ContainerInfo,
+        stopped: bool,
+    ) -> SlotState:
+        if stopped and c.state in ("running", "restarting"):
+            self._act(c.name)
+            await self.hosts.call(driver.stop, c.id, plan.spec.stop_grace_s)
+            return SlotState(plan.service, plan.replica, host, c.id, "stopped")
+        if stopped:
+            return SlotState(plan.service, plan.replica, host, c.id, "stopped", c.health)
+        if c.state in ("exited", "created", "dead") and _restarts(plan.spec, c):
+            self._act(c.name)
+            await self.hosts.call(driver.start, c.id)
+            await self.bus.emit(
+                "container.restarted",
+                f"stack/{work.name}/{plan.service}",
+                f"{c.name} on {host} restarted (restart: {plan.spec.restart}) after it "
+                f"exited with code {c.exit_code}",
+                {"container": c.name, "host": host, "exit_code": c.exit_code},
+            )
+            return SlotState(plan.service, plan.replica, host, c.id, "running")
+        return SlotState(
+            plan.service, plan.replica, host, c.id, c.state, c.health, exit_code=c.exit_code
+        )
+
+    async def _create(self, driver: HostDriver, plan: ContainerPlan) -> str:
+        self._act(plan.name)
+        try:
+            return await self.hosts.call(driver.create, plan)
+        except Conflict:
+            # A container with this name exists but was not in this pass's view: one left
+            # half-made by a crash. Remove it if it is ours, then create once more.
+            found = await self.hosts.call(driver.containers, {STACK: plan.stack})
+            ours = [c for c in found if c.name == plan.name]
+            if not ours:
+                raise Conflict(
+                    f"the name {plan.name} is taken by a container corral does not own"
+                ) from None
+            for c in ours:
+                await self.hosts.call(driver.remove, c.id)
+            return await self.hosts.call(driver.create, plan)
+
+    async def _remove(self, driver: HostDriver, c: ContainerInfo) -> None:
+        self._act(c.name)
+        await self.hosts.call(driver.remove, c.id)
+
+    def _act(self, container: str) -> None:
+        self._acting[container] = time.monotonic() + 5
+
+    async def _ensure_volumes(self, work: _Pass, host: str, spec: ServiceSpec) -> None:
+        for mount in spec.volumes:
+            if mount.kind != "volume" or not mount.source:
+                continue
+            declared = work.spec.volumes.get(mount.source)
+            if declared is not None and declared.external:
+                continue
+            await self.hosts.call(
+                work.drivers[host].ensure_volume,
+                work.volumes.get(mount.source, mount.source),
+                {STACK: work.name, OWNED: "true"},
+            )
+
+    async def _ensure_image(self, work: _Pass, host: str, spec: ServiceSpec) -> None:
+        """Make the image present on the host: there already, built there, or copied."""
+        lock = self._image_locks.setdefault((host, spec.image), asyncio.Lock())
+        async with lock:
+            driver = work.drivers[host]
+            if await self.hosts.call(driver.has_image, spec.image):
+                return
+            resource = f"stack/{work.name}/{spec.name}"
+            if spec.build is not None:
+                await self.bus.emit("image.building", resource, f"building {spec.image} on {host}")
+                started = time.monotonic()
+                await self.hosts.call(driver.build_image, spec.build, spec.image)
+                took = time.monotonic() - started
+                await self.bus.emit(
+                    "image.built", resource, f"built {spec.image} on {host} in {took:.1f} s"
+                )
+                return
+            for other, source in sorted(work.drivers.items()):
+                if other == host or not await self.hosts.call(source.has_image, spec.image):
+                    continue
+                await self.bus.emit(
+                    "image.copying", resource, f"copying {spec.image} from {other} to {host}"
+                )
+                started = time.monotonic()
+                await self.hosts.call(_copy_image, source, driver, spec.image)
+                took = time.monotonic() - started
+                await self.bus.emit(
+                    "image.copied",
+                    resource,
+                    f"copied {spec.image} from {other} to {host} in {took:.1f} s",
+                )
+                return
+            raise Invalid(
+                f"image {spec.image} is on no reachable host and service {spec.name} has no build"
+            )
+
+    async def _start_existing(self, name: str, services: list[str]) -> None:
+        for slot in await self.store.slots(name):
+            if slot.service in services and slot.container_id and slot.host:
+                with contextlib.suppress(CorralError):
+                    driver = await self.hosts.driver(slot.host)
+                    self._act(slot.container)
+                    await self.hosts.call(driver.start, slot.container_id)
+
+    # ------------------------------------------------------------------ logs
+    async def logs(self, name: str, service: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
+        slots = [s for s in await self.store.slots(name) if s.service == service]
+        if not slots:
+            stored = await self.store.get(name)
+            spec = self.parse(name, stored.file, stored.env, stored.base_dir)
+            if service not in spec.services:
+                raise NotFound(f"stack {name} has no service {service!r}")
+        live = [s for s in slots if s.container_id and s.host]
+        if not live:
+            raise Conflict(f"service {service} of stack {name} has no container yet")
+        slot = live[0]
+        driver = await self.hosts.driver(slot.host)
+        chunks = await self.hosts.call(lambda: iter(driver.logs(slot.container_id, tail, follow)))
+        while True:
+            chunk = await self.hosts.call(next, chunks, None)
+            if not isinstance(chunk, bytes):
+                return
+            yield chunk
+
+    # ------------------------------------------------------------------ loops
+    def poke(self, name: str) -> None:
+        """Ask for a pass soon (coalesced)."""
+        self._poked.add(name)
+
+    async def run_resync(self, stop: asyncio.Event) -> None:
+        """Converge every stack on a period, and at once when poked or a host returns."""
+        last_full = 0.0
+        async with self.bus.subscribe() as sub:
+            while not stop.is_set():
+                full = time.monotonic() - last_full >= self.settings.stack_resync_seconds
+                while not sub.queue.empty():
+                    event = sub.queue.get_nowait()
+                    if event.kind == "host.reachable":
+                        full = True
+                names = await self.store.names() if full else sorted(self._poked)
+                if full:
+                    last_full = time.monotonic()
+                for name in names:
+                    try:
+                        await self.converge(name)
+                    except NotFound:
+                        self._poked.discard(name)
+                    except Exception as exc:
+                        log.error("stack pass failed", stack=name, error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    async def run_watchers(self, stop: asyncio.Event) -> None:
+        """Follow each reachable engine's container events; restart what dies."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        watching: dict[str, asyncio.Future[None]] = {}
+        while not stop.is_set():
+            for host in await self.hosts.store.list():
+                running = watching.get(host.name)
+                if host.reachable and (running is None or running.done()):
+                    driver = await self.hosts.driver(host.name)
+                    watching[host.name] = loop.run_in_executor(
+                        None, _pump, host.name, driver, queue, loop, stop
+                    )
+            with contextlib.suppress(TimeoutError):
+                host_name, event = await asyncio.wait_for(queue.get(), timeout=1.0)
+                await self._on_engine_event(host_name, event)
+
+    async def _on_engine_event(self, host: str, event: dict[str, Any]) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        stack, service, container = attrs.get(STACK), attrs.get(SERVICE), attrs.get("name", "")
+        if not stack or action not in ("die", "start", "oom"):
+            return
+        if action == "die" and self._acting.get(container, 0) < time.monotonic():
+            code = attrs.get("exitCode", "?")
+            await self.bus.emit(
+                "container.died",
+                f"stack/{stack}/{service}",
+                f"{container} on {host} exited with code {code}",
+                {"container": container, "host": host, "exit_code": code},
+            )
+            delay = self._backoff.get(container, BACKOFF_START)
+            self._backoff[container] = min(delay * 2, BACKOFF_MAX)
+            await asyncio.sleep(delay)
+        elif action == "start":
+            self._backoff.pop(container, None)
+        self.poke(stack)
+
+
+def _pump(
+    host: str,
+    driver: HostDriver,
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]],
+    loop: asyncio.AbstractEventLoop,
+    stop: asyncio.Event,
+) -> None:
+    """Thread body: copy one engine's container events into the loop's queue."""
+    events: Iterator[dict[str, Any]] = driver.events({OWNED: "true"})
+    with contextlib.suppress(Exception):
+        for event in events:
+            if stop.is_set():
+                return
+            loop.call_soon_threadsafe(queue.put_nowait, (host, event))
+
+
+def _copy_image(source: HostDriver, target: HostDriver, image: str) -> None:
+    target.import_image(source.export_image(image))
+
+
+def _restarts(spec: ServiceSpec, c: ContainerInfo) -> bool:
+    if spec.restart in ("always", "unless-stopped"):
+        return True
+    return spec.restart == "on-failure" and c.exit_code != 0
+
+
+def _name(work: _Pass, slot: tuple[str, int]) -> str:
+    return f"{work.name}-{slot[0]}-{slot[1]}"
+
+
+def _in_swarm(host: HostView) -> bool:
+    return bool(host.facts and host.facts.swarm_role in ("manager", "worker"))
+
+
+def _manager(hosts: dict[str, HostView], among: list[str]) -> str | None:
+    managers = [
+        name
+        for name, host in sorted(hosts.items())
+        if host.facts is not None and host.facts.swarm_role == "manager"
+    ]
+    preferred = [h for h in managers if h in among]
+    chosen = preferred or managers
+    return chosen[0] if chosen else None
+
+
+def _candidates(hosts: list[HostView], loads: dict[str, int]) -> list[HostCandidate]:
+    return [
+        HostCandidate(
+            name=h.name,
+            reachable=bool(h.reachable),
+            role=h.facts.swarm_role if h.facts else "none",
+            labels=h.labels,
+            engine_labels=h.facts.engine_labels if h.facts else {},
+            load=loads.get(h.name, 0),
+        )
+        for h in hosts
+    ]
+
+
+def _network_problems(
+    spec: StackSpec, placement: Placement, hosts: dict[str, HostView]
+) -> list[str]:
+    problems = []
+    for net, declared in sorted(spec.networks.items()):
+        if declared.external or net == "default":
+            continue
+        spread = {
+            h
+            for (svc, _), h in placement.hosts.items()
+            if net in spec.services[svc].networks and spec.services[svc].network_mode is None
+        }
+        if len(spread) > 1 and not all(h in hosts and _in_swarm(hosts[h]) for h in spread):
+            problems.append(
+                f"networks.{net}: its services run on {', '.join(sorted(spread))}, which share "
+                "no network: join them in one Docker swarm (corral then makes an overlay)"
+            )
+    return problems
+
+
+def _path(base_dir: str) -> Path | None:
+    return Path(base_dir) if base_dir else None

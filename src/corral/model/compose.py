@@ -1,0 +1,1598 @@
+"""Docker Compose stack files: interpolate, parse and validate them into a StackSpec.
+
+Called by the stack store, the API and the CLI to check a file, and by the reconciler to plan it.
+"""
+
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import yaml
+
+from corral.model.names import check_name
+from corral.model.yamlfile import FileInvalid, Located, Problem, _convert, dotted
+
+Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
+
+Key = tuple[str | int, ...]
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How to build a service's image; `context` is absolute."""
+
+    context: str
+    dockerfile: str = "Dockerfile"
+    args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """Docker's healthcheck: test is ("CMD", ...), ("CMD-SHELL", "...") or ("NONE",)."""
+
+    test: tuple[str, ...]
+    interval_s: float = 30.0
+    timeout_s: float = 30.0
+    retries: int = 3
+    start_period_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port; host_port None means Docker picks one."""
+
+    container_port: int
+    host_port: int | None = None
+    host_ip: str = ""
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A mount: named or anonymous (source "") volume, absolute bind path, or tmpfs."""
+
+    kind: Literal["volume", "bind", "tmpfs"]
+    target: str
+    source: str = ""
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One depends_on entry."""
+
+    service: str
+    condition: Condition = "service_started"
+
+
+CONSTRAINT_FIELDS = ("node.hostname", "node.role", "node.labels.<key>", "engine.labels.<key>")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A placement constraint such as `node.labels.role == robot`."""
+
+    field: str
+    op: Literal["==", "!="]
+    value: str
+
+    def matches(
+        self,
+        hostname: str,
+        role: str,
+        labels: Mapping[str, str],
+        engine_labels: Mapping[str, str],
+    ) -> bool:
+        """Whether a host with these facts satisfies it; like Swarm, values compare ignoring
+        case and a missing label equals nothing (so `!=` matches)."""
+        actual: str | None
+        if self.field == "node.hostname":
+            actual = hostname
+        elif self.field == "node.role":
+            actual = role
+        elif self.field.startswith("node.labels."):
+            actual = labels.get(self.field.removeprefix("node.labels."))
+        elif self.field.startswith("engine.labels."):
+            actual = engine_labels.get(self.field.removeprefix("engine.labels."))
+        else:
+            actual = None
+        equal = actual is not None and actual.casefold() == self.value.casefold()
+        return equal if self.op == "==" else not equal
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service, validated and normalised; `line` is where it starts in the file."""
+
+    name: str
+    image: str
+    line: int
+    build: BuildSpec | None = None
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[PortMapping, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()
+    networks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    network_mode: str | None = None
+    depends_on: tuple[Dependency, ...] = ()
+    restart: RestartPolicy = "no"
+    restart_max: int = 0
+    healthcheck: Healthcheck | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    privileged: bool = False
+    devices: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()
+    shm_size: int | None = None
+    runtime: str | None = None
+    replicas: int = 1
+    cpu_limit: float | None = None
+    memory_limit: int | None = None
+    cpu_reservation: float | None = None
+    memory_reservation: int | None = None
+    constraints: tuple[Constraint, ...] = ()
+    update_order: str = "stop-first"
+    stop_grace_s: float = 10.0
+    working_dir: str | None = None
+    user: str | None = None
+    init: bool = False
+    tty: bool = False
+    stdin_open: bool = False
+    extra_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A top-level network; `external_name` is the existing network's name when external."""
+
+    name: str
+    driver: str | None = None
+    external: bool = False
+    attachable: bool = False
+    subnet: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    external_name: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A top-level named volume."""
+
+    name: str
+    driver: str | None = None
+    external: bool = False
+    external_name: str | None = None
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """A whole stack file, validated: services, networks and volumes by name."""
+
+    services: Mapping[str, ServiceSpec]
+    networks: Mapping[str, NetworkSpec]
+    volumes: Mapping[str, VolumeSpec]
+
+    def waves(self) -> list[list[str]]:
+        """Services in start order: each wave depends only on earlier waves; sorted within."""
+        remaining = {
+            name: {d.service for d in spec.depends_on if d.service in self.services}
+            for name, spec in self.services.items()
+        }
+        placed: set[str] = set()
+        out: list[list[str]] = []
+        while remaining:
+            ready = sorted(name for name, deps in remaining.items() if deps <= placed)
+            if not ready:
+                raise ValueError(f"depends_on cycle among {', '.join(sorted(remaining))}")
+            out.append(ready)
+            placed.update(ready)
+            for name in ready:
+                del remaining[name]
+        return out
+
+    def dependents(self, service: str) -> set[str]:
+        """Services that depend on `service`, directly or through others."""
+        found: set[str] = set()
+        todo = [service]
+        while todo:
+            current = todo.pop()
+            for name, spec in self.services.items():
+                if name not in found and any(d.service == current for d in spec.depends_on):
+                    found.add(name)
+                    todo.append(name)
+        found.discard(service)
+        return found
+
+
+# ---------------------------------------------------------------- public helpers
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|h|m|s)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in a Compose duration: a number of seconds, or units like "1m30s", "500ms"."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as 10s, not a boolean")
+    if isinstance(text, int | float):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"bad duration {text!r}: must be zero or more seconds")
+        return float(text)
+    value = text.strip()
+    if _NUMBER.fullmatch(value):
+        return float(value)
+    total = 0.0
+    position = 0
+    while value and position < len(value):
+        match = _DURATION_PART.match(value, position)
+        if not match:
+            break
+        total += float(match[1]) * _DURATION_UNITS[match[2]]
+        position = match.end()
+    if not value or position < len(value):
+        raise ValueError(f"bad duration {text!r}: use seconds or units like 1m30s, 500ms, 10s, 2h")
+    return total
+
+
+def parse_bytes(text: str | int) -> int:
+    """Bytes in a Compose size: an int, or "1024b", "512k", "64m", "1g" (powers of 1024)."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size such as 64m, not a boolean")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"bad size {text!r}: must be zero or more bytes")
+        return text
+    match = _BYTES.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"bad size {text!r}: use bytes or units like 1024b, 512k, 64m, 1g")
+    unit = (match[2] or "").lower()
+    return int(Decimal(match[1]) * _BYTE_UNITS[unit])
+
+
+def service_hash(service: ServiceSpec) -> str:
+    """16 hex characters that change exactly when something about the container changes."""
+    body = {
+        f.name: _canonical(getattr(service, f.name))
+        for f in fields(service)
+        if f.name not in ("line", "replicas")
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------- loading
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_AS_TEXT = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+_MAX_NODES = 200_000
+
+
+def _load(text: str, source: str) -> Located:
+    """Like load_located, plus `<<` merge keys, and plain scalars kept as written.
+
+    Numbers, dates and yes/no/on/off stay text (as in YAML 1.2 and Compose), so `VERSION: 1.10`
+    is "1.10", `- 22:22` is a port and not a base-60 number; only true/false are booleans.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise FileInvalid(source, [Problem("", line, f"not valid YAML: {reason}")]) from None
+    except RecursionError:
+        raise FileInvalid(source, [Problem("", 0, "not valid YAML: nested too deeply")]) from None
+    if node is None:
+        return Located(None, {})
+    try:
+        if _expanded_size(node, {}, set()) > _MAX_NODES:
+            raise FileInvalid(source, [Problem("", 0, "aliases expand to a file that is too big")])
+        _prepare(node, set(), source)
+        lines: dict[Key, int] = {(): node.start_mark.line + 1}
+        data = _convert(node, (), lines, source)
+    except FileInvalid:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FileInvalid(source, [Problem("", 0, f"not valid YAML: {exc}")]) from None
+    return Located(data, lines)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
+    """How many nodes the document has once aliases are expanded; ValueError if recursive."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise ValueError(f"line {node.start_mark.line + 1}: an alias refers to itself")
+    active.add(key)
+    total = 1
+    for child in _children(node):
+        total = min(total + _expanded_size(child, sizes, active), _MAX_NODES + 1)
+    active.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _prepare(node: yaml.Node, seen: set[int], source: str) -> None:
+    """Apply `<<` merges (explicit keys win, then earlier merges) and keep plain scalars text."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        if node.style is None and (
+            node.tag in _AS_TEXT
+            or (node.tag == _BOOL_TAG and node.value.lower() not in ("true", "false"))
+        ):
+            node.tag = _STR_TAG
+        return
+    for child in _children(node):
+        _prepare(child, seen, source)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    if not any(key.tag == _MERGE_TAG for key, _ in node.value):
+        return
+    explicit: list[tuple[yaml.Node, yaml.Node]] = []
+    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, value in node.value:
+        if key.tag != _MERGE_TAG:
+            explicit.append((key, value))
+            continue
+        for part in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            if not isinstance(part, yaml.MappingNode):
+                line = part.start_mark.line + 1
+                problem = Problem("", line, "'<<' must merge a mapping or a list of mappings")
+                raise FileInvalid(source, [problem])
+            merged.extend(part.value)
+    taken = {key.value for key, _ in explicit if isinstance(key, yaml.ScalarNode)}
+    for key, value in merged:
+        if isinstance(key, yaml.ScalarNode):
+            if key.value in taken:
+                continue
+            taken.add(key.value)
+        explicit.append((key, value))
+    node.value = explicit
+
+
+# ---------------------------------------------------------------- interpolation
+
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])(.*))?", re.DOTALL)
+
+
+def _interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Expand $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?m}, ${VAR?m}, ${VAR:+r}, $$."""
+    if "$" not in text:
+        return text
+    out: list[str] = []
+    position = 0
+    while position < len(text):
+        dollar = text.find("$", position)
+        if dollar < 0:
+            out.append(text[position:])
+            break
+        out.append(text[position:dollar])
+        after = text[dollar + 1 : dollar + 2]
+        if after == "$":
+            out.append("$")
+            position = dollar + 2
+        elif after == "{":
+            end = _closing_brace(text, dollar + 2)
+            if end < 0:
+                raise ValueError(f"unclosed '${{' in {text!r}")
+            out.append(_expand(text[dollar + 2 : end], env, text))
+            position = end + 1
+        else:
+            match = _VAR_NAME.match(text, dollar + 1)
+            if not match:
+                raise ValueError(f"lone '$' in {text!r}: write '$$' for a literal '$'")
+            out.append(env.get(match[0], ""))
+            position = match.end()
+    return "".join(out)
+
+
+def _closing_brace(text: str, start: int) -> int:
+    depth = 1
+    position = start
+    while position < len(text):
+        if text.startswith("$$", position):
+            position += 2
+        elif text.startswith("${", position):
+            depth += 1
+            position += 2
+        else:
+            if text[position] == "}":
+                depth -= 1
+                if depth == 0:
+                    return position
+            position += 1
+    return -1
+
+
+def _expand(body: str, env: Mapping[str, str], whole: str) -> str:
+    match = _BRACED.fullmatch(body)
+    if not match:
+        raise ValueError(f"malformed '${{{body}}}' in {whole!r}")
+    name, op, argument = match[1], match[2], match[3]
+    value = env.get(name)
+    if not op:
+        return value or ""
+    present = bool(value) if op.startswith(":") else value is not None
+    if op.endswith("-"):
+        return value if present and value is not None else _interpolate(argument, env)
+    if op.endswith("+"):
+        return _interpolate(argument, env) if present else ""
+    if present and value is not None:
+        return value
+    message = _interpolate(argument, env)
+    suffix = f": {message}" if message else ""
+    raise ValueError(f"required variable {name} is missing a value{suffix}")
+
+
+# ---------------------------------------------------------------- env files
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+def _parse_env_text(text: str) -> tuple[dict[str, str], list[str], list[tuple[int, str]]]:
+    """KEY=VALUE lines (quotes, `export`, comments); returns values, bare keys, errors."""
+    values: dict[str, str] = {}
+    bare: list[str] = []
+    errors: list[tuple[int, str]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line.removeprefix("export ").lstrip()
+        key, sep, rest = line.partition("=")
+        key = key.strip()
+        if not _ENV_KEY.fullmatch(key):
+            errors.append((number, f"expected KEY=VALUE, got {raw.strip()!r}"))
+            continue
+        if not sep:
+            bare.append(key)
+            continue
+        try:
+            values[key] = _env_value(rest.strip())
+        except ValueError as exc:
+            errors.append((number, str(exc)))
+    return values, bare, errors
+
+
+def _env_value(rest: str) -> str:
+    if rest[:1] in ("'", '"'):
+        quote = rest[0]
+        chars: list[str] = []
+        position = 1
+        while position < len(rest):
+            char = rest[position]
+            if char == quote:
+                tail = rest[position + 1 :].strip()
+                if tail and not tail.startswith("#"):
+                    raise ValueError(f"unexpected text after the closing quote: {tail!r}")
+                return "".join(chars)
+            if quote == '"' and char == "\\" and position + 1 < len(rest):
+                chars.append(_ESCAPES.get(rest[position + 1], "\\" + rest[position + 1]))
+                position += 2
+                continue
+            chars.append(char)
+            position += 1
+        raise ValueError(f"unclosed {quote} quote")
+    comment = rest.find(" #")
+    return (rest[:comment] if comment >= 0 else rest).strip()
+
+
+# ---------------------------------------------------------------- scalar checks
+
+
+class _Bad(Exception):
+    """One problem found while parsing a value, at `path`."""
+
+    def __init__(self, path: Key, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def _text(value: Any, path: Key, what: str = "a string") -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise _Bad(path, f"expected {what}")
+
+
+def _word(value: Any, path: Key, what: str = "a non-empty string") -> str:
+    text = _text(value, path, what).strip()
+    if not text:
+        raise _Bad(path, f"expected {what}")
+    return text
+
+
+def _arg(value: Any, path: Key) -> str:
+    """One word of a command: text, with booleans written as true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _text(value, path)
+
+
+def _scalar(value: Any, path: Key) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return _text(value, path, "a string, number or boolean")
+
+
+def _bool(value: Any, path: Key) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise _Bad(path, "expected true or false")
+
+
+def _int(value: Any, path: Key, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    else:
+        raise _Bad(path, "expected a whole number")
+    if number < low or (high is not None and number > high):
+        limit = f"between {low} and {high}" if high is not None else f"{low} or more"
+        raise _Bad(path, f"must be {limit}, not {number}")
+    return number
+
+
+def _cpus(value: Any, path: Key) -> float:
+    try:
+        number = float(_text(value, path, "a number of CPUs"))
+    except ValueError:
+        raise _Bad(path, f"expected a number of CPUs such as 0.5, not {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise _Bad(path, "the number of CPUs must be more than 0")
+    return number
+
+
+def _duration(value: Any, path: Key) -> float:
+    if not isinstance(value, str | int | float):
+        raise _Bad(path, "expected a duration such as 10s or 1m30s")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _Bad(path, str(exc)) from None
+
+
+def _bytes(value: Any, path: Key) -> int:
+    if not isinstance(value, str | int):
+        raise _Bad(path, "expected a size such as 64m or 1g")
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise _Bad(path, str(exc)) from None
+
+
+def _positive_bytes(value: Any, path: Key) -> int:
+    size = _bytes(value, path)
+    if size <= 0:
+        raise _Bad(path, "must be more than 0 bytes")
+    return size
+
+
+def _mapping(value: Any, path: Key) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise _Bad(path, "expected a mapping")
+
+
+def _sequence(value: Any, path: Key) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    raise _Bad(path, "expected a list")
+
+
+def _argv(value: Any, path: Key) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise _Bad(path, f"cannot split into words: {exc}") from None
+    items = _sequence(value, path)
+    return tuple(_arg(item, (*path, i)) for i, item in enumerate(items))
+
+
+def _absolute(value: Any, path: Key, what: str = "path") -> str:
+    text = _word(value, path, f"an absolute {what}")
+    if not text.startswith("/"):
+        raise _Bad(path, f"{what} {text!r} must be absolute (start with '/')")
+    return text
+
+
+# ---------------------------------------------------------------- stack file rules
+
+_TOP_KEYS = {"version", "name", "services", "networks", "volumes"}
+_SERVICE_KEYS = {
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "ports",
+    "expose",
+    "volumes",
+    "networks",
+    "network_mode",
+    "depends_on",
+    "restart",
+    "healthcheck",
+    "labels",
+    "hostname",
+    "privileged",
+    "devices",
+    "cap_add",
+    "group_add",
+    "shm_size",
+    "runtime",
+    "deploy",
+    "stop_grace_period",
+    "working_dir",
+    "user",
+    "init",
+    "tty",
+    "stdin_open",
+    "extra_hosts",
+}
+_KEY_HINTS = {"container_name": "corral names containers itself; remove container_name"}
+_RESTART: dict[str, RestartPolicy] = {
+    "no": "no",
+    "always": "always",
+    "on-failure": "on-failure",
+    "unless-stopped": "unless-stopped",
+}
+_SWARM_RESTART: dict[str, RestartPolicy] = {
+    "none": "no",
+    "on-failure": "on-failure",
+    "any": "always",
+}
+_CONDITIONS: dict[str, Condition] = {
+    "service_started": "service_started",
+    "service_healthy": "service_healthy",
+    "service_completed_successfully": "service_completed_successfully",
+}
+_NETWORK_MODES = ("host", "none", "bridge")
+_RESERVED_LABEL = "corral."
+_CONSTRAINT = re.compile(r"\s*([^\s=!]+)\s*(==|!=)\s*(\S(?:.*\S)?)\s*", re.DOTALL)
+_VOLUME_OPTIONS = {"ro", "rw", "cached", "delegated", "consistent"}
+
+
+@dataclass
+class _Deploy:
+    replicas: int = 1
+    cpu_limit: float | None = None
+    memory_limit: int | None = None
+    cpu_reservation: float | None = None
+    memory_reservation: int | None = None
+    constraints: tuple[Constraint, ...] = ()
+    update_order: str = "stop-first"
+    restart: tuple[RestartPolicy, int] | None = None
+
+
+class _Parser:
+    """Walks one interpolated document, collecting every problem instead of stopping."""
+
+    def __init__(
+        self, doc: Located, variables: Mapping[str, str], base_dir: Path | None, stack: str
+    ) -> None:
+        self.doc = doc
+        self.variables = variables
+        self.base_dir = base_dir
+        self.stack = stack
+        self.problems: list[Problem] = []
+        self.declared_networks: set[str] = set()
+        self.declared_volumes: set[str] = set()
+        self.dependency_paths: dict[tuple[str, str], Key] = {}
+        self.uninterpolated: set[Key] = set()
+
+    # -- plumbing
+
+    def add(self, path: Key, message: str) -> None:
+        # A value whose interpolation failed was already reported; say nothing more about it.
+        if any(path[: len(bad)] == bad for bad in self.uninterpolated):
+            return
+        self.problems.append(Problem(dotted(path), self.doc.line_of(path), message))
+
+    def attempt(self, default: T, parse: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """parse(*args); on a problem, record it and return `default`."""
+        try:
+            return parse(*args, **kwargs)
+        except _Bad as bad:
+            self.add(bad.path, bad.message)
+            return default
+
+    def opt(
+        self,
+        body: Mapping[str, Any],
+        key: str,
+        path: Key,
+        parse: Callable[[Any, Key], T],
+        default: T,
+    ) -> T:
+        """Parse body[key] if present and not null; on a problem record it, return default."""
+        value = body.get(key)
+        if value is None:
+            return default
+        return self.attempt(default, parse, value, (*path, key))
+
+    def section(
+        self, body: Mapping[str, Any], key: str, path: Key, allowed: set[str]
+    ) -> dict[str, Any]:
+        """A nested mapping (empty if absent), with its keys checked against `allowed`."""
+        inner: dict[str, Any] = self.opt(body, key, path, _mapping, {})
+        self.check_keys(inner, (*path, key), allowed)
+        return inner
+
+    def check_keys(self, body: Mapping[str, Any], path: Key, allowed: set[str]) -> None:
+        for key in body:
+            if key not in allowed and not key.startswith("x-"):
+                self.add((*path, key), _KEY_HINTS.get(key, "unknown or unsupported key"))
+
+    def interpolate(self, value: Any, path: Key) -> Any:
+        if isinstance(value, dict):
+            return {
+                key: item if key.startswith("x-") else self.interpolate(item, (*path, key))
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.interpolate(item, (*path, i)) for i, item in enumerate(value)]
+        if isinstance(value, str):
+            try:
+                return _interpolate(value, self.variables)
+            except ValueError as exc:
+                self.add(path, str(exc))
+                self.uninterpolated.add(path)
+        return value
+
+    def resolve(self, value: str, path: Key, what: str) -> str:
+        """An absolute, normalised path; relative ones are taken from the stack's directory."""
+        if value.startswith("~"):
+            raise _Bad(path, f"{what} {value!r}: '~' is not expanded; use an absolute or ./ path")
+        if value.startswith("/"):
+            return os.path.normpath(value)
+        if self.base_dir is None:
+            raise _Bad(
+                path, f"relative {what} {value!r} needs the stack's directory; none was given"
+            )
+        return os.path.normpath(os.path.join(os.path.abspath(self.base_dir), value))
+
+    # -- top level
+
+    def stack_spec(self, data: Any) -> StackSpec:
+        if not isinstance(data, dict):
+            self.add((), "expected a mapping with a 'services' key")
+            return StackSpec({}, {}, {})
+        self.check_keys(data, (), _TOP_KEYS)
+        networks = self.named_sections(data, "networks", self.network)
+        volumes = self.named_sections(data, "volumes", self.volume)
+        raw = data.get("services")
+        if not isinstance(raw, dict) or not raw:
+            self.add(("services",), "a stack needs a non-empty 'services' mapping")
+            return StackSpec({}, networks, volumes)
+        services: dict[str, ServiceSpec] = {}
+        for name, body in raw.items():
+            spec = self.service(name, body, set(raw))
+            if spec is not None:
+                services[name] = spec
+        self.check_dependencies(services)
+        if "default" not in networks and any("default" in s.networks for s in services.values()):
+            networks["default"] = NetworkSpec("default")
+        return StackSpec(services, networks, volumes)
+
+    def named_sections(
+        self, data: Mapping[str, Any], key: str, parse: Callable[[str, Any, Key], T]
+    ) -> dict[str, T]:
+        body: dict[str, Any] = self.opt(data, key, (), _mapping, {})
+        declared = self.declared_networks if key == "networks" else self.declared_volumes
+        declared.update(body)
+        out: dict[str, T] = {}
+        for name, value in body.items():
+            path: Key = (key, name)
+            if name.startswith("x-"):
+                continue
+            try:
+                check_name(name, f"{key[:-1]} name")
+            except ValueError as exc:
+                self.add(path, str(exc))
+                continue
+            try:
+                out[name] = parse(name, value, path)
+            except _Bad as bad:
+                self.add(bad.path, bad.message)
+        return out
+
+    def external(self, body: Mapping[str, Any], path: Key, what: str) -> tuple[bool, str | None]:
+        """The `external` and `name` keys, shared by networks and volumes."""
+        external_name = self.opt(body, "name", path, _word, None)
+        raw = body.get("external")
+        external = False
+        if isinstance(raw, dict):  # legacy `external: {name: x}`
+            external = True
+            self.check_keys(raw, (*path, "external"), {"name"})
+            external_name = self.opt(raw, "name", (*path, "external"), _word, external_name)
+        elif raw is not None:
+            external = self.attempt(False, _bool, raw, (*path, "external"))
+        if external:
+            for key in body:
+                if key not in ("external", "name") and not key.startswith("x-"):
+                    self.add((*path, key), f"an external {what} takes only 'name'")
+        elif "name" in body:
+            self.add(
+                (*path, "name"),
+                f"only an external {what} may set name; corral names the {what}s it creates",
+            )
+            external_name = None
+        return external, external_name
+
+    def network(self, name: str, value: Any, path: Key) -> NetworkSpec:
+        if value is None:
+            return NetworkSpec(name)
+        body = _mapping(value, path)
+        self.check_keys(body, path, {"driver", "external", "attachable", "ipam", "labels", "name"})
+        external, external_name = self.external(body, path, "network")
+        ipam = self.section(body, "ipam", path, {"driver", "config"})
+        ipam_path = (*path, "ipam")
+        driver = self.opt(ipam, "driver", ipam_path, _word, "default")
+        if driver != "default":
+            self.add((*ipam_path, "driver"), "only the default IPAM driver is supported")
+        subnet: str | None = None
+        configs: list[Any] = self.opt(ipam, "config", ipam_path, _sequence, [])
+        if len(configs) > 1:
+            self.add((*ipam_path, "config"), "only one IPAM config (one subnet) is supported")
+        elif configs:
+            config_path = (*ipam_path, "config", 0)
+            config = self.attempt({}, _mapping, configs[0], config_path)
+            self.check_keys(config, config_path, {"subnet"})
+            subnet = self.opt(config, "subnet", config_path, _subnet, None)
+        return NetworkSpec(
+            name=name,
+            driver=self.opt(body, "driver", path, _word, None),
+            external=external,
+            attachable=self.opt(body, "attachable", path, _bool, False),
+            subnet=subnet,
+            labels=self.opt(body, "labels", path, self.labels, {}),
+            external_name=external_name,
+        )
+
+    def volume(self, name: str, value: Any, path: Key) -> VolumeSpec:
+        if value is None:
+            return VolumeSpec(name)
+        body = _mapping(value, path)
+        self.check_keys(body, path, {"driver", "external", "name"})
+        external, external_name = self.external(body, path, "volume")
+        driver = self.opt(body, "driver", path, _word, None)
+        return VolumeSpec(name, driver, external, external_name)
+
+    # -- services
+
+    def service(self, name: str, body: Any, all_names: set[str]) -> ServiceSpec | None:
+        path: Key = ("services", name)
+        try:
+            check_name(name, "service name")
+        except ValueError as exc:
+            self.add(path, str(exc))
+        if not isinstance(body, dict):
+            self.add(path, "expected a mapping with image or build")
+            return None
+        self.check_keys(body, path, _SERVICE_KEYS)
+        before = len(self.problems)
+
+        build = self.opt(body, "build", path, self.build, None)
+        image = self.opt(body, "image", path, _image, None)
+        if body.get("image") is None and body.get("build") is None:
+            self.add(path, "a service needs image or build")
+        environment: dict[str, str] = self.opt(body, "env_file", path, self.env_files, {})
+        environment.update(self.opt(body, "environment", path, self.key_values, dict[str, str]()))
+        network_mode = self.opt(body, "network_mode", path, _network_mode, None)
+        networks: dict[str, tuple[str, ...]] = self.opt(
+            body, "networks", path, self.service_networks, {}
+        )
+        if body.get("networks") is not None and body.get("network_mode") is not None:
+            self.add((*path, "networks"), "networks cannot be combined with network_mode")
+        elif body.get("networks") is None and body.get("network_mode") is None:
+            networks = {"default": ()}
+        deploy = self.opt(body, "deploy", path, self.deploy, _Deploy())
+        restart = self.opt(body, "restart", path, _restart, None) or deploy.restart or ("no", 0)
+        depends_on: tuple[Dependency, ...] = self.opt(body, "depends_on", path, self.depends_on, ())
+        for dependency in depends_on:
+            if dependency.service not in all_names:
+                where = self.dependency_paths[(name, dependency.service)]
+                self.add(where, f"depends on unknown service {dependency.service!r}")
+        spec = ServiceSpec(
+            name=name,
+            image=image or f"{self.stack}-{name}:latest",
+            line=self.doc.line_of(path),
+            build=build,
+            command=self.opt(body, "command", path, _argv, None),
+            entrypoint=self.opt(body, "entrypoint", path, _argv, None),
+            environment=environment,
+            ports=self.opt(body, "ports", path, self.ports, ()),
+            volumes=self.opt(body, "volumes", path, self.mounts, ()),
+            networks=networks,
+            network_mode=network_mode,
+            depends_on=depends_on,
+            restart=restart[0],
+            restart_max=restart[1],
+            healthcheck=self.opt(body, "healthcheck", path, self.healthcheck, None),
+            labels=self.opt(body, "labels", path, self.labels, {}),
+            hostname=self.opt(body, "hostname", path, _word, None),
+            privileged=self.opt(body, "privileged", path, _bool, False),
+            devices=self.opt(body, "devices", path, self.each(_device), ()),
+            cap_add=self.opt(body, "cap_add", path, self.each(_word), ()),
+            group_add=self.opt(body, "group_add", path, self.each(_word), ()),
+            shm_size=self.opt(body, "shm_size", path, _bytes, None),
+            runtime=self.opt(body, "runtime", path, _word, None),
+            replicas=deploy.replicas,
+            cpu_limit=deploy.cpu_limit,
+            memory_limit=deploy.memory_limit,
+            cpu_reservation=deploy.cpu_reservation,
+            memory_reservation=deploy.memory_reservation,
+            constraints=deploy.constraints,
+            update_order=deploy.update_order,
+            stop_grace_s=self.opt(body, "stop_grace_period", path, _duration, 10.0),
+            working_dir=self.opt(body, "working_dir", path, _absolute, None),
+            user=self.opt(body, "user", path, _word, None),
+            init=self.opt(body, "init", path, _bool, False),
+            tty=self.opt(body, "tty", path, _bool, False),
+            stdin_open=self.opt(body, "stdin_open", path, _bool, False),
+            extra_hosts=self.opt(body, "extra_hosts", path, self.extra_hosts, ()),
+        )
+        # A service with problems is left out, so later checks do not pile on more.
+        return spec if len(self.problems) == before else None
+
+    def each(self, parse: Callable[[Any, Key], str]) -> Callable[[Any, Key], tuple[str, ...]]:
+        """A parser for a list whose items `parse` checks one by one (all problems kept)."""
+
+        def parse_all(value: Any, path: Key) -> tuple[str, ...]:
+            items = _sequence(value, path)
+            out: list[str | None] = [
+                self.attempt(None, parse, item, (*path, i)) for i, item in enumerate(items)
+            ]
+            return tuple(item for item in out if item is not None)
+
+        return parse_all
+
+    def build(self, value: Any, path: Key) -> BuildSpec:
+        if isinstance(value, str):
+            return BuildSpec(self.context(value, path))
+        body = _mapping(value, path)
+        self.check_keys(body, path, {"context", "dockerfile", "args"})
+        context = self.opt(body, "context", path, self.context, None)
+        if context is None and body.get("context") is None:
+            context = self.attempt(None, self.context, ".", (*path, "context"))
+        return BuildSpec(
+            context=context or "",
+            dockerfile=self.opt(body, "dockerfile", path, _word, "Dockerfile"),
+            args=self.opt(body, "args", path, self.key_values, {}),
+        )
+
+    def context(self, value: Any, path: Key) -> str:
+        text = _word(value, path, "a build context directory")
+        if "://" in text or text.startswith("git@"):
+            raise _Bad(path, f"build context {text!r}: only local directories are supported")
+        return self.resolve(text, path, "build context")
+
+    def key_values(self, value: Any, path: Key) -> dict[str, str]:
+        """`environment` or `args`: KEY=VALUE / KEY list, or a mapping; bare keys pass through."""
+        out: dict[str, str] = {}
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                text = self.attempt(None, _text, item, (*path, i), "KEY=VALUE")
+                if text is None:
+                    continue
+                key, sep, rest = text.partition("=")
+                if not key.strip():
+                    self.add((*path, i), f"expected KEY=VALUE, got {text!r}")
+                elif sep:
+                    out[key.strip()] = rest
+                elif key.strip() in self.variables:
+                    out[key.strip()] = self.variables[key.strip()]
+            return out
+        for key, item in _mapping(value, path).items():
+            if item is None:
+                if key in self.variables:
+                    out[key] = self.variables[key]
+                continue
+            text = self.attempt(None, _scalar, item, (*path, key))
+            if text is not None:
+                out[key] = text
+        return out
+
+    def env_files(self, value: Any, path: Key) -> dict[str, str]:
+        entries = [(value, path)] if isinstance(value, str | dict) else None
+        if entries is None:
+            entries = [(item, (*path, i)) for i, item in enumerate(_sequence(value, path))]
+        out: dict[str, str] = {}
+        for entry, where in entries:
+            out.update(self.attempt({}, self.env_file, entry, where))
+        return out
+
+    def env_file(self, entry: Any, path: Key) -> dict[str, str]:
+        required = True
+        if isinstance(entry, dict):
+            self.check_keys(entry, path, {"path", "required"})
+            required = self.opt(entry, "required", path, _bool, True)
+            if entry.get("path") is None:
+                raise _Bad(path, "an env_file entry needs a path")
+            path = (*path, "path")
+            entry = entry["path"]
+        file = Path(self.resolve(_word(entry, path, "a file path"), path, "env_file"))
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if required:
+                raise _Bad(path, f"env_file {str(file)!r} does not exist") from None
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Bad(path, f"cannot read env_file {str(file)!r}: {exc}") from None
+        values, bare, errors = _parse_env_text(text)
+        for number, message in errors:
+            self.add(path, f"env_file {str(file)!r} line {number}: {message}")
+        for key in bare:
+            if key in self.variables:
+                values[key] = self.variables[key]
+        return values
+
+    def labels(self, value: Any, path: Key) -> dict[str, str]:
+        out: dict[str, str] = {}
+        pairs: list[tuple[str, str, Key]] = []
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                text = self.attempt(None, _text, item, (*path, i), "key=value")
+                if text is not None:
+                    key, _, rest = text.partition("=")
+                    pairs.append((key.strip(), rest, (*path, i)))
+        else:
+            for key, item in _mapping(value, path).items():
+                text = self.attempt(None, _scalar, item, (*path, key))
+                if text is not None:
+                    pairs.append((key, text, (*path, key)))
+        for key, text, where in pairs:
+            if not key:
+                self.add(where, "a label needs a key")
+            elif key.startswith(_RESERVED_LABEL):
+                self.add(where, f"label {key!r}: keys starting with 'corral.' are reserved")
+            else:
+                out[key] = text
+        return out
+
+    def ports(self, value: Any, path: Key) -> tuple[PortMapping, ...]:
+        items = _sequence(value, path)
+        found = [self.attempt(None, _port, item, (*path, i)) for i, item in enumerate(items)]
+        return tuple(port for port in found if port is not None)
+
+    def mounts(self, value: Any, path: Key) -> tuple[VolumeMount, ...]:
+        items = _sequence(value, path)
+        found = [self.attempt(None, self.mount, item, (*path, i)) for i, item in enumerate(items)]
+        return tuple(mount for mount in found if mount is not None)
+
+    def mount(self, value: Any, path: Key) -> VolumeMount:
+        if isinstance(value, dict):
+            return self.long_mount(value, path)
+        text = _word(value, path, "source:target[:ro] or a mapping")
+        parts = text.split(":")
+        if len(parts) == 1:
+            return VolumeMount("volume", _absolute(parts[0], path, "target"))
+        if len(parts) > 3:
+            raise _Bad(path, f"volume {text!r} must look like source:target[:ro]")
+        source, target = parts[0], _absolute(parts[1], path, "target")
+        read_only = False
+        for option in parts[2].split(",") if len(parts) == 3 else []:
+            if option not in _VOLUME_OPTIONS:
+                raise _Bad(path, f"volume option {option!r} is not supported (ro or rw)")
+            read_only = read_only or option == "ro"
+        if not source:
+            raise _Bad(path, f"volume {text!r} has an empty source")
+        if source.startswith(("/", ".", "~")):
+            return VolumeMount("bind", target, self.resolve(source, path, "bind source"), read_only)
+        return VolumeMount("volume", target, self.named_volume(source, path), read_only)
+
+    def named_volume(self, source: str, path: Key) -> str:
+        if source not in self.declared_volumes:
+            raise _Bad(path, f"volume {source!r} is not declared under top-level volumes")
+        return source
+
+    def long_mount(self, body: dict[str, Any], path: Key) -> VolumeMount:
+        self.check_keys(
+            body, path, {"type", "source", "target", "read_only", "consistency", "bind"}
+        )
+        bind = self.section(body, "bind", path, {"create_host_path"})
+        self.opt(bind, "create_host_path", (*path, "bind"), _bool, True)
+        kind = _word(body.get("type"), (*path, "type"), "type: volume, bind or tmpfs")
+        target = _absolute(body.get("target"), (*path, "target"), "target")
+        read_only = self.opt(body, "read_only", path, _bool, False)
+        source = body.get("source")
+        source_path = (*path, "source")
+        if kind == "bind":
+            text = _word(source, source_path, "a bind source path")
+            return VolumeMount(
+                "bind", target, self.resolve(text, source_path, "bind source"), read_only
+            )
+        if kind == "volume":
+            if source is None or source == "":
+                return VolumeMount("volume", target, "", read_only)
+            name = self.named_volume(_word(source, source_path), source_path)
+            return VolumeMount("volume", target, name, read_only)
+        if kind == "tmpfs":
+            if source not in (None, ""):
+                raise _Bad(source_path, "a tmpfs mount has no source")
+            return VolumeMount("tmpfs", target, "", read_only)
+        raise _Bad((*path, "type"), f"mount type {kind!r} is not supported (volume, bind or tmpfs)")
+
+    def service_networks(self, value: Any, path: Key) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        entries: list[tuple[str | None, Any, Key]]
+        if isinstance(value, list):
+            entries = [
+                (self.attempt(None, _word, item, (*path, i)), None, (*path, i))
+                for i, item in enumerate(value)
+            ]
+        else:
+            entries = [(name, body, (*path, name)) for name, body in _mapping(value, path).items()]
+        for name, body, where in entries:
+            if name is None:
+                continue
+            if name != "default" and name not in self.declared_networks:
+                self.add(where, f"network {name!r} is not declared under top-level networks")
+                continue
+            aliases: tuple[str, ...] = ()
+            if body is not None:
+                settings = self.attempt({}, _mapping, body, where)
+                self.check_keys(settings, where, {"aliases"})
+                aliases = self.opt(settings, "aliases", where, self.each(_word), ())
+            out[name] = aliases
+        return out
+
+    def depends_on(self, value: Any, path: Key) -> tuple[Dependency, ...]:
+        owner = str(path[1])
+        out: list[Dependency] = []
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                name = self.attempt(None, _word, item, (*path, i), "a service name")
+                if name is not None:
+                    self.dependency_paths[(owner, name)] = (*path, i)
+                    out.append(Dependency(name))
+            return tuple(out)
+        for name, body in _mapping(value, path).items():
+            where: Key = (*path, name)
+            self.dependency_paths[(owner, name)] = where
+            condition: Condition = "service_started"
+            if body is not None:
+                settings = self.attempt({}, _mapping, body, where)
+                self.check_keys(settings, where, {"condition", "required", "restart"})
+                condition = self.opt(settings, "condition", where, _condition, condition)
+                self.opt(settings, "required", where, _bool, True)
+                self.opt(settings, "restart", where, _bool, False)
+            out.append(Dependency(name, condition))
+        return tuple(out)
+
+    def healthcheck(self, value: Any, path: Key) -> Healthcheck:
+        body = _mapping(value, path)
+        allowed = {"test", "interval", "timeout", "retries", "start_period", "disable"}
+        self.check_keys(body, path, allowed)
+        if self.opt(body, "disable", path, _bool, False):
+            return Healthcheck(("NONE",))
+        if body.get("test") is None:
+            raise _Bad(path, "a healthcheck needs a test (or disable: true)")
+        return Healthcheck(
+            test=self.opt(body, "test", path, _health_test, ("NONE",)),
+            interval_s=self.opt(body, "interval", path, _duration, 30.0),
+            timeout_s=self.opt(body, "timeout", path, _duration, 30.0),
+            retries=self.opt(body, "retries", path, _int, 3),
+            start_period_s=self.opt(body, "start_period", path, _duration, 0.0),
+        )
+
+    def extra_hosts(self, value: Any, path: Key) -> tuple[str, ...]:
+        if isinstance(value, dict):
+            pairs = [(f"{k}:{_text(v, (*path, k))}", (*path, k)) for k, v in value.items()]
+        else:
+            pairs = [
+                (_text(v, (*path, i)), (*path, i)) for i, v in enumerate(_sequence(value, path))
+            ]
+        found = [self.attempt(None, _extra_host, text, where) for text, where in pairs]
+        return tuple(host for host in found if host is not None)
+
+    def deploy(self, value: Any, path: Key) -> _Deploy:
+        body = _mapping(value, path)
+        allowed = {
+            "replicas",
+            "resources",
+            "placement",
+            "restart_policy",
+            "update_config",
+            "rollback_config",
+            "mode",
+            "labels",
+        }
+        self.check_keys(body, path, allowed)
+        out = _Deploy()
+        self.opt(body, "mode", path, _mode, "replicated")
+        out.replicas = self.opt(body, "replicas", path, _replicas, 1)
+        resources = self.section(body, "resources", path, {"limits", "reservations"})
+        resources_path = (*path, "resources")
+        limits = self.section(resources, "limits", resources_path, {"cpus", "memory"})
+        limits_path = (*resources_path, "limits")
+        out.cpu_limit = self.opt(limits, "cpus", limits_path, _cpus, None)
+        out.memory_limit = self.opt(limits, "memory", limits_path, _positive_bytes, None)
+        reserved = self.section(resources, "reservations", resources_path, {"cpus", "memory"})
+        reserved_path = (*resources_path, "reservations")
+        out.cpu_reservation = self.opt(reserved, "cpus", reserved_path, _cpus, None)
+        out.memory_reservation = self.opt(reserved, "memory", reserved_path, _positive_bytes, None)
+        placement = self.section(body, "placement", path, {"constraints"})
+        constraints: list[Any] = self.opt(
+            placement, "constraints", (*path, "placement"), _sequence, []
+        )
+        constraints_path = (*path, "placement", "constraints")
+        found = [
+            self.attempt(None, _constraint, item, (*constraints_path, i))
+            for i, item in enumerate(constraints)
+        ]
+        out.constraints = tuple(c for c in found if c is not None)
+        policy = self.section(
+            body, "restart_policy", path, {"condition", "max_attempts", "delay", "window"}
+        )
+        policy_path = (*path, "restart_policy")
+        if policy:
+            condition: RestartPolicy = self.opt(
+                policy, "condition", policy_path, _swarm_restart, "always"
+            )
+            attempts = self.opt(policy, "max_attempts", policy_path, _int, 0)
+            self.opt(policy, "delay", policy_path, _duration, 0.0)
+            self.opt(policy, "window", policy_path, _duration, 0.0)
+            out.restart = (condition, attempts if condition == "on-failure" else 0)
+        update: dict[str, Any] = self.opt(body, "update_config", path, _mapping, {})
+        out.update_order = self.opt(update, "order", (*path, "update_config"), _order, "stop-first")
+        self.opt(body, "rollback_config", path, _mapping, dict[str, Any]())
+        labels = body.get("labels")
+        if labels is not None and not isinstance(labels, dict | list):
+            self.add((*path, "labels"), "expected a mapping or a list")
+        return out
+
+    # -- cross checks
+
+    def check_dependencies(self, services: Mapping[str, ServiceSpec]) -> None:
+        for name, spec in services.items():
+            for dependency in spec.depends_on:
+                target = services.get(dependency.service)
+                if dependency.condition != "service_healthy" or target is None:
+                    continue
+                check = target.healthcheck
+                if check is None or check.test == ("NONE",):
+                    self.add(
+                        self.dependency_paths[(name, dependency.service)],
+                        f"service_healthy needs a healthcheck on {dependency.service!r}",
+                    )
+        order = list(services)
+        for cycle in _cycles(services):
+            first = min(cycle[:-1], key=order.index)
+            start = cycle.index(first)
+            rotated = [*cycle[start:-1], *cycle[:start], first]
+            self.add(("services", first, "depends_on"), f"depends_on cycle: {' -> '.join(rotated)}")
+
+
+def _cycles(services: Mapping[str, ServiceSpec]) -> list[list[str]]:
+    """Every cycle found by a depth-first walk, each as [a, b, ..., a]."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for dependency in services[name].depends_on:
+            target = dependency.service
+            if target not in services:
+                continue
+            if state.get(target) == 1:
+                found.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[name] = 2
+
+    for name in services:
+        if name not in state:
+            visit(name)
+    return found
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def _image(value: Any, path: Key) -> str:
+    text = _word(value, path, "an image reference")
+    if any(char.isspace() for char in text):
+        raise _Bad(path, f"image {text!r} must not contain spaces")
+    return text
+
+
+def _replicas(value: Any, path: Key) -> int:
+    return _int(value, path, 0, 100)
+
+
+def _subnet(value: Any, path: Key) -> str:
+    text = _word(value, path, "a subnet such as 10.10.0.0/24")
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError as exc:
+        raise _Bad(path, f"bad subnet {text!r}: {exc}") from None
+
+
+def _network_mode(value: Any, path: Key) -> str:
+    text = _word(value, path, "a network mode")
+    if text not in _NETWORK_MODES:
+        raise _Bad(path, f"network_mode {text!r} is not supported; use host, none or bridge")
+    return text
+
+
+def _restart(value: Any, path: Key) -> tuple[RestartPolicy, int]:
+    if value is False:
+        return ("no", 0)
+    text = _word(value, path, "a restart policy").lower()
+    policy, sep, count = text.partition(":")
+    if policy not in _RESTART or (sep and policy != "on-failure"):
+        raise _Bad(path, f"restart {text!r}: use no, always, on-failure[:N] or unless-stopped")
+    return (_RESTART[policy], _int(count, path) if sep else 0)
+
+
+def _swarm_restart(value: Any, path: Key) -> RestartPolicy:
+    text = _word(value, path, "none, on-failure or any")
+    if text not in _SWARM_RESTART:
+        raise _Bad(path, f"condition {text!r}: use none, on-failure or any")
+    return _SWARM_RESTART[text]
+
+
+def _condition(value: Any, path: Key) -> Condition:
+    text = _word(value, path, "a condition")
+    if text not in _CONDITIONS:
+        raise _Bad(path, f"condition {text!r}: use one of {', '.join(_CONDITIONS)}")
+    return _CONDITIONS[text]
+
+
+def _mode(value: Any, path: Key) -> str:
+    text = _word(value, path, "a deploy mode")
+    if text == "global":
+        raise _Bad(path, "deploy mode 'global' is not supported; use replicas and constraints")
+    if text != "replicated":
+        raise _Bad(path, f"deploy mode {text!r} is not supported; use replicated")
+    return text
+
+
+def _order(value: Any, path: Key) -> str:
+    text = _word(value, path, "stop-first or start-first")
+    if text not in ("stop-first", "start-first"):
+        raise _Bad(path, f"order {text!r}: use stop-first or start-first")
+    return text
+
+
+def _health_test(value: Any, path: Key) -> tuple[str, ...]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise _Bad(path, "the healthcheck test is empty")
+        return ("CMD-SHELL", value)
+    items = tuple(_arg(item, (*path, i)) for i, item in enumerate(_sequence(value, path)))
+    kind = items[0] if items else ""
+    if kind == "NONE" and len(items) == 1:
+        return items
+    if kind == "CMD" and len(items) >= 2:
+        return items
+    if kind == "CMD-SHELL" and len(items) == 2:
+        return items
+    raise _Bad(path, 'test must be a string, ["CMD", arg...], ["CMD-SHELL", "cmd"] or ["NONE"]')
+
+
+def _device(value: Any, path: Key) -> str:
+    text = _word(value, path, "a device such as /dev/ttyUSB0")
+    parts = text.split(":")
+    if len(parts) > 3 or not all(part.startswith("/") for part in parts[:2]):
+        raise _Bad(path, f"device {text!r} must look like /dev/x[:/dev/y[:rwm]]")
+    if len(parts) == 3 and (not parts[2] or set(parts[2]) - set("rwm")):
+        raise _Bad(path, f"device {text!r}: permissions must be letters from 'rwm'")
+    return text
+
+
+def _extra_host(text: str, path: Key) -> str:
+    separator = min((i for i in (text.find("="), text.find(":")) if i >= 0), default=-1)
+    name, address = text[:separator].strip(), text[separator + 1 :].strip()
+    address = address.removeprefix("[").removesuffix("]")
+    if separator <= 0 or not name:
+        raise _Bad(path, f"extra host {text!r} must look like name:ip")
+    if address != "host-gateway":
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise _Bad(path, f"extra host {text!r}: {address!r} is not an IP address") from None
+    return f"{name}:{address}"
+
+
+def _constraint(value: Any, path: Key) -> Constraint:
+    text = _text(value, path, "a constraint such as node.labels.role == robot")
+    match = _CONSTRAINT.fullmatch(text)
+    if not match:
+        raise _Bad(path, f"constraint {text!r} must look like 'node.labels.role == robot'")
+    name, op, expected = match[1], match[2], match[3]
+    lowered = name.lower()
+    prefix = next((p for p in ("node.labels.", "engine.labels.") if lowered.startswith(p)), None)
+    if lowered in ("node.hostname", "node.role"):
+        name = lowered
+    elif prefix is not None and len(name) > len(prefix):
+        name = prefix + name[len(prefix) :]  # the label key keeps its case
+    else:
+        raise _Bad(
+            path,
+            f"constraint {text!r}: unknown field {name!r}; "
+            f"supported: {', '.join(CONSTRAINT_FIELDS)}",
+        )
+    return Constraint(name, "==" if op == "==" else "!=", expected)
+
+
+def _port_number(text: str, path: Key, whole: str) -> int:
+    if "-" in text:
+        raise _Bad(path, f"port {whole!r}: port ranges are not supported; list each port")
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise _Bad(path, f"port {whole!r}: {text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _protocol(text: str, path: Key, whole: str) -> Literal["tcp", "udp"]:
+    lowered = text.strip().lower()
+    if lowered == "tcp":
+        return "tcp"
+    if lowered == "udp":
+        return "udp"
+    raise _Bad(path, f"port {whole!r}: protocol must be tcp or udp")
+
+
+def _host_ip(text: str, path: Key, whole: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Bad(path, f"port {whole!r}: {text!r} is not an IP address") from None
+
+
+def _port(value: Any, path: Key) -> PortMapping:
+    if isinstance(value, dict):
+        return _long_port(value, path)
+    whole = _word(value, path, "a port such as 8080:80")
+    spec, slash, protocol = whole.partition("/")
+    proto = _protocol(protocol, path, whole) if slash else "tcp"
+    host_ip = ""
+    if spec.startswith("["):
+        close = spec.find("]")
+        if close < 0 or spec[close + 1 : close + 2] != ":":
+            raise _Bad(path, f"port {whole!r} must look like [ip]:host:container")
+        host_ip = _host_ip(spec[1:close], path, whole)
+        parts = spec[close + 2 :].split(":")
+        if len(parts) != 2:
+            raise _Bad(path, f"port {whole!r} must look like [ip]:host:container")
+    else:
+        parts = spec.rsplit(":", 2)
+        if len(parts) == 3:
+            host_ip = _host_ip(parts.pop(0), path, whole)
+    container = _port_number(parts[-1], path, whole)
+    host = _port_number(parts[0], path, whole) if len(parts) == 2 and parts[0] else None
+    return PortMapping(container, host, host_ip, proto)
+
+
+def _long_port(body: dict[str, Any], path: Key) -> PortMapping:
+    allowed = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
+    unknown = [key for key in body if key not in allowed and not key.startswith("x-")]
+    if unknown:
+        raise _Bad((*path, unknown[0]), "unknown or unsupported key")
+    if body.get("target") is None:
+        raise _Bad(path, "a port needs a target (the container port)")
+    given = {key: _text(body[key], (*path, key)) for key in allowed if body.get(key) is not None}
+    target = _port_number(given["target"], (*path, "target"), given["target"])
+    host = None
+    if given.get("published"):
+        host = _port_number(given["published"], (*path, "published"), given["published"])
+    ip = ""
+    if given.get("host_ip"):
+        ip = _host_ip(given["host_ip"], (*path, "host_ip"), given["host_ip"])
+    protocol = _protocol(
+        given.get("protocol") or "tcp", (*path, "protocol"), given.get("protocol", "")
+    )
+    if given.get("mode", "host") not in ("host", "ingress"):
+        raise _Bad((*path, "mode"), "mode must be host or ingress")
+    return PortMapping(target, host, ip, protocol)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def parse_compose(
+    text: str,
+    source: str = "stack file",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    stack: str = "stack",
+) -> StackSpec:
+    """Parse a Compose file into a StackSpec; raise FileInvalid listing every problem found.
+
+    Variables come from `env` laid over `base_dir/.env`; relative paths (bind sources, build
+    contexts, env_file) are taken from `base_dir` and are a problem when it is None.
+    """
+    doc = _load(text, source)
+    problems: list[Problem] = []
+    variables: dict[str, str] = {}
+    if base_dir is not None:
+        dotenv = Path(base_dir) / ".env"
+        if dotenv.is_file():
+            try:
+                values, _, errors = _parse_env_text(dotenv.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as exc:
+                values, errors = {}, [(0, f"cannot read it: {exc}")]
+            variables.update(values)
+            for number, message in errors:
+                where = f" line {number}" if number else ""
+                problems.append(Problem("", 0, f"{dotenv}{where}: {message}"))
+    variables.update(env or {})
+    parser = _Parser(doc, variables, Path(base_dir) if base_dir is not None else None, stack)
+    parser.problems.extend(problems)
+    data = parser.interpolate(doc.data, ())
+    spec = parser.stack_spec(data)
+    if parser.problems:
+        raise FileInvalid(source, sorted(parser.problems, key=lambda p: p.line))
+    return spec

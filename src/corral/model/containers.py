@@ -1,0 +1,126 @@
+"""What one container of a stack should be: its name, labels and engine settings.
+
+Built from a ServiceSpec by the stack reconciler (pure, so it is unit-tested); the Docker
+driver turns a ContainerPlan into an engine call.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from corral.model.compose import ServiceSpec, service_hash
+
+STACK = "corral.stack"
+SERVICE = "corral.service"
+REPLICA = "corral.replica"
+SPEC_HASH = "corral.spec-hash"
+OWNED = "corral.owned"
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    name: str  # the engine's network name
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything the engine needs to create one replica of one service."""
+
+    name: str
+    stack: str
+    service: str
+    replica: int
+    spec_hash: str
+    spec: ServiceSpec
+    labels: Mapping[str, str]
+    networks: tuple[NetworkAttachment, ...]
+    binds: tuple[str, ...] = ()  # "source:target[:ro]", engine volume names and host paths
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container an engine reports, as corral reads it."""
+
+    id: str
+    name: str
+    state: str  # created, running, restarting, exited, paused, dead
+    labels: Mapping[str, str]
+    exit_code: int = 0
+    health: str = ""  # starting, healthy, unhealthy, or "" without a healthcheck
+    restart_count: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+
+    @property
+    def stack(self) -> str:
+        return self.labels.get(STACK, "")
+
+    @property
+    def service(self) -> str:
+        return self.labels.get(SERVICE, "")
+
+    @property
+    def replica(self) -> int:
+        try:
+            return int(self.labels.get(REPLICA, "0"))
+        except ValueError:
+            return 0
+
+    @property
+    def spec_hash(self) -> str:
+        return self.labels.get(SPEC_HASH, "")
+
+
+def container_name(stack: str, service: str, replica: int) -> str:
+    return f"{stack}-{service}-{replica}"
+
+
+def network_name(stack: str, network: str) -> str:
+    return f"{stack}_{network}"
+
+
+def volume_name(stack: str, volume: str) -> str:
+    return f"{stack}_{volume}"
+
+
+def plan_container(
+    stack: str,
+    service: ServiceSpec,
+    replica: int,
+    networks: Mapping[str, str],
+    volumes: Mapping[str, str],
+) -> ContainerPlan:
+    """The plan for replica `replica` (1-based); `networks`/`volumes` map stack names to
+    engine names (external ones keep theirs)."""
+    digest = service_hash(service)
+    labels = {
+        **service.labels,
+        STACK: stack,
+        SERVICE: service.name,
+        REPLICA: str(replica),
+        SPEC_HASH: digest,
+        OWNED: "true",
+    }
+    attachments: tuple[NetworkAttachment, ...] = ()
+    if service.network_mode is None:
+        attachments = tuple(
+            NetworkAttachment(networks[net], (service.name, *aliases))
+            for net, aliases in sorted(service.networks.items())
+        )
+    binds = tuple(
+        f"{volumes.get(m.source, m.source) if m.kind == 'volume' else m.source}:{m.target}"
+        + (":ro" if m.read_only else "")
+        for m in service.volumes
+        if m.kind in ("volume", "bind") and m.source
+    )
+    return ContainerPlan(
+        name=container_name(stack, service.name, replica),
+        stack=stack,
+        service=service.name,
+        replica=replica,
+        spec_hash=digest,
+        spec=service,
+        labels=labels,
+        networks=attachments,
+        binds=binds,
+    )
