@@ -24,6 +24,8 @@ from tests.support.engines import (  # noqa: E402
     RobotEngine,
     build_busybox_image,
     ensure_local_engine,
+    ensure_swarm,
+    leave_swarm,
 )
 
 FOLDER_MARKERS = ("unit", "integration", "e2e")
@@ -39,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if folder in FOLDER_MARKERS:
             item.add_marker(getattr(pytest.mark, folder))
         # Tests that use (and may stop) the shared robot engine run on one xdist worker.
-        if "robot_engine" in getattr(item, "fixturenames", ()):
+        if {"robot_engine", "swarm"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("robot"))
 
 
@@ -65,6 +67,16 @@ def robot_engine() -> Iterator[RobotEngine]:
     finally:
         if "PYTEST_XDIST_WORKER" not in os.environ:
             engine.teardown()
+
+
+@pytest.fixture(scope="session")
+def swarm(local_engine: str, robot_engine: RobotEngine) -> Iterator[RobotEngine]:
+    """The two engines joined in one swarm: local is the manager, robot a worker."""
+    ensure_swarm(robot_engine)
+    try:
+        yield robot_engine
+    finally:
+        leave_swarm(robot_engine)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

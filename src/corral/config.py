@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     stack_resync_seconds: float = Field(
         default=10.0, gt=0, le=3600, description="Period of the full stack resync."
     )
+    go1_file: Path | None = Field(
+        default=None, description="Compose file of the Go1 API's predefined containers."
+    )
+    go1_stack: str = Field(default="go1", description="Stack name the Go1 API manages.")
+    go1_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Also serve the API on this port (9999)."
+    )
+    go1_anonymous: bool = Field(
+        default=False, description="Let the Go1 routes work without a token (seed clients)."
+    )
     engine_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allow-list of CIDRs and host names that engine URLs may point at; empty: any.",

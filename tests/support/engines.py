@@ -442,3 +442,37 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _swarm_state(docker_url: str) -> str:
+    done = _docker(docker_url, "info", "--format", "{{.Swarm.LocalNodeState}}", timeout=30)
+    return done.stdout.strip()
+
+
+def ensure_swarm(robot: RobotEngine) -> None:
+    """Local engine as manager (advertised on the veth), the robot engine as worker."""
+    if _swarm_state(LOCAL_URL) != "active":
+        init = _docker(LOCAL_URL, "swarm", "init", "--advertise-addr", EDGE_ADDR, timeout=60)
+        if init.returncode != 0:
+            raise RuntimeError(f"swarm init failed: {init.stderr.strip()}")
+    if _swarm_state(robot.url) != "active":
+        token = _docker(LOCAL_URL, "swarm", "join-token", "-q", "worker").stdout.strip()
+        join = _docker(
+            robot.url,
+            "swarm",
+            "join",
+            "--advertise-addr",
+            ROBOT_ADDR,
+            "--token",
+            token,
+            f"{EDGE_ADDR}:2377",
+            timeout=60,
+        )
+        if join.returncode != 0:
+            raise RuntimeError(f"swarm join failed: {join.stderr.strip()}")
+
+
+def leave_swarm(robot: RobotEngine) -> None:
+    for url in (robot.url, LOCAL_URL):
+        if url == LOCAL_URL or robot.is_up():
+            _docker(url, "swarm", "leave", "--force", timeout=60)

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 import corral
 from corral.api import errors
+from corral.api.compat import go1
 from corral.api.middleware import BodyLimit, RequestMetrics
 from corral.api.routes import events, hosts, stacks, system, tokens
 from corral.config import Settings
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     )
     app.state.core = core
     errors.install(app)
-    for router in (system.router, tokens.router, hosts.router, stacks.router, events.router):
+    routers = (system.router, tokens.router, hosts.router, stacks.router, events.router, go1.router)
+    for router in routers:
         app.include_router(router)
     app.mount("/ui", StaticFiles(directory=str(DASHBOARD), html=True), name="dashboard")
     app.mount("/docs-assets", StaticFiles(directory=str(system.DOCS_ASSETS)), name="docs-assets")

@@ -92,6 +92,21 @@ class Api:
         except json.JSONDecodeError:
             return response.text
 
+    def raw_stream(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+        """Yield a response body as it arrives (logs)."""
+        timeout = httpx.Timeout(self.timeout, read=None)
+        try:
+            with (
+                httpx.Client(base_url=self.url, timeout=timeout) as client,
+                client.stream("GET", path, params=params, headers=self._headers()) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    raise CliError(_error_line(response), 2)
+                yield from response.iter_bytes()
+        except httpx.TransportError as exc:
+            raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
+
     def stream(
         self, path: str, params: dict[str, Any], last_id: int | None
     ) -> Iterator[dict[str, Any]]:

@@ -37,14 +37,18 @@ def _settings(**overrides: Any) -> Settings:
         raise CliError(f"bad setting {field}: {first['msg']}", 2) from None
 
 
-def _check_port(bind: str, port: int) -> None:
+def _listen(bind: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((bind, port))
-        except OSError as exc:
-            raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror}", 1) from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror}", 1) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _configure_logging(level: str) -> None:
@@ -89,6 +93,9 @@ class _Server(uvicorn.Server):
 
 
 async def _serve(settings: Settings) -> None:
+    sockets = [_listen(settings.bind, settings.port)]
+    if settings.go1_port is not None:
+        sockets.append(_listen(settings.bind, settings.go1_port))
     core = Core(settings)
     try:
         await core.start()
@@ -100,17 +107,19 @@ async def _serve(settings: Settings) -> None:
         raise CliError(f"corral could not start: {type(exc).__name__}: {exc}", 1) from None
     host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
     _banner(core, f"http://{host}:{settings.port}")
+    if settings.go1_port is not None:
+        typer.echo(
+            f"  Go1 API    http://{host}:{settings.go1_port}/deploy/ (stack {settings.go1_stack})"
+        )
     config = uvicorn.Config(
         create_app(core=core),
-        host=settings.bind,
-        port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=3,
         lifespan="on",
     )
     server = _Server(config)
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         await core.stop()
 
@@ -127,7 +136,6 @@ def serve(
         bind=bind, port=port, home=home, database_url=database_url, hosts_file=hosts_file
     )
     _configure_logging(settings.log_level)
-    _check_port(settings.bind, settings.port)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings))
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class _Pass:
     placement: Placement
     networks: dict[str, str]
     volumes: dict[str, str]
+    unmet: dict[str, str] = field(default_factory=dict)  # dependency -> why not satisfied
 
 
 class StackService:
@@ -310,7 +311,8 @@ class StackService:
     async def _wait_for_dependencies(
         self, work: _Pass, wave: list[str], states: dict[tuple[str, int], SlotState]
     ) -> None:
-        """Before a wave starts, wait for the conditions its services declare."""
+        """Before a wave starts, wait for the conditions its services declare; record in
+        `work.unmet` the ones that failed or timed out."""
         deadline = time.monotonic() + DEPENDENCY_WAIT_SECONDS
         waits = {
             (dep.service, dep.condition)
@@ -320,11 +322,14 @@ class StackService:
         }
         for dep, condition in sorted(waits):
             slots = [s for s in states.values() if s.service == dep]
-            while time.monotonic() < deadline and slots:
+            ok: bool | None = None
+            while slots and ok is None and time.monotonic() < deadline:
                 ok = await self._condition_met(work, dep, condition, slots)
-                if ok is not None:
-                    break
-                await asyncio.sleep(0.25)
+                if ok is None:
+                    await asyncio.sleep(0.25)
+            if not ok:
+                wanted = "healthy" if condition == "service_healthy" else "completed"
+                work.unmet[dep] = f"{dep} is not {wanted}"
 
     async def _condition_met(
         self, work: _Pass, service: str, condition: str, slots: list[SlotState]
@@ -377,6 +382,7 @@ class StackService:
                 s.service == d.service and s.state in ("pending", "failed") for s in states.values()
             )
         ]
+        blocked += [work.unmet[d.service] for d in spec.depends_on if d.service in work.unmet]
         if blocked:
             reason = f"waiting for {', '.join(sorted(blocked))}"
             return SlotState(service, replica, host, "", "pending", reason=reason)

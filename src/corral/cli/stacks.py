@@ -1,0 +1,187 @@
+"""`corral up|ps|down|start|stop|restart|logs` and `corral stack validate|ls`: stacks.
+
+`up` sends the compose file with the variables it uses from this shell, and prints each
+service's progress from the event stream while the server converges.
+"""
+
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from corral.cli.client import Api, CliError
+from corral.cli.context import state
+from corral.cli.output import emit_json, err, out, table
+
+app = typer.Typer(help="Stacks: compose files deployed across hosts.", no_args_is_help=True)
+VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _body(file: Path, name: str | None) -> dict[str, Any]:
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}", 2) from None
+    folder = file.resolve().parent
+    chosen = name or re.sub(r"[^a-z0-9_.-]", "-", folder.name.lower()).strip("-.") or "stack"
+    env = {v: os.environ[v] for v in set(VARIABLE.findall(text)) if v in os.environ}
+    return {"name": chosen, "file": text, "env": env, "base_dir": str(folder)}
+
+
+SLOT_HEADERS = ["SERVICE", "REPLICA", "HOST", "CONTAINER", "STATE", "HEALTH", "REASON"]
+
+
+def _show(ctx: typer.Context, stack: dict[str, Any]) -> None:
+    if state(ctx).json:
+        emit_json(stack)
+        return
+    rows = [
+        [
+            s["service"],
+            str(s["replica"]),
+            s["host"] or "-",
+            s["container"],
+            s["state"] + (f" ({s['exit_code']})" if s["state"] == "exited" else ""),
+            s["health"] or "-",
+            s["reason"] or "",
+        ]
+        for s in stack["slots"]
+    ]
+    out.print(f"stack {stack['name']}: {stack['state']}")
+    table(SLOT_HEADERS, rows, "no containers")
+
+
+def _follow_progress(api: Api, name: str, stop: threading.Event) -> None:
+    def run() -> None:
+        try:
+            for event in api.stream("/events/stream", {"resource": f"stack/{name}*"}, None):
+                if stop.is_set():
+                    return
+                err.print(f"  {event['message']}", markup=False, highlight=False)
+        except CliError:
+            return
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def up(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Option("--file", "-f", help="compose file")] = Path("compose.yml"),
+    name: Annotated[str | None, typer.Option("--name", "-n", help="stack name")] = None,
+    wait: Annotated[bool, typer.Option(help="wait until every service is placed")] = True,
+) -> None:
+    """Create or update a stack from a compose file and converge it."""
+    api = state(ctx).api()
+    body = _body(file, name)
+    stop = threading.Event()
+    if wait and not state(ctx).json:
+        _follow_progress(api, body["name"], stop)
+    try:
+        result = api.call("POST", "/stacks", json=body, params={"wait": wait})
+    finally:
+        stop.set()
+    _show(ctx, result)
+    if any(s["state"] in ("failed",) for s in result["slots"]):
+        raise CliError(f"stack {body['name']}: some containers failed (see REASON)", 1)
+
+
+def ps(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="stack; all when omitted")] = None,
+) -> None:
+    """Show each replica of each service: host, container, state."""
+    api = state(ctx).api()
+    stacks = [api.call("GET", f"/stacks/{name}")] if name else api.call("GET", "/stacks")
+    if state(ctx).json:
+        emit_json(stacks if name is None else stacks[0])
+        return
+    if not stacks:
+        out.print("no stacks (create one with `corral up -f compose.yml`)")
+    for stack in stacks:
+        _show(ctx, stack)
+
+
+def down(ctx: typer.Context, name: str) -> None:
+    """Remove a stack: its containers, networks and volumes corral made."""
+    result = state(ctx).api().call("DELETE", f"/stacks/{name}")
+    if state(ctx).json:
+        emit_json(result)
+    else:
+        out.print(f"stack {name} removed ({result['removed_containers']} containers)")
+
+
+def _services_action(ctx: typer.Context, action: str, name: str, services: list[str]) -> None:
+    result = state(ctx).api().call("POST", f"/stacks/{name}/{action}", json={"services": services})
+    _show(ctx, result)
+
+
+def start(ctx: typer.Context, name: str, services: list[str] | None = None) -> None:
+    """Start services (all when none are named)."""
+    _services_action(ctx, "start", name, services or [])
+
+
+def stop(ctx: typer.Context, name: str, services: list[str] | None = None) -> None:
+    """Stop services; they stay stopped until `corral start`."""
+    _services_action(ctx, "stop", name, services or [])
+
+
+def restart(ctx: typer.Context, name: str, services: list[str] | None = None) -> None:
+    """Restart services (all when none are named)."""
+    _services_action(ctx, "restart", name, services or [])
+
+
+def logs(
+    ctx: typer.Context,
+    name: str,
+    service: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    tail: Annotated[int, typer.Option(help="lines from the end")] = 200,
+) -> None:
+    """Print a service's container output."""
+    api = state(ctx).api()
+    path = f"/stacks/{name}/services/{service}/logs"
+    for chunk in api.raw_stream(path, {"tail": tail, "follow": follow}):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+@app.command("validate")
+def validate(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="compose file")],
+    name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+) -> None:
+    """Check a stack file (keys, lines, constraints, images) without deploying it."""
+    result = state(ctx).api().call("POST", "/stacks/validate", json=_body(file, name))
+    if state(ctx).json:
+        emit_json(result)
+    elif result["valid"]:
+        waves = " -> ".join(", ".join(w) for w in result["waves"])
+        out.print(f"{file}: valid; start order: {waves}")
+    if not result["valid"]:
+        for problem in result["problems"]:
+            err.print(f"{file}: {problem}", markup=False)
+        raise CliError(f"{file}: {len(result['problems'])} problem(s)", 2)
+
+
+@app.command("ls")
+def list_stacks(ctx: typer.Context) -> None:
+    """List stacks and their state."""
+    stacks = state(ctx).api().call("GET", "/stacks")
+    if state(ctx).json:
+        emit_json(stacks)
+        return
+    rows = [
+        [
+            s["name"],
+            s["state"],
+            str(len(s["services"])),
+            f"{sum(x['state'] == 'running' for x in s['slots'])}/{len(s['slots'])}",
+        ]
+        for s in stacks
+    ]
+    table(["NAME", "STATE", "SERVICES", "RUNNING"], rows, "no stacks")
