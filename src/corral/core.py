@@ -65,7 +65,7 @@ class Core:
             self._spawn(self.stacks.run_watchers(self.stopping))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.create_task(work))
+        self._tasks.append(asyncio.create_task(_logged(work)))
 
     async def _prune_events(self) -> None:
         keep = timedelta(days=self.settings.event_retention_days)
@@ -84,3 +84,13 @@ class Core:
         self._tasks.clear()
         self.hosts.close()
         await self.db.close()
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """Run a background loop; a crash is logged with its traceback, never silent."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background loop crashed", loop=repr(work))

@@ -6,6 +6,7 @@ The edge host is this machine's dockerd; the robot host is the dockerd in netns 
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,6 +78,8 @@ def server(swarm: RobotEngine, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ]}  # fmt: skip
         assert api.put("/hosts", json=hosts).status_code == 200
         yield running
+        for stack in api.get("/stacks").json():
+            api.delete(f"/stacks/{stack['name']}", timeout=120)
 
 
 def _go1(api: httpx.Client) -> dict[str, object]:
@@ -122,3 +125,189 @@ def test_go1_example_across_two_hosts(server: ThreadServer) -> None:
         logs = api.get("/stacks/go1/services/go1-base/logs", params={"tail": 5})
         assert logs.status_code == 200
         assert b"ros-master reachable" in logs.content
+
+
+def _slot(api: httpx.Client, stack: str, service: str) -> dict[str, str]:
+    return _by_service(api.get(f"/stacks/{stack}").json())[service]
+
+
+def test_killed_container_restarts_and_stopped_stays_stopped(server: ThreadServer) -> None:
+    with server.client() as api:
+        _go1(api)
+        old = _slot(api, "go1", "digital-replica")["container_id"]
+        assert _docker(LOCAL_URL, "kill", "go1-digital-replica-1").returncode == 0
+
+        def running_again() -> bool:
+            state = _docker(LOCAL_URL, "inspect", "-f", "{{.State.Running}}", old)
+            return state.stdout.strip() == "true"
+
+        took = _wait(running_again, 10, "killed container restarted")
+        assert took < 2.0, f"restarted after {took:.2f} s"
+        events = api.get("/events", params={"resource": "stack/go1/digital-replica"}).json()
+        kinds = [e["kind"] for e in events]
+        assert "container.died" in kinds
+        assert "container.restarted" in kinds
+        restarted = [e for e in events if e["kind"] == "container.restarted"][-1]
+        assert "exited with code 137" in restarted["message"]
+
+        stopped = api.post("/stacks/go1/stop", json={"services": ["digital-replica"]})
+        assert _by_service(stopped.json())["digital-replica"]["state"] == "stopped"
+        time.sleep(server.settings.stack_resync_seconds + 1)  # a full resync passes
+        state = _docker(LOCAL_URL, "inspect", "-f", "{{.State.Running}}", old).stdout.strip()
+        assert state == "false", "a container stopped through corral stays stopped"
+        started = api.post("/stacks/go1/start", json={"services": ["digital-replica"]})
+        assert _by_service(started.json())["digital-replica"]["state"] == "running"
+        unknown = api.post("/stacks/go1/stop", json={"services": ["nope"]})
+        assert unknown.status_code == 404
+
+
+def test_seed_curl_commands(server: ThreadServer) -> None:
+    base = server.url
+
+    def curl(path: str, data: str | None = None) -> tuple[int, dict[str, object]]:
+        args = ["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", f"{base}{path}"]
+        if data is not None:
+            args += ["-d", data]
+        args += ["-H", "Content-Type: application/json"]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=True)
+        body, _, code = done.stdout.rpartition("\n")
+        return int(code), json.loads(body)
+
+    code, body = curl("/deploy/")
+    assert (code, body["success"]) == (200, True), body
+    assert len(body["containers"]) == 7  # type: ignore[arg-type]
+    code, body = curl("/stop/", '{"containerName": ["rviz-vnc", "go1-base"]}')
+    assert code == 200, body
+    assert {c["name"] for c in body["containers"]} == {"rviz-vnc", "go1-base"}  # type: ignore[union-attr]
+    assert (
+        _docker(ROBOT_URL, "inspect", "-f", "{{.State.Running}}", "go1-go1-base-1").stdout.strip()
+        == "false"
+    )
+    code, body = curl("/start/", '{"containerName": ["rviz-vnc", "go1-base"]}')
+    assert code == 200, body
+    assert (
+        _docker(ROBOT_URL, "inspect", "-f", "{{.State.Running}}", "go1-go1-base-1").stdout.strip()
+        == "true"
+    )
+    code, body = curl("/stop/", '{"containerName": ["no-such-thing"]}')
+    assert code == 404, body
+    foreign = _docker(
+        LOCAL_URL, "run", "-d", "--name", "not-corral", "local/busybox:1", "sleep", "300"
+    )
+    try:
+        code, body = curl("/terminate/")
+        assert code == 200, body
+        assert (body["success"], body["removed"]) == (True, 7), body
+        assert engine_container_ids(LOCAL_URL, "corral.stack=go1") == []
+        assert engine_container_ids(ROBOT_URL, "corral.stack=go1") == []
+        alive = _docker(LOCAL_URL, "inspect", "-f", "{{.State.Running}}", "not-corral")
+        assert alive.stdout.strip() == "true", "terminate touches only the stack's containers"
+    finally:
+        _docker(LOCAL_URL, "rm", "-f", foreign.stdout.strip())
+
+
+def test_image_only_on_edge_is_copied_to_robot(server: ThreadServer) -> None:
+    tag = "local/edge-only:1"
+    _docker(ROBOT_URL, "rmi", "-f", tag)
+    assert _docker(LOCAL_URL, "tag", "local/busybox:1", tag).returncode == 0
+    stack = f"""
+services:
+  probe:
+    image: {tag}
+    command: sleep 300
+    deploy:
+      placement:
+        constraints: [node.labels.role == robot]
+"""
+    with server.client() as api:
+        response = api.post("/stacks", json={"name": "copy", "file": stack}, timeout=300)
+        assert response.status_code == 201, response.text
+        slot = _by_service(response.json())["probe"]
+        assert (slot["host"], slot["state"]) == ("robot", "running"), slot
+        assert _docker(ROBOT_URL, "image", "inspect", tag).returncode == 0
+        kinds = [e["kind"] for e in api.get("/events", params={"resource": "stack/copy/*"}).json()]
+        assert "image.copied" in kinds
+        assert api.delete("/stacks/copy").json() == {"removed_containers": 1}
+
+
+BAD_FILES = [
+    ("services:\n  a:\n    image: local/busybox:1\n    colour: red\n", "line 4", "colour"),
+    (
+        "services:\n  a:\n    image: local/busybox:1\n    deploy:\n      placement:\n"
+        "        constraints: [node.labels.role ~ robot]\n",
+        "line 6",
+        "constraint",
+    ),
+    (
+        "services:\n  a:\n    image: local/busybox:1\n    depends_on: [b]\n"
+        "  b:\n    image: local/busybox:1\n    depends_on: [a]\n",
+        "line ",
+        "cycle",
+    ),
+    (
+        "services:\n  a:\n    image: local/busybox:1\n    deploy:\n      placement:\n"
+        "        constraints: [node.labels.role == moon]\n",
+        "line 2",
+        "no host meets",
+    ),
+    ("services:\n  a:\n    image: local/never-built:1\n", "line 2", "no build"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "says"), BAD_FILES)
+def test_bad_stack_files_are_refused_with_key_and_line(
+    server: ThreadServer, text: str, line: str, says: str
+) -> None:
+    with server.client() as api:
+        response = api.post("/stacks", json={"name": "bad", "file": text})
+        assert response.status_code == 422, response.text
+        problems = response.json()["error"]["detail"]["problems"]
+        assert any(line in p and says in p for p in problems), problems
+        checked = api.post("/stacks/validate", json={"name": "bad", "file": text})
+        if checked.status_code == 200:
+            assert not checked.json()["valid"]
+        assert api.get("/stacks/bad").status_code == 404
+
+
+def test_robot_engine_stops_mid_apply(server: ThreadServer, swarm: RobotEngine) -> None:
+    with server.client() as api:
+        api.delete("/stacks/go1")
+        result: dict[str, object] = {}
+
+        def apply() -> None:
+            result["stack"] = _go1(api)
+
+        applying = threading.Thread(target=apply)
+        applying.start()
+        _wait(
+            lambda: bool(engine_container_ids(LOCAL_URL, "corral.service=ros-master")),
+            60,
+            "ros-master created",
+        )
+        swarm.stop()
+        try:
+            applying.join(timeout=300)
+            slots = _by_service(result["stack"])  # type: ignore[arg-type]
+            for service in EDGE_SERVICES:
+                assert slots[service]["state"] == "running", slots[service]
+
+            def robot_pending() -> bool:
+                slots = _by_service(api.get("/stacks/go1").json())
+                return all(
+                    slots[s]["state"] == "pending" and "robot is unreachable" in slots[s]["reason"]
+                    for s in ROBOT_SERVICES
+                )
+
+            _wait(robot_pending, 15, "robot services pending with the reason")
+            slots = _by_service(api.get("/stacks/go1").json())
+            assert all(slots[s]["state"] == "running" for s in EDGE_SERVICES)
+        finally:
+            swarm.start()
+
+        def converged() -> bool:
+            slots = _by_service(api.get("/stacks/go1").json())
+            return all(s["state"] == "running" for s in slots.values())
+
+        _wait(converged, 120, "stack converged after the robot engine returned")
+        assert len(engine_container_ids(ROBOT_URL, "corral.stack=go1")) == 2
+        assert len(engine_container_ids(LOCAL_URL, "corral.stack=go1")) == 5

@@ -215,6 +215,8 @@ class HostService:
             )
 
     def close(self) -> None:
-        for name in list(self._drivers):
-            self._drop_driver(name)
+        drivers = [driver for _, driver in self._drivers.values()]
+        self._drivers.clear()
+        for driver in drivers:  # now, not in the pool: it is being shut down
+            driver.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

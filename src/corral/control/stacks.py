@@ -8,6 +8,7 @@ by wave (depends_on order), in parallel within a wave and across hosts.
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class StackService:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._acting: dict[str, float] = {}  # container name -> until when corral acts on it
+        self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
         self._backoff: dict[str, float] = {}
         self._poked: set[str] = set()
 
@@ -167,11 +168,11 @@ class StackService:
                     continue
                 driver = await self.hosts.driver(host.name)
                 try:
-                    found = await self.hosts.call(driver.containers, {STACK: name})
+                    found = await self.hosts.call(driver.containers, _owned(name))
                     await asyncio.gather(*(self._remove(driver, c) for c in found))
                     removed += len(found)
-                    for net in await self.hosts.call(driver.networks, {STACK: name}):
-                        await self.hosts.call(driver.remove_network, net)
+                    for net in await self.hosts.call(driver.networks, _owned(name)):
+                        await self._remove_network(name, host.name, driver, net)
                 except Unreachable as exc:
                     log.warning("down: host unreachable", host=host.name, error=exc.message)
             await self.store.remove(name)
@@ -179,6 +180,19 @@ class StackService:
             "stack.removed", f"stack/{name}", f"stack {name} removed ({removed} containers)"
         )
         return removed
+
+    async def _remove_network(self, stack: str, host: str, driver: HostDriver, net: str) -> None:
+        """Swarm frees an overlay's attachments a moment after their containers go: retry."""
+        for _ in range(20):
+            try:
+                await self.hosts.call(driver.remove_network, net)
+                return
+            except Invalid as exc:
+                reason = exc.message
+            await asyncio.sleep(0.5)
+        await self.bus.emit(
+            "network.lingering", f"stack/{stack}", f"network {net} on {host} not removed: {reason}"
+        )
 
     async def view(self, name: str) -> StackView:
         stored = await self.store.get(name)
@@ -223,7 +237,7 @@ class StackService:
         async def look(host: str) -> None:
             driver = await self.hosts.driver(host)
             try:
-                observed[host] = await self.hosts.call(driver.containers, {STACK: name})
+                observed[host] = await self.hosts.call(driver.containers, _owned(name))
                 drivers[host] = driver
             except Unreachable:
                 pass
@@ -274,7 +288,7 @@ class StackService:
             hosts = sorted({h for _, h in users if h in work.drivers})
             if not hosts or spec.external:
                 continue
-            labels = {STACK: work.name, OWNED: "true"}
+            labels = _owned(work.name)
             overlay = spec.driver == "overlay" or (
                 spec.driver is None
                 and len({h for _, h in users}) > 1
@@ -441,7 +455,6 @@ class StackService:
         if stopped:
             return SlotState(plan.service, plan.replica, host, c.id, "stopped", c.health)
         if c.state in ("exited", "created", "dead") and _restarts(plan.spec, c):
-            self._act(c.name)
             await self.hosts.call(driver.start, c.id)
             await self.bus.emit(
                 "container.restarted",
@@ -456,13 +469,12 @@ class StackService:
         )
 
     async def _create(self, driver: HostDriver, plan: ContainerPlan) -> str:
-        self._act(plan.name)
         try:
             return await self.hosts.call(driver.create, plan)
         except Conflict:
             # A container with this name exists but was not in this pass's view: one left
             # half-made by a crash. Remove it if it is ours, then create once more.
-            found = await self.hosts.call(driver.containers, {STACK: plan.stack})
+            found = await self.hosts.call(driver.containers, _owned(plan.stack))
             ours = [c for c in found if c.name == plan.name]
             if not ours:
                 raise Conflict(
@@ -477,7 +489,8 @@ class StackService:
         await self.hosts.call(driver.remove, c.id)
 
     def _act(self, container: str) -> None:
-        self._acting[container] = time.monotonic() + 5
+        """Mark a container that corral is about to stop or remove: its death is expected."""
+        self._stopping[container] = time.monotonic() + 30
 
     async def _ensure_volumes(self, work: _Pass, host: str, spec: ServiceSpec) -> None:
         for mount in spec.volumes:
@@ -489,7 +502,7 @@ class StackService:
             await self.hosts.call(
                 work.drivers[host].ensure_volume,
                 work.volumes.get(mount.source, mount.source),
-                {STACK: work.name, OWNED: "true"},
+                _owned(work.name),
             )
 
     async def _ensure_image(self, work: _Pass, host: str, spec: ServiceSpec) -> None:
@@ -533,7 +546,6 @@ class StackService:
             if slot.service in services and slot.container_id and slot.host:
                 with contextlib.suppress(CorralError):
                     driver = await self.hosts.driver(slot.host)
-                    self._act(slot.container)
                     await self.hosts.call(driver.start, slot.container_id)
 
     # ------------------------------------------------------------------ logs
@@ -588,15 +600,20 @@ class StackService:
         """Follow each reachable engine's container events; restart what dies."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        watching: dict[str, asyncio.Future[None]] = {}
+        watching: dict[str, threading.Thread] = {}
         while not stop.is_set():
             for host in await self.hosts.store.list():
                 running = watching.get(host.name)
-                if host.reachable and (running is None or running.done()):
+                if host.reachable and (running is None or not running.is_alive()):
                     driver = await self.hosts.driver(host.name)
-                    watching[host.name] = loop.run_in_executor(
-                        None, _pump, host.name, driver, queue, loop, stop
+                    # A daemon thread per engine: its stream ends when the driver closes.
+                    watching[host.name] = threading.Thread(
+                        target=_pump,
+                        args=(host.name, driver, queue, loop, stop),
+                        name=f"corral-events-{host.name}",
+                        daemon=True,
                     )
+                    watching[host.name].start()
             with contextlib.suppress(TimeoutError):
                 host_name, event = await asyncio.wait_for(queue.get(), timeout=1.0)
                 await self._on_engine_event(host_name, event)
@@ -607,7 +624,8 @@ class StackService:
         stack, service, container = attrs.get(STACK), attrs.get(SERVICE), attrs.get("name", "")
         if not stack or action not in ("die", "start", "oom"):
             return
-        if action == "die" and self._acting.get(container, 0) < time.monotonic():
+        expected = self._stopping.pop(container, 0) > time.monotonic()
+        if action == "die" and not expected:
             code = attrs.get("exitCode", "?")
             await self.bus.emit(
                 "container.died",
@@ -637,6 +655,11 @@ def _pump(
             if stop.is_set():
                 return
             loop.call_soon_threadsafe(queue.put_nowait, (host, event))
+
+
+def _owned(stack: str) -> dict[str, str]:
+    """The labels that select what corral made for a stack (never a look-alike)."""
+    return {STACK: stack, OWNED: "true"}
 
 
 def _copy_image(source: HostDriver, target: HostDriver, image: str) -> None:

@@ -94,6 +94,7 @@ class DockerEngine:
         self.spec = spec
         self.timeout = timeout
         self._clients: dict[int, docker.DockerClient] = {}
+        self._streams: list[Any] = []  # open event streams, closed by close()
         self._lock = threading.Lock()
         address = parse_engine_url(spec.url)
         self._tunnel = SshTunnel(spec.name, address, timeout) if address.scheme == "ssh" else None
@@ -322,15 +323,24 @@ class DockerEngine:
 
     def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
         filters = {"type": ["container"], "label": _label_filter(labels)}
-        client = self._new_client(WORK_TIMEOUT)
-        with self._lock:
-            self._clients[-1 - len(self._clients)] = client  # closed with the others
         with _engine_errors(self.spec.name):
-            yield from client.api.events(decode=True, filters=filters)
+            stream = self._api.events(decode=True, filters=filters)
+            with self._lock:
+                self._streams.append(stream)
+            try:
+                yield from stream
+            finally:
+                with self._lock:
+                    if stream in self._streams:
+                        self._streams.remove(stream)
 
     def close(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
+            streams, self._streams = self._streams, []
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                stream.close()
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
