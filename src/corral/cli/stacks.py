@@ -18,6 +18,7 @@ from corral.cli.context import state
 from corral.cli.output import emit_json, err, out, table
 
 app = typer.Typer(help="Stacks: compose files deployed across hosts.", no_args_is_help=True)
+ServicesArg = Annotated[list[str] | None, typer.Argument(help="services; all when omitted")]
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -55,17 +56,37 @@ def _show(ctx: typer.Context, stack: dict[str, Any]) -> None:
     table(SLOT_HEADERS, rows, "no containers")
 
 
-def _follow_progress(api: Api, name: str, stop: threading.Event) -> None:
-    def run() -> None:
+class _Progress:
+    """Prints a stack's events while `up` waits: live from the stream, then any the stream
+    had not delivered when the answer came (so nothing is missed or printed twice)."""
+
+    def __init__(self, api: Api, name: str) -> None:
+        self.api = api
+        self.resource = f"stack/{name}*"
+        newest = api.call("GET", "/events", params={"limit": 1, "newest_first": True})
+        self.start = newest[0]["id"] if newest else 0
+        self.printed: set[int] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._live, daemon=True).start()
+
+    def _print(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            if event["id"] in self.printed:
+                return
+            self.printed.add(event["id"])
+            err.print(f"  {event['message']}", markup=False, highlight=False)
+
+    def _live(self) -> None:
         try:
-            for event in api.stream("/events/stream", {"resource": f"stack/{name}*"}, None):
-                if stop.is_set():
-                    return
-                err.print(f"  {event['message']}", markup=False, highlight=False)
+            for event in self.api.stream("/events/stream", {"resource": self.resource}, self.start):
+                self._print(event)
         except CliError:
             return
 
-    threading.Thread(target=run, daemon=True).start()
+    def finish(self) -> None:
+        params = {"resource": self.resource, "after_id": self.start, "limit": 1000}
+        for event in self.api.call("GET", "/events", params=params):
+            self._print(event)
 
 
 def up(
@@ -77,13 +98,10 @@ def up(
     """Create or update a stack from a compose file and converge it."""
     api = state(ctx).api()
     body = _body(file, name)
-    stop = threading.Event()
-    if wait and not state(ctx).json:
-        _follow_progress(api, body["name"], stop)
-    try:
-        result = api.call("POST", "/stacks", json=body, params={"wait": wait})
-    finally:
-        stop.set()
+    progress = _Progress(api, body["name"]) if wait and not state(ctx).json else None
+    result = api.call("POST", "/stacks", json=body, params={"wait": wait})
+    if progress is not None:
+        progress.finish()
     _show(ctx, result)
     if any(s["state"] in ("failed",) for s in result["slots"]):
         raise CliError(f"stack {body['name']}: some containers failed (see REASON)", 1)
@@ -119,17 +137,17 @@ def _services_action(ctx: typer.Context, action: str, name: str, services: list[
     _show(ctx, result)
 
 
-def start(ctx: typer.Context, name: str, services: list[str] | None = None) -> None:
+def start(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
     """Start services (all when none are named)."""
     _services_action(ctx, "start", name, services or [])
 
 
-def stop(ctx: typer.Context, name: str, services: list[str] | None = None) -> None:
+def stop(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
     """Stop services; they stay stopped until `corral start`."""
     _services_action(ctx, "stop", name, services or [])
 
 
-def restart(ctx: typer.Context, name: str, services: list[str] | None = None) -> None:
+def restart(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
     """Restart services (all when none are named)."""
     _services_action(ctx, "restart", name, services or [])
 
