@@ -8,26 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.model.hosts import TlsFiles
+from corral.model.hosts import EngineFacts, TlsFiles
 
 Role = Literal["admin", "operator", "viewer", "robot", "device"]
 ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "robot", "device")
-
-
-class HostFactsView(BaseModel):
-    engine_version: str
-    api_version: str
-    os: str
-    arch: str
-    cpus: int
-    memory_bytes: int
-    containers_running: int
-    containers_total: int
-    images: int
-    swarm_role: str
-    swarm_node_id: str
-    engine_labels: dict[str, str] = Field(default_factory=dict)
-    hostname: str = ""
 
 
 class HostView(BaseModel):
@@ -43,7 +27,7 @@ class HostView(BaseModel):
     state_since: datetime | None = Field(description="Since when `reachable` has held.")
     last_checked: datetime | None
     last_error: str = ""
-    facts: HostFactsView | None = Field(default=None, description="From the last good check.")
+    facts: EngineFacts | None = Field(default=None, description="From the last good check.")
     created_at: datetime
     updated_at: datetime
 

@@ -9,8 +9,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from corral.errors import Conflict, NotFound
-from corral.model.hosts import HostSpec, Probe
-from corral.model.views import HostFactsView, HostView
+from corral.model.hosts import EngineFacts, HostSpec, Probe
+from corral.model.views import HostView
 from corral.store.database import Database
 from corral.store.tables import HostRow, utcnow
 
@@ -25,7 +25,7 @@ def _view(row: HostRow) -> HostView:
         state_since=row.state_since,
         last_checked=row.last_checked,
         last_error=row.last_error,
-        facts=HostFactsView(**row.facts) if row.facts else None,
+        facts=EngineFacts(**row.facts) if row.facts else None,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
