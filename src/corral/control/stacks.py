@@ -42,6 +42,7 @@ from corral.store.stacks import SlotState, StackStore, StoredStack, summarize
 log = structlog.get_logger("corral.stacks")
 DEPENDENCY_WAIT_SECONDS = 120.0
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0
+STABLE_SECONDS = 10.0  # a container that ran this long restarts with the shortest back-off
 
 
 @dataclass
@@ -71,7 +72,8 @@ class StackService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
-        self._backoff: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}  # next restart delay per container
+        self._started_at: dict[str, float] = {}
         self._poked: set[str] = set()
 
     # ------------------------------------------------------------------ parsing
@@ -633,11 +635,19 @@ class StackService:
                 f"{container} on {host} exited with code {code}",
                 {"container": container, "host": host, "exit_code": code},
             )
-            delay = self._backoff.get(container, BACKOFF_START)
+            # Restart after a back-off (0.1 s, doubling to 10 s), without holding up the
+            # other engines' events.
+            ran = time.monotonic() - self._started_at.get(container, 0.0)
+            delay = (
+                BACKOFF_START
+                if ran > STABLE_SECONDS
+                else self._backoff.get(container, BACKOFF_START)
+            )
             self._backoff[container] = min(delay * 2, BACKOFF_MAX)
-            await asyncio.sleep(delay)
-        elif action == "start":
-            self._backoff.pop(container, None)
+            asyncio.get_running_loop().call_later(delay, self.poke, stack)
+            return
+        if action == "start":
+            self._started_at[container] = time.monotonic()
         self.poke(stack)
 
 
