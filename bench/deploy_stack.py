@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 import httpx
+import structlog
 import yaml
 from docker.errors import APIError, NotFound
 from docker.types import IPAMConfig, IPAMPool
@@ -54,6 +55,7 @@ COMPOSE_PROJECT = "benchdc"
 SEED_PREFIX = "bench-seed-"
 FLOOR_PREFIX = "bench-floor-"
 ORDERED_PREFIX = "bench-waves-"
+PREFIXES = (SEED_PREFIX, FLOOR_PREFIX, ORDERED_PREFIX)
 PROBE_NET = "bench-probe"
 PROBE_SUBNET = "10.80.0.0/16"
 ATTEMPTS = 3
@@ -386,9 +388,7 @@ def attempt(
 
 
 @contextlib.contextmanager
-def corral_server(
-    home: Path, clients: dict[str, docker.DockerClient]
-) -> Iterator[httpx.Client]:
+def corral_server(home: Path, clients: dict[str, docker.DockerClient]) -> Iterator[httpx.Client]:
     settings = Settings(
         home=home,
         bootstrap_token=ADMIN,
@@ -430,6 +430,23 @@ def wait_reachable(api: httpx.Client, timeout: float = 60) -> None:
     raise RuntimeError("corral does not see both hosts reachable in the swarm")
 
 
+def cleanup(clients: dict[str, docker.DockerClient]) -> None:
+    """Remove the peers' containers and networks (images and the swarm stay)."""
+    for prefix in PREFIXES:
+        remove_named(clients, prefix)
+    edge = clients["edge"]
+    for name in (TWIN_NET, PROBE_NET):
+        for _ in range(60):  # the worker may hold the overlay's attachment a moment
+            try:
+                edge.networks.get(name).remove()
+            except NotFound:
+                break
+            except APIError:
+                time.sleep(0.5)
+    for c in clients.values():
+        c.close()
+
+
 def stats(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
@@ -439,10 +456,11 @@ def report(
     corral1: Approach,
     peers: list[tuple[Approach, Approach]],
     floor: Approach,
+    extras: list[Approach],
     phase_log: list[Phases],
 ) -> None:
-    """`peers` pairs each peer with the corral run it is compared to."""
-    rows = [corral, corral1, *(p for p, _ in peers)]
+    """`peers` pairs each peer with the corral run it is compared to; `extras` have no ratio."""
+    rows = [corral, corral1, *(p for p, _ in peers), *extras]
     print()
     header = f"{'approach':<46} {'median s':>9} {'min s':>8}  ratio (median)"
     print(header)
@@ -456,6 +474,7 @@ def report(
                 ratio += " (1 host)"
         else:
             ratio = f"corral/floor {med / stats(floor.times)[0]:.2f}" if a is corral else ""
+            ratio = "(informational)" if a in extras else ratio
         print(f"{a.name:<46} {med:>9.3f} {low:>8.3f}  {ratio}")
     c_med, c_min = stats(corral.times)
     f_med, f_min = stats(floor.times)
@@ -509,7 +528,7 @@ def main() -> int:
 
     print("preparing engines, swarm, images, overlay...", file=sys.stderr)
     reprepare()
-    for prefix in (SEED_PREFIX, FLOOR_PREFIX):
+    for prefix in PREFIXES:
         remove_named(clients, prefix)
 
     corral = Approach("corral, 2 hosts, 7 services (POST wait=true)")
@@ -517,12 +536,17 @@ def main() -> int:
     floor = Approach("floor: docker-py create+start, 7 threads")
     compose = Approach("docker-compose up -d, 1 host, 5 services")
     corral1 = Approach("corral, 1 host, 5 services (POST wait=true)")
+    waves = Approach("floor in depends_on order (1, then 6 threads)")
+    overlay = Approach("one overlay network create (docker-py)")
     phase_log: list[Phases] = []
 
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         compose_file = Path(tmp) / "compose-edge.yml"
         compose_file.write_text(stack_yaml(edge, {"driver": "bridge"}, placement=False))
         compose_down(compose_file)
+        # corral logs at info as `corral serve` does, to a file rather than the console.
+        log_file = (Path(tmp) / "corral.log").open("w")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
         with corral_server(Path(tmp) / "home", clients) as api:
             wait_reachable(api)
 
@@ -546,7 +570,7 @@ def main() -> int:
 
                 attempt(corral1, run1, lambda: corral_down(api, STACK1, clients), reprepare_corral)
         for n in range(rounds):
-            print(f"round {n + 1}/{rounds}: seed, floor, docker-compose", file=sys.stderr)
+            print(f"round {n + 1}/{rounds}: seed, floors, docker-compose", file=sys.stderr)
             reprepare()
             attempt(
                 seed,
@@ -566,16 +590,19 @@ def main() -> int:
                 lambda: compose_down(compose_file),
                 reprepare,
             )
+            attempt(
+                waves,
+                lambda: ordered_floor_round(services, clients),
+                lambda: remove_named(clients, ORDERED_PREFIX),
+                reprepare,
+            )
+            attempt(overlay, lambda: overlay_round(clients), lambda: None, reprepare)
         compose_down(compose_file)
+        log_file.close()
 
-    for prefix in (SEED_PREFIX, FLOOR_PREFIX):
-        remove_named(clients, prefix)
-    with contextlib.suppress(NotFound, APIError):
-        clients["edge"].networks.get(TWIN_NET).remove()
-    for c in clients.values():
-        c.close()
+    cleanup(clients)
     peers = [(seed, corral), (floor, corral), (compose, corral1)]
-    report(corral, corral1, peers, floor, phase_log)
+    report(corral, corral1, peers, floor, [waves, overlay], phase_log)
     return 0
 
 
