@@ -19,7 +19,9 @@ def server(local_engine: str, tmp_path: Path) -> Iterator[ThreadServer]:
     settings = Settings(
         home=tmp_path,
         bootstrap_token=ADMIN,
-        local_docker_url=local_engine,
+        # No host at all: generated stacks are parsed, checked and stored, but nothing can
+        # be placed, so no generated container ever reaches an engine.
+        local_docker_url="",
         # Generated URLs may only reach loopback: nothing else is ever contacted.
         engine_networks=["127.0.0.0/8", "localhost"],
         host_timeout_seconds=1.0,

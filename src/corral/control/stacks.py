@@ -83,10 +83,18 @@ class StackService:
             check_name(name, "stack name")
         except ValueError as exc:
             raise Invalid(str(exc), {"field": "name"}) from None
+        folder = _path(base_dir)
         try:
-            return parse_compose(
-                file, f"stack {name}", env=env, base_dir=_path(base_dir), stack=name
+            usable = folder is None or (folder.is_absolute() and folder.is_dir())
+        except OSError:
+            usable = False
+        if not usable:
+            raise Invalid(
+                f"base_dir {base_dir[:200]!r} is not an absolute folder on the corral server",
+                {"field": "base_dir"},
             )
+        try:
+            return parse_compose(file, f"stack {name}", env=env, base_dir=folder, stack=name)
         except FileInvalid as exc:
             problems = [str(p) for p in exc.problems]
             raise Invalid(f"stack file is invalid: {problems[0]}", {"problems": problems}) from None
@@ -191,6 +199,8 @@ class StackService:
                 return
             except Invalid as exc:
                 reason = exc.message
+                if "not a swarm manager" in reason:
+                    return  # a worker's view of an overlay: the manager removes it
             await asyncio.sleep(0.5)
         await self.bus.emit(
             "network.lingering", f"stack/{stack}", f"network {net} on {host} not removed: {reason}"

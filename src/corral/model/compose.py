@@ -1579,11 +1579,13 @@ def parse_compose(
     variables: dict[str, str] = {}
     if base_dir is not None:
         dotenv = Path(base_dir) / ".env"
-        if dotenv.is_file():
-            try:
-                values, _, errors = _parse_env_text(dotenv.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as exc:
-                values, errors = {}, [(0, f"cannot read it: {exc}")]
+        try:
+            values, _, errors = _parse_env_text(dotenv.read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
+            values, errors = {}, []
+        except (OSError, UnicodeDecodeError) as exc:
+            values, errors = {}, [(0, f"cannot read it: {exc}")]
+        if values or errors:
             variables.update(values)
             for number, message in errors:
                 where = f" line {number}" if number else ""
