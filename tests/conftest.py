@@ -40,9 +40,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if folder in FOLDER_MARKERS:
             item.add_marker(getattr(pytest.mark, folder))
-        # Tests that use (and may stop) the shared robot engine run on one xdist worker.
+        # Tests that use (and may stop) the shared robot engine: scripts/test.sh runs them
+        # on their own, one at a time, after the others.
         if {"robot_engine", "swarm"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("robot"))
+            item.add_marker(pytest.mark.robot)
 
 
 @pytest.fixture(scope="session")

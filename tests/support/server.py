@@ -67,7 +67,9 @@ class ThreadServer:
 
     def __exit__(self, *_: Any) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=60)
+        if self.thread.is_alive():  # it would go on reconciling behind the next test's back
+            raise RuntimeError(f"corral at {self.url} did not stop within 60 s")
 
     def client(self, token: str | None = ADMIN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
