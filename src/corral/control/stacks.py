@@ -59,6 +59,8 @@ class _Pass:
     networks: dict[str, str]
     volumes: dict[str, str]
     unmet: dict[str, str] = field(default_factory=dict)  # dependency -> why not satisfied
+    # Containers created (not started) ahead of their wave, or why that failed.
+    prepared: dict[tuple[str, int], str | CorralError] = field(default_factory=dict)
 
 
 class StackService:
@@ -221,6 +223,17 @@ class StackService:
             work = await self._observe(name)
             await self._remove_strays(work)
             await self._prepare_networks(work)
+            # Create every missing container at once (images, volumes, create); only the
+            # starts wait for their wave, so later waves do not pay for their creation.
+            slots = [
+                (svc, replica)
+                for svc, spec in work.spec.services.items()
+                for replica in range(1, spec.replicas + 1)
+            ]
+            made = await asyncio.gather(*(self._prepare(work, slot) for slot in slots))
+            work.prepared = {
+                slot: result for slot, result in zip(slots, made, strict=True) if result is not None
+            }
             states: dict[tuple[str, int], SlotState] = {}
             for wave in work.spec.waves():
                 await self._wait_for_dependencies(work, wave, states)
@@ -411,36 +424,33 @@ class StackService:
         blocked += [work.unmet[d.service] for d in spec.depends_on if d.service in work.unmet]
         if blocked:
             reason = f"waiting for {', '.join(sorted(blocked))}"
-            return SlotState(service, replica, host, "", "pending", reason=reason)
+            made = work.prepared.get(slot)
+            ready = made if isinstance(made, str) else ""
+            return SlotState(service, replica, host, ready, "pending", reason=reason)
         driver = work.drivers[host]
         plan = plan_container(work.name, spec, replica, work.networks, work.volumes)
-        existing = next(
-            (c for c in work.observed.get(host, []) if (c.service, c.replica) == slot), None
-        )
-        stopped = service in work.stored.stopped
+        prepared = work.prepared.get(slot)
         try:
-            if existing is not None and existing.spec_hash == plan.spec_hash:
-                return await self._keep(work, driver, host, plan, existing, stopped)
-            if existing is not None:
-                await self._remove(driver, existing)
+            if isinstance(prepared, CorralError):
+                raise prepared
+            if isinstance(prepared, str):
+                await self.hosts.call(driver.start, prepared)
                 await self.bus.emit(
-                    "container.replaced",
+                    "container.created",
                     resource,
-                    f"{plan.name} on {host}: spec changed, replacing",
-                    {"container": plan.name, "host": host},
+                    f"{plan.name} started on {host}",
+                    {"container": plan.name, "host": host, "id": prepared[:12]},
                 )
-            if stopped:
-                return SlotState(service, replica, host, "", "stopped")
-            await self._ensure_image(work, host, spec)
-            await self._ensure_volumes(work, host, spec)
-            container_id = await self._create(driver, plan)
-            await self.bus.emit(
-                "container.created",
-                resource,
-                f"{plan.name} started on {host}",
-                {"container": plan.name, "host": host, "id": container_id[:12]},
+                return SlotState(service, replica, host, prepared, "running")
+            existing = next(
+                (c for c in work.observed.get(host, []) if (c.service, c.replica) == slot), None
             )
-            return SlotState(service, replica, host, container_id, "running")
+            if existing is not None:
+                stopped = service in work.stored.stopped
+                return await self._keep(work, driver, host, plan, existing, stopped)
+            if service in work.stored.stopped:
+                return SlotState(service, replica, host, "", "stopped")
+            return SlotState(service, replica, host, "", "pending", reason="not created yet")
         except CorralError as exc:
             await self.bus.emit(
                 "container.failed",
@@ -450,6 +460,37 @@ class StackService:
             )
             state = "pending" if isinstance(exc, Unreachable) else "failed"
             return SlotState(service, replica, host, "", state, reason=exc.message)
+
+    async def _prepare(self, work: _Pass, slot: tuple[str, int]) -> str | CorralError | None:
+        """Make the slot's container exist, not started: None when nothing was to be made
+        (it exists unchanged, is stopped on purpose, or has no reachable host)."""
+        service, replica = slot
+        host = work.placement.hosts.get(slot, "")
+        if host not in work.drivers or service in work.stored.stopped:
+            return None
+        spec = work.spec.services[service]
+        driver = work.drivers[host]
+        plan = plan_container(work.name, spec, replica, work.networks, work.volumes)
+        existing = next(
+            (c for c in work.observed.get(host, []) if (c.service, c.replica) == slot), None
+        )
+        if existing is not None and existing.spec_hash == plan.spec_hash:
+            return None
+        try:
+            if existing is not None:
+                await self._remove(driver, existing)
+                work.observed[host] = [c for c in work.observed[host] if c is not existing]
+                await self.bus.emit(
+                    "container.replaced",
+                    f"stack/{work.name}/{service}",
+                    f"{plan.name} on {host}: spec changed, replacing",
+                    {"container": plan.name, "host": host},
+                )
+            await self._ensure_image(work, host, spec)
+            await self._ensure_volumes(work, host, spec)
+            return await self._create(driver, plan)
+        except CorralError as exc:
+            return exc
 
     async def _keep(
         self,
@@ -466,7 +507,10 @@ class StackService:
             return SlotState(plan.service, plan.replica, host, c.id, "stopped")
         if stopped:
             return SlotState(plan.service, plan.replica, host, c.id, "stopped", c.health)
-        if c.state in ("exited", "created", "dead") and _restarts(plan.spec, c):
+        if c.state == "created":  # made ahead of its wave (or by a pass that was cut short)
+            await self.hosts.call(driver.start, c.id)
+            return SlotState(plan.service, plan.replica, host, c.id, "running")
+        if c.state in ("exited", "dead") and _restarts(plan.spec, c):
             await self.hosts.call(driver.start, c.id)
             await self.bus.emit(
                 "container.restarted",
@@ -481,8 +525,9 @@ class StackService:
         )
 
     async def _create(self, driver: HostDriver, plan: ContainerPlan) -> str:
+        """Create (not start) the container."""
         try:
-            return await self.hosts.call(driver.create, plan)
+            return await self.hosts.call(driver.create, plan, False)
         except Conflict:
             # A container with this name exists but was not in this pass's view: one left
             # half-made by a crash. Remove it if it is ours, then create once more.
@@ -494,7 +539,7 @@ class StackService:
                 ) from None
             for c in ours:
                 await self.hosts.call(driver.remove, c.id)
-            return await self.hosts.call(driver.create, plan)
+            return await self.hosts.call(driver.create, plan, False)
 
     async def _remove(self, driver: HostDriver, c: ContainerInfo) -> None:
         self._act(c.name)

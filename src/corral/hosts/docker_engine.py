@@ -216,7 +216,7 @@ class DockerEngine:
         with _engine_errors(self.spec.name):
             self._api.load_image(chunks)  # type: ignore[no-untyped-call]
 
-    def create(self, plan: ContainerPlan) -> str:
+    def create(self, plan: ContainerPlan, start: bool = True) -> str:
         spec = plan.spec
         api = self._api
         restart: dict[str, Any] = {}
@@ -300,7 +300,8 @@ class DockerEngine:
             for extra in plan.networks[1:] if spec.network_mode is None else ():
                 aliases = list(extra.aliases)
                 api.connect_container_to_network(container_id, extra.name, aliases=aliases)
-            api.start(container_id)
+            if start:
+                api.start(container_id)
         return container_id
 
     def start(self, container_id: str) -> None:

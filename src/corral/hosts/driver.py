@@ -45,8 +45,8 @@ class HostDriver(Protocol):
 
     def import_image(self, chunks: Iterator[bytes]) -> None: ...
 
-    def create(self, plan: ContainerPlan) -> str:
-        """Create and start the container; return its id."""
+    def create(self, plan: ContainerPlan, start: bool = True) -> str:
+        """Create the container (and start it unless told not to); return its id."""
         ...
 
     def start(self, container_id: str) -> None: ...
