@@ -16,10 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-import yaml
-
 from corral.model.names import check_name
-from corral.model.yamlfile import FileInvalid, Located, Problem, _convert, dotted
+from corral.model.yamlfile import FileInvalid, Located, Problem, dotted, load_located
 
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
@@ -296,109 +294,6 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-# ---------------------------------------------------------------- loading
-
-_STR_TAG = "tag:yaml.org,2002:str"
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_AS_TEXT = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
-_MAX_NODES = 200_000
-
-
-def _load(text: str, source: str) -> Located:
-    """Like load_located, plus `<<` merge keys, and plain scalars kept as written.
-
-    Numbers, dates and yes/no/on/off stay text (as in YAML 1.2 and Compose), so `VERSION: 1.10`
-    is "1.10", `- 22:22` is a port and not a base-60 number; only true/false are booleans.
-    """
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise FileInvalid(source, [Problem("", line, f"not valid YAML: {reason}")]) from None
-    except RecursionError:
-        raise FileInvalid(source, [Problem("", 0, "not valid YAML: nested too deeply")]) from None
-    if node is None:
-        return Located(None, {})
-    try:
-        if _expanded_size(node, {}, set()) > _MAX_NODES:
-            raise FileInvalid(source, [Problem("", 0, "aliases expand to a file that is too big")])
-        _prepare(node, set(), source)
-        lines: dict[Key, int] = {(): node.start_mark.line + 1}
-        data = _convert(node, (), lines, source)
-    except FileInvalid:
-        raise
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise FileInvalid(source, [Problem("", 0, f"not valid YAML: {exc}")]) from None
-    return Located(data, lines)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
-    """How many nodes the document has once aliases are expanded; ValueError if recursive."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in active:
-        raise ValueError(f"line {node.start_mark.line + 1}: an alias refers to itself")
-    active.add(key)
-    total = 1
-    for child in _children(node):
-        total = min(total + _expanded_size(child, sizes, active), _MAX_NODES + 1)
-    active.discard(key)
-    sizes[key] = total
-    return total
-
-
-def _prepare(node: yaml.Node, seen: set[int], source: str) -> None:
-    """Apply `<<` merges (explicit keys win, then earlier merges) and keep plain scalars text."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.ScalarNode):
-        if node.style is None and (
-            node.tag in _AS_TEXT
-            or (node.tag == _BOOL_TAG and node.value.lower() not in ("true", "false"))
-        ):
-            node.tag = _STR_TAG
-        return
-    for child in _children(node):
-        _prepare(child, seen, source)
-    if not isinstance(node, yaml.MappingNode):
-        return
-    if not any(key.tag == _MERGE_TAG for key, _ in node.value):
-        return
-    explicit: list[tuple[yaml.Node, yaml.Node]] = []
-    merged: list[tuple[yaml.Node, yaml.Node]] = []
-    for key, value in node.value:
-        if key.tag != _MERGE_TAG:
-            explicit.append((key, value))
-            continue
-        for part in value.value if isinstance(value, yaml.SequenceNode) else [value]:
-            if not isinstance(part, yaml.MappingNode):
-                line = part.start_mark.line + 1
-                problem = Problem("", line, "'<<' must merge a mapping or a list of mappings")
-                raise FileInvalid(source, [problem])
-            merged.extend(part.value)
-    taken = {key.value for key, _ in explicit if isinstance(key, yaml.ScalarNode)}
-    for key, value in merged:
-        if isinstance(key, yaml.ScalarNode):
-            if key.value in taken:
-                continue
-            taken.add(key.value)
-        explicit.append((key, value))
-    node.value = explicit
 
 
 # ---------------------------------------------------------------- interpolation
@@ -1574,7 +1469,7 @@ def parse_compose(
     Variables come from `env` laid over `base_dir/.env`; relative paths (bind sources, build
     contexts, env_file) are taken from `base_dir` and are a problem when it is None.
     """
-    doc = _load(text, source)
+    doc = load_located(text, source)
     problems: list[Problem] = []
     variables: dict[str, str] = {}
     if base_dir is not None:

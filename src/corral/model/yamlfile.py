@@ -1,6 +1,6 @@
 """YAML loading that remembers where each value came from, for errors that name a line.
 
-Used by every file format corral reads (hosts files now, stack files later).
+Used by every file format corral reads: hosts files and stack (compose) files.
 """
 
 from dataclasses import dataclass
@@ -64,22 +64,6 @@ def dotted(path: Path) -> str:
     return ".".join(str(p) for p in path)
 
 
-def load_located(text: str, source: str) -> Located:
-    """Parse one YAML document; FileInvalid (with the line) if it is not valid YAML."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise FileInvalid(source, [Problem("", line, f"not valid YAML: {reason}")]) from None
-    if node is None:
-        return Located(None, {})
-    lines: dict[Path, int] = {(): node.start_mark.line + 1}
-    data = _convert(node, (), lines, source)
-    return Located(data, lines)
-
-
 def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], source: str) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -110,3 +94,107 @@ def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], source: str) -
         raise FileInvalid(source, [Problem(dotted(path), line, str(exc))]) from None
     finally:
         loader.dispose()
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_AS_TEXT = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+_MAX_NODES = 200_000
+
+
+def load_located(text: str, source: str) -> Located:
+    """Parse one YAML document keeping every key's line; FileInvalid (with the line) if bad.
+
+    `<<` merge keys work; aliases may not recurse or expand past a size limit. Plain scalars
+    are kept as written.
+
+    Numbers, dates and yes/no/on/off stay text (as in YAML 1.2 and Compose), so `VERSION: 1.10`
+    is "1.10", `- 22:22` is a port and not a base-60 number; only true/false are booleans.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise FileInvalid(source, [Problem("", line, f"not valid YAML: {reason}")]) from None
+    except RecursionError:
+        raise FileInvalid(source, [Problem("", 0, "not valid YAML: nested too deeply")]) from None
+    if node is None:
+        return Located(None, {})
+    try:
+        if _expanded_size(node, {}, set()) > _MAX_NODES:
+            raise FileInvalid(source, [Problem("", 0, "aliases expand to a file that is too big")])
+        _prepare(node, set(), source)
+        lines: dict[Path, int] = {(): node.start_mark.line + 1}
+        data = _convert(node, (), lines, source)
+    except FileInvalid:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FileInvalid(source, [Problem("", 0, f"not valid YAML: {exc}")]) from None
+    return Located(data, lines)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
+    """How many nodes the document has once aliases are expanded; ValueError if recursive."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise ValueError(f"line {node.start_mark.line + 1}: an alias refers to itself")
+    active.add(key)
+    total = 1
+    for child in _children(node):
+        total = min(total + _expanded_size(child, sizes, active), _MAX_NODES + 1)
+    active.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _prepare(node: yaml.Node, seen: set[int], source: str) -> None:
+    """Apply `<<` merges (explicit keys win, then earlier merges) and keep plain scalars text."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        if node.style is None and (
+            node.tag in _AS_TEXT
+            or (node.tag == _BOOL_TAG and node.value.lower() not in ("true", "false"))
+        ):
+            node.tag = _STR_TAG
+        return
+    for child in _children(node):
+        _prepare(child, seen, source)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    if not any(key.tag == _MERGE_TAG for key, _ in node.value):
+        return
+    explicit: list[tuple[yaml.Node, yaml.Node]] = []
+    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, value in node.value:
+        if key.tag != _MERGE_TAG:
+            explicit.append((key, value))
+            continue
+        for part in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            if not isinstance(part, yaml.MappingNode):
+                line = part.start_mark.line + 1
+                problem = Problem("", line, "'<<' must merge a mapping or a list of mappings")
+                raise FileInvalid(source, [problem])
+            merged.extend(part.value)
+    taken = {key.value for key, _ in explicit if isinstance(key, yaml.ScalarNode)}
+    for key, value in merged:
+        if isinstance(key, yaml.ScalarNode):
+            if key.value in taken:
+                continue
+            taken.add(key.value)
+        explicit.append((key, value))
+    node.value = explicit
