@@ -42,6 +42,7 @@ from corral.store.stacks import SlotState, StackStore, StoredStack, summarize
 log = structlog.get_logger("corral.stacks")
 DEPENDENCY_WAIT_SECONDS = 120.0
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0
+CREATED = "corral.created"  # network label: when corral made it (epoch seconds)
 STABLE_SECONDS = 10.0  # a container that ran this long restarts with the shortest back-off
 
 
@@ -76,6 +77,7 @@ class StackService:
         self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
         self._backoff: dict[str, float] = {}  # next restart delay per container
         self._started_at: dict[str, float] = {}
+        self._start_requested: set[tuple[str, str]] = set()  # (stack, service) to start now
         self._poked: set[str] = set()
 
     # ------------------------------------------------------------------ parsing
@@ -161,7 +163,7 @@ class StackService:
             f"stack.{verb}", f"stack/{name}", f"{', '.join(chosen)} {verb} by request"
         )
         if not stopped:
-            await self._start_existing(name, chosen)
+            self._start_requested.update((name, service) for service in chosen)
         return chosen
 
     async def restart(self, name: str, services: list[str]) -> list[str]:
@@ -208,6 +210,27 @@ class StackService:
             "network.lingering", f"stack/{stack}", f"network {net} on {host} not removed: {reason}"
         )
 
+    async def _collect_networks(self, stacks: set[str]) -> None:
+        """Remove networks corral made for stacks that no longer exist (an overlay a swarm
+        still held when its stack went down)."""
+        for host in await self.hosts.store.list():
+            if not host.reachable:
+                continue
+            try:
+                driver = await self.hosts.driver(host.name)
+                found = await self.hosts.call(driver.networks, {OWNED: "true"})
+                for net, labels in found.items():
+                    # Young networks are left alone: another pass may be about to use one.
+                    try:
+                        born = float(labels.get(CREATED, "0"))
+                    except ValueError:
+                        born = 0.0
+                    if labels.get(STACK, "") not in stacks and time.time() - born > 120:
+                        with contextlib.suppress(Invalid):
+                            await self.hosts.call(driver.remove_network, net)
+            except CorralError as exc:
+                log.info("network clean-up skipped", host=host.name, error=exc.message)
+
     async def view(self, name: str) -> StackView:
         stored = await self.store.get(name)
         services = sorted(self.parse(name, stored.file, stored.env, stored.base_dir).services)
@@ -245,6 +268,7 @@ class StackService:
                 for state in await asyncio.gather(*jobs):
                     states[(state.service, state.replica)] = state
             await self.store.save_slots(name, list(states.values()))
+            self._start_requested = {r for r in self._start_requested if r[0] != name}
         return await self.view(name)
 
     async def _observe(self, name: str) -> _Pass:
@@ -313,7 +337,7 @@ class StackService:
             hosts = sorted({h for _, h in users if h in work.drivers})
             if not hosts or spec.external:
                 continue
-            labels = _owned(work.name)
+            labels = {**_owned(work.name), CREATED: str(int(time.time()))}
             overlay = spec.driver == "overlay" or (
                 spec.driver is None
                 and len({h for _, h in users}) > 1
@@ -510,6 +534,15 @@ class StackService:
         if c.state == "created":  # made ahead of its wave (or by a pass that was cut short)
             await self.hosts.call(driver.start, c.id)
             return SlotState(plan.service, plan.replica, host, c.id, "running")
+        if c.state in ("exited", "dead") and (work.name, plan.service) in self._start_requested:
+            await self.hosts.call(driver.start, c.id)
+            await self.bus.emit(
+                "container.started",
+                f"stack/{work.name}/{plan.service}",
+                f"{c.name} on {host} started by request",
+                {"container": c.name, "host": host},
+            )
+            return SlotState(plan.service, plan.replica, host, c.id, "running")
         if c.state in ("exited", "dead") and _restarts(plan.spec, c):
             await self.hosts.call(driver.start, c.id)
             await self.bus.emit(
@@ -598,13 +631,6 @@ class StackService:
                 f"image {spec.image} is on no reachable host and service {spec.name} has no build"
             )
 
-    async def _start_existing(self, name: str, services: list[str]) -> None:
-        for slot in await self.store.slots(name):
-            if slot.service in services and slot.container_id and slot.host:
-                with contextlib.suppress(CorralError):
-                    driver = await self.hosts.driver(slot.host)
-                    await self.hosts.call(driver.start, slot.container_id)
-
     # ------------------------------------------------------------------ logs
     async def logs(self, name: str, service: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
         slots = [s for s in await self.store.slots(name) if s.service == service]
@@ -643,6 +669,7 @@ class StackService:
                 names = await self.store.names() if full else sorted(self._poked)
                 if full:
                     last_full = time.monotonic()
+                    await self._collect_networks(set(names))
                 for name in names:
                     try:
                         await self.converge(name)

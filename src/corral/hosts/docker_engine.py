@@ -171,10 +171,10 @@ class DockerEngine:
                 check_duplicate=True,
             )
 
-    def networks(self, labels: Mapping[str, str]) -> list[str]:
+    def networks(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         with _engine_errors(self.spec.name):
             found = self._api.networks(filters={"label": _label_filter(labels)})
-        return [str(n["Name"]) for n in found]
+        return {str(n["Name"]): dict(n.get("Labels") or {}) for n in found}
 
     def remove_network(self, name: str) -> None:
         with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
