@@ -157,13 +157,10 @@ class HostService:
 
     async def _probe(self, spec: HostSpec) -> Probe:
         driver = self._driver(spec)
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         timeout = self.settings.host_timeout_seconds
         try:
-            facts = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, driver.probe), timeout + 1
-            )
+            facts = await asyncio.wait_for(self.call(driver.probe), timeout + 1)
             probe = Probe(reachable=True, checked_at=datetime.now(UTC), facts=facts)
         except TimeoutError:
             self._drop_driver(spec.name)

@@ -29,6 +29,7 @@ from corral.model.containers import (
     STACK,
     ContainerInfo,
     ContainerPlan,
+    container_name,
     network_name,
     plan_container,
     volume_name,
@@ -310,7 +311,9 @@ class StackService:
         for host, found in sorted(work.observed.items()):
             for c in sorted(found, key=lambda c: (c.state != "running", c.name)):
                 slot = (c.service, c.replica)
-                wanted = work.placement.hosts.get(slot) == host and c.name == _name(work, slot)
+                wanted = work.placement.hosts.get(slot) == host and c.name == container_name(
+                    work.name, *slot
+                )
                 if not wanted or slot in seen:
                     doomed.append((work.drivers[host], c))
                 else:
@@ -398,17 +401,18 @@ class StackService:
         self, work: _Pass, service: str, condition: str, slots: list[SlotState]
     ) -> bool | None:
         """True/False once decided, None while still waiting."""
-        for slot in slots:
-            if slot.host not in work.drivers or not slot.container_id:
-                return False
+        if any(s.host not in work.drivers or not s.container_id for s in slots):
+            return False
+        seen: dict[str, ContainerInfo] = {}
+        for host in {s.host for s in slots}:
             found = await self.hosts.call(
-                work.drivers[slot.host].containers,
-                {STACK: work.name, SERVICE: service},
+                work.drivers[host].containers, {STACK: work.name, SERVICE: service}
             )
-            mine = [c for c in found if c.id == slot.container_id]
-            if not mine:
+            seen.update((c.id, c) for c in found)
+        for slot in slots:
+            c = seen.get(slot.container_id)
+            if c is None:
                 return False
-            c = mine[0]
             if condition == "service_healthy":
                 if c.health == "unhealthy" or c.state in ("exited", "dead"):
                     return False
@@ -762,10 +766,6 @@ def _restarts(spec: ServiceSpec, c: ContainerInfo) -> bool:
     if spec.restart in ("always", "unless-stopped"):
         return True
     return spec.restart == "on-failure" and c.exit_code != 0
-
-
-def _name(work: _Pass, slot: tuple[str, int]) -> str:
-    return f"{work.name}-{slot[0]}-{slot[1]}"
 
 
 def _in_swarm(host: HostView) -> bool:

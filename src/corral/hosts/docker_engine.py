@@ -364,20 +364,18 @@ def _engine_errors(host: str) -> Iterator[None]:
         raise Unreachable(f"{host}: {_short(exc)}", {"host": host}) from None
 
 
+_REASONS = {
+    "Connection refused": "connection refused",
+    "timed out": "timed out",
+    "No such file or directory": "socket not found",
+    "Name or service": "host name does not resolve",
+}
+
+
 def _short(exc: BaseException) -> str:
     """A one-line reason from a docker-py or socket error."""
     text = str(exc) or type(exc).__name__
-    for marker in (
-        "Connection refused",
-        "timed out",
-        "No such file or directory",
-        "Name or service",
-    ):
+    for marker, reason in _REASONS.items():
         if marker in text:
-            return {
-                "Connection refused": "connection refused",
-                "timed out": "timed out",
-                "No such file or directory": "socket not found",
-                "Name or service": "host name does not resolve",
-            }[marker]
+            return reason
     return text.splitlines()[0][:300]

@@ -47,13 +47,6 @@ class ContainerInfo:
     labels: Mapping[str, str]
     exit_code: int = 0
     health: str = ""  # starting, healthy, unhealthy, or "" without a healthcheck
-    restart_count: int = 0
-    started_at: str = ""
-    finished_at: str = ""
-
-    @property
-    def stack(self) -> str:
-        return self.labels.get(STACK, "")
 
     @property
     def service(self) -> str:

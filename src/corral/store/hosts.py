@@ -31,6 +31,11 @@ def _view(row: HostRow) -> HostView:
     )
 
 
+def _new_row(spec: HostSpec) -> HostRow:
+    tls = spec.tls.model_dump() if spec.tls else None
+    return HostRow(name=spec.name, url=spec.url, labels=dict(spec.labels), tls=tls, last_error="")
+
+
 def spec_of(view: HostView) -> HostSpec:
     return HostSpec(name=view.name, url=view.url, labels=view.labels, tls=view.tls)
 
@@ -54,13 +59,7 @@ class HostStore:
     async def add(self, spec: HostSpec) -> HostView:
         try:
             async with self.db.session() as s:
-                row = HostRow(
-                    name=spec.name,
-                    url=spec.url,
-                    labels=dict(spec.labels),
-                    tls=spec.tls.model_dump() if spec.tls else None,
-                    last_error="",
-                )
+                row = _new_row(spec)
                 s.add(row)
                 await s.flush()
                 return _view(row)
@@ -73,8 +72,7 @@ class HostStore:
             row = await s.scalar(select(HostRow).where(HostRow.name == spec.name))
             tls = spec.tls.model_dump() if spec.tls else None
             if row is None:
-                row = HostRow(name=spec.name, url=spec.url, labels=dict(spec.labels), tls=tls)
-                row.last_error = ""
+                row = _new_row(spec)
                 s.add(row)
                 await s.flush()
                 return _view(row), "created"

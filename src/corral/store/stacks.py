@@ -78,8 +78,6 @@ def summarize(stack: StoredStack, services: list[str], slots: list[SlotView]) ->
         state = "running"
     elif all(s.state == "pending" for s in slots):
         state = "pending"
-    elif all(s.service in stack.stopped for s in slots if s.state != "running") and running:
-        state = "partial"
     elif not running and all(s.service in stack.stopped for s in slots):
         state = "stopped"
     else:
