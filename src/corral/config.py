@@ -57,6 +57,27 @@ class Settings(BaseSettings):
     go1_anonymous: bool = Field(
         default=False, description="Let the Go1 routes work without a token (seed clients)."
     )
+    templates_dir: Path | None = Field(
+        default=None, description="Folder whose *.yml session templates are added at start."
+    )
+    session_grace_seconds: float = Field(
+        default=30.0, ge=0, le=86400, description="How long a finished session's containers stay."
+    )
+    session_check_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="Period of the session monitor and reaper."
+    )
+    sessions_per_host: int = Field(
+        default=50, ge=1, le=10000, description="Most active sessions one host may hold."
+    )
+    edgeecho_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve the edgeECHO API on this port (5000)."
+    )
+    edgeecho_template: str = Field(
+        default="edgeecho", description="Template that edgeECHO's POST /post/ instantiates."
+    )
+    edgeecho_anonymous: bool = Field(
+        default=False, description="Let the edgeECHO routes work without a token (seed clients)."
+    )
     engine_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allow-list of CIDRs and host names that engine URLs may point at; empty: any.",

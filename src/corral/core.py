@@ -16,6 +16,8 @@ import structlog
 from corral.config import Settings
 from corral.control.access import AccessService
 from corral.control.hosts import HostService
+from corral.control.images import ImageSupply
+from corral.control.sessions import SessionService
 from corral.control.stacks import StackService
 from corral.errors import NotFound
 from corral.events import EventBus
@@ -24,6 +26,7 @@ from corral.model.hostsfile import parse_hosts_file
 from corral.store.database import Database
 from corral.store.events import EventStore
 from corral.store.hosts import HostStore
+from corral.store.sessions import SessionStore, TemplateStore
 from corral.store.stacks import StackStore
 from corral.store.tables import utcnow
 from corral.store.tokens import TokenStore
@@ -40,7 +43,16 @@ class Core:
         self.bus = EventBus(self.events, self.metrics)
         self.hosts = HostService(HostStore(self.db), self.bus, self.metrics, settings)
         self.access = AccessService(TokenStore(self.db), self.bus)
-        self.stacks = StackService(StackStore(self.db), self.hosts, self.bus, settings)
+        self.images = ImageSupply(self.hosts, self.bus)
+        self.stacks = StackService(StackStore(self.db), self.hosts, self.bus, settings, self.images)
+        self.sessions = SessionService(
+            TemplateStore(self.db),
+            SessionStore(self.db),
+            self.hosts,
+            self.bus,
+            settings,
+            self.images,
+        )
         self.stopping = asyncio.Event()
         self.first_admin_token: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -57,12 +69,17 @@ class Core:
             log.info("hosts file applied", file=str(self.settings.hosts_file), outcomes=outcomes)
         with contextlib.suppress(NotFound):
             await self.hosts.register_local(self.settings.local_docker_url)
+        if self.settings.templates_dir is not None:
+            added = await self.sessions.load_folder(self.settings.templates_dir)
+            log.info("templates added", folder=str(self.settings.templates_dir), names=added)
+        await self.sessions.recover()
         await self.bus.emit("corral.started", "corral", "corral started", {"pid": os.getpid()})
         if background:
             self._spawn(self.hosts.run_monitor(self.stopping))
             self._spawn(self._prune_events())
             self._spawn(self.stacks.run_resync(self.stopping))
             self._spawn(self.stacks.run_watchers(self.stopping))
+            self._spawn(self.sessions.run_monitor(self.stopping))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(_logged(work)))
@@ -82,6 +99,7 @@ class Core:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.sessions.shutdown()
         self.hosts.close()
         await self.db.close()
 

@@ -52,3 +52,10 @@ class TooLarge(CorralError):
 class Unreachable(CorralError):
     status = 503
     code = "unreachable"
+
+
+class NoRoom(CorralError):
+    """No host can take the work now; the caller may retry or ask to be queued."""
+
+    status = 429
+    code = "no_room"

@@ -9,12 +9,14 @@ from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import corral
 from corral.api import errors
 from corral.api.compat import go1
+from corral.api.compat.edgeecho import create_edgeecho_app
 from corral.api.middleware import BodyLimit, RequestMetrics
-from corral.api.routes import events, hosts, stacks, system, tokens
+from corral.api.routes import events, hosts, sessions, stacks, system, templates, tokens
 from corral.config import Settings
 from corral.core import Core
 
@@ -61,11 +63,43 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     )
     app.state.core = core
     errors.install(app)
-    routers = (system.router, tokens.router, hosts.router, stacks.router, events.router, go1.router)
+    routers = (
+        system.router,
+        tokens.router,
+        hosts.router,
+        stacks.router,
+        templates.router,
+        sessions.router,
+        events.router,
+        go1.router,
+    )
     for router in routers:
         app.include_router(router)
     app.mount("/ui", StaticFiles(directory=str(DASHBOARD), html=True), name="dashboard")
     app.mount("/docs-assets", StaticFiles(directory=str(system.DOCS_ASSETS)), name="docs-assets")
     app.add_middleware(BodyLimit, limit=core.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=core.metrics)
+    return app
+
+
+class PortRouter:
+    """One server, two APIs: requests to `port` go to `other`, the rest (and the
+    lifespan) to `main`."""
+
+    def __init__(self, main: ASGIApp, port: int, other: ASGIApp) -> None:
+        self.main, self.port, self.other = main, port, other
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") if scope["type"] != "lifespan" else None
+        if server and server[1] == self.port:
+            await self.other(scope, receive, send)
+        else:
+            await self.main(scope, receive, send)
+
+
+def create_server_app(core: Core) -> ASGIApp:
+    """What `corral serve` runs: the API, plus the edgeECHO API on its own port if set."""
+    app: ASGIApp = create_app(core=core)
+    if core.settings.edgeecho_port is not None:
+        app = PortRouter(app, core.settings.edgeecho_port, create_edgeecho_app(core))
     return app

@@ -18,7 +18,7 @@ import structlog
 import typer
 import uvicorn
 
-from corral.api import create_app
+from corral.api.app import create_server_app
 from corral.cli.client import CliError
 from corral.config import Settings
 from corral.core import Core
@@ -96,6 +96,8 @@ async def _serve(settings: Settings) -> None:
     sockets = [_listen(settings.bind, settings.port)]
     if settings.go1_port is not None:
         sockets.append(_listen(settings.bind, settings.go1_port))
+    if settings.edgeecho_port is not None:
+        sockets.append(_listen(settings.bind, settings.edgeecho_port))
     core = Core(settings)
     try:
         await core.start()
@@ -111,8 +113,13 @@ async def _serve(settings: Settings) -> None:
         typer.echo(
             f"  Go1 API    http://{host}:{settings.go1_port}/deploy/ (stack {settings.go1_stack})"
         )
+    if settings.edgeecho_port is not None:
+        typer.echo(
+            f"  edgeECHO   http://{host}:{settings.edgeecho_port}/post/ "
+            f"(template {settings.edgeecho_template})"
+        )
     config = uvicorn.Config(
-        create_app(core=core),
+        create_server_app(core),
         log_level="warning",
         timeout_graceful_shutdown=3,
         lifespan="on",

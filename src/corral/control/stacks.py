@@ -19,6 +19,7 @@ import structlog
 
 from corral.config import Settings
 from corral.control.hosts import HostService
+from corral.control.images import ImageSupply
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
@@ -67,14 +68,19 @@ class _Pass:
 
 class StackService:
     def __init__(
-        self, store: StackStore, hosts: HostService, bus: EventBus, settings: Settings
+        self,
+        store: StackStore,
+        hosts: HostService,
+        bus: EventBus,
+        settings: Settings,
+        images: ImageSupply,
     ) -> None:
         self.store = store
         self.hosts = hosts
         self.bus = bus
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
-        self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.images = images
         self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
         self._backoff: dict[str, float] = {}  # next restart delay per container
         self._started_at: dict[str, float] = {}
@@ -226,7 +232,8 @@ class StackService:
                         born = float(labels.get(CREATED, "0"))
                     except ValueError:
                         born = 0.0
-                    if labels.get(STACK, "") not in stacks and time.time() - born > 120:
+                    stack = labels.get(STACK, "")
+                    if stack and stack not in stacks and time.time() - born > 120:
                         with contextlib.suppress(Invalid):
                             await self.hosts.call(driver.remove_network, net)
             except CorralError as exc:
@@ -514,7 +521,7 @@ class StackService:
                     f"{plan.name} on {host}: spec changed, replacing",
                     {"container": plan.name, "host": host},
                 )
-            await self._ensure_image(work, host, spec)
+            await self.images.ensure(work.drivers, host, spec, f"stack/{work.name}/{service}")
             await self._ensure_volumes(work, host, spec)
             return await self._create(driver, plan)
         except CorralError as exc:
@@ -597,42 +604,6 @@ class StackService:
                 work.drivers[host].ensure_volume,
                 work.volumes.get(mount.source, mount.source),
                 _owned(work.name),
-            )
-
-    async def _ensure_image(self, work: _Pass, host: str, spec: ServiceSpec) -> None:
-        """Make the image present on the host: there already, built there, or copied."""
-        lock = self._image_locks.setdefault((host, spec.image), asyncio.Lock())
-        async with lock:
-            driver = work.drivers[host]
-            if await self.hosts.call(driver.has_image, spec.image):
-                return
-            resource = f"stack/{work.name}/{spec.name}"
-            if spec.build is not None:
-                await self.bus.emit("image.building", resource, f"building {spec.image} on {host}")
-                started = time.monotonic()
-                await self.hosts.call(driver.build_image, spec.build, spec.image)
-                took = time.monotonic() - started
-                await self.bus.emit(
-                    "image.built", resource, f"built {spec.image} on {host} in {took:.1f} s"
-                )
-                return
-            for other, source in sorted(work.drivers.items()):
-                if other == host or not await self.hosts.call(source.has_image, spec.image):
-                    continue
-                await self.bus.emit(
-                    "image.copying", resource, f"copying {spec.image} from {other} to {host}"
-                )
-                started = time.monotonic()
-                await self.hosts.call(_copy_image, source, driver, spec.image)
-                took = time.monotonic() - started
-                await self.bus.emit(
-                    "image.copied",
-                    resource,
-                    f"copied {spec.image} from {other} to {host} in {took:.1f} s",
-                )
-                return
-            raise Invalid(
-                f"image {spec.image} is on no reachable host and service {spec.name} has no build"
             )
 
     # ------------------------------------------------------------------ logs
@@ -756,10 +727,6 @@ def _pump(
 def _owned(stack: str) -> dict[str, str]:
     """The labels that select what corral made for a stack (never a look-alike)."""
     return {STACK: stack, OWNED: "true"}
-
-
-def _copy_image(source: HostDriver, target: HostDriver, image: str) -> None:
-    target.import_image(source.export_image(image))
 
 
 def _restarts(spec: ServiceSpec, c: ContainerInfo) -> bool:

@@ -8,6 +8,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -21,7 +22,7 @@ from corral.errors import Conflict, CorralError, Invalid, Unreachable
 from corral.errors import NotFound as CorralNotFound
 from corral.hosts.ssh_tunnel import SshTunnel
 from corral.model.compose import BuildSpec
-from corral.model.containers import ContainerInfo, ContainerPlan
+from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
 from corral.model.hosts import EngineFacts, HostSpec, SwarmRole, parse_engine_url
 
 
@@ -77,6 +78,19 @@ def _info(summary: dict[str, Any]) -> ContainerInfo:
         exit_code=int(exited.group(1)) if exited else 0,
         health=health,
     )
+
+
+def _when(text: Any) -> datetime | None:
+    """Docker's RFC 3339 times (nanoseconds, Z); its zero time means never."""
+    if not isinstance(text, str) or not text or text.startswith("0001-"):
+        return None
+    main, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        moment = datetime.fromisoformat(main).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    digits = "".join(ch for ch in fraction if ch.isdigit())[:6]
+    return moment.replace(microsecond=int(digits.ljust(6, "0"))) if digits else moment
 
 
 def _label_filter(labels: Mapping[str, str]) -> list[str]:
@@ -280,7 +294,11 @@ class DockerEngine:
                     environment=dict(spec.environment),
                     labels=dict(plan.labels),
                     hostname=spec.hostname,
-                    ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
+                    ports=[
+                        *((p.container_port, p.protocol) for p in spec.ports),
+                        *((port, "tcp") for port in spec.expose),
+                    ]
+                    or None,
                     volumes=anonymous or None,
                     host_config=host_config,
                     networking_config=networking,
@@ -307,6 +325,39 @@ class DockerEngine:
     def start(self, container_id: str) -> None:
         with _engine_errors(self.spec.name):
             self._api.start(container_id)
+
+    def details(self, container_id: str) -> ContainerDetails:
+        with _engine_errors(self.spec.name):
+            found = self._api.inspect_container(container_id)
+        state = found.get("State") or {}
+        ports: list[PublishedPort] = []
+        for key, bindings in ((found.get("NetworkSettings") or {}).get("Ports") or {}).items():
+            number, _, protocol = str(key).partition("/")
+            for binding in bindings or []:
+                ports.append(
+                    PublishedPort(
+                        int(number),
+                        protocol or "tcp",
+                        str(binding.get("HostIp", "")),
+                        int(binding.get("HostPort") or 0),
+                    )
+                )
+        return ContainerDetails(
+            state=str(state.get("Status", "")),
+            exit_code=int(state.get("ExitCode") or 0),
+            started_at=_when(state.get("StartedAt")),
+            finished_at=_when(state.get("FinishedAt")),
+            ports=tuple(sorted(ports, key=lambda p: (p.container_port, p.host_ip))),
+            health=str((state.get("Health") or {}).get("Status", "")),
+        )
+
+    def exec(self, container_id: str, argv: list[str]) -> tuple[int, bytes]:
+        with _engine_errors(self.spec.name):
+            api = self._connect(max(1, round(self.timeout))).api
+            made = api.exec_create(container_id, argv, stdout=True, stderr=True)
+            output = api.exec_start(made["Id"])
+            code = api.exec_inspect(made["Id"]).get("ExitCode")
+        return (int(code) if code is not None else -1), bytes(output or b"")
 
     def stop(self, container_id: str, timeout: float) -> None:
         with _engine_errors(self.spec.name), contextlib.suppress(NotFound):

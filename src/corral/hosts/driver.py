@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from corral.model.compose import BuildSpec
-from corral.model.containers import ContainerInfo, ContainerPlan
+from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts
 
 
@@ -52,6 +52,14 @@ class HostDriver(Protocol):
         ...
 
     def start(self, container_id: str) -> None: ...
+
+    def details(self, container_id: str) -> ContainerDetails:
+        """Times, exit code and published ports of one container."""
+        ...
+
+    def exec(self, container_id: str, argv: list[str]) -> tuple[int, bytes]:
+        """Run a command in a running container; its exit code and output."""
+        ...
 
     def stop(self, container_id: str, timeout: float) -> None: ...
 

@@ -122,6 +122,7 @@ class ServiceSpec:
     entrypoint: tuple[str, ...] | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[PortMapping, ...] = ()
+    expose: tuple[int, ...] = ()  # container ports (tcp) offered to peers, not published
     volumes: tuple[VolumeMount, ...] = ()
     networks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     network_mode: str | None = None
@@ -864,6 +865,7 @@ class _Parser:
             entrypoint=self.opt(body, "entrypoint", path, _argv, None),
             environment=environment,
             ports=self.opt(body, "ports", path, self.ports, ()),
+            expose=self.opt(body, "expose", path, self.expose, ()),
             volumes=self.opt(body, "volumes", path, self.mounts, ()),
             networks=networks,
             network_mode=network_mode,
@@ -1016,6 +1018,11 @@ class _Parser:
     def ports(self, value: Any, path: Key) -> tuple[PortMapping, ...]:
         items = _sequence(value, path)
         found = [self.attempt(None, _port, item, (*path, i)) for i, item in enumerate(items)]
+        return tuple(port for port in found if port is not None)
+
+    def expose(self, value: Any, path: Key) -> tuple[int, ...]:
+        items = _sequence(value, path)
+        found = [self.attempt(None, _exposed, item, (*path, i)) for i, item in enumerate(items)]
         return tuple(port for port in found if port is not None)
 
     def mounts(self, value: Any, path: Key) -> tuple[VolumeMount, ...]:
@@ -1389,6 +1396,14 @@ def _port_number(text: str, path: Key, whole: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise _Bad(path, f"port {whole!r}: {text!r} is not a port number (1-65535)")
     return int(text)
+
+
+def _exposed(value: Any, path: Key) -> int:
+    whole = _scalar(value, path)
+    number, slash, protocol = whole.partition("/")
+    if slash and protocol.strip().lower() != "tcp":
+        raise _Bad(path, f"expose {whole!r}: only tcp ports can be exposed here")
+    return _port_number(number.strip(), path, whole)
 
 
 def _protocol(text: str, path: Key, whole: str) -> Literal["tcp", "udp"]:

@@ -5,7 +5,8 @@ driver turns a ContainerPlan into an engine call.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from corral.model.compose import ServiceSpec, service_hash
 
@@ -14,6 +15,7 @@ SERVICE = "corral.service"
 REPLICA = "corral.replica"
 SPEC_HASH = "corral.spec-hash"
 OWNED = "corral.owned"
+SESSION = "corral.session"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,26 @@ class ContainerInfo:
     @property
     def spec_hash(self) -> str:
         return self.labels.get(SPEC_HASH, "")
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    container_port: int
+    protocol: str
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class ContainerDetails:
+    """What `inspect` adds to a listing: when it ran, how it ended, where it is published."""
+
+    state: str
+    exit_code: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    ports: tuple[PublishedPort, ...] = ()
+    health: str = ""
 
 
 def container_name(stack: str, service: str, replica: int) -> str:
@@ -117,3 +139,20 @@ def plan_container(
         networks=attachments,
         binds=binds,
     )
+
+
+def session_network(session: str) -> str:
+    return f"ses-{session.lower()}"
+
+
+def session_container(session: str, service: str) -> str:
+    return f"ses-{session.lower()}-{service}"
+
+
+def plan_session_container(session: str, service: ServiceSpec) -> ContainerPlan:
+    """A session's container: on the session's network, known there by its service name."""
+    network = session_network(session)
+    plan = plan_container(network, service, 1, {n: network for n in service.networks}, {})
+    labels = {k: v for k, v in plan.labels.items() if k not in (STACK, REPLICA)}
+    labels[SESSION] = session
+    return replace(plan, name=session_container(session, service.name), labels=labels)

@@ -81,3 +81,73 @@ class StackView(BaseModel):
     state: str = Field(description="running, partial, pending, stopped or empty.")
     created_at: datetime
     updated_at: datetime
+
+
+class ParameterView(BaseModel):
+    name: str
+    type: Literal["int", "bool", "str"]
+    default: int | bool | str | None = Field(description="None: the parameter is required.")
+    min: int | None = None
+    max: int | None = None
+    choices: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+class TemplateView(BaseModel):
+    name: str
+    description: str
+    parameters: list[ParameterView]
+    services: list[str]
+    cpus: float = Field(description="CPUs a session reserves on its host.")
+    memory: int = Field(description="Bytes of memory a session reserves on its host.")
+    ttl_s: float = Field(description="Default lifetime of a session.")
+    base_dir: str
+    created_at: datetime
+    updated_at: datetime
+
+
+SessionState = Literal[
+    "pending", "starting", "running", "completed", "failed", "expired", "cancelled"
+]
+ACTIVE_STATES: tuple[SessionState, ...] = ("pending", "starting", "running")
+FINAL_STATES: tuple[SessionState, ...] = ("completed", "failed", "expired", "cancelled")
+
+
+class Endpoint(BaseModel):
+    """Where a client connects: a service's port, published on the session's host."""
+
+    service: str
+    port: int = Field(description="The container's port.")
+    protocol: str = "tcp"
+    address: str = Field(description="The host's address clients use.")
+    host_port: int
+
+
+class SessionContainerView(BaseModel):
+    service: str
+    name: str
+    container_id: str
+    state: str = Field(description="pending, created, running, exited, removed.")
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SessionView(BaseModel):
+    id: str
+    template: str
+    params: dict[str, Any]
+    host: str = Field(description="Empty while queued.")
+    network: str
+    state: SessionState
+    reason: str = Field(default="", description="Why it is pending, failed or ended.")
+    cpus: float
+    memory: int
+    endpoints: list[Endpoint]
+    containers: list[SessionContainerView]
+    created_at: datetime
+    started_at: datetime | None
+    running_at: datetime | None
+    ended_at: datetime | None
+    expires_at: datetime | None
+    cleaned_at: datetime | None = Field(description="When its containers and network went.")

@@ -118,3 +118,57 @@ class SlotRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class TemplateRow(Base):
+    __tablename__ = "templates"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    file: Mapped[str] = mapped_column(Text)
+    base_dir: Mapped[str] = mapped_column(String(4096), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SessionRow(Base):
+    """One session: its request, where it runs, its state, and its history after clean-up."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    template: Mapped[str] = mapped_column(String(63))
+    file: Mapped[str] = mapped_column(Text)  # the template as it was when the session began
+    base_dir: Mapped[str] = mapped_column(String(4096), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    host: Mapped[str] = mapped_column(String(63), default="")
+    network: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    cpus: Mapped[float] = mapped_column(default=0.0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttl_s: Mapped[float] = mapped_column(default=3600.0)
+    endpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    running_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    cleaned_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class SessionContainerRow(Base):
+    __tablename__ = "session_containers"
+    __table_args__ = (Index("ux_session_containers", "session_id", "service", unique=True),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(16))
+    service: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(128))
+    container_id: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    logs: Mapped[str] = mapped_column(Text, default="")  # the tail kept at clean-up

@@ -1,0 +1,748 @@
+"""Sessions: templates instantiated on request as private, disposable container pipelines.
+
+Called by the template and session routes, the edgeECHO adapter and the CLI. A session is
+placed on one host with room, gets its own network, starts its containers in dependency
+order (each only once what it depends on is ready), is watched until it completes, fails
+or expires, and is then removed by the in-process reaper, its history kept in the store.
+"""
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from corral.control.hosts import HostService
+from corral.control.images import ImageSupply
+from corral.errors import CorralError, Invalid, NoRoom, NotFound, Unreachable
+from corral.events import EventBus
+from corral.hosts.driver import HostDriver
+from corral.model.compose import ServiceSpec, StackSpec
+from corral.model.containers import (
+    OWNED,
+    SERVICE,
+    SESSION,
+    ContainerInfo,
+    plan_session_container,
+    session_container,
+    session_network,
+)
+from corral.model.hosts import parse_engine_url
+from corral.model.readiness import listening_ports
+from corral.model.templates import (
+    ParamsInvalid,
+    TemplateSpec,
+    bind,
+    instantiate,
+    parse_template,
+    placeholder,
+    reservation,
+)
+from corral.model.views import (
+    ACTIVE_STATES,
+    Endpoint,
+    HostView,
+    ParameterView,
+    SessionView,
+    TemplateView,
+)
+from corral.model.yamlfile import FileInvalid
+from corral.store.sessions import SessionStore, StoredSession, StoredTemplate, TemplateStore
+from corral.store.tables import utcnow
+
+log = structlog.get_logger("corral.sessions")
+CREATED = "corral.created"
+LOG_TAIL = 200  # lines of each container's output kept after clean-up
+MAX_TTL_S = 7 * 86400.0
+
+
+class NotReady(Exception):
+    """A dependency that will not become ready; the session fails with this reason."""
+
+
+@dataclass(frozen=True)
+class _Instance:
+    stored: StoredSession
+    template: TemplateSpec
+    stack: StackSpec
+
+
+class SessionService:
+    def __init__(
+        self,
+        templates: TemplateStore,
+        store: SessionStore,
+        hosts: HostService,
+        bus: EventBus,
+        settings: Settings,
+        images: ImageSupply,
+    ) -> None:
+        self.templates = templates
+        self.store = store
+        self.hosts = hosts
+        self.bus = bus
+        self.settings = settings
+        self.images = images
+        self._place_lock = asyncio.Lock()
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._cleaning: set[str] = set()
+
+    # ------------------------------------------------------------------ templates
+    def parse_template(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
+        if base_dir:
+            folder = Path(base_dir)
+            try:
+                usable = folder.is_absolute() and folder.is_dir()
+            except OSError:
+                usable = False
+            if not usable:
+                raise Invalid(
+                    f"base_dir {base_dir[:200]!r} is not an absolute folder on the corral server",
+                    {"field": "base_dir"},
+                )
+        try:
+            return parse_template(file, f"template {name or ''}".strip(), name)
+        except FileInvalid as exc:
+            problems = [str(p) for p in exc.problems]
+            raise Invalid(f"template is invalid: {problems[0]}", {"problems": problems}) from None
+
+    async def add_template(self, file: str, name: str | None, base_dir: str) -> tuple[str, str]:
+        """Register or replace a template; returns (name, created|updated|unchanged)."""
+        spec = self.parse_template(file, name, base_dir)
+        # The images must be buildable from base_dir: instantiate once to check paths.
+        self._instantiate(spec, {p.name: p.default for p in spec.parameters.values()}, base_dir)
+        outcome = await self.templates.put(spec.name, file, base_dir)
+        if outcome != "unchanged":
+            await self.bus.emit(
+                f"template.{outcome}", f"template/{spec.name}", f"template {spec.name} {outcome}"
+            )
+        return spec.name, outcome
+
+    async def load_folder(self, folder: Path) -> list[str]:
+        """Add every *.yml / *.yaml template in `folder` (at start-up)."""
+        added = []
+        for path, text in await asyncio.to_thread(_template_files, folder):
+            try:
+                name, _ = await self.add_template(text, None, str(path.parent.resolve()))
+            except Invalid as exc:
+                detail = exc.detail if isinstance(exc.detail, dict) else {}
+                problems = detail.get("problems") or [exc.message]
+                raise Invalid(f"{path}: {problems[0]}", {"problems": problems}) from None
+            added.append(name)
+        return added
+
+    async def template(self, name: str) -> TemplateView:
+        return self._template_view(await self.templates.get(name))
+
+    async def template_views(self) -> list[TemplateView]:
+        return [self._template_view(t) for t in await self.templates.list()]
+
+    async def remove_template(self, name: str) -> None:
+        await self.templates.remove(name)
+        await self.bus.emit("template.removed", f"template/{name}", f"template {name} removed")
+
+    def _template_view(self, stored: StoredTemplate) -> TemplateView:
+        spec = self.parse_template(stored.file, stored.name, "")
+        defaults = {p.name: p.default for p in spec.parameters.values()}
+        try:
+            stack = self._instantiate(spec, defaults, stored.base_dir)
+            services = sorted(stack.services)
+            cpus, memory = reservation(spec, stack)
+        except Invalid:
+            services, cpus, memory = [], spec.cpus or 0.0, spec.memory or 0
+        return TemplateView(
+            name=stored.name,
+            description=spec.description,
+            parameters=[
+                ParameterView(
+                    name=p.name,
+                    type=p.type,
+                    default=p.default,
+                    min=p.minimum,
+                    max=p.maximum,
+                    choices=list(p.choices),
+                    description=p.description,
+                )
+                for p in spec.parameters.values()
+            ],
+            services=services,
+            cpus=cpus,
+            memory=memory,
+            ttl_s=spec.ttl_s,
+            base_dir=stored.base_dir,
+            created_at=stored.created_at,
+            updated_at=stored.updated_at,
+        )
+
+    def _instantiate(
+        self, spec: TemplateSpec, values: dict[str, Any], base_dir: str, session: str = "CHECK"
+    ) -> StackSpec:
+        filled = {k: v for k, v in values.items() if v is not None}
+        for param in spec.parameters.values():
+            filled.setdefault(param.name, placeholder(param))  # a required one, for a check
+        try:
+            return instantiate(
+                spec,
+                filled,
+                session,
+                session_network(session),
+                Path(base_dir) if base_dir else None,
+            )
+        except FileInvalid as exc:
+            problems = [str(p) for p in exc.problems]
+            raise Invalid(
+                f"template {spec.name} gives an invalid stack: {problems[0]}",
+                {"problems": problems},
+            ) from None
+
+    # ------------------------------------------------------------------ sessions
+    async def create(
+        self,
+        template: str,
+        params: dict[str, Any],
+        ttl_s: float | None = None,
+        queue: bool = False,
+        wait: bool = True,
+    ) -> SessionView:
+        """Record a session on a host with room (or queue it) and start it; with `wait`,
+        return once it runs, fails or the wait ends."""
+        stored = await self.templates.get(template)
+        spec = self.parse_template(stored.file, stored.name, "")
+        try:
+            values = bind(spec, params)
+        except ParamsInvalid as exc:
+            raise Invalid(
+                f"bad parameters for template {template}: {exc}",
+                {"problems": exc.problems, "parameters": sorted(exc.problems)},
+            ) from None
+        ttl = spec.ttl_s if ttl_s is None else ttl_s
+        if not 1 <= ttl <= MAX_TTL_S:
+            raise Invalid(f"ttl {ttl} s is outside 1 s to 7 days", {"field": "ttl"})
+        session = secrets.token_hex(8).upper()
+        stack = self._instantiate(spec, values, stored.base_dir, session)
+        cpus, memory = reservation(spec, stack)
+        async with self._place_lock:
+            host, why = await self._choose(stack, cpus, memory)
+            if host is None and not queue:
+                raise NoRoom(
+                    f"no host has room for a {template} session: {why}",
+                    {"template": template, "cpus": cpus, "memory": memory, "reason": why},
+                )
+            await self.store.add(
+                id=session,
+                template=template,
+                file=stored.file,
+                base_dir=stored.base_dir,
+                params=dict(values),
+                host=host or "",
+                network=session_network(session),
+                cpus=cpus,
+                memory=memory,
+                ttl_s=ttl,
+                reason="" if host else f"queued: {why}",
+                services={name: session_container(session, name) for name in stack.services},
+            )
+            await self.store.update(session, expires_at=utcnow() + timedelta(seconds=ttl))
+        where = f"on {host}" if host else f"queued ({why})"
+        await self.bus.emit(
+            "session.pending",
+            f"session/{session}",
+            f"session {session} of {template} {where}",
+            {"template": template, "host": host or "", "params": dict(values)},
+        )
+        if host:
+            self._launch(session)
+        if wait:
+            return await self._settle(session, spec.ready_timeout_s + 60)
+        return await self.store.view(session)
+
+    async def _choose(self, stack: StackSpec, cpus: float, memory: int) -> tuple[str | None, str]:
+        """The reachable host with the most free CPU that meets every constraint, or None
+        and why not."""
+        reserved = await self.store.reserved()
+        reasons: list[str] = []
+        best: tuple[float, str] | None = None
+        for host in await self.hosts.store.list():
+            facts = host.facts
+            if not host.reachable or facts is None:
+                reasons.append(f"{host.name} is unreachable")
+                continue
+            if not _meets(stack, host):
+                reasons.append(f"{host.name} does not meet the placement constraints")
+                continue
+            held_cpus, held_memory, count = reserved.get(host.name, (0.0, 0, 0))
+            free_cpus = facts.cpus - held_cpus
+            free_memory = facts.memory_bytes - held_memory
+            if count >= self.settings.sessions_per_host:
+                reasons.append(f"{host.name} holds {count} sessions (sessions_per_host)")
+            elif cpus > free_cpus + 1e-9:
+                reasons.append(
+                    f"{host.name} has {max(free_cpus, 0):.2f} of {facts.cpus} CPUs free, "
+                    f"a session needs {cpus:g}"
+                )
+            elif memory > free_memory:
+                reasons.append(
+                    f"{host.name} has {max(free_memory, 0) >> 20} MiB free, a session needs "
+                    f"{memory >> 20} MiB"
+                )
+            else:
+                score = free_cpus / facts.cpus if facts.cpus else 0.0
+                if best is None or score > best[0]:
+                    best = (score, host.name)
+        if best is not None:
+            return best[1], ""
+        return None, "; ".join(reasons) or "no hosts are registered"
+
+    def _launch(self, session: str) -> None:
+        if session in self._starting:
+            return
+        task = asyncio.create_task(self._start(session))
+        self._starting[session] = task
+        task.add_done_callback(lambda _: self._starting.pop(session, None))
+
+    async def _settle(self, session: str, patience: float) -> SessionView:
+        deadline = time.monotonic() + patience
+        while True:
+            view = await self.store.view(session)
+            if view.state not in ("pending", "starting") or time.monotonic() > deadline:
+                return view
+            if view.state == "pending" and not view.host:
+                return view  # queued: answer now, the caller follows it
+            await asyncio.sleep(0.05)
+
+    async def _load(self, session: str) -> _Instance:
+        stored = await self.store.get(session)
+        spec = self.parse_template(stored.file, stored.template, "")
+        stack = self._instantiate(spec, stored.params, stored.base_dir, session)
+        return _Instance(stored, spec, stack)
+
+    async def _drivers(self) -> dict[str, HostDriver]:
+        out: dict[str, HostDriver] = {}
+        for host in await self.hosts.store.list():
+            if host.reachable:
+                out[host.name] = await self.hosts.driver(host.name)
+        return out
+
+    async def _start(self, session: str) -> None:
+        started = time.monotonic()
+        resource = f"session/{session}"
+        try:
+            inst = await self._load(session)
+            if not await self.store.transition(session, "starting"):
+                return
+            await self.bus.emit("session.starting", resource, f"session {session} starting")
+            host = inst.stored.host
+            drivers = await self._drivers()
+            if host not in drivers:
+                raise Unreachable(f"host {host} is unreachable")
+            driver = drivers[host]
+            await asyncio.gather(
+                *(
+                    self.images.ensure(drivers, host, svc, resource)
+                    for svc in inst.stack.services.values()
+                )
+            )
+            labels = {OWNED: "true", SESSION: session, CREATED: str(int(time.time()))}
+            await self.hosts.call(
+                driver.ensure_network, inst.stored.network, "bridge", False, None, labels
+            )
+            ids = dict(
+                zip(
+                    inst.stack.services,
+                    await asyncio.gather(
+                        *(
+                            self._create(session, driver, svc)
+                            for svc in inst.stack.services.values()
+                        )
+                    ),
+                    strict=True,
+                )
+            )
+            address = _client_address(await self.hosts.store.get(host))
+            endpoints: list[Endpoint] = []
+            for wave in inst.stack.waves():
+                await self._wait_ready(inst, driver, ids, wave)
+                if (await self.store.get(session)).state != "starting":
+                    return  # cancelled or expired meanwhile; the reaper removes what exists
+                for found in await asyncio.gather(
+                    *(self._run(inst, driver, s, ids[s], address) for s in wave)
+                ):
+                    endpoints += found
+            await self.store.update(session, endpoints=[e.model_dump() for e in endpoints])
+            if await self.store.transition(session, "running"):
+                took = time.monotonic() - started
+                shown = ", ".join(f"{e.service} {e.address}:{e.host_port}" for e in endpoints)
+                await self.bus.emit(
+                    "session.running",
+                    resource,
+                    f"session {session} running on {host} after {took:.2f} s"
+                    + (f" ({shown})" if shown else ""),
+                    {"seconds": round(took, 3), "host": host},
+                )
+        except (CorralError, NotReady) as exc:
+            reason = exc.message if isinstance(exc, CorralError) else str(exc)
+            await self._end(session, "failed", reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("session start crashed", session=session)
+            await self._end(session, "failed", f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _create(self, session: str, driver: HostDriver, svc: ServiceSpec) -> str:
+        plan = plan_session_container(session, svc)
+        container_id = await self.hosts.call(driver.create, plan, False)
+        await self.store.set_container(
+            session, svc.name, container_id=container_id, state="created"
+        )
+        return container_id
+
+    async def _run(
+        self, inst: _Instance, driver: HostDriver, service: str, container: str, address: str
+    ) -> list[Endpoint]:
+        """Start one container; the endpoints it publishes (read at once: a quick one may
+        be gone by the time the session runs)."""
+        await self.hosts.call(driver.start, container)
+        details = await self.hosts.call(driver.details, container)
+        await self.store.set_container(
+            inst.stored.id, service, state="running", started_at=details.started_at or utcnow()
+        )
+        if not inst.stack.services[service].ports:
+            return []
+        out: dict[tuple[int, str], Endpoint] = {}
+        for port in details.ports:
+            key = (port.container_port, port.protocol)
+            if key in out and ":" in port.host_ip:
+                continue  # Docker binds IPv4 and IPv6: show the IPv4 one
+            bound = port.host_ip if port.host_ip not in ("", "0.0.0.0", "::") else address
+            out[key] = Endpoint(
+                service=service,
+                port=port.container_port,
+                protocol=port.protocol,
+                address=bound,
+                host_port=port.host_port,
+            )
+        return list(out.values())
+
+    async def _wait_ready(
+        self, inst: _Instance, driver: HostDriver, ids: dict[str, str], wave: list[str]
+    ) -> None:
+        """Before a wave starts, everything it depends on must be ready."""
+        deadline = time.monotonic() + inst.template.ready_timeout_s
+        waits = {
+            (dep.service, dep.condition)
+            for name in wave
+            for dep in inst.stack.services[name].depends_on
+        }
+        await asyncio.gather(
+            *(
+                self._ready(driver, inst.stack.services[dep], ids[dep], condition, deadline)
+                for dep, condition in sorted(waits)
+            )
+        )
+
+    async def _ready(
+        self, driver: HostDriver, svc: ServiceSpec, container: str, condition: str, deadline: float
+    ) -> None:
+        ports = sorted(
+            {p.container_port for p in svc.ports if p.protocol == "tcp"} | set(svc.expose)
+        )
+        check = svc.healthcheck is not None and svc.healthcheck.test[:1] != ("NONE",)
+        pause = 0.02
+        while True:
+            details = await self.hosts.call(driver.details, container)
+            if details.state in ("exited", "dead"):
+                if condition == "service_completed_successfully" and details.exit_code == 0:
+                    return
+                raise NotReady(
+                    f"{svc.name} exited with code {details.exit_code} before it was ready"
+                )
+            missing: list[int] = []
+            if condition == "service_completed_successfully":
+                waiting = "has not completed"
+            elif check:
+                if details.health == "healthy":
+                    return
+                if details.health == "unhealthy":
+                    raise NotReady(f"{svc.name} is unhealthy")
+                waiting = "is not healthy"
+            elif ports and details.state == "running":
+                code, output = await self.hosts.call(
+                    driver.exec, container, ["cat", "/proc/net/tcp", "/proc/net/tcp6"]
+                )
+                listening = listening_ports(output.decode(errors="replace"))
+                if code in (126, 127) or (code != 0 and not listening):
+                    raise NotReady(
+                        f"cannot see {svc.name}'s ports: its image has no `cat`; give the "
+                        "service a healthcheck instead"
+                    )
+                missing = [p for p in ports if p not in listening]
+                if not missing:
+                    return
+                waiting = f"does not listen on port {', '.join(map(str, missing))}"
+            elif details.state == "running":
+                return
+            else:
+                waiting = f"is {details.state or 'not started'}"
+            if time.monotonic() > deadline:
+                raise NotReady(f"{svc.name} {waiting} in time (the template's ready_timeout)")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    # ------------------------------------------------------------------ ending
+    async def _end(self, session: str, state: str, reason: str) -> bool:
+        """Move an active session to a final state and stop what still runs."""
+        if not await self.store.transition(session, state, reason):
+            return False
+        await self.bus.emit(
+            f"session.{state}",
+            f"session/{session}",
+            f"session {session} {state}" + (f": {reason}" if reason else ""),
+            {"reason": reason},
+        )
+        stored = await self.store.get(session)
+        with contextlib.suppress(CorralError):
+            driver = await self.hosts.driver(stored.host) if stored.host else None
+            if driver is not None:
+                found = await self.hosts.call(driver.containers, {OWNED: "true", SESSION: session})
+                await asyncio.gather(
+                    *(
+                        self.hosts.call(driver.stop, c.id, 2.0)
+                        for c in found
+                        if c.state in ("running", "restarting")
+                    ),
+                    return_exceptions=True,
+                )
+        return True
+
+    async def cancel(self, session: str) -> SessionView:
+        """Stop and remove a session now (DELETE); idempotent."""
+        stored = await self.store.get(session)
+        task = self._starting.get(session)
+        if stored.state in ACTIVE_STATES:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._end(session, "cancelled", "cancelled by request")
+        stored = await self.store.get(session)
+        if stored.cleaned_at is None:
+            with contextlib.suppress(Unreachable):
+                await self._clean(stored)
+        return await self.store.view(session)
+
+    async def _clean(self, stored: StoredSession) -> None:
+        """Keep each container's end and log tail, then remove what the session owns."""
+        if stored.id in self._cleaning:
+            return
+        self._cleaning.add(stored.id)
+        try:
+            if stored.host:
+                driver = await self.hosts.driver(stored.host)
+                owned = {OWNED: "true", SESSION: stored.id}
+                found = await self.hosts.call(driver.containers, owned)
+                for c in found:
+                    await self._keep_history(stored.id, driver, c)
+                    await self.hosts.call(driver.remove, c.id)
+                for net in await self.hosts.call(driver.networks, owned):
+                    await self.hosts.call(driver.remove_network, net)
+            await self.store.update(stored.id, cleaned_at=utcnow())
+            for row in await self.store.containers(stored.id):
+                if row.state in ("created", "running", "exited"):
+                    await self.store.set_container(stored.id, row.service, state="removed")
+            await self.bus.emit(
+                "session.cleaned",
+                f"session/{stored.id}",
+                f"session {stored.id}: containers and network removed",
+            )
+        finally:
+            self._cleaning.discard(stored.id)
+
+    async def _keep_history(self, session: str, driver: HostDriver, c: ContainerInfo) -> None:
+        service = c.labels.get(SERVICE, "")
+        details = await self.hosts.call(driver.details, c.id)
+        chunks = await self.hosts.call(lambda: b"".join(driver.logs(c.id, LOG_TAIL, False)))
+        values: dict[str, Any] = {"logs": chunks.decode(errors="replace")[-65536:]}
+        if details.state in ("exited", "dead"):
+            values.update(exit_code=details.exit_code, finished_at=details.finished_at)
+        if details.started_at is not None:
+            values["started_at"] = details.started_at
+        await self.store.set_container(session, service, container_id=c.id, **values)
+
+    # ------------------------------------------------------------------ watching
+    async def shutdown(self) -> None:
+        """Stop start-up tasks (at process stop); a later start finds them by state."""
+        tasks = list(self._starting.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def recover(self) -> None:
+        """At start: sessions caught mid-start by a crash fail (and are cleaned); those
+        placed but not begun begin."""
+        for stored in await self.store.unfinished():
+            if stored.state == "starting":
+                await self._end(
+                    stored.id, "failed", "corral restarted while the session was starting"
+                )
+            elif stored.state == "pending" and stored.host:
+                self._launch(stored.id)
+
+    async def run_monitor(self, stop: asyncio.Event) -> None:
+        """Follow every unfinished session: exits, expiry, queue, clean-up."""
+        while not stop.is_set():
+            try:
+                await self._check_all()
+            except Exception:
+                log.exception("session check failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.session_check_seconds)
+
+    async def _check_all(self) -> None:
+        sessions = await self.store.unfinished()
+        if not sessions:
+            return
+        hosts = {h.name: h for h in await self.hosts.store.list()}
+        seen: dict[str, list[ContainerInfo]] = {}
+        for name in sorted({s.host for s in sessions if s.host}):
+            if name in hosts and hosts[name].reachable:
+                driver = await self.hosts.driver(name)
+                with contextlib.suppress(Unreachable):
+                    seen[name] = await self.hosts.call(
+                        driver.containers, {OWNED: "true", SESSION: ""}
+                    )
+        now = utcnow()
+        for stored in sessions:
+            expired = stored.expires_at is not None and stored.expires_at <= now
+            if stored.state in ACTIVE_STATES and expired:
+                await self._end(stored.id, "expired", f"its ttl of {stored.ttl_s:g} s ran out")
+                continue
+            if stored.state == "pending" and not stored.host:
+                await self._place_queued(stored)
+            elif stored.state == "running" and stored.host in seen:
+                mine = [c for c in seen[stored.host] if c.labels.get(SESSION) == stored.id]
+                await self._observe(stored, mine)
+            elif stored.state not in ACTIVE_STATES:
+                grace = timedelta(seconds=self.settings.session_grace_seconds)
+                due = stored.ended_at is None or stored.ended_at + grace <= now
+                if due and (not stored.host or stored.host in seen):
+                    try:
+                        await self._clean(stored)
+                    except CorralError as exc:
+                        log.info("session clean-up postponed", session=stored.id, error=exc.message)
+
+    async def _place_queued(self, stored: StoredSession) -> None:
+        inst = await self._load(stored.id)
+        async with self._place_lock:
+            host, why = await self._choose(inst.stack, stored.cpus, stored.memory)
+            if host is None:
+                await self.store.update(stored.id, reason=f"queued: {why}")
+                return
+            await self.store.update(stored.id, host=host, reason="")
+        await self.bus.emit(
+            "session.placed", f"session/{stored.id}", f"session {stored.id} placed on {host}"
+        )
+        self._launch(stored.id)
+
+    async def _observe(self, stored: StoredSession, found: list[ContainerInfo]) -> None:
+        by_id = {c.id: c for c in found}
+        driver = await self.hosts.driver(stored.host)
+        failed: list[str] = []
+        done = 0
+        rows = await self.store.containers(stored.id)
+        for row in rows:
+            c = by_id.get(row.container_id)
+            if c is None:
+                failed.append(f"container {row.name} disappeared")
+                continue
+            if c.state not in ("exited", "dead"):
+                continue
+            done += 1
+            if row.state != "exited":
+                details = await self.hosts.call(driver.details, c.id)
+                await self.store.set_container(
+                    stored.id,
+                    row.service,
+                    state="exited",
+                    exit_code=details.exit_code,
+                    finished_at=details.finished_at or utcnow(),
+                )
+                await self.bus.emit(
+                    "session.container.exited",
+                    f"session/{stored.id}",
+                    f"{row.name} exited with code {details.exit_code}",
+                    {"service": row.service, "exit_code": details.exit_code},
+                )
+                code = details.exit_code
+            else:
+                code = row.exit_code or 0
+            if code != 0:
+                failed.append(f"{row.service} exited with code {code}")
+        if failed:
+            await self._end(stored.id, "failed", "; ".join(failed))
+        elif rows and done == len(rows):
+            await self._end(stored.id, "completed", "every container exited with code 0")
+
+    # ------------------------------------------------------------------ reading
+    async def view(self, session: str) -> SessionView:
+        return await self.store.view(session)
+
+    async def views(
+        self, state: str | None = None, template: str | None = None, limit: int = 200
+    ) -> list[SessionView]:
+        return await self.store.views(state=state, template=template, limit=limit)
+
+    async def logs(
+        self, session: str, service: str, tail: int, follow: bool
+    ) -> AsyncIterator[bytes]:
+        """A container's output: live while it exists, else the tail kept at clean-up."""
+        stored = await self.store.get(session)
+        rows = {r.service: r for r in await self.store.containers(session)}
+        if service not in rows:
+            known = ", ".join(sorted(rows)) or "none"
+            raise NotFound(f"session {session} has no service {service!r} (it has {known})")
+        row = rows[service]
+        if stored.cleaned_at is not None or not row.container_id:
+            lines = row.logs.splitlines(keepends=True)
+            yield "".join(lines[-tail:] if tail else lines).encode()
+            return
+        driver = await self.hosts.driver(stored.host)
+        chunks = await self.hosts.call(lambda: iter(driver.logs(row.container_id, tail, follow)))
+        while True:
+            chunk = await self.hosts.call(next, chunks, None)
+            if not isinstance(chunk, bytes):
+                return
+            yield chunk
+
+
+def _template_files(folder: Path) -> list[tuple[Path, str]]:
+    if not folder.is_dir():
+        raise Invalid(f"templates_dir {folder} is not a folder")
+    paths = sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])
+    return [(path, path.read_text(encoding="utf-8")) for path in paths]
+
+
+def _meets(stack: StackSpec, host: HostView) -> bool:
+    facts = host.facts
+    role = facts.swarm_role if facts else "none"
+    engine_labels = facts.engine_labels if facts else {}
+    hostname = facts.hostname if facts else ""
+    return all(
+        c.matches(hostname or host.name, role, host.labels, engine_labels)
+        for svc in stack.services.values()
+        for c in svc.constraints
+    )
+
+
+def _client_address(host: HostView) -> str:
+    """The address clients use to reach ports published on this host."""
+    address = parse_engine_url(host.url)
+    if address.scheme == "unix" or not address.host:
+        return "127.0.0.1"
+    return address.host
