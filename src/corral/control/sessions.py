@@ -92,7 +92,7 @@ class SessionService:
         self.images = images
         self._place_lock = asyncio.Lock()
         self._starting: dict[str, asyncio.Task[None]] = {}
-        self._cleaning: set[str] = set()
+        self._cleaning: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ templates
     def parse_template(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
@@ -539,10 +539,10 @@ class SessionService:
 
     async def _clean(self, stored: StoredSession) -> None:
         """Keep each container's end and log tail, then remove what the session owns."""
-        if stored.id in self._cleaning:
-            return
-        self._cleaning.add(stored.id)
-        try:
+        lock = self._cleaning.setdefault(stored.id, asyncio.Lock())
+        async with lock:
+            if (await self.store.get(stored.id)).cleaned_at is not None:
+                return  # another caller cleaned it while this one waited
             if stored.host:
                 driver = await self.hosts.driver(stored.host)
                 owned = {OWNED: "true", SESSION: stored.id}
@@ -561,8 +561,7 @@ class SessionService:
                 f"session/{stored.id}",
                 f"session {stored.id}: containers and network removed",
             )
-        finally:
-            self._cleaning.discard(stored.id)
+        self._cleaning.pop(stored.id, None)
 
     async def _keep_history(self, session: str, driver: HostDriver, c: ContainerInfo) -> None:
         service = c.labels.get(SERVICE, "")
