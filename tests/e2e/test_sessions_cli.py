@@ -96,25 +96,32 @@ def test_cli_and_edgeecho_api(local_engine: str, tmp_path: Path) -> None:
             "role": "segmentation", "data_messages": 1000, "terminate": True,
         }  # fmt: skip
         listed = _cli(serve, "session", "ls")
-        assert session["id"] in listed.stdout and "completed" in listed.stdout
+        assert session["id"] in listed.stdout
+        assert "completed" in listed.stdout
         bad = _cli(serve, "session", "new", "edgeecho", "-p", "count=lots")
-        assert bad.returncode == 2 and "count" in bad.stderr
+        assert bad.returncode == 2
+        assert "count" in bad.stderr
 
         # The seed's client: no token, its own port, its own answer shape.
         seed = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{seed}/").text == "Hello World"
         assert httpx.get(f"{seed}/test").text == "Working"
-        answer = httpx.post(f"{seed}/post/", json={"count": 500, "plain_stream": False}, timeout=120)
+        answer = httpx.post(
+            f"{seed}/post/", json={"count": 500, "plain_stream": False}, timeout=120
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert set(body) == {"session_id", "network", "probe", "stream", "segmentation",
                              "message_count", "stream_type"}  # fmt: skip
-        assert body["message_count"] == 500 and body["stream_type"] == "segmented"
+        assert body["message_count"] == 500
+        assert body["stream_type"] == "segmented"
         assert all(len(body[k]) == 64 for k in ("probe", "stream", "segmentation"))
         plain = httpx.post(f"{seed}/post/", json={"count": 10, "plain_stream": True}, timeout=120)
-        assert plain.json()["segmentation"] is None and plain.json()["stream_type"] == "plain"
+        assert plain.json()["segmentation"] is None
+        assert plain.json()["stream_type"] == "plain"
         wrong = httpx.post(f"{seed}/post/", json={"count": "ten", "plain_stream": True})
-        assert wrong.status_code == 422 and "count" in wrong.json()["error"]["message"]
+        assert wrong.status_code == 422
+        assert "count" in wrong.json()["error"]["message"]
         # The main API is not on the seed's port, nor the seed's routes on the main one.
         assert httpx.get(f"{seed}/sessions").status_code == 404
         for id in (body["session_id"], plain.json()["session_id"]):
@@ -138,9 +145,7 @@ def test_sigkill_mid_session_then_restart(local_engine: str, tmp_path: Path) -> 
     try:
         running = json.loads(_cli(serve, "--json", "session", "new", "nap").stdout)
         assert running["state"] == "running"
-        starting = json.loads(
-            _cli(serve, "--json", "session", "new", "stuck", "--no-wait").stdout
-        )
+        starting = json.loads(_cli(serve, "--json", "session", "new", "stuck", "--no-wait").stdout)
         deadline = time.monotonic() + 30
         while len(engine_container_ids(LOCAL_URL, f"corral.session={starting['id']}")) < 2:
             assert time.monotonic() < deadline, "the stuck session never made its containers"

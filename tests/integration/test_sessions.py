@@ -98,7 +98,9 @@ def test_edgeecho_pipeline_delivers_every_message(server: ThreadServer, plain: b
         session = answer.json()
         assert session["state"] in ("running", "completed"), session
         services = {c["service"]: c for c in session["containers"]}
-        assert set(services) == ({"probe", "stream"} if plain else {"probe", "stream", "segmentation"})
+        assert set(services) == (
+            {"probe", "stream"} if plain else {"probe", "stream", "segmentation"}
+        )
         assert all(len(c["container_id"]) == 64 for c in services.values())
         assert session["network"] == f"ses-{session['id'].lower()}"
         if not plain:  # a plain stream may be done before corral reads its published port
@@ -112,7 +114,8 @@ def test_edgeecho_pipeline_delivers_every_message(server: ThreadServer, plain: b
         assert done["state"] == "completed", done
         for c in done["containers"]:
             assert (c["state"], c["exit_code"]) == ("removed", 0), c
-            assert c["started_at"] and c["finished_at"]
+            assert c["started_at"]
+            assert c["finished_at"]
         # The kept output says what arrived where the data ends up.
         receiver = "stream" if plain else "segmentation"
         log = api.get(f"/sessions/{session['id']}/services/{receiver}/logs").text
@@ -151,16 +154,19 @@ def test_expiry_and_cancel(server: ThreadServer) -> None:
         short = api.post("/templates/sleeper/sessions", json={"ttl": 1}).json()
         assert short["state"] == "running"
         done = _wait(api, short["id"])
-        assert done["state"] == "expired" and "ttl" in done["reason"]
+        assert done["state"] == "expired"
+        assert "ttl" in done["reason"]
         assert _left_on_engine(short["id"]) == ([], [])
 
         held = api.post("/templates/sleeper/sessions", json={}).json()
         assert held["state"] == "running"
         ended = api.delete(f"/sessions/{held['id']}").json()
-        assert ended["state"] == "cancelled" and ended["cleaned_at"]
+        assert ended["state"] == "cancelled"
+        assert ended["cleaned_at"]
         assert _left_on_engine(held["id"]) == ([], [])
         again = api.delete(f"/sessions/{held['id']}")  # idempotent
-        assert again.status_code == 200 and again.json()["state"] == "cancelled"
+        assert again.status_code == 200
+        assert again.json()["state"] == "cancelled"
 
 
 def test_no_room_is_429_or_a_queue(server: ThreadServer) -> None:
@@ -172,12 +178,14 @@ def test_no_room_is_429_or_a_queue(server: ThreadServer) -> None:
         refused = api.post("/templates/sleeper/sessions", json={"params": {"seconds": 1}})
         assert refused.status_code == 429
         error = refused.json()["error"]
-        assert error["code"] == "no_room" and "CPUs free" in error["message"]
+        assert error["code"] == "no_room"
+        assert "CPUs free" in error["message"]
         queued = api.post(
             "/templates/sleeper/sessions", json={"params": {"seconds": 1}, "queue": True}
         )
         assert queued.status_code == 202
-        assert queued.json()["state"] == "pending" and queued.json()["reason"].startswith("queued")
+        assert queued.json()["state"] == "pending"
+        assert queued.json()["reason"].startswith("queued")
         later = _wait(api, queued.json()["id"], limit=90)
         assert later["state"] == "completed"
         assert _wait(api, first["id"])["state"] == "completed"
@@ -221,24 +229,27 @@ def test_twenty_concurrent_requests(server: ThreadServer) -> None:
 
 def test_bad_requests_name_the_problem(server: ThreadServer) -> None:
     with server.client() as api:
-        wrong_type = api.post(
-            "/templates/edgeecho/sessions", json={"params": {"count": "many"}}
-        )
+        wrong_type = api.post("/templates/edgeecho/sessions", json={"params": {"count": "many"}})
         assert wrong_type.status_code == 422
         assert "count" in wrong_type.json()["error"]["message"]
         assert wrong_type.json()["error"]["detail"]["parameters"] == ["count"]
         too_big = api.post("/templates/edgeecho/sessions", json={"params": {"count": 10**9}})
-        assert too_big.status_code == 422 and "maximum" in too_big.json()["error"]["message"]
+        assert too_big.status_code == 422
+        assert "maximum" in too_big.json()["error"]["message"]
         unknown = api.post("/templates/edgeecho/sessions", json={"params": {"colour": "red"}})
-        assert unknown.status_code == 422 and "colour" in unknown.json()["error"]["message"]
+        assert unknown.status_code == 422
+        assert "colour" in unknown.json()["error"]["message"]
         bool_as_text = api.post(
             "/templates/edgeecho/sessions", json={"params": {"plain_stream": "yes"}}
         )
-        assert bool_as_text.status_code == 422 and "plain_stream" in bool_as_text.text
+        assert bool_as_text.status_code == 422
+        assert "plain_stream" in bool_as_text.text
         missing = api.post("/templates/nothing/sessions", json={})
-        assert missing.status_code == 404 and "nothing" in missing.json()["error"]["message"]
+        assert missing.status_code == 404
+        assert "nothing" in missing.json()["error"]["message"]
         bad_ttl = api.post("/templates/edgeecho/sessions", json={"ttl": -1})
-        assert bad_ttl.status_code == 422 and "ttl" in bad_ttl.text
+        assert bad_ttl.status_code == 422
+        assert "ttl" in bad_ttl.text
         bad_file = api.post(
             "/templates",
             json={"file": "x-corral-template:\n  name: t\nservices:\n  a:\n    image: ${nope}\n"},
