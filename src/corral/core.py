@@ -53,6 +53,7 @@ class Core:
             settings,
             self.images,
         )
+        self.stacks.on_session_event = self.sessions.poke
         self.stopping = asyncio.Event()
         self.first_admin_token: str | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from corral.model.containers import (
     session_network,
 )
 from corral.model.hosts import parse_engine_url
-from corral.model.readiness import listening_ports
 from corral.model.templates import (
     ParamsInvalid,
     TemplateSpec,
@@ -93,6 +92,8 @@ class SessionService:
         self._place_lock = asyncio.Lock()
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._cleaning: dict[str, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._hurry = 0  # passes left at a short period after a poke
 
     # ------------------------------------------------------------------ templates
     def parse_template(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
@@ -343,15 +344,15 @@ class SessionService:
             if host not in drivers:
                 raise Unreachable(f"host {host} is unreachable")
             driver = drivers[host]
+            labels = {OWNED: "true", SESSION: session, CREATED: str(int(time.time()))}
             await asyncio.gather(
+                self.hosts.call(
+                    driver.ensure_network, inst.stored.network, "bridge", False, None, labels
+                ),
                 *(
                     self.images.ensure(drivers, host, svc, resource)
                     for svc in inst.stack.services.values()
-                )
-            )
-            labels = {OWNED: "true", SESSION: session, CREATED: str(int(time.time()))}
-            await self.hosts.call(
-                driver.ensure_network, inst.stored.network, "bridge", False, None, labels
+                ),
             )
             ids = dict(
                 zip(
@@ -409,12 +410,13 @@ class SessionService:
         """Start one container; the endpoints it publishes (read at once: a quick one may
         be gone by the time the session runs)."""
         await self.hosts.call(driver.start, container)
-        details = await self.hosts.call(driver.details, container)
+        # Docker's own start time replaces this one when the history is kept at clean-up.
         await self.store.set_container(
-            inst.stored.id, service, state="running", started_at=details.started_at or utcnow()
+            inst.stored.id, service, state="running", started_at=utcnow()
         )
         if not inst.stack.services[service].ports:
             return []
+        details = await self.hosts.call(driver.details, container)
         out: dict[tuple[int, str], Endpoint] = {}
         for port in details.ports:
             key = (port.container_port, port.protocol)
@@ -473,15 +475,7 @@ class SessionService:
                     raise NotReady(f"{svc.name} is unhealthy")
                 waiting = "is not healthy"
             elif ports and details.state == "running":
-                code, output = await self.hosts.call(
-                    driver.exec, container, ["cat", "/proc/net/tcp", "/proc/net/tcp6"]
-                )
-                listening = listening_ports(output.decode(errors="replace"))
-                if code in (126, 127) or (code != 0 and not listening):
-                    raise NotReady(
-                        f"cannot see {svc.name}'s ports: its image has no `cat`; give the "
-                        "service a healthcheck instead"
-                    )
+                listening = await self.hosts.call(driver.listening_ports, container)
                 missing = [p for p in ports if p not in listening]
                 if not missing:
                     return
@@ -500,6 +494,7 @@ class SessionService:
         """Move an active session to a final state and stop what still runs."""
         if not await self.store.transition(session, state, reason):
             return False
+        self.poke()  # its clean-up may be due at once
         await self.bus.emit(
             f"session.{state}",
             f"session/{session}",
@@ -547,9 +542,8 @@ class SessionService:
                 driver = await self.hosts.driver(stored.host)
                 owned = {OWNED: "true", SESSION: stored.id}
                 found = await self.hosts.call(driver.containers, owned)
-                for c in found:
-                    await self._keep_history(stored.id, driver, c)
-                    await self.hosts.call(driver.remove, c.id)
+                await asyncio.gather(*(self._keep_history(stored.id, driver, c) for c in found))
+                await asyncio.gather(*(self.hosts.call(driver.remove, c.id) for c in found))
                 for net in await self.hosts.call(driver.networks, owned):
                     await self.hosts.call(driver.remove_network, net)
             await self.store.update(stored.id, cleaned_at=utcnow())
@@ -596,12 +590,22 @@ class SessionService:
     async def run_monitor(self, stop: asyncio.Event) -> None:
         """Follow every unfinished session: exits, expiry, queue, clean-up."""
         while not stop.is_set():
+            self._wake.clear()  # pokes from here on (even during the check) count
             try:
                 await self._check_all()
             except Exception:
                 log.exception("session check failed")
+            period = self.settings.session_check_seconds
+            if self._hurry > 0:  # an engine reports a death a moment before its listing does
+                self._hurry -= 1
+                period = min(period, 0.1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.settings.session_check_seconds)
+                await asyncio.wait_for(_first(stop.wait(), self._wake.wait()), timeout=period)
+
+    def poke(self) -> None:
+        """Check soon (a session container started or died on some engine)."""
+        self._hurry = 5
+        self._wake.set()
 
     async def _check_all(self) -> None:
         sessions = await self.store.unfinished()
@@ -617,24 +621,36 @@ class SessionService:
                         driver.containers, {OWNED: "true", SESSION: ""}
                     )
         now = utcnow()
+        work: list[Coroutine[Any, Any, Any]] = []
         for stored in sessions:
-            expired = stored.expires_at is not None and stored.expires_at <= now
-            if stored.state in ACTIVE_STATES and expired:
-                await self._end(stored.id, "expired", f"its ttl of {stored.ttl_s:g} s ran out")
-                continue
             if stored.state == "pending" and not stored.host:
-                await self._place_queued(stored)
+                if stored.expires_at is not None and stored.expires_at <= now:
+                    work.append(self._end(stored.id, "expired", "its ttl ran out in the queue"))
+                else:
+                    await self._place_queued(stored)  # in order: first come, first placed
+            else:
+                work.append(self._check(stored, seen, now))
+        for failure in await asyncio.gather(*work, return_exceptions=True):
+            if isinstance(failure, CorralError):
+                log.info("session check postponed", error=failure.message)
+            elif isinstance(failure, BaseException):
+                log.error("session check failed", error=repr(failure))
+
+    async def _check(
+        self, stored: StoredSession, seen: dict[str, list[ContainerInfo]], now: datetime
+    ) -> None:
+        """One session's turn: expiry, then exits while it runs, clean-up once it ended."""
+        if stored.state in ACTIVE_STATES:
+            if stored.expires_at is not None and stored.expires_at <= now:
+                await self._end(stored.id, "expired", f"its ttl of {stored.ttl_s:g} s ran out")
             elif stored.state == "running" and stored.host in seen:
                 mine = [c for c in seen[stored.host] if c.labels.get(SESSION) == stored.id]
                 await self._observe(stored, mine)
-            elif stored.state not in ACTIVE_STATES:
-                grace = timedelta(seconds=self.settings.session_grace_seconds)
-                due = stored.ended_at is None or stored.ended_at + grace <= now
-                if due and (not stored.host or stored.host in seen):
-                    try:
-                        await self._clean(stored)
-                    except CorralError as exc:
-                        log.info("session clean-up postponed", session=stored.id, error=exc.message)
+            return
+        grace = timedelta(seconds=self.settings.session_grace_seconds)
+        due = stored.ended_at is None or stored.ended_at + grace <= now
+        if due and (not stored.host or stored.host in seen):
+            await self._clean(stored)
 
     async def _place_queued(self, stored: StoredSession) -> None:
         inst = await self._load(stored.id)
@@ -718,6 +734,16 @@ class SessionService:
             if not isinstance(chunk, bytes):
                 return
             yield chunk
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of the waits returns; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _template_files(folder: Path) -> list[tuple[Path, str]]:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec, parse_comp
 from corral.model.containers import (
     OWNED,
     SERVICE,
+    SESSION,
     STACK,
     ContainerInfo,
     ContainerPlan,
@@ -81,6 +82,8 @@ class StackService:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self.images = images
+        # Called when a session's container starts or dies (the session service listens).
+        self.on_session_event: Callable[[], None] = lambda: None
         self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
         self._backoff: dict[str, float] = {}  # next restart delay per container
         self._started_at: dict[str, float] = {}
@@ -681,6 +684,8 @@ class StackService:
         action = str(event.get("Action") or event.get("status") or "")
         attrs = (event.get("Actor") or {}).get("Attributes") or {}
         stack, service, container = attrs.get(STACK), attrs.get(SERVICE), attrs.get("name", "")
+        if attrs.get(SESSION) and action in ("die", "start", "oom"):
+            self.on_session_event()
         if not stack or action not in ("die", "start", "oom"):
             return
         expected = self._stopping.pop(container, 0) > time.monotonic()

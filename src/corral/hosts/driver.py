@@ -57,8 +57,9 @@ class HostDriver(Protocol):
         """Times, exit code and published ports of one container."""
         ...
 
-    def exec(self, container_id: str, argv: list[str]) -> tuple[int, bytes]:
-        """Run a command in a running container; its exit code and output."""
+    def listening_ports(self, container_id: str) -> set[int]:
+        """TCP ports the running container listens on (without connecting to them);
+        Invalid when they cannot be seen."""
         ...
 
     def stop(self, container_id: str, timeout: float) -> None: ...
