@@ -38,7 +38,7 @@ from corral.config import Settings  # noqa: E402
 
 COUNT = 1000
 SEED_LABEL = "bench.edgeecho-seed"
-IMAGES = {role: f"corral/edgeecho-{role}:1" for role in ("probe", "stream", "segmentation")}
+IMAGES = {role: f"corral/edgeecho-{role}:2" for role in ("probe", "stream", "segmentation")}
 
 
 @dataclass
@@ -76,9 +76,10 @@ def _summary(log: str) -> dict[str, Any]:
 class Seed:
     """The edgeECHO operator's sequence, with docker-py, as the seed wrote it."""
 
-    def __init__(self) -> None:
+    def __init__(self, warmup_ms: int = 0) -> None:
         self.client = docker.DockerClient(base_url=LOCAL_URL, version="1.41")
         self.api = self.client.api
+        self.warmup_ms = warmup_ms
 
     def run(self) -> tuple[float, Callable[[], bool]]:
         started = time.perf_counter()
@@ -86,7 +87,12 @@ class Seed:
         labels = {SEED_LABEL: network}
         self.api.create_network(network, driver="bridge", labels=labels)
         envs = {
-            "probe": {"probe_ip": "probe", "probe_port": "12345", "count": str(COUNT)},
+            "probe": {
+                "probe_ip": "probe",
+                "probe_port": "12345",
+                "count": str(COUNT),
+                "warmup_ms": str(self.warmup_ms),
+            },
             "stream": {
                 "probe_ip": "probe",
                 "probe_port": "12345",
@@ -113,8 +119,10 @@ class Seed:
         def finish() -> bool:
             """Wait for the end, read the count, remove everything (the seed's cron)."""
             try:
-                for container in ids.values():
-                    self.api.wait(container, timeout=60)
+                # The consumers end first (at once when the start raced); a probe left
+                # waiting for a stream that never came is removed like the rest.
+                for role in ("stream", "segmentation"):
+                    self.api.wait(ids[role], timeout=60)
                 log = self.api.logs(ids["segmentation"]).decode(errors="replace")
                 summary = _summary(log)
                 return summary.get("data_messages") == COUNT and summary.get("terminate") is True
@@ -132,15 +140,16 @@ class Seed:
 
 
 class Corral:
-    def __init__(self, server: ThreadServer) -> None:
+    def __init__(self, server: ThreadServer, warmup_ms: int = 0) -> None:
         self.server = server
+        self.warmup_ms = warmup_ms
 
     def run(self) -> tuple[float, Callable[[], bool]]:
         with self.server.client() as api:
             started = time.perf_counter()
             answer = api.post(
                 "/templates/edgeecho/sessions",
-                json={"params": {"count": COUNT, "plain_stream": False}},
+                json={"params": {"count": COUNT, "warmup_ms": self.warmup_ms}},
                 timeout=120,
             )
             took = time.perf_counter() - started
@@ -208,42 +217,22 @@ def burst(
     result.per_minute = result.burst_delivered / elapsed * 60
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sessions", type=int, default=20, help="sequential sessions each")
-    parser.add_argument("--burst", type=int, default=24, help="sessions in the throughput run")
-    parser.add_argument("--workers", type=int, default=4, help="concurrent clients in it")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
-    ensure_local_engine()
-    example = build_emulators()
-    seed, results = Seed(), []
-    for role, image in IMAGES.items():  # both approaches use the same, prebuilt images
-        seed.client.images.build(
-            path=str(example / "emulators"), dockerfile=f"{role}.Dockerfile", tag=image, rm=True
-        )
-    with tempfile.TemporaryDirectory() as home:
-        settings = Settings(
-            home=Path(home),
-            bootstrap_token=ADMIN,
-            local_docker_url=LOCAL_URL,
-            templates_dir=example,
-            session_grace_seconds=0,
-        )
-        with ThreadServer(settings) as server:
-            corral, theirs = Result("corral"), Result("seed (sequential, no readiness)")
-            corral_run, seed_run = Corral(server).run, seed.run
-            corral_run()[1]()  # warm-up: first-use costs (template parse, image checks)
-            for _ in range(args.sessions):  # interleaved, so load hits both alike
-                sequential(theirs, seed_run, 1)
-                sequential(corral, corral_run, 1)
-            burst(theirs, seed_run, args.burst, args.workers)
-            burst(corral, corral_run, args.burst, args.workers)
-            results = [theirs, corral]
-    print(f"edgeECHO sessions, count={COUNT} segmented, local engine, {dt.date.today()}")
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    )
+def scenario(
+    server: ThreadServer, warmup_ms: int, sessions: int, size: int, workers: int
+) -> list[Result]:
+    corral, theirs = Result("corral"), Result("seed (sequential, no readiness)")
+    corral_run, seed_run = Corral(server, warmup_ms).run, Seed(warmup_ms).run
+    corral_run()[1]()  # warm-up: first-use costs (template parse, image checks)
+    for _ in range(sessions):  # interleaved, so load hits both alike
+        sequential(theirs, seed_run, 1)
+        sequential(corral, corral_run, 1)
+    burst(theirs, seed_run, size, workers)
+    burst(corral, corral_run, size, workers)
+    return [theirs, corral]
+
+
+def report(title: str, results: list[Result]) -> None:
+    print(f"\n{title}")
     print(
         f"{'approach':34} {'p50 s':>7} {'p95 s':>7} {'delivered':>10} {'per min':>8} "
         f"{'burst ok':>9}"
@@ -255,11 +244,50 @@ def main() -> None:
             f"{r.burst_delivered:>4}/{r.burst_total:<4}"
         )
     base, ours = results
+    rate = ours.per_minute / base.per_minute if base.per_minute else float("inf")
     print(
         f"ratio corral/seed: p50 {ours.quantile(0.5) / base.quantile(0.5):.2f}x, "
-        f"p95 {ours.quantile(0.95) / base.quantile(0.95):.2f}x, sessions per minute "
-        f"{ours.per_minute / base.per_minute if base.per_minute else float('inf'):.2f}x"
+        f"p95 {ours.quantile(0.95) / base.quantile(0.95):.2f}x, "
+        f"delivered sessions per minute {rate:.2f}x"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=20, help="sequential sessions each")
+    parser.add_argument("--burst", type=int, default=24, help="sessions in the throughput run")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent clients in it")
+    parser.add_argument(
+        "--warmup-ms", type=int, default=1000, help="probe start-up in the second scenario"
+    )
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    ensure_local_engine()
+    example = build_emulators()
+    builder = docker.DockerClient(base_url=LOCAL_URL, version="1.41")
+    for role, image in IMAGES.items():  # both approaches use the same, prebuilt images
+        builder.images.build(
+            path=str(example / "emulators"), dockerfile=f"{role}.Dockerfile", tag=image, rm=True
+        )
+    print(
+        f"edgeECHO sessions, count={COUNT} segmented, local engine, "
+        f"{dt.datetime.now():%Y-%m-%d %H:%M}"
+    )
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(
+            home=Path(home),
+            bootstrap_token=ADMIN,
+            local_docker_url=LOCAL_URL,
+            templates_dir=example,
+            session_grace_seconds=0,
+        )
+        with ThreadServer(settings) as server:
+            for warmup in (0, args.warmup_ms):
+                results = scenario(server, warmup, args.sessions, args.burst, args.workers)
+                report(f"probe listens after {warmup} ms", results)
 
 
 if __name__ == "__main__":

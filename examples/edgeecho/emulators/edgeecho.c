@@ -832,9 +832,17 @@ static int run_probe(void)
     unsigned long long seq, queued = 0;
     int64_t t0;
 
+    const char *warm = getenv("warmup_ms");
+    unsigned long long warmup = warm && *warm ? parse_unsigned("warmup_ms", warm, 600000ULL) : 0;
+
     env_timeout();
-    progress("probe_ip=%s probe_port=%s count=%llu timeout=%gs", ip && *ip ? ip : "(unset)", port,
-             count, g_timeout);
+    progress("probe_ip=%s probe_port=%s count=%llu timeout=%gs warmup=%llums",
+             ip && *ip ? ip : "(unset)", port, count, g_timeout, warmup);
+    if (warmup > 0) { /* a sensor that needs a moment before it listens */
+        struct timespec pause = { (time_t)(warmup / 1000), (long)(warmup % 1000) * 1000000L };
+        while (nanosleep(&pause, &pause) != 0 && errno == EINTR)
+            ;
+    }
     lfd = listen_on("probe_port", port);
     fd = accept_one(lfd, "the stream");
     close(lfd);
