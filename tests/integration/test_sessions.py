@@ -260,3 +260,30 @@ def test_bad_requests_name_the_problem(server: ThreadServer) -> None:
         assert api.get("/sessions/0123456789ABCDEF").status_code == 404
         assert api.get("/sessions/not-an-id").status_code == 422
         assert api.get("/sessions").status_code == 200
+
+
+def test_leftovers_of_cleaned_sessions_are_swept_and_strangers_kept(
+    server: ThreadServer,
+) -> None:
+    """A container that lands after its session was cleaned (a create in flight during a
+    cancel) is removed; one labelled with a session this corral does not know is not."""
+    with server.client() as api:
+        assert api.post("/templates", json={"file": SLEEPER}).status_code == 201
+        session = api.post("/templates/sleeper/sessions", json={}).json()
+        assert api.delete(f"/sessions/{session['id']}").json()["cleaned_at"]
+    late, stranger = (
+        subprocess.run(
+            ["docker", "run", "-d", "--label", "corral.owned=true", "--label",
+             f"corral.session={owner}", "local/busybox:1", "sleep", "600"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        for owner in (session["id"], "FFFFFFFFFFFFFFFF")
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while late in engine_container_ids(LOCAL_URL, f"corral.session={session['id']}"):
+            assert time.monotonic() < deadline, "the late container was never swept"
+            time.sleep(0.5)
+        assert stranger in engine_container_ids(LOCAL_URL, "corral.session=FFFFFFFFFFFFFFFF")
+    finally:
+        subprocess.run(["docker", "rm", "-f", late, stranger], capture_output=True, check=False)

@@ -60,6 +60,7 @@ log = structlog.get_logger("corral.sessions")
 CREATED = "corral.created"
 LOG_TAIL = 200  # lines of each container's output kept after clean-up
 MAX_TTL_S = 7 * 86400.0
+SWEEP_SECONDS = 10.0  # how often leftovers of cleaned sessions are looked for
 
 
 class NotReady(Exception):
@@ -94,6 +95,7 @@ class SessionService:
         self._cleaning: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._hurry = 0  # passes left at a short period after a poke
+        self._swept = 0.0
 
     # ------------------------------------------------------------------ templates
     def parse_template(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
@@ -249,8 +251,8 @@ class SessionService:
                 ttl_s=ttl,
                 reason="" if host else f"queued: {why}",
                 services={name: session_container(session, name) for name in stack.services},
+                expires_at=utcnow() + timedelta(seconds=ttl),
             )
-            await self.store.update(session, expires_at=utcnow() + timedelta(seconds=ttl))
         where = f"on {host}" if host else f"queued ({why})"
         await self.bus.emit(
             "session.pending",
@@ -608,6 +610,9 @@ class SessionService:
         self._wake.set()
 
     async def _check_all(self) -> None:
+        if time.monotonic() - self._swept > SWEEP_SECONDS:
+            self._swept = time.monotonic()
+            await self._sweep()
         sessions = await self.store.unfinished()
         if not sessions:
             return
@@ -651,6 +656,30 @@ class SessionService:
         due = stored.ended_at is None or stored.ended_at + grace <= now
         if due and (not stored.host or stored.host in seen):
             await self._clean(stored)
+
+    async def _sweep(self) -> None:
+        """Remove containers and networks of sessions already cleaned: made by a create
+        still in flight when its session was cancelled. Sessions this store does not know
+        belong to someone else and are left alone."""
+        for host in await self.hosts.store.list():
+            if not host.reachable:
+                continue
+            try:
+                driver = await self.hosts.driver(host.name)
+                owned = {OWNED: "true", SESSION: ""}
+                found = await self.hosts.call(driver.containers, owned)
+                networks = await self.hosts.call(driver.networks, owned)
+                ids = {c.labels.get(SESSION, "") for c in found}
+                ids |= {labels.get(SESSION, "") for labels in networks.values()}
+                done = await self.store.cleaned(ids - {""})
+                for c in found:
+                    if c.labels.get(SESSION) in done:
+                        await self.hosts.call(driver.remove, c.id)
+                for name, labels in networks.items():
+                    if labels.get(SESSION) in done:
+                        await self.hosts.call(driver.remove_network, name)
+            except CorralError as exc:
+                log.info("session sweep skipped", host=host.name, error=exc.message)
 
     async def _place_queued(self, stored: StoredSession) -> None:
         inst = await self._load(stored.id)

@@ -139,6 +139,7 @@ class SessionStore:
         ttl_s: float,
         reason: str,
         services: dict[str, str],
+        expires_at: datetime,
     ) -> None:
         """A new pending session with a row per container (service -> container name)."""
         async with self.db.session() as s:
@@ -157,6 +158,7 @@ class SessionStore:
                     memory=memory,
                     ttl_s=ttl_s,
                     endpoints=[],
+                    expires_at=expires_at,
                 )
             )
             for service, name in sorted(services.items()):
@@ -242,6 +244,16 @@ class SessionStore:
             query = select(SessionRow).where(SessionRow.cleaned_at.is_(None))
             rows = (await s.scalars(query.order_by(SessionRow.created_at, SessionRow.id))).all()
             return [_stored(r) for r in rows]
+
+    async def cleaned(self, ids: set[str]) -> set[str]:
+        """Which of these sessions are cleaned (known here and done)."""
+        if not ids:
+            return set()
+        async with self.db.session() as s:
+            query = select(SessionRow.id).where(
+                SessionRow.id.in_(sorted(ids)), SessionRow.cleaned_at.is_not(None)
+            )
+            return set((await s.scalars(query)).all())
 
     async def reserved(self) -> dict[str, tuple[float, int, int]]:
         """Per host: CPUs, bytes and session count held by placed, active sessions."""
