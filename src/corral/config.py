@@ -6,9 +6,9 @@ Sources, strongest first: keyword arguments, environment (`CORRAL_*`), a YAML fi
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -16,6 +16,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from corral.model.schedule import parse_schedule
 
 DEFAULT_PORT = 8750
 
@@ -26,6 +28,47 @@ def _config_file() -> Path | None:
         return Path(named)
     local = Path("corral.yaml")
     return local if local.exists() else None
+
+
+TRIGGER_ACTIONS = ("farm.ready", "farm.homing", "task")
+
+
+class TaskTemplate(BaseModel):
+    """The task a `task` trigger creates; the message body is added as params.payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=32)
+    target: str = Field(min_length=1, max_length=63)
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+class TriggerSpec(BaseModel):
+    """A rule: from one source (an AMQP queue, an MQTT topic, a schedule, or REST only) to
+    an action."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
+    amqp_queue: str | None = Field(default=None, min_length=1, max_length=255)
+    mqtt_topic: str | None = Field(default=None, min_length=1, max_length=255)
+    schedule: str | None = Field(default=None, description="cron (`0 21 * * *`) or `every 30s`")
+    broker: str | None = Field(default=None, description="Broker name; default: the farm's.")
+    action: Literal["farm.ready", "farm.homing", "task"]
+    task: TaskTemplate | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TriggerSpec":
+        sources = [s for s in (self.amqp_queue, self.mqtt_topic, self.schedule) if s]
+        if len(sources) > 1:
+            raise ValueError("a trigger has one source: amqp_queue, mqtt_topic or schedule")
+        if self.schedule:
+            parse_schedule(self.schedule)
+        if (self.action == "task") != (self.task is not None):
+            raise ValueError("action task needs `task: {kind, target}` (and only it does)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -78,6 +121,26 @@ class Settings(BaseSettings):
     edgeecho_anonymous: bool = Field(
         default=False, description="Let the edgeECHO routes work without a token (seed clients)."
     )
+    brokers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Broker connections by name: amqp://user:pass@host:5672/ or mqtt://host:1883.",
+    )
+    triggers: list[TriggerSpec] = Field(default_factory=list, description="Trigger rules.")
+    farm_enabled: bool = Field(default=False, description="Run the print farm (arm, triggers).")
+    farm_amqp: str = Field(default="amqp", description="Broker the farm's queues are on.")
+    farm_mqtt: str = Field(default="mqtt", description="Broker the arm listens on.")
+    farm_arm: str = Field(default="robot_arm", description="Task target name of the arm.")
+    farm_ready_queue: str = Field(default="ready")
+    farm_homing_queue: str = Field(default="homing")
+    farm_homing_schedule: str = Field(default="0 21 * * *", description="'' for none.")
+    farm_job_topic: str = Field(default="robot_arm/job")
+    farm_status_topic: str = Field(default="robot_arm/status")
+    farm_job_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="A job fails when the arm says nothing this long.",
+    )
     engine_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allow-list of CIDRs and host names that engine URLs may point at; empty: any.",
@@ -89,6 +152,21 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(default=False, description="Serve /metrics without a token.")
     event_retention_days: int = Field(default=30, ge=1)
     log_level: str = Field(default="info")
+
+    @field_validator("brokers")
+    @classmethod
+    def _broker_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not url.startswith(("amqp://", "amqps://", "mqtt://")):
+                raise ValueError(f"broker {name}: URL must start with amqp://, amqps:// or mqtt://")
+        return value
+
+    @field_validator("farm_homing_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if value:
+            parse_schedule(value)
+        return value
 
     @field_validator("engine_networks", mode="before")
     @classmethod

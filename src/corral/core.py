@@ -13,22 +13,30 @@ from typing import Any
 
 import structlog
 
+from corral.brokers.amqp import AmqpLink
+from corral.brokers.link import Link
+from corral.brokers.mqtt import MqttLink
 from corral.config import Settings
 from corral.control.access import AccessService
+from corral.control.farm import FarmService
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
 from corral.control.sessions import SessionService
 from corral.control.stacks import StackService
-from corral.errors import NotFound
+from corral.control.tasks import TaskService
+from corral.control.triggers import TriggerService
+from corral.errors import Invalid, NotFound
 from corral.events import EventBus
 from corral.metrics import Metrics
 from corral.model.hostsfile import parse_hosts_file
 from corral.store.database import Database
 from corral.store.events import EventStore
+from corral.store.farm import FarmStore
 from corral.store.hosts import HostStore
 from corral.store.sessions import SessionStore, TemplateStore
 from corral.store.stacks import StackStore
 from corral.store.tables import utcnow
+from corral.store.tasks import TaskStore
 from corral.store.tokens import TokenStore
 
 log = structlog.get_logger("corral.core")
@@ -54,6 +62,15 @@ class Core:
             self.images,
         )
         self.stacks.on_session_event = self.sessions.poke
+        self.links: dict[str, Link] = {
+            name: (AmqpLink if url.startswith("amqp") else MqttLink)(
+                name, url, self.bus, self.metrics
+            )
+            for name, url in settings.brokers.items()
+        }
+        self.tasks = TaskService(TaskStore(self.db), self.bus)
+        self.farm = FarmService(FarmStore(self.db), self.tasks, self.bus, self.metrics, settings)
+        self.triggers = TriggerService(settings, self.bus, self.links, self.tasks)
         self.stopping = asyncio.Event()
         self.first_admin_token: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,6 +91,9 @@ class Core:
             added = await self.sessions.load_folder(self.settings.templates_dir)
             log.info("templates added", folder=str(self.settings.templates_dir), names=added)
         await self.sessions.recover()
+        if self.settings.farm_enabled:
+            self._wire_farm()
+        self.triggers.wire()
         await self.bus.emit("corral.started", "corral", "corral started", {"pid": os.getpid()})
         if background:
             self._spawn(self.hosts.run_monitor(self.stopping))
@@ -81,6 +101,25 @@ class Core:
             self._spawn(self.stacks.run_resync(self.stopping))
             self._spawn(self.stacks.run_watchers(self.stopping))
             self._spawn(self.sessions.run_monitor(self.stopping))
+            for link in self.links.values():
+                self._spawn(link.run(self.stopping))
+            self._spawn(self.triggers.run_schedules(self.stopping))
+            if self.settings.farm_enabled:
+                self._spawn(self.farm.run_arm(self.stopping))
+
+    def _wire_farm(self) -> None:
+        """The farm's arm executor, status subscription and trigger actions."""
+        mqtt = self.links.get(self.settings.farm_mqtt)
+        if not isinstance(mqtt, MqttLink):
+            raise Invalid(
+                f"the farm needs an mqtt:// broker named {self.settings.farm_mqtt!r} in `brokers`"
+            )
+        self.farm.mqtt = mqtt
+        mqtt.subscribe(self.settings.farm_status_topic, self.farm.on_status)
+        mqtt.on_up.append(self.farm.link_up)
+        self.tasks.register(self.settings.farm_arm, self.farm.executor())
+        self.triggers.actions["farm.ready"] = self.farm.ready
+        self.triggers.actions["farm.homing"] = self.farm.homing
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(_logged(work)))

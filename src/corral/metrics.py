@@ -33,6 +33,18 @@ class Metrics:
             ["host"],
             registry=self.registry,
         )
+        self.broker_connected = Gauge(
+            "corral_broker_connected",
+            "1 while the broker connection is up, 0 when not.",
+            ["broker"],
+            registry=self.registry,
+        )
+        self.job_latency_seconds = Histogram(
+            "corral_farm_ready_to_job_seconds",
+            "From a ready message to its take job published to the arm.",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
         self.host_check_seconds = Histogram(
             "corral_host_check_seconds",
             "Time one engine check took.",

@@ -16,7 +16,18 @@ from corral.api import errors
 from corral.api.compat import go1
 from corral.api.compat.edgeecho import create_edgeecho_app
 from corral.api.middleware import BodyLimit, RequestMetrics
-from corral.api.routes import events, hosts, sessions, stacks, system, templates, tokens
+from corral.api.routes import (
+    brokers,
+    events,
+    farm,
+    hosts,
+    sessions,
+    stacks,
+    system,
+    tasks,
+    templates,
+    tokens,
+)
 from corral.config import Settings
 from corral.core import Core
 
@@ -70,6 +81,9 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
         stacks.router,
         templates.router,
         sessions.router,
+        tasks.router,
+        farm.router,
+        brokers.router,
         events.router,
         go1.router,
     )

@@ -151,3 +151,83 @@ class SessionView(BaseModel):
     ended_at: datetime | None
     expires_at: datetime | None
     cleaned_at: datetime | None = Field(description="When its containers and network went.")
+
+
+class BrokerView(BaseModel):
+    name: str
+    kind: Literal["amqp", "mqtt"] | str
+    url: str = Field(description="Without its password.")
+    connected: bool
+    since: datetime | None = Field(description="Since when `connected` has held.")
+    last_error: str = ""
+    reconnects: int = Field(description="Times it came back after a loss.")
+
+
+TaskState = Literal["queued", "assigned", "running", "done", "failed", "cancelled"]
+OPEN_TASK_STATES: tuple[TaskState, ...] = ("queued", "assigned", "running")
+
+
+class TaskView(BaseModel):
+    id: int
+    kind: str = Field(examples=["take", "replace", "homing"])
+    target: str = Field(description="Who does it, e.g. robot_arm.")
+    params: dict[str, Any]
+    priority: int = Field(description="Higher first; equal ones in order of creation.")
+    state: TaskState
+    reason: str = ""
+    timeout_s: float
+    source: str = Field(description="What made it: a trigger, a REST call, a retry.")
+    attempts: int
+    created_at: datetime
+    assigned_at: datetime | None
+    sent_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class PrinterView(BaseModel):
+    id: str
+    state: Literal["idle", "printing", "finished", "error"]
+    door: str
+    bed_type: str
+    bed: str | None = Field(description="The bed in the printer.")
+    position: float = Field(description="Place along the arm's reach, for the nearest bed.")
+    updated_at: datetime
+
+
+class RackView(BaseModel):
+    id: str
+    position: float
+    slots: int
+
+
+class BedView(BaseModel):
+    id: str
+    type: str
+    state: Literal["clean", "with_part", "dirty"]
+    printer: str | None
+    rack: str | None
+    slot: int | None
+    reserved_for: str | None = Field(description="The printer a replace job holds it for.")
+
+
+class UsageView(BaseModel):
+    printer: str
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    busy_s: float = Field(description="Seconds printing.")
+    idle_s: float = Field(description="Seconds in any other known state.")
+    utilization: float = Field(description="busy / (busy + idle); 0 with no data.")
+    by_state: dict[str, float]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class TriggerView(BaseModel):
+    name: str
+    source: str = Field(examples=["amqp ready", "mqtt robot/+/done", "schedule 0 21 * * *"])
+    action: str
+    fired: int = Field(description="Times it fired since corral started.")
+    last_fired: datetime | None
+    last_error: str = ""
+    next_fire: datetime | None = Field(default=None, description="For schedules.")

@@ -172,3 +172,71 @@ class SessionContainerRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     logs: Mapped[str] = mapped_column(Text, default="")  # the tail kept at clean-up
+
+
+class TaskRow(Base):
+    """One unit of work for a robot or device: queued -> assigned -> running -> done |
+    failed | cancelled."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_state", "state", "target"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(63))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    timeout_s: Mapped[float] = mapped_column(default=600.0)
+    source: Mapped[str] = mapped_column(String(200), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    assigned_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class PrinterRow(Base):
+    __tablename__ = "printers"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="idle")
+    door: Mapped[str] = mapped_column(String(63), default="")
+    bed_type: Mapped[str] = mapped_column(String(63))
+    bed: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    position: Mapped[float] = mapped_column(default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class RackRow(Base):
+    __tablename__ = "racks"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    position: Mapped[float] = mapped_column(default=0.0)
+    slots: Mapped[int] = mapped_column(Integer, default=10)
+
+
+class BedRow(Base):
+    __tablename__ = "beds"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    type: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16), default="clean")
+    printer: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    rack: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reserved_for: Mapped[str | None] = mapped_column(String(63), nullable=True)
+
+
+class PrinterStateRow(Base):
+    """Each printer state change, for utilization over any interval."""
+
+    __tablename__ = "printer_states"
+    __table_args__ = (Index("ix_printer_states", "printer", "time"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    printer: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    time: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

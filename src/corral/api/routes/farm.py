@@ -1,0 +1,157 @@
+"""Farm routes: printers (with their state and utilization), racks, beds, and the arm.
+
+Printer services report `printing` here; a finished print arrives as a `ready` message
+(or `POST /triggers/farm-ready/fire`).
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from corral.api.deps import CoreDep, Reader, Writer
+from corral.model.views import BedView, PrinterView, RackView, UsageView
+
+router = APIRouter(prefix="/farm", tags=["farm"])
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
+RecordId = Annotated[str, Path(pattern=ID_PATTERN, description="Printer, rack or bed id.")]
+
+
+class PrinterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    door: str = Field(default="", max_length=63, description="The door the arm opens.")
+    bed_type: str = Field(min_length=1, max_length=63)
+    position: float = Field(default=0.0, ge=-1e6, le=1e6)
+    bed: str | None = Field(default=None, pattern=ID_PATTERN, description="Bed now in it.")
+
+
+class PrinterStateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["idle", "printing", "finished", "error"]
+
+
+class RackSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: float = Field(default=0.0, ge=-1e6, le=1e6)
+    slots: int = Field(default=10, ge=1, le=1000)
+
+
+class BedSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=63)
+    state: Literal["clean", "with_part", "dirty"] = "clean"
+    rack: str | None = Field(default=None, pattern=ID_PATTERN)
+    slot: int | None = Field(default=None, ge=1, le=1000)
+
+
+class ArmView(BaseModel):
+    name: str
+    status: str = Field(description="available, busy, error; unknown before it spoke.")
+    in_flight: int | None = Field(description="The task it is doing.")
+    queued: int
+
+
+@router.get("/printers", summary="List printers")
+async def printers(core: CoreDep, _: Reader) -> list[PrinterView]:
+    return await core.farm.store.printers()
+
+
+@router.put("/printers/{id}", summary="Add or change a printer")
+async def put_printer(
+    id: RecordId, body: PrinterSpec, core: CoreDep, _: Writer, response: Response
+) -> PrinterView:
+    view, created = await core.farm.put_printer(
+        id, body.door, body.bed_type, body.position, body.bed
+    )
+    response.status_code = 201 if created else 200
+    return view
+
+
+@router.get("/printers/{id}", summary="A printer")
+async def printer(id: RecordId, core: CoreDep, _: Reader) -> PrinterView:
+    return await core.farm.store.printer(id)
+
+
+@router.put("/printers/{id}/state", summary="Report a printer's state (printing, error, ...)")
+async def printer_state(
+    id: RecordId, body: PrinterStateBody, core: CoreDep, _: Writer
+) -> PrinterView:
+    return await core.farm.set_printer_state(id, body.state)
+
+
+@router.delete("/printers/{id}", status_code=204, summary="Remove a printer")
+async def remove_printer(id: RecordId, core: CoreDep, _: Writer) -> Response:
+    await core.farm.remove("printer", id)
+    return Response(status_code=204)
+
+
+@router.get("/printers/{id}/utilization", summary="Busy and idle time over an interval")
+async def usage(
+    id: RecordId,
+    core: CoreDep,
+    _: Reader,
+    start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+) -> UsageView:
+    until = end or datetime.now(UTC)
+    return await core.farm.usage(id, start or until - timedelta(days=1), until)
+
+
+@router.get("/utilization", summary="Every printer's busy and idle time over an interval")
+async def usage_all(
+    core: CoreDep,
+    _: Reader,
+    start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+) -> list[UsageView]:
+    until = end or datetime.now(UTC)
+    since = start or until - timedelta(days=1)
+    return [await core.farm.usage(p.id, since, until) for p in await core.farm.store.printers()]
+
+
+@router.get("/racks", summary="List racks")
+async def racks(core: CoreDep, _: Reader) -> list[RackView]:
+    return await core.farm.store.racks()
+
+
+@router.put("/racks/{id}", summary="Add or change a rack")
+async def put_rack(id: RecordId, body: RackSpec, core: CoreDep, _: Writer) -> RackView:
+    return await core.farm.put_rack(id, body.position, body.slots)
+
+
+@router.delete("/racks/{id}", status_code=204, summary="Remove an empty rack")
+async def remove_rack(id: RecordId, core: CoreDep, _: Writer) -> Response:
+    await core.farm.remove("rack", id)
+    return Response(status_code=204)
+
+
+@router.get("/beds", summary="List beds")
+async def beds(core: CoreDep, _: Reader) -> list[BedView]:
+    return await core.farm.store.beds()
+
+
+@router.put("/beds/{id}", summary="Add or change a bed (in a rack slot)")
+async def put_bed(id: RecordId, body: BedSpec, core: CoreDep, _: Writer) -> BedView:
+    return await core.farm.put_bed(id, body.type, body.state, body.rack, body.slot)
+
+
+@router.delete("/beds/{id}", status_code=204, summary="Remove a bed")
+async def remove_bed(id: RecordId, core: CoreDep, _: Writer) -> Response:
+    await core.farm.remove("bed", id)
+    return Response(status_code=204)
+
+
+@router.get("/arm", summary="The robot arm: last status, job in flight, queue length")
+async def arm(core: CoreDep, _: Reader) -> ArmView:
+    queued = await core.tasks.store.open_for(core.farm.arm)
+    return ArmView(
+        name=core.farm.arm,
+        status=core.farm.status,
+        in_flight=core.farm.in_flight,
+        queued=sum(t.state == "queued" for t in queued),
+    )

@@ -1,0 +1,57 @@
+"""Task routes: list, create, read, cancel and retry tasks (the farm's arm jobs, and the
+robot fleet's later)."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.api.deps import CoreDep, Reader, Writer
+from corral.model.views import TaskState, TaskView
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+TaskId = Annotated[int, Path(ge=1, le=2**62, description="Task id.")]
+
+
+class NewTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=32, examples=["take", "replace", "homing"])
+    target: str = Field(min_length=1, max_length=63, examples=["robot_arm"])
+    params: dict[str, Any] = Field(default_factory=dict, max_length=50)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    timeout: float = Field(default=600.0, gt=0, le=86400, description="Seconds of silence.")
+
+
+@router.get("", summary="List tasks, newest first")
+async def list_tasks(
+    core: CoreDep,
+    _: Reader,
+    state: TaskState | None = None,
+    target: Annotated[str | None, Query(max_length=63)] = None,
+    kind: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+) -> list[TaskView]:
+    return await core.tasks.store.find(state, target, kind, limit)
+
+
+@router.post("", status_code=201, summary="Create a task")
+async def create(body: NewTask, core: CoreDep, _: Writer) -> TaskView:
+    return await core.tasks.create(
+        body.kind, body.target, body.params, body.priority, body.timeout, "rest"
+    )
+
+
+@router.get("/{id}", summary="A task")
+async def get_task(id: TaskId, core: CoreDep, _: Reader) -> TaskView:
+    return await core.tasks.store.get(id)
+
+
+@router.post("/{id}/cancel", summary="Cancel an open task")
+async def cancel(id: TaskId, core: CoreDep, _: Writer) -> TaskView:
+    return await core.tasks.cancel(id)
+
+
+@router.post("/{id}/retry", status_code=201, summary="Queue a copy of a failed or cancelled task")
+async def retry(id: TaskId, core: CoreDep, _: Writer) -> TaskView:
+    return await core.tasks.retry(id)

@@ -1,0 +1,79 @@
+"""An AMQP (RabbitMQ) link with aio-pika: durable queues consumed with manual acks.
+
+A message is acknowledged only after its handler returns; a handler that raises sends it
+back to the queue (after a pause), so a failure in corral never loses one.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from corral.brokers.link import Link, log
+from corral.events import EventBus
+from corral.metrics import Metrics
+
+Handler = Callable[[bytes, bool], Awaitable[None]]  # (body, redelivered)
+RETRY_PAUSE = 1.0
+
+
+class AmqpLink(Link):
+    kind = "amqp"
+
+    def __init__(self, name: str, url: str, bus: EventBus, metrics: Metrics) -> None:
+        super().__init__(name, url, bus, metrics)
+        self._consumers: dict[str, Handler] = {}
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+
+    def consume(self, queue: str, handler: Handler) -> None:
+        """Consume `queue` (declared durable) with `handler`, from the next connection on."""
+        self._consumers[queue] = handler
+
+    async def serve(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=5)
+        self._connection = connection
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=20)
+            for name, handler in self._consumers.items():
+                queue = await channel.declare_queue(name, durable=True)
+                await queue.consume(self._wrap(name, handler))
+            await self._up()
+            await connection.closed()
+        finally:
+            self._connection = None
+            if not connection.is_closed:
+                await connection.close()
+
+    def _wrap(
+        self, queue: str, handler: Handler
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        lock = asyncio.Lock()  # one message at a time per queue, in order
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            async with lock:
+                try:
+                    await handler(message.body, bool(message.redelivered))
+                except Exception as exc:
+                    log.warning("message handling failed; requeued", queue=queue, error=repr(exc))
+                    await asyncio.sleep(RETRY_PAUSE)
+                    await message.nack(requeue=True)
+                    return
+                await message.ack()
+
+        return on_message
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Send to a queue through the default exchange (as the seed's printers do)."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            raise ConnectionError(f"AMQP broker {self.name} is not connected")
+        channel = await connection.channel()
+        try:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=queue,
+            )
+        finally:
+            await channel.close()

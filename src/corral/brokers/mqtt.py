@@ -1,0 +1,73 @@
+"""An MQTT (Mosquitto) link with aiomqtt: subscriptions renewed on every connection,
+publishing at QoS 1 only while connected."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from corral.brokers.link import Link, log
+from corral.errors import Unreachable
+from corral.events import EventBus
+from corral.metrics import Metrics
+
+Handler = Callable[[str, bytes], Awaitable[None]]  # (topic, payload)
+
+
+class MqttLink(Link):
+    kind = "mqtt"
+
+    def __init__(self, name: str, url: str, bus: EventBus, metrics: Metrics) -> None:
+        super().__init__(name, url, bus, metrics)
+        self._subscriptions: dict[str, Handler] = {}
+        self._client: aiomqtt.Client | None = None
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        self._subscriptions[topic] = handler
+
+    async def serve(self) -> None:
+        parts = urlsplit(self.url)
+        client = aiomqtt.Client(
+            hostname=parts.hostname or "127.0.0.1",
+            port=parts.port or 1883,
+            username=parts.username,
+            password=parts.password,
+            identifier=f"corral-{self.name}-{id(self):x}",
+            keepalive=10,
+            timeout=5,
+        )
+        async with client:
+            for topic in self._subscriptions:
+                await client.subscribe(topic, qos=1)
+            self._client = client
+            try:
+                await self._up()
+                async for message in client.messages:
+                    handler = self._handler(str(message.topic))
+                    if handler is None:
+                        continue
+                    payload = message.payload
+                    body = payload if isinstance(payload, bytes) else str(payload).encode()
+                    try:
+                        await handler(str(message.topic), body)
+                    except Exception as exc:
+                        log.error("mqtt handler failed", topic=str(message.topic), error=repr(exc))
+            finally:
+                self._client = None
+
+    def _handler(self, topic: str) -> Handler | None:
+        for pattern, handler in self._subscriptions.items():
+            if aiomqtt.Topic(topic).matches(pattern):
+                return handler
+        return None
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1; Unreachable when the broker is not connected now."""
+        client = self._client
+        if client is None:
+            raise Unreachable(f"MQTT broker {self.name} is not connected")
+        try:
+            await asyncio.wait_for(client.publish(topic, payload, qos=1, retain=retain), 10)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise Unreachable(f"MQTT broker {self.name}: publish failed: {exc}") from None

@@ -1,0 +1,108 @@
+"""Tasks: the one work-item model for robots and machines (the print farm's arm now, the
+robot fleet next). REST and triggers create them; each target's executor runs them.
+
+States move forward only: queued -> assigned -> running -> done | failed | cancelled; a
+retry is a new task.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from corral.errors import Conflict, Invalid
+from corral.events import EventBus
+from corral.model.views import OPEN_TASK_STATES, TaskView
+from corral.store.tasks import TaskStore, new_task
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Who runs a target's tasks: which kinds it takes, and how to check their params."""
+
+    kinds: tuple[str, ...]
+    check: Callable[[str, dict[str, Any]], Awaitable[None]]
+    wake: Callable[[], None]
+    on_end: Callable[[TaskView], Awaitable[None]]
+
+
+class TaskService:
+    def __init__(self, store: TaskStore, bus: EventBus) -> None:
+        self.store = store
+        self.bus = bus
+        self.executors: dict[str, Executor] = {}
+
+    def register(self, target: str, executor: Executor) -> None:
+        self.executors[target] = executor
+
+    async def create(
+        self,
+        kind: str,
+        target: str,
+        params: dict[str, Any],
+        priority: int = 0,
+        timeout_s: float = 600.0,
+        source: str = "rest",
+    ) -> TaskView:
+        executor = self.executors.get(target)
+        if executor is None:
+            known = ", ".join(sorted(self.executors)) or "none (enable the farm)"
+            raise Invalid(f"no executor for target {target!r}; known: {known}", {"field": "target"})
+        if kind not in executor.kinds:
+            raise Invalid(
+                f"{target} does not take {kind!r} tasks; it takes {', '.join(executor.kinds)}",
+                {"field": "kind"},
+            )
+        await executor.check(kind, params)
+        [task] = await self.store.add([new_task(kind, target, params, priority, timeout_s, source)])
+        await self.announce([task])
+        executor.wake()
+        return task
+
+    async def announce(self, tasks: list[TaskView]) -> None:
+        for task in tasks:
+            await self.bus.emit(
+                "task.queued",
+                f"task/{task.id}",
+                f"task {task.id} {task.kind} for {task.target} queued ({task.source})"
+                + _about(task),
+                {"kind": task.kind, "target": task.target, "params": task.params},
+            )
+
+    async def move(self, id: int, state: str, reason: str = "", **values: Any) -> TaskView | None:
+        """Move a task forward with its event; None when it was not a step forward."""
+        task = await self.store.transition(id, state, reason, **values)
+        if task is not None:
+            await self.bus.emit(
+                f"task.{state}",
+                f"task/{id}",
+                f"task {id} {task.kind} {state}" + _about(task) + (f": {reason}" if reason else ""),
+                {"kind": task.kind, "target": task.target, "reason": reason},
+            )
+            if state in ("failed", "cancelled"):
+                executor = self.executors.get(task.target)
+                if executor is not None:
+                    await executor.on_end(task)
+        return task
+
+    async def cancel(self, id: int) -> TaskView:
+        task = await self.store.get(id)
+        if task.state not in OPEN_TASK_STATES:
+            raise Conflict(f"task {id} is {task.state}; only open tasks can be cancelled")
+        moved = await self.move(id, "cancelled", "cancelled by request")
+        if task.target in self.executors:
+            self.executors[task.target].wake()
+        return moved or await self.store.get(id)
+
+    async def retry(self, id: int) -> TaskView:
+        task = await self.store.get(id)
+        if task.state not in ("failed", "cancelled"):
+            raise Conflict(f"task {id} is {task.state}; only failed or cancelled ones are retried")
+        params = {k: v for k, v in task.params.items() if k != "job"}
+        return await self.create(
+            task.kind, task.target, params, task.priority, task.timeout_s, f"retry of task {id}"
+        )
+
+
+def _about(task: TaskView) -> str:
+    printer = task.params.get("printer_id")
+    return f" (printer {printer})" if printer else ""

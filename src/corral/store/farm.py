@@ -1,0 +1,307 @@
+"""Stored farm: printers, racks, beds, printer state history, and the farm's task writes
+that must happen in one transaction with them (a ready message, a job's effects).
+
+Used by the farm service and the farm routes.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.errors import Conflict, NotFound
+from corral.model.farm import Bed, Printer, Rack, choose_replacement, job_message
+from corral.model.views import BedView, PrinterView, RackView, TaskView
+from corral.store.database import Database
+from corral.store.tables import BedRow, PrinterRow, PrinterStateRow, RackRow, TaskRow, utcnow
+from corral.store.tasks import new_task, open_rows, task_view
+
+FARM_KINDS = ("take", "replace")
+
+
+@dataclass
+class ReadyOutcome:
+    """What a ready message did: created tasks, or why none."""
+
+    outcome: str  # created | duplicate | unknown_printer
+    tasks: list[TaskView] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def printer_view(row: PrinterRow) -> PrinterView:
+    return PrinterView.model_validate(
+        {k: getattr(row, k) for k in ("id", "state", "door", "bed_type", "bed", "position")}
+        | {"updated_at": row.updated_at}
+    )
+
+
+def bed_view(row: BedRow) -> BedView:
+    return BedView.model_validate(
+        {k: getattr(row, k) for k in ("id", "type", "state", "printer", "rack", "slot")}
+        | {"reserved_for": row.reserved_for}
+    )
+
+
+def _printer(row: PrinterRow) -> Printer:
+    return Printer(row.id, row.state, row.door, row.bed_type, row.bed, row.position)
+
+
+def _bed(row: BedRow) -> Bed:
+    return Bed(row.id, row.type, row.state, row.printer, row.rack, row.slot, row.reserved_for)
+
+
+def _set_state(s: AsyncSession, row: PrinterRow, state: str) -> bool:
+    if row.state == state:
+        return False
+    row.state, row.updated_at = state, utcnow()
+    s.add(PrinterStateRow(printer=row.id, state=state, time=row.updated_at))
+    return True
+
+
+class FarmStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ printers
+    async def put_printer(
+        self, id: str, door: str, bed_type: str, position: float, bed: str | None
+    ) -> tuple[PrinterView, bool]:
+        async with self.db.session() as s:
+            row = await s.get(PrinterRow, id)
+            created = row is None
+            if row is None:
+                row = PrinterRow(id=id, state="idle", updated_at=utcnow())
+                s.add(row)
+                s.add(PrinterStateRow(printer=id, state="idle", time=row.updated_at))
+            if bed is not None:
+                await self._place_bed(s, bed, id)
+            row.door, row.bed_type, row.position, row.bed = door, bed_type, position, bed
+            await s.flush()
+            return printer_view(row), created
+
+    async def _place_bed(self, s: AsyncSession, bed: str, printer: str) -> None:
+        found = await s.get(BedRow, bed)
+        if found is None:
+            raise NotFound(f"bed {bed!r} not found", {"bed": bed})
+        if found.printer not in (None, printer):
+            raise Conflict(f"bed {bed} is in printer {found.printer}")
+        found.printer, found.rack, found.slot = printer, None, None
+
+    async def printers(self) -> list[PrinterView]:
+        async with self.db.session() as s:
+            rows = (await s.scalars(select(PrinterRow).order_by(PrinterRow.id))).all()
+            return [printer_view(r) for r in rows]
+
+    async def printer(self, id: str) -> PrinterView:
+        async with self.db.session() as s:
+            row = await s.get(PrinterRow, id)
+            if row is None:
+                raise NotFound(f"printer {id!r} not found", {"printer": id})
+            return printer_view(row)
+
+    async def set_printer_state(self, id: str, state: str) -> tuple[PrinterView, bool]:
+        async with self.db.session() as s:
+            row = await s.get(PrinterRow, id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"printer {id!r} not found", {"printer": id})
+            changed = _set_state(s, row, state)
+            return printer_view(row), changed
+
+    async def remove_printer(self, id: str) -> None:
+        async with self.db.session() as s:
+            row = await s.get(PrinterRow, id)
+            if row is None:
+                raise NotFound(f"printer {id!r} not found", {"printer": id})
+            busy = [t for t in await open_rows(s, None) if t.params.get("printer_id") == id]
+            if busy:
+                raise Conflict(f"printer {id} has open tasks: {', '.join(str(t.id) for t in busy)}")
+            await s.delete(row)
+
+    async def history(self, id: str, until: datetime) -> list[tuple[datetime, str]]:
+        async with self.db.session() as s:
+            if await s.get(PrinterRow, id) is None:
+                raise NotFound(f"printer {id!r} not found", {"printer": id})
+            query = (
+                select(PrinterStateRow.time, PrinterStateRow.state)
+                .where(PrinterStateRow.printer == id, PrinterStateRow.time < until)
+                .order_by(PrinterStateRow.time, PrinterStateRow.id)
+            )
+            return [(t, st) for t, st in (await s.execute(query)).all()]
+
+    # ------------------------------------------------------------------ racks and beds
+    async def put_rack(self, id: str, position: float, slots: int) -> tuple[RackView, bool]:
+        async with self.db.session() as s:
+            row = await s.get(RackRow, id)
+            created = row is None
+            if row is None:
+                row = RackRow(id=id)
+                s.add(row)
+            row.position, row.slots = position, slots
+            return RackView(id=id, position=position, slots=slots), created
+
+    async def racks(self) -> list[RackView]:
+        async with self.db.session() as s:
+            rows = (await s.scalars(select(RackRow).order_by(RackRow.id))).all()
+            return [RackView(id=r.id, position=r.position, slots=r.slots) for r in rows]
+
+    async def put_bed(
+        self, id: str, type: str, state: str, rack: str | None, slot: int | None
+    ) -> tuple[BedView, bool]:
+        async with self.db.session() as s:
+            if rack is not None:
+                holder = await s.get(RackRow, rack)
+                if holder is None:
+                    raise NotFound(f"rack {rack!r} not found", {"rack": rack})
+                if slot is None or not 1 <= slot <= holder.slots:
+                    raise Conflict(f"rack {rack} has slots 1 to {holder.slots}; got {slot}")
+                taken = await s.scalar(
+                    select(BedRow).where(BedRow.rack == rack, BedRow.slot == slot, BedRow.id != id)
+                )
+                if taken is not None:
+                    raise Conflict(f"slot {slot} of rack {rack} holds bed {taken.id}")
+            row = await s.get(BedRow, id)
+            created = row is None
+            if row is None:
+                row = BedRow(id=id)
+                s.add(row)
+            row.type, row.state = type, state
+            if rack is not None:
+                row.rack, row.slot, row.printer = rack, slot, None
+            await s.flush()
+            return bed_view(row), created
+
+    async def beds(self) -> list[BedView]:
+        async with self.db.session() as s:
+            rows = (await s.scalars(select(BedRow).order_by(BedRow.id))).all()
+            return [bed_view(r) for r in rows]
+
+    async def remove_rack(self, id: str) -> None:
+        async with self.db.session() as s:
+            row = await s.get(RackRow, id)
+            if row is None:
+                raise NotFound(f"rack {id!r} not found", {"rack": id})
+            held = (await s.scalars(select(BedRow.id).where(BedRow.rack == id))).all()
+            if held:
+                raise Conflict(f"rack {id} still holds beds {', '.join(held)}")
+            await s.delete(row)
+
+    async def remove_bed(self, id: str) -> None:
+        async with self.db.session() as s:
+            row = await s.get(BedRow, id)
+            if row is None:
+                raise NotFound(f"bed {id!r} not found", {"bed": id})
+            if row.reserved_for:
+                raise Conflict(f"bed {id} is reserved for printer {row.reserved_for}")
+            if row.printer:
+                holder = await s.get(PrinterRow, row.printer)
+                if holder is not None and holder.bed == id:
+                    holder.bed = None
+            await s.delete(row)
+
+    # ------------------------------------------------------------------ the farm's task writes
+    async def record_ready(
+        self, printer: str, arm: str, timeout_s: float, source: str
+    ) -> ReadyOutcome:
+        """A printer finished: in one transaction, its take and replace tasks (with the
+        nearest clean bed reserved) and its state; nothing when it already has them."""
+        async with self.db.session() as s:
+            row = await s.get(PrinterRow, printer, with_for_update=True)
+            if row is None:
+                return ReadyOutcome("unknown_printer")
+            pending = [
+                t
+                for t in await open_rows(s, arm)
+                if t.kind in FARM_KINDS and t.params.get("printer_id") == printer
+            ]
+            if pending:
+                return ReadyOutcome("duplicate", [task_view(t) for t in pending])
+            notes: list[str] = []
+            tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
+            types = set((await s.scalars(select(BedRow.type).distinct())).all())
+            if row.bed_type not in types:
+                notes.append(
+                    f"printer {printer} takes bed type {row.bed_type!r}, which no bed has: "
+                    "no replace job"
+                )
+            else:
+                bed = await self._reserve(s, row)
+                params: dict[str, Any] = {"printer_id": printer, "bed_id": bed}
+                if bed is None:
+                    notes.append(f"no clean {row.bed_type} bed free now: chosen when it is due")
+                tasks.append(new_task("replace", arm, params, 0, timeout_s, source))
+            _set_state(s, row, "finished")
+            s.add_all(tasks)
+            await s.flush()
+            return ReadyOutcome("created", [task_view(t) for t in tasks], notes)
+
+    async def _reserve(self, s: AsyncSession, printer: PrinterRow) -> str | None:
+        beds = [_bed(b) for b in (await s.scalars(select(BedRow))).all()]
+        racks = [Rack(r.id, r.position, r.slots) for r in (await s.scalars(select(RackRow))).all()]
+        chosen = choose_replacement(_printer(printer), beds, racks)
+        if chosen is None:
+            return None
+        row = await s.get(BedRow, chosen.id)
+        assert row is not None
+        row.reserved_for = printer.id
+        return chosen.id
+
+    async def job_for(self, task: int, arm: str) -> tuple[dict[str, Any], str | None]:
+        """The job message for a task about to be sent (reserving a bed for a replace that
+        has none yet), or (None, why) when it cannot be sent now."""
+        async with self.db.session() as s:
+            row = await s.get(TaskRow, task, with_for_update=True)
+            if row is None:
+                raise NotFound(f"task {task} not found")
+            if row.kind == "homing":
+                return job_message("homing", None, None, None, False), None
+            printer = await s.get(PrinterRow, str(row.params.get("printer_id")))
+            if printer is None:
+                return {}, f"printer {row.params.get('printer_id')} no longer exists"
+            if row.kind == "take":
+                bed = printer.bed
+            else:
+                bed = row.params.get("bed_id") or await self._reserve(s, printer)
+                if bed is None:
+                    return {}, f"no clean {printer.bed_type} bed is free"
+                row.params = {**row.params, "bed_id": bed}
+            queue = list(await open_rows(s, arm))
+            after = [t for t in queue if t.id != row.id and t.state == "queued"]
+            same = bool(after) and after[0].params.get("printer_id") == printer.id
+            message = job_message(row.kind, printer.id, bed, printer.door, same)
+            return message, None
+
+    async def finish(self, task: TaskView) -> list[str]:
+        """Apply a done job to the farm; what changed, for events."""
+        notes: list[str] = []
+        printer_id = str(task.params.get("printer_id") or "")
+        async with self.db.session() as s:
+            printer = await s.get(PrinterRow, printer_id, with_for_update=True)
+            if task.kind == "take" and printer is not None:
+                if printer.bed:
+                    bed = await s.get(BedRow, printer.bed)
+                    if bed is not None:
+                        bed.printer, bed.state = None, "with_part"
+                        notes.append(f"bed {bed.id} taken out of {printer.id} with its part")
+                printer.bed = None
+                _set_state(s, printer, "idle")
+            elif task.kind == "replace" and printer is not None:
+                bed_id = task.params.get("bed_id")
+                bed = await s.get(BedRow, str(bed_id)) if bed_id else None
+                if bed is not None:
+                    bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
+                    printer.bed = bed.id
+                    notes.append(f"bed {bed.id} loaded into {printer.id}")
+                _set_state(s, printer, "idle")
+        return notes
+
+    async def release(self, task: TaskView) -> None:
+        """A replace that will not run gives its bed back."""
+        bed_id = task.params.get("bed_id")
+        if task.kind != "replace" or not bed_id:
+            return
+        async with self.db.session() as s:
+            bed = await s.get(BedRow, str(bed_id))
+            if bed is not None and bed.reserved_for == task.params.get("printer_id"):
+                bed.reserved_for = None

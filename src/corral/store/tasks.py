@@ -1,0 +1,158 @@
+"""Stored tasks: created, listed, moved forward through their states.
+
+Shared by the print farm and the robot fleet; the executors (the farm's arm dispatcher)
+are the only writers of assigned/running/done.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.errors import NotFound
+from corral.model.views import OPEN_TASK_STATES, TaskState, TaskView
+from corral.store.database import Database
+from corral.store.tables import TaskRow, utcnow
+
+TRANSITIONS: dict[str, set[str]] = {
+    "queued": {"assigned", "failed", "cancelled"},
+    "assigned": {"running", "done", "failed", "cancelled"},
+    "running": {"done", "failed", "cancelled"},
+}
+_STATES: dict[str, TaskState] = {
+    "queued": "queued",
+    "assigned": "assigned",
+    "running": "running",
+    "done": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def task_view(row: TaskRow) -> TaskView:
+    return TaskView(
+        id=row.id,
+        kind=row.kind,
+        target=row.target,
+        params=dict(row.params),
+        priority=row.priority,
+        state=_STATES.get(row.state, "failed"),
+        reason=row.reason,
+        timeout_s=row.timeout_s,
+        source=row.source,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        assigned_at=row.assigned_at,
+        sent_at=row.sent_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def new_task(
+    kind: str,
+    target: str,
+    params: dict[str, Any],
+    priority: int,
+    timeout_s: float,
+    source: str,
+) -> TaskRow:
+    return TaskRow(
+        kind=kind,
+        target=target,
+        params=params,
+        priority=priority,
+        state="queued",
+        reason="",
+        timeout_s=timeout_s,
+        source=source,
+        attempts=0,
+    )
+
+
+def move(row: TaskRow, state: str, reason: str = "") -> bool:
+    """Move a loaded row forward (stamping the time); False when not a step forward."""
+    if state not in TRANSITIONS.get(row.state, set()):
+        return False
+    now = utcnow()
+    row.state, row.reason = state, reason
+    if state == "assigned":
+        row.assigned_at = now
+        row.attempts += 1
+    elif state == "running":
+        row.started_at = now
+    elif state in ("done", "failed", "cancelled"):
+        row.finished_at = now
+    return True
+
+
+class TaskStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, rows: Sequence[TaskRow]) -> list[TaskView]:
+        async with self.db.session() as s:
+            s.add_all(rows)
+            await s.flush()
+            return [task_view(r) for r in rows]
+
+    async def get(self, id: int) -> TaskView:
+        async with self.db.session() as s:
+            row = await s.get(TaskRow, id)
+            if row is None:
+                raise NotFound(f"task {id} not found", {"task": id})
+            return task_view(row)
+
+    async def find(
+        self,
+        state: str | None = None,
+        target: str | None = None,
+        kind: str | None = None,
+        limit: int = 200,
+    ) -> list[TaskView]:
+        async with self.db.session() as s:
+            query = select(TaskRow)
+            if state is not None:
+                query = query.where(TaskRow.state == state)
+            if target is not None:
+                query = query.where(TaskRow.target == target)
+            if kind is not None:
+                query = query.where(TaskRow.kind == kind)
+            rows = (await s.scalars(query.order_by(TaskRow.id.desc()).limit(limit))).all()
+            return [task_view(r) for r in rows]
+
+    async def open_for(self, target: str) -> list[TaskView]:
+        """Open tasks of a target in the order they are served."""
+        async with self.db.session() as s:
+            return [task_view(r) for r in await open_rows(s, target)]
+
+    async def transition(
+        self, id: int, state: str, reason: str = "", **values: Any
+    ) -> TaskView | None:
+        """Move a task forward; None when that is not a step forward from where it is."""
+        async with self.db.session() as s:
+            row = await s.get(TaskRow, id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"task {id} not found", {"task": id})
+            if not move(row, state, reason):
+                return None
+            for key, value in values.items():
+                setattr(row, key, value)
+            return task_view(row)
+
+    async def update(self, id: int, **values: Any) -> None:
+        async with self.db.session() as s:
+            row = await s.get(TaskRow, id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"task {id} not found", {"task": id})
+            for key, value in values.items():
+                setattr(row, key, value)
+
+
+async def open_rows(s: AsyncSession, target: str | None) -> Sequence[TaskRow]:
+    """Open tasks (of one target, or all) in the order they are served."""
+    query = select(TaskRow).where(TaskRow.state.in_(OPEN_TASK_STATES))
+    if target is not None:
+        query = query.where(TaskRow.target == target)
+    return (await s.scalars(query.order_by(TaskRow.priority.desc(), TaskRow.id))).all()
