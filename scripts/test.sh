@@ -32,15 +32,15 @@ step "ruff check" .venv/bin/ruff check "${DIRS[@]}"
 step "ruff format --check" .venv/bin/ruff format --check "${DIRS[@]}"
 step "mypy" .venv/bin/mypy
 # Tests that need only the local engine run on two workers; those that use (and stop)
-# the shared robot engine and swarm run after them, one at a time.
+# the shared robot engine and swarm, or restart the brokers, run after them, one at a time.
 selected() { # pytest, where "no test selected" (exit 5) is fine: a narrower run's other half
   local rc=0
   .venv/bin/pytest "$@" || rc=$?
   [[ $rc -eq 5 ]] && { echo "(no test selected here)"; return 0; }
   return $rc
 }
-step "pytest (parallel)" selected -n 2 -m "not robot" "$@"
-step "pytest (robot engine, serial)" selected -m robot "$@"
+step "pytest (parallel)" selected -n 2 -m "not robot and not serial" "$@"
+step "pytest (robot engine and broker restarts, serial)" selected -m "robot or serial" "$@"
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then
   header "FAILED: ${FAILED[*]}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -56,7 +57,9 @@ class Arm:
         self.job_topic, self.status_topic = job_topic, status_topic
         self.status = "available"
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dhr-robot-arm")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dhr-robot-arm-{secrets.token_hex(4)}"
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)

@@ -33,6 +33,8 @@ class AmqpLink(Link):
     async def serve(self) -> None:
         connection = await aio_pika.connect(self.url, timeout=5)
         self._connection = connection
+        lost = asyncio.Event()  # `connection.closed()` does not return on a broker's close
+        connection.close_callbacks.add(lambda *_: lost.set())
         try:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=20)
@@ -40,7 +42,7 @@ class AmqpLink(Link):
                 queue = await channel.declare_queue(name, durable=True)
                 await queue.consume(self._wrap(name, handler))
             await self._up()
-            await connection.closed()
+            await lost.wait()
         finally:
             self._connection = None
             if not connection.is_closed:

@@ -69,15 +69,15 @@ class FarmStore:
         self, id: str, door: str, bed_type: str, position: float, bed: str | None
     ) -> tuple[PrinterView, bool]:
         async with self.db.session() as s:
+            if bed is not None:
+                await self._place_bed(s, bed, id)
             row = await s.get(PrinterRow, id)
             created = row is None
             if row is None:
                 row = PrinterRow(id=id, state="idle", updated_at=utcnow())
-                s.add(row)
                 s.add(PrinterStateRow(printer=id, state="idle", time=row.updated_at))
-            if bed is not None:
-                await self._place_bed(s, bed, id)
             row.door, row.bed_type, row.position, row.bed = door, bed_type, position, bed
+            s.add(row)
             await s.flush()
             return printer_view(row), created
 
