@@ -14,6 +14,7 @@ from corral.cli.client import Api, CliError
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, size, table
 from corral.model.compose import parse_duration
+from corral.model.views import ACTIVE_STATES
 
 templates = typer.Typer(
     help="Session templates: stack files with parameters.", no_args_is_help=True
@@ -30,9 +31,11 @@ def add(
 ) -> None:
     """Register a template (or replace it); build contexts resolve against its folder."""
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {file}: {exc.strerror}", 2) from None
+    except UnicodeDecodeError:
+        raise CliError(f"{file} is not UTF-8 text", 2) from None
     body = {"name": name, "file": text, "base_dir": str(file.resolve().parent)}
     result = state(ctx).api().call("POST", "/templates", json=body)
     if state(ctx).json:
@@ -184,7 +187,8 @@ def list_sessions(
         [
             s["id"],
             s["template"],
-            s["state"] + ("" if s["cleaned_at"] or s["state"] in _ACTIVE else " (not cleaned)"),
+            s["state"]
+            + ("" if s["cleaned_at"] or s["state"] in ACTIVE_STATES else " (not cleaned)"),
             s["host"] or "-",
             ago(s["created_at"]),
             _endpoints(s),
@@ -195,9 +199,6 @@ def list_sessions(
     table(
         ["ID", "TEMPLATE", "STATE", "HOST", "CREATED", "ENDPOINTS", "REASON"], rows, "no sessions"
     )
-
-
-_ACTIVE = ("pending", "starting", "running")
 
 
 def _endpoints(s: dict[str, Any]) -> str:

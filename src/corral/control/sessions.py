@@ -26,6 +26,7 @@ from corral.events import EventBus
 from corral.hosts.driver import HostDriver
 from corral.model.compose import ServiceSpec, StackSpec
 from corral.model.containers import (
+    CREATED,
     OWNED,
     SERVICE,
     SESSION,
@@ -57,9 +58,9 @@ from corral.store.sessions import SessionStore, StoredSession, StoredTemplate, T
 from corral.store.tables import utcnow
 
 log = structlog.get_logger("corral.sessions")
-CREATED = "corral.created"
 LOG_TAIL = 200  # lines of each container's output kept after clean-up
 MAX_TTL_S = 7 * 86400.0
+SETTLE_SECONDS = 600.0  # how long a request waits for running (image builds included)
 SWEEP_SECONDS = 10.0  # how often leftovers of cleaned sessions are looked for
 
 
@@ -98,7 +99,7 @@ class SessionService:
         self._swept = 0.0
 
     # ------------------------------------------------------------------ templates
-    def parse_template(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
+    def _parse(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
         if base_dir:
             folder = Path(base_dir)
             try:
@@ -118,7 +119,7 @@ class SessionService:
 
     async def add_template(self, file: str, name: str | None, base_dir: str) -> tuple[str, str]:
         """Register or replace a template; returns (name, created|updated|unchanged)."""
-        spec = self.parse_template(file, name, base_dir)
+        spec = self._parse(file, name, base_dir)
         # The images must be buildable from base_dir: instantiate once to check paths.
         self._instantiate(spec, {p.name: p.default for p in spec.parameters.values()}, base_dir)
         outcome = await self.templates.put(spec.name, file, base_dir)
@@ -152,7 +153,7 @@ class SessionService:
         await self.bus.emit("template.removed", f"template/{name}", f"template {name} removed")
 
     def _template_view(self, stored: StoredTemplate) -> TemplateView:
-        spec = self.parse_template(stored.file, stored.name, "")
+        spec = self._parse(stored.file, stored.name, "")
         defaults = {p.name: p.default for p in spec.parameters.values()}
         try:
             stack = self._instantiate(spec, defaults, stored.base_dir)
@@ -217,13 +218,16 @@ class SessionService:
         """Record a session on a host with room (or queue it) and start it; with `wait`,
         return once it runs, fails or the wait ends."""
         stored = await self.templates.get(template)
-        spec = self.parse_template(stored.file, stored.name, "")
+        spec = self._parse(stored.file, stored.name, "")
         try:
             values = bind(spec, params)
         except ParamsInvalid as exc:
             raise Invalid(
                 f"bad parameters for template {template}: {exc}",
-                {"problems": exc.problems, "parameters": sorted(exc.problems)},
+                {
+                    "problems": [f"{k}: {v}" for k, v in exc.problems.items()],
+                    "parameters": sorted(exc.problems),
+                },
             ) from None
         ttl = spec.ttl_s if ttl_s is None else ttl_s
         if not 1 <= ttl <= MAX_TTL_S:
@@ -263,7 +267,7 @@ class SessionService:
         if host:
             self._launch(session)
         if wait:
-            return await self._settle(session, spec.ready_timeout_s + 60)
+            return await self._settle(session, SETTLE_SECONDS)
         return await self.store.view(session)
 
     async def _choose(self, stack: StackSpec, cpus: float, memory: int) -> tuple[str | None, str]:
@@ -296,7 +300,7 @@ class SessionService:
                     f"{memory >> 20} MiB"
                 )
             else:
-                score = free_cpus / facts.cpus if facts.cpus else 0.0
+                score = free_cpus
                 if best is None or score > best[0]:
                     best = (score, host.name)
         if best is not None:
@@ -322,7 +326,7 @@ class SessionService:
 
     async def _load(self, session: str) -> _Instance:
         stored = await self.store.get(session)
-        spec = self.parse_template(stored.file, stored.template, "")
+        spec = self._parse(stored.file, stored.template, "")
         stack = self._instantiate(spec, stored.params, stored.base_dir, session)
         return _Instance(stored, spec, stack)
 
@@ -462,8 +466,10 @@ class SessionService:
         while True:
             details = await self.hosts.call(driver.details, container)
             if details.state in ("exited", "dead"):
-                if condition == "service_completed_successfully" and details.exit_code == 0:
-                    return
+                plain = condition == "service_started" and not ports and not check
+                done = condition == "service_completed_successfully" or plain
+                if done and details.exit_code == 0:
+                    return  # it ran (and finished) already
                 raise NotReady(
                     f"{svc.name} exited with code {details.exit_code} before it was ready"
                 )
@@ -496,6 +502,9 @@ class SessionService:
         """Move an active session to a final state and stop what still runs."""
         if not await self.store.transition(session, state, reason):
             return False
+        starting = self._starting.get(session)
+        if starting is not None and starting is not asyncio.current_task():
+            starting.cancel()  # it would go on starting containers of an ended session
         self.poke()  # its clean-up may be due at once
         await self.bus.emit(
             f"session.{state}",
@@ -505,7 +514,7 @@ class SessionService:
         )
         stored = await self.store.get(session)
         with contextlib.suppress(CorralError):
-            driver = await self.hosts.driver(stored.host) if stored.host else None
+            driver = await self._driver_if_up(stored.host)
             if driver is not None:
                 found = await self.hosts.call(driver.containers, {OWNED: "true", SESSION: session})
                 await asyncio.gather(
@@ -517,6 +526,15 @@ class SessionService:
                     return_exceptions=True,
                 )
         return True
+
+    async def _driver_if_up(self, host: str) -> HostDriver | None:
+        """The host's driver when the monitor last found it reachable."""
+        if not host:
+            return None
+        for known in await self.hosts.store.list():
+            if known.name == host and known.reachable:
+                return await self.hosts.driver(host)
+        return None
 
     async def cancel(self, session: str) -> SessionView:
         """Stop and remove a session now (DELETE); idempotent."""
@@ -530,8 +548,10 @@ class SessionService:
             await self._end(session, "cancelled", "cancelled by request")
         stored = await self.store.get(session)
         if stored.cleaned_at is None:
-            with contextlib.suppress(Unreachable):
+            try:
                 await self._clean(stored)
+            except CorralError as exc:  # the monitor retries; the answer says not cleaned
+                log.info("clean-up postponed", session=session, error=exc.message)
         return await self.store.view(session)
 
     async def _clean(self, stored: StoredSession) -> None:
@@ -540,7 +560,7 @@ class SessionService:
         async with lock:
             if (await self.store.get(stored.id)).cleaned_at is not None:
                 return  # another caller cleaned it while this one waited
-            if stored.host:
+            if stored.host and stored.host in {h.name for h in await self.hosts.store.list()}:
                 driver = await self.hosts.driver(stored.host)
                 owned = {OWNED: "true", SESSION: stored.id}
                 found = await self.hosts.call(driver.containers, owned)
@@ -561,8 +581,11 @@ class SessionService:
 
     async def _keep_history(self, session: str, driver: HostDriver, c: ContainerInfo) -> None:
         service = c.labels.get(SERVICE, "")
-        details = await self.hosts.call(driver.details, c.id)
-        chunks = await self.hosts.call(lambda: b"".join(driver.logs(c.id, LOG_TAIL, False)))
+        try:
+            details = await self.hosts.call(driver.details, c.id)
+            chunks = await self.hosts.call(lambda: b"".join(driver.logs(c.id, LOG_TAIL, False)))
+        except NotFound:
+            return  # gone already: what was recorded while it ran stays
         values: dict[str, Any] = {"logs": chunks.decode(errors="replace")[-65536:]}
         if details.state in ("exited", "dead"):
             values.update(exit_code=details.exit_code, finished_at=details.finished_at)
@@ -621,7 +644,7 @@ class SessionService:
         for name in sorted({s.host for s in sessions if s.host}):
             if name in hosts and hosts[name].reachable:
                 driver = await self.hosts.driver(name)
-                with contextlib.suppress(Unreachable):
+                with contextlib.suppress(CorralError):
                     seen[name] = await self.hosts.call(
                         driver.containers, {OWNED: "true", SESSION: ""}
                     )
@@ -632,9 +655,12 @@ class SessionService:
                 if stored.expires_at is not None and stored.expires_at <= now:
                     work.append(self._end(stored.id, "expired", "its ttl ran out in the queue"))
                 else:
-                    await self._place_queued(stored)  # in order: first come, first placed
+                    try:
+                        await self._place_queued(stored)  # in order: first come, first placed
+                    except CorralError as exc:
+                        work.append(self._end(stored.id, "failed", exc.message))
             else:
-                work.append(self._check(stored, seen, now))
+                work.append(self._check(stored, seen, set(hosts), now))
         for failure in await asyncio.gather(*work, return_exceptions=True):
             if isinstance(failure, CorralError):
                 log.info("session check postponed", error=failure.message)
@@ -642,11 +668,17 @@ class SessionService:
                 log.error("session check failed", error=repr(failure))
 
     async def _check(
-        self, stored: StoredSession, seen: dict[str, list[ContainerInfo]], now: datetime
+        self,
+        stored: StoredSession,
+        seen: dict[str, list[ContainerInfo]],
+        hosts: set[str],
+        now: datetime,
     ) -> None:
         """One session's turn: expiry, then exits while it runs, clean-up once it ended."""
         if stored.state in ACTIVE_STATES:
-            if stored.expires_at is not None and stored.expires_at <= now:
+            if stored.host and stored.host not in hosts:
+                await self._end(stored.id, "failed", f"its host {stored.host} was removed")
+            elif stored.expires_at is not None and stored.expires_at <= now:
                 await self._end(stored.id, "expired", f"its ttl of {stored.ttl_s:g} s ran out")
             elif stored.state == "running" and stored.host in seen:
                 mine = [c for c in seen[stored.host] if c.labels.get(SESSION) == stored.id]
@@ -654,7 +686,7 @@ class SessionService:
             return
         grace = timedelta(seconds=self.settings.session_grace_seconds)
         due = stored.ended_at is None or stored.ended_at + grace <= now
-        if due and (not stored.host or stored.host in seen):
+        if due and (not stored.host or stored.host in seen or stored.host not in hosts):
             await self._clean(stored)
 
     async def _sweep(self) -> None:
@@ -757,7 +789,14 @@ class SessionService:
             yield "".join(lines[-tail:] if tail else lines).encode()
             return
         driver = await self.hosts.driver(stored.host)
-        chunks = await self.hosts.call(lambda: iter(driver.logs(row.container_id, tail, follow)))
+        try:
+            chunks = await self.hosts.call(
+                lambda: iter(driver.logs(row.container_id, tail, follow))
+            )
+        except NotFound:  # removed by the reaper meanwhile: serve what it kept
+            kept = {r.service: r for r in await self.store.containers(session)}[service].logs
+            yield "".join(kept.splitlines(keepends=True)[-tail:] if tail else [kept]).encode()
+            return
         while True:
             chunk = await self.hosts.call(next, chunks, None)
             if not isinstance(chunk, bytes):

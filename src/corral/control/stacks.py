@@ -25,6 +25,7 @@ from corral.events import EventBus
 from corral.hosts.driver import HostDriver
 from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec, parse_compose
 from corral.model.containers import (
+    CREATED,
     OWNED,
     SERVICE,
     SESSION,
@@ -45,7 +46,6 @@ from corral.store.stacks import SlotState, StackStore, StoredStack, summarize
 log = structlog.get_logger("corral.stacks")
 DEPENDENCY_WAIT_SECONDS = 120.0
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0
-CREATED = "corral.created"  # network label: when corral made it (epoch seconds)
 STABLE_SECONDS = 10.0  # a container that ran this long restarts with the shortest back-off
 
 

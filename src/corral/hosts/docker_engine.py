@@ -390,8 +390,9 @@ class DockerEngine:
             made = api.exec_create(container_id, ["cat", "/proc/net/tcp", "/proc/net/tcp6"])
             output = bytes(api.exec_start(made["Id"]) or b"")
             code = api.exec_inspect(made["Id"]).get("ExitCode")
-        ports = listening_ports(output.decode(errors="replace"))
-        if code in (126, 127) or (code != 0 and not ports):
+        text = output.decode(errors="replace")
+        ports = listening_ports(text)
+        if code in (126, 127) or "local_address" not in text:  # no cat, or no /proc/net/tcp
             raise Invalid(
                 f"cannot see which ports container {container_id[:12]} listens on: its image "
                 "has no `cat`; give the service a healthcheck instead"

@@ -274,12 +274,18 @@ def parse_bytes(text: str | int) -> int:
     return int(Decimal(match[1]) * _BYTE_UNITS[unit])
 
 
+# Fields added after stacks were deployed: hashed only when set, so that upgrading corral
+# does not replace every running container.
+_LATER_FIELDS = ("expose",)
+
+
 def service_hash(service: ServiceSpec) -> str:
     """16 hex characters that change exactly when something about the container changes."""
     body = {
         f.name: _canonical(getattr(service, f.name))
         for f in fields(service)
         if f.name not in ("line", "replicas")
+        and not (f.name in _LATER_FIELDS and not getattr(service, f.name))
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -1398,12 +1404,19 @@ def _port_number(text: str, path: Key, whole: str) -> int:
     return int(text)
 
 
-def _exposed(value: Any, path: Key) -> int:
+def _exposed(value: Any, path: Key) -> int | None:
+    """A single tcp port (what readiness checks); udp ports and ranges are accepted, unused."""
     whole = _scalar(value, path)
     number, slash, protocol = whole.partition("/")
-    if slash and protocol.strip().lower() != "tcp":
-        raise _Bad(path, f"expose {whole!r}: only tcp ports can be exposed here")
-    return _port_number(number.strip(), path, whole)
+    if slash and protocol.strip().lower() not in ("tcp", "udp"):
+        raise _Bad(path, f"expose {whole!r}: protocol must be tcp or udp")
+    if "-" in number:
+        low, _, high = number.partition("-")
+        _port_number(low.strip(), path, whole)
+        _port_number(high.strip(), path, whole)
+        return None
+    port = _port_number(number.strip(), path, whole)
+    return None if slash and protocol.strip().lower() == "udp" else port
 
 
 def _protocol(text: str, path: Key, whole: str) -> Literal["tcp", "udp"]:

@@ -16,6 +16,7 @@ REPLICA = "corral.replica"
 SPEC_HASH = "corral.spec-hash"
 OWNED = "corral.owned"
 SESSION = "corral.session"
+CREATED = "corral.created"  # network label: when corral made it (epoch seconds)
 
 
 @dataclass(frozen=True)

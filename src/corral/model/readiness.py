@@ -1,7 +1,7 @@
 """Readiness facts read from inside a container: which TCP ports are listening.
 
-The session service runs `cat /proc/net/tcp /proc/net/tcp6` in a container and asks this
-module which ports listen: a check that does not take a connection from the server.
+The Docker driver reads a container's /proc/net/tcp (from this machine's /proc, or by `cat`
+inside it) and asks this module which ports listen: a check that takes no connection.
 """
 
 LISTEN = "0A"

@@ -28,6 +28,7 @@ _PARAM_KEYS = {"type", "default", "min", "max", "description", "choices"}
 DEFAULT_TTL_S = 3600.0
 DEFAULT_READY_TIMEOUT_S = 60.0
 MAX_STR = 1000
+MAX_MEMORY = 1 << 50
 # Relative paths are checked when a session is made from the template's folder; the syntax
 # check resolves them against a folder that does not exist.
 _NOWHERE = Path("/nonexistent/corral-template-check")
@@ -239,8 +240,11 @@ def _resources(raw: Any, add: Add) -> tuple[float | None, int | None]:
     if raw.get("memory") is not None:
         try:
             memory = parse_bytes(str(raw["memory"]))
+            if memory > MAX_MEMORY:
+                raise ValueError(f"memory {raw['memory']!r} is more than 1 PiB")
         except ValueError as exc:
             add((*path, "memory"), str(exc))
+            memory = None
     return cpus, memory
 
 
@@ -316,7 +320,7 @@ def _check_shape(data: Mapping[str, Any], stack: StackSpec, add: Add) -> None:
 
 def placeholder(param: Parameter) -> Value:
     if param.type == "int":
-        return param.minimum if param.minimum is not None else 0
+        return param.minimum if param.minimum is not None else max(1, param.maximum or 1)
     if param.type == "bool":
         return False
     return param.choices[0] if param.choices else "x"
@@ -417,6 +421,8 @@ def instantiate(
         for dep in svc.depends_on
         if dep.service not in enabled
     ]
+    if not enabled:
+        problems.append(Problem("services", 0, "with these parameters no service is on"))
     if problems:
         raise FileInvalid(f"template {spec.name}", problems)
     return replace(stack, services=enabled)

@@ -110,7 +110,6 @@ SessionState = Literal[
     "pending", "starting", "running", "completed", "failed", "expired", "cancelled"
 ]
 ACTIVE_STATES: tuple[SessionState, ...] = ("pending", "starting", "running")
-FINAL_STATES: tuple[SessionState, ...] = ("completed", "failed", "expired", "cancelled")
 
 
 class Endpoint(BaseModel):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.errors import Conflict, NotFound
@@ -25,7 +25,7 @@ from corral.store.tables import SessionContainerRow, SessionRow, TemplateRow, ut
 # Forward-only: the states each state may move to.
 TRANSITIONS: dict[str, set[str]] = {
     "pending": {"starting", "failed", "expired", "cancelled"},
-    "starting": {"running", "completed", "failed", "expired", "cancelled"},
+    "starting": {"running", "failed", "expired", "cancelled"},
     "running": {"completed", "failed", "expired", "cancelled"},
 }
 
@@ -269,25 +269,31 @@ class SessionStore:
 
     async def transition(self, id: str, state: str, reason: str = "") -> bool:
         """Move forward to `state`; False (and nothing written) when that is not a step
-        forward from where the session is."""
+        forward from where the session is. One conditional UPDATE: of two racing moves
+        (say, expiry and a cancel) exactly one wins, on every backend."""
+        now = utcnow()
+        values: dict[str, Any] = {"state": state, "reason": reason}
+        if state == "starting":
+            values["started_at"] = now
+        elif state == "running":
+            values["running_at"] = now
+        elif state not in ACTIVE_STATES:
+            values["ended_at"] = now
+        sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
         async with self.db.session() as s:
-            row = await s.get(SessionRow, id, with_for_update=True)
-            if row is None:
+            done = await s.execute(
+                update(SessionRow)
+                .where(SessionRow.id == id, SessionRow.state.in_(sources))
+                .values(**values)
+            )
+            if getattr(done, "rowcount", 0) == 1:
+                return True
+            if await s.get(SessionRow, id) is None:
                 raise NotFound(f"session {id!r} not found", {"session": id})
-            if state not in TRANSITIONS.get(row.state, set()):
-                return False
-            now = utcnow()
-            row.state, row.reason = state, reason
-            if state == "starting":
-                row.started_at = now
-            elif state == "running":
-                row.running_at = now
-            elif state not in ACTIVE_STATES:
-                row.ended_at = now
-            return True
+            return False
 
     async def update(self, id: str, **values: Any) -> None:
-        """Set fields that are not the state (host, expiry, endpoints, reason, cleaned_at)."""
+        """Set fields that are not the state (host, endpoints, reason, cleaned_at)."""
         async with self.db.session() as s:
             row = await s.get(SessionRow, id, with_for_update=True)
             if row is None:

@@ -135,7 +135,10 @@ class SessionRow(Base):
     """One session: its request, where it runs, its state, and its history after clean-up."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_state", "state"),)
+    __table_args__ = (
+        Index("ix_sessions_state", "state"),
+        Index("ix_sessions_cleaned", "cleaned_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     template: Mapped[str] = mapped_column(String(63))

@@ -7,7 +7,7 @@ are the only writers of assigned/running/done.
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import NotFound
@@ -71,22 +71,6 @@ def new_task(
     )
 
 
-def move(row: TaskRow, state: str, reason: str = "") -> bool:
-    """Move a loaded row forward (stamping the time); False when not a step forward."""
-    if state not in TRANSITIONS.get(row.state, set()):
-        return False
-    now = utcnow()
-    row.state, row.reason = state, reason
-    if state == "assigned":
-        row.assigned_at = now
-        row.attempts += 1
-    elif state == "running":
-        row.started_at = now
-    elif state in ("done", "failed", "cancelled"):
-        row.finished_at = now
-    return True
-
-
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -130,16 +114,27 @@ class TaskStore:
     async def transition(
         self, id: int, state: str, reason: str = "", **values: Any
     ) -> TaskView | None:
-        """Move a task forward; None when that is not a step forward from where it is."""
+        """Move a task forward (one conditional UPDATE, so racing moves cannot both win);
+        None when that is not a step forward from where it is."""
+        now = utcnow()
+        changes: dict[str, Any] = {"state": state, "reason": reason, **values}
+        if state == "assigned":
+            changes.update(assigned_at=now, attempts=TaskRow.attempts + 1)
+        elif state == "running":
+            changes["started_at"] = now
+        elif state in ("done", "failed", "cancelled"):
+            changes["finished_at"] = now
+        sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
         async with self.db.session() as s:
-            row = await s.get(TaskRow, id, with_for_update=True)
+            done = await s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == id, TaskRow.state.in_(sources))
+                .values(**changes)
+            )
+            row = await s.get(TaskRow, id, populate_existing=True)
             if row is None:
                 raise NotFound(f"task {id} not found", {"task": id})
-            if not move(row, state, reason):
-                return None
-            for key, value in values.items():
-                setattr(row, key, value)
-            return task_view(row)
+            return task_view(row) if getattr(done, "rowcount", 0) == 1 else None
 
     async def update(self, id: int, **values: Any) -> None:
         async with self.db.session() as s:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 import corral
 from corral.api import errors
 from corral.api.deps import CoreDep, bearer
+from corral.api.middleware import BodyLimit, RequestMetrics
 from corral.core import Core
 
 router = APIRouter(tags=["edgeECHO (compatibility)"])
@@ -67,6 +68,18 @@ async def post(body: StreamRequest, core: CoreDep) -> Any:
     params = {"count": body.count, "plain_stream": body.plain_stream}
     view = await core.sessions.create(core.settings.edgeecho_template, params)
     ids = {c.service: c.container_id for c in view.containers}
+    if view.state in ("pending", "starting"):
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "still_starting",
+                    "message": f"session {view.id} is still {view.state}; follow it at "
+                    f"GET /sessions/{view.id} on corral's API",
+                    "detail": {"session_id": view.id},
+                }
+            },
+            504,
+        )
     if view.state != "running" and view.state != "completed":
         return JSONResponse(
             {
@@ -101,4 +114,6 @@ def create_edgeecho_app(core: Core) -> FastAPI:
     app.state.core = core
     errors.install(app)
     app.include_router(router)
+    app.add_middleware(BodyLimit, limit=core.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=core.metrics)
     return app

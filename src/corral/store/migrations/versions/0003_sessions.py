@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("cleaned_at", UtcDateTime(), nullable=True),
     )
     op.create_index("ix_sessions_state", "sessions", ["state"])
+    op.create_index("ix_sessions_cleaned", "sessions", ["cleaned_at"])
     op.create_table(
         "session_containers",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
