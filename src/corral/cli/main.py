@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import events, hosts, serve, sessions, stacks, tokens
+from corral.cli import events, farm, hosts, serve, sessions, stacks, tokens
 from corral.cli.client import CliError, write_config
 from corral.cli.context import CliState, state
 from corral.cli.output import emit_json, err, out
@@ -25,6 +25,10 @@ app.add_typer(tokens.app, name="token")
 app.add_typer(stacks.app, name="stack")
 app.add_typer(sessions.templates, name="template")
 app.add_typer(sessions.sessions, name="session")
+app.add_typer(farm.tasks, name="task")
+app.add_typer(farm.farm, name="farm")
+app.add_typer(farm.brokers, name="broker")
+app.add_typer(farm.triggers, name="trigger")
 for command in (stacks.up, stacks.ps, stacks.down, stacks.start, stacks.stop, stacks.restart):
     app.command(command.__name__)(command)
 app.command("logs")(stacks.logs)
