@@ -58,8 +58,8 @@ class Names:
 def layout(api: httpx.Client, printers: int, spare_beds: int) -> dict[str, str]:
     """Two racks (near and far), spare clean beds in them, printers each holding a bed.
     Returns printer -> the bed in it."""
-    api.put("/farm/racks/near", json={"position": 0, "slots": 100}).raise_for_status()
-    api.put("/farm/racks/far", json={"position": 50, "slots": 100}).raise_for_status()
+    api.put("/farm/racks/near", json={"position": 0, "slots": 500}).raise_for_status()
+    api.put("/farm/racks/far", json={"position": 50, "slots": 500}).raise_for_status()
     for i in range(spare_beds):
         rack = "near" if i % 2 == 0 else "far"
         api.put(

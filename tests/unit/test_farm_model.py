@@ -1,0 +1,107 @@
+"""The farm's pure rules: cron and interval schedules, the replacement bed, the arm's job
+message, utilization over an interval."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from corral.model.farm import Bed, Printer, Rack, choose_replacement, job_message, utilization
+from corral.model.schedule import parse_schedule
+
+T0 = datetime(2026, 11, 23, 20, 5, tzinfo=UTC)  # a Monday
+
+
+def at(day: int, hour: int, minute: int = 0, month: int = 11, year: int = 2026) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "after", "expected"),
+    [
+        ("0 21 * * *", T0, datetime(2026, 11, 23, 21, 0, tzinfo=UTC)),
+        ("0 21 * * *", at(23, 21), at(24, 21)),
+        ("*/15 * * * *", T0, datetime(2026, 11, 23, 20, 15, tzinfo=UTC)),
+        ("0 9 * * sat,sun", T0, datetime(2026, 11, 28, 9, 0, tzinfo=UTC)),
+        ("0 0 1 jan *", T0, datetime(2027, 1, 1, 0, 0, tzinfo=UTC)),
+        ("30 6 * * 1-5", at(27, 7), at(30, 6, 30)),
+        ("0 0 * * 7", T0, datetime(2026, 11, 29, 0, 0, tzinfo=UTC)),  # 7 is Sunday too
+        ("every 30s", T0, T0 + timedelta(seconds=30)),
+        ("every 1m30s", T0, T0 + timedelta(seconds=90)),
+    ],
+)  # fmt: skip
+def test_schedules_fire_when_cron_says(text: str, after: datetime, expected: datetime) -> None:
+    assert parse_schedule(text).next_after(after) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 21 * *", "expected 5 cron fields"),
+        ("61 * * * *", "minute '61' is not a number from 0 to 59"),
+        ("* 24 * * *", "hour"),
+        ("*/0 * * * *", "step"),
+        ("5-1 * * * *", "backwards"),
+        ("* * * foo *", "month 'foo'"),
+        ("every 0s", "at least 0.1s"),
+        ("every soon", "duration"),
+    ],
+)
+def test_bad_schedules_say_why(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(text)
+
+
+def _bed(id: str, rack: str | None, slot: int, type: str = "pei", **kw: object) -> Bed:
+    fields = {"state": "clean", "printer": None, "reserved_for": None} | kw
+    return Bed(id, type, str(fields["state"]), fields["printer"], rack, slot,  # type: ignore[arg-type]
+               fields["reserved_for"])  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_the_nearest_clean_free_bed_of_the_right_type_is_chosen() -> None:
+    printer = Printer("p1", "finished", "door-1", "pei", "in-p1", position=40)
+    racks = [Rack("near", 35, 10), Rack("far", 0, 10)]
+    beds = [
+        _bed("far-1", "far", 1),
+        _bed("near-3", "near", 3),
+        _bed("near-1", "near", 1, state="dirty"),
+        _bed("near-2", "near", 2, reserved_for="p9"),
+        _bed("glass", "near", 4, type="glass"),
+        _bed("in-p2", None, 0, printer="p2"),
+    ]
+    assert choose_replacement(printer, beds, racks) == beds[1]
+    assert choose_replacement(printer, beds[:1], racks) == beds[0]
+    assert choose_replacement(printer, beds[2:], racks) is None
+
+
+def test_job_messages_have_exactly_the_seed_fields() -> None:
+    take = job_message("take", "p1", "b1", "door-1", True)
+    assert take == {
+        "printer_id": "p1",
+        "bed_id": "b1",
+        "take_from_printer": True,
+        "load_next_bed_without_homing": True,
+        "open_doors": ["door-1"],
+    }
+    assert job_message("replace", "p1", "b2", "", False)["open_doors"] == []
+    assert job_message("homing", "p1", "b1", "d", True) == {
+        "printer_id": None,
+        "bed_id": None,
+        "take_from_printer": False,
+        "load_next_bed_without_homing": False,
+        "open_doors": [],
+    }
+
+
+def test_utilization_counts_printing_as_busy_within_the_interval() -> None:
+    h = timedelta(hours=1)
+    changes = [(T0, "idle"), (T0 + h, "printing"), (T0 + 3 * h, "finished"), (T0 + 4 * h, "idle")]
+    now = T0 + 10 * h
+    whole = utilization(changes, T0, now, now)
+    assert (whole.busy_s, whole.idle_s) == (2 * 3600, 8 * 3600)
+    assert whole.by_state == {"idle": 7 * 3600, "printing": 2 * 3600, "finished": 3600}
+    part = utilization(changes, T0 + 2 * h, T0 + 3.5 * h, now)
+    assert (part.busy_s, part.idle_s) == (3600, 1800)
+    before = utilization(changes, T0 - 5 * h, T0, now)
+    assert (before.busy_s, before.idle_s) == (0, 0)  # nothing known before the first change
+    future = utilization(changes, T0 + 9 * h, T0 + 20 * h, now)
+    assert future.idle_s == 3600  # not past now
