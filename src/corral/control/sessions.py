@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -58,6 +58,7 @@ from corral.store.sessions import SessionStore, StoredSession, StoredTemplate, T
 from corral.store.tables import utcnow
 
 log = structlog.get_logger("corral.sessions")
+T = TypeVar("T")
 LOG_TAIL = 200  # lines of each container's output kept after clean-up
 MAX_TTL_S = 7 * 86400.0
 SETTLE_SECONDS = 600.0  # how long a request waits for running (image builds included)
@@ -351,7 +352,7 @@ class SessionService:
                 raise Unreachable(f"host {host} is unreachable")
             driver = drivers[host]
             labels = {OWNED: "true", SESSION: session, CREATED: str(int(time.time()))}
-            await asyncio.gather(
+            await _all(
                 self.hosts.call(
                     driver.ensure_network, inst.stored.network, "bridge", False, None, labels
                 ),
@@ -363,7 +364,7 @@ class SessionService:
             ids = dict(
                 zip(
                     inst.stack.services,
-                    await asyncio.gather(
+                    await _all(
                         *(
                             self._create(session, driver, svc)
                             for svc in inst.stack.services.values()
@@ -378,7 +379,7 @@ class SessionService:
                 await self._wait_ready(inst, driver, ids, wave)
                 if (await self.store.get(session)).state != "starting":
                     return  # cancelled or expired meanwhile; the reaper removes what exists
-                for found in await asyncio.gather(
+                for found in await _all(
                     *(self._run(inst, driver, s, ids[s], address) for s in wave)
                 ):
                     endpoints += found
@@ -448,7 +449,7 @@ class SessionService:
             for name in wave
             for dep in inst.stack.services[name].depends_on
         }
-        await asyncio.gather(
+        await _all(
             *(
                 self._ready(driver, inst.stack.services[dep], ids[dep], condition, deadline)
                 for dep, condition in sorted(waits)
@@ -812,6 +813,18 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _all(*work: Coroutine[Any, Any, T]) -> list[T]:
+    """Run the work together; on the first failure cancel the rest and raise that failure
+    (a start that failed leaves no branch going on behind it)."""
+    tasks: list[asyncio.Task[T]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w) for w in work]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 def _template_files(folder: Path) -> list[tuple[Path, str]]:
