@@ -29,7 +29,7 @@ def _show_tasks(ctx: typer.Context, found: list[dict[str, Any]]) -> None:
             t["target"],
             t["state"],
             str(t["params"].get("printer_id") or "-"),
-            str(t["params"].get("bed_id") or "-"),
+            str(t["params"].get("bed_id") or (t["params"].get("job") or {}).get("bed_id") or "-"),
             ago(t["created_at"]),
             t["reason"],
         ]
