@@ -57,8 +57,12 @@ class Arm:
         self.job_topic, self.status_topic = job_topic, status_topic
         self.status = "available"
         self.lock = threading.Lock()
+        # A persistent session (clean_session False, one id for the arm's life): jobs sent
+        # while it reconnects wait for it at the broker instead of being dropped.
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dhr-robot-arm-{secrets.token_hex(4)}"
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"dhr-robot-arm-{secrets.token_hex(4)}",
+            clean_session=False,
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message

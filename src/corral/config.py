@@ -30,9 +30,6 @@ def _config_file() -> Path | None:
     return local if local.exists() else None
 
 
-TRIGGER_ACTIONS = ("farm.ready", "farm.homing", "task")
-
-
 class TaskTemplate(BaseModel):
     """The task a `task` trigger creates; the message body is added as params.payload."""
 
@@ -152,6 +149,15 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(default=False, description="Serve /metrics without a token.")
     event_retention_days: int = Field(default=30, ge=1)
     log_level: str = Field(default="info")
+
+    @field_validator("triggers")
+    @classmethod
+    def _unique_triggers(cls, value: list[TriggerSpec]) -> list[TriggerSpec]:
+        names = [t.name for t in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"trigger names must be unique: {', '.join(twice)}")
+        return value
 
     @field_validator("brokers")
     @classmethod

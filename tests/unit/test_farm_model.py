@@ -27,6 +27,7 @@ def at(day: int, hour: int, minute: int = 0, month: int = 11, year: int = 2026) 
         ("0 0 * * 7", T0, datetime(2026, 11, 29, 0, 0, tzinfo=UTC)),  # 7 is Sunday too
         ("every 30s", T0, T0 + timedelta(seconds=30)),
         ("every 1m30s", T0, T0 + timedelta(seconds=90)),
+        ("0 0 29 2 *", T0, datetime(2028, 2, 29, 0, 0, tzinfo=UTC)),
     ],
 )  # fmt: skip
 def test_schedules_fire_when_cron_says(text: str, after: datetime, expected: datetime) -> None:
@@ -42,7 +43,9 @@ def test_schedules_fire_when_cron_says(text: str, after: datetime, expected: dat
         ("*/0 * * * *", "step"),
         ("5-1 * * * *", "backwards"),
         ("* * * foo *", "month 'foo'"),
-        ("every 0s", "at least 0.1s"),
+        ("every 0s", "from 0.1s to 366 days"),
+        ("every 99999h", "from 0.1s to 366 days"),
+        ("0 0 30 2 *", "never fires"),
         ("every soon", "duration"),
     ],
 )

@@ -37,6 +37,7 @@ class AmqpLink(Link):
         connection.close_callbacks.add(lambda *_: lost.set())
         try:
             channel = await connection.channel()
+            channel.close_callbacks.add(lambda *_: lost.set())  # a closed channel consumes nothing
             await channel.set_qos(prefetch_count=20)
             for name, handler in self._consumers.items():
                 queue = await channel.declare_queue(name, durable=True)
@@ -65,17 +66,3 @@ class AmqpLink(Link):
                 await message.ack()
 
         return on_message
-
-    async def publish(self, queue: str, body: bytes) -> None:
-        """Send to a queue through the default exchange (as the seed's printers do)."""
-        connection = self._connection
-        if connection is None or connection.is_closed:
-            raise ConnectionError(f"AMQP broker {self.name} is not connected")
-        channel = await connection.channel()
-        try:
-            await channel.default_exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=queue,
-            )
-        finally:
-            await channel.close()

@@ -45,7 +45,6 @@ class Link(ABC):
         self.since: datetime | None = None
         self.last_error = ""
         self.reconnects = 0
-        self.ready = asyncio.Event()  # set while connected
         self.on_up: list[Callable[[], None]] = []  # called at each (re)connection
 
     def view(self) -> BrokerView:
@@ -75,7 +74,10 @@ class Link(ABC):
                 raise
             except Exception as exc:
                 reason = _reason(exc)
-            await self._lost(reason, first)
+            try:
+                await self._lost(reason, first)
+            except Exception:  # the store may be down too: keep reconnecting regardless
+                log.exception("could not record a broker loss", broker=self.name)
             first = False
             if stop.is_set():
                 return
@@ -88,12 +90,13 @@ class Link(ABC):
     async def _up(self) -> None:
         if self.connected:
             return
+        again = self.since is not None and self.last_error != ""
+        if again:
+            self.reconnects += 1
         self.connected, self.since, self.last_error = True, utcnow(), ""
-        self.ready.set()
         self.metrics.broker_connected.labels(self.name).set(1)
         for hook in self.on_up:
             hook()
-        again = self.reconnects > 0
         await self.bus.emit(
             "broker.connected",
             f"broker/{self.name}",
@@ -104,11 +107,9 @@ class Link(ABC):
     async def _lost(self, reason: str, first: bool) -> None:
         was = self.connected
         self.connected, self.last_error = False, reason
-        self.ready.clear()
         self.metrics.broker_connected.labels(self.name).set(0)
         if was or first:
             self.since = utcnow()
-            self.reconnects += 1 if was else 0
             verb = "lost" if was else "unreachable"
             await self.bus.emit(
                 f"broker.{verb}",

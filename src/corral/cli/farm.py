@@ -1,7 +1,7 @@
 """`corral task …`, `corral farm …`, `corral broker ls`, `corral trigger ls|fire`: the print
 farm and the task queue from a shell.
 
-Parameters are `-p name=value`; numbers stay text unless the task kind expects otherwise.
+Task parameters are `-p name=value` (text values).
 """
 
 from typing import Annotated, Any
@@ -120,7 +120,9 @@ def printer(
     bed: Annotated[str | None, typer.Option(help="the bed in it now")] = None,
 ) -> None:
     """Add or change a printer."""
-    body = {"bed_type": bed_type, "door": door, "position": position, "bed": bed}
+    body: dict[str, Any] = {"bed_type": bed_type, "door": door, "position": position}
+    if bed is not None:  # without --bed the bed in it stays as it is
+        body["bed"] = bed
     found = state(ctx).api().call("PUT", f"/farm/printers/{id}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"printer {id}: {found['state']}")
 

@@ -18,7 +18,7 @@ import structlog
 from corral.brokers.mqtt import MqttLink
 from corral.config import Settings
 from corral.control.tasks import Executor, TaskService
-from corral.errors import CorralError, Invalid, NotFound
+from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.metrics import Metrics
 from corral.model.farm import utilization
@@ -49,6 +49,7 @@ class FarmService:
         self.arm = settings.farm_arm
         self.mqtt: MqttLink | None = None
         self._wake = asyncio.Event()
+        self._ready_lock = asyncio.Lock()
         # What the arm said last, and the job it has (one at a time).
         self.status = "unknown"
         self.status_at = 0.0  # monotonic time of its last status message
@@ -59,13 +60,14 @@ class FarmService:
         self.recovered = False  # the job was in flight when corral started
 
     def executor(self) -> Executor:
-        return Executor(ARM_KINDS, self._check_task, self.wake, self._task_ended)
+        # A job with the arm ends when the arm says so (or falls silent), not by a cancel.
+        return Executor(ARM_KINDS, self._check_task, self.wake, self._task_ended, False)
 
     def wake(self) -> None:
         self._wake.set()
 
     # ------------------------------------------------------------------ triggers
-    async def ready(self, body: bytes, source: str) -> None:
+    async def ready(self, body: bytes, source: str, redelivered: bool = False) -> str | None:
         """A printer finished (the seed's plain-text printer id). Bad input is an event and
         nothing else; tasks are stored before this returns (then the message is acked)."""
         printer = body.decode("utf-8", errors="replace").strip()
@@ -76,11 +78,12 @@ class FarmService:
                 f"ready message rejected: {printer[:80]!r} is not a printer id",
                 {"body": printer[:200]},
             )
-            return
+            return f"{printer[:80]!r} is not a printer id"
         received = utcnow()
-        outcome = await self.store.record_ready(
-            printer, self.arm, self.settings.farm_job_timeout_seconds, source
-        )
+        async with self._ready_lock:  # one ready at a time: no duplicate, no bed twice
+            outcome = await self.store.record_ready(
+                printer, self.arm, self.settings.farm_job_timeout_seconds, source
+            )
         if outcome.outcome == "unknown_printer":
             await self.bus.emit(
                 "farm.ready.rejected",
@@ -88,7 +91,7 @@ class FarmService:
                 f"ready message rejected: no printer {printer!r}",
                 {"body": printer},
             )
-            return
+            return f"no printer {printer!r}"
         if outcome.outcome == "duplicate":
             ids = ", ".join(str(t.id) for t in outcome.tasks)
             await self.bus.emit(
@@ -96,7 +99,7 @@ class FarmService:
                 f"printer/{printer}",
                 f"printer {printer} is ready again but its tasks ({ids}) are still open: ignored",
             )
-            return
+            return None
         await self.bus.emit(
             "printer.finished",
             f"printer/{printer}",
@@ -106,12 +109,23 @@ class FarmService:
         for note in outcome.notes:
             await self.bus.emit("farm.bed.unavailable", f"printer/{printer}", note)
         await self.tasks.announce(outcome.tasks)
+        return None
         self.wake()
 
-    async def homing(self, body: bytes, source: str) -> None:
+    async def homing(self, body: bytes, source: str, redelivered: bool = False) -> str | None:
+        if redelivered and any(
+            t.kind == "homing" for t in await self.tasks.store.open_for(self.arm)
+        ):
+            await self.bus.emit(
+                "farm.homing.duplicate",
+                f"arm/{self.arm}",
+                "redelivered homing ignored: one is open",
+            )
+            return None
         await self.tasks.create(
             "homing", self.arm, {}, 0, self.settings.farm_job_timeout_seconds, source
         )
+        return None
 
     async def _check_task(self, kind: str, params: dict[str, Any]) -> None:
         if kind == "homing":
@@ -122,12 +136,17 @@ class FarmService:
         if not isinstance(printer, str):
             raise Invalid(f"{kind} needs params.printer_id (a string)", {"field": "params"})
         await self.store.printer(printer)  # NotFound names it
-        extra = set(params) - {"printer_id", "bed_id"}
+        extra = set(params) - {"printer_id"}
         if extra:
             raise Invalid(f"unknown params: {', '.join(sorted(extra))}", {"field": "params"})
 
     async def _task_ended(self, task: TaskView) -> None:
         await self.store.release(task)
+        if task.kind == "take":  # no take, no replace: the printer still holds its bed
+            for other in await self.tasks.store.open_for(self.arm):
+                same = other.params.get("printer_id") == task.params.get("printer_id")
+                if other.kind == "replace" and other.state == "queued" and same:
+                    await self.tasks.move(other.id, "cancelled", f"its take {task.id} {task.state}")
         if task.id == self.in_flight:
             self.in_flight = None
         self.wake()
@@ -162,10 +181,12 @@ class FarmService:
             self.seen_busy = True
             await self.tasks.move(task_id, "running")
         elif status == "error":
-            self.in_flight = None
             await self.tasks.move(task_id, "failed", f"{self.arm} reported an error")
+            self.in_flight = None
         elif status == "available" and (self.seen_busy or self.recovered):
-            await self._done(task_id)
+            task = await self.tasks.store.get(task_id)
+            if task.sent_at is not None:
+                await self._done(task_id)
         elif status == "available" and self.reconnected:
             # The link dropped after the job was sent and the arm never said busy: it may
             # not have the job. Send it again (at least once).
@@ -174,13 +195,15 @@ class FarmService:
             await self._send(task, dict(task.params.get("job") or {}))
 
     async def _done(self, task_id: int) -> None:
-        self.in_flight = None
         task = await self.tasks.store.get(task_id)
         if task.state == "assigned":
             await self.tasks.move(task_id, "running")
+        # The farm's effects first: done again after a crash here, they change nothing more.
+        notes = await self.store.finish(task)
         moved = await self.tasks.move(task_id, "done")
+        self.in_flight = None
         if moved is not None:
-            for note in await self.store.finish(moved):
+            for note in notes:
                 await self.bus.emit(
                     "farm.bed.moved", f"printer/{task.params.get('printer_id')}", note
                 )
@@ -193,10 +216,13 @@ class FarmService:
 
     async def run_arm(self, stop: asyncio.Event) -> None:
         """Send the next job whenever the arm is free; fail a job whose arm falls silent."""
-        await self._recover()
+        recovered = False
         while not stop.is_set():
             self._wake.clear()
             try:
+                if not recovered:
+                    await self._recover()
+                    recovered = True
                 await self._tick()
             except CorralError as exc:
                 log.info("arm dispatch postponed", error=exc.message)
@@ -208,7 +234,8 @@ class FarmService:
     async def _recover(self) -> None:
         for task in await self.tasks.store.open_for(self.arm):
             if task.state in ("assigned", "running"):
-                self.in_flight, self.recovered = task.id, True
+                # Only a job that went out can have been done while corral was down.
+                self.in_flight, self.recovered = task.id, task.sent_at is not None
                 self.sent_at = time.monotonic()
                 self.seen_busy = task.state == "running"
                 log.info("job in flight at start", task=task.id, state=task.state)
@@ -225,16 +252,22 @@ class FarmService:
                 return
             silent = time.monotonic() - max(self.sent_at, self.status_at)
             if silent > task.timeout_s:
-                self.in_flight = None
                 await self.tasks.move(
                     task.id,
                     "failed",
                     f"{self.arm} said nothing for {silent:.0f} s (timeout {task.timeout_s:g} s)",
                 )
+                self.in_flight = None
             return
         if self.status != "available" or self.mqtt is None or not self.mqtt.connected:
             return
-        for task in await self.tasks.store.open_for(self.arm):
+        queue = await self.tasks.store.open_for(self.arm)
+        stray = next((t for t in queue if t.state in ("assigned", "running")), None)
+        if stray is not None:  # open in the store but not followed: follow it again
+            self.in_flight, self.recovered = stray.id, stray.sent_at is not None
+            self.sent_at = time.monotonic()
+            return
+        for task in queue:
             if task.state != "queued":
                 continue
             job, why = await self.store.job_for(task.id, self.arm)
@@ -248,20 +281,21 @@ class FarmService:
             )
             if moved is None:
                 continue
-            self.in_flight, self.seen_busy, self.recovered, self.reconnected = (
-                moved.id,
-                False,
-                False,
-                False,
-            )
+            self.in_flight = moved.id
             await self._send(moved, job)
             return
 
     async def _send(self, task: TaskView, job: dict[str, Any]) -> None:
         assert self.mqtt is not None
+        current = await self.tasks.store.get(task.id)
+        if current.state not in ("assigned", "running"):
+            self.in_flight = None  # cancelled between choosing it and sending it
+            return
+        first = current.sent_at is None
+        self.seen_busy = self.recovered = self.reconnected = False
+        self.status = "sent"  # until the arm speaks again, it is not known to be free
         await self.mqtt.publish(self.settings.farm_job_topic, json.dumps(job).encode())
         self.sent_at = time.monotonic()
-        self.status = "sent"  # until the arm speaks again, it is not known to be free
         await self.tasks.store.update(task.id, sent_at=utcnow())
         await self.bus.emit(
             "task.sent",
@@ -269,14 +303,14 @@ class FarmService:
             f"task {task.id} {task.kind} sent to {self.arm}: {json.dumps(job)}",
             {"job": job},
         )
-        if task.kind == "take":
+        if task.kind == "take" and first:
             self.metrics.job_latency_seconds.observe((utcnow() - task.created_at).total_seconds())
 
     # ------------------------------------------------------------------ farm records
     async def put_printer(
-        self, id: str, door: str, bed_type: str, position: float, bed: str | None
+        self, id: str, door: str, bed_type: str, position: float, bed: str | None, keep_bed: bool
     ) -> tuple[PrinterView, bool]:
-        view, created = await self.store.put_printer(id, door, bed_type, position, bed)
+        view, created = await self.store.put_printer(id, door, bed_type, position, bed, keep_bed)
         verb = "added" if created else "updated"
         await self.bus.emit(f"printer.{verb}", f"printer/{id}", f"printer {id} {verb}")
         return view, created
@@ -325,10 +359,8 @@ class FarmService:
             await self.store.remove_printer(id)
         elif kind == "rack":
             await self.store.remove_rack(id)
-        elif kind == "bed":
-            await self.store.remove_bed(id)
         else:
-            raise NotFound(f"no such farm record kind {kind!r}")
+            await self.store.remove_bed(id)
         await self.bus.emit(f"{kind}.removed", f"{kind}/{id}", f"{kind} {id} removed")
 
 

@@ -23,6 +23,7 @@ class Executor:
     check: Callable[[str, dict[str, Any]], Awaitable[None]]
     wake: Callable[[], None]
     on_end: Callable[[TaskView], Awaitable[None]]
+    cancel_in_flight: bool = True  # whether assigned/running tasks may be cancelled
 
 
 class TaskService:
@@ -88,16 +89,25 @@ class TaskService:
         task = await self.store.get(id)
         if task.state not in OPEN_TASK_STATES:
             raise Conflict(f"task {id} is {task.state}; only open tasks can be cancelled")
+        executor = self.executors.get(task.target)
+        if task.state != "queued" and executor is not None and not executor.cancel_in_flight:
+            raise Conflict(
+                f"task {id} is {task.state} with {task.target}; it ends when {task.target} "
+                "reports (or falls silent past its timeout)"
+            )
         moved = await self.move(id, "cancelled", "cancelled by request")
-        if task.target in self.executors:
-            self.executors[task.target].wake()
-        return moved or await self.store.get(id)
+        if moved is None:
+            latest = await self.store.get(id)
+            raise Conflict(f"task {id} became {latest.state} meanwhile")
+        if executor is not None:
+            executor.wake()
+        return moved
 
     async def retry(self, id: int) -> TaskView:
         task = await self.store.get(id)
         if task.state not in ("failed", "cancelled"):
             raise Conflict(f"task {id} is {task.state}; only failed or cancelled ones are retried")
-        params = {k: v for k, v in task.params.items() if k != "job"}
+        params = {k: v for k, v in task.params.items() if k not in ("job", "bed_id")}
         return await self.create(
             task.kind, task.target, params, task.priority, task.timeout_s, f"retry of task {id}"
         )

@@ -24,7 +24,8 @@ from corral.model.views import TriggerView
 from corral.store.tables import utcnow
 
 log = structlog.get_logger("corral.triggers")
-Action = Callable[[bytes, str], Awaitable[None]]  # (body, source)
+# (body, source, redelivered) -> why it was rejected, or None
+Action = Callable[[bytes, str, bool], Awaitable[str | None]]
 
 
 @dataclass
@@ -75,7 +76,28 @@ class TriggerService:
         self.triggers = {s.name: _Trigger(s) for s in specs}
 
     def wire(self) -> None:
-        """Attach queue and topic triggers to their links; Invalid if one is missing."""
+        """Attach queue and topic triggers to their links; Invalid if one is missing, if two
+        use one queue or topic, if one listens on the arm's own topics, or if its action is
+        off."""
+        sources: dict[tuple[str, str], str] = {}
+        reserved = {self.settings.farm_job_topic, self.settings.farm_status_topic}
+        for trigger in self.triggers.values():
+            spec = trigger.spec
+            if spec.task is None and spec.action not in self.actions:
+                raise Invalid(f"trigger {spec.name}: action {spec.action} needs farm_enabled")
+            key = None
+            if spec.amqp_queue:
+                key = (spec.broker or self.settings.farm_amqp, spec.amqp_queue)
+            elif spec.mqtt_topic:
+                key = (spec.broker or self.settings.farm_mqtt, spec.mqtt_topic)
+                if self.settings.farm_enabled and spec.mqtt_topic in reserved:
+                    raise Invalid(f"trigger {spec.name}: {spec.mqtt_topic} is the arm's topic")
+            if key is not None:
+                if key in sources:
+                    raise Invalid(
+                        f"triggers {sources[key]} and {spec.name} both use {key[1]} on {key[0]}"
+                    )
+                sources[key] = spec.name
         for trigger in self.triggers.values():
             spec = trigger.spec
             if spec.amqp_queue:
@@ -100,7 +122,7 @@ class TriggerService:
 
     def _runner(self, trigger: _Trigger, source: str) -> Callable[[bytes, bool], Awaitable[None]]:
         async def run(body: bytes, redelivered: bool) -> None:
-            await self._fire(trigger, body, f"trigger {trigger.spec.name} ({source})")
+            await self._fire(trigger, body, f"trigger {trigger.spec.name} ({source})", redelivered)
 
         return run
 
@@ -114,28 +136,29 @@ class TriggerService:
 
         return on_message
 
-    async def _fire(self, trigger: _Trigger, body: bytes, source: str) -> None:
+    async def _fire(
+        self, trigger: _Trigger, body: bytes, source: str, redelivered: bool = False
+    ) -> str | None:
+        """Run the action; the reason it was rejected (an event too), or None."""
         spec = trigger.spec
         action = self.actions.get(spec.action)
-        if action is None and spec.task is None:
-            raise Invalid(f"trigger {spec.name}: action {spec.action} is off (enable the farm)")
         trigger.stats.fired += 1
         trigger.stats.last_fired = utcnow()
         try:
             if spec.task is not None:
-                payload = body.decode("utf-8", errors="replace")
-                params = {**spec.task.params, **({"payload": payload} if payload else {})}
                 await self.tasks.create(
                     spec.task.kind,
                     spec.task.target,
-                    params,
+                    dict(spec.task.params),
                     spec.task.priority,
                     spec.task.timeout_s,
                     source,
                 )
+                rejected = None
             elif action is not None:
-                await action(body, source)
-            trigger.stats.last_error = ""
+                rejected = await action(body, source, redelivered)
+            trigger.stats.last_error = rejected or ""
+            return rejected
         except CorralError as exc:  # bad input: an event, and the message is done with
             trigger.stats.last_error = exc.message
             await self.bus.emit(
@@ -143,13 +166,16 @@ class TriggerService:
                 f"trigger/{trigger.spec.name}",
                 f"trigger {trigger.spec.name}: {exc.message}",
             )
+            return exc.message
 
     async def fire(self, name: str, body: bytes) -> TriggerView:
         """REST: fire a trigger by name with a body."""
         trigger = self.triggers.get(name)
         if trigger is None:
             raise NotFound(f"trigger {name!r} not found", {"trigger": name})
-        await self._fire(trigger, body, f"trigger {name} (rest)")
+        rejected = await self._fire(trigger, body, f"trigger {name} (rest)")
+        if rejected is not None:
+            raise Invalid(f"trigger {name} rejected the body: {rejected}", {"trigger": name})
         return self._view(trigger)
 
     def views(self) -> list[TriggerView]:
@@ -189,10 +215,10 @@ class TriggerService:
             for trigger, schedule in timed:
                 due = trigger.stats.next_fire
                 if due is not None and due <= now:
-                    trigger.stats.next_fire = schedule.next_after(max(due, now))
                     try:
+                        trigger.stats.next_fire = schedule.next_after(max(due, now))
                         await self._fire(trigger, b"", f"trigger {trigger.spec.name} (schedule)")
-                    except Exception:
+                    except Exception:  # one rule's trouble never stops the others
                         log.exception("scheduled trigger failed", trigger=trigger.spec.name)
             upcoming = min(t.stats.next_fire or now for t, _ in timed)
             pause = max(0.05, min((upcoming - utcnow()).total_seconds(), 30.0))

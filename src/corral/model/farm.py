@@ -6,13 +6,8 @@ Used by the farm service (control) and unit-tested without brokers or a database
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-PrinterState = Literal["idle", "printing", "finished", "error"]
-PRINTER_STATES: tuple[PrinterState, ...] = ("idle", "printing", "finished", "error")
-BedState = Literal["clean", "with_part", "dirty"]
-BED_STATES: tuple[BedState, ...] = ("clean", "with_part", "dirty")
-JobKind = Literal["take", "replace", "homing"]
 BUSY_STATES = ("printing",)  # what counts as busy time for utilization
 
 

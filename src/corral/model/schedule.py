@@ -34,16 +34,16 @@ class Schedule:
         """The first firing strictly after `moment` (an aware datetime)."""
         if self.interval_s is not None:
             return moment + timedelta(seconds=self.interval_s)
-        at = moment.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        for _ in range(366 * 24 * 60):  # a year of minutes bounds every valid expression
-            if (
-                at.month in self.months
-                and self._day_matches(at)
-                and at.hour in self.hours
-                and at.minute in self.minutes
-            ):
-                return at
-            at += timedelta(minutes=1)
+        start = moment.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        day = start.replace(hour=0, minute=0)
+        for _ in range(8 * 366):  # 8 years hold every 29 February
+            if day.month in self.months and self._day_matches(day):
+                for hour in sorted(self.hours):
+                    for minute in sorted(self.minutes):
+                        at = day.replace(hour=hour, minute=minute)
+                        if at >= start:
+                            return at
+            day += timedelta(days=1)
         raise ValueError(f"schedule {self.text!r} never fires")
 
     def _day_matches(self, at: datetime) -> bool:
@@ -64,8 +64,8 @@ def parse_schedule(text: str) -> Schedule:
     cleaned = " ".join(text.split())
     if cleaned.lower().startswith("every "):
         seconds = parse_duration(cleaned[6:].strip())
-        if seconds < 0.1:
-            raise ValueError(f"schedule {text!r}: an interval must be at least 0.1s")
+        if not 0.1 <= seconds <= 366 * 86400:
+            raise ValueError(f"schedule {text!r}: an interval must be from 0.1s to 366 days")
         return Schedule(cleaned, interval_s=seconds)
     parts = cleaned.split(" ")
     if len(parts) != 5:
@@ -75,7 +75,7 @@ def parse_schedule(text: str) -> Schedule:
         )
     sets = [_field(part, *spec) for part, spec in zip(parts, _FIELDS, strict=True)]
     weekdays = frozenset(0 if d == 7 else d for d in sets[4])
-    return Schedule(
+    found = Schedule(
         cleaned,
         minutes=sets[0],
         hours=sets[1],
@@ -85,6 +85,8 @@ def parse_schedule(text: str) -> Schedule:
         any_day=parts[2] == "*",
         any_weekday=parts[4] == "*",
     )
+    found.next_after(datetime(2000, 1, 1, tzinfo=UTC))  # ValueError if it never fires
+    return found
 
 
 def _field(text: str, name: str, low: int, high: int) -> frozenset[int]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.errors import Conflict, NotFound
+from corral.errors import Conflict, Invalid, NotFound
 from corral.model.farm import Bed, Printer, Rack, choose_replacement, job_message
 from corral.model.views import BedView, PrinterView, RackView, TaskView
 from corral.store.database import Database
@@ -66,12 +66,16 @@ class FarmStore:
 
     # ------------------------------------------------------------------ printers
     async def put_printer(
-        self, id: str, door: str, bed_type: str, position: float, bed: str | None
+        self, id: str, door: str, bed_type: str, position: float, bed: str | None, keep_bed: bool
     ) -> tuple[PrinterView, bool]:
+        """Create or change a printer; `keep_bed` leaves the bed in it as it is."""
         async with self.db.session() as s:
-            if bed is not None:
+            current = await s.get(PrinterRow, id)
+            if keep_bed:
+                bed = current.bed if current is not None else None
+            elif bed is not None:
                 await self._place_bed(s, bed, id)
-            row = await s.get(PrinterRow, id)
+            row = current
             created = row is None
             if row is None:
                 row = PrinterRow(id=id, state="idle", updated_at=utcnow())
@@ -87,6 +91,8 @@ class FarmStore:
             raise NotFound(f"bed {bed!r} not found", {"bed": bed})
         if found.printer not in (None, printer):
             raise Conflict(f"bed {bed} is in printer {found.printer}")
+        if found.reserved_for not in (None, printer):
+            raise Conflict(f"bed {bed} is reserved for printer {found.reserved_for}")
         found.printer, found.rack, found.slot = printer, None, None
 
     async def printers(self) -> list[PrinterView]:
@@ -155,7 +161,10 @@ class FarmStore:
                 if holder is None:
                     raise NotFound(f"rack {rack!r} not found", {"rack": rack})
                 if slot is None or not 1 <= slot <= holder.slots:
-                    raise Conflict(f"rack {rack} has slots 1 to {holder.slots}; got {slot}")
+                    raise Invalid(
+                        f"rack {rack} has slots 1 to {holder.slots}; give one as slot (got {slot})",
+                        {"field": "slot"},
+                    )
                 taken = await s.scalar(
                     select(BedRow).where(BedRow.rack == rack, BedRow.slot == slot, BedRow.id != id)
                 )
@@ -239,13 +248,21 @@ class FarmStore:
     async def _reserve(self, s: AsyncSession, printer: PrinterRow) -> str | None:
         beds = [_bed(b) for b in (await s.scalars(select(BedRow))).all()]
         racks = [Rack(r.id, r.position, r.slots) for r in (await s.scalars(select(RackRow))).all()]
-        chosen = choose_replacement(_printer(printer), beds, racks)
-        if chosen is None:
-            return None
-        row = await s.get(BedRow, chosen.id)
-        assert row is not None
-        row.reserved_for = printer.id
-        return chosen.id
+        while True:
+            chosen = choose_replacement(_printer(printer), beds, racks)
+            if chosen is None:
+                return None
+            # Reserve only if still free: two reservations can never hold one bed.
+            done = await s.execute(
+                update(BedRow)
+                .where(
+                    BedRow.id == chosen.id, BedRow.reserved_for.is_(None), BedRow.printer.is_(None)
+                )
+                .values(reserved_for=printer.id)
+            )
+            if getattr(done, "rowcount", 0) == 1:
+                return chosen.id
+            beds = [b for b in beds if b.id != chosen.id]
 
     async def job_for(self, task: int, arm: str) -> tuple[dict[str, Any], str | None]:
         """The job message for a task about to be sent (reserving a bed for a replace that
@@ -254,6 +271,8 @@ class FarmStore:
             row = await s.get(TaskRow, task, with_for_update=True)
             if row is None:
                 raise NotFound(f"task {task} not found")
+            if row.state != "queued":
+                return {}, f"task {task} is {row.state}"
             if row.kind == "homing":
                 return job_message("homing", None, None, None, False), None
             printer = await s.get(PrinterRow, str(row.params.get("printer_id")))
@@ -289,6 +308,10 @@ class FarmStore:
             elif task.kind == "replace" and printer is not None:
                 bed_id = task.params.get("bed_id")
                 bed = await s.get(BedRow, str(bed_id)) if bed_id else None
+                if bed is not None and printer.bed not in (None, bed.id):
+                    old = await s.get(BedRow, printer.bed)
+                    if old is not None and old.printer == printer.id:
+                        old.printer = None  # it cannot be in there with the new one
                 if bed is not None:
                     bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
                     printer.bed = bed.id

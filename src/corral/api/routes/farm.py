@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from corral.api.deps import CoreDep, Reader, Writer
+from corral.errors import Invalid
 from corral.model.views import BedView, PrinterView, RackView, UsageView
 
 router = APIRouter(prefix="/farm", tags=["farm"])
@@ -24,7 +25,11 @@ class PrinterSpec(BaseModel):
     door: str = Field(default="", max_length=63, description="The door the arm opens.")
     bed_type: str = Field(min_length=1, max_length=63)
     position: float = Field(default=0.0, ge=-1e6, le=1e6)
-    bed: str | None = Field(default=None, pattern=ID_PATTERN, description="Bed now in it.")
+    bed: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="Bed now in it; left as it is when omitted, null to empty it.",
+    )
 
 
 class PrinterStateBody(BaseModel):
@@ -48,10 +53,19 @@ class BedSpec(BaseModel):
     rack: str | None = Field(default=None, pattern=ID_PATTERN)
     slot: int | None = Field(default=None, ge=1, le=1000)
 
+    @model_validator(mode="after")
+    def _slot_with_rack(self) -> "BedSpec":
+        if (self.rack is None) != (self.slot is None):
+            raise ValueError("rack and slot go together: give both, or neither")
+        return self
+
 
 class ArmView(BaseModel):
     name: str
-    status: str = Field(description="available, busy, error; unknown before it spoke.")
+    status: str = Field(
+        description="available, busy, error; sent (a job went out, no answer yet); "
+        "unknown before it spoke."
+    )
     in_flight: int | None = Field(description="The task it is doing.")
     queued: int
 
@@ -66,7 +80,7 @@ async def put_printer(
     id: RecordId, body: PrinterSpec, core: CoreDep, _: Writer, response: Response
 ) -> PrinterView:
     view, created = await core.farm.put_printer(
-        id, body.door, body.bed_type, body.position, body.bed
+        id, body.door, body.bed_type, body.position, body.bed, "bed" not in body.model_fields_set
     )
     response.status_code = 201 if created else 200
     return view
@@ -98,8 +112,8 @@ async def usage(
     start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
 ) -> UsageView:
-    until = end or datetime.now(UTC)
-    return await core.farm.usage(id, start or until - timedelta(days=1), until)
+    since, until = _interval(start, end)
+    return await core.farm.usage(id, since, until)
 
 
 @router.get("/utilization", summary="Every printer's busy and idle time over an interval")
@@ -109,9 +123,21 @@ async def usage_all(
     start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
 ) -> list[UsageView]:
-    until = end or datetime.now(UTC)
-    since = start or until - timedelta(days=1)
+    since, until = _interval(start, end)
     return [await core.farm.usage(p.id, since, until) for p in await core.farm.store.printers()]
+
+
+EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 1, 1, tzinfo=UTC)
+
+
+def _interval(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    """From and to (default: the last day), within years 1971 to 9997."""
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not EARLIEST <= value.astimezone(UTC) <= LATEST:
+            raise Invalid(f"'{name}' must be between 1971 and 9997", {"field": name})
+    until = (end or datetime.now(UTC)).astimezone(UTC)
+    return (start.astimezone(UTC) if start else until - timedelta(days=1)), until
 
 
 @router.get("/racks", summary="List racks")

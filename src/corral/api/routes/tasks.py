@@ -1,10 +1,12 @@
 """Task routes: list, create, read, cancel and retry tasks (the farm's arm jobs, and the
 robot fleet's later)."""
 
+import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.model.views import TaskState, TaskView
@@ -21,6 +23,24 @@ class NewTask(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, max_length=50)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
     timeout: float = Field(default=600.0, gt=0, le=86400, description="Seconds of silence.")
+
+    @field_validator("params")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        text = json.dumps(value, allow_nan=False) if _finite(value) else None
+        if text is None or "\\u0000" in text:
+            raise ValueError("params must be plain JSON: finite numbers and no NUL characters")
+        return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 @router.get("", summary="List tasks, newest first")
