@@ -241,3 +241,29 @@ def test_tasks_cancel_and_retry(server: ThreadServer) -> None:
         assert again.status_code == 201
         assert again.json()["source"] == f"retry of task {task['id']}"
         assert isinstance(httpx, object)
+
+
+def test_the_farm_on_postgresql(names: Names, tmp_path: Path, pg_url: str) -> None:
+    """The same pipeline with PostgreSQL as the store: tasks, beds, utilization."""
+    settings = Settings(
+        home=tmp_path,
+        bootstrap_token=ADMIN,
+        local_docker_url="",
+        database_url=pg_url,
+        farm_job_timeout_seconds=20,
+        **names.settings(),
+    )
+    record = tmp_path / "arm.jsonl"
+    with ThreadServer(settings) as server, server.client() as api, arm(names, record):
+        _until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers up")
+        inside = layout(api, printers=6, spare_beds=6)
+        api.put("/farm/printers/p0/state", json={"state": "printing"}).raise_for_status()
+        time.sleep(0.5)
+        names.finish([f"p{i}" for i in range(6)] + ["p0"])  # p0 twice: a duplicate
+        _until(lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 12, "done")
+        _check_jobs(jobs(record), inside)
+        usage = api.get("/farm/printers/p0/utilization").json()
+        assert usage["busy_s"] > 0.3  # it printed for the half second above
+        assert 0 < usage["utilization"] < 1
+        retried = api.post("/tasks", json={"kind": "homing", "target": "robot_arm"})
+        assert retried.status_code == 201

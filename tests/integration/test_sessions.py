@@ -287,3 +287,24 @@ def test_leftovers_of_cleaned_sessions_are_swept_and_strangers_kept(
         assert stranger in engine_container_ids(LOCAL_URL, "corral.session=FFFFFFFFFFFFFFFF")
     finally:
         subprocess.run(["docker", "rm", "-f", late, stranger], capture_output=True, check=False)
+
+
+def test_sessions_on_postgresql(local_engine: str, tmp_path: Path, pg_url: str) -> None:
+    """Templates, sessions, their history and a crash, with PostgreSQL as the store."""
+    settings = Settings(
+        home=tmp_path,
+        bootstrap_token=ADMIN,
+        local_docker_url=local_engine,
+        database_url=pg_url,
+        session_grace_seconds=0.5,
+        session_check_seconds=0.2,
+    )
+    with ThreadServer(settings) as running, running.client() as api:
+        assert api.post("/templates", json={"file": CRASH}).status_code == 201
+        session = api.post("/templates/crash/sessions", json={"params": {"code": 4}}).json()
+        done = _wait(api, session["id"])
+        assert done["state"] == "failed"
+        assert {c["service"]: c["exit_code"] for c in done["containers"]}["first"] == 4
+        assert _left_on_engine(session["id"]) == ([], [])
+        listed = api.get("/sessions", params={"template": "crash"}).json()
+        assert [s["id"] for s in listed] == [session["id"]]
