@@ -5,6 +5,7 @@ Task parameters are `-p name=value` (text values).
 """
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
@@ -123,14 +124,18 @@ def printer(
     body: dict[str, Any] = {"bed_type": bed_type, "door": door, "position": position}
     if bed is not None:  # without --bed the bed in it stays as it is
         body["bed"] = bed
-    found = state(ctx).api().call("PUT", f"/farm/printers/{id}", json=body)
+    found = state(ctx).api().call("PUT", f"/farm/printers/{quote(id, safe='')}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"printer {id}: {found['state']}")
 
 
 @farm.command("state")
 def printer_state(ctx: typer.Context, id: str, new: str) -> None:
     """Report a printer's state: idle, printing, finished, error."""
-    found = state(ctx).api().call("PUT", f"/farm/printers/{id}/state", json={"state": new})
+    found = (
+        state(ctx)
+        .api()
+        .call("PUT", f"/farm/printers/{quote(id, safe='')}/state", json={"state": new})
+    )
     emit_json(found) if state(ctx).json else out.print(f"printer {id}: {found['state']}")
 
 
@@ -173,7 +178,7 @@ def bed(
 ) -> None:
     """Add or change a bed."""
     body = {"type": type, "rack": rack, "slot": slot, "state": state_}
-    found = state(ctx).api().call("PUT", f"/farm/beds/{id}", json=body)
+    found = state(ctx).api().call("PUT", f"/farm/beds/{quote(id, safe='')}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"bed {id}: {found['state']}")
 
 
@@ -186,7 +191,7 @@ def rack(
 ) -> None:
     """Add or change a rack."""
     body = {"position": position, "slots": slots}
-    found = state(ctx).api().call("PUT", f"/farm/racks/{id}", json=body)
+    found = state(ctx).api().call("PUT", f"/farm/racks/{quote(id, safe='')}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"rack {id}: {found['slots']} slots")
 
 
@@ -263,5 +268,5 @@ def list_triggers(ctx: typer.Context) -> None:
 @triggers.command("fire")
 def fire(ctx: typer.Context, name: str, body: str = "") -> None:
     """Fire a trigger by hand with a text body."""
-    found = state(ctx).api().call("POST", f"/triggers/{name}/fire", content=body)
+    found = state(ctx).api().call("POST", f"/triggers/{quote(name, safe='')}/fire", content=body)
     emit_json(found) if state(ctx).json else out.print(f"trigger {name} fired ({found['fired']})")

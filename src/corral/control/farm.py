@@ -341,7 +341,7 @@ class FarmService:
     async def usage(self, printer: str, start: datetime, end: datetime) -> UsageView:
         if end <= start:
             raise Invalid("'to' must be after 'from'", {"field": "to"})
-        changes = await self.store.history(printer, end)
+        changes = await self.store.history(printer, start, end)
         found = utilization(changes, start, end, utcnow())
         total = found.busy_s + found.idle_s
         return UsageView(

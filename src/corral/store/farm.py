@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Conflict, Invalid, NotFound
@@ -125,16 +125,28 @@ class FarmStore:
                 raise Conflict(f"printer {id} has open tasks: {', '.join(str(t.id) for t in busy)}")
             await s.delete(row)
 
-    async def history(self, id: str, until: datetime) -> list[tuple[datetime, str]]:
+    async def history(
+        self, id: str, since: datetime, until: datetime
+    ) -> list[tuple[datetime, str]]:
+        """The state changes within [since, until), led by the last one before `since`
+        (the state the interval starts in)."""
         async with self.db.session() as s:
             if await s.get(PrinterRow, id) is None:
                 raise NotFound(f"printer {id!r} not found", {"printer": id})
-            query = (
-                select(PrinterStateRow.time, PrinterStateRow.state)
-                .where(PrinterStateRow.printer == id, PrinterStateRow.time < until)
-                .order_by(PrinterStateRow.time, PrinterStateRow.id)
+            columns = select(PrinterStateRow.time, PrinterStateRow.state).where(
+                PrinterStateRow.printer == id
             )
-            return [(t, st) for t, st in (await s.execute(query)).all()]
+            before = await s.execute(
+                columns.where(PrinterStateRow.time < since)
+                .order_by(PrinterStateRow.time.desc(), PrinterStateRow.id.desc())
+                .limit(1)
+            )
+            within = await s.execute(
+                columns.where(PrinterStateRow.time >= since, PrinterStateRow.time < until).order_by(
+                    PrinterStateRow.time, PrinterStateRow.id
+                )
+            )
+            return [(t, st) for t, st in [*before.all(), *within.all()]]
 
     # ------------------------------------------------------------------ racks and beds
     async def put_rack(self, id: str, position: float, slots: int) -> tuple[RackView, bool]:
@@ -144,6 +156,9 @@ class FarmStore:
             if row is None:
                 row = RackRow(id=id)
                 s.add(row)
+            highest = await s.scalar(select(func.max(BedRow.slot)).where(BedRow.rack == id))
+            if highest is not None and highest > slots:
+                raise Conflict(f"rack {id} holds a bed in slot {highest}; it needs that many slots")
             row.position, row.slots = position, slots
             return RackView(id=id, position=position, slots=slots), created
 

@@ -223,6 +223,7 @@ class RackRow(Base):
 
 class BedRow(Base):
     __tablename__ = "beds"
+    __table_args__ = (Index("ux_beds_slot", "rack", "slot", unique=True),)
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
     type: Mapped[str] = mapped_column(String(63))

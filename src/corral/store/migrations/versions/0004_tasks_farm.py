@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("slot", sa.Integer(), nullable=True),
         sa.Column("reserved_for", sa.String(63), nullable=True),
     )
+    op.create_index("ux_beds_slot", "beds", ["rack", "slot"], unique=True)
     op.create_table(
         "printer_states",
         sa.Column("id", ID, primary_key=True, autoincrement=True),
