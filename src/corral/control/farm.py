@@ -100,17 +100,21 @@ class FarmService:
                 f"printer {printer} is ready again but its tasks ({ids}) are still open: ignored",
             )
             return None
-        await self.bus.emit(
-            "printer.finished",
-            f"printer/{printer}",
-            f"printer {printer} finished a print",
-            {"received": received.isoformat()},
+        finished = f"printer {printer} finished a print"
+        await self.bus.emit_many(
+            [
+                (
+                    "printer.finished",
+                    f"printer/{printer}",
+                    finished,
+                    {"received": received.isoformat()},
+                ),
+                *(("farm.bed.unavailable", f"printer/{printer}", n, None) for n in outcome.notes),
+                *self.tasks.queued_events(outcome.tasks),
+            ]
         )
-        for note in outcome.notes:
-            await self.bus.emit("farm.bed.unavailable", f"printer/{printer}", note)
-        await self.tasks.announce(outcome.tasks)
-        return None
         self.wake()
+        return None
 
     async def homing(self, body: bytes, source: str, redelivered: bool = False) -> str | None:
         if redelivered and any(

@@ -59,15 +59,22 @@ class TaskService:
         executor.wake()
         return task
 
-    async def announce(self, tasks: list[TaskView]) -> None:
-        for task in tasks:
-            await self.bus.emit(
+    def queued_events(
+        self, tasks: list[TaskView]
+    ) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+        return [
+            (
                 "task.queued",
                 f"task/{task.id}",
                 f"task {task.id} {task.kind} for {task.target} queued ({task.source})"
                 + _about(task),
                 {"kind": task.kind, "target": task.target, "params": task.params},
             )
+            for task in tasks
+        ]
+
+    async def announce(self, tasks: list[TaskView]) -> None:
+        await self.bus.emit_many(self.queued_events(tasks))
 
     async def move(self, id: int, state: str, reason: str = "", **values: Any) -> TaskView | None:
         """Move a task forward with its event; None when it was not a step forward."""

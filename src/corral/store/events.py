@@ -87,6 +87,20 @@ class EventStore:
             await s.flush()
             return _view(row)
 
+    async def append_many(
+        self, events: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> list[EventView]:
+        """Several events (kind, resource, message, data) in one transaction, in order."""
+        async with self.db.session() as s:
+            now = utcnow()
+            rows = [
+                EventRow(time=now, kind=k, resource=r, message=m, data=d) for k, r, m, d in events
+            ]
+            for row in rows:  # one by one, so that ids follow the given order
+                s.add(row)
+                await s.flush()
+            return [_view(r) for r in rows]
+
     async def query(
         self, where: EventFilter, limit: int = 100, newest_first: bool = False
     ) -> list[EventView]:
