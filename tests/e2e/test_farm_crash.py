@@ -7,32 +7,12 @@ handled twice (the arm receives each job once), whatever corral was doing when k
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 from tests.support.farm import Names, arm, jobs, layout
-from tests.support.server import ADMIN, ServeProcess, corral_command
-
-
-def _cli(serve: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*corral_command(), *args],
-        env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": ADMIN},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _until(check: object, what: str, limit: float = 90.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
 
 
 def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
@@ -46,7 +26,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
             with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api:
                 inside = layout(api, printers=14, spare_beds=14)
             names.finish([f"p{i}" for i in range(10)])
-            _until(lambda: len(jobs(record)) >= 3, "the arm at work")
+            wait_until(lambda: len(jobs(record)) >= 3, "the arm at work")
             assert serve.proc is not None
             os.kill(serve.proc.pid, signal.SIGKILL)
             serve.stop()
@@ -54,7 +34,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
             time.sleep(1)
             serve.start()
             with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api:
-                _until(
+                wait_until(
                     lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 28,
                     "28 tasks done after the restart",
                     120,
@@ -69,16 +49,16 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
         assert sorted(per_printer) == sorted(inside)
         assert all(takes == [True, False] for takes in per_printer.values()), per_printer
 
-        brokers = _cli(serve, "broker", "ls")
+        brokers = run_cli(serve, "broker", "ls")
         assert brokers.returncode == 0
         assert "amqp" in brokers.stdout
         assert "up" in brokers.stdout
-        listed = _cli(serve, "task", "ls", "--state", "done", "--limit", "100")
+        listed = run_cli(serve, "task", "ls", "--state", "done", "--limit", "100")
         assert listed.stdout.count(" done ") == 28
-        assert "available" in _cli(serve, "farm", "arm").stdout
-        assert "p13" in _cli(serve, "farm", "usage").stdout
-        assert "farm-ready" in _cli(serve, "trigger", "ls").stdout
-        bad = _cli(serve, "task", "new", "dance")
+        assert "available" in run_cli(serve, "farm", "arm").stdout
+        assert "p13" in run_cli(serve, "farm", "usage").stdout
+        assert "farm-ready" in run_cli(serve, "trigger", "ls").stdout
+        bad = run_cli(serve, "task", "new", "dance")
         assert bad.returncode == 2
         assert "dance" in bad.stderr
     finally:

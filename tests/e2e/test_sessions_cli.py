@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from tests.support.edgeecho import build_emulators, summary
 from tests.support.engines import LOCAL_URL, engine_container_ids
-from tests.support.server import ADMIN, ServeProcess, corral_command, free_port
+from tests.support.server import ADMIN, ServeProcess, free_port, run_cli
 
 STUCK = """
 x-corral-template:
@@ -41,17 +41,6 @@ services:
     image: local/busybox:1
     command: ["sleep", "4"]
 """
-
-
-def _cli(serve: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*corral_command(), *args],
-        env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": ADMIN},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def _session(serve: ServeProcess, id: str) -> Any:
@@ -81,24 +70,24 @@ def test_cli_and_edgeecho_api(local_engine: str, tmp_path: Path) -> None:
     }
     serve = ServeProcess(tmp_path, env).start()
     try:
-        added = _cli(serve, "template", "add", str(example / "edgeecho.yml"))
+        added = run_cli(serve, "template", "add", str(example / "edgeecho.yml"))
         assert added.returncode == 0, added.stderr
         assert "template edgeecho created" in added.stdout
         assert "plain_stream" in added.stdout
 
-        made = _cli(serve, "--json", "session", "new", "edgeecho", "-p", "count=1000", "-p",
+        made = run_cli(serve, "--json", "session", "new", "edgeecho", "-p", "count=1000", "-p",
                     "plain_stream=false")  # fmt: skip
         assert made.returncode == 0, made.stderr
         session = json.loads(made.stdout)
         _wait_cleaned(serve, session["id"])
-        logs = _cli(serve, "session", "logs", session["id"], "segmentation")
+        logs = run_cli(serve, "session", "logs", session["id"], "segmentation")
         assert summary(logs.stdout) == {
             "role": "segmentation", "data_messages": 1000, "terminate": True,
         }  # fmt: skip
-        listed = _cli(serve, "session", "ls")
+        listed = run_cli(serve, "session", "ls")
         assert session["id"] in listed.stdout
         assert "completed" in listed.stdout
-        bad = _cli(serve, "session", "new", "edgeecho", "-p", "count=lots")
+        bad = run_cli(serve, "session", "new", "edgeecho", "-p", "count=lots")
         assert bad.returncode == 2
         assert "count" in bad.stderr
 
@@ -143,9 +132,11 @@ def test_sigkill_mid_session_then_restart(local_engine: str, tmp_path: Path) -> 
     env["CORRAL_TEMPLATES_DIR"] = str(tmp_path / "templates")
     serve = ServeProcess(tmp_path, env).start()
     try:
-        running = json.loads(_cli(serve, "--json", "session", "new", "nap").stdout)
+        running = json.loads(run_cli(serve, "--json", "session", "new", "nap").stdout)
         assert running["state"] == "running"
-        starting = json.loads(_cli(serve, "--json", "session", "new", "stuck", "--no-wait").stdout)
+        starting = json.loads(
+            run_cli(serve, "--json", "session", "new", "stuck", "--no-wait").stdout
+        )
         deadline = time.monotonic() + 30
         while len(engine_container_ids(LOCAL_URL, f"corral.session={starting['id']}")) < 2:
             assert time.monotonic() < deadline, "the stuck session never made its containers"
@@ -171,7 +162,7 @@ def test_sigkill_mid_session_then_restart(local_engine: str, tmp_path: Path) -> 
                 capture_output=True, text=True, check=True,
             ).stdout.split()  # fmt: skip
             assert nets == []
-        kinds = [line for line in _cli(serve, "events", "-n", "100").stdout.splitlines()]
+        kinds = [line for line in run_cli(serve, "events", "-n", "100").stdout.splitlines()]
         assert any("session" in line and "cleaned" in line for line in kinds)
     finally:
         serve.stop()

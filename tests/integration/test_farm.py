@@ -14,7 +14,7 @@ import httpx
 import pytest
 from tests.support.brokers import restart_mosquitto, restart_rabbitmq
 from tests.support.farm import Names, arm, jobs, layout
-from tests.support.server import ADMIN, ThreadServer
+from tests.support.server import ADMIN, ThreadServer, wait_until
 
 from corral.config import Settings
 
@@ -35,16 +35,10 @@ def server(names: Names, tmp_path: Path) -> Iterator[ThreadServer]:
     )
     with ThreadServer(settings) as running:
         with running.client() as api:
-            _until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers up")
+            wait_until(
+                lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers up"
+            )
         yield running
-
-
-def _until(check: Any, what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _check_jobs(received: list[dict[str, Any]], inside: dict[str, str]) -> None:
@@ -76,8 +70,8 @@ def test_twenty_printers_in_bursts(server: ThreadServer, names: Names, tmp_path:
         for burst in range(4):
             names.finish([f"p{i}" for i in range(burst * 5, burst * 5 + 5)])
             time.sleep(0.3)
-        _until(lambda: len(jobs(record)) >= 40, "40 jobs at the arm")
-        _until(
+        wait_until(lambda: len(jobs(record)) >= 40, "40 jobs at the arm")
+        wait_until(
             lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 40, "40 tasks done"
         )
         time.sleep(0.5)  # nothing more arrives
@@ -103,7 +97,7 @@ def test_homing_from_the_queue_and_rest(server: ThreadServer, names: Names, tmp_
 
         finish(["anything"], queue=names.homing)
         assert api.post("/triggers/farm-homing-queue/fire", content="x").status_code == 200
-        _until(lambda: len(jobs(record)) >= 2, "two homing jobs")
+        wait_until(lambda: len(jobs(record)) >= 2, "two homing jobs")
         homing = {
             "printer_id": None,
             "bed_id": None,
@@ -123,7 +117,7 @@ def test_homing_on_a_schedule(names: Names, tmp_path: Path) -> None:
     )
     record = tmp_path / "arm.jsonl"
     with ThreadServer(settings) as server, server.client() as api, arm(names, record):
-        _until(lambda: len(jobs(record)) >= 3, "three scheduled homings", 30)
+        wait_until(lambda: len(jobs(record)) >= 3, "three scheduled homings", 30)
         fired = {t["name"]: t for t in api.get("/triggers").json()}["farm-homing-schedule"]
         assert fired["fired"] >= 3
         assert fired["source"] == "schedule every 1s"
@@ -145,8 +139,8 @@ def test_bad_input_is_an_event_and_the_pipeline_goes_on(
         publish.single(names.status, "not json", hostname="127.0.0.1")
         publish.single(names.status, '{"status": "dancing"}', hostname="127.0.0.1")
         finish(["p1"], queue=names.ready)
-        _until(lambda: len(jobs(record)) >= 5, "p0, p1 and odd's take")
-        _until(lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 5, "done")
+        wait_until(lambda: len(jobs(record)) >= 5, "p0, p1 and odd's take")
+        wait_until(lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 5, "done")
         kinds = [e["kind"] for e in api.get("/events", params={"limit": 500}).json()]
         assert kinds.count("farm.ready.rejected") == 2  # unknown id, empty body
         assert kinds.count("farm.status.rejected") == 2
@@ -163,7 +157,7 @@ def test_duplicate_ready_is_ignored_while_its_tasks_are_open(
     with server.client() as api:  # no arm: the tasks stay queued
         layout(api, printers=1, spare_beds=1)
         names.finish(["p0", "p0"])
-        _until(
+        wait_until(
             lambda: (
                 "farm.ready.duplicate"
                 in [e["kind"] for e in api.get("/events", params={"limit": 200}).json()]
@@ -182,12 +176,12 @@ def test_broker_restarts_lose_and_double_nothing(
     with server.client() as api, arm(names, record, work=0.4):
         inside = layout(api, printers=12, spare_beds=12)
         names.finish([f"p{i}" for i in range(6)])
-        _until(lambda: len(jobs(record)) >= 2, "work under way")
+        wait_until(lambda: len(jobs(record)) >= 2, "work under way")
         restart_rabbitmq()
         names.finish([f"p{i}" for i in range(6, 12)])  # queued while corral reconnects
-        _until(lambda: len(jobs(record)) >= 8, "more jobs after the RabbitMQ restart", 90)
+        wait_until(lambda: len(jobs(record)) >= 8, "more jobs after the RabbitMQ restart", 90)
         restart_mosquitto()
-        _until(
+        wait_until(
             lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 24,
             "every task done",
             120,
@@ -255,12 +249,12 @@ def test_the_farm_on_postgresql(names: Names, tmp_path: Path, pg_url: str) -> No
     )
     record = tmp_path / "arm.jsonl"
     with ThreadServer(settings) as server, server.client() as api, arm(names, record):
-        _until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers up")
+        wait_until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers up")
         inside = layout(api, printers=6, spare_beds=6)
         api.put("/farm/printers/p0/state", json={"state": "printing"}).raise_for_status()
         time.sleep(0.5)
         names.finish([f"p{i}" for i in range(6)] + ["p0"])  # p0 twice: a duplicate
-        _until(lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 12, "done")
+        wait_until(lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 12, "done")
         _check_jobs(jobs(record), inside)
         usage = api.get("/farm/printers/p0/utilization").json()
         assert usage["busy_s"] > 0.3  # it printed for the half second above

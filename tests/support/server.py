@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,26 @@ class ServeProcess:
             timeout=60,
             check=False,
         )
+
+
+def run_cli(
+    serve: ServeProcess, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`corral ARGS` against a running `corral serve`, as the admin."""
+    return subprocess.run(
+        [*corral_command(), *args],
+        env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": ADMIN},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_until(check: Callable[[], object], what: str, limit: float = 60.0) -> None:
+    """Poll `check` every 0.1 s until it is true; AssertionError naming `what` after `limit`."""
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

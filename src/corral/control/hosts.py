@@ -7,7 +7,7 @@ a HostDriver, from a thread pool of its own, so a hung engine never blocks the A
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -177,6 +177,18 @@ class HostService:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking driver call in the hosts' thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def container_logs(
+        self, host: str, container_id: str, tail: int, follow: bool
+    ) -> AsyncIterator[bytes]:
+        """A container's output as it comes, read in the hosts' thread pool."""
+        driver = await self.driver(host)
+        chunks = await self.call(lambda: iter(driver.logs(container_id, tail, follow)))
+        while True:
+            chunk = await self.call(next, chunks, None)
+            if not isinstance(chunk, bytes):
+                return
+            yield chunk
 
     def _driver(self, spec: HostSpec) -> HostDriver:
         known = self._drivers.get(spec.name)

@@ -21,6 +21,7 @@ import structlog
 from corral.config import Settings
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
+from corral.control.stacks import base_folder
 from corral.errors import CorralError, Invalid, NoRoom, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
@@ -101,17 +102,7 @@ class SessionService:
 
     # ------------------------------------------------------------------ templates
     def _parse(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
-        if base_dir:
-            folder = Path(base_dir)
-            try:
-                usable = folder.is_absolute() and folder.is_dir()
-            except OSError:
-                usable = False
-            if not usable:
-                raise Invalid(
-                    f"base_dir {base_dir[:200]!r} is not an absolute folder on the corral server",
-                    {"field": "base_dir"},
-                )
+        base_folder(base_dir)
         try:
             return parse_template(file, f"template {name or ''}".strip(), name)
         except FileInvalid as exc:
@@ -789,20 +780,18 @@ class SessionService:
             lines = row.logs.splitlines(keepends=True)
             yield "".join(lines[-tail:] if tail else lines).encode()
             return
-        driver = await self.hosts.driver(stored.host)
+        sent = False
         try:
-            chunks = await self.hosts.call(
-                lambda: iter(driver.logs(row.container_id, tail, follow))
-            )
+            async for chunk in self.hosts.container_logs(
+                stored.host, row.container_id, tail, follow
+            ):
+                sent = True
+                yield chunk
         except NotFound:  # removed by the reaper meanwhile: serve what it kept
+            if sent:
+                return
             kept = {r.service: r for r in await self.store.containers(session)}[service].logs
             yield "".join(kept.splitlines(keepends=True)[-tail:] if tail else [kept]).encode()
-            return
-        while True:
-            chunk = await self.hosts.call(next, chunks, None)
-            if not isinstance(chunk, bytes):
-                return
-            yield chunk
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:

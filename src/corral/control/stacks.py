@@ -97,16 +97,7 @@ class StackService:
             check_name(name, "stack name")
         except ValueError as exc:
             raise Invalid(str(exc), {"field": "name"}) from None
-        folder = _path(base_dir)
-        try:
-            usable = folder is None or (folder.is_absolute() and folder.is_dir())
-        except OSError:
-            usable = False
-        if not usable:
-            raise Invalid(
-                f"base_dir {base_dir[:200]!r} is not an absolute folder on the corral server",
-                {"field": "base_dir"},
-            )
+        folder = base_folder(base_dir)
         try:
             return parse_compose(file, f"stack {name}", env=env, base_dir=folder, stack=name)
         except FileInvalid as exc:
@@ -621,12 +612,7 @@ class StackService:
         if not live:
             raise Conflict(f"service {service} of stack {name} has no container yet")
         slot = live[0]
-        driver = await self.hosts.driver(slot.host)
-        chunks = await self.hosts.call(lambda: iter(driver.logs(slot.container_id, tail, follow)))
-        while True:
-            chunk = await self.hosts.call(next, chunks, None)
-            if not isinstance(chunk, bytes):
-                return
+        async for chunk in self.hosts.container_logs(slot.host, slot.container_id, tail, follow):
             yield chunk
 
     # ------------------------------------------------------------------ loops
@@ -789,5 +775,19 @@ def _network_problems(
     return problems
 
 
-def _path(base_dir: str) -> Path | None:
-    return Path(base_dir) if base_dir else None
+def base_folder(base_dir: str) -> Path | None:
+    """The folder files resolve against (None when not given); Invalid unless it is an
+    absolute folder on this server. Shared by stacks and session templates."""
+    if not base_dir:
+        return None
+    folder = Path(base_dir)
+    try:
+        usable = folder.is_absolute() and folder.is_dir()
+    except OSError:
+        usable = False
+    if not usable:
+        raise Invalid(
+            f"base_dir {base_dir[:200]!r} is not an absolute folder on the corral server",
+            {"field": "base_dir"},
+        )
+    return folder

@@ -4,13 +4,13 @@ Sessions start through `POST /templates/{name}/sessions`; their history stays re
 after the reaper has removed their containers.
 """
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import CoreDep, Reader, Writer
+from corral.api.streams import text_stream
 from corral.model.names import NAME_PATTERN
 from corral.model.views import SessionState, SessionView
 
@@ -53,13 +53,4 @@ async def logs(
     tail: Annotated[int, Query(ge=0, le=100_000)] = 200,
     follow: bool = False,
 ) -> StreamingResponse:
-    chunks = core.sessions.logs(id.upper(), service, tail, follow)
-    first = await anext(chunks, b"")
-
-    async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-
-    return StreamingResponse(body(), media_type="text/plain")
+    return await text_stream(core.sessions.logs(id.upper(), service, tail, follow))

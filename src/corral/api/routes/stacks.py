@@ -4,7 +4,6 @@ Each route records intent through the stack service; `wait=true` (the default) w
 one convergence pass before answering, so the answer shows where every replica ended up.
 """
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -12,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
+from corral.api.streams import text_stream
 from corral.model.names import NAME_PATTERN
 from corral.model.views import StackView
 
@@ -137,13 +137,4 @@ async def logs(
     tail: Annotated[int, Query(ge=0, le=100_000)] = 200,
     follow: bool = False,
 ) -> StreamingResponse:
-    chunks = core.stacks.logs(name, service, tail, follow)
-    first = await anext(chunks, b"")
-
-    async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-
-    return StreamingResponse(body(), media_type="text/plain")
+    return await text_stream(core.stacks.logs(name, service, tail, follow))
