@@ -51,6 +51,8 @@ command -v psql >/dev/null 2>&1 || WANT+=(postgresql-client)
 # ssh:// hosts: the client runs `ssh`; the tests run a private sshd on loopback.
 command -v ssh >/dev/null 2>&1 || WANT+=(openssh-client)
 [[ -x /usr/sbin/sshd ]] || WANT+=(openssh-server)
+# The dashboard's browser tests drive Debian's Chromium through Playwright (no download).
+[[ -x /usr/bin/chromium ]] || WANT+=(chromium)
 
 VENV_PROBE=$(mktemp -d)
 if ! python3 -m venv --without-pip "$VENV_PROBE/v" >/dev/null 2>&1 \

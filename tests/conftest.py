@@ -17,6 +17,9 @@ REPO_ROOT = TESTS_DIR.parent
 # Tests import `tests.support...`; make the repository root importable for that.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+# corral browses mDNS by default; only the device tests want it (they set it themselves),
+# so that parallel tests never pick up each other's agents.
+os.environ.setdefault("CORRAL_MDNS_ENABLED", "false")
 
 from tests.support.engines import (  # noqa: E402
     LOCAL_URL,

@@ -118,6 +118,54 @@ class Settings(BaseSettings):
     edgeecho_anonymous: bool = Field(
         default=False, description="Let the edgeECHO routes work without a token (seed clients)."
     )
+    public_url: str = Field(
+        default="",
+        description="Base URL devices use to reach corral (module downloads, register); "
+        "default http://<bind>:<port>.",
+    )
+    mdns_enabled: bool = Field(
+        default=True, description="Browse mDNS for Wasm-IoT supervisors (_webthing._tcp)."
+    )
+    mdns_interface: str = Field(
+        default="127.0.0.1", description="IPv4 address of the interface mDNS browses on."
+    )
+    mdns_accept: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Name patterns (fnmatch) of mDNS devices to take; others are ignored.",
+    )
+    device_health_seconds: float = Field(
+        default=15.0, gt=0, le=3600, description="Period of device health checks."
+    )
+    device_failures_inactive: int = Field(
+        default=5, ge=1, le=1000, description="Failed health checks in a row before inactive."
+    )
+    device_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="Timeout of one request to a device."
+    )
+    execute_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait for a chain's result."
+    )
+    replica_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="With PostgreSQL: how often a replica tries for the lead and checks it.",
+    )
+    robot_heartbeat_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="A robot silent this long is offline."
+    )
+    wasmiot_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Also serve the Wasm-IoT API on this port (3000)."
+    )
+    wasmiot_anonymous: bool = Field(
+        default=False,
+        description="Let requests on wasmiot_port work without a token (seed clients).",
+    )
+    init_dir: Path | None = Field(
+        default=None,
+        description="Wasm-IoT init/ folder imported at start "
+        "(device/, module/, deployment/, files/).",
+    )
     brokers: dict[str, str] = Field(
         default_factory=dict,
         description="Broker connections by name: amqp://user:pass@host:5672/ or mqtt://host:1883.",
@@ -141,6 +189,10 @@ class Settings(BaseSettings):
     engine_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allow-list of CIDRs and host names that engine URLs may point at; empty: any.",
+    )
+    device_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Allow-list of CIDRs and host names device addresses may be; empty: any.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     bootstrap_token: str | None = Field(
@@ -174,7 +226,7 @@ class Settings(BaseSettings):
             parse_schedule(value)
         return value
 
-    @field_validator("engine_networks", mode="before")
+    @field_validator("engine_networks", "device_networks", mode="before")
     @classmethod
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -195,6 +247,15 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    @property
+    def base_url(self) -> str:
+        """Where others (devices, other replicas) reach this corral: `public_url`, else
+        http://<bind>:<port> (loopback when bound to every address)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
+        return f"http://{host}:{self.port}"
 
     @property
     def effective_database_url(self) -> str:

@@ -7,6 +7,7 @@ loops (host monitor, event pruning).
 import asyncio
 import contextlib
 import os
+import secrets
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
@@ -18,21 +19,31 @@ from corral.brokers.link import Link
 from corral.brokers.mqtt import MqttLink
 from corral.config import Settings
 from corral.control.access import AccessService
+from corral.control.deployments import DeploymentService
+from corral.control.devices import DeviceService
 from corral.control.farm import FarmService
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
+from corral.control.modules import ModuleService
+from corral.control.replicas import Replicas
 from corral.control.sessions import SessionService
 from corral.control.stacks import StackService
 from corral.control.tasks import TaskService
 from corral.control.triggers import TriggerService
+from corral.control.wasm_init import import_folder
+from corral.devices.client import SupervisorClient
 from corral.errors import Invalid, NotFound
 from corral.events import EventBus
+from corral.fleet.service import FleetService
 from corral.metrics import Metrics
 from corral.model.hostsfile import parse_hosts_file
 from corral.store.database import Database
+from corral.store.devices import DeviceStore
 from corral.store.events import EventStore
 from corral.store.farm import FarmStore
+from corral.store.fleet import FleetStore
 from corral.store.hosts import HostStore
+from corral.store.modules import DeploymentStore, ModuleStore
 from corral.store.sessions import SessionStore, TemplateStore
 from corral.store.stacks import StackStore
 from corral.store.tables import utcnow
@@ -47,7 +58,8 @@ class Core:
         self.settings = settings
         self.db = Database(settings.effective_database_url)
         self.metrics = Metrics()
-        self.events = EventStore(self.db)
+        self.replica_id = secrets.token_hex(6)
+        self.events = EventStore(self.db, self.replica_id)
         self.bus = EventBus(self.events, self.metrics)
         self.hosts = HostService(HostStore(self.db), self.bus, self.metrics, settings)
         self.access = AccessService(TokenStore(self.db), self.bus)
@@ -71,6 +83,27 @@ class Core:
         self.tasks = TaskService(TaskStore(self.db), self.bus)
         self.farm = FarmService(FarmStore(self.db), self.tasks, self.bus, self.metrics, settings)
         self.triggers = TriggerService(settings, self.bus, self.links, self.tasks)
+        self.device_client = SupervisorClient(settings.device_timeout_seconds)
+        self.devices = DeviceService(DeviceStore(self.db), self.bus, settings, self.device_client)
+        self.modules = ModuleService(ModuleStore(self.db), self.bus)
+        self.deployments = DeploymentService(
+            DeploymentStore(self.db),
+            self.modules.store,
+            self.devices,
+            self.device_client,
+            self.bus,
+            settings,
+        )
+        self.fleet = FleetService(FleetStore(self.db), self.access, self.tasks, self.bus, settings)
+        self.replicas = Replicas(
+            self.db,
+            self.events,
+            self.bus,
+            self.replica_id,
+            settings.base_url,
+            settings.replica_poll_seconds,
+        )
+        self.started_at = utcnow()
         self.stopping = asyncio.Event()
         self.first_admin_token: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,22 +123,48 @@ class Core:
         if self.settings.templates_dir is not None:
             added = await self.sessions.load_folder(self.settings.templates_dir)
             log.info("templates added", folder=str(self.settings.templates_dir), names=added)
-        await self.sessions.recover()
+        await self.fleet.load()
+        to_deploy: list[str] = []
+        if self.settings.init_dir is not None:
+            counts, to_deploy = await import_folder(
+                self.devices, self.modules, self.deployments, self.settings.init_dir
+            )
+            log.info("init folder imported", folder=str(self.settings.init_dir), **counts)
         if self.settings.farm_enabled:
             self._wire_farm()
         self.triggers.wire()
         await self.bus.emit("corral.started", "corral", "corral started", {"pid": os.getpid()})
         if background:
-            self._spawn(self.hosts.run_monitor(self.stopping))
             self._spawn(self._prune_events())
-            self._spawn(self.stacks.run_resync(self.stopping))
-            self._spawn(self.stacks.run_watchers(self.stopping))
-            self._spawn(self.sessions.run_monitor(self.stopping))
-            for link in self.links.values():
-                self._spawn(link.run(self.stopping))
-            self._spawn(self.triggers.run_schedules(self.stopping))
-            if self.settings.farm_enabled:
-                self._spawn(self.farm.run_arm(self.stopping))
+            self._spawn(
+                self.replicas.run(
+                    self.stopping, lambda stop: self._lead(stop, to_deploy), self.fleet.load
+                )
+            )
+        else:
+            self.replicas.leading.set()  # no loops: this process acts alone
+
+    async def _lead(self, stop: asyncio.Event, to_deploy: list[str]) -> None:
+        """What only the leader runs: recovery, reconcilers, schedules, broker consumers,
+        device health and discovery, the fleet's traffic. Returns once `stop` is set."""
+        await self.sessions.recover()
+        loops: list[Coroutine[Any, Any, None]] = [
+            self.hosts.run_monitor(stop),
+            self.stacks.run_resync(stop),
+            self.stacks.run_watchers(stop),
+            self.sessions.run_monitor(stop),
+            *(link.run(stop) for link in self.links.values()),
+            self.triggers.run_schedules(stop),
+            self.devices.run_health(stop),
+            self.fleet.run_monitor(stop),
+        ]
+        if to_deploy:
+            loops.append(self._deploy_imported(to_deploy))
+        if self.settings.mdns_enabled:
+            loops.append(self.devices.run_discovery(stop))
+        if self.settings.farm_enabled:
+            loops.append(self.farm.run_arm(stop))
+        await asyncio.gather(*(_logged(loop) for loop in loops))
 
     def _wire_farm(self) -> None:
         """The farm's arm executor, status subscription and trigger actions."""
@@ -120,6 +179,14 @@ class Core:
         self.tasks.register(self.settings.farm_arm, self.farm.executor())
         self.triggers.actions["farm.ready"] = self.farm.ready
         self.triggers.actions["farm.homing"] = self.farm.homing
+
+    async def _deploy_imported(self, ids: list[str]) -> None:
+        """Deploy what the init folder marked deployed, once the API answers (devices
+        download their modules from it)."""
+        await asyncio.sleep(0)
+        for deployment_id in ids:
+            row = await self.deployments.deploy(deployment_id)
+            log.info("imported deployment deployed", name=row.name, state=row.state)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(_logged(work)))
@@ -140,6 +207,7 @@ class Core:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.sessions.shutdown()
+        await self.device_client.close()
         self.hosts.close()
         await self.db.close()
 

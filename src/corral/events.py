@@ -57,6 +57,10 @@ class EventBus:
     def _publish(self, event: EventView) -> None:
         self.metrics.events.labels(event.kind).inc()
         log.info(event.message, kind=event.kind, resource=event.resource, event_id=event.id)
+        self.relay(event)
+
+    def relay(self, event: EventView) -> None:
+        """Pass an event to the live subscribers (another replica's, through the feed)."""
         for sub in list(self._subscribers):
             sub.offer(event)
 

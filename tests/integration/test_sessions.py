@@ -152,7 +152,8 @@ def test_expiry_and_cancel(server: ThreadServer) -> None:
     with server.client() as api:
         assert api.post("/templates", json={"file": SLEEPER}).status_code == 201
         short = api.post("/templates/sleeper/sessions", json={"ttl": 1}).json()
-        assert short["state"] == "running"
+        # The ttl runs from the request: on a loaded machine it may end before the answer.
+        assert short["state"] in ("running", "expired")
         done = _wait(api, short["id"])
         assert done["state"] == "expired"
         assert "ttl" in done["reason"]

@@ -80,6 +80,14 @@ def ensure_local_engine() -> None:
         )
 
 
+def running_container_ids(docker_url: str, label: str) -> list[str]:
+    """Full IDs of the running containers with this label filter ("key=value")."""
+    listed = _docker(docker_url, "ps", "--quiet", "--no-trunc", "--filter", f"label={label}")
+    if listed.returncode != 0:
+        raise RuntimeError(f"docker ps on {docker_url} failed: {listed.stderr.strip()}")
+    return listed.stdout.split()
+
+
 def engine_container_ids(docker_url: str, label: str | None = None) -> list[str]:
     """Full IDs of all containers (running or not) on the engine, optionally by label filter.
 
@@ -449,13 +457,25 @@ def _swarm_state(docker_url: str) -> str:
     return done.stdout.strip()
 
 
+def _manager_knows(docker_url: str) -> bool:
+    """Whether the local manager lists this engine's swarm node as ready."""
+    node = _docker(docker_url, "info", "--format", "{{.Swarm.NodeID}}", timeout=30).stdout.strip()
+    listed = _docker(LOCAL_URL, "node", "ls", "--format", "{{.ID}} {{.Status}}", timeout=30)
+    return bool(node) and f"{node} Ready" in listed.stdout
+
+
 def ensure_swarm(robot: RobotEngine) -> None:
     """Local engine as manager (advertised on the veth), the robot engine as worker."""
     if _swarm_state(LOCAL_URL) != "active":
         init = _docker(LOCAL_URL, "swarm", "init", "--advertise-addr", EDGE_ADDR, timeout=60)
         if init.returncode != 0:
             raise RuntimeError(f"swarm init failed: {init.stderr.strip()}")
-    if _swarm_state(robot.url) != "active":
+    robot_state = _swarm_state(robot.url)
+    if robot_state == "active" and not _manager_knows(robot.url):
+        robot_state = "stale"  # a swarm of an earlier run, or one this manager left
+    if robot_state not in ("active", "inactive"):
+        _docker(robot.url, "swarm", "leave", "--force", timeout=60)
+    if robot_state != "active":
         token = _docker(LOCAL_URL, "swarm", "join-token", "-q", "worker").stdout.strip()
         join = _docker(
             robot.url,

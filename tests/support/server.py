@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from tests.support.processes import free_port, stop_process, wait_answering
 
 from corral.api import create_app
 from corral.config import Settings
@@ -25,23 +25,8 @@ from corral.config import Settings
 ADMIN = "crl_test_admin_token_0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_healthy(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"corral at {url} did not become healthy in {timeout} s")
+    wait_answering(f"{url}/healthz", timeout)
 
 
 class ThreadServer:
@@ -120,13 +105,7 @@ class ServeProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-        try:
-            code = self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait()
+        code = stop_process(self.proc, sig)
         self.proc = None
         return code
 

@@ -810,10 +810,19 @@ def test_interpolation_skips_extension_keys() -> None:
         pytest.param(
             ["services:", "  a:", "    image: x", "    deploy:", "      mode: global"],
             [
-                "line 5: services.a.deploy.mode: deploy mode 'global' is not supported; use "
-                "replicas and constraints"
+                "line 5: services.a.deploy.mode: deploy mode 'global' (a task on every node) "
+                "needs swarm mode (x-corral: {mode: swarm}); in container mode use replicas and "
+                "constraints"
             ],
             id="global-mode",
+        ),
+        pytest.param(
+            ["services:", "  a:", "    image: x", "    deploy:", "      mode: spread"],
+            [
+                "line 5: services.a.deploy.mode: deploy mode 'spread' is not supported; use "
+                "replicated or global"
+            ],
+            id="unknown-deploy-mode",
         ),
         pytest.param(
             ["services:", "  a:", "    image: x", "    deploy: {replicas: 101}"],

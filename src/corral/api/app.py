@@ -15,11 +15,14 @@ import corral
 from corral.api import errors
 from corral.api.compat import go1
 from corral.api.compat.edgeecho import create_edgeecho_app
+from corral.api.compat.wasmiot import create_wasmiot_app
+from corral.api.forward import LeaderForward
 from corral.api.middleware import BodyLimit, RequestMetrics
 from corral.api.routes import (
     brokers,
     events,
     farm,
+    fleet,
     hosts,
     sessions,
     stacks,
@@ -27,6 +30,7 @@ from corral.api.routes import (
     tasks,
     templates,
     tokens,
+    wasmiot,
 )
 from corral.config import Settings
 from corral.core import Core
@@ -83,14 +87,17 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
         sessions.router,
         tasks.router,
         farm.router,
+        fleet.router,
         brokers.router,
         events.router,
+        wasmiot.router,
         go1.router,
     )
     for router in routers:
         app.include_router(router)
     app.mount("/ui", StaticFiles(directory=str(DASHBOARD), html=True), name="dashboard")
     app.mount("/docs-assets", StaticFiles(directory=str(system.DOCS_ASSETS)), name="docs-assets")
+    app.add_middleware(LeaderForward, core=core)
     app.add_middleware(BodyLimit, limit=core.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=core.metrics)
     return app
@@ -112,8 +119,11 @@ class PortRouter:
 
 
 def create_server_app(core: Core) -> ASGIApp:
-    """What `corral serve` runs: the API, plus the edgeECHO API on its own port if set."""
+    """What `corral serve` runs: the API, plus the edgeECHO and Wasm-IoT APIs on their own
+    ports if set."""
     app: ASGIApp = create_app(core=core)
     if core.settings.edgeecho_port is not None:
         app = PortRouter(app, core.settings.edgeecho_port, create_edgeecho_app(core))
+    if core.settings.wasmiot_port is not None:
+        app = PortRouter(app, core.settings.wasmiot_port, create_wasmiot_app(core))
     return app

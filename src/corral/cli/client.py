@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -17,6 +18,11 @@ import yaml
 from corral.config import DEFAULT_PORT
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def path_part(value: str) -> str:
+    """A name or id made safe as one segment of a URL path."""
+    return quote(value, safe="")
 
 
 class CliError(Exception):
@@ -77,10 +83,22 @@ class Api:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
-                response = client.request(method, path, headers=self._headers(), **kwargs)
+                headers = {**self._headers(), **kwargs.pop("headers", {})}
+                response = client.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
             raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
         return self._result(response)
+
+    def download(self, path: str) -> bytes:
+        """A response body as bytes (module binaries, data files)."""
+        try:
+            with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
+                response = client.get(path, headers=self._headers())
+        except httpx.TransportError as exc:
+            raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
+        if response.status_code >= 400:
+            raise CliError(_error_line(response), 2 if response.status_code < 500 else 1)
+        return response.content
 
     def _result(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:

@@ -5,11 +5,10 @@ Task parameters are `-p name=value` (text values).
 """
 
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 
-from corral.cli.client import CliError
+from corral.cli.client import CliError, path_part
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, table
 
@@ -124,7 +123,7 @@ def printer(
     body: dict[str, Any] = {"bed_type": bed_type, "door": door, "position": position}
     if bed is not None:  # without --bed the bed in it stays as it is
         body["bed"] = bed
-    found = state(ctx).api().call("PUT", f"/farm/printers/{quote(id, safe='')}", json=body)
+    found = state(ctx).api().call("PUT", f"/farm/printers/{path_part(id)}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"printer {id}: {found['state']}")
 
 
@@ -132,9 +131,7 @@ def printer(
 def printer_state(ctx: typer.Context, id: str, new: str) -> None:
     """Report a printer's state: idle, printing, finished, error."""
     found = (
-        state(ctx)
-        .api()
-        .call("PUT", f"/farm/printers/{quote(id, safe='')}/state", json={"state": new})
+        state(ctx).api().call("PUT", f"/farm/printers/{path_part(id)}/state", json={"state": new})
     )
     emit_json(found) if state(ctx).json else out.print(f"printer {id}: {found['state']}")
 
@@ -178,7 +175,7 @@ def bed(
 ) -> None:
     """Add or change a bed."""
     body = {"type": type, "rack": rack, "slot": slot, "state": state_}
-    found = state(ctx).api().call("PUT", f"/farm/beds/{quote(id, safe='')}", json=body)
+    found = state(ctx).api().call("PUT", f"/farm/beds/{path_part(id)}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"bed {id}: {found['state']}")
 
 
@@ -191,7 +188,7 @@ def rack(
 ) -> None:
     """Add or change a rack."""
     body = {"position": position, "slots": slots}
-    found = state(ctx).api().call("PUT", f"/farm/racks/{quote(id, safe='')}", json=body)
+    found = state(ctx).api().call("PUT", f"/farm/racks/{path_part(id)}", json=body)
     emit_json(found) if state(ctx).json else out.print(f"rack {id}: {found['slots']} slots")
 
 
@@ -268,5 +265,5 @@ def list_triggers(ctx: typer.Context) -> None:
 @triggers.command("fire")
 def fire(ctx: typer.Context, name: str, body: str = "") -> None:
     """Fire a trigger by hand with a text body."""
-    found = state(ctx).api().call("POST", f"/triggers/{quote(name, safe='')}/fire", content=body)
+    found = state(ctx).api().call("POST", f"/triggers/{path_part(name)}/fire", content=body)
     emit_json(found) if state(ctx).json else out.print(f"trigger {name} fired ({found['fired']})")

@@ -9,7 +9,19 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import events, farm, hosts, serve, sessions, stacks, tokens
+from corral.cli import (
+    agent,
+    devices,
+    events,
+    farm,
+    fleet,
+    hosts,
+    serve,
+    sessions,
+    sim,
+    stacks,
+    tokens,
+)
 from corral.cli.client import CliError, write_config
 from corral.cli.context import CliState, state
 from corral.cli.output import emit_json, err, out
@@ -29,12 +41,22 @@ app.add_typer(farm.tasks, name="task")
 app.add_typer(farm.farm, name="farm")
 app.add_typer(farm.brokers, name="broker")
 app.add_typer(farm.triggers, name="trigger")
+app.add_typer(devices.devices, name="device")
+app.add_typer(devices.modules, name="module")
+app.add_typer(devices.deployments, name="deployment")
+app.add_typer(devices.wasm, name="wasm")
+app.add_typer(fleet.robots, name="robot")
+app.add_typer(fleet.maps, name="map")
+app.add_typer(fleet.missions, name="mission")
+app.add_typer(fleet.fleet, name="fleet")
+app.add_typer(sim.app, name="sim")
 for command in (stacks.up, stacks.ps, stacks.down, stacks.start, stacks.stop, stacks.restart):
     app.command(command.__name__)(command)
 app.command("logs")(stacks.logs)
 app.command("serve")(serve.serve)
 app.command("reset-admin-token")(serve.reset_admin)
 app.command("events")(events.events)
+app.command("agent")(agent.agent)
 
 
 def _version(value: bool) -> None:

@@ -3,31 +3,28 @@
 Starts the Core first (so a bad database URL is a one-line error), then uvicorn.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import logging
-import signal
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 import typer
-import uvicorn
 
-from corral.api.app import create_server_app
 from corral.cli.client import CliError
-from corral.config import Settings
-from corral.core import Core
-from corral.errors import CorralError
-from corral.model.yamlfile import FileInvalid
+
+if TYPE_CHECKING:  # the server's modules load only when it runs: the CLI starts fast
+    from corral.config import Settings
+    from corral.core import Core
 
 
 def _settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
+
+    from corral.config import Settings
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -35,20 +32,6 @@ def _settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise CliError(f"bad setting {field}: {first['msg']}", 2) from None
-
-
-def _listen(bind: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind, port))
-    except OSError as exc:
-        sock.close()
-        raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror}", 1) from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _configure_logging(level: str) -> None:
@@ -74,30 +57,22 @@ def _banner(core: Core, base: str) -> None:
         typer.echo("")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, but SIGTERM/SIGINT end `serve()` normally (exit 0 after a clean stop)
-    instead of re-raising the signal and skipping corral's own shutdown."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
 async def _serve(settings: Settings) -> None:
-    sockets = [_listen(settings.bind, settings.port)]
+    import uvicorn
+
+    from corral.api.app import create_server_app
+    from corral.cli.serving import GracefulServer, listen
+    from corral.core import Core
+    from corral.errors import CorralError
+    from corral.model.yamlfile import FileInvalid
+
+    sockets = [listen(settings.bind, settings.port)]
     if settings.go1_port is not None:
-        sockets.append(_listen(settings.bind, settings.go1_port))
+        sockets.append(listen(settings.bind, settings.go1_port))
     if settings.edgeecho_port is not None:
-        sockets.append(_listen(settings.bind, settings.edgeecho_port))
+        sockets.append(listen(settings.bind, settings.edgeecho_port))
+    if settings.wasmiot_port is not None:
+        sockets.append(listen(settings.bind, settings.wasmiot_port))
     core = Core(settings)
     try:
         await core.start()
@@ -118,13 +93,15 @@ async def _serve(settings: Settings) -> None:
             f"  edgeECHO   http://{host}:{settings.edgeecho_port}/post/ "
             f"(template {settings.edgeecho_template})"
         )
+    if settings.wasmiot_port is not None:
+        typer.echo(f"  Wasm-IoT   http://{host}:{settings.wasmiot_port}/file/device")
     config = uvicorn.Config(
         create_server_app(core),
         log_level="warning",
         timeout_graceful_shutdown=3,
         lifespan="on",
     )
-    server = _Server(config)
+    server = GracefulServer(config)
     try:
         await server.serve(sockets=sockets)
     finally:
@@ -152,6 +129,7 @@ def reset_admin(
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
 ) -> None:
     """Revoke every admin token and print a new one (run where the database is)."""
+    from corral.core import Core
 
     async def reset() -> str:
         core = Core(_settings(home=home, database_url=database_url))

@@ -22,7 +22,13 @@ ServicesArg = Annotated[list[str] | None, typer.Argument(help="services; all whe
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _body(file: Path, name: str | None) -> dict[str, Any]:
+ModeOption = Annotated[
+    str,
+    typer.Option(help="containers or swarm, over the file's x-corral mode (kept with the stack)"),
+]
+
+
+def _body(file: Path, name: str | None, mode: str = "") -> dict[str, Any]:
     try:
         text = file.read_text()
     except OSError as exc:
@@ -30,7 +36,8 @@ def _body(file: Path, name: str | None) -> dict[str, Any]:
     folder = file.resolve().parent
     chosen = name or re.sub(r"[^a-z0-9_.-]", "-", folder.name.lower()).strip("-.") or "stack"
     env = {v: os.environ[v] for v in set(VARIABLE.findall(text)) if v in os.environ}
-    return {"name": chosen, "file": text, "env": env, "base_dir": str(folder)}
+    body = {"name": chosen, "file": text, "env": env, "base_dir": str(folder)}
+    return body | ({"mode": mode} if mode else {})
 
 
 SLOT_HEADERS = ["SERVICE", "REPLICA", "HOST", "CONTAINER", "STATE", "HEALTH", "REASON"]
@@ -52,7 +59,8 @@ def _show(ctx: typer.Context, stack: dict[str, Any]) -> None:
         ]
         for s in stack["slots"]
     ]
-    out.print(f"stack {stack['name']}: {stack['state']}")
+    mode = " (swarm services)" if stack.get("mode") == "swarm" else ""
+    out.print(f"stack {stack['name']}: {stack['state']}{mode}")
     table(SLOT_HEADERS, rows, "no containers")
 
 
@@ -94,10 +102,11 @@ def up(
     file: Annotated[Path, typer.Option("--file", "-f", help="compose file")] = Path("compose.yml"),
     name: Annotated[str | None, typer.Option("--name", "-n", help="stack name")] = None,
     wait: Annotated[bool, typer.Option(help="wait until every service is placed")] = True,
+    mode: ModeOption = "",
 ) -> None:
     """Create or update a stack from a compose file and converge it."""
     api = state(ctx).api()
-    body = _body(file, name)
+    body = _body(file, name, mode)
     progress = _Progress(api, body["name"]) if wait and not state(ctx).json else None
     result = api.call("POST", "/stacks", json=body, params={"wait": wait})
     if progress is not None:
@@ -172,9 +181,11 @@ def validate(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="compose file")],
     name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+    mode: ModeOption = "",
 ) -> None:
     """Check a stack file (keys, lines, constraints, images) without deploying it."""
-    result = state(ctx).api().call("POST", "/stacks/validate", json=_body(file, name))
+    body = _body(file, name, mode)
+    result = state(ctx).api().call("POST", "/stacks/validate", json=body)
     if state(ctx).json:
         emit_json(result)
     elif result["valid"]:

@@ -44,17 +44,21 @@ class AccessService:
         self.tokens = tokens
         self.bus = bus
 
-    async def authorize(self, secret: str | None, action: Action) -> Caller:
+    async def identify(self, secret: str | None) -> Caller:
+        """Who holds this token, whatever their role may do."""
         if not secret:
             raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
         token = await self.tokens.authenticate(secret)
         if token is None:
             raise Unauthorized("invalid, expired or revoked token")
-        caller = Caller(token.id, token.name, token.role, token.subject)
+        return Caller(token.id, token.name, token.role, token.subject)
+
+    async def authorize(self, secret: str | None, action: Action) -> Caller:
+        caller = await self.identify(secret)
         if not caller.may(action):
             raise Forbidden(
-                f"role {token.role!r} may not {action} here",
-                {"role": token.role, "needs": action},
+                f"role {caller.role!r} may not {action} here",
+                {"role": caller.role, "needs": action},
             )
         return caller
 

@@ -560,10 +560,7 @@ class SessionService:
                 await asyncio.gather(*(self.hosts.call(driver.remove, c.id) for c in found))
                 for net in await self.hosts.call(driver.networks, owned):
                     await self.hosts.call(driver.remove_network, net)
-            await self.store.update(stored.id, cleaned_at=utcnow())
-            for row in await self.store.containers(stored.id):
-                if row.state in ("created", "running", "exited"):
-                    await self.store.set_container(stored.id, row.service, state="removed")
+            await self.store.mark_cleaned(stored.id, utcnow())
             await self.bus.emit(
                 "session.cleaned",
                 f"session/{stored.id}",

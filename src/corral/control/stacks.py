@@ -20,10 +20,17 @@ import structlog
 from corral.config import Settings
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
+from corral.control.swarm_stacks import SwarmStacks
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
-from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec, parse_compose
+from corral.model.compose import (
+    NetworkSpec,
+    ServiceSpec,
+    StackSpec,
+    parse_compose,
+    stack_mode,
+)
 from corral.model.containers import (
     CREATED,
     OWNED,
@@ -33,9 +40,8 @@ from corral.model.containers import (
     ContainerInfo,
     ContainerPlan,
     container_name,
-    network_name,
+    engine_names,
     plan_container,
-    volume_name,
 )
 from corral.model.names import check_name
 from corral.model.placement import HostCandidate, Placement, matching_hosts, place
@@ -47,6 +53,7 @@ log = structlog.get_logger("corral.stacks")
 DEPENDENCY_WAIT_SECONDS = 120.0
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0
 STABLE_SECONDS = 10.0  # a container that ran this long restarts with the shortest back-off
+SWARM_POLL_SECONDS = 1.0  # look again this soon while a swarm-mode stack is still moving
 
 
 @dataclass
@@ -89,20 +96,32 @@ class StackService:
         self._started_at: dict[str, float] = {}
         self._start_requested: set[tuple[str, str]] = set()  # (stack, service) to start now
         self._poked: set[str] = set()
+        self.swarm = SwarmStacks(hosts, bus, images)
 
     # ------------------------------------------------------------------ parsing
-    def parse(self, name: str, file: str, env: dict[str, str], base_dir: str) -> StackSpec:
-        """Parse a stack file; Invalid listing every problem with its line."""
+    def parse(
+        self, name: str, file: str, env: dict[str, str], base_dir: str, mode: str = ""
+    ) -> StackSpec:
+        """Parse a stack file; Invalid listing every problem with its line. `mode`
+        (containers or swarm), when given, wins over the file's `x-corral: {mode}`."""
         try:
             check_name(name, "stack name")
         except ValueError as exc:
             raise Invalid(str(exc), {"field": "name"}) from None
         folder = base_folder(base_dir)
+        forced = stack_mode(mode)
+        if mode and forced is None:
+            raise Invalid(f"mode {mode!r}: use containers or swarm", {"field": "mode"})
         try:
-            return parse_compose(file, f"stack {name}", env=env, base_dir=folder, stack=name)
+            return parse_compose(
+                file, f"stack {name}", env=env, base_dir=folder, stack=name, mode=forced
+            )
         except FileInvalid as exc:
             problems = [str(p) for p in exc.problems]
             raise Invalid(f"stack file is invalid: {problems[0]}", {"problems": problems}) from None
+
+    def parse_stored(self, stored: StoredStack) -> StackSpec:
+        return self.parse(stored.name, stored.file, stored.env, stored.base_dir, stored.mode)
 
     async def check(self, name: str, spec: StackSpec) -> list[str]:
         """Problems that depend on the hosts: constraints no host meets, images no host has
@@ -110,13 +129,10 @@ class StackService:
         hosts = await self.hosts.store.list()
         candidates = _candidates(hosts, {})
         problems: list[str] = []
-        for svc_name, svc in sorted(spec.services.items()):
-            if svc.constraints and not matching_hosts(spec, svc_name, candidates):
-                text = ", ".join(f"{c.field} {c.op} {c.value}" for c in svc.constraints)
-                problems.append(
-                    f"line {svc.line}: services.{svc_name}.deploy.placement.constraints: "
-                    f"no host meets {text}"
-                )
+        if spec.mode == "swarm":
+            problems += await self.swarm.check(spec, hosts)
+        else:
+            problems += _constraint_problems(spec, candidates)
         reachable = [h.name for h in hosts if h.reachable]
         need = {svc.image for svc in spec.services.values() if svc.build is None}
         have: dict[str, bool] = {image: False for image in need}
@@ -132,17 +148,26 @@ class StackService:
                     f"line {svc.line}: services.{svc_name}.image: image {svc.image!r} is on no "
                     "reachable host and the service has no build: to make it"
                 )
+        if spec.mode == "swarm":
+            return problems
         placement = place(spec, candidates, await self.store.placements(name))
         problems += _network_problems(spec, placement, {h.name: h for h in hosts})
         return problems
 
     # ------------------------------------------------------------------ intent
-    async def apply(self, name: str, file: str, env: dict[str, str], base_dir: str) -> str:
-        spec = self.parse(name, file, env, base_dir)
+    async def apply(
+        self, name: str, file: str, env: dict[str, str], base_dir: str, mode: str = ""
+    ) -> str:
+        spec = self.parse(name, file, env, base_dir, mode)
         problems = await self.check(name, spec)
         if problems:
             raise Invalid(f"stack cannot be placed: {problems[0]}", {"problems": problems})
-        outcome = await self.store.put(name, file, env, base_dir)
+        before = await self._stored_mode(name)
+        if before == "swarm" and spec.mode != "swarm":
+            await self.swarm.check_can_remove(name)
+        outcome = await self.store.put(name, file, env, base_dir, mode)
+        if before is not None and before != spec.mode:
+            await self._switch_mode(name, before)
         if outcome != "unchanged":
             await self.bus.emit(
                 f"stack.{outcome}",
@@ -153,7 +178,7 @@ class StackService:
 
     async def set_stopped(self, name: str, services: list[str], stopped: bool) -> list[str]:
         stored = await self.store.get(name)
-        spec = self.parse(name, stored.file, stored.env, stored.base_dir)
+        spec = self.parse_stored(stored)
         unknown = sorted(set(services) - set(spec.services))
         if unknown:
             raise NotFound(f"stack {name} has no service {unknown[0]!r}", {"services": unknown})
@@ -173,23 +198,54 @@ class StackService:
         await self.set_stopped(name, chosen, False)
         return chosen
 
+    async def _stored_mode(self, name: str) -> str | None:
+        """The mode of the stack's stored file; None when there is none or it no longer
+        parses."""
+        try:
+            stored = await self.store.get(name)
+            return self.parse_stored(stored).mode
+        except (NotFound, Invalid):
+            return None
+
+    async def _switch_mode(self, name: str, before: str) -> None:
+        """The file changed mode: remove what the old mode made (services or containers, and
+        the networks, which the new mode makes again in its own kind)."""
+        async with self._lock(name):
+            if before == "swarm":
+                await self.swarm.down(name)
+            await self._remove_containers(name)
+        await self.bus.emit(
+            "stack.updated",
+            f"stack/{name}",
+            f"stack {name} changed mode: what {before} mode made was removed",
+        )
+
+    async def _remove_containers(self, name: str) -> int:
+        """Remove the stack's containers and networks from every reachable host."""
+        removed = 0
+        for host in await self.hosts.store.list():
+            if not host.reachable:
+                continue
+            driver = await self.hosts.driver(host.name)
+            try:
+                found = await self.hosts.call(driver.containers, _owned(name))
+                await asyncio.gather(*(self._remove(driver, c) for c in found))
+                removed += len(found)
+                for net in await self.hosts.call(driver.networks, _owned(name)):
+                    await self._remove_network(name, host.name, driver, net)
+            except Unreachable as exc:
+                log.warning("down: host unreachable", host=host.name, error=exc.message)
+        return removed
+
     async def down(self, name: str) -> int:
-        """Remove every container, network and volume corral made for the stack."""
+        """Remove every container, network and volume corral made for the stack (and, in swarm
+        mode, its services first)."""
         async with self._lock(name):
             await self.store.get(name)
             removed = 0
-            for host in await self.hosts.store.list():
-                if not host.reachable:
-                    continue
-                driver = await self.hosts.driver(host.name)
-                try:
-                    found = await self.hosts.call(driver.containers, _owned(name))
-                    await asyncio.gather(*(self._remove(driver, c) for c in found))
-                    removed += len(found)
-                    for net in await self.hosts.call(driver.networks, _owned(name)):
-                        await self._remove_network(name, host.name, driver, net)
-                except Unreachable as exc:
-                    log.warning("down: host unreachable", host=host.name, error=exc.message)
+            if await self._stored_mode(name) == "swarm":
+                removed += await self.swarm.down(name)
+            removed += await self._remove_containers(name)
             await self.store.remove(name)
         await self.bus.emit(
             "stack.removed", f"stack/{name}", f"stack {name} removed ({removed} containers)"
@@ -235,8 +291,9 @@ class StackService:
 
     async def view(self, name: str) -> StackView:
         stored = await self.store.get(name)
-        services = sorted(self.parse(name, stored.file, stored.env, stored.base_dir).services)
-        return summarize(stored, services, await self.store.slots(name))
+        spec = self.parse_stored(stored)
+        view = summarize(stored, sorted(spec.services), await self.store.slots(name))
+        return view.model_copy(update={"mode": spec.mode})
 
     # ------------------------------------------------------------------ convergence
     def _lock(self, name: str) -> asyncio.Lock:
@@ -245,6 +302,14 @@ class StackService:
     async def converge(self, name: str) -> StackView:
         async with self._lock(name):
             self._poked.discard(name)
+            stored = await self.store.get(name)
+            spec = self.parse_stored(stored)
+            if spec.mode == "swarm":
+                swarm_slots, busy = await self.swarm.converge(name, stored, spec)
+                await self.store.save_slots(name, swarm_slots)
+                if busy:
+                    asyncio.get_running_loop().call_later(SWARM_POLL_SECONDS, self.poke, name)
+                return await self.view(name)
             work = await self._observe(name)
             await self._remove_strays(work)
             await self._prepare_networks(work)
@@ -275,7 +340,7 @@ class StackService:
 
     async def _observe(self, name: str) -> _Pass:
         stored = await self.store.get(name)
-        spec = self.parse(name, stored.file, stored.env, stored.base_dir)
+        spec = self.parse_stored(stored)
         hosts = {h.name: h for h in await self.hosts.store.list()}
         loads = await self.store.host_loads()
         previous = await self.store.placements(name)
@@ -294,15 +359,7 @@ class StackService:
                 pass
 
         await asyncio.gather(*(look(h) for h, v in hosts.items() if v.reachable))
-        networks = {
-            n: net.external_name or n if net.external else network_name(name, n)
-            for n, net in spec.networks.items()
-        }
-        networks.setdefault("default", network_name(name, "default"))
-        volumes = {
-            v: vol.external_name or v if vol.external else volume_name(name, v)
-            for v, vol in spec.volumes.items()
-        }
+        networks, volumes = engine_names(name, spec)
         return _Pass(name, spec, stored, hosts, drivers, observed, placement, networks, volumes)
 
     async def _remove_strays(self, work: _Pass) -> None:
@@ -605,7 +662,7 @@ class StackService:
         slots = [s for s in await self.store.slots(name) if s.service == service]
         if not slots:
             stored = await self.store.get(name)
-            spec = self.parse(name, stored.file, stored.env, stored.base_dir)
+            spec = self.parse_stored(stored)
             if service not in spec.services:
                 raise NotFound(f"stack {name} has no service {service!r}")
         live = [s for s in slots if s.container_id and s.host]
@@ -753,6 +810,18 @@ def _candidates(hosts: list[HostView], loads: dict[str, int]) -> list[HostCandid
         )
         for h in hosts
     ]
+
+
+def _constraint_problems(spec: StackSpec, candidates: list[HostCandidate]) -> list[str]:
+    problems = []
+    for svc_name, svc in sorted(spec.services.items()):
+        if svc.constraints and not matching_hosts(spec, svc_name, candidates):
+            text = ", ".join(f"{c.field} {c.op} {c.value}" for c in svc.constraints)
+            problems.append(
+                f"line {svc.line}: services.{svc_name}.deploy.placement.constraints: "
+                f"no host meets {text}"
+            )
+    return problems
 
 
 def _network_problems(

@@ -25,6 +25,7 @@ from corral.model.compose import BuildSpec
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
 from corral.model.hosts import EngineFacts, HostSpec, SwarmRole, parse_engine_url
 from corral.model.readiness import listening_ports
+from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
 
 
 def _labels(items: list[str] | None) -> dict[str, str]:
@@ -121,6 +122,44 @@ def _label_filter(labels: Mapping[str, str]) -> list[str]:
 
 def _nanos(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
+
+
+def _swarm_service(found: dict[str, Any]) -> SwarmService:
+    spec = found.get("Spec") or {}
+    status = found.get("UpdateStatus") or {}
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    replicated = (spec.get("Mode") or {}).get("Replicated") or {}
+    return SwarmService(
+        id=str(found["ID"]),
+        name=str(spec.get("Name", "")),
+        version=int((found.get("Version") or {}).get("Index", 0)),
+        labels=dict(spec.get("Labels") or {}),
+        image=str(container.get("Image", "")),
+        replicas=int(replicated.get("Replicas", 0)),
+        update_state=str(status.get("State", "")),
+        update_message=str(status.get("Message", "")),
+        update_started=str(status.get("StartedAt", "")),
+        update_completed=str(status.get("CompletedAt", "")),
+    )
+
+
+def _swarm_task(found: dict[str, Any]) -> SwarmTask:
+    status = found.get("Status") or {}
+    container = status.get("ContainerStatus") or {}
+    spec = ((found.get("Spec") or {}).get("ContainerSpec")) or {}
+    return SwarmTask(
+        id=str(found["ID"]),
+        slot=int(found.get("Slot") or 0),
+        node_id=str(found.get("NodeID", "")),
+        desired_state=str(found.get("DesiredState", "")),
+        state=str(status.get("State", "")),
+        message=str(status.get("Message", "")),
+        error=str(status.get("Err", "")),
+        container_id=str(container.get("ContainerID", "")),
+        exit_code=int(container.get("ExitCode") or 0),
+        updated_at=str(found.get("UpdatedAt", "")),
+        image=str(spec.get("Image", "")),
+    )
 
 
 class DockerEngine:
@@ -413,6 +452,59 @@ class DockerEngine:
                 container_id, stream=True, follow=follow, tail=tail, timestamps=False
             )
 
+    # ------------------------------------------------------------ swarm (on a manager)
+    def swarm_nodes(self) -> list[SwarmNode]:
+        with _engine_errors(self.spec.name):
+            found = self._api.nodes()
+        return [
+            SwarmNode(
+                id=str(node["ID"]),
+                hostname=str((node.get("Description") or {}).get("Hostname", "")),
+                role=str((node.get("Spec") or {}).get("Role", "")),
+                state=str((node.get("Status") or {}).get("State", "")),
+                availability=str((node.get("Spec") or {}).get("Availability", "")),
+            )
+            for node in found
+        ]
+
+    def swarm_services(self, labels: Mapping[str, str]) -> list[SwarmService]:
+        with _engine_errors(self.spec.name):
+            found = self._api.services(filters={"label": _label_filter(labels)})  # type: ignore[no-untyped-call]
+        return [_swarm_service(s) for s in found]
+
+    def swarm_tasks(self, service_id: str) -> list[SwarmTask]:
+        with _engine_errors(self.spec.name):
+            found = self._api.tasks(filters={"service": service_id})  # type: ignore[no-untyped-call]
+        return [_swarm_task(t) for t in found]
+
+    def create_service(self, plan: ServicePlan) -> str:
+        """Create the service; the image is used as named (no registry lookup)."""
+        with _engine_errors(self.spec.name):
+            try:
+                created = self._api.create_service(  # type: ignore[no-untyped-call]
+                    dict(plan.task_template), **_service_options(plan)
+                )
+            except APIError as exc:
+                if exc.status_code == 409:
+                    raise Conflict(f"service {plan.name} already exists on the swarm") from None
+                raise
+        return str(created["ID"])
+
+    def update_service(self, service_id: str, version: int, plan: ServicePlan) -> None:
+        """Replace the service's spec; swarm then rolls the change out by its update_config."""
+        with _engine_errors(self.spec.name):
+            self._api.update_service(
+                service_id,
+                version,
+                task_template=dict(plan.task_template),
+                fetch_current_spec=False,
+                **_service_options(plan),
+            )
+
+    def remove_service(self, service_id: str) -> None:
+        with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
+            self._api.remove_service(service_id)  # type: ignore[no-untyped-call]
+
     def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
         filters = {"type": ["container"], "label": _label_filter(labels)}
         with _engine_errors(self.spec.name):
@@ -470,3 +562,15 @@ def _short(exc: BaseException) -> str:
         if marker in text:
             return reason
     return text.splitlines()[0][:300]
+
+
+def _service_options(plan: ServicePlan) -> dict[str, Any]:
+    """What service create and update both send, besides the task template."""
+    return {
+        "name": plan.name,
+        "labels": dict(plan.labels),
+        "mode": dict(plan.mode),
+        "update_config": dict(plan.update_config),
+        "rollback_config": dict(plan.rollback_config),
+        "endpoint_spec": dict(plan.endpoint_spec),
+    }

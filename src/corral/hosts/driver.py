@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from corral.model.compose import BuildSpec
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts
+from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
 
 
 class HostDriver(Protocol):
@@ -71,5 +72,24 @@ class HostDriver(Protocol):
     def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
         """Container events as they happen, until the connection drops."""
         ...
+
+    # Swarm mode: only on an engine that is a swarm manager (else Invalid).
+    def swarm_nodes(self) -> list[SwarmNode]: ...
+
+    def swarm_services(self, labels: Mapping[str, str]) -> list[SwarmService]:
+        """Services carrying every given label."""
+        ...
+
+    def swarm_tasks(self, service_id: str) -> list[SwarmTask]:
+        """Every task the swarm keeps for the service (current and recent history)."""
+        ...
+
+    def create_service(self, plan: ServicePlan) -> str:
+        """Create the service; return its ID."""
+        ...
+
+    def update_service(self, service_id: str, version: int, plan: ServicePlan) -> None: ...
+
+    def remove_service(self, service_id: str) -> None: ...
 
     def close(self) -> None: ...

@@ -21,6 +21,9 @@ from corral.model.yamlfile import FileInvalid, Located, Problem, dotted, load_lo
 
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
+StackMode = Literal["containers", "swarm"]
+FailureAction = Literal["rollback", "pause", "continue"]
+UpdateOrder = Literal["stop-first", "start-first"]
 
 Key = tuple[str | int, ...]
 T = TypeVar("T")
@@ -111,6 +114,21 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class UpdatePolicy:
+    """`deploy.update_config` or `deploy.rollback_config`: how swarm mode replaces tasks."""
+
+    parallelism: int = 1  # tasks at a time; 0 means all at once
+    delay_s: float = 0.0
+    failure_action: FailureAction = "rollback"
+    monitor_s: float = 5.0
+    max_failure_ratio: float = 0.0
+    order: UpdateOrder = "stop-first"
+
+
+ROLLBACK_DEFAULTS = UpdatePolicy(failure_action="pause")
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One service, validated and normalised; `line` is where it starts in the file."""
 
@@ -152,6 +170,13 @@ class ServiceSpec:
     tty: bool = False
     stdin_open: bool = False
     extra_hosts: tuple[str, ...] = ()
+    # Read only in swarm mode (x-corral: {mode: swarm}); never part of service_hash.
+    update_config: UpdatePolicy = UpdatePolicy()
+    rollback_config: UpdatePolicy = ROLLBACK_DEFAULTS
+    max_replicas_per_node: int = 0  # 0: no limit
+    restart_delay_s: float | None = None  # None: the engine's default
+    restart_window_s: float | None = None
+    global_mode: bool = False  # deploy.mode: global: one task on each allowed node
 
 
 @dataclass(frozen=True)
@@ -184,6 +209,7 @@ class StackSpec:
     services: Mapping[str, ServiceSpec]
     networks: Mapping[str, NetworkSpec]
     volumes: Mapping[str, VolumeSpec]
+    mode: StackMode = "containers"  # from `x-corral: {mode: swarm}`
 
     def waves(self) -> list[list[str]]:
         """Services in start order: each wave depends only on earlier waves; sorted within."""
@@ -277,6 +303,15 @@ def parse_bytes(text: str | int) -> int:
 # Fields added after stacks were deployed: hashed only when set, so that upgrading corral
 # does not replace every running container.
 _LATER_FIELDS = ("expose",)
+# Fields only swarm mode reads: changing them never replaces a container-mode container.
+SWARM_ONLY_FIELDS = (
+    "update_config",
+    "rollback_config",
+    "max_replicas_per_node",
+    "restart_delay_s",
+    "restart_window_s",
+    "global_mode",
+)
 
 
 def service_hash(service: ServiceSpec) -> str:
@@ -284,7 +319,7 @@ def service_hash(service: ServiceSpec) -> str:
     body = {
         f.name: _canonical(getattr(service, f.name))
         for f in fields(service)
-        if f.name not in ("line", "replicas")
+        if f.name not in ("line", "replicas", *SWARM_ONLY_FIELDS)
         and not (f.name in _LATER_FIELDS and not getattr(service, f.name))
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -631,6 +666,24 @@ class _Deploy:
     constraints: tuple[Constraint, ...] = ()
     update_order: str = "stop-first"
     restart: tuple[RestartPolicy, int] | None = None
+    update_config: UpdatePolicy = UpdatePolicy()
+    rollback_config: UpdatePolicy = ROLLBACK_DEFAULTS
+    max_replicas_per_node: int = 0
+    restart_delay_s: float | None = None
+    restart_window_s: float | None = None
+    global_mode: bool = False
+
+
+_UPDATE_KEYS = {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"}
+_CORRAL_KEYS = {"mode"}
+# What a swarm service cannot express, so swarm mode refuses it (the key, and why).
+_NOT_IN_SWARM = {
+    "privileged": "swarm services cannot run privileged containers",
+    "devices": "swarm services cannot map devices",
+    "runtime": "swarm services cannot choose a container runtime",
+    "shm_size": "swarm services cannot set the size of /dev/shm",
+    "network_mode": "swarm services attach to overlay networks; use networks:",
+}
 
 
 class _Parser:
@@ -643,8 +696,11 @@ class _Parser:
         self.variables = variables
         self.base_dir = base_dir
         self.stack = stack
+        self.mode: StackMode = "containers"
+        self.forced_mode: StackMode | None = None
         self.problems: list[Problem] = []
         self.declared_networks: set[str] = set()
+        self.networks: dict[str, NetworkSpec] = {}
         self.declared_volumes: set[str] = set()
         self.dependency_paths: dict[tuple[str, str], Key] = {}
         self.uninterpolated: set[Key] = set()
@@ -727,12 +783,14 @@ class _Parser:
             self.add((), "expected a mapping with a 'services' key")
             return StackSpec({}, {}, {})
         self.check_keys(data, (), _TOP_KEYS)
+        self.corral_options(data)
         networks = self.named_sections(data, "networks", self.network)
+        self.networks = networks
         volumes = self.named_sections(data, "volumes", self.volume)
         raw = data.get("services")
         if not isinstance(raw, dict) or not raw:
             self.add(("services",), "a stack needs a non-empty 'services' mapping")
-            return StackSpec({}, networks, volumes)
+            return StackSpec({}, networks, volumes, self.mode)
         services: dict[str, ServiceSpec] = {}
         for name, body in raw.items():
             spec = self.service(name, body, set(raw))
@@ -741,7 +799,7 @@ class _Parser:
         self.check_dependencies(services)
         if "default" not in networks and any("default" in s.networks for s in services.values()):
             networks["default"] = NetworkSpec("default")
-        return StackSpec(services, networks, volumes)
+        return StackSpec(services, networks, volumes, self.mode)
 
     def named_sections(
         self, data: Mapping[str, Any], key: str, parse: Callable[[str, Any, Key], T]
@@ -894,6 +952,12 @@ class _Parser:
             memory_reservation=deploy.memory_reservation,
             constraints=deploy.constraints,
             update_order=deploy.update_order,
+            update_config=deploy.update_config,
+            rollback_config=deploy.rollback_config,
+            max_replicas_per_node=deploy.max_replicas_per_node,
+            global_mode=deploy.global_mode,
+            restart_delay_s=deploy.restart_delay_s,
+            restart_window_s=deploy.restart_window_s,
             stop_grace_s=self.opt(body, "stop_grace_period", path, _duration, 10.0),
             working_dir=self.opt(body, "working_dir", path, _absolute, None),
             user=self.opt(body, "user", path, _word, None),
@@ -902,6 +966,8 @@ class _Parser:
             stdin_open=self.opt(body, "stdin_open", path, _bool, False),
             extra_hosts=self.opt(body, "extra_hosts", path, self.extra_hosts, ()),
         )
+        if self.mode == "swarm" and len(self.problems) == before:
+            self.swarm_checks(spec, body, path)
         # A service with problems is left out, so later checks do not pile on more.
         return spec if len(self.problems) == before else None
 
@@ -1176,8 +1242,16 @@ class _Parser:
         }
         self.check_keys(body, path, allowed)
         out = _Deploy()
-        self.opt(body, "mode", path, _mode, "replicated")
+        out.global_mode = self.opt(body, "mode", path, _mode, "replicated") == "global"
         out.replicas = self.opt(body, "replicas", path, _replicas, 1)
+        if out.global_mode and self.mode != "swarm":
+            self.add(
+                (*path, "mode"),
+                "deploy mode 'global' (a task on every node) needs swarm mode "
+                "(x-corral: {mode: swarm}); in container mode use replicas and constraints",
+            )
+        if out.global_mode and body.get("replicas") is not None:
+            self.add((*path, "replicas"), "replicas cannot be combined with mode: global")
         resources = self.section(body, "resources", path, {"limits", "reservations"})
         resources_path = (*path, "resources")
         limits = self.section(resources, "limits", resources_path, {"cpus", "memory"})
@@ -1188,7 +1262,15 @@ class _Parser:
         reserved_path = (*resources_path, "reservations")
         out.cpu_reservation = self.opt(reserved, "cpus", reserved_path, _cpus, None)
         out.memory_reservation = self.opt(reserved, "memory", reserved_path, _positive_bytes, None)
-        placement = self.section(body, "placement", path, {"constraints"})
+        placement = self.section(body, "placement", path, {"constraints", "max_replicas_per_node"})
+        out.max_replicas_per_node = self.opt(
+            placement, "max_replicas_per_node", (*path, "placement"), _int, 0
+        )
+        if out.max_replicas_per_node and self.mode != "swarm":
+            self.add(
+                (*path, "placement", "max_replicas_per_node"),
+                "only swarm mode spreads replicas this way (x-corral: {mode: swarm})",
+            )
         constraints: list[Any] = self.opt(
             placement, "constraints", (*path, "placement"), _sequence, []
         )
@@ -1207,16 +1289,76 @@ class _Parser:
                 policy, "condition", policy_path, _swarm_restart, "always"
             )
             attempts = self.opt(policy, "max_attempts", policy_path, _int, 0)
-            self.opt(policy, "delay", policy_path, _duration, 0.0)
-            self.opt(policy, "window", policy_path, _duration, 0.0)
+            out.restart_delay_s = self.opt(policy, "delay", policy_path, _duration, None)
+            out.restart_window_s = self.opt(policy, "window", policy_path, _duration, None)
             out.restart = (condition, attempts if condition == "on-failure" else 0)
-        update: dict[str, Any] = self.opt(body, "update_config", path, _mapping, {})
-        out.update_order = self.opt(update, "order", (*path, "update_config"), _order, "stop-first")
-        self.opt(body, "rollback_config", path, _mapping, dict[str, Any]())
+        out.update_config = self.update_policy(body, "update_config", path, UpdatePolicy())
+        out.update_order = out.update_config.order
+        out.rollback_config = self.update_policy(body, "rollback_config", path, ROLLBACK_DEFAULTS)
         labels = body.get("labels")
         if labels is not None and not isinstance(labels, dict | list):
             self.add((*path, "labels"), "expected a mapping or a list")
         return out
+
+    def update_policy(
+        self, body: Mapping[str, Any], key: str, path: Key, default: UpdatePolicy
+    ) -> UpdatePolicy:
+        """`update_config` or `rollback_config`; absent keys keep the default's values."""
+        config = self.section(body, key, path, _UPDATE_KEYS)
+        where = (*path, key)
+        action: FailureAction = self.opt(
+            config, "failure_action", where, _failure_action, default.failure_action
+        )
+        if key == "rollback_config" and action == "rollback":
+            self.add(
+                (*where, "failure_action"), "a rollback cannot roll back; use pause or continue"
+            )
+        return UpdatePolicy(
+            parallelism=self.opt(config, "parallelism", where, _int, default.parallelism),
+            delay_s=self.opt(config, "delay", where, _duration, default.delay_s),
+            failure_action=action,
+            monitor_s=self.opt(config, "monitor", where, _duration, default.monitor_s),
+            max_failure_ratio=self.opt(
+                config, "max_failure_ratio", where, _ratio, default.max_failure_ratio
+            ),
+            order=self.opt(config, "order", where, _order, default.order),
+        )
+
+    def corral_options(self, data: Mapping[str, Any]) -> None:
+        """The top-level `x-corral` mapping: `mode: containers | swarm`."""
+        options = self.section(data, "x-corral", (), _CORRAL_KEYS)
+        self.mode = self.opt(options, "mode", ("x-corral",), _stack_mode, self.mode)
+        if self.forced_mode is not None:
+            self.mode = self.forced_mode
+
+    def swarm_checks(self, spec: ServiceSpec, body: Mapping[str, Any], path: Key) -> None:
+        """Refuse, by key, what a swarm service cannot express."""
+        for key, why in _NOT_IN_SWARM.items():
+            value = getattr(spec, key)
+            if value is not None and value is not False and value != ():
+                self.add((*path, key), f"not supported in swarm mode: {why}")
+        for dependency in spec.depends_on:
+            if dependency.condition != "service_started":
+                self.add(
+                    (*self.dependency_paths[(spec.name, dependency.service)], "condition"),
+                    f"not supported in swarm mode: swarm starts services without waiting for "
+                    f"{dependency.condition}",
+                )
+        for i, port in enumerate(spec.ports):
+            if port.host_ip:
+                self.add(
+                    (*path, "ports", i),
+                    "not supported in swarm mode: a swarm port is published on every address",
+                )
+        if "networks" in body:
+            for name in spec.networks:
+                driver = self.networks.get(name)
+                if driver is not None and driver.driver not in (None, "overlay"):
+                    self.add(
+                        (*path, "networks", name),
+                        f"not supported in swarm mode: network {name!r} has driver "
+                        f"{driver.driver!r}; swarm services need overlay networks",
+                    )
 
     # -- cross checks
 
@@ -1321,18 +1463,53 @@ def _condition(value: Any, path: Key) -> Condition:
 
 def _mode(value: Any, path: Key) -> str:
     text = _word(value, path, "a deploy mode")
-    if text == "global":
-        raise _Bad(path, "deploy mode 'global' is not supported; use replicas and constraints")
-    if text != "replicated":
-        raise _Bad(path, f"deploy mode {text!r} is not supported; use replicated")
+    if text not in ("replicated", "global"):
+        raise _Bad(path, f"deploy mode {text!r} is not supported; use replicated or global")
     return text
 
 
-def _order(value: Any, path: Key) -> str:
+def _order(value: Any, path: Key) -> UpdateOrder:
     text = _word(value, path, "stop-first or start-first")
-    if text not in ("stop-first", "start-first"):
-        raise _Bad(path, f"order {text!r}: use stop-first or start-first")
-    return text
+    if text == "stop-first":
+        return "stop-first"
+    if text == "start-first":
+        return "start-first"
+    raise _Bad(path, f"order {text!r}: use stop-first or start-first")
+
+
+def _failure_action(value: Any, path: Key) -> FailureAction:
+    text = _word(value, path, "rollback, pause or continue")
+    if text == "rollback":
+        return "rollback"
+    if text == "pause":
+        return "pause"
+    if text == "continue":
+        return "continue"
+    raise _Bad(path, f"failure_action {text!r}: use rollback, pause or continue")
+
+
+def _ratio(value: Any, path: Key) -> float:
+    try:
+        number = float(_text(value, path, "a ratio between 0 and 1"))
+    except ValueError:
+        raise _Bad(path, f"expected a ratio between 0 and 1, not {value!r}") from None
+    if not 0 <= number <= 1:
+        raise _Bad(path, f"must be between 0 and 1, not {number:g}")
+    return number
+
+
+def stack_mode(text: str) -> StackMode | None:
+    """`containers` or `swarm` as a StackMode; None for anything else."""
+    modes: dict[str, StackMode] = {"containers": "containers", "swarm": "swarm"}
+    return modes.get(text)
+
+
+def _stack_mode(value: Any, path: Key) -> StackMode:
+    text = _word(value, path, "containers or swarm")
+    mode = stack_mode(text)
+    if mode is None:
+        raise _Bad(path, f"mode {text!r}: use containers or swarm")
+    return mode
 
 
 def _health_test(value: Any, path: Key) -> tuple[str, ...]:
@@ -1491,11 +1668,13 @@ def parse_compose(
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     stack: str = "stack",
+    mode: StackMode | None = None,
 ) -> StackSpec:
     """Parse a Compose file into a StackSpec; raise FileInvalid listing every problem found.
 
     Variables come from `env` laid over `base_dir/.env`; relative paths (bind sources, build
-    contexts, env_file) are taken from `base_dir` and are a problem when it is None.
+    contexts, env_file) are taken from `base_dir` and are a problem when it is None. `mode`
+    overrides the file's `x-corral: {mode: ...}`.
     """
     doc = load_located(text, source)
     problems: list[Problem] = []
@@ -1515,6 +1694,7 @@ def parse_compose(
                 problems.append(Problem("", 0, f"{dotenv}{where}: {message}"))
     variables.update(env or {})
     parser = _Parser(doc, variables, Path(base_dir) if base_dir is not None else None, stack)
+    parser.forced_mode = mode
     parser.problems.extend(problems)
     data = parser.interpolate(doc.data, ())
     spec = parser.stack_spec(data)

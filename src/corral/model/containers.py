@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from corral.model.compose import ServiceSpec, service_hash
+from corral.model.compose import ServiceSpec, StackSpec, service_hash
 
 STACK = "corral.stack"
 SERVICE = "corral.service"
@@ -157,3 +157,17 @@ def plan_session_container(session: str, service: ServiceSpec) -> ContainerPlan:
     labels = {k: v for k, v in plan.labels.items() if k not in (STACK, REPLICA)}
     labels[SESSION] = session
     return replace(plan, name=session_container(session, service.name), labels=labels)
+
+
+def engine_names(name: str, spec: StackSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """The file's network and volume names -> the engine's names (as in container mode)."""
+    networks = {
+        n: net.external_name or n if net.external else network_name(name, n)
+        for n, net in spec.networks.items()
+    }
+    networks.setdefault("default", network_name(name, "default"))
+    volumes = {
+        v: vol.external_name or v if vol.external else volume_name(name, v)
+        for v, vol in spec.volumes.items()
+    }
+    return networks, volumes

@@ -112,12 +112,17 @@ def parse_engine_url(url: str) -> EngineAddress:
 def engine_url_allowed(url: str, allowed: list[str]) -> bool:
     """True when the URL's host is inside the allow-list (CIDRs or exact names); unix always."""
     address = parse_engine_url(url)
-    if address.scheme == "unix" or not allowed:
+    return address.scheme == "unix" or host_allowed(address.host, allowed)
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """True when the host (an address or a name) is inside the allow-list; empty: any."""
+    if not allowed:
         return True
     try:
-        ip = ipaddress.ip_address(address.host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        return address.host.lower() in {entry.lower() for entry in allowed}
+        return host.lower() in {entry.lower() for entry in allowed}
     for entry in allowed:
         try:
             if ip in ipaddress.ip_network(entry, strict=False):

@@ -81,6 +81,10 @@ class StackView(BaseModel):
     state: str = Field(description="running, partial, pending, stopped or empty.")
     created_at: datetime
     updated_at: datetime
+    mode: Literal["containers", "swarm"] = Field(
+        default="containers",
+        description="containers: corral runs each replica; swarm: swarm services run them.",
+    )
 
 
 class ParameterView(BaseModel):

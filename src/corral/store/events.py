@@ -6,7 +6,8 @@ Written only through corral.events.EventBus so that every row is also streamed a
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.model.views import EventView
 from corral.store.database import Database
@@ -74,9 +75,29 @@ def _text_matches(pattern: str | None, value: str) -> bool:
     return value == pattern
 
 
+CHANNEL = "corral_events"
+
+
 class EventStore:
-    def __init__(self, db: Database) -> None:
+    """Events in the database. On PostgreSQL each commit also NOTIFYs `corral_events` with
+    `<replica>:<ids>`, so the other replicas can pass new events to their streams."""
+
+    def __init__(self, db: Database, replica: str = "") -> None:
         self.db = db
+        self.replica = replica
+
+    async def _notify(self, s: AsyncSession, ids: list[int]) -> None:
+        if not self.db.is_sqlite and ids:
+            payload = f"{self.replica}:{','.join(str(i) for i in ids)}"
+            await s.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": payload},
+            )
+
+    async def by_ids(self, ids: list[int]) -> list[EventView]:
+        async with self.db.session() as s:
+            query = select(EventRow).where(EventRow.id.in_(ids)).order_by(EventRow.id)
+            return [_view(r) for r in (await s.scalars(query)).all()]
 
     async def append(
         self, kind: str, resource: str, message: str, data: dict[str, Any]
@@ -85,6 +106,7 @@ class EventStore:
             row = EventRow(time=utcnow(), kind=kind, resource=resource, message=message, data=data)
             s.add(row)
             await s.flush()
+            await self._notify(s, [row.id])
             return _view(row)
 
     async def append_many(
@@ -99,6 +121,7 @@ class EventStore:
             for row in rows:  # one by one, so that ids follow the given order
                 s.add(row)
                 await s.flush()
+            await self._notify(s, [r.id for r in rows])
             return [_view(r) for r in rows]
 
     async def query(

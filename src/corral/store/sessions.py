@@ -301,6 +301,24 @@ class SessionStore:
             for key, value in values.items():
                 setattr(row, key, value)
 
+    async def mark_cleaned(self, id: str, when: datetime) -> None:
+        """Record the clean-up in one transaction: the session's cleaned_at and each
+        container it still counted on the engine as removed (a reader never sees one
+        without the other)."""
+        async with self.db.session() as s:
+            row = await s.get(SessionRow, id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"session {id!r} not found", {"session": id})
+            row.cleaned_at = when
+            await s.execute(
+                update(SessionContainerRow)
+                .where(
+                    SessionContainerRow.session_id == id,
+                    SessionContainerRow.state.in_(("created", "running", "exited")),
+                )
+                .values(state="removed")
+            )
+
     async def set_container(self, id: str, service: str, **values: Any) -> None:
         async with self.db.session() as s:
             row = await s.scalar(

@@ -27,6 +27,7 @@ class StoredStack:
     stopped: frozenset[str]
     created_at: datetime
     updated_at: datetime
+    mode: str = ""  # given at apply, over the file's x-corral mode; "": the file decides
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def _stored(row: StackRow) -> StoredStack:
         frozenset(row.stopped),
         row.created_at,
         row.updated_at,
+        row.mode,
     )
 
 
@@ -97,20 +99,27 @@ class StackStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def put(self, name: str, file: str, env: dict[str, str], base_dir: str) -> str:
+    async def put(
+        self, name: str, file: str, env: dict[str, str], base_dir: str, mode: str = ""
+    ) -> str:
         """Create or replace a stack's file; returns created, updated or unchanged."""
         async with self.db.session() as s:
             row = await s.scalar(select(StackRow).where(StackRow.name == name))
             if row is None:
-                s.add(StackRow(name=name, file=file, env=env, base_dir=base_dir, stopped=[]))
+                s.add(
+                    StackRow(
+                        name=name, file=file, env=env, base_dir=base_dir, stopped=[], mode=mode
+                    )
+                )
                 try:
                     await s.flush()
                 except IntegrityError:
                     raise Conflict(f"stack {name!r} is being created concurrently") from None
                 return "created"
-            if (row.file, row.env, row.base_dir) == (file, env, base_dir):
+            if (row.file, row.env, row.base_dir, row.mode) == (file, env, base_dir, mode):
                 return "unchanged"
-            row.file, row.env, row.base_dir, row.updated_at = file, env, base_dir, utcnow()
+            row.file, row.env, row.base_dir, row.mode = file, env, base_dir, mode
+            row.updated_at = utcnow()
             return "updated"
 
     async def get(self, name: str) -> StoredStack:

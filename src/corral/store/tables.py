@@ -6,7 +6,17 @@ Changing a table means adding an alembic revision under store/migrations/version
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -97,6 +107,7 @@ class StackRow(Base):
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     base_dir: Mapped[str] = mapped_column(String(4096), default="")
     stopped: Mapped[list[str]] = mapped_column(JSON, default=list)
+    mode: Mapped[str] = mapped_column(String(16), default="")  # "": the file decides
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
@@ -244,3 +255,147 @@ class PrinterStateRow(Base):
     printer: Mapped[str] = mapped_column(String(63))
     state: Mapped[str] = mapped_column(String(16))
     time: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DeviceRow(Base):
+    """A Wasm device (a supervisor): how to reach it, what it offers, how it has been."""
+
+    __tablename__ = "devices"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    port: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(255), default="/")
+    tls: Mapped[bool] = mapped_column(default=False)
+    source: Mapped[str] = mapped_column(String(16))
+    description: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    blacklisted: Mapped[bool] = mapped_column(default=False)
+    ok_checks: Mapped[int] = mapped_column(Integer, default=0)
+    failed_checks: Mapped[int] = mapped_column(Integer, default=0)
+    status_log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    health: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ModuleRow(Base):
+    """One version of a Wasm module: the binary, what it exports and imports, its functions."""
+
+    __tablename__ = "modules"
+    __table_args__ = (Index("ux_modules_name_sha", "name", "sha256", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    binary: Mapped[bytes] = mapped_column(LargeBinary)
+    exports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    requirements: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    functions: Mapped[dict[str, dict[str, Any]]] = mapped_column(JSON, default=dict)
+    files: Mapped[dict[str, dict[str, Any]]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ModuleFileRow(Base):
+    """A data file attached to a module (mounted at deployment)."""
+
+    __tablename__ = "module_files"
+
+    module_id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(127))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeploymentRow(Base):
+    """A manifest placed on devices: its steps, each device's part and answers, its state."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    sequence: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    parts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    responses: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class RobotRow(Base):
+    """A robot: its group, priority, map, credential and last known state."""
+
+    __tablename__ = "robots"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    group: Mapped[str] = mapped_column(String(63), default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    map: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    marker: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    signed: Mapped[bool] = mapped_column(default=False)
+    key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    token_id: Mapped[int | None] = mapped_column(ID, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="offline")
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class CommandRow(Base):
+    """One command for one robot; delivered at least once, in id order, until acknowledged."""
+
+    __tablename__ = "robot_commands"
+    __table_args__ = (Index("ix_robot_commands_open", "robot", "acked_at"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    robot: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class FleetMapRow(Base):
+    """A map (markers and lanes) and its traffic table, saved as it changes."""
+
+    __tablename__ = "fleet_maps"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON)
+    traffic: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class MissionRow(Base):
+    """A robot's destination and objective, its route and how far along it is."""
+
+    __tablename__ = "missions"
+    __table_args__ = (Index("ix_missions_state", "state", "robot"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    robot: Mapped[str] = mapped_column(String(63))
+    map: Mapped[str] = mapped_column(String(63))
+    goal: Mapped[str] = mapped_column(String(63))
+    objective: Mapped[str] = mapped_column(Text, default="")
+    route: Mapped[list[str]] = mapped_column(JSON, default=list)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    task_id: Mapped[int | None] = mapped_column(ID, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ReplicaRow(Base):
+    """A running `corral serve` sharing this database: where it answers, whether it leads."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    leader: Mapped[bool] = mapped_column(default=False)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

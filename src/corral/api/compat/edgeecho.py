@@ -12,10 +12,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-import corral
-from corral.api import errors
+from corral.api.compat import port_app
 from corral.api.deps import CoreDep, bearer
-from corral.api.middleware import BodyLimit, RequestMetrics
 from corral.core import Core
 
 router = APIRouter(tags=["edgeECHO (compatibility)"])
@@ -104,16 +102,4 @@ async def post(body: StreamRequest, core: CoreDep) -> Any:
 
 def create_edgeecho_app(core: Core) -> FastAPI:
     """The app behind `edgeecho_port`: only the seed's three routes."""
-    app = FastAPI(
-        title="corral: edgeECHO operator API",
-        version=corral.__version__,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-    app.state.core = core
-    errors.install(app)
-    app.include_router(router)
-    app.add_middleware(BodyLimit, limit=core.settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=core.metrics)
-    return app
+    return port_app(core, "corral: edgeECHO operator API", router)

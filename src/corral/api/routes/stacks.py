@@ -4,7 +4,7 @@ Each route records intent through the stack service; `wait=true` (the default) w
 one convergence pass before answering, so the answer shows where every replica ended up.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
@@ -35,6 +35,11 @@ class StackFile(BaseModel):
         description="Folder (on the corral server) that relative build and bind paths and "
         "`.env` resolve against.",
     )
+    mode: Literal["", "containers", "swarm"] = Field(
+        default="",
+        description="containers or swarm: wins over the file's `x-corral: {mode}` and is "
+        "kept with the stack; empty: the file decides.",
+    )
 
 
 class Validation(BaseModel):
@@ -58,7 +63,7 @@ class DownResult(BaseModel):
 
 @router.post("/validate", summary="Check a stack file without deploying it")
 async def validate(body: StackFile, core: CoreDep, _: Reader) -> Validation:
-    spec = core.stacks.parse(body.name, body.file, body.env, body.base_dir)
+    spec = core.stacks.parse(body.name, body.file, body.env, body.base_dir, body.mode)
     problems = await core.stacks.check(body.name, spec)
     return Validation(
         valid=not problems, services=sorted(spec.services), waves=spec.waves(), problems=problems
@@ -69,7 +74,7 @@ async def validate(body: StackFile, core: CoreDep, _: Reader) -> Validation:
 async def apply(
     body: StackFile, core: CoreDep, _: Writer, response: Response, wait: Wait = True
 ) -> StackView:
-    outcome = await core.stacks.apply(body.name, body.file, body.env, body.base_dir)
+    outcome = await core.stacks.apply(body.name, body.file, body.env, body.base_dir, body.mode)
     response.status_code = 201 if outcome == "created" else 200
     if wait:
         return await core.stacks.converge(body.name)

@@ -4,6 +4,7 @@ The docs pages load Swagger UI and ReDoc from files shipped in a Python package,
 work on a site with no internet.
 """
 
+from datetime import datetime
 from importlib import resources
 from typing import Annotated
 
@@ -11,10 +12,11 @@ from fastapi import APIRouter, Depends, Request, Security
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import corral
 from corral.api.deps import CoreDep, Reader, bearer
+from corral.store.tables import utcnow
 
 router = APIRouter(tags=["system"])
 DOCS_ASSETS = resources.files("fastapi_offline") / "static"
@@ -52,6 +54,41 @@ async def _metrics_reader(
 ) -> None:
     if not core.settings.metrics_public:
         await core.access.authorize(credentials.credentials if credentials else None, "read")
+
+
+class ReplicaInfo(BaseModel):
+    id: str
+    url: str
+    leader: bool
+    this: bool = Field(description="The replica that answered.")
+    started_at: datetime
+    seen_at: datetime
+
+
+@router.get("/replicas", summary="The corral processes sharing this database, and the leader")
+async def replicas(core: CoreDep, _: Reader) -> list[ReplicaInfo]:
+    if not core.replicas.shared:
+        return [
+            ReplicaInfo(
+                id=core.replica_id,
+                url=core.replicas.url,
+                leader=core.replicas.leading.is_set(),
+                this=True,
+                started_at=core.started_at,
+                seen_at=utcnow(),
+            )
+        ]
+    return [
+        ReplicaInfo(
+            id=r.id,
+            url=r.url,
+            leader=r.leader,
+            this=r.id == core.replica_id,
+            started_at=r.started_at,
+            seen_at=r.seen_at,
+        )
+        for r in await core.replicas.replicas()
+    ]
 
 
 @router.get(

@@ -24,6 +24,11 @@ class TokenRequest(BaseModel):
     expires_in_seconds: int | None = Field(
         default=None, ge=60, le=10 * 365 * 86400, description="Lifetime; none: never expires."
     )
+    subject: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The device or robot a device/robot token reaches; none: the token's name.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -55,7 +60,8 @@ async def list_tokens(core: CoreDep, _: Admin) -> list[TokenView]:
 @router.post("/tokens", status_code=201, summary="Issue a token")
 async def create_token(body: TokenRequest, core: CoreDep, caller: Admin) -> IssuedToken:
     expires = timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
-    view, secret = await core.access.issue(body.name, body.role, caller, expires)
+    subject = body.subject or (body.name if body.role in ("device", "robot") else "")
+    view, secret = await core.access.issue(body.name, body.role, caller, expires, subject)
     return IssuedToken(token=secret, info=view)
 
 

@@ -1,0 +1,114 @@
+"""On a follower replica, requests that change state (and reads of what only the leader
+holds in memory: the fleet, the arm, broker links) are passed to the leader and its
+answer returned as is, and robots' WebSockets relayed to it, so every replica serves the
+whole API with one writer.
+
+Installed by create_app; a no-op on SQLite and on the leader.
+"""
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.api.errors import error_response
+from corral.api.relay import relay
+from corral.core import Core
+
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+ELECTION_WAIT_SECONDS = 5.0  # a request that finds no leader waits this long for one
+LEADER_READS = ("/fleet", "/farm/arm", "/brokers")
+LOCAL = ("/healthz", "/metrics", "/events", "/ui", "/docs", "/openapi.json", "/whoami")
+HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+
+
+def needs_leader(method: str, path: str) -> bool:
+    if path.startswith(LOCAL):
+        return False
+    return method not in READ_METHODS or path.startswith(LEADER_READS)
+
+
+class LeaderForward:
+    def __init__(self, app: ASGIApp, core: Core) -> None:
+        self.app = app
+        self.core = core
+        self.client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        replicas = self.core.replicas
+        socket = scope["type"] == "websocket" and scope["path"].startswith("/fleet")
+        if (
+            not replicas.shared
+            or replicas.leading.is_set()
+            or not (
+                socket or (scope["type"] == "http" and needs_leader(scope["method"], scope["path"]))
+            )
+        ):
+            await self.app(scope, receive, send)
+            return
+        leader = await self._leader()
+        if leader is None or leader == replicas.url:
+            if socket or replicas.leading.is_set():  # the route itself says so to a robot
+                await self.app(scope, receive, send)
+                return
+            response = error_response(
+                503,
+                "no_leader",
+                "no replica leads right now (an election takes a few seconds); try again",
+                headers={"Retry-After": "2"},
+            )
+            await response(scope, receive, send)
+            return
+        if socket:
+            await relay(leader, replicas.id, scope, receive, send)
+            return
+        await self._forward(leader, scope, receive, send)
+
+    async def _leader(self) -> str | None:
+        """The leader's URL; while an election is under way (no leader known, or this
+        replica crowned and still reading what the last leader left), wait a few seconds
+        for it rather than refuse at once."""
+        replicas = self.core.replicas
+        deadline = time.monotonic() + ELECTION_WAIT_SECONDS
+        while True:
+            leader = await replicas.leader_url()
+            settled = leader is not None and leader != replicas.url
+            if settled or replicas.leading.is_set() or time.monotonic() > deadline:
+                return leader
+            await asyncio.sleep(0.1)
+
+    async def _forward(self, leader: str, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message: Message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.decode("latin-1").lower() not in HOP_HEADERS
+        ]
+        headers.append(("X-Forwarded-By", self.core.replicas.id))
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = leader.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0))
+        try:
+            answer = await self.client.request(scope["method"], url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            response = error_response(
+                503, "leader_unreachable", f"the leader at {leader} did not answer: {exc}"
+            )
+            await response(scope, receive, send)
+            return
+        out: list[Any] = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in answer.headers.items()
+            if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"
+        ]
+        out.append((b"content-length", str(len(answer.content)).encode()))
+        await send({"type": "http.response.start", "status": answer.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": answer.content})

@@ -1,0 +1,458 @@
+"""Fleet routes: robots and credentials, maps, missions, commands and broadcasts, traffic,
+and the robots' own channels (WebSocket `/fleet/ws` and the HTTP variant).
+
+Operators use the first group with their tokens; a robot's token reaches only the robot
+channel routes of that robot (docs/fleet-protocol.md).
+"""
+
+import contextlib
+import json
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from starlette.websockets import WebSocketDisconnect
+
+from corral.api.deps import CoreDep, Reader, Writer, bearer
+from corral.control.access import Caller
+from corral.core import Core
+from corral.errors import CorralError, Forbidden, Invalid
+from corral.fleet.missions import mission_doc
+from corral.model.names import NAME_PATTERN
+
+router = APIRouter(prefix="/fleet", tags=["fleet"])
+log = structlog.get_logger("corral.api.fleet")
+RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
+MAX_MESSAGE = 65_536
+
+
+class RobotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    group: str = Field(default="", max_length=63)
+    priority: StrictInt = Field(default=0, ge=-1000, le=1000)
+    signed: StrictBool = Field(default=False, description="Every message carries an HMAC.")
+    map: str | None = Field(default=None, max_length=63)
+    marker: str | None = Field(default=None, max_length=63, description="Where it stands now.")
+
+
+class MissionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    robot: str = Field(pattern=NAME_PATTERN, max_length=63)
+    goal: str = Field(min_length=1, max_length=63, description="The destination marker.")
+    objective: str = Field(default="", max_length=2000, description="What to do there.")
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="stop, resume, estop or custom")
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class BroadcastRequest(CommandRequest):
+    group: str | None = Field(default=None, max_length=63, description="None: every robot.")
+
+
+class Acks(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ids: list[StrictInt] = Field(max_length=10_000)
+
+
+# ----------------------------------------------------------------------------- operators
+
+
+@router.post("/robots", status_code=201, summary="Register a robot; its credential, once")
+async def add_robot(body: RobotRequest, core: CoreDep, caller: Writer) -> dict[str, Any]:
+    row, token, key = await core.fleet.register(
+        body.name, body.group, body.priority, body.signed, body.map, body.marker, caller
+    )
+    return {"robot": core.fleet.doc(row.name), "token": token, "key": key}
+
+
+@router.get("/robots", summary="Robots with their state and latest telemetry")
+async def robots(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
+    return [core.fleet.doc(name) for name in sorted(core.fleet.robots)]
+
+
+@router.get("/robots/{name}", summary="One robot")
+async def robot(name: RobotName, core: CoreDep, _: Reader) -> dict[str, Any]:
+    return core.fleet.doc(name)
+
+
+@router.delete("/robots/{name}", status_code=204, summary="Remove a robot, revoke its token")
+async def remove_robot(name: RobotName, core: CoreDep, caller: Writer) -> Response:
+    await core.fleet.remove(name, caller)
+    return Response(status_code=204)
+
+
+@router.post("/robots/{name}/rotate", summary="A new credential (the old one stops working)")
+async def rotate(name: RobotName, core: CoreDep, caller: Writer) -> dict[str, Any]:
+    token, key = await core.fleet.rotate(name, caller)
+    return {"token": token, "key": key}
+
+
+@router.post("/robots/{name}/clear", summary="Release what an (offline) robot holds")
+async def clear(name: RobotName, core: CoreDep, _: Writer) -> dict[str, Any]:
+    return {"released": await core.fleet.clear(name)}
+
+
+@router.post("/robots/{name}/commands", status_code=201, summary="Send a robot a command")
+async def command(
+    name: RobotName, body: CommandRequest, core: CoreDep, _: Writer
+) -> dict[str, Any]:
+    if body.kind not in ("stop", "resume", "estop", "custom"):
+        raise Invalid("kind must be stop, resume, estop or custom", {"field": "kind"})
+    extra = {"payload": body.payload} if body.kind == "custom" else {}
+    return {"id": await core.fleet.command(name, body.kind, extra)}
+
+
+@router.get("/robots/{name}/commands/log", summary="A robot's latest commands")
+async def command_log(name: RobotName, core: CoreDep, _: Reader) -> list[dict[str, Any]]:
+    core.fleet.robot(name)
+    return [
+        {
+            "id": c.id,
+            "kind": c.kind,
+            "body": c.body,
+            "created_at": c.created_at.isoformat(),
+            "acked_at": c.acked_at.isoformat() if c.acked_at else None,
+        }
+        for c in await core.fleet.store.commands(name)
+    ]
+
+
+@router.post("/broadcast", summary="stop, resume, estop or custom to every robot or a group")
+async def broadcast(body: BroadcastRequest, core: CoreDep, _: Writer) -> dict[str, Any]:
+    return {"robots": await core.fleet.broadcast(body.kind, body.payload, body.group)}
+
+
+@router.post(
+    "/maps",
+    status_code=201,
+    summary="Upload a map (JSON, or YAML text as application/yaml)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def put_map(request: Request, core: CoreDep, _: Writer, response: Response) -> Any:
+    raw = await request.body()
+    kind = request.headers.get("content-type", "")
+    if "yaml" in kind:
+        data: Any = raw.decode("utf-8", errors="replace")
+    else:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise Invalid("the map is not valid JSON (send YAML as application/yaml)") from None
+    fmap, created = await core.fleet.dispatch.put_map(data, "map")
+    response.status_code = 201 if created else 200
+    return fmap.as_dict()
+
+
+@router.get("/maps", summary="Maps")
+async def maps(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
+    return [m.as_dict() for _, m in sorted(core.fleet.dispatch.maps.items())]
+
+
+@router.get("/maps/{name}", summary="One map")
+async def one_map(name: RobotName, core: CoreDep, _: Reader) -> dict[str, Any]:
+    return core.fleet.dispatch.map(name).as_dict()
+
+
+@router.get("/maps/{name}/traffic", summary="Who holds and who waits for what")
+async def traffic(name: RobotName, core: CoreDep, _: Reader) -> dict[str, Any]:
+    return core.fleet.dispatch.snapshot(name)
+
+
+class MappingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    robot: str = Field(pattern=NAME_PATTERN, max_length=63)
+    map: str = Field(pattern=NAME_PATTERN, max_length=63, description="The map to build.")
+
+
+class MappingDone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    diameter: float = Field(gt=0, le=1e6, description="The arena's diameter in metres.")
+    measured_diameter: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e12,
+        description="The same diameter in the robot's units; none: the widest span seen.",
+    )
+
+
+@router.post("/mapping", status_code=201, summary="Start mapping mode for a robot")
+async def start_mapping(body: MappingRequest, core: CoreDep, _: Writer) -> dict[str, Any]:
+    return await core.fleet.start_mapping(body.robot, body.map)
+
+
+@router.get("/mapping", summary="Robots mapping now, and what they reported")
+async def mappings(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
+    return [m.summary() for m in core.fleet.mapping.by_robot.values()]
+
+
+@router.post("/mapping/{name}/finish", summary="Build and store the map, scaled")
+async def finish_mapping(
+    name: RobotName, body: MappingDone, core: CoreDep, _: Writer
+) -> dict[str, Any]:
+    return await core.fleet.finish_mapping(name, body.diameter, body.measured_diameter)
+
+
+@router.delete("/mapping/{name}", status_code=204, summary="Stop mapping without a map")
+async def cancel_mapping(name: RobotName, core: CoreDep, _: Writer) -> Response:
+    core.fleet.mapping.cancel(name)
+    return Response(status_code=204)
+
+
+@router.post("/missions", status_code=201, summary="Send a robot to a marker")
+async def start_mission(body: MissionRequest, core: CoreDep, _: Writer) -> dict[str, Any]:
+    row = core.fleet.robot(body.robot)
+    if row.map is None:
+        raise Invalid(f"robot {body.robot} is on no map", {"field": "robot"})
+    mission = await core.fleet.dispatch.start(body.robot, row.map, body.goal, body.objective)
+    return mission_doc(mission)
+
+
+@router.get("/missions", summary="Missions, newest first")
+async def missions(
+    core: CoreDep,
+    _: Reader,
+    state: Annotated[str | None, Query(pattern="^(active|done|cancelled|failed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> list[dict[str, Any]]:
+    return [mission_doc(m) for m in await core.fleet.store.missions(state, limit)]
+
+
+@router.get("/missions/{mission_id}", summary="One mission")
+async def mission(
+    mission_id: Annotated[int, Path(ge=1, le=2**53)], core: CoreDep, _: Reader
+) -> dict[str, Any]:
+    return mission_doc(await core.fleet.store.mission(mission_id))
+
+
+@router.delete("/missions/{mission_id}", summary="Cancel a mission")
+async def cancel_mission(
+    mission_id: Annotated[int, Path(ge=1, le=2**53)], core: CoreDep, _: Writer
+) -> dict[str, Any]:
+    return mission_doc(await core.fleet.dispatch.cancel(mission_id))
+
+
+# ----------------------------------------------------------------------------- robots (HTTP)
+
+
+async def _robot_caller(
+    name: RobotName,
+    core: CoreDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Caller:
+    caller = await core.access.identify(credentials.credentials if credentials else None)
+    if caller.role != "robot" or caller.subject != name:
+        raise Forbidden(f"only robot {name}'s own token may use its channel", {"robot": name})
+    core.fleet.robot(name)
+    return caller
+
+
+RobotCaller = Annotated[Caller, Depends(_robot_caller)]
+
+
+async def _signed_body(request: Request, core: Core, name: str) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        raise Invalid("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Invalid("the body must be a JSON object")
+    core.fleet.check_signature(name, body)
+    return body
+
+
+@router.post("/robots/{name}/telemetry", status_code=204, summary="A robot reports (HTTP)")
+async def http_telemetry(
+    name: RobotName, request: Request, core: CoreDep, _: RobotCaller
+) -> Response:
+    body = await _signed_body(request, core, name)
+    await core.fleet.telemetry(name, body)
+    return Response(status_code=204)
+
+
+@router.post("/robots/{name}/checkpoint", status_code=204, summary="A robot reached a marker")
+async def http_checkpoint(
+    name: RobotName, request: Request, core: CoreDep, _: RobotCaller
+) -> Response:
+    body = await _signed_body(request, core, name)
+    await core.fleet.checkpoint(name, body)
+    return Response(status_code=204)
+
+
+@router.get("/robots/{name}/commands", summary="A robot's open commands (long poll)")
+async def http_commands(
+    name: RobotName,
+    core: CoreDep,
+    _: RobotCaller,
+    after: Annotated[int, Query(ge=0, le=2**53)] = 0,
+    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+) -> list[dict[str, Any]]:
+    return await core.fleet.wait_commands(name, after, wait)
+
+
+@router.post("/robots/{name}/acks", status_code=204, summary="A robot acknowledges commands")
+async def http_acks(name: RobotName, request: Request, core: CoreDep, _: RobotCaller) -> Response:
+    body = await _signed_body(request, core, name)
+    await core.fleet.ack(name, body.get("ids"))
+    return Response(status_code=204)
+
+
+# ----------------------------------------------------------------------------- WebSocket
+
+
+@router.websocket("/ws")
+async def robot_socket(websocket: WebSocket) -> None:
+    core: Core = websocket.app.state.core
+    await websocket.accept()
+    header = websocket.headers.get("authorization", "")
+    secret = header[7:] if header.lower().startswith("bearer ") else None
+    secret = secret or websocket.query_params.get("token")
+    try:
+        caller = await core.access.identify(secret)
+    except CorralError as exc:
+        await _refuse(websocket, "unauthorized", exc.message, 4401)
+        return
+    if caller.role != "robot":
+        await _refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
+        return
+    if not core.replicas.leading.is_set():
+        leader = await core.replicas.leader_url()
+        where = f"connect to the leader at {leader}" if leader else "no replica leads right now"
+        await _refuse(websocket, "not_leader", f"this corral replica follows: {where}", 4503)
+        return
+    name = caller.subject
+    session = _Session(core, websocket, name)
+    try:
+        await session.run()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        core.fleet.links.detach(name, session.send)
+
+
+async def _refuse(websocket: WebSocket, code: str, message: str, close: int) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
+        await websocket.close(close)
+
+
+class _Session:
+    """One robot's socket: hello first, then its messages in order."""
+
+    def __init__(self, core: Core, websocket: WebSocket, name: str) -> None:
+        self.core, self.websocket, self.name = core, websocket, name
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.websocket.send_text(json.dumps(message))
+
+    async def run(self) -> None:
+        fleet = self.core.fleet
+        hello = await self._next()
+        if hello is None:
+            return
+        if hello.get("type") != "hello":
+            await _refuse(self.websocket, "protocol", "the first message must be hello", 4400)
+            return
+        if hello.get("robot") != self.name:
+            await _refuse(
+                self.websocket,
+                "forbidden",
+                f"this token belongs to robot {self.name}, not {hello.get('robot')!r}",
+                4403,
+            )
+            return
+        try:
+            fleet.robot(self.name)
+        except CorralError as exc:
+            await _refuse(self.websocket, "forbidden", exc.message, 4403)
+            return
+        fleet.links.attach(self.name, self.send)
+        try:
+            fleet.check_signature(self.name, hello)
+        except CorralError as exc:
+            await _refuse(self.websocket, "bad_signature", exc.message, 4403)
+            return
+        await fleet.seen(self.name)
+        row = fleet.robot(self.name)
+        await self.send(
+            {
+                "type": "welcome",
+                "robot": self.name,
+                "heartbeat": self.core.settings.robot_heartbeat_seconds,
+                "signed": row.signed,
+                "map": row.map,
+            }
+        )
+        acked = hello.get("acked")
+        if isinstance(acked, list):
+            with contextlib.suppress(CorralError):
+                await fleet.ack(self.name, [i for i in acked if isinstance(i, int)])
+        for command in await fleet.pending(self.name):
+            await self.send(command)
+        while True:
+            message = await self._next()
+            if message is None:
+                return
+            try:
+                await self._handle(message)
+            except CorralError as exc:
+                code = exc.detail.get("code") if isinstance(exc.detail, dict) else None
+                await self.send({"type": "error", "code": code or exc.code, "message": exc.message})
+
+    async def _next(self) -> dict[str, Any] | None:
+        while True:
+            text = await self.websocket.receive_text()
+            if len(text) > MAX_MESSAGE:
+                await self.send({"type": "error", "code": "too_large", "message": "too large"})
+                continue
+            try:
+                message = json.loads(text)
+            except ValueError:
+                await self.send(
+                    {"type": "error", "code": "invalid", "message": "the message is not JSON"}
+                )
+                continue
+            if not isinstance(message, dict):
+                await self.send(
+                    {"type": "error", "code": "invalid", "message": "a message is a JSON object"}
+                )
+                continue
+            return message
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        fleet = self.core.fleet
+        kind = message.get("type")
+        fleet.check_signature(self.name, message)
+        if kind == "telemetry":
+            await fleet.telemetry(self.name, message)
+        elif kind == "checkpoint":
+            await fleet.checkpoint(self.name, message)
+        elif kind == "ack":
+            await fleet.ack(self.name, [message.get("id")])
+        elif kind == "ping":
+            await fleet.seen(self.name)
+            await self.send({"type": "pong"})
+        elif kind == "hello":
+            await fleet.seen(self.name)
+        else:
+            raise Invalid(f"unknown message type {kind!r}", {"code": "invalid"})

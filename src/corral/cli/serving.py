@@ -1,0 +1,48 @@
+"""Serving machinery shared by `corral serve` and `corral agent`: listening sockets (address
+reuse, TCP_NODELAY through IPPROTO_TCP, one error line) and a uvicorn server that ends
+normally on SIGTERM/SIGINT. Imported only when one of them runs (uvicorn is not light).
+"""
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from corral.cli.client import CliError
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn whose SIGTERM/SIGINT end `serve()` normally (exit 0 after the app's own
+    shutdown ran) instead of re-raising the signal."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def listen(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it every response body waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror}", 1) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,143 @@
+"""`corral sim robots`: run N virtual robots against a corral server, over WebSocket.
+
+A front end to `corral.robot.sim.run_fleet`, for demos, load tests and trying the fleet
+without hardware; prints what the robots do, then a summary.
+"""
+
+import asyncio
+import signal
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from corral.cli.client import Api, CliError
+from corral.cli.context import CliState
+from corral.cli.output import emit_json, table
+from corral.robot.errors import RobotError
+from corral.robot.sim import FleetSim, load_map, run_fleet
+
+app = typer.Typer(help="Simulators: virtual robots for the fleet.", no_args_is_help=True)
+
+
+def _line(text: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    typer.echo(f"{stamp}  {text}")
+
+
+async def _simulate(
+    api: Api, fmap: dict[str, Any], n: int, options: dict[str, Any], duration: float | None
+) -> FleetSim:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with suppress(NotImplementedError, RuntimeError):  # no signal handlers off Unix
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        sim = await run_fleet(api.url, api.token, fmap, n, **options)
+    except (RobotError, OSError, ValueError) as exc:
+        raise CliError(f"cannot start the robots: {exc}") from None
+    connected = sim.connected()
+    if connected < n:
+        _line(f"{connected} of {n} robots connected; the others keep trying")
+    with suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
+    await sim.stop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signum)
+    return sim
+
+
+@app.command("robots")
+def robots(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=1, help="how many robots")],
+    map_file: Annotated[
+        Path, typer.Option("--map", exists=True, dir_okay=False, help="map file (YAML/JSON)")
+    ],
+    url: Annotated[str | None, typer.Option(help="corral's URL [$CORRAL_URL]")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="admin token, to register the robots [$CORRAL_TOKEN]")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="robot names are PREFIX-1 … PREFIX-N")] = "sim",
+    speed: Annotated[float, typer.Option(min=0.001, help="metres per second")] = 1.0,
+    rate: Annotated[float, typer.Option(min=0.01, help="telemetry per second when moving")] = 10.0,
+    jitter: Annotated[float, typer.Option(min=0, max=0.99, help="speed varies by ± this")] = 0.1,
+    disconnect_every: Annotated[
+        float | None, typer.Option(help="each robot cuts its link about every N seconds")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="stop after N seconds (default: Ctrl-C)")
+    ] = None,
+    start_markers: Annotated[
+        str | None, typer.Option(help="start markers a,b,c (default: spread over the map)")
+    ] = None,
+    signed: Annotated[bool, typer.Option(help="register the robots as signed (HMAC)")] = False,
+    seed: Annotated[int | None, typer.Option(help="random seed, for repeatable runs")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the summary")] = False,
+) -> None:
+    """Run N virtual robots: they register, connect, obey move/stop/estop/resume, report."""
+    root = ctx.find_root().obj
+    cli = root if isinstance(root, CliState) else CliState(None, None, False)
+    api = Api.from_options(url or cli.url, token or cli.token)
+    try:
+        fmap = load_map(map_file)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read the map {map_file}: {exc}", 2) from None
+    options: dict[str, Any] = {
+        "prefix": prefix,
+        "speed": speed,
+        "rate": rate,
+        "jitter": jitter,
+        "disconnect_every": disconnect_every,
+        "start_markers": [m.strip() for m in start_markers.split(",")] if start_markers else None,
+        "log": None if quiet else _line,
+        "signed": signed,
+        "seed": seed,
+    }
+    sim = asyncio.run(_simulate(api, fmap, n, options, duration))
+    stats = sim.stats
+    if cli.json:
+        emit_json(
+            {
+                name: {
+                    "start": s.start,
+                    "marker": s.marker,
+                    "lane": list(s.lane) if s.lane else None,
+                    "state": s.state,
+                    "reached": s.reached,
+                    "commands": s.commands,
+                    "telemetry": s.telemetry,
+                    "reconnects": s.reconnects,
+                    "drops": s.drops,
+                    "error": s.error,
+                }
+                for name, s in stats.items()
+            }
+        )
+        return
+    rows = [
+        [
+            escape(name),
+            escape(s.start),
+            escape(s.marker or ("→".join(s.lane) if s.lane else "-")),
+            s.state,
+            str(len(s.reached)),
+            str(s.commands),
+            str(s.reconnects),
+            escape(s.error or ""),
+        ]
+        for name, s in stats.items()
+    ]
+    table(
+        ["ROBOT", "START", "AT", "STATE", "REACHED", "COMMANDS", "RECONNECTS", "ERROR"],
+        rows,
+        "no robots",
+    )
+    reached = sum(len(s.reached) for s in stats.values())
+    reconnects = sum(s.reconnects for s in stats.values())
+    typer.echo(f"{len(stats)} robots, {reached} markers reached, {reconnects} reconnects")

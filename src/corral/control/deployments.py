@@ -1,0 +1,406 @@
+"""Wasm deployments: a manifest's steps placed on devices, each device's part pushed to
+its /deploy, and execution that follows the chain's result URLs, failing a step over to
+another device when its own is down.
+
+Called by the Wasm-IoT routes; the device service tells it when a device comes back so
+that device gets its parts again.
+"""
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from corral.control.devices import DeviceService, device_url
+from corral.control.modules import functions_of
+from corral.devices.client import DeviceError, FunctionRefused, SupervisorClient
+from corral.errors import Conflict, CorralError, Invalid, NotFound
+from corral.events import EventBus
+from corral.model.manifests import Candidate, Placed, build_parts, choose_device, parse_manifest
+from corral.model.wasm_modules import execution_files
+from corral.store.modules import DeploymentStore, ModuleStore
+from corral.store.tables import DeploymentRow
+
+log = structlog.get_logger("corral.deployments")
+
+
+class ExecutionFailed(CorralError):
+    """The chain ran and a function failed (a trap, fuel, a bad answer)."""
+
+    status = 502
+    code = "execution_failed"
+
+
+class DeploymentService:
+    def __init__(
+        self,
+        store: DeploymentStore,
+        modules: ModuleStore,
+        devices: DeviceService,
+        client: SupervisorClient,
+        bus: EventBus,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.modules = modules
+        self.devices = devices
+        self.client = client
+        self.bus = bus
+        self.settings = settings
+        self._locks: dict[str, asyncio.Lock] = {}
+        devices.on_active.append(self.device_back)
+
+    def _lock(self, deployment_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(deployment_id, asyncio.Lock())
+
+    async def create(self, body: Any) -> tuple[DeploymentRow, bool]:
+        name, requests = parse_manifest(body)
+        candidates = await self.devices.candidates()
+        load = await self._load()
+        placed: list[Placed] = []
+        for index, request in enumerate(requests):
+            try:
+                module = await self.modules.get(request.module)
+            except NotFound:
+                raise Invalid(
+                    f"step {index}: unknown module {request.module!r}", {"module": request.module}
+                ) from None
+            functions = functions_of(module)
+            if request.func not in functions:
+                known = ", ".join(sorted(functions)) or "none"
+                raise Invalid(
+                    f"step {index}: module {module.name!r} has no function {request.func!r} "
+                    f"(it exports: {known})",
+                    {"func": request.func},
+                )
+            unknown = [f for f in request.failovers if f not in {c.name for c in candidates}]
+            if unknown:
+                raise Invalid(f"step {index}: unknown failover device(s) {', '.join(unknown)}")
+            device = choose_device(
+                index, module.requirements, candidates, request.device, load=load
+            )
+            load[device] = load.get(device, 0) + 1
+            placed.append(
+                Placed(
+                    device,
+                    module.id,
+                    module.name,
+                    request.func,
+                    functions[request.func],
+                    module.requirements,
+                    list(request.failovers),
+                )
+            )
+        sequence = body["sequence"]
+        row, created = await self.store.create(name, sequence, [p.as_json() for p in placed])
+        if created:
+            where = ", ".join(f"{p.module_name}.{p.func}@{p.device}" for p in placed)
+            await self.bus.emit(
+                "deployment.created",
+                f"deployment/{row.id}",
+                f"deployment {name} created: {where}",
+                {"name": name, "steps": [p.as_json() for p in placed]},
+            )
+        return row, created
+
+    async def _load(self) -> dict[str, int]:
+        """How many steps each device already runs, to spread new ones."""
+        load: dict[str, int] = {}
+        for row in await self.store.every():
+            for step in row.steps:
+                load[step["device"]] = load.get(step["device"], 0) + 1
+        return load
+
+    async def deploy(self, ref: str) -> DeploymentRow:
+        """Send each device its part. A device that cannot be reached (down, but not yet
+        found so by the health checks) counts as failed, and its steps move to other
+        devices, as at execution; one that answers with a refusal fails the deployment."""
+        row = await self.store.get(ref)
+        steps = [Placed.from_json(s) for s in row.steps]
+        async with self._lock(row.id):
+            row = await self._push(row, steps)
+        unreachable = {
+            device
+            for device, answer in (row.responses or {}).items()
+            if answer.get("status") == "unreachable"
+        }
+        if row.state != "failed" or not unreachable:
+            return row
+        for device in sorted(unreachable):
+            await self.devices.failed(device, str(row.responses[device].get("data")))
+        try:
+            return await self._fail_over(row, steps, await self.devices.candidates(), unreachable)
+        except CorralError as exc:
+            log.info("deploy: no failover", deployment=row.id, error=exc.message)
+            return await self.store.get(row.id)
+
+    async def _push(self, row: DeploymentRow, steps: list[Placed]) -> DeploymentRow:
+        """Build and send every device's part; record each answer and the outcome."""
+        urls = await self._device_urls()
+        parts = build_parts(row.id, steps, urls, self.settings.base_url)
+        dropped = [d for d in row.parts if d not in parts and d in urls]
+        # The steps are stored first: a device may fetch only the modules of its own steps.
+        await self.store.update(
+            row.id, state="deploying", parts=parts, steps=[s.as_json() for s in steps], reason=""
+        )
+        for device in dropped:
+            with contextlib.suppress(DeviceError):
+                await self.client.undeploy(urls[device], row.id)
+        await self.bus.emit(
+            "deployment.deploying",
+            f"deployment/{row.id}",
+            f"deployment {row.name}: sending parts to {', '.join(sorted(parts))}",
+        )
+
+        async def send(device: str, part: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            try:
+                status, data = await self.client.deploy(urls[device], part)
+            except DeviceError as exc:
+                return device, {"status": "unreachable", "data": str(exc)}
+            return device, {"status": status, "data": data}
+
+        answers = dict(await asyncio.gather(*(send(d, p) for d, p in parts.items())))
+        failed = sorted(
+            d
+            for d, a in answers.items()
+            if not (isinstance(a["status"], int) and a["status"] < 300)
+        )
+        state = "failed" if failed else "deployed"
+        reason = "; ".join(f"{d}: {_said(answers[d])}" for d in failed)
+        row = await self.store.update(row.id, state=state, responses=answers, reason=reason)
+        message = (
+            f"deployment {row.name} deployed on {', '.join(sorted(parts))}"
+            if not failed
+            else f"deployment {row.name} failed on {', '.join(failed)}: {reason}"
+        )
+        await self.bus.emit(
+            f"deployment.{state}", f"deployment/{row.id}", message, {"answers": answers}
+        )
+        return row
+
+    async def _device_urls(self) -> dict[str, str]:
+        return {d.name: device_url(d) for d in await self.devices.store.every()}
+
+    async def execute(
+        self, ref: str, params: dict[str, Any], files: dict[str, bytes] | None = None
+    ) -> dict[str, Any]:
+        """Run the chain from its first step, with its parameters and execution files; fail
+        a step over when its device is down."""
+        row = await self.store.get(ref)
+        if row.state not in ("deployed", "failed"):
+            raise Conflict(
+                f"deployment {row.name} is {row.state}; deploy it first "
+                f"(POST /file/manifest/{row.id})",
+                {"state": row.state},
+            )
+        steps = [Placed.from_json(s) for s in row.steps]
+        args = _arguments(steps[0].description, params)
+        files = files or {}
+        _check_files(steps[0].description, files)
+        down: set[str] = set()
+        in_failover = False
+        deadline = time.monotonic() + self.settings.execute_timeout_seconds
+        for _attempt in range(len(steps) + 2):
+            candidates = await self.devices.candidates()
+            usable = {c.name for c in candidates if c.usable} - down
+            if any(s.device not in usable for s in steps) or row.state != "deployed":
+                row = await self._fail_over(row, steps, candidates, down)
+                steps = [Placed.from_json(s) for s in row.steps]
+                in_failover = True
+            urls = {c.name: c.url for c in candidates}
+            first = steps[0]
+            url = f"{urls[first.device]}/{row.id}/modules/{first.module_name}/{first.func}"
+            try:
+                result_url = await self.client.call(first.description["method"], url, args, files)
+                outcome = await self._follow(result_url, deadline)
+            except FunctionRefused as exc:
+                raise Invalid(f"the device refused the call: {exc}") from None
+            except _StepDown as exc:
+                device = _device_at(exc.url, urls) or first.device
+                down.add(device)
+                await self.devices.failed(device, exc.reason)
+                continue
+            except DeviceError as exc:
+                down.add(first.device)
+                await self.devices.failed(first.device, str(exc))
+                continue
+            outcome["isInFailover"] = in_failover
+            await self.bus.emit(
+                "deployment.executed",
+                f"deployment/{row.id}",
+                f"deployment {row.name} ran: {outcome['result']!r}",
+                {"failover": in_failover, "from": outcome["fetched_from_device"]},
+            )
+            return outcome
+        gone = ", ".join(sorted(down))
+        raise Conflict(f"deployment {row.name}: no device could run the chain (down: {gone})")
+
+    async def _follow(self, url: str, deadline: float) -> dict[str, Any]:
+        """Poll result URLs, through each chained step, to the final value."""
+        pause = 0.01
+        while True:
+            status, body = await self.client.result(url)
+            if status == 200 and isinstance(body, dict):
+                result = body.get("result")
+                if isinstance(result, dict) and isinstance(result.get("resultUrl"), str):
+                    url, pause = result["resultUrl"], 0.01
+                    continue
+                return {"result": result, "fetched_from_device": url, "resultUrl": url}
+            if status == 500 and isinstance(body, dict):
+                message = str(body.get("result"))
+                if message.startswith("next step "):
+                    raise _StepDown(message.split()[2], message)
+                raise ExecutionFailed(f"{body.get('function_name', 'a step')} failed: {message}")
+            if status not in (200, 202):
+                raise DeviceError(f"GET {url}: HTTP {status}")
+            if time.monotonic() > deadline:
+                raise ExecutionFailed(
+                    f"no result from {url} within {self.settings.execute_timeout_seconds} s"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    async def _fail_over(
+        self,
+        row: DeploymentRow,
+        steps: list[Placed],
+        candidates: list[Candidate],
+        down: set[str],
+    ) -> DeploymentRow:
+        """Move every step whose device is down to a failover device, then redeploy."""
+        usable = [
+            Candidate(
+                c.name, c.url, c.interfaces, c.usable and c.name not in down, c.why_not or "is down"
+            )
+            for c in candidates
+        ]
+        ok = {c.name for c in usable if c.usable}
+        load = await self._load()
+        for index, step in enumerate(steps):
+            if step.device in ok:
+                continue
+            preferred = [f for f in step.failovers if f in ok]
+            target = choose_device(
+                index,
+                step.requirements,
+                usable,
+                preferred[0] if preferred else None,
+                avoid=frozenset({step.device}),
+                load=load,
+            )
+            load[target] = load.get(target, 0) + 1
+            await self.bus.emit(
+                "deployment.failover",
+                f"deployment/{row.id}",
+                f"deployment {row.name}: {step.module_name}.{step.func} moves from "
+                f"{step.device} to {target}",
+                {"from": step.device, "to": target, "step": index},
+            )
+            step.device = target
+        async with self._lock(row.id):
+            row = await self._push(row, steps)
+        if row.state != "deployed":
+            raise Conflict(f"deployment {row.name}: failover could not deploy: {row.reason}")
+        return row
+
+    async def device_back(self, name: str) -> None:
+        """A device answers again: send it its parts (it may have lost them)."""
+        for row in await self.store.every():
+            if any(s["device"] == name for s in row.steps):
+                async with self._lock(row.id):
+                    await self._push(row, [Placed.from_json(s) for s in row.steps])
+
+    async def delete(self, ref: str | None = None) -> int:
+        rows = [await self.store.get(ref)] if ref else await self.store.every()
+        urls = await self._device_urls()
+        for row in rows:
+            for device in row.parts:
+                if device in urls:
+                    with contextlib.suppress(DeviceError):
+                        await self.client.undeploy(urls[device], row.id)
+            await self.store.delete(row.id)
+            await self.bus.emit(
+                "deployment.removed", f"deployment/{row.id}", f"deployment {row.name} removed"
+            )
+        return len(rows)
+
+    async def for_device(self, device: str) -> list[DeploymentRow]:
+        return [r for r in await self.store.every() if any(s["device"] == device for s in r.steps)]
+
+    async def device_may_read_module(self, device: str, module_id: str) -> bool:
+        return any(
+            s["device"] == device and s["module_id"] == module_id
+            for r in await self.store.every()
+            for s in r.steps
+        )
+
+
+class _StepDown(Exception):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.url, self.reason = url, reason
+
+
+def _device_at(url: str, urls: dict[str, str]) -> str | None:
+    for name, base in urls.items():
+        if url.startswith(base.rstrip("/") + "/") or url.rstrip("/") == base.rstrip("/"):
+            return name
+    return None
+
+
+def _said(answer: dict[str, Any]) -> str:
+    data = answer.get("data")
+    if isinstance(data, dict) and "err" in data:
+        data = data["err"]
+    return f"{answer.get('status')} {str(data)[:300]}"
+
+
+def _check_files(description: dict[str, Any], files: dict[str, bytes]) -> None:
+    """The files sent to /execute are the first function's execution files, all of them."""
+    wanted = execution_files(description)
+    unknown = sorted(set(files) - set(wanted))
+    if unknown:
+        expected = ", ".join(wanted) or "none"
+        raise Invalid(
+            f"unknown file {unknown[0]!r}: the first function's execution files are {expected}",
+            {"field": unknown[0]},
+        )
+    missing = [name for name in wanted if name not in files]
+    if missing:
+        raise Invalid(
+            f"file {missing[0]!r} is missing: send it multipart (an execution file of the "
+            "first function)",
+            {"field": missing[0]},
+        )
+
+
+def _arguments(description: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The first step's query arguments, checked against its declared types."""
+    unknown = set(params) - {p["name"] for p in description["parameters"]}
+    if unknown:
+        raise Invalid(f"unknown parameter(s) {', '.join(sorted(unknown))}", {"field": "params"})
+    out: dict[str, Any] = {}
+    for param in description["parameters"]:
+        name, kind = param["name"], param["type"]
+        if name not in params:
+            raise Invalid(f"parameter {name!r} ({kind}) is missing", {"field": name})
+        value = params[name]
+        if isinstance(value, bool):
+            raise Invalid(f"parameter {name!r} must be an {kind}, not a boolean", {"field": name})
+        try:
+            if kind == "integer":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                out[name] = int(value) if not isinstance(value, str) else int(value.strip())
+            elif kind == "number":
+                out[name] = float(value)
+            else:
+                out[name] = str(value)
+        except (TypeError, ValueError):
+            raise Invalid(
+                f"parameter {name!r} must be an {kind}, not {value!r}", {"field": name}
+            ) from None
+    return out

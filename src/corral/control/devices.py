@@ -1,0 +1,233 @@
+"""Wasm devices: registration (mDNS, the register endpoint, by hand), periodic health
+checks (inactive after N failures in a row, with a status log), goodbyes, blacklist.
+
+Core runs `run_health` and, with `mdns_enabled`, the mDNS browser; deployments ask
+`candidates` for placement and are told through `on_active` when a device comes back.
+"""
+
+import asyncio
+import contextlib
+import fnmatch
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from corral.devices.client import DeviceError, SupervisorClient
+from corral.devices.discovery import Browser, Found
+from corral.errors import CorralError, Invalid
+from corral.events import EventBus
+from corral.model.hosts import host_allowed
+from corral.model.manifests import Candidate
+from corral.model.wasm_modules import NAME
+from corral.store.devices import DeviceStore
+from corral.store.tables import DeviceRow
+
+log = structlog.get_logger("corral.devices")
+MAX_ADDRESSES = 8
+
+
+def device_url(row: DeviceRow) -> str:
+    scheme = "https" if row.tls else "http"
+    address = row.addresses[0] if row.addresses else "127.0.0.1"
+    if ":" in address:
+        address = f"[{address}]"
+    path = row.path if row.path.startswith("/") else "/" + row.path
+    return f"{scheme}://{address}:{row.port}{path.rstrip('/')}"
+
+
+class DeviceService:
+    def __init__(
+        self, store: DeviceStore, bus: EventBus, settings: Settings, client: SupervisorClient
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self.client = client
+        self.on_active: list[Callable[[str], Awaitable[None]]] = []
+        self.browser: Browser | None = None
+        self._wake = asyncio.Event()
+
+    async def register(
+        self,
+        name: str,
+        addresses: list[str],
+        port: int,
+        source: str,
+        path: str = "/",
+        tls: bool = False,
+    ) -> DeviceRow:
+        """Add or refresh a device, then read its description (best effort)."""
+        if not NAME.match(name):
+            raise Invalid(
+                f"device name {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
+                {"field": "name"},
+            )
+        if not addresses or len(addresses) > MAX_ADDRESSES:
+            raise Invalid(f"a device needs 1 to {MAX_ADDRESSES} addresses", {"field": "addresses"})
+        if any(not a or len(a) > 253 or any(c in a for c in "/?#@ ") for a in addresses):
+            raise Invalid(
+                "each address must be a host name or an IP address", {"field": "addresses"}
+            )
+        if len(path) > 255:
+            raise Invalid("the path is longer than 255 characters", {"field": "path"})
+        if not 1 <= port <= 65535:
+            raise Invalid(f"port {port} is not between 1 and 65535", {"field": "port"})
+        refused = [a for a in addresses if not host_allowed(a, self.settings.device_networks)]
+        if refused:
+            raise Invalid(
+                f"device address {refused[0]!r} is outside device_networks",
+                {"field": "addresses", "allowed": self.settings.device_networks},
+            )
+        row, before = await self.store.upsert(name, addresses, port, source, path, tls)
+        url = device_url(row)
+        if before is None:
+            await self.bus.emit(
+                "device.added", f"device/{name}", f"device {name} at {url} ({source})", {"url": url}
+            )
+        elif before != "active":
+            await self.bus.emit(
+                "device.active", f"device/{name}", f"device {name} is back at {url} ({source})"
+            )
+            await self._came_back(name)
+        await self._describe(row)
+        self._wake.set()
+        return row
+
+    async def _describe(self, row: DeviceRow) -> None:
+        url = device_url(row)
+        try:
+            description = await self.client.description(url)
+        except DeviceError as exc:
+            log.warning("device description unavailable", device=row.name, error=str(exc))
+            return
+        await self.store.set_description(row.name, description)
+        row.description = description
+
+    def accepts(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.settings.mdns_accept)
+
+    async def on_found(self, found: Found) -> None:
+        if not self.accepts(found.name):
+            return
+        if found.port <= 0 or not found.addresses:
+            log.warning("mDNS advert without address or port", device=found.name)
+            return
+        try:
+            await self.register(
+                found.name, found.addresses, found.port, "mdns", found.path, found.tls
+            )
+        except CorralError as exc:
+            log.warning("mDNS device refused", device=found.name, error=exc.message)
+
+    async def on_gone(self, name: str) -> None:
+        if not self.accepts(name):
+            return
+        with contextlib.suppress(Exception):
+            if await self.store.set_status(name, "gone"):
+                await self.bus.emit(
+                    "device.gone", f"device/{name}", f"device {name} said goodbye over mDNS"
+                )
+
+    async def run_health(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            rows = [r for r in await self.store.every() if r.status != "gone"]
+            await asyncio.gather(*(self.check(row) for row in rows))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    _first(stopping.wait(), self._wake.wait()),
+                    timeout=self.settings.device_health_seconds,
+                )
+
+    async def check(self, row: DeviceRow) -> None:
+        url = device_url(row)
+        report: dict[str, Any] | None = None
+        error = ""
+        try:
+            report, known = await self.client.health(url)
+            if not known:
+                await self.client.register(url, self.settings.base_url)
+        except DeviceError as exc:
+            error = str(exc)
+        change = await self.store.checked(
+            row.name, report, error, self.settings.device_failures_inactive
+        )
+        if change is None:
+            return
+        old, new = change
+        if new == "inactive":
+            await self.bus.emit(
+                "device.inactive",
+                f"device/{row.name}",
+                f"device {row.name} failed {self.settings.device_failures_inactive} health "
+                f"checks in a row: {error}",
+                {"error": error},
+            )
+        elif new == "active":
+            await self.bus.emit(
+                "device.active", f"device/{row.name}", f"device {row.name} answers again ({old})"
+            )
+            if row.description is None:
+                await self._describe(row)
+            await self._came_back(row.name)
+
+    async def _came_back(self, name: str) -> None:
+        for hook in self.on_active:
+            try:
+                await hook(name)
+            except Exception:
+                log.exception("device comeback hook failed", device=name)
+
+    async def failed(self, name: str, error: str) -> None:
+        """A call to the device failed: count it as a failed health check."""
+        change = await self.store.checked(name, None, error, self.settings.device_failures_inactive)
+        if change and change[1] == "inactive":
+            await self.bus.emit(
+                "device.inactive", f"device/{name}", f"device {name} is not answering: {error}"
+            )
+
+    async def blacklist(self, name: str, value: bool) -> DeviceRow:
+        row = await self.store.set_blacklisted(name, value)
+        verb = "blacklisted" if value else "unblacklisted"
+        await self.bus.emit(f"device.{verb}", f"device/{name}", f"device {name} {verb}")
+        return row
+
+    async def remove(self, name: str | None = None) -> int:
+        count = await self.store.remove(name)
+        if count:
+            what = f"device {name}" if name else f"{count} device(s)"
+            await self.bus.emit("device.removed", f"device/{name or '*'}", f"{what} removed")
+        return count
+
+    def rescan(self) -> None:
+        if self.browser is not None:
+            self.browser.rescan()
+
+    async def run_discovery(self, stopping: asyncio.Event) -> None:
+        self.browser = Browser(self.settings.mdns_interface, self.on_found, self.on_gone)
+        await self.browser.run(stopping)
+
+    async def candidates(self) -> list[Candidate]:
+        out = []
+        for row in await self.store.every():
+            interfaces = tuple((row.description or {}).get("supervisorInterfaces") or ())
+            why = ""
+            if row.blacklisted:
+                why = "is blacklisted"
+            elif row.status != "active":
+                why = f"is {row.status}"
+            elif row.description is None:
+                why = "has not described itself yet"
+            out.append(Candidate(row.name, device_url(row), interfaces, not why, why))
+        return out
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

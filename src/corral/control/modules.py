@@ -1,0 +1,97 @@
+"""The Wasm package manager: upload a module (validated by wasmtime, versioned by content
+hash), describe its functions, attach data files, delete it when nothing uses it.
+
+Called by the Wasm-IoT routes, the CLI through them, and the init/ folder import.
+"""
+
+from typing import Any
+
+from corral.errors import Invalid
+from corral.events import EventBus
+from corral.model.manifests import default_description
+from corral.model.wasm_modules import NAME, check_function, inspect_wasm, openapi
+from corral.store.modules import ModuleStore
+from corral.store.tables import ModuleRow
+
+MAX_FILE_NAME = 255
+RESERVED = ("wasm", "description", "upload")
+
+
+def functions_of(row: ModuleRow) -> dict[str, dict[str, Any]]:
+    """Every exported function's description: the one given, else the default."""
+    out = {e["name"]: default_description(e) for e in row.exports}
+    out.update(row.functions)
+    return out
+
+
+class ModuleService:
+    def __init__(self, store: ModuleStore, bus: EventBus) -> None:
+        self.store = store
+        self.bus = bus
+
+    async def upload(self, name: str, filename: str, data: bytes) -> tuple[ModuleRow, bool]:
+        if not isinstance(name, str) or not NAME.match(name):
+            raise Invalid(
+                f"module name {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
+                {"field": "name"},
+            )
+        if not data:
+            raise Invalid("the module file is empty", {"field": "module"})
+        inspected = inspect_wasm(data, filename or "module")
+        row, created = await self.store.add(name, data, inspected.exports, inspected.requirements)
+        if created:
+            exports = ", ".join(e["name"] for e in row.exports) or "nothing"
+            await self.bus.emit(
+                "module.uploaded",
+                f"module/{row.id}",
+                f"module {name} uploaded ({len(data)} bytes, exports {exports})",
+                {"name": name, "sha256": row.sha256, "requirements": row.requirements},
+            )
+        return row, created
+
+    async def describe(
+        self,
+        ref: str,
+        functions: dict[str, Any],
+        files: dict[str, tuple[str, bytes]],
+    ) -> dict[str, Any]:
+        """Attach data files, then validate and record function descriptions."""
+        row = await self.store.get(ref)
+        if not isinstance(functions, dict):
+            raise Invalid("functions must be an object {func: {method, parameters, ...}}")
+        for name in files:
+            if not name or len(name) > MAX_FILE_NAME or "/" in name or name in RESERVED:
+                raise Invalid(f"data file name {name!r} is not allowed", {"field": "files"})
+        known = set(row.files) | set(files)
+        checked = {
+            func: check_function(func, body, row.exports, known) for func, body in functions.items()
+        }
+        for name, (media_type, data) in files.items():
+            await self.store.put_file(row.id, name, media_type, data)
+        if checked:
+            await self.store.set_functions(row.id, checked)
+        row = await self.store.get(row.id)
+        await self.bus.emit(
+            "module.described",
+            f"module/{row.id}",
+            f"module {row.name}: {len(checked)} function(s) described, {len(files)} file(s) added",
+            {"functions": sorted(checked), "files": sorted(files)},
+        )
+        return openapi(row.name, functions_of(row))
+
+    async def delete(self, ref: str) -> int:
+        row = await self.store.get(ref)
+        versions = [m.id for m in await self.store.every() if m.name == row.name]
+        ids = [row.id] if ref == row.id else versions
+        count = await self.store.delete(ids)
+        await self.bus.emit(
+            "module.deleted", f"module/{row.id}", f"module {row.name}: {count} version(s) deleted"
+        )
+        return count
+
+    async def delete_all(self) -> int:
+        rows = await self.store.every()
+        count = await self.store.delete([r.id for r in rows]) if rows else 0
+        if count:
+            await self.bus.emit("module.deleted", "module/*", f"{count} module(s) deleted")
+        return count

@@ -1,0 +1,1 @@
+"""Wasm devices from corral's side: mDNS discovery and the supervisor-protocol client."""

@@ -1,0 +1,1 @@
+"""The robot fleet: robots and their channels, commands, maps, missions and traffic."""

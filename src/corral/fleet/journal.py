@@ -1,0 +1,140 @@
+"""The fleet's writes in batches (group commit): the dispatcher's decisions (made in memory
+under its lock) and the robots' acknowledgements, stored in one transaction per batch, then
+sent to robots and announced.
+
+Nothing is sent before it is stored: a move reaches its robot only once its grant and the
+map's reservations are in the store, so a restart never finds a robot moving on a grant
+it forgot. While one batch is being written the next one gathers, so the decisions a
+second are bounded by the CPU, not by the store's latency.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from corral.events import EventBus
+from corral.store.fleet import FleetStore
+from corral.store.tables import CommandRow, MissionRow
+
+log = structlog.get_logger("corral.fleet.journal")
+Deliver = Callable[[list[CommandRow]], Awaitable[None]]
+Snapshot = Callable[[str], dict[str, Any]]
+MissionEnd = Callable[[MissionRow], Awaitable[None]]
+Event = tuple[str, str, str, dict[str, Any] | None]
+
+
+@dataclass
+class Batch:
+    missions: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> values
+    robots: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> values
+    acks: dict[str, set[int]] = field(default_factory=dict)  # robot -> command ids
+    commands: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    maps: set[str] = field(default_factory=set)  # whose reservations changed
+    events: list[Event] = field(default_factory=list)
+    ended: list[MissionRow] = field(default_factory=list)
+
+    def then(self, later: "Batch") -> "Batch":
+        """This batch followed by a later one (a failed write is retried with what came
+        after it)."""
+        merged = Batch(
+            missions={k: dict(v) for k, v in self.missions.items()},
+            robots={k: dict(v) for k, v in self.robots.items()},
+            acks={k: set(v) for k, v in self.acks.items()},
+            commands=self.commands + later.commands,
+            maps=self.maps | later.maps,
+            events=self.events + later.events,
+            ended=self.ended + later.ended,
+        )
+        for key, values in later.missions.items():
+            merged.missions.setdefault(key, {}).update(values)
+        for name, values in later.robots.items():
+            merged.robots.setdefault(name, {}).update(values)
+        for name, ids in later.acks.items():
+            merged.acks.setdefault(name, set()).update(ids)
+        return merged
+
+
+class Journal:
+    def __init__(
+        self,
+        store: FleetStore,
+        bus: EventBus,
+        snapshot: Snapshot,
+        deliver: Deliver,
+        on_end: list[MissionEnd],
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.snapshot = snapshot
+        self.deliver = deliver
+        self.on_end = on_end
+        self.batch = Batch()
+        self.recorded = 0  # decisions recorded so far
+        self.written = 0  # of which stored
+        self.writing = asyncio.Lock()
+
+    # ------------------------------------------------------------------ recording
+    def mission(self, id: int, **values: Any) -> None:
+        self.batch.missions.setdefault(id, {}).update(values)
+        self.recorded += 1
+
+    def robot(self, name: str, **values: Any) -> None:
+        self.batch.robots.setdefault(name, {}).update(values)
+        self.recorded += 1
+
+    def ack(self, robot: str, ids: list[int]) -> None:
+        """The robot has these commands (ids of another robot's commands change nothing)."""
+        self.batch.acks.setdefault(robot, set()).update(ids)
+        self.recorded += 1
+
+    def command(self, robot: str, kind: str, body: dict[str, Any]) -> None:
+        self.batch.commands.append((robot, kind, body))
+        self.recorded += 1
+
+    def changed(self, map_name: str) -> None:
+        self.batch.maps.add(map_name)
+        self.recorded += 1
+
+    def event(
+        self, kind: str, resource: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        self.batch.events.append((kind, resource, message, data))
+        self.recorded += 1
+
+    def ended(self, row: MissionRow) -> None:
+        self.batch.ended.append(row)
+        self.recorded += 1
+
+    # ------------------------------------------------------------------ writing
+    async def commit(self) -> None:
+        """Return once everything recorded before this call is stored and sent."""
+        target = self.recorded
+        ended: list[MissionRow] = []
+        async with self.writing:
+            if self.written >= target:
+                return
+            # Cut the batch and take the maps' snapshots together (no await between):
+            # the snapshots hold exactly the decisions of this batch.
+            batch, self.batch, upto = self.batch, Batch(), self.recorded
+            snapshots = {name: self.snapshot(name) for name in sorted(batch.maps)}
+            try:
+                rows = await self.store.apply(
+                    batch.missions, batch.robots, batch.acks, batch.commands, snapshots
+                )
+            except BaseException:
+                self.batch = batch.then(self.batch)
+                raise
+            self.written = upto
+            if batch.events:
+                await self.bus.emit_many(batch.events)
+            await self.deliver(rows)
+            ended = batch.ended
+        for row in ended:
+            for hook in self.on_end:
+                try:
+                    await hook(row)
+                except Exception:
+                    log.exception("mission end hook failed", mission=row.id)

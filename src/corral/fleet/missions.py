@@ -1,0 +1,432 @@
+"""Maps, missions and traffic: each robot's destination and objective, routed on its map;
+the next stretch reserved before a robot is told to move; checkpoints that release what
+is behind it; deadlocks found and broken (re-route, or yield by priority).
+
+Owned by the fleet service, which feeds it checkpoints and positions and gives it a way
+to deliver commands. Decisions happen in memory under one lock, so they are serial and
+cheap (no await under it); the journal stores them in batches, then sends and announces.
+"""
+
+import asyncio
+import contextlib
+from typing import Any
+
+from corral.errors import Conflict, Invalid, NotFound
+from corral.events import EventBus
+from corral.fleet.journal import Deliver, Journal, MissionEnd
+from corral.model.fleet_map import FleetMap, lane_key, parse_map, shortest_route
+from corral.model.traffic import Blocked, Traffic
+from corral.store.fleet import FleetStore
+from corral.store.tables import MissionRow, utcnow
+
+MAX_REROUTES = 20  # per mission: past this a deadlock is left to an operator (and said so)
+
+
+def mission_doc(row: MissionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "robot": row.robot,
+        "map": row.map,
+        "goal": row.goal,
+        "objective": row.objective,
+        "route": row.route,
+        "progress": row.progress,
+        "at": row.route[row.progress] if row.route else None,
+        "state": row.state,
+        "reason": row.reason,
+        "task_id": row.task_id,
+        "created_at": row.created_at.isoformat(),
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+    }
+
+
+class Dispatcher:
+    def __init__(self, store: FleetStore, bus: EventBus, deliver: Deliver) -> None:
+        self.store = store
+        self.bus = bus
+        self.maps: dict[str, FleetMap] = {}
+        self.traffic: dict[str, Traffic] = {}
+        self.active: dict[str, MissionRow] = {}  # robot -> its active mission
+        self.priority: dict[str, int] = {}
+        self.on_end: list[MissionEnd] = []
+        self.journal = Journal(store, bus, self._reservations, deliver, self.on_end)
+        self.lock = asyncio.Lock()
+        self._breaking: set[str] = set()
+        self._reported: dict[str, tuple[str, ...]] = {}
+        self._reroutes: dict[int, int] = {}  # mission id -> re-routes so far
+        self._blocked_said: dict[int, tuple[int, str]] = {}
+
+    async def load(self) -> None:
+        self.maps, self.traffic, self.active, self.priority = {}, {}, {}, {}
+        for row in await self.store.maps():
+            fmap = parse_map(row.doc, f"map {row.name}")
+            self.maps[row.name] = fmap
+            self.traffic[row.name] = (
+                Traffic.restore(fmap, row.traffic) if row.traffic else Traffic(fmap)
+            )
+        for robot in await self.store.robots():
+            self.priority[robot.name] = robot.priority
+        for mission in await self.store.missions("active"):
+            self.active[mission.robot] = mission
+
+    # ------------------------------------------------------------------ maps
+    async def put_map(self, data: Any, source: str) -> tuple[FleetMap, bool]:
+        fmap = parse_map(data, source)
+        async with self.lock:
+            old = self.traffic.get(fmap.name)
+            if old is not None:
+                missing = [
+                    r.split(":", 1)[1]
+                    for r in old.holds
+                    if r.startswith("marker:") and r.split(":", 1)[1] not in fmap.markers
+                ]
+                if missing:
+                    raise Conflict(
+                        f"map {fmap.name}: robots stand on marker(s) the new map lacks: "
+                        f"{', '.join(sorted(missing)[:5])}"
+                    )
+            created = await self.store.put_map(fmap.name, fmap.as_dict())
+            self.maps[fmap.name] = fmap
+            self.traffic[fmap.name] = (
+                Traffic.restore(fmap, old.snapshot()) if old is not None else Traffic(fmap)
+            )
+            self.journal.changed(fmap.name)
+        await self.journal.commit()
+        await self.bus.emit(
+            "map.created" if created else "map.updated",
+            f"map/{fmap.name}",
+            f"map {fmap.name}: {len(fmap.markers)} markers, {len(fmap.lanes)} lanes",
+        )
+        return fmap, created
+
+    def check_marker(self, map_name: str, marker: str) -> None:
+        """Refuse (422) a marker the map does not have."""
+        if marker not in self.map(map_name).markers:
+            raise Invalid(f"marker {marker!r} is not on map {map_name}", {"marker": marker})
+
+    def map(self, name: str) -> FleetMap:
+        fmap = self.maps.get(name)
+        if fmap is None:
+            known = ", ".join(sorted(self.maps)) or "none yet"
+            raise NotFound(f"map {name!r} not found (maps: {known})", {"map": name})
+        return fmap
+
+    # ------------------------------------------------------------------ positions
+    async def place(self, robot: str, map_name: str, marker: str) -> None:
+        """The robot is physically at `marker` (registration, its first report)."""
+        self.check_marker(map_name, marker)
+        async with self.lock:
+            traffic = self.traffic[map_name]
+            if traffic.position(robot) == marker:
+                return
+            other = traffic.place(robot, marker)
+            if other is not None:
+                raise Conflict(
+                    f"marker {marker} on map {map_name} is held by robot {other}",
+                    {"marker": marker, "holder": other},
+                )
+            self.journal.changed(map_name)
+        await self.journal.commit()
+
+    def granted(self, robot: str, map_name: str) -> str | None:
+        traffic = self.traffic.get(map_name)
+        return traffic.granted(robot) if traffic is not None else None
+
+    def position(self, robot: str, map_name: str | None) -> str | None:
+        if map_name is None or map_name not in self.traffic:
+            return None
+        return self.traffic[map_name].position(robot)
+
+    async def clear(self, robot: str, map_name: str | None) -> list[str]:
+        if map_name is None or map_name not in self.traffic:
+            return []
+        async with self.lock:
+            released = self.traffic[map_name].release(robot)
+            self.journal.changed(map_name)
+            self._retry_waiting(map_name)
+        await self.journal.commit()
+        return released
+
+    # ------------------------------------------------------------------ missions
+    async def start(
+        self, robot: str, map_name: str, goal: str, objective: str, task_id: int | None = None
+    ) -> MissionRow:
+        fmap = self.map(map_name)
+        if goal not in fmap.markers:
+            raise Invalid(f"goal {goal!r} is not a marker of map {map_name}", {"field": "goal"})
+        async with self.lock:
+            if robot in self.active:
+                raise Conflict(
+                    f"robot {robot} already has mission {self.active[robot].id}; cancel it first",
+                    {"mission": self.active[robot].id},
+                )
+            here = self.traffic[map_name].position(robot)
+            if here is None:
+                raise Conflict(
+                    f"robot {robot} has no known position on map {map_name}: register it with a "
+                    "marker, or let it report one",
+                    {"robot": robot},
+                )
+            standing = frozenset(m for m in self._standing(map_name) if m not in (here, goal))
+            route = shortest_route(fmap, here, goal, standing) or shortest_route(fmap, here, goal)
+            if route is None:
+                raise Invalid(f"no route from {here} to {goal} on map {map_name}")
+            row = await self.store.add_mission(
+                MissionRow(
+                    robot=robot,
+                    map=map_name,
+                    goal=goal,
+                    objective=objective,
+                    route=route,
+                    progress=0,
+                    state="active",
+                    reason="",
+                    task_id=task_id,
+                    created_at=utcnow(),
+                )
+            )
+            self.active[robot] = row
+            self.journal.event(
+                "mission.started",
+                f"mission/{row.id}",
+                f"mission {row.id}: {robot} to {goal} ({' > '.join(route)})"
+                + (f": {objective}" if objective else ""),
+                {"robot": robot, "goal": goal, "route": route},
+            )
+            self.journal.command(
+                robot, "mission", {"mission": row.id, "goal": goal, "objective": objective}
+            )
+            self._advance(robot)
+        await self.journal.commit()
+        return row
+
+    async def cancel(self, mission_id: int, reason: str = "cancelled by request") -> MissionRow:
+        async with self.lock:
+            row = next((m for m in self.active.values() if m.id == mission_id), None)
+            if row is not None:
+                self._finish(row, "cancelled", reason)
+        await self.journal.commit()
+        stored = await self.store.mission(mission_id)
+        if row is None:
+            raise Conflict(f"mission {mission_id} is {stored.state}")
+        return stored
+
+    def _finish(self, row: MissionRow, state: str, reason: str = "") -> None:
+        """End an active mission (under the lock); its end hooks run once it is stored."""
+        if self.active.get(row.robot) is not row:
+            return
+        del self.active[row.robot]
+        row.state, row.reason, row.finished_at = state, reason, utcnow()
+        self.journal.mission(row.id, state=state, reason=reason, finished_at=row.finished_at)
+        self.journal.event(
+            f"mission.{state}",
+            f"mission/{row.id}",
+            f"mission {row.id} ({row.robot} to {row.goal}) {state}"
+            + (f": {reason}" if reason else ""),
+            {"robot": row.robot, "goal": row.goal},
+        )
+        self.journal.ended(row)
+
+    # ------------------------------------------------------------------ checkpoints
+    async def checkpoint(self, robot: str, map_name: str, marker: str) -> None:
+        """The robot reached `marker`: release what is behind it, move it on, and let the
+        robots waiting on this map try again. Returns once all that is stored and sent."""
+        self.check_marker(map_name, marker)
+        async with self.lock:
+            traffic = self.traffic[map_name]
+            if traffic.position(robot) == marker:
+                return
+            holder = traffic.holder(f"marker:{marker}")
+            if holder == robot:
+                traffic.arrived(robot, marker)
+                self.journal.changed(map_name)
+                self.journal.robot(robot, marker=marker)
+                mission = self.active.get(robot)
+                if mission is not None and marker in mission.route[mission.progress :]:
+                    mission.progress = mission.route.index(marker, mission.progress)
+                    self.journal.mission(mission.id, progress=mission.progress)
+                if mission is not None and marker == mission.goal:
+                    self._finish(mission, "done")
+                else:
+                    self._advance(robot)
+                self._retry_waiting(map_name)
+        if holder == robot:
+            await self.journal.commit()
+            return
+        await self.bus.emit(
+            "robot.off_route",
+            f"robot/{robot}",
+            f"robot {robot} reports {marker}, which was not reserved for it"
+            + (f" (held by {holder})" if holder else ""),
+            {"marker": marker, "holder": holder},
+        )
+        raise Conflict(
+            f"checkpoint {marker} was not reserved for {robot}",
+            {"marker": marker, "holder": holder},
+        )
+
+    # ------------------------------------------------------------------ the traffic loop
+    def _advance(self, robot: str) -> None:
+        """Reserve the robot's next stretch and tell it to go; called under the lock."""
+        mission = self.active.get(robot)
+        if mission is None:
+            return
+        traffic = self.traffic[mission.map]
+        here = traffic.position(robot)
+        if here is None:
+            return
+        if here != mission.route[mission.progress]:
+            if here not in mission.route[mission.progress :]:
+                return
+            # corral stopped between storing the robot's arrival and its progress
+            mission.progress = mission.route.index(here, mission.progress)
+            self.journal.mission(mission.id, progress=mission.progress)
+        if here == mission.goal:
+            self._finish(mission, "done")
+            return
+        following = mission.route[mission.progress + 1]
+        if traffic.holder(f"marker:{following}") == robot:
+            return  # granted already; waiting for its checkpoint
+        answer = traffic.request(robot, following)
+        self.journal.changed(mission.map)  # a grant, or a wait
+        if isinstance(answer, Blocked):
+            if not self._around_standing(mission, answer):
+                self._break_deadlock(mission.map)
+            return
+        self.journal.command(
+            robot, "move", {"marker": following, "lane": [here, following], "mission": mission.id}
+        )
+
+    def _standing(self, map_name: str) -> dict[str, str]:
+        """Robots on the map with no mission and no granted move: marker -> robot."""
+        traffic = self.traffic[map_name]
+        out = {}
+        for robot in traffic.robots():
+            here = traffic.position(robot)
+            if here is not None and robot not in self.active and traffic.granted(robot) is None:
+                out[here] = robot
+        return out
+
+    def _around_standing(self, mission: MissionRow, blocked: Blocked) -> bool:
+        """Blocked by a robot that is not going anywhere: route around it (True), or say so
+        once and wait (False is returned only when the holder is moving)."""
+        standing = self._standing(mission.map)
+        if blocked.holder not in standing.values():
+            return False
+        traffic = self.traffic[mission.map]
+        here = mission.route[mission.progress]
+        avoid = frozenset(m for m in standing if m != here)
+        route = shortest_route(self.maps[mission.map], here, mission.goal, avoid)
+        if route is None or mission.goal in standing:
+            key = (mission.id, blocked.holder)
+            if self._blocked_said.get(mission.id) != key:
+                self._blocked_said[mission.id] = key
+                self.journal.event(
+                    "traffic.blocked",
+                    f"mission/{mission.id}",
+                    f"{mission.robot} waits for {blocked.holder}, which stands on its way with no "
+                    "mission and there is no way around; move it or give it a mission",
+                    {"robot": mission.robot, "holder": blocked.holder},
+                )
+            return True
+        mission.route, mission.progress = route, 0
+        self.journal.mission(mission.id, route=route, progress=0)
+        traffic.waits.pop(mission.robot, None)
+        self.journal.event(
+            "traffic.rerouted",
+            f"mission/{mission.id}",
+            f"{mission.robot} re-routed around {blocked.holder} (standing) via {' > '.join(route)}",
+            {"robot": mission.robot, "route": route, "around": blocked.holder},
+        )
+        self._advance(mission.robot)
+        return True
+
+    def _break_deadlock(self, map_name: str) -> None:
+        if map_name in self._breaking:
+            return  # a resolution on this map is under way; the next tick looks again
+        self._breaking.add(map_name)
+        try:
+            self._resolve(map_name)
+        finally:
+            self._breaking.discard(map_name)
+
+    def _resolve(self, map_name: str) -> None:
+        """Find a deadlock on the map and break it by re-routing or a side-step."""
+        traffic = self.traffic[map_name]
+        cycle = traffic.deadlock()
+        if cycle is None:
+            self._reported.pop(map_name, None)
+            return
+        routes = {
+            r: self.active[r].route[self.active[r].progress :]
+            for r in cycle
+            if r in self.active and self._reroutes.get(self.active[r].id, 0) < MAX_REROUTES
+        }
+        changes = {}
+        if routes:
+            priority = {r: self.priority.get(r, 0) for r in cycle}
+            changes = traffic.resolve(cycle, routes, priority)
+            changes = {r: route for r, route in changes.items() if r in routes}
+        if not changes:
+            if self._reported.get(map_name) != tuple(cycle):
+                self._reported[map_name] = tuple(cycle)
+                stuck = len(routes) < len(cycle)
+                self.journal.event(
+                    "traffic.deadlock",
+                    f"map/{map_name}",
+                    f"deadlock between {', '.join(cycle)}: "
+                    + (
+                        f"re-routed {MAX_REROUTES} times already; an operator should look"
+                        if stuck
+                        else "no re-route or side-step yet; retrying"
+                    ),
+                    {"robots": cycle, "stuck": stuck},
+                )
+            return
+        self._reported.pop(map_name, None)
+        for robot, route in changes.items():
+            mission = self.active[robot]
+            self._reroutes[mission.id] = self._reroutes.get(mission.id, 0) + 1
+            mission.route, mission.progress = route, 0
+            self.journal.mission(mission.id, route=route, progress=0)
+            self.journal.event(
+                "traffic.rerouted",
+                f"mission/{mission.id}",
+                f"deadlock between {', '.join(cycle)}: {robot} re-routed via {' > '.join(route)}",
+                {"robots": cycle, "robot": robot, "route": route},
+            )
+        self.journal.changed(map_name)
+        for robot in changes:
+            traffic.waits.pop(robot, None)
+            self._advance(robot)
+
+    def _retry_waiting(self, map_name: str) -> None:
+        traffic = self.traffic[map_name]
+        waiting = sorted(traffic.waits, key=lambda r: (-self.priority.get(r, 0), r))
+        for robot in waiting:
+            self._advance(robot)
+
+    async def tick(self) -> None:
+        """Periodic: retry every waiting robot and every deadlock (bounded resolution)."""
+        async with self.lock:
+            for map_name in list(self.traffic):
+                self._retry_waiting(map_name)
+                with contextlib.suppress(KeyError):
+                    self._break_deadlock(map_name)
+            for robot in list(self.active):
+                self._advance(robot)
+        await self.journal.commit()
+
+    def _reservations(self, map_name: str) -> dict[str, Any]:
+        return self.traffic[map_name].snapshot()
+
+    def snapshot(self, map_name: str) -> dict[str, Any]:
+        self.map(map_name)
+        traffic = self.traffic[map_name]
+        return {"map": map_name, **traffic.snapshot()}
+
+    def lane_of(self, map_name: str, a: str, b: str) -> str:
+        fmap = self.map(map_name)
+        if not fmap.has_lane(a, b):
+            raise Invalid(f"there is no lane {a} -> {b} on map {map_name}", {"lane": [a, b]})
+        return lane_key(a, b)

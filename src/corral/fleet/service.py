@@ -1,0 +1,481 @@
+"""The robot fleet service: robots and their credentials, what robots say (hello,
+telemetry, checkpoints, acks) over either channel, commands with at-least-once delivery,
+broadcasts and the emergency stop, the heartbeat watch, and tasks for robots.
+
+The WebSocket and HTTP routes call it; Core runs `run_monitor`. Maps, missions and
+traffic are in `missions.Dispatcher`.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import math
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from corral.control.access import AccessService, Caller
+from corral.control.tasks import Executor, TaskService
+from corral.errors import Conflict, Invalid, NotFound
+from corral.events import EventBus
+from corral.fleet.links import Link, Links
+from corral.fleet.mapping import MappingSessions
+from corral.fleet.missions import Dispatcher
+from corral.model.fleet_map import FleetMap, shortest_route
+from corral.model.views import TaskView
+from corral.robot.signing import verify
+from corral.store.fleet import FleetStore
+from corral.store.tables import CommandRow, MissionRow, RobotRow, utcnow
+
+log = structlog.get_logger("corral.fleet")
+KINDS = ("move", "stop", "resume", "estop", "custom", "mission")
+OPERATOR_KINDS = ("stop", "resume", "estop", "custom")
+TARGET = "fleet"
+
+
+def robot_doc(row: RobotRow, link: Link | None, position: str | None) -> dict[str, Any]:
+    telemetry = dict(link.telemetry) if link else {}
+    return {
+        "name": row.name,
+        "group": row.group,
+        "priority": row.priority,
+        "map": row.map,
+        "marker": position or row.marker,
+        "signed": row.signed,
+        "state": "online" if link and link.online else "offline",
+        "connected": bool(link and link.send),
+        "last_seen": (
+            datetime.fromtimestamp(link.heard_at, UTC).isoformat()
+            if link and link.heard_at
+            else (row.last_seen.isoformat() if row.last_seen else None)
+        ),
+        "telemetry": telemetry,
+    }
+
+
+class FleetService:
+    def __init__(
+        self,
+        store: FleetStore,
+        access: AccessService,
+        tasks: TaskService,
+        bus: EventBus,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.access = access
+        self.tasks = tasks
+        self.bus = bus
+        self.settings = settings
+        self.links = Links()
+        self.mapping = MappingSessions()
+        self.robots: dict[str, RobotRow] = {}
+        self.dispatch = Dispatcher(store, bus, self._deliver)
+        self.dispatch.on_end.append(self._mission_ended)
+        self._assign = asyncio.Event()
+        tasks.register(
+            TARGET,
+            Executor(("goto",), self._check_task, self._assign.set, self._task_ended),
+        )
+
+    async def load(self) -> None:
+        """Read the fleet from the store (at start, and when a replica takes the lead:
+        what the last leader left replaces what this process read before)."""
+        await self.dispatch.load()
+        self.robots = {row.name: row for row in await self.store.robots()}
+
+    # ------------------------------------------------------------------ robots
+    async def register(
+        self,
+        name: str,
+        group: str,
+        priority: int,
+        signed: bool,
+        map_name: str | None,
+        marker: str | None,
+        by: Caller,
+    ) -> tuple[RobotRow, str, str | None]:
+        if marker is not None and map_name is None:
+            raise Invalid("a start marker needs a map", {"field": "marker"})
+        if map_name is not None:
+            fmap = self.dispatch.map(map_name)
+            if marker is not None and marker not in fmap.markers:
+                raise Invalid(f"marker {marker!r} is not on map {map_name}", {"field": "marker"})
+        key = secrets.token_hex(32) if signed else None
+        row = RobotRow(
+            name=name,
+            group=group,
+            priority=priority,
+            map=map_name,
+            marker=marker,
+            signed=signed,
+            key=key,
+            state="offline",
+            created_at=utcnow(),
+        )
+        await self.store.add_robot(row)
+        try:
+            if marker is not None and map_name is not None:
+                await self.dispatch.place(name, map_name, marker)
+        except Exception:
+            await self.store.delete_robot(name)
+            raise
+        view, token = await self.access.issue(name, "robot", by, subject=name)
+        await self.store.update_robot(name, token_id=view.id)
+        row.token_id = view.id
+        self.robots[name] = row
+        self.dispatch.priority[name] = priority
+        await self.bus.emit(
+            "robot.added",
+            f"robot/{name}",
+            f"robot {name} registered" + (f" at {marker} on {map_name}" if marker else ""),
+            {"group": group, "map": map_name, "signed": signed},
+        )
+        return row, token, key
+
+    def robot(self, name: str) -> RobotRow:
+        row = self.robots.get(name)
+        if row is None:
+            raise NotFound(f"robot {name!r} not found", {"robot": name})
+        return row
+
+    def doc(self, name: str) -> dict[str, Any]:
+        row = self.robot(name)
+        link = self.links.by_robot.get(name)
+        return robot_doc(row, link, self.dispatch.position(name, row.map))
+
+    async def rotate(self, name: str, by: Caller) -> tuple[str, str | None]:
+        row = self.robot(name)
+        if row.token_id is not None:
+            with contextlib.suppress(NotFound):
+                await self.access.revoke(row.token_id, by)
+        view, token = await self.access.issue(name, "robot", by, subject=name)
+        key = secrets.token_hex(32) if row.signed else None
+        await self.store.update_robot(name, token_id=view.id, key=key)
+        row.token_id, row.key = view.id, key
+        link = self.links.by_robot.get(name)
+        if link is not None and link.send is not None:
+            await link.send({"type": "error", "code": "unauthorized", "message": "rotated"})
+        await self.bus.emit("robot.rotated", f"robot/{name}", f"robot {name}: new credential")
+        return token, key
+
+    async def remove(self, name: str, by: Caller) -> None:
+        row = self.robot(name)
+        if name in self.dispatch.active:
+            raise Conflict(f"robot {name} has an active mission; cancel it first")
+        await self.dispatch.clear(name, row.map)
+        if row.token_id is not None:
+            with contextlib.suppress(NotFound):
+                await self.access.revoke(row.token_id, by)
+        await self.store.delete_robot(name)
+        del self.robots[name]
+        self.links.forget(name)
+        await self.bus.emit("robot.removed", f"robot/{name}", f"robot {name} removed")
+
+    async def start_mapping(self, name: str, map_name: str) -> dict[str, Any]:
+        self.robot(name)
+        if name in self.dispatch.active:
+            raise Conflict(f"robot {name} has an active mission; cancel it first")
+        session = self.mapping.start(name, map_name)
+        await self.bus.emit(
+            "map.mapping", f"robot/{name}", f"robot {name} maps {map_name}: drive it around"
+        )
+        return session.summary()
+
+    async def finish_mapping(
+        self, name: str, diameter: float, measured: float | None
+    ) -> dict[str, Any]:
+        """Build the map from what the robot reported, store it, put the robot on it."""
+        fmap, last = self.mapping.finish(name, diameter, measured)
+        row = self.robot(name)
+        await self.dispatch.clear(name, row.map)
+        await self.dispatch.put_map(fmap.as_dict(), f"mapping by {name}")
+        row.map, row.marker = fmap.name, last or None
+        await self.store.update_robot(name, map=fmap.name, marker=row.marker)
+        if last:
+            await self.dispatch.place(name, fmap.name, last)
+        return fmap.as_dict()
+
+    async def clear(self, name: str) -> list[str]:
+        row = self.robot(name)
+        released = await self.dispatch.clear(name, row.map)
+        await self.bus.emit(
+            "robot.cleared",
+            f"robot/{name}",
+            f"robot {name}: reservations cleared by an operator ({', '.join(released) or 'none'})",
+        )
+        return released
+
+    # ------------------------------------------------------------------ what robots say
+    def check_signature(self, name: str, message: dict[str, Any]) -> None:
+        row = self.robot(name)
+        if not row.signed:
+            return
+        link = self.links.get(name)
+        counter = message.get("n")
+        if row.key is None or not verify(message, row.key):
+            raise Invalid("bad_signature: missing or wrong signature", {"code": "bad_signature"})
+        if not isinstance(counter, int) or counter <= link.counter:
+            raise Invalid(
+                f"bad_signature: counter {counter!r} does not grow (last {link.counter})",
+                {"code": "bad_signature"},
+            )
+        link.counter = counter
+
+    async def seen(self, name: str) -> Link:
+        link = self.links.get(name)
+        link.heard()
+        if not link.online:
+            link.online = True
+            row = self.robot(name)
+            row.state, row.last_seen = "online", utcnow()
+            await self.store.update_robot(name, state="online", last_seen=row.last_seen)
+            await self.bus.emit("robot.online", f"robot/{name}", f"robot {name} is online")
+        return link
+
+    async def telemetry(self, name: str, message: dict[str, Any]) -> None:
+        row = self.robot(name)
+        report = _telemetry(message)
+        link = await self.seen(name)
+        if row.map is not None:
+            marker, lane = report.get("marker"), report.get("lane")
+            if marker is not None:
+                self.dispatch.check_marker(row.map, marker)
+            if lane is not None:
+                self.dispatch.lane_of(row.map, lane[0], lane[1])
+            if marker is not None and self.dispatch.position(name, row.map) is None:
+                await self.dispatch.place(name, row.map, marker)
+            elif marker is not None and self.dispatch.granted(name, row.map) == marker:
+                # it stands where it was sent and its checkpoint was lost (a corral restart
+                # between reading the checkpoint and saving it): take this as the checkpoint
+                await self.dispatch.checkpoint(name, row.map, marker)
+        link.telemetry = {**report, "at": time.time()}
+
+    async def checkpoint(self, name: str, message: dict[str, Any]) -> None:
+        row = self.robot(name)
+        marker = message.get("marker")
+        if not isinstance(marker, str) or not marker:
+            raise Invalid("checkpoint needs a marker id", {"field": "marker"})
+        await self.seen(name)
+        if name in self.mapping.by_robot:
+            self.mapping.observe(name, marker, message)
+            return
+        if row.map is None:
+            raise Conflict(f"robot {name} is on no map; give it one at registration")
+        await self.dispatch.checkpoint(name, row.map, marker)  # stores the marker too
+        row.marker = marker
+
+    async def ack(self, name: str, ids: Any) -> None:
+        """Returns once the acknowledgement is stored (with others', in one batch)."""
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        ):
+            raise Invalid("ack ids must be a list of command ids", {"field": "ids"})
+        await self.seen(name)
+        if ids:
+            self.dispatch.journal.ack(name, ids)
+            await self.dispatch.journal.commit()
+
+    # ------------------------------------------------------------------ commands
+    async def command(self, name: str, kind: str, body: dict[str, Any]) -> int:
+        [command_id] = await self.commands([(name, kind, body)])
+        return command_id
+
+    async def commands(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+        for name, kind, _ in items:
+            self.robot(name)
+            if kind not in KINDS:
+                raise Invalid(f"unknown command kind {kind!r}; one of {', '.join(KINDS)}")
+        rows = await self.store.add_commands(items)
+        await self._deliver(rows)
+        return [row.id for row in rows]
+
+    async def _deliver(self, rows: list[CommandRow]) -> None:
+        """Send stored commands to their robots' sockets and wake their long polls."""
+        for row in rows:
+            await self.links.push(row.robot, _wire(row.id, row.kind, row.body))
+
+    async def broadcast(self, kind: str, payload: dict[str, Any], group: str | None) -> list[str]:
+        if kind not in OPERATOR_KINDS:
+            raise Invalid(f"broadcast kind must be one of {', '.join(OPERATOR_KINDS)}")
+        names = [n for n, r in sorted(self.robots.items()) if group is None or r.group == group]
+        if not names:
+            raise NotFound(f"no robot in group {group!r}" if group else "no robots registered")
+        body = {"payload": payload} if kind == "custom" else {}
+        await self.commands([(n, kind, body) for n in names])
+        await self.bus.emit(
+            f"fleet.{kind}",
+            "fleet",
+            f"{kind} sent to {len(names)} robot(s)" + (f" of group {group}" if group else ""),
+            {"robots": names, "group": group},
+        )
+        return names
+
+    async def pending(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+        return [_wire(c.id, c.kind, c.body) for c in await self.store.open_commands(name, after)]
+
+    async def wait_commands(self, name: str, after: int, wait: float) -> list[dict[str, Any]]:
+        """HTTP long poll: the open commands past `after`, waiting up to `wait` s for one."""
+        link = await self.seen(name)
+        deadline = time.monotonic() + wait
+        while True:
+            link.arrived.clear()
+            found = await self.pending(name, after)
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.arrived.wait(), timeout=left)
+
+    # ------------------------------------------------------------------ the watch
+    async def run_monitor(self, stopping: asyncio.Event) -> None:
+        """Heartbeats (offline after silence), traffic retries, and task assignment."""
+        period = min(0.5, self.settings.robot_heartbeat_seconds / 4)
+        while not stopping.is_set():
+            now = time.monotonic()
+            for name, link in list(self.links.by_robot.items()):
+                if link.online and now - link.last_seen > self.settings.robot_heartbeat_seconds:
+                    link.online = False
+                    if name in self.robots:
+                        last = datetime.fromtimestamp(link.heard_at, UTC)
+                        self.robots[name].state, self.robots[name].last_seen = "offline", last
+                        await self.store.update_robot(name, state="offline", last_seen=last)
+                        await self.bus.emit(
+                            "robot.offline",
+                            f"robot/{name}",
+                            f"robot {name} missed its heartbeat "
+                            f"({self.settings.robot_heartbeat_seconds:g} s); it keeps what it "
+                            "holds",
+                        )
+            await self.dispatch.tick()
+            await self._assign_tasks()
+            self._assign.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assign.wait(), timeout=period)
+
+    # ------------------------------------------------------------------ tasks
+    async def _check_task(self, kind: str, params: dict[str, Any]) -> None:
+        unknown = set(params) - {"marker", "objective", "map", "robot"}
+        if unknown:
+            raise Invalid(f"unknown goto parameter(s): {', '.join(sorted(unknown))}")
+        marker, map_name = params.get("marker"), params.get("map")
+        if not isinstance(marker, str):
+            raise Invalid("goto needs params.marker", {"field": "params.marker"})
+        maps = [self.dispatch.map(map_name)] if map_name else list(self.dispatch.maps.values())
+        if not any(marker in m.markers for m in maps):
+            raise Invalid(f"marker {marker!r} is on no map", {"field": "params.marker"})
+
+    async def _assign_tasks(self) -> None:
+        for task in await self.tasks.store.open_for(TARGET):
+            if task.state != "queued":
+                continue
+            choice = self._best_robot(task.params)
+            if choice is None:
+                return
+            robot, map_name = choice
+            moved = await self.tasks.move(task.id, "assigned", f"to robot {robot}")
+            if moved is None:
+                continue
+            try:
+                await self.dispatch.start(
+                    robot,
+                    map_name,
+                    task.params["marker"],
+                    str(task.params.get("objective", "")),
+                    task.id,
+                )
+            except (Conflict, Invalid) as exc:
+                await self.tasks.move(task.id, "failed", exc.message)
+                continue
+            await self.tasks.move(task.id, "running", f"robot {robot} on its way")
+
+    def _best_robot(self, params: dict[str, Any]) -> tuple[str, str] | None:
+        """Idle online robots first (no mission), then the shortest route to the marker."""
+        marker = params["marker"]
+        best: tuple[float, str, str] | None = None
+        for name, row in self.robots.items():
+            if row.map is None or name in self.dispatch.active:
+                continue
+            if params.get("robot") not in (None, name):
+                continue
+            if params.get("map") not in (None, row.map):
+                continue
+            link = self.links.by_robot.get(name)
+            here = self.dispatch.position(name, row.map)
+            fmap = self.dispatch.maps.get(row.map)
+            if link is None or not link.online or here is None or fmap is None:
+                continue
+            if marker not in fmap.markers:
+                continue
+            distance = _route_length(fmap, here, marker)
+            if distance is None:
+                continue
+            if best is None or (distance, name) < (best[0], best[1]):
+                best = (distance, name, row.map)
+        return (best[1], best[2]) if best else None
+
+    async def _mission_ended(self, mission: MissionRow) -> None:
+        if mission.task_id is None:
+            return
+        if mission.state == "done":
+            reason = f"robot {mission.robot} at {mission.goal}"
+            await self.tasks.move(mission.task_id, "done", reason)
+        else:
+            await self.tasks.move(mission.task_id, "failed", f"mission {mission.state}")
+
+    async def _task_ended(self, task: TaskView) -> None:
+        """A task cancelled or failed from outside: end its mission too."""
+        for mission in list(self.dispatch.active.values()):
+            if mission.task_id == task.id:
+                with contextlib.suppress(Conflict):
+                    await self.dispatch.cancel(mission.id, f"task {task.id} {task.state}")
+
+
+def _route_length(fmap: FleetMap, start: str, goal: str) -> float | None:
+    route = shortest_route(fmap, start, goal)
+    if route is None:
+        return None
+    return float(sum(fmap.length(a, b) for a, b in itertools.pairwise(route)))
+
+
+def _wire(command_id: int, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "command", "id": command_id, "kind": kind, **body}
+
+
+def _telemetry(message: dict[str, Any]) -> dict[str, Any]:
+    """Check a telemetry report's fields; the checked report."""
+    known = {"type", "marker", "lane", "progress", "distance", "battery", "status", "n", "sig"}
+    unknown = set(message) - known
+    if unknown:
+        raise Invalid(f"unknown telemetry field(s): {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    marker, lane = message.get("marker"), message.get("lane")
+    if marker is not None and (not isinstance(marker, str) or not marker):
+        raise Invalid("marker must be a marker id or null", {"field": "marker"})
+    if lane is not None and (
+        not isinstance(lane, list) or len(lane) != 2 or not all(isinstance(m, str) for m in lane)
+    ):
+        raise Invalid("lane must be [FROM, TO] or null", {"field": "lane"})
+    if marker is not None and lane is not None:
+        raise Invalid("a robot is at a marker or on a lane, not both", {"field": "lane"})
+    out["marker"], out["lane"] = marker, lane
+    for field, low, high in (("progress", 0, 1), ("distance", 0, 1e6), ("battery", 0, 100)):
+        value = message.get(field)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise Invalid(f"{field} must be a number", {"field": field})
+        if not low <= value <= high:
+            raise Invalid(f"{field} {value} is outside {low}..{high:g}", {"field": field})
+        out[field] = value
+    status = message.get("status")
+    if status is not None:
+        if not isinstance(status, str) or len(status) > 200:
+            raise Invalid("status must be text of at most 200 characters", {"field": "status"})
+        out["status"] = status
+    return out

@@ -1,0 +1,157 @@
+"""Stored robots, their commands, maps (with traffic snapshots) and missions.
+
+The fleet service is the only writer; telemetry stays in memory and only what must
+survive a restart (positions at checkpoints, commands, routes, reservations) is written.
+Rows are returned detached.
+"""
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from corral.errors import Conflict, NotFound
+from corral.store.database import Database
+from corral.store.tables import CommandRow, FleetMapRow, MissionRow, RobotRow, utcnow
+
+
+class FleetStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ robots
+    async def add_robot(self, row: RobotRow) -> RobotRow:
+        async with self.db.session() as s:
+            if await s.get(RobotRow, row.name) is not None:
+                raise Conflict(
+                    f"robot {row.name!r} already exists; rotate its credential instead",
+                    {"robot": row.name},
+                )
+            s.add(row)
+            await s.flush()
+            return row
+
+    async def robot(self, name: str) -> RobotRow:
+        async with self.db.session() as s:
+            row = await s.get(RobotRow, name)
+            if row is None:
+                raise NotFound(f"robot {name!r} not found", {"robot": name})
+            return row
+
+    async def robots(self) -> list[RobotRow]:
+        async with self.db.session() as s:
+            return list((await s.scalars(select(RobotRow).order_by(RobotRow.name))).all())
+
+    async def update_robot(self, name: str, **values: Any) -> None:
+        async with self.db.session() as s:
+            await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
+
+    async def delete_robot(self, name: str) -> None:
+        async with self.db.session() as s:
+            row = await s.get(RobotRow, name)
+            if row is None:
+                raise NotFound(f"robot {name!r} not found", {"robot": name})
+            await s.delete(row)
+
+    # ------------------------------------------------------------------ commands
+    async def add_commands(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[CommandRow]:
+        """(robot, kind, body) each; ids grow in the order given."""
+        return await self.apply({}, {}, {}, items, {})
+
+    async def apply(
+        self,
+        missions: dict[int, dict[str, Any]],
+        robots: dict[str, dict[str, Any]],
+        acks: dict[str, set[int]],
+        commands: list[tuple[str, str, dict[str, Any]]],
+        traffic: dict[str, dict[str, Any]],
+    ) -> list[CommandRow]:
+        """A batch of the fleet's writes in one transaction: missions' and robots' changed
+        fields, acknowledgements (a robot's own commands only), new commands (ids in the
+        order given) and maps' reservations, so a grant and its move command are stored
+        together or not at all."""
+        async with self.db.session() as s:
+            for id, values in missions.items():
+                await s.execute(update(MissionRow).where(MissionRow.id == id).values(**values))
+            for name, values in robots.items():
+                await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
+            now = utcnow()
+            for name, ids in acks.items():
+                await s.execute(
+                    update(CommandRow)
+                    .where(
+                        CommandRow.robot == name,
+                        CommandRow.id.in_(sorted(ids)),
+                        CommandRow.acked_at.is_(None),
+                    )
+                    .values(acked_at=now)
+                )
+            rows = [
+                CommandRow(robot=r, kind=k, body=b, created_at=utcnow()) for r, k, b in commands
+            ]
+            s.add_all(rows)
+            for name, snapshot in traffic.items():
+                await s.execute(
+                    update(FleetMapRow)
+                    .where(FleetMapRow.name == name)
+                    .values(traffic=snapshot, updated_at=utcnow())
+                )
+            await s.flush()
+            return rows
+
+    async def open_commands(self, robot: str, after: int = 0) -> list[CommandRow]:
+        """Unacknowledged commands past `after`, an estop first, then by id."""
+        async with self.db.session() as s:
+            query = (
+                select(CommandRow)
+                .where(
+                    CommandRow.robot == robot, CommandRow.acked_at.is_(None), CommandRow.id > after
+                )
+                .order_by(CommandRow.id)
+            )
+            rows = list((await s.scalars(query)).all())
+        return sorted(rows, key=lambda c: (c.kind != "estop", c.id))
+
+    async def commands(self, robot: str, limit: int = 100) -> list[CommandRow]:
+        async with self.db.session() as s:
+            query = (
+                select(CommandRow)
+                .where(CommandRow.robot == robot)
+                .order_by(CommandRow.id.desc())
+                .limit(limit)
+            )
+            return list((await s.scalars(query)).all())
+
+    # ------------------------------------------------------------------ maps
+    async def put_map(self, name: str, doc: dict[str, Any]) -> bool:
+        """Store a map; True when it is new. A known map keeps its traffic table."""
+        async with self.db.session() as s:
+            row = await s.get(FleetMapRow, name)
+            if row is None:
+                s.add(FleetMapRow(name=name, doc=doc, traffic={}, created_at=utcnow()))
+                return True
+            row.doc, row.updated_at = doc, utcnow()
+            return False
+
+    async def maps(self) -> list[FleetMapRow]:
+        async with self.db.session() as s:
+            return list((await s.scalars(select(FleetMapRow).order_by(FleetMapRow.name))).all())
+
+    async def add_mission(self, row: MissionRow) -> MissionRow:
+        async with self.db.session() as s:
+            s.add(row)
+            await s.flush()
+            return row
+
+    async def mission(self, id: int) -> MissionRow:
+        async with self.db.session() as s:
+            row = await s.get(MissionRow, id)
+            if row is None:
+                raise NotFound(f"mission {id} not found", {"mission": id})
+            return row
+
+    async def missions(self, state: str | None = None, limit: int = 500) -> list[MissionRow]:
+        async with self.db.session() as s:
+            query = select(MissionRow).order_by(MissionRow.id.desc()).limit(limit)
+            if state is not None:
+                query = query.where(MissionRow.state == state)
+            return list((await s.scalars(query)).all())

@@ -1,0 +1,227 @@
+"""Two `corral serve` replicas on one PostgreSQL database and the local engine: one leads,
+the other forwards changes to it and streams the leader's events; SIGKILL of the leader in
+the middle of an apply, and the follower takes over and converges without doubling a
+container or a task.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.support.engines import LOCAL_URL, engine_container_ids, running_container_ids
+from tests.support.server import ADMIN, ServeProcess, wait_until
+
+from corral.robot import RobotClient
+
+# `gate` turns healthy only after 4 s and the six workers wait for it: an apply killed
+# as soon as the gate exists is surely half done (workers created at most, none running).
+STACK = """\
+services:
+  gate:
+    image: local/busybox:1
+    command: ["sh", "-c", "sleep 4; touch /tmp/ready; sleep 600"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 1s
+      retries: 60
+    stop_grace_period: 1s
+  worker:
+    image: local/busybox:1
+    command: ["sleep", "600"]
+    depends_on:
+      gate: {condition: service_healthy}
+    stop_grace_period: 1s
+    deploy:
+      replicas: 6
+"""
+
+
+def _replica_env(local_engine: str, pg_url: str) -> dict[str, str]:
+    return {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_DATABASE_URL": pg_url,
+        "CORRAL_LOCAL_DOCKER_URL": local_engine,
+        "CORRAL_MDNS_ENABLED": "false",
+        "CORRAL_REPLICA_POLL_SECONDS": "0.5",
+        "CORRAL_STACK_RESYNC_SECONDS": "2",
+    }
+
+
+def _leader(api: httpx.Client) -> dict[str, Any] | None:
+    leaders = [r for r in api.get("/replicas").json() if r["leader"]]
+    return leaders[0] if leaders else None
+
+
+def test_two_replicas_share_events_and_fail_over_mid_apply(
+    local_engine: str, tmp_path: Path, pg_url: str
+) -> None:
+    stack = f"rep{os.getpid()}"
+    label = f"corral.stack={stack}"
+    env = _replica_env(local_engine, pg_url)
+    first = ServeProcess(tmp_path / "a", env).start()
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    a = httpx.Client(base_url=first.url, headers=headers, timeout=60)
+    wait_until(lambda: _leader(a) is not None, "the first replica leads", 30)
+    second = ServeProcess(tmp_path / "b", env).start()
+    b = httpx.Client(base_url=second.url, headers=headers, timeout=60)
+    try:
+        leader = _leader(b)
+        assert leader is not None
+        assert leader["url"] == first.url
+        assert len(b.get("/replicas").json()) == 2
+
+        # An event raised on one replica reaches a stream opened on the other.
+        seen: list[str] = []
+        ready = threading.Event()
+
+        def follow() -> None:
+            with b.stream("GET", "/events/stream", params={"kind": "token.*"}) as stream:
+                for line in stream.iter_lines():
+                    if line == ": connected":
+                        ready.set()
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[6:])["message"])
+                        return
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert ready.wait(30)
+        assert a.post("/tokens", json={"name": "from-a", "role": "viewer"}).status_code == 201
+        reader.join(30)
+        assert seen
+        assert "from-a" in seen[0]
+
+        # Changes sent to the follower are done by the leader.
+        grid = {
+            "name": "yard",
+            "markers": [{"id": "a", "x": 0, "y": 0}, {"id": "b", "x": 1, "y": 0}],
+            "lanes": [["a", "b"]],
+        }
+        assert b.post("/fleet/maps", json=grid).status_code == 201
+        task = b.post("/tasks", json={"kind": "goto", "target": "fleet", "params": {"marker": "b"}})
+        assert task.status_code == 201, task.text
+        applied = b.post("/stacks", params={"wait": "false"}, json={"name": stack, "file": STACK})
+        assert applied.status_code == 201, applied.text
+        wait_until(lambda: len(engine_container_ids(LOCAL_URL, label)) >= 1, "the apply began")
+        running = set(running_container_ids(LOCAL_URL, label))
+        workers = set(engine_container_ids(LOCAL_URL, "corral.service=worker"))
+        assert not running & workers, "the apply is half done: no worker runs yet"
+
+        # SIGKILL the leader in the middle of the apply.
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.stop()
+        killed = time.monotonic()
+        wait_until(
+            lambda: (_leader(b) or {}).get("url") == second.url, "the follower takes the lead", 60
+        )
+        print(f"takeover after {time.monotonic() - killed:.1f} s")
+        wait_until(
+            lambda: len(running_container_ids(LOCAL_URL, label)) == 7,
+            "the gate and six workers running",
+            120,
+        )
+        time.sleep(5)  # two more passes of the new leader: nothing may be added
+        assert len(engine_container_ids(LOCAL_URL, label)) == 7
+        assert len(running_container_ids(LOCAL_URL, label)) == 7
+        view = b.get(f"/stacks/{stack}").json()
+        assert view["state"] == "running"
+        assert len({s["container_id"] for s in view["slots"]}) == 7
+        kinds = [e["kind"] for e in b.get("/events", params={"kind": "replica.*"}).json()]
+        assert kinds.count("replica.leading") == 2
+        tasks = b.get("/tasks").json()
+        assert [t["id"] for t in tasks] == [task.json()["id"]], "the task exists once"
+        assert tasks[0]["state"] == "queued", "no robot: it waits, on the new leader too"
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            b.delete(f"/stacks/{stack}")
+        a.close()
+        b.close()
+        second.stop()
+        first.stop()
+        leftovers = engine_container_ids(LOCAL_URL, label)
+        if leftovers:
+            subprocess.run(["docker", "-H", LOCAL_URL, "rm", "-f", *leftovers], check=False)
+
+
+def test_a_robot_on_a_follower_is_relayed_to_the_leader_and_survives_its_loss(
+    local_engine: str, tmp_path: Path, pg_url: str
+) -> None:
+    env = _replica_env(local_engine, pg_url)
+    first = ServeProcess(tmp_path / "a", env).start()
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    with httpx.Client(base_url=first.url, headers=headers, timeout=60) as a:
+        wait_until(lambda: _leader(a) is not None, "the first replica leads", 30)
+    second = ServeProcess(tmp_path / "b", env).start()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=second.url, headers=headers, timeout=60) as b:
+            grid = {"name": "yard", "markers": [{"id": "a", "x": 0, "y": 0}], "lanes": []}
+            assert (await b.post("/fleet/maps", json=grid)).status_code == 201
+            made = await b.post("/fleet/robots", json={"name": "far", "map": "yard", "marker": "a"})
+            assert made.status_code == 201, made.text
+            robot = RobotClient(second.url, "far", made.json()["token"])
+            got: list[Any] = []
+
+            async def handler(command: dict[str, Any]) -> None:
+                got.append(command["payload"]["n"])
+
+            robot.on_command(handler)
+            welcomes: list[Any] = []
+            robot.on_connect(welcomes.append)
+            running = asyncio.create_task(robot.run())
+
+            async def delivered(n: int) -> None:
+                sent = await b.post(
+                    "/fleet/robots/far/commands", json={"kind": "custom", "payload": {"n": n}}
+                )
+                assert sent.status_code == 201, sent.text
+                async with asyncio.timeout(30):
+                    while True:  # the robot has it, and corral has its ack
+                        log = (await b.get("/fleet/robots/far/commands/log")).json()
+                        if n in got and all(c["acked_at"] for c in log):
+                            return
+                        await asyncio.sleep(0.1)
+
+            try:
+                await asyncio.wait_for(robot.connected.wait(), 30)
+                view = (await b.get("/fleet/robots/far")).json()
+                assert view["state"] == "online", "the leader knows the relayed robot"
+                await delivered(1)
+
+                # The leader dies: the relayed socket closes, and the robot reconnects to
+                # the follower, which leads by then.
+                assert first.proc is not None
+                os.kill(first.proc.pid, signal.SIGKILL)
+                first.stop()
+                for _ in range(300):
+                    replicas = (await b.get("/replicas")).json()
+                    leads = any(r["leader"] and r["url"] == second.url for r in replicas)
+                    if leads and len(welcomes) == 2 and robot.connected.is_set():
+                        break
+                    await asyncio.sleep(0.2)
+                assert len(welcomes) == 2, (
+                    f"the robot did not connect again after the leader's loss: {replicas}; "
+                    f"robot: {running.done() and running.exception()!r}, "
+                    f"sessions {robot.sessions}; "
+                    f"the follower's log ends:\n{second.output()[-4000:]}"
+                )
+                await delivered(2)
+                assert got == [1, 2]
+            finally:
+                await robot.close()
+                await asyncio.gather(running, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        second.stop()
+        first.stop()

@@ -1,0 +1,73 @@
+"""Headless Chromium for the dashboard tests: Debian's /usr/bin/chromium driven by
+Playwright, a guard that fails on any request leaving the host, and a screenshot folder.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from playwright.sync_api import Browser, Page, Request, Response, Route, sync_playwright
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO_ROOT / "test-artifacts" / "dashboard"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@dataclass
+class Guard:
+    """Every request the page makes; requests to other hosts are aborted and kept."""
+
+    seen: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)  # dashboard assets that did not load
+
+    def attach(self, page: Page) -> None:
+        page.route("**/*", self._route)
+        page.on("requestfailed", self._failed)
+        page.on("response", self._answered)
+
+    def _failed(self, request: Request) -> None:
+        if "/ui/" in request.url:
+            self.unloaded.append(f"{request.url}: {request.failure}")
+
+    def _answered(self, response: Response) -> None:
+        if "/ui/" in response.url and response.status >= 400:
+            self.unloaded.append(f"{response.url}: HTTP {response.status}")
+
+    def _route(self, route: Route) -> None:
+        url = route.request.url
+        self.seen.append(url)
+        host = urlsplit(url).hostname or ""
+        if url.startswith(("data:", "blob:", "about:")) or host in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            self.outside.append(url)
+            route.abort()
+
+
+def screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

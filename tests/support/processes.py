@@ -1,0 +1,45 @@
+"""Small process helpers shared by the test bed: a free loopback port, waiting for a
+server to answer, and stopping a child process by its PID (SIGKILL when it lingers)."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stop_process(proc: "subprocess.Popen[str]", sig: int = signal.SIGTERM) -> int:
+    """Signal the process and wait for it; SIGKILL after 20 s. Its exit status."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def wait_answering(
+    url: str, timeout: float = 30.0, proc: "subprocess.Popen[str] | None" = None
+) -> None:
+    """Until GET `url` answers 200; RuntimeError after `timeout` or if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")

@@ -1,0 +1,128 @@
+"""The dispatcher's journal: decisions written in batches, in order, sent only once stored,
+and kept for the next write when a write fails (a store that fails once is faked here).
+"""
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from corral.events import EventBus
+from corral.fleet.journal import Journal
+from corral.store.fleet import FleetStore
+from corral.store.tables import CommandRow, MissionRow
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.batches: list[tuple[Any, ...]] = []
+        self.fail_next = False
+        self.gate: asyncio.Event | None = None
+        self.next_id = 1
+
+    async def apply(
+        self,
+        missions: dict[int, dict[str, Any]],
+        robots: dict[str, dict[str, Any]],
+        acks: dict[str, set[int]],
+        commands: list[tuple[str, str, dict[str, Any]]],
+        traffic: dict[str, dict[str, Any]],
+    ) -> list[CommandRow]:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk I/O error")
+        self.batches.append((missions, robots, commands, traffic, acks))
+        rows = []
+        for robot, kind, body in commands:
+            rows.append(CommandRow(id=self.next_id, robot=robot, kind=kind, body=body))
+            self.next_id += 1
+        return rows
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def emit_many(self, events: list[tuple[str, str, str, Any]]) -> None:
+        self.events += [kind for kind, *_ in events]
+
+
+def _journal() -> tuple[Journal, FakeStore, FakeBus, list[int], list[int]]:
+    store, bus = FakeStore(), FakeBus()
+    sent: list[int] = []
+    ended: list[int] = []
+
+    async def deliver(rows: list[CommandRow]) -> None:
+        sent.extend(r.id for r in rows)
+
+    async def on_end(row: MissionRow) -> None:
+        ended.append(row.id)
+
+    snapshots = iter(range(1, 1000))
+    journal = Journal(
+        cast(FleetStore, store),
+        cast(EventBus, bus),
+        lambda name: {"map": name, "version": next(snapshots)},
+        deliver,
+        [on_end],
+    )
+    return journal, store, bus, sent, ended
+
+
+async def test_decisions_made_while_a_batch_is_written_go_in_one_next_batch() -> None:
+    journal, store, bus, sent, _ = _journal()
+    store.gate = asyncio.Event()
+    journal.command("r1", "move", {"marker": "a"})
+    journal.changed("m")
+    first = asyncio.create_task(journal.commit())
+    await asyncio.sleep(0)
+    # While the first batch is being written, three more decisions and three callers.
+    journal.command("r2", "move", {"marker": "b"})
+    journal.mission(7, progress=1)
+    journal.mission(7, progress=2)
+    journal.changed("m")
+    others = [asyncio.create_task(journal.commit()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert sent == [], "nothing is sent before it is stored"
+    store.gate.set()
+    await asyncio.gather(first, *others)
+    assert len(store.batches) == 2
+    missions, _, commands, traffic, _ = store.batches[1]
+    assert missions == {7: {"progress": 2}}
+    assert [c[0] for c in commands] == ["r2"]
+    assert traffic == {"m": {"map": "m", "version": 2}}
+    assert sent == [1, 2]
+    assert bus.events == []
+
+
+async def test_a_failed_write_is_kept_and_written_with_what_came_after() -> None:
+    journal, store, bus, sent, ended = _journal()
+    store.fail_next = True
+    journal.command("r1", "move", {"marker": "a"})
+    journal.mission(3, state="done")
+    journal.event("mission.done", "mission/3", "mission 3 done")
+    journal.ended(MissionRow(id=3, robot="r1"))
+    with pytest.raises(OSError, match="disk I/O"):
+        await journal.commit()
+    assert (sent, ended, bus.events) == ([], [], [])
+    journal.command("r1", "estop", {})
+    journal.ack("r1", [5])
+    await journal.commit()
+    [(missions, _, commands, _, acks)] = store.batches
+    assert acks == {"r1": {5}}
+    assert missions == {3: {"state": "done"}}
+    assert [c[1] for c in commands] == ["move", "estop"]
+    assert sent == [1, 2]
+    assert bus.events == ["mission.done"]
+    assert ended == [3]
+
+
+async def test_a_commit_with_nothing_new_writes_nothing() -> None:
+    journal, store, _, _, _ = _journal()
+    await journal.commit()
+    journal.robot("r1", marker="a")
+    await journal.commit()
+    await journal.commit()
+    assert len(store.batches) == 1
