@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 from tests.support.agents import AgentProcess, unique_name, wat_bytes
 from tests.support.browser import Guard, chromium, screenshot
@@ -153,9 +154,12 @@ def _until(page: Page, check: Callable[[], object], what: str, limit: float = 60
         page.wait_for_timeout(100)
 
 
-def _open(page: Page, url: str, name: str, token: str = ADMIN) -> None:
+def _open(page: Page, url: str, name: str, guard: Guard, token: str = ADMIN) -> None:
     page.goto(f"{url}/ui/#{name}")
-    page.wait_for_selector("#signin:not([hidden]), #page[data-ready=true]")
+    try:
+        page.wait_for_selector("#signin:not([hidden]), #page[data-ready=true]")
+    except PlaywrightError as exc:
+        raise AssertionError(f"page {name} never came up: {guard.report(page)}") from exc
     if page.locator("#signin").is_visible():
         page.fill("#token", token)
         page.press("#token", "Enter")
@@ -198,18 +202,15 @@ def test_the_dashboard_shows_and_operates_everything(
         )
         assert task.status_code == 201, task.text
         for name in PAGES:
-            _open(page, serve.url, name)
+            _open(page, serve.url, name, guard)
             try:
                 expect(page.locator("#page")).to_contain_text(expectations[name], timeout=20_000)
             except AssertionError as exc:
-                banner = page.locator("#failure").text_content()
-                raise AssertionError(
-                    f"page {name}: {exc}; the page says {banner!r}; not loaded: {guard.unloaded}"
-                ) from exc
+                raise AssertionError(f"page {name}: {exc}; {guard.report(page)}") from exc
             screenshot(page, f"{name}")
 
         # Stop a real container from the stacks page; the page follows without a reload.
-        _open(page, serve.url, "stacks")
+        _open(page, serve.url, "stacks", guard)
         marker = page.evaluate("() => { window.__same = 1; return 1; }")
         page.locator('button[data-stack="dash"][data-service="web"][data-action="stop"]').click()
         _until(
@@ -241,7 +242,7 @@ def test_the_dashboard_shows_and_operates_everything(
         assert api.delete("/stacks/typed").status_code == 200
 
         # Upload a module and run a deployment from the devices page.
-        _open(page, serve.url, "devices")
+        _open(page, serve.url, "devices", guard)
         form = page.locator("#module-upload")
         form.locator('input[type="file"]').set_input_files(
             {
@@ -299,7 +300,7 @@ def test_the_dashboard_shows_and_operates_everything(
         robot = api.get("/fleet/robots/dash-1").json()
         assert robot["map"] == "yard"
         api.post("/fleet/missions", json={"robot": "dash-1", "goal": "r0c4"})
-        _open(page, serve.url, "fleet")
+        _open(page, serve.url, "fleet", guard)
         dot = page.locator('circle.robot[data-robot="dash-1"]')
         expect(dot).to_be_visible(timeout=20_000)
         before = (dot.get_attribute("cx"), dot.get_attribute("cy"))
@@ -317,7 +318,7 @@ def test_the_dashboard_shows_and_operates_everything(
 
         # A tablet-sized screen, keyboard only: the navigation is reachable by Tab.
         page.set_viewport_size({"width": 800, "height": 1100})
-        _open(page, serve.url, "hosts")
+        _open(page, serve.url, "hosts", guard)
         page.keyboard.press("Tab")
         page.keyboard.press("Tab")
         focused = page.evaluate(
@@ -332,10 +333,10 @@ def test_the_dashboard_shows_and_operates_everything(
         context = browser.new_context(viewport={"width": 1024, "height": 768})
         page = context.new_page()
         guard.attach(page)
-        _open(page, serve.url, "stacks", viewer)
+        _open(page, serve.url, "stacks", guard, viewer)
         expect(page.locator("#page")).to_contain_text("web")
         assert page.locator('[data-action="stop"]').count() == 0
-        _open(page, serve.url, "fleet", viewer)
+        _open(page, serve.url, "fleet", guard, viewer)
         assert page.locator('[data-action="broadcast-stop"]').count() == 0
         screenshot(page, "stacks-viewer")
         context.close()
@@ -346,7 +347,7 @@ def test_the_dashboard_shows_and_operates_everything(
         page = context.new_page()
         guard.attach(page)
         page.route("**/pages/farm.js", lambda route: route.abort())
-        _open(page, serve.url, "hosts")
+        _open(page, serve.url, "hosts", guard)
         page.unroute("**/pages/farm.js")
         page.click('#nav a[href="#farm"]')
         expect(page.locator("#page h2")).to_have_text("Print farm", timeout=20_000)

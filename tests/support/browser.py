@@ -2,6 +2,7 @@
 Playwright, a guard that fails on any request leaving the host, and a screenshot folder.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,15 +42,51 @@ class Guard:
     seen: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)  # dashboard assets that did not load
+    open: dict[Request, float] = field(default_factory=dict)  # requests with no answer yet
+    console: list[str] = field(default_factory=list)
 
     def attach(self, page: Page) -> None:
         page.route("**/*", self._route)
+        page.on("request", self._sent)
+        page.on("requestfinished", self._done)
         page.on("requestfailed", self._failed)
         page.on("response", self._answered)
+        page.on("console", lambda message: self.console.append(message.text))
+
+    def _sent(self, request: Request) -> None:
+        self.open[request] = time.monotonic()
+
+    def _done(self, request: Request) -> None:
+        self.open.pop(request, None)
 
     def _failed(self, request: Request) -> None:
+        self.open.pop(request, None)
         if "/ui/" in request.url:
             self.unloaded.append(f"{request.url}: {request.failure}")
+
+    def report(self, page: Page) -> str:
+        """What the page is waiting for and what went wrong so far: for a failing check."""
+        now = time.monotonic()
+        waiting = [
+            f"{r.method} {r.url} ({now - t:.1f} s)"
+            for r, t in self.open.items()
+            if not r.url.endswith("/events/stream")
+        ]
+        try:
+            state = page.evaluate(
+                "() => ({ready: document.readyState, corral: typeof corral,"
+                " banner: (document.getElementById('failure') || {}).textContent,"
+                " signin: !(document.getElementById('signin') || {}).hidden,"
+                " page: (document.getElementById('page') || {}).outerHTML})"
+            )
+        except Exception as exc:  # noqa: BLE001 - a report must not hide the failure
+            state = {"error": str(exc)}
+        if isinstance(state.get("page"), str):
+            state["page"] = state["page"][:300]
+        return (
+            f"url {page.url}; state {state}; unanswered {waiting}; "
+            f"not loaded {self.unloaded}; console {self.console[-10:]}"
+        )
 
     def _answered(self, response: Response) -> None:
         if "/ui/" in response.url and response.status >= 400:

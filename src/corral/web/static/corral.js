@@ -13,6 +13,9 @@ const corral = (() => {
   let stream = null;
   let timer = null;
   let pending = null;
+  let retry = null;
+  const READ_SECONDS = 15;
+  const RETRY_MS = 2000;
 
   async function call(path, options = {}) {
     const headers = Object.assign({ Authorization: "Bearer " + token }, options.headers || {});
@@ -21,13 +24,22 @@ const corral = (() => {
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(options.json);
     }
-    const res = await fetch(api + path, { method: options.method || "GET", headers, body });
+    const method = options.method || "GET";
+    // A read that gets no answer fails (and its page tries again) instead of hanging.
+    const signal = method === "GET" ? AbortSignal.timeout(READ_SECONDS * 1000) : undefined;
+    let res;
+    try {
+      res = await fetch(api + path, { method, headers, body, signal });
+    } catch (err) {
+      if (err.name !== "TimeoutError") throw err;
+      throw new Error(path + ": no answer in " + READ_SECONDS + " s");
+    }
     const text = await res.text();
     let data = text;
     try { data = text ? JSON.parse(text) : null; } catch (_) { /* plain text */ }
     if (!res.ok) {
       const message = (data && data.error && data.error.message) || (data && data.err) || res.statusText;
-      throw new Error(message + " (HTTP " + res.status + ")");
+      throw Object.assign(new Error(message + " (HTTP " + res.status + ")"), { status: res.status });
     }
     return data;
   }
@@ -119,6 +131,7 @@ const corral = (() => {
     current = spec;
     if (name && !pages[name]) fail(new Error("no page " + JSON.stringify(name) + " here (reload if it should be)"));
     clearInterval(timer);
+    clearTimeout(retry);
     for (const a of document.querySelectorAll("#nav a")) {
       if (a.getAttribute("href") === "#" + name) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
@@ -143,7 +156,12 @@ const corral = (() => {
       if (first) fail(null);
     } catch (err) {
       if (spec !== current) return;
-      if (first) section.replaceChildren(el("h2", {}, spec.title));
+      if (first) {
+        section.replaceChildren(el("h2", {}, spec.title));
+        // Nothing shown yet: try again soon rather than wait for an event or a poll.
+        clearTimeout(retry);
+        retry = setTimeout(() => { if (spec === current) refresh(true); }, RETRY_MS);
+      }
       fail(err);
     }
   }
@@ -196,6 +214,11 @@ const corral = (() => {
     try {
       who = await call("/whoami");
     } catch (err) {
+      if (token && err.status !== 401 && err.status !== 403) {
+        fail(err); // corral itself did not answer: not a sign-in matter, so try again
+        setTimeout(start, RETRY_MS);
+        return;
+      }
       $("signin").hidden = false;
       $("nav").hidden = true;
       $("signin-error").textContent = token ? err.message : "";
