@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from playwright.sync_api import Browser, Page, Request, Response, Route, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "dashboard"
@@ -79,7 +80,7 @@ class Guard:
                 " signin: !(document.getElementById('signin') || {}).hidden,"
                 " page: (document.getElementById('page') || {}).outerHTML})"
             )
-        except Exception as exc:  # noqa: BLE001 - a report must not hide the failure
+        except PlaywrightError as exc:  # a report must not hide the failure
             state = {"error": str(exc)}
         if isinstance(state.get("page"), str):
             state["page"] = state["page"][:300]
