@@ -4,7 +4,7 @@ Producers call `emit`; the API's stream and the CLI's `events -f` read `subscrib
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,6 +37,12 @@ class EventBus:
         self.metrics = metrics
         self.queue_size = queue_size
         self._subscribers: set[Subscription] = set()
+        self._watchers: list[tuple[str, Callable[[EventView], None]]] = []
+
+    def watch(self, prefix: str, callback: Callable[[EventView], None]) -> None:
+        """Call `callback` at once for every event whose kind starts with `prefix`, emitted
+        here or relayed from another replica (for caches that an event makes stale)."""
+        self._watchers.append((prefix, callback))
 
     async def emit(
         self, kind: str, resource: str, message: str, data: dict[str, Any] | None = None
@@ -60,7 +66,10 @@ class EventBus:
         self.relay(event)
 
     def relay(self, event: EventView) -> None:
-        """Pass an event to the live subscribers (another replica's, through the feed)."""
+        """Pass an event to the watchers and live subscribers (another replica's too)."""
+        for prefix, callback in self._watchers:
+            if event.kind.startswith(prefix):
+                callback(event)
         for sub in list(self._subscribers):
             sub.offer(event)
 

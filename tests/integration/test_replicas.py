@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,29 @@ def _leader(api: httpx.Client) -> dict[str, Any] | None:
     return leaders[0] if leaders else None
 
 
+@contextlib.contextmanager
+def _next_event(api: httpx.Client, kind: str) -> Iterator[list[str]]:
+    """The message of the next event of this kind on this replica's stream, read while
+    the body of the `with` runs (the stream is open before it starts)."""
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def follow() -> None:
+        with api.stream("GET", "/events/stream", params={"kind": kind}) as stream:
+            for line in stream.iter_lines():
+                if line == ": connected":
+                    ready.set()
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:])["message"])
+                    return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert ready.wait(30), "the event stream opened"
+    yield seen
+    reader.join(30)
+
+
 def test_two_replicas_share_events_and_fail_over_mid_apply(
     local_engine: str, tmp_path: Path, pg_url: str
 ) -> None:
@@ -79,25 +103,20 @@ def test_two_replicas_share_events_and_fail_over_mid_apply(
         assert len(b.get("/replicas").json()) == 2
 
         # An event raised on one replica reaches a stream opened on the other.
-        seen: list[str] = []
-        ready = threading.Event()
-
-        def follow() -> None:
-            with b.stream("GET", "/events/stream", params={"kind": "token.*"}) as stream:
-                for line in stream.iter_lines():
-                    if line == ": connected":
-                        ready.set()
-                    if line.startswith("data: "):
-                        seen.append(json.loads(line[6:])["message"])
-                        return
-
-        reader = threading.Thread(target=follow, daemon=True)
-        reader.start()
-        assert ready.wait(30)
-        assert a.post("/tokens", json={"name": "from-a", "role": "viewer"}).status_code == 201
-        reader.join(30)
+        with _next_event(b, "token.*") as seen:
+            made = a.post("/tokens", json={"name": "from-a", "role": "viewer"})
+            assert made.status_code == 201
         assert seen
         assert "from-a" in seen[0]
+
+        # A token revoked on one replica is refused by the other at once, although the
+        # other had just let it in (and keeps known tokens for a few seconds).
+        viewer = {"Authorization": f"Bearer {made.json()['token']}"}
+        assert b.get("/hosts", headers=viewer).status_code == 200
+        with _next_event(b, "token.revoked") as seen:
+            assert a.delete(f"/tokens/{made.json()['info']['id']}").status_code == 200
+        assert seen
+        assert b.get("/hosts", headers=viewer).status_code == 401
 
         # Changes sent to the follower are done by the leader.
         grid = {

@@ -3,6 +3,7 @@
 The API's auth dependency asks `authorize`; token routes and `corral serve` call the rest.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -11,7 +12,7 @@ from corral.errors import Forbidden, Invalid, Unauthorized
 from corral.events import EventBus
 from corral.model.views import Role, TokenView
 from corral.store.tables import utcnow
-from corral.store.tokens import TokenStore
+from corral.store.tokens import TokenStore, hash_token
 
 Action = Literal["read", "write", "admin"]
 
@@ -39,19 +40,48 @@ class Caller:
         return action in GRANTS[self.role]
 
 
+# How long a token found in the store is trusted without asking the store again. Any
+# `token.` event (a revocation here or on another replica) forgets them all at once; this
+# bounds what a lagging event feed could leave stale.
+KNOWN_SECONDS = 10.0
+KNOWN_LIMIT = 50_000  # entries; past it the cache starts again (a flood of new tokens)
+
+
 class AccessService:
     def __init__(self, tokens: TokenStore, bus: EventBus) -> None:
         self.tokens = tokens
         self.bus = bus
+        # token hash -> (caller, expiry or None, monotonic time it was read)
+        self._known: dict[str, tuple[Caller, datetime | None, float]] = {}
+        self._forgotten = 0  # times the cache was cleared: a read older than that is not kept
+        bus.watch("token.", lambda _event: self._forget())
+
+    def _forget(self) -> None:
+        self._known.clear()
+        self._forgotten += 1
 
     async def identify(self, secret: str | None) -> Caller:
         """Who holds this token, whatever their role may do."""
         if not secret:
             raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+        key = hash_token(secret)
+        known = self._known.get(key)
+        if known is not None:
+            caller, expires_at, read_at = known
+            fresh = time.monotonic() - read_at < KNOWN_SECONDS
+            if fresh and (expires_at is None or expires_at > utcnow()):
+                return caller
+        forgotten = self._forgotten
         token = await self.tokens.authenticate(secret)
         if token is None:
+            self._known.pop(key, None)
             raise Unauthorized("invalid, expired or revoked token")
-        return Caller(token.id, token.name, token.role, token.subject)
+        caller = Caller(token.id, token.name, token.role, token.subject)
+        if forgotten == self._forgotten:  # no revocation came while the store was read
+            if len(self._known) >= KNOWN_LIMIT:
+                self._known.clear()
+            self._known[key] = (caller, token.expires_at, time.monotonic())
+        return caller
 
     async def authorize(self, secret: str | None, action: Action) -> Caller:
         caller = await self.identify(secret)
