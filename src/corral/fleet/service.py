@@ -237,7 +237,10 @@ class FleetService:
             await self.bus.emit("robot.online", f"robot/{name}", f"robot {name} is online")
         return link
 
-    async def telemetry(self, name: str, message: dict[str, Any]) -> None:
+    async def telemetry(self, name: str, message: dict[str, Any], infer: bool = True) -> None:
+        """A robot's report. With `infer`, standing on the marker it was sent to counts as
+        its checkpoint (one lost to a restart); the socket turns that off while a checkpoint
+        of its own is on the way."""
         row = self.robot(name)
         report = _telemetry(message)
         link = await self.seen(name)
@@ -249,7 +252,7 @@ class FleetService:
                 self.dispatch.lane_of(row.map, lane[0], lane[1])
             if marker is not None and self.dispatch.position(name, row.map) is None:
                 await self.dispatch.place(name, row.map, marker)
-            elif marker is not None and self.dispatch.granted(name, row.map) == marker:
+            elif infer and marker is not None and self.dispatch.granted(name, row.map) == marker:
                 # it stands where it was sent and its checkpoint was lost (a corral restart
                 # between reading the checkpoint and saving it): take this as the checkpoint
                 await self.dispatch.checkpoint(name, row.map, marker)

@@ -5,17 +5,16 @@ Operators use the first group with their tokens; a robot's token reaches only th
 channel routes of that robot (docs/fleet-protocol.md).
 """
 
-import contextlib
 import json
 from typing import Annotated, Any
 
-import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.websockets import WebSocketDisconnect
 
 from corral.api.deps import CoreDep, Reader, Writer, bearer
+from corral.api.robot_session import RobotSession, refuse
 from corral.control.access import Caller
 from corral.core import Core
 from corral.errors import CorralError, Forbidden, Invalid
@@ -23,9 +22,7 @@ from corral.fleet.missions import mission_doc
 from corral.model.names import NAME_PATTERN
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
-log = structlog.get_logger("corral.api.fleet")
 RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
-MAX_MESSAGE = 65_536
 
 
 class RobotRequest(BaseModel):
@@ -330,129 +327,21 @@ async def robot_socket(websocket: WebSocket) -> None:
     try:
         caller = await core.access.identify(secret)
     except CorralError as exc:
-        await _refuse(websocket, "unauthorized", exc.message, 4401)
+        await refuse(websocket, "unauthorized", exc.message, 4401)
         return
     if caller.role != "robot":
-        await _refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
+        await refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
         return
     if not core.replicas.leading.is_set():
         leader = await core.replicas.leader_url()
         where = f"connect to the leader at {leader}" if leader else "no replica leads right now"
-        await _refuse(websocket, "not_leader", f"this corral replica follows: {where}", 4503)
+        await refuse(websocket, "not_leader", f"this corral replica follows: {where}", 4503)
         return
     name = caller.subject
-    session = _Session(core, websocket, name)
+    session = RobotSession(core, websocket, name)
     try:
         await session.run()
     except WebSocketDisconnect:
         pass
     finally:
         core.fleet.links.detach(name, session.send)
-
-
-async def _refuse(websocket: WebSocket, code: str, message: str, close: int) -> None:
-    with contextlib.suppress(Exception):
-        await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
-        await websocket.close(close)
-
-
-class _Session:
-    """One robot's socket: hello first, then its messages in order."""
-
-    def __init__(self, core: Core, websocket: WebSocket, name: str) -> None:
-        self.core, self.websocket, self.name = core, websocket, name
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.websocket.send_text(json.dumps(message))
-
-    async def run(self) -> None:
-        fleet = self.core.fleet
-        hello = await self._next()
-        if hello is None:
-            return
-        if hello.get("type") != "hello":
-            await _refuse(self.websocket, "protocol", "the first message must be hello", 4400)
-            return
-        if hello.get("robot") != self.name:
-            await _refuse(
-                self.websocket,
-                "forbidden",
-                f"this token belongs to robot {self.name}, not {hello.get('robot')!r}",
-                4403,
-            )
-            return
-        try:
-            fleet.robot(self.name)
-        except CorralError as exc:
-            await _refuse(self.websocket, "forbidden", exc.message, 4403)
-            return
-        fleet.links.attach(self.name, self.send)
-        try:
-            fleet.check_signature(self.name, hello)
-        except CorralError as exc:
-            await _refuse(self.websocket, "bad_signature", exc.message, 4403)
-            return
-        await fleet.seen(self.name)
-        row = fleet.robot(self.name)
-        await self.send(
-            {
-                "type": "welcome",
-                "robot": self.name,
-                "heartbeat": self.core.settings.robot_heartbeat_seconds,
-                "signed": row.signed,
-                "map": row.map,
-            }
-        )
-        acked = hello.get("acked")
-        if isinstance(acked, list):
-            with contextlib.suppress(CorralError):
-                await fleet.ack(self.name, [i for i in acked if isinstance(i, int)])
-        for command in await fleet.pending(self.name):
-            await self.send(command)
-        while True:
-            message = await self._next()
-            if message is None:
-                return
-            try:
-                await self._handle(message)
-            except CorralError as exc:
-                code = exc.detail.get("code") if isinstance(exc.detail, dict) else None
-                await self.send({"type": "error", "code": code or exc.code, "message": exc.message})
-
-    async def _next(self) -> dict[str, Any] | None:
-        while True:
-            text = await self.websocket.receive_text()
-            if len(text) > MAX_MESSAGE:
-                await self.send({"type": "error", "code": "too_large", "message": "too large"})
-                continue
-            try:
-                message = json.loads(text)
-            except ValueError:
-                await self.send(
-                    {"type": "error", "code": "invalid", "message": "the message is not JSON"}
-                )
-                continue
-            if not isinstance(message, dict):
-                await self.send(
-                    {"type": "error", "code": "invalid", "message": "a message is a JSON object"}
-                )
-                continue
-            return message
-
-    async def _handle(self, message: dict[str, Any]) -> None:
-        fleet = self.core.fleet
-        kind = message.get("type")
-        fleet.check_signature(self.name, message)
-        if kind == "telemetry":
-            await fleet.telemetry(self.name, message)
-        elif kind == "checkpoint":
-            await fleet.checkpoint(self.name, message)
-        elif kind == "ack":
-            await fleet.ack(self.name, [message.get("id")])
-        elif kind == "ping":
-            await fleet.seen(self.name)
-            await self.send({"type": "pong"})
-        elif kind == "hello":
-            await fleet.seen(self.name)
-        else:
-            raise Invalid(f"unknown message type {kind!r}", {"code": "invalid"})

@@ -1,0 +1,180 @@
+"""One robot's WebSocket after its token is checked: hello, then its messages, in order.
+
+The socket is read all the time: checkpoints and acks, which wait for their batch to be
+stored, go to the session's own worker (in the order they came, a ping after them too, so
+its pong says they are stored); telemetry is handled at once, so a busy store never leaves
+a robot's reports or keepalives unread.
+"""
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+from fastapi import WebSocket
+
+from corral.core import Core
+from corral.errors import CorralError, Invalid
+
+log = structlog.get_logger("corral.fleet")
+
+MAX_MESSAGE = 65_536  # bytes of one message
+QUEUED = 64  # checkpoints and acks waiting for the worker; past it, reading waits too
+STORED_KINDS = ("checkpoint", "ack")  # answered once stored, by the worker
+
+
+async def refuse(websocket: WebSocket, code: str, message: str, close: int) -> None:
+    """Say why in an error message, then close with the given code."""
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
+        await websocket.close(close)
+
+
+class RobotSession:
+    def __init__(self, core: Core, websocket: WebSocket, name: str) -> None:
+        self.core, self.websocket, self.name = core, websocket, name
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUED)
+        self.stored_pending = 0  # checkpoints and acks read but not yet handled
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.websocket.send_text(json.dumps(message))
+
+    async def run(self) -> None:
+        if not await self._greet():
+            return
+        worker = asyncio.create_task(self._work(), name=f"robot {self.name}")
+        try:
+            while True:
+                message = await self._next()
+                if message is None:
+                    return
+                try:
+                    # Signatures are checked as read: their counter must grow in that order.
+                    self.core.fleet.check_signature(self.name, message)
+                except CorralError as exc:
+                    await self._refused(exc)
+                    continue
+                kind = message.get("type")
+                if kind in STORED_KINDS or (kind == "ping" and self.stored_pending):
+                    # A ping after checkpoints or acks is answered once they are stored.
+                    self.stored_pending += 1
+                    await self.queue.put(message)
+                else:
+                    await self._answer(message)
+        finally:
+            # What was read is handled even when the socket is gone: nothing is lost.
+            await self.queue.put(None)
+            await worker
+
+    async def _greet(self) -> bool:
+        """The hello: the right robot, a valid signature; then welcome and what is open."""
+        fleet = self.core.fleet
+        hello = await self._next()
+        if hello is None:
+            return False
+        if hello.get("type") != "hello":
+            await refuse(self.websocket, "protocol", "the first message must be hello", 4400)
+            return False
+        if hello.get("robot") != self.name:
+            await refuse(
+                self.websocket,
+                "forbidden",
+                f"this token belongs to robot {self.name}, not {hello.get('robot')!r}",
+                4403,
+            )
+            return False
+        try:
+            fleet.robot(self.name)
+        except CorralError as exc:
+            await refuse(self.websocket, "forbidden", exc.message, 4403)
+            return False
+        fleet.links.attach(self.name, self.send)
+        try:
+            fleet.check_signature(self.name, hello)
+        except CorralError as exc:
+            await refuse(self.websocket, "bad_signature", exc.message, 4403)
+            return False
+        await fleet.seen(self.name)
+        row = fleet.robot(self.name)
+        await self.send(
+            {
+                "type": "welcome",
+                "robot": self.name,
+                "heartbeat": self.core.settings.robot_heartbeat_seconds,
+                "signed": row.signed,
+                "map": row.map,
+            }
+        )
+        acked = hello.get("acked")
+        if isinstance(acked, list):
+            with contextlib.suppress(CorralError):
+                await fleet.ack(self.name, [i for i in acked if isinstance(i, int)])
+        for command in await fleet.pending(self.name):
+            await self.send(command)
+        return True
+
+    async def _next(self) -> dict[str, Any] | None:
+        while True:
+            text = await self.websocket.receive_text()
+            if len(text) > MAX_MESSAGE:
+                await self.send({"type": "error", "code": "too_large", "message": "too large"})
+                continue
+            try:
+                message = json.loads(text)
+            except ValueError:
+                await self.send(
+                    {"type": "error", "code": "invalid", "message": "the message is not JSON"}
+                )
+                continue
+            if not isinstance(message, dict):
+                await self.send(
+                    {"type": "error", "code": "invalid", "message": "a message is a JSON object"}
+                )
+                continue
+            return message
+
+    async def _work(self) -> None:
+        """Checkpoints and acks, one at a time in the order read, each until stored."""
+        while (message := await self.queue.get()) is not None:
+            try:
+                await self._answer(message)
+            except Exception:  # one bad message must not stop the robot's later ones
+                log.exception("robot message failed", robot=self.name, kind=message.get("type"))
+                with contextlib.suppress(Exception):
+                    await self.send(
+                        {"type": "error", "code": "internal", "message": "corral failed on it"}
+                    )
+            finally:
+                self.stored_pending -= 1
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        """Handle one message; a refusal goes back to the robot as an error message."""
+        try:
+            await self._handle(message)
+        except CorralError as exc:
+            await self._refused(exc)
+
+    async def _refused(self, exc: CorralError) -> None:
+        code = exc.detail.get("code") if isinstance(exc.detail, dict) else None
+        with contextlib.suppress(Exception):  # the socket may be gone by now
+            await self.send({"type": "error", "code": code or exc.code, "message": exc.message})
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        fleet = self.core.fleet
+        kind = message.get("type")
+        if kind == "telemetry":
+            # While a checkpoint is on its way, a report of standing on that marker is
+            # not a lost checkpoint: let the worker's own checkpoint decide.
+            await fleet.telemetry(self.name, message, infer=self.stored_pending == 0)
+        elif kind == "checkpoint":
+            await fleet.checkpoint(self.name, message)
+        elif kind == "ack":
+            await fleet.ack(self.name, [message.get("id")])
+        elif kind == "ping":
+            await fleet.seen(self.name)
+            await self.send({"type": "pong"})
+        elif kind == "hello":
+            await fleet.seen(self.name)
+        else:
+            raise Invalid(f"unknown message type {kind!r}", {"code": "invalid"})
