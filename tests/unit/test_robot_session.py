@@ -62,17 +62,23 @@ class FakeFleet:
         self.log.append(f"checkpoint {message['marker']}")
 
 
+def _connected() -> tuple[FakeSocket, FakeFleet, "asyncio.Task[None]"]:
+    """A session of robot r1 running on a fake socket, its hello sent."""
+    socket, fleet = FakeSocket(), FakeFleet()
+    core = SimpleNamespace(fleet=fleet, settings=SimpleNamespace(robot_heartbeat_seconds=5))
+    session = RobotSession(cast(Core, core), cast(Any, socket), "r1")
+    running = asyncio.create_task(session.run())
+    socket.say(type="hello", robot="r1")
+    return socket, fleet, running
+
+
 async def _settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
 
 
 async def test_telemetry_is_read_while_a_checkpoint_waits_and_ping_waits_for_it() -> None:
-    socket, fleet = FakeSocket(), FakeFleet()
-    core = SimpleNamespace(fleet=fleet, settings=SimpleNamespace(robot_heartbeat_seconds=5))
-    session = RobotSession(cast(Core, core), cast(Any, socket), "r1")
-    running = asyncio.create_task(session.run())
-    socket.say(type="hello", robot="r1")
+    socket, fleet, running = _connected()
     socket.say(type="checkpoint", marker="m1")
     socket.say(type="telemetry", marker="m1")
     socket.say(type="ping")
@@ -94,11 +100,7 @@ async def test_telemetry_is_read_while_a_checkpoint_waits_and_ping_waits_for_it(
 
 
 async def test_what_was_read_is_handled_after_the_robot_hangs_up() -> None:
-    socket, fleet = FakeSocket(), FakeFleet()
-    core = SimpleNamespace(fleet=fleet, settings=SimpleNamespace(robot_heartbeat_seconds=5))
-    session = RobotSession(cast(Core, core), cast(Any, socket), "r1")
-    running = asyncio.create_task(session.run())
-    socket.say(type="hello", robot="r1")
+    socket, fleet, running = _connected()
     socket.say(type="checkpoint", marker="m1")
     socket.say(type="ack", id=7)
     socket.incoming.put_nowait(None)
