@@ -36,6 +36,7 @@ class RobotSession:
         self.core, self.websocket, self.name = core, websocket, name
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUED)
         self.stored_pending = 0  # checkpoints and acks read but not yet handled
+        self.gone = False  # the robot hung up: what is left is handled without answers
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(message))
@@ -47,8 +48,6 @@ class RobotSession:
         try:
             while True:
                 message = await self._next()
-                if message is None:
-                    return
                 try:
                     # Signatures are checked as read: their counter must grow in that order.
                     self.core.fleet.check_signature(self.name, message)
@@ -64,6 +63,7 @@ class RobotSession:
                     await self._answer(message)
         finally:
             # What was read is handled even when the socket is gone: nothing is lost.
+            self.gone = True
             await self.queue.put(None)
             await worker
 
@@ -71,8 +71,6 @@ class RobotSession:
         """The hello: the right robot, a valid signature; then welcome and what is open."""
         fleet = self.core.fleet
         hello = await self._next()
-        if hello is None:
-            return False
         if hello.get("type") != "hello":
             await refuse(self.websocket, "protocol", "the first message must be hello", 4400)
             return False
@@ -114,7 +112,8 @@ class RobotSession:
             await self.send(command)
         return True
 
-    async def _next(self) -> dict[str, Any] | None:
+    async def _next(self) -> dict[str, Any]:
+        """The next message that is a JSON object; what is not gets an error, and is skipped."""
         while True:
             text = await self.websocket.receive_text()
             if len(text) > MAX_MESSAGE:
@@ -140,6 +139,8 @@ class RobotSession:
             try:
                 await self._answer(message)
             except Exception:  # one bad message must not stop the robot's later ones
+                if self.gone:  # an answer (a pong) to a robot that hung up: nothing to say
+                    continue
                 log.exception("robot message failed", robot=self.name, kind=message.get("type"))
                 with contextlib.suppress(Exception):
                     await self.send(
