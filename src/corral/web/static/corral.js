@@ -137,6 +137,7 @@ const corral = (() => {
       else a.removeAttribute("aria-current");
     }
     document.title = "corral: " + spec.title;
+    $("page").dataset.ready = "false"; // until this page has rendered
     await refresh(!name || Boolean(pages[name]));
     if (spec.poll) timer = setInterval(() => refresh(false), spec.poll);
   }
