@@ -157,7 +157,7 @@ def _until(page: Page, check: Callable[[], object], what: str, limit: float = 60
 def _open(page: Page, url: str, name: str, guard: Guard, token: str = ADMIN) -> None:
     page.goto(f"{url}/ui/#{name}")
     try:
-        page.wait_for_selector("#signin:not([hidden]), #page[data-ready=true]")
+        page.wait_for_selector("#signin:not([hidden]), #page[data-ready=true]", timeout=60_000)
     except PlaywrightError as exc:
         raise AssertionError(f"page {name} never came up: {guard.report(page)}") from exc
     if page.locator("#signin").is_visible():
