@@ -200,6 +200,21 @@ def test_swarm_stack_spreads_over_both_engines_and_goes_away(server: ThreadServe
             by_host["edge"] | by_host["robot"]
         )
 
+        # Scaled by hand (`docker service scale`): corral sets the count back from the file.
+        scaled = _docker(LOCAL_URL, "service", "scale", "--detach", f"{stack}_web=1")
+        assert scaled.returncode == 0, scaled.stderr
+        _wait(
+            lambda: _service(stack)["Spec"]["Mode"]["Replicated"]["Replicas"] == 4,
+            60,
+            "the hand-made scale undone",
+        )
+        rescaled = api.get(
+            "/events", params={"resource": f"stack/{stack}/web", "kind": "stack.service.rescaled"}
+        ).json()
+        assert len(rescaled) == 1, rescaled
+        assert "scaled to 1 outside corral" in rescaled[0]["message"]
+        _wait(_all_running(api, stack), 120, "four replicas running again")
+
         # Stop scales the service to nothing, start brings the four back.
         stopped = api.post(f"/stacks/{stack}/stop", json={"services": []}, timeout=120).json()
         assert {s["state"] for s in stopped["slots"]} == {"stopped"}

@@ -18,9 +18,11 @@ from corral.model.placement import HostCandidate
 from corral.model.swarm import (
     NodeChoice,
     SwarmNode,
+    SwarmService,
     SwarmTask,
     TaskSlot,
     choose_nodes,
+    hand_made_scale,
     node_slots,
     plan_service,
     seen_tasks,
@@ -435,3 +437,19 @@ def test_a_global_services_slots_follow_its_nodes_in_host_order() -> None:
     ]
     assert not settled(("n-robot", "n-edge"), tasks)
     assert settled(("n-robot",), tasks)
+
+
+def test_a_service_scaled_by_hand_is_found_and_only_then() -> None:
+    plan = _plan(_service("image: x"), replicas=3)
+
+    def service(replicas: int, spec_hash: str = plan.spec_hash) -> SwarmService:
+        labels = {**plan.labels, "corral.spec-hash": spec_hash}
+        return SwarmService("id", plan.name, 7, labels, "x", replicas)
+
+    assert hand_made_scale(service(3), plan) == ""
+    assert hand_made_scale(service(1), plan) == ("scaled to 1 outside corral; the file says 3")
+    # Another spec (an update of corral's, or swarm's rollback to the previous one) is not
+    # a hand-made scale: the hashes already differ and the usual update path decides.
+    assert hand_made_scale(service(1, "other"), plan) == ""
+    global_plan = _plan(_service("image: x", "deploy: {mode: global}"))
+    assert hand_made_scale(service(0, global_plan.spec_hash), global_plan) == ""

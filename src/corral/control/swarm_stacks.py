@@ -31,6 +31,7 @@ from corral.model.swarm import (
     TaskSeen,
     TaskSlot,
     choose_nodes,
+    hand_made_scale,
     node_slots,
     plan_service,
     seen_tasks,
@@ -179,7 +180,8 @@ class SwarmStacks:
                         await self._remove_service(name, driver, current, "stopped by request")
                     continue
                 plan = plan_service(name, service, networks, volumes, choice, replicas)
-                if current is not None and current.spec_hash == plan.spec_hash:
+                scaled = hand_made_scale(current, plan) if current is not None else ""
+                if current is not None and current.spec_hash == plan.spec_hash and not scaled:
                     continue
                 if current is not None and await self._rolled_back(name, current, plan):
                     continue
@@ -187,7 +189,7 @@ class SwarmStacks:
                     hosts_of = [candidates[n].name for n in choice.allowed if n in candidates]
                     if replicas:
                         await self._supply_images(drivers, hosts_of, service, name)
-                    made = await self._apply(name, driver, plan, current)
+                    made = await self._apply(name, driver, plan, current, scaled)
                     changed[svc] = (made, choice.allowed if service.global_mode else replicas)
                 except CorralError as exc:
                     problems[svc] = exc.message
@@ -202,9 +204,15 @@ class SwarmStacks:
         return await self._observe(name, stored, spec, driver, drivers, nodes, hosts, problems)
 
     async def _apply(
-        self, name: str, driver: HostDriver, plan: ServicePlan, current: SwarmService | None
+        self,
+        name: str,
+        driver: HostDriver,
+        plan: ServicePlan,
+        current: SwarmService | None,
+        scaled: str = "",
     ) -> str:
-        """Create or update one service; return its ID."""
+        """Create or update one service (`scaled`: how it was scaled by hand, to undo);
+        return its ID."""
         svc = plan.labels[SERVICE]
         resource = f"stack/{name}/{svc}"
         replicated = plan.mode.get("Replicated")
@@ -224,6 +232,14 @@ class SwarmStacks:
             return made
         await self.hosts.call(driver.update_service, current.id, current.version, plan)
         self._attempted[(name, svc)] = plan.spec_hash
+        if scaled:
+            await self.bus.emit(
+                "stack.service.rescaled",
+                resource,
+                f"swarm service {plan.name} was {scaled}: set back to {replicas}",
+                {**data, "found": current.replicas},
+            )
+            return current.id
         await self.bus.emit(
             "stack.service.changed",
             resource,

@@ -325,6 +325,17 @@ def plan_service(
     )
 
 
+def hand_made_scale(current: SwarmService, plan: ServicePlan) -> str:
+    """How a service whose spec corral made (the same hash) was scaled by hand, e.g. with
+    `docker service scale`: what to say, or "" when its replica count is as planned."""
+    wanted = plan.mode.get("Replicated")
+    if wanted is None or current.spec_hash != plan.spec_hash:
+        return ""
+    if current.replicas == wanted["Replicas"]:
+        return ""
+    return f"scaled to {current.replicas} outside corral; the file says {wanted['Replicas']}"
+
+
 def _current(tasks: Sequence[SwarmTask]) -> SwarmTask:
     """The task that speaks for a slot: the newest one meant to run, else the newest."""
     meant = [t for t in tasks if t.desired_state in ("running", "ready", "accepted")]
