@@ -233,19 +233,14 @@ class SwarmStacks:
         await self.hosts.call(driver.update_service, current.id, current.version, plan)
         self._attempted[(name, svc)] = plan.spec_hash
         if scaled:
-            await self.bus.emit(
-                "stack.service.rescaled",
-                resource,
-                f"swarm service {plan.name} was {scaled}: set back to {replicas}",
-                {**data, "found": current.replicas},
-            )
-            return current.id
-        await self.bus.emit(
-            "stack.service.changed",
-            resource,
-            f"swarm service {plan.name}: spec changed, swarm rolls it out",
-            {**data, "previous_hash": current.spec_hash},
-        )
+            kind = "stack.service.rescaled"
+            message = f"swarm service {plan.name} was {scaled}: set back to {replicas}"
+            data["found"] = current.replicas
+        else:
+            kind = "stack.service.changed"
+            message = f"swarm service {plan.name}: spec changed, swarm rolls it out"
+            data["previous_hash"] = current.spec_hash
+        await self.bus.emit(kind, resource, message, data)
         return current.id
 
     async def _observe(
