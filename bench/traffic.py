@@ -24,6 +24,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,56 +162,58 @@ def record(
     return starts, trace
 
 
-def replay_corral(
-    fmap: FleetMap, starts: dict[str, str], trace: list[Op]
+def replay(
+    table: Traffic | NaiveTable,
+    decide: Callable[[str, str], bool],
+    starts: dict[str, str],
+    trace: list[Op],
 ) -> tuple[list[float], int]:
-    traffic = Traffic(fmap)
-    for robot, spot in starts.items():
-        traffic.place(robot, spot)
-    times: list[float] = []
-    grants = 0
-    clock = time.perf_counter_ns
-    for kind, robot, marker in trace:
-        if kind == "request":
-            started = clock()
-            answer = traffic.request(robot, marker)
-            if isinstance(answer, Blocked):
-                traffic.deadlock(robot)
-            times.append((clock() - started) / 1000)
-            grants += isinstance(answer, Grant)
-        elif kind == "arrived":
-            started = clock()
-            traffic.arrived(robot, marker)
-            times.append((clock() - started) / 1000)
-        else:
-            traffic.waits.pop(robot, None)
-    return times, grants
-
-
-def replay_naive(
-    fmap: FleetMap, starts: dict[str, str], trace: list[Op]
-) -> tuple[list[float], int]:
-    table = NaiveTable(fmap)
+    """Replay the trace on a table; `decide` is its request plus deadlock handling, True
+    when granted. Returns the time of each decision (µs) and the grants."""
     for robot, spot in starts.items():
         table.place(robot, spot)
     times: list[float] = []
     grants = 0
     clock = time.perf_counter_ns
     for kind, robot, marker in trace:
+        started = clock()
         if kind == "request":
-            started = clock()
-            granted = table.request(robot, marker)
-            if not granted:
-                table.deadlock()
-            times.append((clock() - started) / 1000)
-            grants += granted
+            grants += decide(robot, marker)
         elif kind == "arrived":
-            started = clock()
             table.arrived(robot, marker)
-            times.append((clock() - started) / 1000)
         else:
             table.waits.pop(robot, None)
+            continue
+        times.append((clock() - started) / 1000)
     return times, grants
+
+
+def replay_corral(
+    fmap: FleetMap, starts: dict[str, str], trace: list[Op]
+) -> tuple[list[float], int]:
+    traffic = Traffic(fmap)
+
+    def decide(robot: str, marker: str) -> bool:
+        answer = traffic.request(robot, marker)
+        if isinstance(answer, Blocked):
+            traffic.deadlock(robot)
+        return isinstance(answer, Grant)
+
+    return replay(traffic, decide, starts, trace)
+
+
+def replay_naive(
+    fmap: FleetMap, starts: dict[str, str], trace: list[Op]
+) -> tuple[list[float], int]:
+    table = NaiveTable(fmap)
+
+    def decide(robot: str, marker: str) -> bool:
+        granted = table.request(robot, marker)
+        if not granted:
+            table.deadlock()
+        return granted
+
+    return replay(table, decide, starts, trace)
 
 
 def describe(name: str, values: list[float]) -> tuple[float, float]:

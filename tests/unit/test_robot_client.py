@@ -150,6 +150,19 @@ async def running(client: RobotClient) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
 
 
+@asynccontextmanager
+async def obeying(
+    fleet: FakeFleet, handler: Callable[[dict[str, Any]], Awaitable[None]]
+) -> AsyncIterator[RobotClient]:
+    """Robot r1 connected to the fake fleet, its commands going to `handler`."""
+    async with serving(fleet.handler) as url:
+        client = RobotClient(url, "r1", TOKEN)
+        client.on_command(handler)
+        async with running(client):
+            await asyncio.wait_for(client.connected.wait(), 5)
+            yield client
+
+
 async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     """Poll `condition` (a state of the client or the fake, not an event) for a while."""
     async with asyncio.timeout(seconds):
@@ -195,18 +208,14 @@ async def test_command_acked_after_handler_returns() -> None:
         await release.wait()
         order.append(f"done {command['id']}")
 
-    async with serving(fleet.handler) as url:
-        client = RobotClient(url, "r1", TOKEN)
-        client.on_command(handler)
-        async with running(client):
-            await asyncio.wait_for(client.connected.wait(), 5)
-            await fleet.command(1, "move", marker="b", lane=["a", "b"])
-            await until(lambda: order == ["start 1"])
-            await asyncio.sleep(0.1)
-            assert fleet.inbox.empty()  # no ack while the handler works
-            release.set()
-            assert (await fleet.next())[1] == ack(1)
-            assert order == ["start 1", "done 1"]
+    async with obeying(fleet, handler):
+        await fleet.command(1, "move", marker="b", lane=["a", "b"])
+        await until(lambda: order == ["start 1"])
+        await asyncio.sleep(0.1)
+        assert fleet.inbox.empty()  # no ack while the handler works
+        release.set()
+        assert (await fleet.next())[1] == ack(1)
+        assert order == ["start 1", "done 1"]
 
 
 async def test_duplicate_ids_are_acked_not_handled_again() -> None:
@@ -219,24 +228,20 @@ async def test_duplicate_ids_are_acked_not_handled_again() -> None:
         await release.wait()
         handled.append(command["id"])
 
-    async with serving(fleet.handler) as url:
-        client = RobotClient(url, "r1", TOKEN)
-        client.on_command(handler)
-        async with running(client):
-            await asyncio.wait_for(client.connected.wait(), 5)
-            await fleet.command(1, "move", marker="b", lane=["a", "b"])
-            assert (await fleet.next())[1] == ack(1)
-            await fleet.command(1, "move", marker="b", lane=["a", "b"])  # re-sent
-            assert (await fleet.next())[1] == ack(1)  # acked again
-            release.clear()  # a copy arriving while the first is in the handler
-            await fleet.command(2, "stop")
-            await fleet.command(2, "stop")
-            await asyncio.sleep(0.05)
-            release.set()
-            assert (await fleet.next())[1] == ack(2)
-            await asyncio.sleep(0.1)
-            assert fleet.inbox.empty()
-            assert handled == [1, 2]
+    async with obeying(fleet, handler):
+        await fleet.command(1, "move", marker="b", lane=["a", "b"])
+        assert (await fleet.next())[1] == ack(1)
+        await fleet.command(1, "move", marker="b", lane=["a", "b"])  # re-sent
+        assert (await fleet.next())[1] == ack(1)  # acked again
+        release.clear()  # a copy arriving while the first is in the handler
+        await fleet.command(2, "stop")
+        await fleet.command(2, "stop")
+        await asyncio.sleep(0.05)
+        release.set()
+        assert (await fleet.next())[1] == ack(2)
+        await asyncio.sleep(0.1)
+        assert fleet.inbox.empty()
+        assert handled == [1, 2]
 
 
 async def test_estop_overtakes_queued_commands() -> None:
@@ -249,18 +254,14 @@ async def test_estop_overtakes_queued_commands() -> None:
         if command["id"] == 1:
             await release.wait()
 
-    async with serving(fleet.handler) as url:
-        client = RobotClient(url, "r1", TOKEN)
-        client.on_command(handler)
-        async with running(client):
-            await asyncio.wait_for(client.connected.wait(), 5)
-            await fleet.command(1, "move", marker="b", lane=["a", "b"])
-            await fleet.command(2, "move", marker="c", lane=["b", "c"])
-            await fleet.command(3, "estop")
-            assert (await fleet.next())[1] == ack(3)  # while move 1 is still in the handler
-            release.set()
-            assert [(await fleet.next())[1] for _ in range(2)] == [ack(1), ack(2)]
-            assert order == ["move 1", "estop 3", "move 2"]
+    async with obeying(fleet, handler):
+        await fleet.command(1, "move", marker="b", lane=["a", "b"])
+        await fleet.command(2, "move", marker="c", lane=["b", "c"])
+        await fleet.command(3, "estop")
+        assert (await fleet.next())[1] == ack(3)  # while move 1 is still in the handler
+        release.set()
+        assert [(await fleet.next())[1] for _ in range(2)] == [ack(1), ack(2)]
+        assert order == ["move 1", "estop 3", "move 2"]
 
 
 async def test_handler_failure_is_not_acked() -> None:
@@ -272,16 +273,12 @@ async def test_handler_failure_is_not_acked() -> None:
         if len(calls) == 1:
             raise RuntimeError("motor controller busy")
 
-    async with serving(fleet.handler) as url:
-        client = RobotClient(url, "r1", TOKEN)
-        client.on_command(handler)
-        async with running(client):
-            await asyncio.wait_for(client.connected.wait(), 5)
-            await fleet.command(1, "custom", payload={"led": "red"})
-            await until(lambda: calls == [1])
-            await fleet.command(1, "custom", payload={"led": "red"})  # as after a reconnect
-            assert (await fleet.next())[1] == ack(1)
-            assert calls == [1, 1]
+    async with obeying(fleet, handler):
+        await fleet.command(1, "custom", payload={"led": "red"})
+        await until(lambda: calls == [1])
+        await fleet.command(1, "custom", payload={"led": "red"})  # as after a reconnect
+        assert (await fleet.next())[1] == ack(1)
+        assert calls == [1, 1]
 
 
 async def test_reconnects_and_delivers_queued_checkpoints_in_order() -> None:
@@ -291,42 +288,38 @@ async def test_reconnects_and_delivers_queued_checkpoints_in_order() -> None:
     async def handler(command: dict[str, Any]) -> None:
         handled.append(command["id"])
 
-    async with serving(fleet.handler) as url:
-        client = RobotClient(url, "r1", TOKEN)
-        client.on_command(handler)
-        async with running(client):
-            await asyncio.wait_for(client.connected.wait(), 5)
-            await fleet.command(1, "move", marker="b", lane=["a", "b"])
-            assert (await fleet.next())[1] == ack(1)
+    async with obeying(fleet, handler) as client:
+        await fleet.command(1, "move", marker="b", lane=["a", "b"])
+        assert (await fleet.next())[1] == ack(1)
 
-            fleet.gate.clear()  # hold the next connection before its welcome
-            transport = fleet.conns[0].transport
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.abort()  # the server side drops the link abruptly
-            await until(lambda: not client.connected.is_set())
-            assert not await client.checkpoint("b")
-            assert not await client.telemetry(lane=["b", "c"], progress=0.5)  # dropped…
-            assert not await client.checkpoint("c", distance=0.0)
-            assert not await client.telemetry(marker="c")  # …but the newest is kept
-            assert client.pending_checkpoints == 2
+        fleet.gate.clear()  # hold the next connection before its welcome
+        transport = fleet.conns[0].transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.abort()  # the server side drops the link abruptly
+        await until(lambda: not client.connected.is_set())
+        assert not await client.checkpoint("b")
+        assert not await client.telemetry(lane=["b", "c"], progress=0.5)  # dropped…
+        assert not await client.checkpoint("c", distance=0.0)
+        assert not await client.telemetry(marker="c")  # …but the newest is kept
+        assert client.pending_checkpoints == 2
 
-            await until(lambda: len(fleet.hellos) == 2)
-            assert fleet.hellos[1] == {"type": "hello", "robot": "r1", "acked": [1]}
-            fleet.gate.set()
-            await asyncio.wait_for(client.connected.wait(), 5)
-            received = [await fleet.next() for _ in range(3)]
-            assert received == [
-                (1, {"type": "checkpoint", "marker": "b"}),
-                (1, {"type": "checkpoint", "marker": "c", "distance": 0.0}),
-                (1, {"type": "telemetry", "marker": "c", "lane": None}),
-            ]
-            assert client.pending_checkpoints == 0
-            assert client.reconnects == 1
+        await until(lambda: len(fleet.hellos) == 2)
+        assert fleet.hellos[1] == {"type": "hello", "robot": "r1", "acked": [1]}
+        fleet.gate.set()
+        await asyncio.wait_for(client.connected.wait(), 5)
+        received = [await fleet.next() for _ in range(3)]
+        assert received == [
+            (1, {"type": "checkpoint", "marker": "b"}),
+            (1, {"type": "checkpoint", "marker": "c", "distance": 0.0}),
+            (1, {"type": "telemetry", "marker": "c", "lane": None}),
+        ]
+        assert client.pending_checkpoints == 0
+        assert client.reconnects == 1
 
-            await fleet.command(1, "move", marker="b", lane=["a", "b"], conn=1)  # re-sent
-            await fleet.command(2, "move", marker="d", lane=["c", "d"], conn=1)
-            assert [(await fleet.next())[1] for _ in range(2)] == [ack(1), ack(2)]
-            assert handled == [1, 2]
+        await fleet.command(1, "move", marker="b", lane=["a", "b"], conn=1)  # re-sent
+        await fleet.command(2, "move", marker="d", lane=["c", "d"], conn=1)
+        assert [(await fleet.next())[1] for _ in range(2)] == [ack(1), ack(2)]
+        assert handled == [1, 2]
 
 
 async def test_unanswered_pings_make_it_reconnect() -> None:
