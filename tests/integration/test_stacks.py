@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.engines import LOCAL_URL, ROBOT_URL, RobotEngine, engine_container_ids
+from tests.support.engines import LOCAL_URL, ROBOT_URL, TWO_HOSTS, RobotEngine, engine_container_ids
 from tests.support.server import ADMIN, ThreadServer
 
 from corral.config import Settings
@@ -72,11 +72,7 @@ def server(swarm: RobotEngine, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     _clean("go1")
     with ThreadServer(settings) as running, running.client() as api:
-        hosts = {"hosts": [
-            {"name": "edge", "url": LOCAL_URL, "labels": {"role": "edge"}},
-            {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}},
-        ]}  # fmt: skip
-        assert api.put("/hosts", json=hosts).status_code == 200
+        assert api.put("/hosts", json=TWO_HOSTS).status_code == 200
         yield running
         for stack in api.get("/stacks").json():
             api.delete(f"/stacks/{stack['name']}", timeout=120)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.engines import LOCAL_URL, ROBOT_URL, RobotEngine
+from tests.support.engines import LOCAL_URL, ROBOT_URL, TWO_HOSTS, RobotEngine
 from tests.support.server import ADMIN, ThreadServer
 
 from corral.config import Settings
@@ -118,11 +118,7 @@ def server(swarm: RobotEngine, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stack_resync_seconds=5.0,
     )
     with ThreadServer(settings) as running, running.client() as api:
-        hosts = {"hosts": [
-            {"name": "edge", "url": LOCAL_URL, "labels": {"role": "edge"}},
-            {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}},
-        ]}  # fmt: skip
-        assert api.put("/hosts", json=hosts).status_code == 200
+        assert api.put("/hosts", json=TWO_HOSTS).status_code == 200
         _wait(lambda: all(h["facts"] for h in api.get("/hosts").json()), 30, "both hosts probed")
         yield running
         for stack in api.get("/stacks").json():

@@ -25,6 +25,13 @@ EDGE_ADDR = "10.231.0.1"
 ROBOT_ADDR = "10.231.0.2"
 ROBOT_PORT = 2375
 ROBOT_URL = f"tcp://{ROBOT_ADDR}:{ROBOT_PORT}"
+# The two hosts of the shared test bed, as `PUT /hosts` takes them.
+TWO_HOSTS = {
+    "hosts": [
+        {"name": "edge", "url": LOCAL_URL, "labels": {"role": "edge"}},
+        {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}},
+    ]
+}
 
 NETNS = "corral-robot"
 NETNS_PATH = Path("/var/run/netns") / NETNS

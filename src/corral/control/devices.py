@@ -23,6 +23,7 @@ from corral.model.manifests import Candidate
 from corral.model.wasm_modules import NAME
 from corral.store.devices import DeviceStore
 from corral.store.tables import DeviceRow
+from corral.waits import pause
 
 log = structlog.get_logger("corral.devices")
 MAX_ADDRESSES = 8
@@ -135,11 +136,7 @@ class DeviceService:
             rows = [r for r in await self.store.every() if r.status != "gone"]
             await asyncio.gather(*(self.check(row) for row in rows))
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    _first(stopping.wait(), self._wake.wait()),
-                    timeout=self.settings.device_health_seconds,
-                )
+            await pause(self.settings.device_health_seconds, stopping, self._wake)
 
     async def check(self, row: DeviceRow) -> None:
         url = device_url(row)
@@ -222,12 +219,3 @@ class DeviceService:
                 why = "has not described itself yet"
             out.append(Candidate(row.name, device_url(row), interfaces, not why, why))
         return out
-
-
-async def _first(*waits: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

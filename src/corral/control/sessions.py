@@ -57,6 +57,7 @@ from corral.model.views import (
 from corral.model.yamlfile import FileInvalid
 from corral.store.sessions import SessionStore, StoredSession, StoredTemplate, TemplateStore
 from corral.store.tables import utcnow
+from corral.waits import pause
 
 log = structlog.get_logger("corral.sessions")
 T = TypeVar("T")
@@ -613,8 +614,7 @@ class SessionService:
             if self._hurry > 0:  # an engine reports a death a moment before its listing does
                 self._hurry -= 1
                 period = min(period, 0.1)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stop.wait(), self._wake.wait()), timeout=period)
+            await pause(period, stop, self._wake)
 
     def poke(self) -> None:
         """Check soon (a session container started or died on some engine)."""
@@ -789,16 +789,6 @@ class SessionService:
                 return
             kept = {r.service: r for r in await self.store.containers(session)}[service].logs
             yield "".join(kept.splitlines(keepends=True)[-tail:] if tail else [kept]).encode()
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Return when the first of the waits returns; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def _all(*work: Coroutine[Any, Any, T]) -> list[T]:
