@@ -5,7 +5,6 @@ example modules in examples/wasm/modules.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 import wasmtime
-from tests.support.processes import free_port, stop_process, wait_answering
+from tests.support.processes import ChildProcess, free_port, wait_answering
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WASM_MODULES = REPO_ROOT / "examples" / "wasm" / "modules"
@@ -33,7 +32,7 @@ def unique_name(prefix: str = "agent") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-class AgentProcess:
+class AgentProcess(ChildProcess):
     """`python -m corral.agent` (the same as `corral agent`) on 127.0.0.1:<port>.
 
     `start()` waits until it answers; `stop()` sends SIGTERM to its PID and waits, and
@@ -101,17 +100,6 @@ class AgentProcess:
     def restart(self) -> "AgentProcess":
         self.stop()
         return self.start()
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Signal the agent's PID and wait for it; SIGKILL after 20 s. The exit status."""
-        if self.proc is None:
-            return 0
-        code = stop_process(self.proc, sig)
-        self.proc = None
-        return code
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -43,3 +44,21 @@ def wait_answering(
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class ChildProcess:
+    """A process the test bed started: its Popen while it runs, and its output file."""
+
+    proc: "subprocess.Popen[str] | None" = None
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal its PID and wait for it; SIGKILL after 20 s. The exit status."""
+        if self.proc is None:
+            return 0
+        code = stop_process(self.proc, sig)
+        self.proc = None
+        return code

@@ -6,7 +6,6 @@ Both listen on a free loopback port and are stopped by the test that started the
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-from tests.support.processes import free_port, stop_process, wait_answering
+from tests.support.processes import ChildProcess, free_port, wait_answering
 
 from corral.api import create_app
 from corral.config import Settings
@@ -66,7 +65,7 @@ def corral_command() -> list[str]:
     return [sys.executable, "-m", "corral"]
 
 
-class ServeProcess:
+class ServeProcess(ChildProcess):
     """`corral serve` as a real process; stopped by SIGTERM to its own PID."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int = 0) -> None:
@@ -95,19 +94,9 @@ class ServeProcess:
             raise RuntimeError(f"corral serve failed:\n{self.log.read_text()}") from None
         return self
 
-    def output(self) -> str:
-        return self.log.read_text()
-
     def first_admin_token(self) -> str | None:
         found = re.findall(r"CORRAL_TOKEN=(crl_\S+)", self.output())
         return found[-1] if found else None
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc is None:
-            return 0
-        code = stop_process(self.proc, sig)
-        self.proc = None
-        return code
 
     def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "CORRAL_URL": self.url}
