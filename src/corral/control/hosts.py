@@ -172,7 +172,11 @@ class HostService:
 
     async def driver(self, name: str) -> HostDriver:
         """The driver for a stored host (NotFound if there is none)."""
-        return self._driver(spec_of(await self.store.get(name)))
+        return self.driver_for(await self.store.get(name))
+
+    def driver_for(self, host: HostView) -> HostDriver:
+        """The driver for a host already read from the store (no second read)."""
+        return self._driver(spec_of(host))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking driver call in the hosts' thread pool."""

@@ -21,6 +21,7 @@ from corral.events import EventBus
 from corral.store.database import Database
 from corral.store.events import CHANNEL, EventStore
 from corral.store.tables import ReplicaRow, utcnow
+from corral.waits import pause
 
 log = structlog.get_logger("corral.replicas")
 LOCK_KEY = 0x636F7272616C  # "corral": one advisory lock per database
@@ -88,8 +89,7 @@ class Replicas:
                     await self._campaign(stopping, lead, take_over)
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.warning("leader election: database unreachable", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=self.poll)
+                await pause(self.poll, stopping)
         finally:
             for task in (feed, beat):
                 task.cancel()
@@ -104,8 +104,7 @@ class Replicas:
             while not stopping.is_set():
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=self.poll)
+                await pause(self.poll, stopping)
             if stopping.is_set():
                 return
             await self._crown()
@@ -121,8 +120,7 @@ class Replicas:
             try:
                 while not stopping.is_set() and not work.done():
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.poll * 3)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), timeout=self.poll)
+                    await pause(self.poll, stopping)
             except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 log.error("lost the lead: its database connection failed", error=str(exc))
             finally:
@@ -165,8 +163,7 @@ class Replicas:
                         .where(ReplicaRow.id == self.id)
                         .values(seen_at=utcnow(), leader=self.leading.is_set())
                     )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=self.poll)
+            await pause(self.poll, stopping)
 
     async def _unregister(self) -> None:
         with contextlib.suppress(Exception):

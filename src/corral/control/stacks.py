@@ -41,6 +41,7 @@ from corral.model.containers import (
     ContainerPlan,
     container_name,
     engine_names,
+    owned_labels,
     plan_container,
 )
 from corral.model.names import check_name
@@ -226,12 +227,12 @@ class StackService:
         for host in await self.hosts.store.list():
             if not host.reachable:
                 continue
-            driver = await self.hosts.driver(host.name)
+            driver = self.hosts.driver_for(host)
             try:
-                found = await self.hosts.call(driver.containers, _owned(name))
+                found = await self.hosts.call(driver.containers, owned_labels(name))
                 await asyncio.gather(*(self._remove(driver, c) for c in found))
                 removed += len(found)
-                for net in await self.hosts.call(driver.networks, _owned(name)):
+                for net in await self.hosts.call(driver.networks, owned_labels(name)):
                     await self._remove_network(name, host.name, driver, net)
             except Unreachable as exc:
                 log.warning("down: host unreachable", host=host.name, error=exc.message)
@@ -274,7 +275,7 @@ class StackService:
             if not host.reachable:
                 continue
             try:
-                driver = await self.hosts.driver(host.name)
+                driver = self.hosts.driver_for(host)
                 found = await self.hosts.call(driver.networks, {OWNED: "true"})
                 for net, labels in found.items():
                     # Young networks are left alone: another pass may be about to use one.
@@ -353,7 +354,7 @@ class StackService:
         async def look(host: str) -> None:
             driver = await self.hosts.driver(host)
             try:
-                observed[host] = await self.hosts.call(driver.containers, _owned(name))
+                observed[host] = await self.hosts.call(driver.containers, owned_labels(name))
                 drivers[host] = driver
             except Unreachable:
                 pass
@@ -398,7 +399,7 @@ class StackService:
             hosts = sorted({h for _, h in users if h in work.drivers})
             if not hosts or spec.external:
                 continue
-            labels = {**_owned(work.name), CREATED: str(int(time.time()))}
+            labels = {**owned_labels(work.name), CREATED: str(int(time.time()))}
             overlay = spec.driver == "overlay" or (
                 spec.driver is None
                 and len({h for _, h in users}) > 1
@@ -626,7 +627,7 @@ class StackService:
         except Conflict:
             # A container with this name exists but was not in this pass's view: one left
             # half-made by a crash. Remove it if it is ours, then create once more.
-            found = await self.hosts.call(driver.containers, _owned(plan.stack))
+            found = await self.hosts.call(driver.containers, owned_labels(plan.stack))
             ours = [c for c in found if c.name == plan.name]
             if not ours:
                 raise Conflict(
@@ -654,7 +655,7 @@ class StackService:
             await self.hosts.call(
                 work.drivers[host].ensure_volume,
                 work.volumes.get(mount.source, mount.source),
-                _owned(work.name),
+                owned_labels(work.name),
             )
 
     # ------------------------------------------------------------------ logs
@@ -710,7 +711,7 @@ class StackService:
             for host in await self.hosts.store.list():
                 running = watching.get(host.name)
                 if host.reachable and (running is None or not running.is_alive()):
-                    driver = await self.hosts.driver(host.name)
+                    driver = self.hosts.driver_for(host)
                     # A daemon thread per engine: its stream ends when the driver closes.
                     watching[host.name] = threading.Thread(
                         target=_pump,
@@ -772,11 +773,6 @@ def _pump(
             loop.call_soon_threadsafe(queue.put_nowait, (host, event))
 
 
-def _owned(stack: str) -> dict[str, str]:
-    """The labels that select what corral made for a stack (never a look-alike)."""
-    return {STACK: stack, OWNED: "true"}
-
-
 def _restarts(spec: ServiceSpec, c: ContainerInfo) -> bool:
     if spec.restart in ("always", "unless-stopped"):
         return True
@@ -816,10 +812,9 @@ def _constraint_problems(spec: StackSpec, candidates: list[HostCandidate]) -> li
     problems = []
     for svc_name, svc in sorted(spec.services.items()):
         if svc.constraints and not matching_hosts(spec, svc_name, candidates):
-            text = ", ".join(f"{c.field} {c.op} {c.value}" for c in svc.constraints)
             problems.append(
                 f"line {svc.line}: services.{svc_name}.deploy.placement.constraints: "
-                f"no host meets {text}"
+                f"no host meets {svc.constraint_text}"
             )
     return problems
 

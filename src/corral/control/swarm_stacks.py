@@ -19,7 +19,7 @@ from corral.errors import CorralError, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
 from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec
-from corral.model.containers import CREATED, OWNED, SERVICE, STACK, engine_names
+from corral.model.containers import CREATED, OWNED, SERVICE, STACK, engine_names, owned_labels
 from corral.model.placement import HostCandidate
 from corral.model.swarm import (
     IN_FLUX_STATES,
@@ -57,10 +57,6 @@ _UPDATE_WORDS = {
 }
 
 
-def _owned(stack: str) -> dict[str, str]:
-    return {STACK: stack, OWNED: "true"}
-
-
 def manager_of(hosts: list[HostView]) -> HostView | None:
     """The first reachable host whose engine is a swarm manager."""
     managers = [
@@ -86,10 +82,6 @@ def node_candidates(hosts: list[HostView]) -> dict[str, HostCandidate]:
     }
 
 
-def _constraint_text(spec: ServiceSpec) -> str:
-    return ", ".join(f"{c.field} {c.op} {c.value}" for c in spec.constraints)
-
-
 class SwarmStacks:
     def __init__(self, hosts: HostService, bus: EventBus, images: ImageSupply) -> None:
         self.hosts = hosts
@@ -113,7 +105,7 @@ class SwarmStacks:
                 "x-corral.mode: swarm mode needs a reachable swarm manager among the hosts, "
                 f"and none is one ({seen or 'no hosts'})"
             ]
-        driver = await self.hosts.driver(manager.name)
+        driver = self.hosts.driver_for(manager)
         try:
             nodes = await self.hosts.call(driver.swarm_nodes)
         except CorralError as exc:
@@ -126,7 +118,7 @@ class SwarmStacks:
             if svc.constraints:
                 problems.append(
                     f"line {svc.line}: services.{svc_name}.deploy.placement.constraints: "
-                    f"no swarm node meets {_constraint_text(svc)}"
+                    f"no swarm node meets {svc.constraint_text}"
                 )
             else:
                 problems.append(
@@ -147,18 +139,17 @@ class SwarmStacks:
         if manager is None:
             reason = "swarm mode needs a reachable swarm manager, and no host is one now"
             return _pending(spec, stored, reason), False
-        driver = await self.hosts.driver(manager.name)
+        driver = self.hosts.driver_for(manager)
         try:
             nodes = await self.hosts.call(driver.swarm_nodes)
             existing = {
-                s.service: s for s in await self.hosts.call(driver.swarm_services, _owned(name))
+                s.service: s
+                for s in await self.hosts.call(driver.swarm_services, owned_labels(name))
             }
         except CorralError as exc:
             return _pending(spec, stored, f"swarm manager {manager.name}: {exc.message}"), False
         candidates = node_candidates(hosts)
-        drivers = {
-            h.name: await self.hosts.driver(h.name) for h in hosts if h.reachable and h.facts
-        }
+        drivers = {h.name: self.hosts.driver_for(h) for h in hosts if h.reachable and h.facts}
         for svc, stray in sorted(existing.items()):
             if svc not in spec.services:
                 await self._remove_service(name, driver, stray, "no longer declared")
@@ -171,7 +162,7 @@ class SwarmStacks:
                 service = spec.services[svc]
                 choice = choose_nodes(service, nodes, candidates)
                 if not choice.allowed:
-                    problems[svc] = f"no swarm node meets {_constraint_text(service) or 'it'}"
+                    problems[svc] = f"no swarm node meets {service.constraint_text or 'it'}"
                     continue
                 replicas = 0 if svc in stored.stopped else service.replicas
                 current = existing.get(svc)
@@ -209,7 +200,7 @@ class SwarmStacks:
         driver: HostDriver,
         plan: ServicePlan,
         current: SwarmService | None,
-        scaled: str = "",
+        scaled: str,
     ) -> str:
         """Create or update one service (`scaled`: how it was scaled by hand, to undo);
         return its ID."""
@@ -255,7 +246,7 @@ class SwarmStacks:
         problems: Mapping[str, str],
     ) -> tuple[list[SlotState], bool]:
         services = {
-            s.service: s for s in await self.hosts.call(driver.swarm_services, _owned(name))
+            s.service: s for s in await self.hosts.call(driver.swarm_services, owned_labels(name))
         }
         health = await self._containers(name, drivers)
         candidates = node_candidates(hosts)
@@ -281,7 +272,7 @@ class SwarmStacks:
                 continue
             await self._report_update(name, current)
             busy = busy or current.update_state in IN_FLUX_STATES
-            note = problems.get(svc, "") or await self._service_note(name, current)
+            note = problems.get(svc, "") or _service_note(current)
             tasks = await self.hosts.call(driver.swarm_tasks, current.id)
             if service.global_mode:
                 slots = node_slots(allowed, tasks, node_hosts, health, by_id)
@@ -357,17 +348,6 @@ class SwarmStacks:
         if events:
             await self.bus.emit_many(events)
 
-    async def _service_note(self, name: str, current: SwarmService) -> str:
-        """What a slot's reason says about its service's rolling update, if anything."""
-        state, message = current.update_state, current.update_message
-        if state in ROLLBACK_STATES:
-            return f"update rolled back: {message}" if message else "update rolled back"
-        if state == "paused":
-            return f"update paused: {message}" if message else "update paused"
-        if state == "updating":
-            return "rolling update under way"
-        return ""
-
     async def _settle(
         self, driver: HostDriver, changed: Mapping[str, tuple[str, int | tuple[str, ...]]]
     ) -> None:
@@ -406,7 +386,7 @@ class SwarmStacks:
     ) -> None:
         """An attachable overlay for each network the services use (external ones exist)."""
         used = sorted({net for svc in spec.services.values() for net in svc.networks})
-        labels = {**_owned(name), CREATED: str(int(time.time()))}
+        labels = {**owned_labels(name), CREATED: str(int(time.time()))}
         for net in used:
             declared = spec.networks.get(net, NetworkSpec(net))
             if declared.external:
@@ -486,8 +466,8 @@ class SwarmStacks:
         manager = manager_of(hosts)
         if manager is None:
             raise _no_manager(name)
-        driver = await self.hosts.driver(manager.name)
-        services = await self.hosts.call(driver.swarm_services, _owned(name))
+        driver = self.hosts.driver_for(manager)
+        services = await self.hosts.call(driver.swarm_services, owned_labels(name))
         running = 0
         for service in services:
             tasks = await self.hosts.call(driver.swarm_tasks, service.id)
@@ -521,7 +501,7 @@ class SwarmStacks:
         for host in hosts:
             if not host.reachable:
                 continue
-            engine = await self.hosts.driver(host.name)
+            engine = self.hosts.driver_for(host)
             while time.monotonic() < deadline:
                 try:
                     found = await self.hosts.call(engine.containers, {STACK: name})
@@ -530,6 +510,18 @@ class SwarmStacks:
                 if not [c for c in found if c.labels.get(OWNED) != "true"]:
                     break
                 await asyncio.sleep(0.5)
+
+
+def _service_note(current: SwarmService) -> str:
+    """What a slot's reason says about its service's rolling update, if anything."""
+    state, message = current.update_state, current.update_message
+    if state in ROLLBACK_STATES:
+        return f"update rolled back: {message}" if message else "update rolled back"
+    if state == "paused":
+        return f"update paused: {message}" if message else "update paused"
+    if state == "updating":
+        return "rolling update under way"
+    return ""
 
 
 def _no_manager(stack: str) -> Unreachable:

@@ -178,6 +178,11 @@ class ServiceSpec:
     restart_window_s: float | None = None
     global_mode: bool = False  # deploy.mode: global: one task on each allowed node
 
+    @property
+    def constraint_text(self) -> str:
+        """Its placement constraints as written, for messages ("" when it has none)."""
+        return ", ".join(f"{c.field} {c.op} {c.value}" for c in self.constraints)
+
 
 @dataclass(frozen=True)
 class NetworkSpec:

@@ -87,6 +87,11 @@ class ContainerDetails:
     health: str = ""
 
 
+def owned_labels(stack: str) -> dict[str, str]:
+    """The labels that select what corral made for a stack (never a look-alike)."""
+    return {STACK: stack, OWNED: "true"}
+
+
 def container_name(stack: str, service: str, replica: int) -> str:
     return f"{stack}-{service}-{replica}"
 

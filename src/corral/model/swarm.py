@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.model.compose import ServiceSpec, UpdatePolicy
-from corral.model.containers import OWNED, SERVICE, SPEC_HASH, STACK
+from corral.model.containers import SERVICE, SPEC_HASH, STACK, owned_labels
 from corral.model.placement import HostCandidate
 
 # UpdateStatus.State values (swarmkit) and the event corral raises when it sees one.
@@ -206,7 +206,7 @@ def _mounts(stack: str, spec: ServiceSpec, volumes: Mapping[str, str]) -> list[d
             entry["Source"] = mount.source
         elif mount.kind == "volume" and mount.source:
             entry["Source"] = volumes.get(mount.source, mount.source)
-            entry["VolumeOptions"] = {"Labels": {STACK: stack, OWNED: "true"}}
+            entry["VolumeOptions"] = {"Labels": owned_labels(stack)}
         mounts.append(entry)
     return mounts
 
@@ -303,7 +303,7 @@ def plan_service(
         }
         for port in spec.ports
     ]
-    labels = {STACK: stack, SERVICE: spec.name, OWNED: "true"}
+    labels = {**owned_labels(stack), SERVICE: spec.name}
     mode: dict[str, Any] = (
         {"Global": {}} if spec.global_mode else {"Replicated": {"Replicas": replicas}}
     )
