@@ -15,7 +15,7 @@ from corral.errors import Conflict, Invalid, NotFound
 from corral.events import EventBus
 from corral.fleet.journal import Deliver, Journal, MissionEnd
 from corral.model.fleet_map import FleetMap, lane_key, parse_map, shortest_route
-from corral.model.traffic import Blocked, Traffic
+from corral.model.traffic import MARKER, Blocked, Traffic, marker_resource
 from corral.store.fleet import FleetStore
 from corral.store.tables import MissionRow, utcnow
 
@@ -66,7 +66,7 @@ class Dispatcher:
             )
         for robot in await self.store.robots():
             self.priority[robot.name] = robot.priority
-        for mission in await self.store.missions("active"):
+        for mission in await self.store.missions("active", limit=None):  # every one
             self.active[mission.robot] = mission
 
     # ------------------------------------------------------------------ maps
@@ -76,20 +76,20 @@ class Dispatcher:
             old = self.traffic.get(fmap.name)
             if old is not None:
                 missing = [
-                    r.split(":", 1)[1]
+                    r.removeprefix(MARKER)
                     for r in old.holds
-                    if r.startswith("marker:") and r.split(":", 1)[1] not in fmap.markers
+                    if r.startswith(MARKER) and r.removeprefix(MARKER) not in fmap.markers
                 ]
                 if missing:
                     raise Conflict(
                         f"map {fmap.name}: robots stand on marker(s) the new map lacks: "
                         f"{', '.join(sorted(missing)[:5])}"
                     )
+            # Whatever the restore refuses must be refused before the map is stored.
+            traffic = Traffic.restore(fmap, old.snapshot()) if old is not None else Traffic(fmap)
             created = await self.store.put_map(fmap.name, fmap.as_dict())
             self.maps[fmap.name] = fmap
-            self.traffic[fmap.name] = (
-                Traffic.restore(fmap, old.snapshot()) if old is not None else Traffic(fmap)
-            )
+            self.traffic[fmap.name] = traffic
             self.journal.changed(fmap.name)
         await self.journal.commit()
         await self.bus.emit(
@@ -236,7 +236,7 @@ class Dispatcher:
             traffic = self.traffic[map_name]
             if traffic.position(robot) == marker:
                 return
-            holder = traffic.holder(f"marker:{marker}")
+            holder = traffic.holder(marker_resource(marker))
             if holder == robot:
                 traffic.arrived(robot, marker)
                 self.journal.changed(map_name)
@@ -285,10 +285,12 @@ class Dispatcher:
             self._finish(mission, "done")
             return
         following = mission.route[mission.progress + 1]
-        if traffic.holder(f"marker:{following}") == robot:
+        if traffic.holder(marker_resource(following)) == robot:
             return  # granted already; waiting for its checkpoint
+        waited = traffic.waits.get(robot)
         answer = traffic.request(robot, following)
-        self.journal.changed(mission.map)  # a grant, or a wait
+        if not isinstance(answer, Blocked) or traffic.waits.get(robot) != waited:
+            self.journal.changed(mission.map)  # a grant, or a new wait (not the same again)
         if isinstance(answer, Blocked):
             if not self._around_standing(mission, answer):
                 self._break_deadlock(mission.map)
@@ -310,10 +312,13 @@ class Dispatcher:
     def _around_standing(self, mission: MissionRow, blocked: Blocked) -> bool:
         """Blocked by a robot that is not going anywhere: route around it (True), or say so
         once and wait (False is returned only when the holder is moving)."""
-        standing = self._standing(mission.map)
-        if blocked.holder not in standing.values():
-            return False
         traffic = self.traffic[mission.map]
+        holder = blocked.holder
+        if holder in self.active or traffic.granted(holder) is not None:
+            return False  # the holder is on its way: wait (cheaper than listing who stands)
+        standing = self._standing(mission.map)
+        if holder not in standing.values():
+            return False
         here = mission.route[mission.progress]
         avoid = frozenset(m for m in standing if m != here)
         route = shortest_route(self.maps[mission.map], here, mission.goal, avoid)

@@ -30,6 +30,7 @@ from corral.model.views import TaskView
 from corral.robot.signing import verify
 from corral.store.fleet import FleetStore
 from corral.store.tables import CommandRow, MissionRow, RobotRow, utcnow
+from corral.waits import pause
 
 log = structlog.get_logger("corral.fleet")
 KINDS = ("move", "stop", "resume", "estop", "custom", "mission")
@@ -357,8 +358,7 @@ class FleetService:
             await self.dispatch.tick()
             await self._assign_tasks()
             self._assign.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assign.wait(), timeout=period)
+            await pause(period, stopping, self._assign)
 
     # ------------------------------------------------------------------ tasks
     async def _check_task(self, kind: str, params: dict[str, Any]) -> None:

@@ -30,13 +30,6 @@ class FleetStore:
             await s.flush()
             return row
 
-    async def robot(self, name: str) -> RobotRow:
-        async with self.db.session() as s:
-            row = await s.get(RobotRow, name)
-            if row is None:
-                raise NotFound(f"robot {name!r} not found", {"robot": name})
-            return row
-
     async def robots(self) -> list[RobotRow]:
         async with self.db.session() as s:
             return list((await s.scalars(select(RobotRow).order_by(RobotRow.name))).all())
@@ -149,9 +142,12 @@ class FleetStore:
                 raise NotFound(f"mission {id} not found", {"mission": id})
             return row
 
-    async def missions(self, state: str | None = None, limit: int = 500) -> list[MissionRow]:
+    async def missions(self, state: str | None = None, limit: int | None = 500) -> list[MissionRow]:
+        """The newest missions first; `limit=None` for all of them."""
         async with self.db.session() as s:
-            query = select(MissionRow).order_by(MissionRow.id.desc()).limit(limit)
+            query = select(MissionRow).order_by(MissionRow.id.desc())
+            if limit is not None:
+                query = query.limit(limit)
             if state is not None:
                 query = query.where(MissionRow.state == state)
             return list((await s.scalars(query)).all())
