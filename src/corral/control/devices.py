@@ -20,7 +20,7 @@ from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.model.hosts import host_allowed
 from corral.model.manifests import Candidate
-from corral.model.wasm_modules import NAME
+from corral.model.wasm_modules import check_wasm_name
 from corral.store.devices import DeviceStore
 from corral.store.tables import DeviceRow
 from corral.waits import pause
@@ -60,11 +60,7 @@ class DeviceService:
         tls: bool = False,
     ) -> DeviceRow:
         """Add or refresh a device, then read its description (best effort)."""
-        if not NAME.match(name):
-            raise Invalid(
-                f"device name {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
-                {"field": "name"},
-            )
+        check_wasm_name(name, "device")
         if not addresses or len(addresses) > MAX_ADDRESSES:
             raise Invalid(f"a device needs 1 to {MAX_ADDRESSES} addresses", {"field": "addresses"})
         if any(not a or len(a) > 253 or any(c in a for c in "/?#@ ") for a in addresses):

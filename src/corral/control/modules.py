@@ -4,12 +4,13 @@ hash), describe its functions, attach data files, delete it when nothing uses it
 Called by the Wasm-IoT routes, the CLI through them, and the init/ folder import.
 """
 
+import asyncio
 from typing import Any
 
 from corral.errors import Invalid
 from corral.events import EventBus
 from corral.model.manifests import default_description
-from corral.model.wasm_modules import NAME, check_function, inspect_wasm, openapi
+from corral.model.wasm_modules import check_function, check_wasm_name, inspect_wasm, openapi
 from corral.store.modules import ModuleStore
 from corral.store.tables import ModuleRow
 
@@ -30,14 +31,14 @@ class ModuleService:
         self.bus = bus
 
     async def upload(self, name: str, filename: str, data: bytes) -> tuple[ModuleRow, bool]:
-        if not isinstance(name, str) or not NAME.match(name):
-            raise Invalid(
-                f"module name {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
-                {"field": "name"},
-            )
+        check_wasm_name(name, "module")
         if not data:
             raise Invalid("the module file is empty", {"field": "module"})
-        inspected = inspect_wasm(data, filename or "module")
+        known = await self.store.find(name, data)
+        if known is not None:  # the same bytes passed wasmtime when they were first stored
+            return known, False
+        # Compiling can take a while for a large module: not on the event loop.
+        inspected = await asyncio.to_thread(inspect_wasm, data, filename or "module")
         row, created = await self.store.add(name, data, inspected.exports, inspected.requirements)
         if created:
             exports = ", ".join(e["name"] for e in row.exports) or "nothing"

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import Conflict, Invalid
-from corral.model.wasm_modules import NAME, endpoint_request, endpoint_response, missing_interfaces
+from corral.model.wasm_modules import (
+    check_wasm_name,
+    endpoint_request,
+    endpoint_response,
+    missing_interfaces,
+)
 
 MAX_STEPS = 32
 STEP_KEYS = {"device", "module", "func", "failovers"}
@@ -79,12 +84,7 @@ def parse_manifest(body: Any) -> tuple[str, list[StepRequest]]:
     unknown = set(body) - {"name", "sequence"}
     if unknown:
         raise Invalid(f"unknown manifest key(s): {', '.join(sorted(unknown))}")
-    name = body.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
-        raise Invalid(
-            f"manifest name {name!r} must be 1-63 letters, digits, '_', '.' or '-'",
-            {"field": "name"},
-        )
+    name = check_wasm_name(body.get("name"), "manifest")
     sequence = body.get("sequence")
     if not isinstance(sequence, list) or not sequence:
         raise Invalid("sequence must be a non-empty list of steps", {"field": "sequence"})

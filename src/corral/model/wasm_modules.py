@@ -6,13 +6,12 @@ The module service validates uploads here; deployments read the requirements to 
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import wasmtime
 
 from corral.errors import Invalid
 
-WASI = "wasi_snapshot_preview1"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PARAM_TYPES = ("integer", "number", "string")
 OUTPUT_TYPES = ("integer", "number", "string", "object")
@@ -33,6 +32,16 @@ class Inspected:
 
     exports: list[dict[str, Any]]
     requirements: list[dict[str, str]]
+
+
+def check_wasm_name(value: object, what: str) -> str:
+    """A device, module or manifest name as the Wasm-IoT protocol allows it; Invalid if not."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise Invalid(
+            f"{what} name {value!r} must be 1-63 letters, digits, '_', '.' or '-'",
+            {"field": "name"},
+        )
+    return value
 
 
 def inspect_wasm(data: bytes, filename: str = "module") -> Inspected:
@@ -77,9 +86,6 @@ def missing_interfaces(requirements: list[dict[str, str]], interfaces: list[str]
         for req in requirements
         if req["name"] not in offered and req["module"] not in offered
     ]
-
-
-Method = Literal["GET", "POST"]
 
 
 def check_function(

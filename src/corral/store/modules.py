@@ -27,6 +27,14 @@ class ModuleStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    async def find(self, name: str, binary: bytes) -> ModuleRow | None:
+        """The stored version of module `name` with exactly these bytes, if any."""
+        digest = hashlib.sha256(binary).hexdigest()
+        async with self.db.session() as s:
+            return await s.scalar(
+                select(ModuleRow).where(ModuleRow.name == name, ModuleRow.sha256 == digest)
+            )
+
     async def add(
         self,
         name: str,
@@ -35,13 +43,10 @@ class ModuleStore:
         requirements: list[dict[str, str]],
     ) -> tuple[ModuleRow, bool]:
         """A new version, or the existing one with the same content; (row, created)."""
+        found = await self.find(name, binary)
+        if found is not None:
+            return found, False
         digest = hashlib.sha256(binary).hexdigest()
-        async with self.db.session() as s:
-            found = await s.scalar(
-                select(ModuleRow).where(ModuleRow.name == name, ModuleRow.sha256 == digest)
-            )
-            if found is not None:
-                return found, False
         try:
             async with self.db.session() as s:
                 row = ModuleRow(
