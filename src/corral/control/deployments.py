@@ -137,9 +137,12 @@ class DeploymentService:
             log.info("deploy: no failover", deployment=row.id, error=exc.message)
             return await self.store.get(row.id)
 
-    async def _push(self, row: DeploymentRow, steps: list[Placed]) -> DeploymentRow:
-        """Build and send every device's part; record each answer and the outcome."""
-        urls = await self._device_urls()
+    async def _push(
+        self, row: DeploymentRow, steps: list[Placed], urls: dict[str, str] | None = None
+    ) -> DeploymentRow:
+        """Build and send every device's part; record each answer and the outcome.
+        `urls`: every device's URL, when the caller has just read them."""
+        urls = urls if urls is not None else await self._device_urls()
         parts = build_parts(row.id, steps, urls, self.settings.base_url)
         dropped = [d for d in row.parts if d not in parts and d in urls]
         # The steps are stored first: a device may fetch only the modules of its own steps.
@@ -301,7 +304,7 @@ class DeploymentService:
             )
             step.device = target
         async with self._lock(row.id):
-            row = await self._push(row, steps)
+            row = await self._push(row, steps, {c.name: c.url for c in candidates})
         if row.state != "deployed":
             raise Conflict(f"deployment {row.name}: failover could not deploy: {row.reason}")
         return row
