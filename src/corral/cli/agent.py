@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import structlog
 import typer
 
 from corral.agent.interfaces import SENSORS
@@ -32,11 +30,6 @@ def _sensors(given: list[str]) -> dict[str, float]:
         except ValueError:
             raise CliError(f"--sensor {key}: {value!r} is not a number", 2) from None
     return sensors
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 
 async def _serve(settings: AgentSettings) -> None:
@@ -142,6 +135,8 @@ def agent(
         option = "--sensor" if key == "sensors" else "--" + key.replace("_", "-")
         message = str(first["msg"]).removeprefix("Value error, ")
         raise CliError(f"bad {option}: {message}", 2) from None
-    _configure_logging()
+    from corral.cli.serving import configure_logging
+
+    configure_logging("info")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings))

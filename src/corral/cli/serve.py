@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
 
 from corral.cli.client import CliError
@@ -32,15 +30,6 @@ def _settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise CliError(f"bad setting {field}: {first['msg']}", 2) from None
-
-
-def _configure_logging(level: str) -> None:
-    number = logging.getLevelName(level.upper())
-    if not isinstance(number, int):
-        raise CliError(f"bad log level {level!r}", 2)
-    logging.basicConfig(level=number, format="%(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(number))
 
 
 def _banner(core: Core, base: str) -> None:
@@ -119,7 +108,9 @@ def serve(
     settings = _settings(
         bind=bind, port=port, home=home, database_url=database_url, hosts_file=hosts_file
     )
-    _configure_logging(settings.log_level)
+    from corral.cli.serving import configure_logging
+
+    configure_logging(settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings))
 

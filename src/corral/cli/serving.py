@@ -3,12 +3,14 @@ reuse, TCP_NODELAY through IPPROTO_TCP, one error line) and a uvicorn server tha
 normally on SIGTERM/SIGINT. Imported only when one of them runs (uvicorn is not light).
 """
 
+import logging
 import signal
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import structlog
 import uvicorn
 
 from corral.cli.client import CliError
@@ -46,3 +48,13 @@ def listen(bind: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def configure_logging(level: str) -> None:
+    """Log lines as plain messages at `level` (an unknown level is a CLI error)."""
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise CliError(f"bad log level {level!r}", 2)
+    logging.basicConfig(level=number, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(number))
