@@ -14,6 +14,7 @@ const corral = (() => {
   let timer = null;
   let pending = null;
   let retry = null;
+  let renderFailed = false; // the last render failed: the next good one clears its banner
   const READ_SECONDS = 15;
   const RETRY_MS = 2000;
 
@@ -57,6 +58,18 @@ const corral = (() => {
     for (const child of children.flat()) {
       if (child === undefined || child === null || child === false) continue;
       node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  // svg("circle", {cx: 1}, child, ...): the same for SVG elements (maps and charts).
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value !== undefined && value !== null) node.setAttribute(key, value);
+    }
+    for (const child of children.flat()) {
+      if (child !== undefined && child !== null) node.append(child instanceof Node ? child : String(child));
     }
     return node;
   }
@@ -154,9 +167,11 @@ const corral = (() => {
       section.replaceChildren(el("h2", {}, spec.title), body);
       if (focused && $(focused)) $(focused).focus();
       section.dataset.ready = "true";
-      if (first) fail(null);
+      if (first || renderFailed) fail(null);
+      renderFailed = false;
     } catch (err) {
       if (spec !== current) return;
+      renderFailed = true;
       if (first) {
         section.replaceChildren(el("h2", {}, spec.title));
         // Nothing shown yet: try again soon rather than wait for an event or a poll.
@@ -250,5 +265,5 @@ const corral = (() => {
     location.reload();
   });
 
-  return { api, call, el, table, badge, ago, can, action, fail, page, refresh, onEvent, start, $ };
+  return { api, call, el, svg, table, badge, ago, can, action, fail, page, refresh, onEvent, start, $ };
 })();

@@ -6,7 +6,6 @@
 (() => {
   const { el, call, table, badge, ago } = corral;
   const enc = encodeURIComponent;
-  let failed = false; // the last render failed: clear the banner on the next good one
   let forms = null; // the upload and create forms, built on the first render
   const runForms = new Map(); // deployment id -> {key, form}
   let lastRun = null; // the run result element (id="run-result")
@@ -303,16 +302,9 @@
     title: "Devices and deployments",
     kinds: ["device.", "module.", "deployment."],
     async render(root) {
-      let devices, modules, deployments;
-      try {
-        [devices, modules, deployments] = await Promise.all([
-          call("/file/device"), call("/file/module"), call("/file/manifest"),
-        ]);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-      if (failed) { failed = false; corral.fail(null); }
+      const [devices, modules, deployments] = await Promise.all([
+        call("/file/device"), call("/file/module"), call("/file/manifest"),
+      ]);
       const write = corral.can("write");
       if (!lastRun) lastRun = el("div", { id: "run-result", class: "run-result", "aria-live": "polite" });
       if (write && !forms) forms = { upload: uploadForm(), create: createForm() };

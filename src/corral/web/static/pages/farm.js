@@ -2,17 +2,8 @@
 // utilization over the last hour as a bar chart.
 "use strict";
 (() => {
-  const { el, call, table, badge, ago } = corral;
+  const { el, svg, call, table, badge, ago } = corral;
   const OPEN = ["queued", "assigned", "running"];
-  const SVG = "http://www.w3.org/2000/svg";
-
-  // el() for SVG elements (they need their namespace).
-  function svg(tag, attrs, ...children) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) if (v !== undefined && v !== null) node.setAttribute(k, v);
-    for (const c of children.flat()) if (c !== undefined && c !== null) node.append(c instanceof Node ? c : String(c));
-    return node;
-  }
 
   const pct = (f) => Math.round(Math.max(0, Math.min(1, f || 0)) * 100) + "%";
   const secs = (s) => (s >= 120 ? Math.round(s / 60) + " min" : Math.round(s) + " s");

@@ -3,8 +3,7 @@
 // Re-rendered every 500 ms: the nodes are kept and only what changed is touched.
 "use strict";
 (() => {
-  const { el, call, table, badge, ago } = corral;
-  const NS = "http://www.w3.org/2000/svg";
+  const { el, svg, call, table, badge, ago } = corral;
   const enc = encodeURIComponent;
   const MAPS_EVERY = 15000; // re-read the maps at least this often (map. events re-read at once)
 
@@ -12,20 +11,10 @@
   let mapsAt = 0;
   let mapsStale = true;
   let selected = null; // the map shown
-  let failed = false; // the last render failed: clear the banner on the next good one
   let inflight = null; // one fetch shared by renders that overlap
   let ui = null; // the kept nodes
 
   corral.onEvent((event) => { if (event.kind.startsWith("map.")) mapsStale = true; });
-
-  function svg(tag, attrs, ...children) {
-    const node = document.createElementNS(NS, tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value !== undefined && value !== null) node.setAttribute(key, value);
-    }
-    for (const child of children) if (child !== null && child !== undefined) node.append(child);
-    return node;
-  }
 
   const laneKey = (a, b) => (a <= b ? a + "|" + b : b + "|" + a);
   const laneEnds = (lane) => (Array.isArray(lane) ? { from: lane[0], to: lane[1], oneway: false } : { from: lane.from, to: lane.to, oneway: !!lane.oneway });
@@ -265,15 +254,8 @@
     kinds: ["robot.", "mission.", "traffic.", "map.", "fleet."],
     poll: 500,
     async render(root) {
-      let data;
-      try {
-        if (!inflight) inflight = load().finally(() => { inflight = null; });
-        data = await inflight;
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-      if (failed) { failed = false; corral.fail(null); }
+      if (!inflight) inflight = load().finally(() => { inflight = null; });
+      const data = await inflight;
       if (!ui) ui = build();
       const { fmap, robots, missions, traffic } = data;
 
