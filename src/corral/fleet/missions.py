@@ -47,7 +47,7 @@ class Dispatcher:
         self.maps: dict[str, FleetMap] = {}
         self.traffic: dict[str, Traffic] = {}
         self.active: dict[str, MissionRow] = {}  # robot -> its active mission
-        self.priority: dict[str, int] = {}
+        self.priority: dict[str, int] = {}  # robot -> priority, kept by the fleet service
         self.on_end: list[MissionEnd] = []
         self.journal = Journal(store, bus, self._reservations, deliver, self.on_end)
         self.lock = asyncio.Lock()
@@ -64,8 +64,6 @@ class Dispatcher:
             self.traffic[row.name] = (
                 Traffic.restore(fmap, row.traffic) if row.traffic else Traffic(fmap)
             )
-        for robot in await self.store.robots():
-            self.priority[robot.name] = robot.priority
         for mission in await self.store.missions("active", limit=None):  # every one
             self.active[mission.robot] = mission
 

@@ -33,7 +33,6 @@ from corral.store.tables import CommandRow, MissionRow, RobotRow, utcnow
 from corral.waits import pause
 
 log = structlog.get_logger("corral.fleet")
-KINDS = ("move", "stop", "resume", "estop", "custom", "mission")
 OPERATOR_KINDS = ("stop", "resume", "estop", "custom")
 TARGET = "fleet"
 
@@ -88,6 +87,7 @@ class FleetService:
         what the last leader left replaces what this process read before)."""
         await self.dispatch.load()
         self.robots = {row.name: row for row in await self.store.robots()}
+        self.dispatch.priority = {name: row.priority for name, row in self.robots.items()}
 
     # ------------------------------------------------------------------ robots
     async def register(
@@ -174,6 +174,7 @@ class FleetService:
                 await self.access.revoke(row.token_id, by)
         await self.store.delete_robot(name)
         del self.robots[name]
+        self.dispatch.priority.pop(name, None)
         self.links.forget(name)
         await self.bus.emit("robot.removed", f"robot/{name}", f"robot {name} removed")
 
@@ -285,15 +286,14 @@ class FleetService:
             await self.dispatch.journal.commit()
 
     # ------------------------------------------------------------------ commands
-    async def command(self, name: str, kind: str, body: dict[str, Any]) -> int:
-        [command_id] = await self.commands([(name, kind, body)])
+    async def command(self, name: str, kind: str, payload: dict[str, Any]) -> int:
+        """An operator's command to one robot (moves come from missions, not from here)."""
+        [command_id] = await self.commands([(name, kind, _operator_body(kind, payload))])
         return command_id
 
     async def commands(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
-        for name, kind, _ in items:
+        for name, _, _ in items:
             self.robot(name)
-            if kind not in KINDS:
-                raise Invalid(f"unknown command kind {kind!r}; one of {', '.join(KINDS)}")
         rows = await self.store.add_commands(items)
         await self._deliver(rows)
         return [row.id for row in rows]
@@ -304,12 +304,10 @@ class FleetService:
             await self.links.push(row.robot, _wire(row.id, row.kind, row.body))
 
     async def broadcast(self, kind: str, payload: dict[str, Any], group: str | None) -> list[str]:
-        if kind not in OPERATOR_KINDS:
-            raise Invalid(f"broadcast kind must be one of {', '.join(OPERATOR_KINDS)}")
+        body = _operator_body(kind, payload)
         names = [n for n, r in sorted(self.robots.items()) if group is None or r.group == group]
         if not names:
             raise NotFound(f"no robot in group {group!r}" if group else "no robots registered")
-        body = {"payload": payload} if kind == "custom" else {}
         await self.commands([(n, kind, body) for n in names])
         await self.bus.emit(
             f"fleet.{kind}",
@@ -482,3 +480,10 @@ def _telemetry(message: dict[str, Any]) -> dict[str, Any]:
             raise Invalid("status must be text of at most 200 characters", {"field": "status"})
         out["status"] = status
     return out
+
+
+def _operator_body(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The body of a command an operator may send (a custom one carries its payload)."""
+    if kind not in OPERATOR_KINDS:
+        raise Invalid(f"kind must be one of {', '.join(OPERATOR_KINDS)}", {"field": "kind"})
+    return {"payload": payload} if kind == "custom" else {}

@@ -103,10 +103,7 @@ async def clear(name: RobotName, core: CoreDep, _: Writer) -> dict[str, Any]:
 async def command(
     name: RobotName, body: CommandRequest, core: CoreDep, _: Writer
 ) -> dict[str, Any]:
-    if body.kind not in ("stop", "resume", "estop", "custom"):
-        raise Invalid("kind must be stop, resume, estop or custom", {"field": "kind"})
-    extra = {"payload": body.payload} if body.kind == "custom" else {}
-    return {"id": await core.fleet.command(name, body.kind, extra)}
+    return {"id": await core.fleet.command(name, body.kind, body.payload)}
 
 
 @router.get("/robots/{name}/commands/log", summary="A robot's latest commands")
