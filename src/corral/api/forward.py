@@ -14,7 +14,7 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.errors import error_response
-from corral.api.relay import relay
+from corral.api.relay import leader_request, relay
 from corral.core import Core
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -86,14 +86,9 @@ class LeaderForward:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k.decode("latin-1").lower() not in HOP_HEADERS
-        ]
-        headers.append(("X-Forwarded-By", self.core.replicas.id))
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = leader.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
+        url, headers = leader_request(
+            leader, self.core.replicas.id, scope, lambda name: name in HOP_HEADERS
+        )
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0))
         try:

@@ -7,6 +7,7 @@ Used by the leader forward; a robot never needs to know which replica leads.
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 
 import structlog
 from starlette.types import Receive, Scope, Send
@@ -18,20 +19,31 @@ SKIP_HEADERS = {"host", "connection", "upgrade", "content-length"}
 LEADER_GONE = 1012  # "service restart": the robot reconnects, and finds the new leader
 
 
+def leader_request(
+    leader: str, replica: str, scope: Scope, skip: Callable[[str], bool]
+) -> tuple[str, list[tuple[str, str]]]:
+    """The leader's URL for this request (same path and query) and the request's headers
+    but those `skip` names (lower case), marked as forwarded by `replica`."""
+    headers = [
+        (name, value.decode("latin-1"))
+        for name, value in ((k.decode("latin-1"), v) for k, v in scope["headers"])
+        if not skip(name.lower())
+    ]
+    headers.append(("X-Forwarded-By", replica))
+    query = scope.get("query_string", b"").decode("latin-1")
+    return leader.rstrip("/") + scope["path"] + (f"?{query}" if query else ""), headers
+
+
+def _not_relayed(name: str) -> bool:
+    return name in SKIP_HEADERS or name.startswith("sec-websocket-")
+
+
 async def relay(leader: str, replica: str, scope: Scope, receive: Receive, send: Send) -> None:
     """Relay one WebSocket to `leader` (an http(s) URL); `replica` names this one."""
     if (await receive())["type"] != "websocket.connect":
         return
-    headers = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.decode("latin-1").lower() not in SKIP_HEADERS
-        and not k.decode("latin-1").lower().startswith("sec-websocket-")
-    ]
-    headers.append(("X-Forwarded-By", replica))
-    query = scope.get("query_string", b"").decode("latin-1")
-    url = "ws" + leader.rstrip("/").removeprefix("http") + scope["path"]
-    url += f"?{query}" if query else ""
+    url, headers = leader_request(leader, replica, scope, _not_relayed)
+    url = "ws" + url.removeprefix("http")
     try:
         upstream = await connect(url, additional_headers=headers, open_timeout=5)
     except (OSError, TimeoutError, InvalidHandshake) as exc:
