@@ -203,9 +203,14 @@ class StackService:
         """The mode of the stack's stored file; None when there is none or it no longer
         parses."""
         try:
-            stored = await self.store.get(name)
+            return self._mode_of(await self.store.get(name))
+        except NotFound:
+            return None
+
+    def _mode_of(self, stored: StoredStack) -> str | None:
+        try:
             return self.parse_stored(stored).mode
-        except (NotFound, Invalid):
+        except Invalid:
             return None
 
     async def _switch_mode(self, name: str, before: str) -> None:
@@ -242,9 +247,9 @@ class StackService:
         """Remove every container, network and volume corral made for the stack (and, in swarm
         mode, its services first)."""
         async with self._lock(name):
-            await self.store.get(name)
+            stored = await self.store.get(name)
             removed = 0
-            if await self._stored_mode(name) == "swarm":
+            if self._mode_of(stored) == "swarm":
                 removed += await self.swarm.down(name)
             removed += await self._remove_containers(name)
             await self.store.remove(name)
@@ -311,7 +316,7 @@ class StackService:
                 if busy:
                     asyncio.get_running_loop().call_later(SWARM_POLL_SECONDS, self.poke, name)
                 return await self.view(name)
-            work = await self._observe(name)
+            work = await self._observe(name, stored, spec)
             await self._remove_strays(work)
             await self._prepare_networks(work)
             # Create every missing container at once (images, volumes, create); only the
@@ -339,9 +344,7 @@ class StackService:
             self._start_requested = {r for r in self._start_requested if r[0] != name}
         return await self.view(name)
 
-    async def _observe(self, name: str) -> _Pass:
-        stored = await self.store.get(name)
-        spec = self.parse_stored(stored)
+    async def _observe(self, name: str, stored: StoredStack, spec: StackSpec) -> _Pass:
         hosts = {h.name: h for h in await self.hosts.store.list()}
         loads = await self.store.host_loads()
         previous = await self.store.placements(name)
