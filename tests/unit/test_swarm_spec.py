@@ -176,9 +176,9 @@ def test_swarm_only_settings_never_replace_container_mode_containers() -> None:
 # ---------------------------------------------------------------- service plans
 
 NODES = [
-    SwarmNode("n-edge", "box", "manager", "ready"),
-    SwarmNode("n-robot", "box", "worker", "ready"),
-    SwarmNode("n-other", "stranger", "worker", "ready"),
+    SwarmNode("n-edge", "box", "manager"),
+    SwarmNode("n-robot", "box", "worker"),
+    SwarmNode("n-other", "stranger", "worker"),
 ]
 HOSTS = {
     "n-edge": HostCandidate("edge", True, "manager", {"role": "edge"}),
@@ -444,7 +444,7 @@ def test_a_service_scaled_by_hand_is_found_and_only_then() -> None:
 
     def service(replicas: int, spec_hash: str = plan.spec_hash) -> SwarmService:
         labels = {**plan.labels, "corral.spec-hash": spec_hash}
-        return SwarmService("id", plan.name, 7, labels, "x", replicas)
+        return SwarmService("id", plan.name, 7, labels, replicas)
 
     assert hand_made_scale(service(3), plan) == ""
     assert hand_made_scale(service(1), plan) == ("scaled to 1 outside corral; the file says 3")

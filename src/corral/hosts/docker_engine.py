@@ -127,26 +127,22 @@ def _nanos(seconds: float) -> int:
 def _swarm_service(found: dict[str, Any]) -> SwarmService:
     spec = found.get("Spec") or {}
     status = found.get("UpdateStatus") or {}
-    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
     replicated = (spec.get("Mode") or {}).get("Replicated") or {}
     return SwarmService(
         id=str(found["ID"]),
         name=str(spec.get("Name", "")),
         version=int((found.get("Version") or {}).get("Index", 0)),
         labels=dict(spec.get("Labels") or {}),
-        image=str(container.get("Image", "")),
         replicas=int(replicated.get("Replicas", 0)),
         update_state=str(status.get("State", "")),
         update_message=str(status.get("Message", "")),
         update_started=str(status.get("StartedAt", "")),
-        update_completed=str(status.get("CompletedAt", "")),
     )
 
 
 def _swarm_task(found: dict[str, Any]) -> SwarmTask:
     status = found.get("Status") or {}
     container = status.get("ContainerStatus") or {}
-    spec = ((found.get("Spec") or {}).get("ContainerSpec")) or {}
     return SwarmTask(
         id=str(found["ID"]),
         slot=int(found.get("Slot") or 0),
@@ -158,7 +154,6 @@ def _swarm_task(found: dict[str, Any]) -> SwarmTask:
         container_id=str(container.get("ContainerID", "")),
         exit_code=int(container.get("ExitCode") or 0),
         updated_at=str(found.get("UpdatedAt", "")),
-        image=str(spec.get("Image", "")),
     )
 
 
@@ -461,8 +456,6 @@ class DockerEngine:
                 id=str(node["ID"]),
                 hostname=str((node.get("Description") or {}).get("Hostname", "")),
                 role=str((node.get("Spec") or {}).get("Role", "")),
-                state=str((node.get("Status") or {}).get("State", "")),
-                availability=str((node.get("Spec") or {}).get("Availability", "")),
             )
             for node in found
         ]

@@ -53,8 +53,6 @@ class SwarmNode:
     id: str
     hostname: str
     role: str  # manager or worker
-    state: str  # ready, down, unknown, disconnected
-    availability: str = "active"  # active, pause, drain
 
 
 @dataclass(frozen=True)
@@ -65,12 +63,10 @@ class SwarmService:
     name: str
     version: int
     labels: Mapping[str, str]
-    image: str
     replicas: int
     update_state: str = ""  # "" until its first update
     update_message: str = ""
     update_started: str = ""
-    update_completed: str = ""
 
     @property
     def spec_hash(self) -> str:
@@ -100,7 +96,6 @@ class SwarmTask:
     container_id: str = ""
     exit_code: int = 0
     updated_at: str = ""  # RFC 3339, comparable as text within one service
-    image: str = ""
 
 
 @dataclass(frozen=True)
