@@ -11,7 +11,6 @@ from typing import Any
 
 from corral.errors import Conflict, Invalid, NotFound
 from corral.model.fleet_map import FleetMap, MapBuilder
-from corral.model.names import check_name
 
 
 @dataclass
@@ -20,15 +19,13 @@ class Mapping:
     map: str
     builder: MapBuilder = field(default_factory=MapBuilder)
     last: str | None = None
-    markers: set[str] = field(default_factory=set)
-    lanes: set[tuple[str, str]] = field(default_factory=set)
 
     def summary(self) -> dict[str, Any]:
         return {
             "robot": self.robot,
             "map": self.map,
-            "markers": sorted(self.markers),
-            "lanes": sorted([a, b] for a, b in self.lanes),
+            "markers": self.builder.markers,
+            "lanes": self.builder.lanes,
             "at": self.last,
         }
 
@@ -38,7 +35,7 @@ class MappingSessions:
         self.by_robot: dict[str, Mapping] = {}
 
     def start(self, robot: str, map_name: str) -> Mapping:
-        check_name(map_name, "map name")
+        """`map_name` is checked by the route (the name pattern)."""
         if robot in self.by_robot:
             raise Conflict(f"robot {robot} is already mapping {self.by_robot[robot].map}")
         session = self.by_robot[robot] = Mapping(robot, map_name)
@@ -55,10 +52,8 @@ class MappingSessions:
         session = self.get(robot)
         x, y = _coordinate(message, "x"), _coordinate(message, "y")
         session.builder.observe(marker, x, y)
-        session.markers.add(marker)
         if session.last is not None and session.last != marker:
             session.builder.travelled(session.last, marker)
-            session.lanes.add((min(session.last, marker), max(session.last, marker)))
         session.last = marker
 
     def finish(self, robot: str, diameter: float, measured: float | None) -> tuple[FleetMap, str]:

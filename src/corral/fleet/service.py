@@ -34,6 +34,9 @@ from corral.waits import pause
 
 log = structlog.get_logger("corral.fleet")
 OPERATOR_KINDS = ("stop", "resume", "estop", "custom")
+TELEMETRY_FIELDS = frozenset(
+    {"type", "marker", "lane", "progress", "distance", "battery", "status", "n", "sig"}
+)
 TARGET = "fleet"
 
 
@@ -449,8 +452,7 @@ def _wire(command_id: int, kind: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _telemetry(message: dict[str, Any]) -> dict[str, Any]:
     """Check a telemetry report's fields; the checked report."""
-    known = {"type", "marker", "lane", "progress", "distance", "battery", "status", "n", "sig"}
-    unknown = set(message) - known
+    unknown = message.keys() - TELEMETRY_FIELDS
     if unknown:
         raise Invalid(f"unknown telemetry field(s): {', '.join(sorted(unknown))}")
     out: dict[str, Any] = {}

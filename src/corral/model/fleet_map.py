@@ -367,6 +367,16 @@ class MapBuilder:
         self._sums: dict[str, tuple[float, float, int]] = {}
         self._lanes: dict[str, tuple[str, str]] = {}
 
+    @property
+    def markers(self) -> list[str]:
+        """The markers seen so far, sorted."""
+        return sorted(self._sums)
+
+    @property
+    def lanes(self) -> list[list[str]]:
+        """The lanes travelled so far, each as [lower id, higher id], sorted."""
+        return sorted(sorted(pair) for pair in self._lanes.values())
+
     def observe(self, marker_id: str, x: float, y: float) -> None:
         """The robot saw `marker_id` at (x, y); repeated observations are averaged."""
         try:
