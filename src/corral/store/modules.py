@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 from corral.errors import Conflict, NotFound
 from corral.store.database import Database
@@ -72,16 +73,21 @@ class ModuleStore:
                     raise
                 return found, False
 
-    async def get(self, ref: str) -> ModuleRow:
-        """By id, else by name (its newest version)."""
+    async def get(self, ref: str, binary: bool = True) -> ModuleRow:
+        """By id, else by name (its newest version). With `binary=False` the wasm bytes
+        are not read (the row's `binary` must not be used then)."""
+        load = () if binary else (defer(ModuleRow.binary, raiseload=True),)
         async with self.db.session() as s:
-            row = await s.get(ModuleRow, ref) if OBJECT_ID.match(ref) else None
+            row = None
+            if OBJECT_ID.match(ref):
+                row = await s.scalar(select(ModuleRow).where(ModuleRow.id == ref).options(*load))
             if row is None:
                 row = await s.scalar(
                     select(ModuleRow)
                     .where(ModuleRow.name == ref)
                     .order_by(ModuleRow.created_at.desc())
                     .limit(1)
+                    .options(*load)
                 )
             if row is None:
                 raise NotFound(f"module {ref!r} not found", {"module": ref})

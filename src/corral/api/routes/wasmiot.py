@@ -346,8 +346,9 @@ async def describe(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict
     return {"description": description}
 
 
-async def _module_for(core: Core, ref: str, caller: Caller) -> ModuleRow:
-    row = await core.modules.store.get(ref)
+async def _module_for(core: Core, ref: str, caller: Caller, binary: bool = False) -> ModuleRow:
+    """The module a caller may read; its wasm bytes only when asked for."""
+    row = await core.modules.store.get(ref, binary)
     if caller.role == "device" and not await core.deployments.device_may_read_module(
         caller.subject, row.id
     ):
@@ -366,7 +367,7 @@ async def module_description(ref: Ref, core: CoreDep, caller: ReaderOrDevice) ->
 
 @router.get("/file/module/{ref}/wasm", summary="The module's binary")
 async def module_binary(ref: Ref, core: CoreDep, caller: ReaderOrDevice) -> Response:
-    row = await _module_for(core, ref, caller)
+    row = await _module_for(core, ref, caller, binary=True)
     return Response(row.binary, media_type="application/wasm")
 
 
