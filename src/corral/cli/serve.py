@@ -55,13 +55,14 @@ async def _serve(settings: Settings) -> None:
     from corral.errors import CorralError
     from corral.model.yamlfile import FileInvalid
 
-    sockets = [listen(settings.bind, settings.port)]
-    if settings.go1_port is not None:
-        sockets.append(listen(settings.bind, settings.go1_port))
-    if settings.edgeecho_port is not None:
-        sockets.append(listen(settings.bind, settings.edgeecho_port))
-    if settings.wasmiot_port is not None:
-        sockets.append(listen(settings.bind, settings.wasmiot_port))
+    # The seed APIs' own ports, each with the line that says where it is.
+    extra = [
+        (settings.go1_port, "Go1 API ", f"/deploy/ (stack {settings.go1_stack})"),
+        (settings.edgeecho_port, "edgeECHO", f"/post/ (template {settings.edgeecho_template})"),
+        (settings.wasmiot_port, "Wasm-IoT", "/file/device"),
+    ]
+    ports = [(port, label, rest) for port, label, rest in extra if port is not None]
+    sockets = [listen(settings.bind, port) for port in (settings.port, *(p[0] for p in ports))]
     core = Core(settings)
     try:
         await core.start()
@@ -73,17 +74,8 @@ async def _serve(settings: Settings) -> None:
         raise CliError(f"corral could not start: {type(exc).__name__}: {exc}", 1) from None
     host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
     _banner(core, f"http://{host}:{settings.port}")
-    if settings.go1_port is not None:
-        typer.echo(
-            f"  Go1 API    http://{host}:{settings.go1_port}/deploy/ (stack {settings.go1_stack})"
-        )
-    if settings.edgeecho_port is not None:
-        typer.echo(
-            f"  edgeECHO   http://{host}:{settings.edgeecho_port}/post/ "
-            f"(template {settings.edgeecho_template})"
-        )
-    if settings.wasmiot_port is not None:
-        typer.echo(f"  Wasm-IoT   http://{host}:{settings.wasmiot_port}/file/device")
+    for port, label, rest in ports:
+        typer.echo(f"  {label}   http://{host}:{port}{rest}")
     config = uvicorn.Config(
         create_server_app(core),
         log_level="warning",
