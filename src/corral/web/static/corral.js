@@ -62,9 +62,11 @@ const corral = (() => {
     return node;
   }
 
-  // svg("circle", {cx: 1}, child, ...): the same for SVG elements (maps and charts).
+  // svg("circle", {cx: 1}, child, ...): the same for SVG elements (maps and charts), in the
+  // namespace the browser's own parser gives an <svg> (no URL written in this file).
+  const SVG_NS = (() => { const box = document.createElement("div"); box.innerHTML = "<svg></svg>"; return box.firstChild.namespaceURI; })();
   function svg(tag, attrs, ...children) {
-    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    const node = document.createElementNS(SVG_NS, tag);
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value !== undefined && value !== null) node.setAttribute(key, value);
     }
@@ -182,6 +184,21 @@ const corral = (() => {
     }
   }
 
+  // The last lines of a container's output, fetched into `kept` (a Map: key -> {loading} or
+  // {text} or {error}) for the page to show; the page re-renders as it goes.
+  async function tail(kept, key, path) {
+    kept.set(key, { loading: true });
+    refresh(false);
+    try {
+      const text = await call(path);
+      kept.set(key, { text: typeof text === "string" ? text : JSON.stringify(text, null, 2) });
+    } catch (err) {
+      kept.set(key, { error: err.message });
+      fail(err);
+    }
+    refresh(false);
+  }
+
   // Re-render the page soon when an event it cares about arrives (many events: one render).
   function touched(event) {
     for (const fn of listeners) fn(event);
@@ -265,5 +282,5 @@ const corral = (() => {
     location.reload();
   });
 
-  return { api, call, el, svg, table, badge, ago, can, action, fail, page, refresh, onEvent, start, $ };
+  return { api, call, el, svg, tail, table, badge, ago, can, action, fail, page, refresh, onEvent, start, $ };
 })();

@@ -62,19 +62,8 @@
         el("code", {}, e.address + ":" + e.host_port), " " + e.service + " " + e.port + "/" + e.protocol)));
   }
 
-  async function fetchLogs(id, service) {
-    const key = id + "/" + service;
-    logs.set(key, { loading: true });
-    corral.refresh(false);
-    try {
-      const text = await call("/sessions/" + enc(id) + "/services/" + enc(service) + "/logs?tail=100&follow=false");
-      logs.set(key, { text: typeof text === "string" ? text : JSON.stringify(text, null, 2) });
-    } catch (err) {
-      logs.set(key, { error: err.message });
-      corral.fail(err);
-    }
-    corral.refresh(false);
-  }
+  const fetchLogs = (id, service) => corral.tail(logs, id + "/" + service,
+    "/sessions/" + enc(id) + "/services/" + enc(service) + "/logs?tail=100&follow=false");
 
   function details(s) {
     const rows = s.containers.map((c) => {

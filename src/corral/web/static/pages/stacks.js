@@ -13,19 +13,8 @@
     corral.refresh(false);
   }
 
-  async function fetchLogs(stack, service) {
-    const key = stack + "/" + service;
-    logs.set(key, { loading: true });
-    corral.refresh(false);
-    try {
-      const text = await call("/stacks/" + enc(stack) + "/services/" + enc(service) + "/logs?tail=100&follow=false");
-      logs.set(key, { text: typeof text === "string" ? text : JSON.stringify(text, null, 2) });
-    } catch (err) {
-      logs.set(key, { error: err.message });
-      corral.fail(err);
-    }
-    corral.refresh(false);
-  }
+  const fetchLogs = (stack, service) => corral.tail(logs, stack + "/" + service,
+    "/stacks/" + enc(stack) + "/services/" + enc(service) + "/logs?tail=100&follow=false");
 
   function logsButton(stack, service) {
     const key = stack + "/" + service;
