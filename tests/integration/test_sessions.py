@@ -88,6 +88,8 @@ def _left_on_engine(session: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("plain", [False, True], ids=["segmented", "plain"])
 def test_edgeecho_pipeline_delivers_every_message(server: ThreadServer, plain: bool) -> None:
+    # The emulators read `plain_stream == 'True'` as the seed's do: a plain session only
+    # completes when the template renders the bool as Python does (`render: python`).
     with server.client() as api:
         answer = api.post(
             "/templates/edgeecho/sessions",

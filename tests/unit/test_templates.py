@@ -173,10 +173,44 @@ def test_the_edgeecho_example_is_a_valid_template() -> None:
     assert segmented.waves() == [["probe"], ["stream"], ["segmentation"]]
     plain = instantiate(spec, bind(spec, {"plain_stream": True}), "S", "ses-s", EXAMPLE)
     assert sorted(plain.services) == ["probe", "stream"]
-    assert plain.services["stream"].environment["plain_stream"] == "true"
+    # The seed's emulators test `plain_stream == 'True'` (Python's rendering of a bool).
+    assert plain.services["stream"].environment["plain_stream"] == "True"
+    assert segmented.services["stream"].environment["plain_stream"] == "False"
     build = plain.services["probe"].build
     assert build is not None
     assert build.context == str(EXAMPLE / "emulators")
+
+
+def test_bool_parameters_render_as_asked() -> None:
+    text = """
+x-corral-template:
+  name: t
+  parameters:
+    a: {type: bool, default: true}
+    b: {type: bool, default: true, render: python}
+    c: {type: bool, default: false, render: number}
+services:
+  s: {image: i, environment: {A: "${a}", B: "${b}", C: "${c}"}}
+"""
+    spec = parse_template(text, "t.yml")
+    env = instantiate(spec, bind(spec, {}), "X", "ses-x", None).services["s"].environment
+    assert dict(env) == {"A": "true", "B": "True", "C": "0"}
+
+
+def test_a_bad_render_is_refused_on_its_line() -> None:
+    text = """x-corral-template:
+  name: t
+  parameters:
+    a: {type: bool, render: yaml}
+    n: {type: int, default: 1, render: python}
+services:
+  s: {image: i, environment: {A: "${a}", N: "${n}"}}
+"""
+    with pytest.raises(FileInvalid) as caught:
+        parse_template(text, "t.yml")
+    found = {p.line: p.message for p in caught.value.problems}
+    assert found[4].startswith("render 'yaml' is not one of lower (true/false), python (True")
+    assert found[5] == "render applies to bool parameters only"
 
 
 def test_expose_is_parsed_for_stacks_too() -> None:

@@ -182,19 +182,11 @@ static const char *env_port(const char *name)
     return v;
 }
 
-static int env_bool(const char *name)
+/* The seed's reading of a flag: `os.environ[name] == 'True'`, i.e. only Python's rendering
+ * of True is true; anything else (`true`, `1`, `False`) is false. */
+static int env_seed_bool(const char *name)
 {
-    static const char *const yes[] = { "true", "1", "yes" };
-    static const char *const no[] = { "false", "0", "no" };
-    const char *v = env_required(name);
-    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
-        if (strcasecmp(v, yes[i]) == 0)
-            return 1;
-        if (strcasecmp(v, no[i]) == 0)
-            return 0;
-    }
-    die(EXIT_ENV, "environment variable %s must be true or false (or 1/0, yes/no), got '%s'",
-        name, v);
+    return strcmp(env_required(name), "True") == 0;
 }
 
 static void env_timeout(void)
@@ -1127,7 +1119,7 @@ static int run_stream(void)
     const char *probe_port = env_port("probe_port");
     const char *stream_ip = getenv("stream_ip");
     const char *stream_port = env_port("stream_port");
-    int plain = env_bool("plain_stream");
+    int plain = env_seed_bool("plain_stream");
     int retries = env_retries();
     struct reader pr;
     int pfd;

@@ -166,6 +166,7 @@ class SessionService:
                     max=p.maximum,
                     choices=list(p.choices),
                     description=p.description,
+                    render=p.render,
                 )
                 for p in spec.parameters.values()
             ],

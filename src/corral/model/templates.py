@@ -24,7 +24,13 @@ Add = Callable[[tuple[str | int, ...], str], None]
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _USED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|\$([A-Za-z_][A-Za-z0-9_]*)")
 _SECTION_KEYS = {"name", "description", "parameters", "resources", "ttl", "ready_timeout"}
-_PARAM_KEYS = {"type", "default", "min", "max", "description", "choices"}
+_PARAM_KEYS = {"type", "default", "min", "max", "description", "choices", "render"}
+# How `${name}` writes a bool parameter into the file: the (true, false) texts.
+BOOL_RENDERINGS: dict[str, tuple[str, str]] = {
+    "lower": ("true", "false"),
+    "python": ("True", "False"),
+    "number": ("1", "0"),
+}
 DEFAULT_TTL_S = 3600.0
 DEFAULT_READY_TIMEOUT_S = 60.0
 MAX_STR = 1000
@@ -43,6 +49,13 @@ class Parameter:
     maximum: int | None = None
     choices: tuple[str, ...] = ()
     description: str = ""
+    render: str = "lower"  # bool only: a key of BOOL_RENDERINGS
+
+    def text(self, value: Value) -> str:
+        """The value as `${name}` puts it into the file."""
+        if isinstance(value, bool):
+            return BOOL_RENDERINGS[self.render][0 if value else 1]
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,11 @@ def parse_template(text: str, source: str, name: str | None = None) -> TemplateS
         }
         try:
             stack = parse_compose(
-                text, source, env=_env(trial, "TRIAL", "trial"), base_dir=_NOWHERE, stack="trial"
+                text,
+                source,
+                env=_env(params, trial, "TRIAL", "trial"),
+                base_dir=_NOWHERE,
+                stack="trial",
             )
         except FileInvalid as exc:
             problems.extend(exc.problems)
@@ -178,6 +195,14 @@ def _parameters(raw: Any, add: Add) -> dict[str, Parameter]:
             choices = []
         if choices and kind != "str":
             add((*where, "choices"), "choices apply to str parameters only")
+        render = body.get("render", "lower")
+        if kind != "bool" and "render" in body:
+            add((*where, "render"), "render applies to bool parameters only")
+            render = "lower"
+        elif render not in BOOL_RENDERINGS:
+            options = ", ".join(f"{k} ({t}/{f})" for k, (t, f) in BOOL_RENDERINGS.items())
+            add((*where, "render"), f"render {render!r} is not one of {options}")
+            render = "lower"
         param = Parameter(
             name,
             kind,
@@ -186,6 +211,7 @@ def _parameters(raw: Any, add: Add) -> dict[str, Parameter]:
             high,
             tuple(choices),
             _text_or_none(body.get("description")) or "",
+            render,
         )
         if body.get("default") is not None:
             try:
@@ -385,10 +411,10 @@ def bind(spec: TemplateSpec, given: Mapping[str, Any]) -> dict[str, Value]:
     return values
 
 
-def _env(values: Mapping[str, Value], session: str, network: str) -> dict[str, str]:
-    env = {
-        k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in values.items()
-    }
+def _env(
+    params: Mapping[str, Parameter], values: Mapping[str, Value], session: str, network: str
+) -> dict[str, str]:
+    env = {name: params[name].text(value) for name, value in values.items()}
     env.update(session_id=session, session_network=network)
     return env
 
@@ -405,7 +431,7 @@ def instantiate(
     stack = parse_compose(
         spec.file,
         f"template {spec.name}",
-        env=_env(values, session, network),
+        env=_env(spec.parameters, values, session, network),
         base_dir=base_dir,
         stack=f"template-{spec.name}",
     )

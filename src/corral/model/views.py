@@ -95,6 +95,9 @@ class ParameterView(BaseModel):
     max: int | None = None
     choices: list[str] = Field(default_factory=list)
     description: str = ""
+    render: str = Field(
+        default="lower", description="bool only: lower (true/false), python (True/False), number"
+    )
 
 
 class TemplateView(BaseModel):

@@ -1,4 +1,5 @@
-"""The edgeECHO operator's API: `GET /`, `GET /test` and `POST /post/ {count, plain_stream}`.
+"""The edgeECHO operator's API: `GET /`, `GET /test` and `POST /post/ {count, plain_stream}`
+(also at `/post`, without the slash, answered directly rather than redirected).
 
 Served on its own port (`edgeecho_port`, the seed's 5000) so that its `/` does not shadow
 corral's; `/post/` starts a session of the `edgeecho_template` template and answers with
@@ -56,6 +57,7 @@ async def test() -> str:
     return "Working"
 
 
+@router.post("/post", dependencies=[Depends(_allowed)], include_in_schema=False)
 @router.post(
     "/post/",
     dependencies=[Depends(_allowed)],
