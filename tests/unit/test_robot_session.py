@@ -20,11 +20,11 @@ class FakeSocket:
         self.incoming: asyncio.Queue[str | None] = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
 
-    async def receive_text(self) -> str:
+    async def receive(self) -> dict[str, Any]:
         text = await self.incoming.get()
         if text is None:
-            raise WebSocketDisconnect(1000)
-        return text
+            return {"type": "websocket.disconnect", "code": 1000}
+        return {"type": "websocket.receive", "text": text}
 
     async def send_text(self, text: str) -> None:
         self.sent.append(json.loads(text))
@@ -37,7 +37,9 @@ class FakeFleet:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.log: list[str] = []
-        self.links = SimpleNamespace(attach=lambda name, send: None)
+        self.links = SimpleNamespace(
+            attach=lambda name, channel: None, detach=lambda name, channel: None
+        )
 
     def robot(self, name: str) -> Any:
         return SimpleNamespace(signed=False, map="yard")

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
 
 from corral.core import Core
 from corral.errors import CorralError, Invalid
@@ -22,6 +23,7 @@ log = structlog.get_logger("corral.fleet")
 MAX_MESSAGE = 65_536  # bytes of one message
 QUEUED = 64  # checkpoints and acks waiting for the worker; past it, reading waits too
 STORED_KINDS = ("checkpoint", "ack")  # answered once stored, by the worker
+SILENT_CLOSE = 4408  # the close code for a robot silent for a whole heartbeat
 
 
 async def refuse(websocket: WebSocket, code: str, message: str, close: int) -> None:
@@ -41,9 +43,18 @@ class RobotSession:
     async def send(self, message: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(message))
 
+    async def close(self, code: str, message: str, close: int) -> None:
+        await refuse(self.websocket, code, message, close)
+
     async def run(self) -> None:
-        if not await self._greet():
-            return
+        """The session until the socket ends; the robot's link forgets it then, at once."""
+        try:
+            if await self._greet():
+                await self._serve()
+        finally:
+            self.core.fleet.links.detach(self.name, self)
+
+    async def _serve(self) -> None:
         worker = asyncio.create_task(self._work(), name=f"robot {self.name}")
         try:
             while True:
@@ -87,7 +98,7 @@ class RobotSession:
         except CorralError as exc:
             await refuse(self.websocket, "forbidden", exc.message, 4403)
             return False
-        fleet.links.attach(self.name, self.send)
+        fleet.links.attach(self.name, self)
         try:
             fleet.check_signature(self.name, hello)
         except CorralError as exc:
@@ -112,10 +123,29 @@ class RobotSession:
             await self.send(command)
         return True
 
+    async def _receive(self) -> str | None:
+        """The next frame's text (None for a binary frame); a robot silent for a whole
+        heartbeat is gone (a link dropped without a word): the socket is closed."""
+        heartbeat = self.core.settings.robot_heartbeat_seconds
+        try:
+            frame = await asyncio.wait_for(self.websocket.receive(), heartbeat)
+        except TimeoutError:
+            await self.close("timeout", f"nothing heard for {heartbeat:g} s", SILENT_CLOSE)
+            raise WebSocketDisconnect(SILENT_CLOSE) from None
+        if frame["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(frame.get("code", 1000))
+        text = frame.get("text")
+        return text if isinstance(text, str) else None
+
     async def _next(self) -> dict[str, Any]:
         """The next message that is a JSON object; what is not gets an error, and is skipped."""
         while True:
-            text = await self.websocket.receive_text()
+            text = await self._receive()
+            if text is None:
+                await self.send(
+                    {"type": "error", "code": "invalid", "message": "messages are text frames"}
+                )
+                continue
             if len(text) > MAX_MESSAGE:
                 await self.send({"type": "error", "code": "too_large", "message": "too large"})
                 continue

@@ -5,17 +5,25 @@ Owned by the fleet service; nothing here is stored (telemetry is too frequent to
 """
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-Sender = Callable[[dict[str, Any]], Awaitable[None]]
+
+class Channel(Protocol):
+    """A robot's open socket, as the fleet sees it."""
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    async def close(self, code: str, message: str, close: int) -> None:
+        """Say why in an error message, then close with the WebSocket code `close`."""
 
 
 @dataclass
 class Link:
-    send: Sender | None = None
+    channel: Channel | None = None  # the open socket, while there is one
+    polls: int = 0  # HTTP long polls waiting now
     last_seen: float = 0.0
     online: bool = False
     telemetry: dict[str, Any] = field(default_factory=dict)
@@ -23,6 +31,11 @@ class Link:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     heard_at: float = 0.0  # wall clock, for people
+
+    @property
+    def connected(self) -> bool:
+        """A socket is open or a long poll is waiting: the robot hears commands now."""
+        return self.channel is not None or self.polls > 0
 
     def heard(self) -> None:
         self.last_seen = time.monotonic()
@@ -39,30 +52,43 @@ class Links:
             link = self.by_robot[robot] = Link()
         return link
 
-    def attach(self, robot: str, send: Sender) -> Link:
+    def attach(self, robot: str, channel: Channel) -> Link:
         link = self.get(robot)
-        link.send = send
+        link.channel = channel
         link.counter = 0
         link.heard()
         return link
 
-    def detach(self, robot: str, send: Sender) -> None:
+    def detach(self, robot: str, channel: Channel) -> None:
+        """The socket ended; a newer one of the same robot stays."""
         link = self.by_robot.get(robot)
-        if link is not None and link.send is send:
-            link.send = None
+        if link is not None and link.channel is channel:
+            link.channel = None
 
-    def forget(self, robot: str) -> None:
+    async def cut(self, robot: str, code: str, message: str, close: int) -> None:
+        """Close the robot's socket, if it has one, saying why (its credential ended)."""
+        link = self.by_robot.get(robot)
+        channel = link.channel if link else None
+        if link is not None and channel is not None:
+            link.channel = None
+            with contextlib.suppress(Exception):  # already gone: nothing to tell
+                await channel.close(code, message, close)
+
+    async def forget(self, robot: str) -> None:
+        await self.cut(robot, "unauthorized", f"robot {robot} was removed", 4401)
         self.by_robot.pop(robot, None)
 
     async def push(self, robot: str, message: dict[str, Any]) -> bool:
         """Send on the robot's socket if it has one; wake its long poll either way."""
         link = self.get(robot)
         link.arrived.set()
-        if link.send is None:
+        channel = link.channel
+        if channel is None:
             return False
         try:
-            await link.send(message)
+            await channel.send(message)
         except Exception:  # a socket that broke under us: the robot gets it on reconnect
-            link.send = None
+            if link.channel is channel:
+                link.channel = None
             return False
         return True

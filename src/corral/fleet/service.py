@@ -50,7 +50,7 @@ def robot_doc(row: RobotRow, link: Link | None, position: str | None) -> dict[st
         "marker": position or row.marker,
         "signed": row.signed,
         "state": "online" if link and link.online else "offline",
-        "connected": bool(link and link.send),
+        "connected": bool(link and link.connected),
         "last_seen": (
             datetime.fromtimestamp(link.heard_at, UTC).isoformat()
             if link and link.heard_at
@@ -153,18 +153,20 @@ class FleetService:
         return robot_doc(row, link, self.dispatch.position(name, row.map))
 
     async def rotate(self, name: str, by: Caller) -> tuple[str, str | None]:
+        """A new credential in one step: stored with the old token's revocation in one
+        transaction, so either it is returned or nothing changed. A robot still connected
+        with the old one is told and cut off."""
         row = self.robot(name)
-        if row.token_id is not None:
-            with contextlib.suppress(NotFound):
-                await self.access.revoke(row.token_id, by)
-        view, token = await self.access.issue(name, "robot", by, subject=name)
         key = secrets.token_hex(32) if row.signed else None
-        await self.store.update_robot(name, token_id=view.id, key=key)
+        view, token, old = await self.store.rotate_credential(name, key)
         row.token_id, row.key = view.id, key
-        link = self.links.by_robot.get(name)
-        if link is not None and link.send is not None:
-            await link.send({"type": "error", "code": "unauthorized", "message": "rotated"})
+        if old is not None:
+            await self.bus.emit(
+                "token.revoked", f"token/{old.id}", f"token {old.name!r} revoked by {by.name}"
+            )
+        await self.bus.emit("token.created", f"token/{view.id}", f"token {name!r} (robot) created")
         await self.bus.emit("robot.rotated", f"robot/{name}", f"robot {name}: new credential")
+        await self.links.cut(name, "unauthorized", "the credential was rotated", 4401)
         return token, key
 
     async def remove(self, name: str, by: Caller) -> None:
@@ -178,7 +180,7 @@ class FleetService:
         await self.store.delete_robot(name)
         del self.robots[name]
         self.dispatch.priority.pop(name, None)
-        self.links.forget(name)
+        await self.links.forget(name)
         await self.bus.emit("robot.removed", f"robot/{name}", f"robot {name} removed")
 
     async def start_mapping(self, name: str, map_name: str) -> dict[str, Any]:
@@ -327,14 +329,18 @@ class FleetService:
         """HTTP long poll: the open commands past `after`, waiting up to `wait` s for one."""
         link = await self.seen(name)
         deadline = time.monotonic() + wait
-        while True:
-            link.arrived.clear()
-            found = await self.pending(name, after)
-            left = deadline - time.monotonic()
-            if found or left <= 0:
-                return found
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(link.arrived.wait(), timeout=left)
+        link.polls += 1  # connected while it waits
+        try:
+            while True:
+                link.arrived.clear()
+                found = await self.pending(name, after)
+                left = deadline - time.monotonic()
+                if found or left <= 0:
+                    return found
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(link.arrived.wait(), timeout=left)
+        finally:
+            link.polls -= 1
 
     # ------------------------------------------------------------------ the watch
     async def run_monitor(self, stopping: asyncio.Event) -> None:

@@ -10,8 +10,10 @@ from typing import Any
 from sqlalchemy import select, update
 
 from corral.errors import Conflict, NotFound
+from corral.model.views import TokenView
 from corral.store.database import Database
-from corral.store.tables import CommandRow, FleetMapRow, MissionRow, RobotRow, utcnow
+from corral.store.tables import CommandRow, FleetMapRow, MissionRow, RobotRow, TokenRow, utcnow
+from corral.store.tokens import token_row, token_view
 
 
 class FleetStore:
@@ -37,6 +39,25 @@ class FleetStore:
     async def update_robot(self, name: str, **values: Any) -> None:
         async with self.db.session() as s:
             await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
+
+    async def rotate_credential(
+        self, name: str, key: str | None
+    ) -> tuple[TokenView, str, TokenView | None]:
+        """In one transaction: a new robot token and HMAC key for robot `name`, its old
+        token revoked. (new token, its secret, the old one if there was one)."""
+        now = utcnow()
+        async with self.db.session() as s:
+            robot = await s.get(RobotRow, name)
+            if robot is None:
+                raise NotFound(f"robot {name!r} not found", {"robot": name})
+            old = await s.get(TokenRow, robot.token_id) if robot.token_id is not None else None
+            if old is not None and old.revoked_at is None:
+                old.revoked_at = now
+            new, secret = token_row(name, "robot", subject=name)
+            s.add(new)
+            await s.flush()
+            robot.token_id, robot.key = new.id, key
+            return token_view(new, now), secret, token_view(old, now) if old else None
 
     async def delete_robot(self, name: str) -> None:
         async with self.db.session() as s:

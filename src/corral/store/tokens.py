@@ -29,7 +29,23 @@ def _active(row: TokenRow, now: datetime) -> bool:
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
 
-def _view(row: TokenRow, now: datetime) -> TokenView:
+def token_row(
+    name: str, role: Role, subject: str = "", expires_at: datetime | None = None
+) -> tuple[TokenRow, str]:
+    """A new token's row (to add to a session) and its secret (to show once)."""
+    secret = new_secret()
+    row = TokenRow(
+        name=name,
+        role=role,
+        token_hash=hash_token(secret),
+        prefix=secret[:10],
+        subject=subject,
+        expires_at=expires_at,
+    )
+    return row, secret
+
+
+def token_view(row: TokenRow, now: datetime) -> TokenView:
     return TokenView(
         id=row.id,
         name=row.name,
@@ -69,7 +85,7 @@ class TokenStore:
             )
             s.add(row)
             await s.flush()
-            return _view(row, utcnow()), secret
+            return token_view(row, utcnow()), secret
 
     async def authenticate(self, secret: str) -> TokenView | None:
         """The active token with this secret, marking it used; None when unknown or dead."""
@@ -80,13 +96,13 @@ class TokenStore:
                 return None
             if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
                 row.last_used_at = now
-            return _view(row, now)
+            return token_view(row, now)
 
     async def list(self) -> list[TokenView]:
         now = utcnow()
         async with self.db.session() as s:
             rows = (await s.scalars(select(TokenRow).order_by(TokenRow.id))).all()
-            return [_view(r, now) for r in rows]
+            return [token_view(r, now) for r in rows]
 
     async def revoke(self, token_id: int) -> TokenView:
         now = utcnow()
@@ -96,7 +112,7 @@ class TokenStore:
                 raise NotFound(f"token {token_id} not found", {"token": token_id})
             if row.revoked_at is None:
                 row.revoked_at = now
-            return _view(row, now)
+            return token_view(row, now)
 
     async def count_active_admins(self) -> int:
         now = utcnow()

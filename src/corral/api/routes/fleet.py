@@ -5,6 +5,7 @@ Operators use the first group with their tokens; a robot's token reaches only th
 channel routes of that robot (docs/fleet-protocol.md).
 """
 
+import contextlib
 import json
 from typing import Annotated, Any
 
@@ -334,11 +335,5 @@ async def robot_socket(websocket: WebSocket) -> None:
         where = f"connect to the leader at {leader}" if leader else "no replica leads right now"
         await refuse(websocket, "not_leader", f"this corral replica follows: {where}", 4503)
         return
-    name = caller.subject
-    session = RobotSession(core, websocket, name)
-    try:
-        await session.run()
-    except WebSocketDisconnect:
-        pass
-    finally:
-        core.fleet.links.detach(name, session.send)
+    with contextlib.suppress(WebSocketDisconnect):
+        await RobotSession(core, websocket, caller.subject).run()
