@@ -142,7 +142,7 @@ class Core:
                 )
             )
         else:
-            self.replicas.leading.set()  # no loops: this process acts alone
+            self.replicas.act_alone()  # no loops: this process acts alone
 
     async def _lead(self, stop: asyncio.Event, to_deploy: list[str]) -> None:
         """What only the leader runs: recovery, reconcilers, schedules, broker consumers,

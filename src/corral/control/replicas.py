@@ -1,30 +1,34 @@
 """Several `corral serve` on one PostgreSQL: who leads (a PostgreSQL advisory lock held on
-a connection of its own), where each replica answers, and the feed that passes events
-raised on one replica to the streams of the others (LISTEN/NOTIFY).
+a connection of its own, and a leadership term taken with it), where each replica answers,
+and the feed that passes events raised on one replica to the streams of the others.
 
 Core runs `run` and gives it what only the leader does; the API forwards changes to the
-leader. On SQLite there is one process, which always leads.
+leader. On SQLite there is one process, which always leads (one term per start).
 """
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
 from corral.events import EventBus
 from corral.store.database import Database
 from corral.store.events import CHANNEL, EventStore
-from corral.store.tables import ReplicaRow, utcnow
+from corral.store.leadership import LeaderTerm
+from corral.store.tables import LeadershipRow, ReplicaRow, utcnow
 from corral.waits import pause
 
 log = structlog.get_logger("corral.replicas")
 LOCK_KEY = 0x636F7272616C  # "corral": one advisory lock per database
+TAKE_TERM_WAIT = "5s"  # how long taking a term waits for the last term's writes to end
 Lead = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 TakeOver = Callable[[], Coroutine[Any, Any, None]]
 
@@ -33,6 +37,41 @@ def asyncpg_dsn(database: Database) -> str:
     """The SQLAlchemy URL as a plain postgresql:// DSN for asyncpg."""
     url = make_url(database.url.render_as_string(hide_password=False))
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The election's periods, all from `replica_poll_seconds` (P): a follower tries for
+    the lock every P/2; the leader confirms its lock every P/4 and acts at most `lease`
+    (2P) after the last confirmation began; a replica that wins the lock from a leader
+    that did not hand it over waits `takeover` (2.5P) before taking the term, by when the
+    old leader, unless it is paused, has stopped itself."""
+
+    poll: float
+
+    @property
+    def attempt(self) -> float:
+        return self.poll / 2
+
+    @property
+    def check(self) -> float:
+        return self.poll / 4
+
+    @property
+    def lease(self) -> float:
+        return self.poll * 2
+
+    @property
+    def takeover(self) -> float:
+        return self.lease + self.poll / 2
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """Who holds the current term (empty when its holder handed it back)."""
+
+    term: int
+    holder: str
 
 
 class Replicas:
@@ -51,45 +90,68 @@ class Replicas:
         self.id = replica_id
         self.url = url
         self.poll = poll_seconds
+        self.timing = Timing(poll_seconds)
         self.leading = asyncio.Event()
+        self._deposed = asyncio.Event()
+        if self.shared:
+            self.term.fenced = True  # no leader-only write before this replica leads
+            self.term.on_stale = self._stale
 
     @property
     def shared(self) -> bool:
         return not self.db.is_sqlite
+
+    @property
+    def term(self) -> LeaderTerm:
+        return self.db.term
+
+    def act_alone(self) -> None:
+        """No election runs (a process without background loops): act, unfenced."""
+        self.term.fenced = False
+        self.leading.set()
 
     async def leader_url(self) -> str | None:
         """Where the leader answers (None when no replica leads right now)."""
         fresh = utcnow() - timedelta(seconds=max(5.0, self.poll * 5))
         async with self.db.session() as s:
             row = await s.scalar(
-                select(ReplicaRow).where(ReplicaRow.leader.is_(True), ReplicaRow.seen_at > fresh)
+                select(ReplicaRow)
+                .join(LeadershipRow, LeadershipRow.holder == ReplicaRow.id)
+                .where(ReplicaRow.seen_at > fresh)
             )
             return row.url if row is not None else None
 
-    async def replicas(self) -> list[ReplicaRow]:
+    async def replicas(self) -> tuple[list[ReplicaRow], Leadership]:
+        """Every replica, and the current term with its holder."""
         async with self.db.session() as s:
-            return list((await s.scalars(select(ReplicaRow).order_by(ReplicaRow.id))).all())
+            rows = list((await s.scalars(select(ReplicaRow).order_by(ReplicaRow.id))).all())
+            lead = await s.get(LeadershipRow, 1)
+        return rows, Leadership(lead.term, lead.holder) if lead else Leadership(0, "")
 
     async def run(
         self, stopping: asyncio.Event, lead: Lead, take_over: TakeOver | None = None
     ) -> None:
         """Take the lead when free, run `lead` while holding it, and keep the feed open.
         `take_over` runs once the lead is won and before this replica serves as leader
-        (it reads what the last leader left, so that nothing is served from stale memory)."""
+        (it reads what the last leader left, so that nothing is served from stale memory).
+        No database error ends this: a replica campaigns as long as it runs."""
         if not self.shared:
+            async with self.db.session() as s:
+                term = await self.term.take(s, self.id)
+            self.term.hold(term)
             self.leading.set()
+            await self._announce(term, utcnow())
             await lead(stopping)
             return
-        await self._register()
         feed = asyncio.create_task(self._feed(stopping))
         beat = asyncio.create_task(self._heartbeat(stopping))
         try:
             while not stopping.is_set():
                 try:
                     await self._campaign(stopping, lead, take_over)
-                except (OSError, asyncpg.PostgresError) as exc:
-                    log.warning("leader election: database unreachable", error=str(exc))
-                await pause(self.poll, stopping)
+                except Exception as exc:  # every failure: campaign again
+                    log.warning("leader election: database error", error=repr(exc))
+                await pause(self.timing.attempt, stopping)
         finally:
             for task in (feed, beat):
                 task.cancel()
@@ -99,70 +161,158 @@ class Replicas:
     async def _campaign(
         self, stopping: asyncio.Event, lead: Lead, take_over: TakeOver | None
     ) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(self.db))
+        conn = await asyncio.wait_for(
+            asyncpg.connect(
+                asyncpg_dsn(self.db), server_settings={"application_name": f"corral-lock-{self.id}"}
+            ),
+            timeout=self.timing.lease * 2,
+        )
         try:
             while not stopping.is_set():
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+                won = await asyncio.wait_for(
+                    conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY),
+                    timeout=self.timing.lease,
+                )
+                if won:
                     break
-                await pause(self.poll, stopping)
+                await pause(self.timing.attempt, stopping)
             if stopping.is_set():
                 return
-            await self._crown()
-            if take_over is not None:
-                await take_over()
-            self.leading.set()
-            lost = asyncio.Event()
-            work = asyncio.create_task(lead(lost))
-            log.info("this replica leads", replica=self.id, url=self.url)
-            await self.bus.emit(
-                "replica.leading", f"replica/{self.id}", f"replica {self.id} at {self.url} leads"
-            )
-            try:
-                while not stopping.is_set() and not work.done():
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.poll * 3)
-                    await pause(self.poll, stopping)
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                log.error("lost the lead: its database connection failed", error=str(exc))
-            finally:
-                self.leading.clear()
-                lost.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(work), timeout=10)
-                if not work.done():
-                    work.cancel()
-                with contextlib.suppress(Exception):
-                    await work
+            cut = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: cut.set())
+            last = await self._leadership()
+            if last.holder not in ("", self.id):
+                # The last leader did not hand the term back: it stops itself within its
+                # lease of losing the lock, so wait that out before acting.
+                await pause(self.timing.takeover, stopping, cut)
+            if stopping.is_set() or cut.is_set():
+                return
+            began = time.monotonic()
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
+            async with self.db.session() as s:
+                await s.execute(text(f"SET LOCAL lock_timeout = '{TAKE_TERM_WAIT}'"))
+                term = await self.term.take(s, self.id)
+            self.term.hold(term, began + self.timing.lease)
+            self._deposed.clear()
+            await self._lead(conn, cut, term, utcnow(), stopping, lead, take_over)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _register(self) -> None:
-        now = utcnow()
-        async with self.db.session() as s:
-            row = await s.get(ReplicaRow, self.id)
-            if row is None:
-                s.add(
-                    ReplicaRow(id=self.id, url=self.url, leader=False, started_at=now, seen_at=now)
-                )
+    async def _lead(
+        self,
+        conn: asyncpg.Connection,
+        cut: asyncio.Event,
+        term: int,
+        taken: datetime,
+        stopping: asyncio.Event,
+        lead: Lead,
+        take_over: TakeOver | None,
+    ) -> None:
+        """Lead for `term` until the lock is not confirmed in time, the term is found
+        over, the leader's loops end or the replica stops."""
+        watch = asyncio.create_task(self._confirm(conn, cut))
+        lost = asyncio.Event()
+        work: asyncio.Task[None] | None = None
+        why = "this replica is stopping"
+        try:
+            if take_over is not None:
+                await take_over()
+            if not watch.done():
+                self.leading.set()
+                work = asyncio.create_task(lead(lost))
+                log.info("this replica leads", replica=self.id, url=self.url, term=term)
+                await self._announce(term, taken)
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({watch, work, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+            if watch.done():
+                why = watch.result()
+            elif work is not None and work.done():
+                why = "its leader loops ended"
+        finally:
+            self.term.drop()  # first: no write or send from here on
+            stopped = utcnow()
+            self.leading.clear()
+            lost.set()
+            watch.cancel()
+            log.warning("this replica stopped leading", replica=self.id, term=term, why=why)
+            if work is not None:
+                await asyncio.wait({work}, timeout=10)  # the loops wind down, or are cut
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+            await self._hand_back(term, why, stopped)
 
-    async def _crown(self) -> None:
+    async def _confirm(self, conn: asyncpg.Connection, cut: asyncio.Event) -> str:
+        """Confirm the lock every check period, each success extending the lease; the
+        reason, once it cannot be confirmed before the lease ends or the term is over."""
+        while True:
+            if cut.is_set():
+                return "its lock connection was closed"
+            if self._deposed.is_set():
+                return "another replica took a later term"
+            began = time.monotonic()
+            left = self.term.until - began
+            if left <= 0:
+                return "its lease lapsed"
+            try:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=left)
+            except TimeoutError:
+                return f"its lock was not confirmed within its lease ({self.timing.lease:g} s)"
+            except Exception as exc:  # the lock is in doubt
+                return f"its lock connection failed: {exc!r}"
+            self.term.extend(began + self.timing.lease)
+            await pause(self.timing.check, cut, self._deposed)
+
+    def _stale(self, why: str) -> None:
+        log.warning("a leader-only write found this replica's term over", why=why)
+        self._deposed.set()
+
+    async def _leadership(self) -> Leadership:
         async with self.db.session() as s:
-            await s.execute(update(ReplicaRow).values(leader=False))
-            await s.execute(
-                update(ReplicaRow)
-                .where(ReplicaRow.id == self.id)
-                .values(leader=True, seen_at=utcnow())
+            row = await s.get(LeadershipRow, 1)
+            return Leadership(row.term, row.holder) if row else Leadership(0, "")
+
+    async def _announce(self, term: int, taken: datetime) -> None:
+        with contextlib.suppress(Exception):
+            await self.bus.emit(
+                "replica.leading",
+                f"replica/{self.id}",
+                f"replica {self.id} at {self.url} leads (term {term})",
+                {"term": term, "url": self.url, "taken_at": taken.isoformat()},
+            )
+
+    async def _hand_back(self, term: int, why: str, stopped: datetime) -> None:
+        """Say the term is over (a successor then need not wait out a lease)."""
+        with contextlib.suppress(Exception):
+            async with self.db.session() as s:
+                await s.execute(
+                    update(LeadershipRow)
+                    .where(LeadershipRow.term == term, LeadershipRow.holder == self.id)
+                    .values(holder="")
+                )
+        with contextlib.suppress(Exception):
+            await self.bus.emit(
+                "replica.stepped_down",
+                f"replica/{self.id}",
+                f"replica {self.id} stopped leading (term {term}): {why}",
+                {"term": term, "why": why, "stopped_at": stopped.isoformat()},
             )
 
     async def _heartbeat(self, stopping: asyncio.Event) -> None:
+        """Say this replica is alive (and where); never whether it leads."""
         while not stopping.is_set():
-            with contextlib.suppress(Exception):
+            try:
                 async with self.db.session() as s:
-                    await s.execute(
-                        update(ReplicaRow)
-                        .where(ReplicaRow.id == self.id)
-                        .values(seen_at=utcnow(), leader=self.leading.is_set())
-                    )
+                    now = utcnow()
+                    row = await s.get(ReplicaRow, self.id)
+                    if row is None:
+                        s.add(ReplicaRow(id=self.id, url=self.url, started_at=now, seen_at=now))
+                    else:
+                        row.seen_at = now
+            except Exception as exc:  # try again next period
+                log.info("replica heartbeat failed", error=repr(exc))
             await pause(self.poll, stopping)
 
     async def _unregister(self) -> None:
@@ -179,8 +329,8 @@ class Replicas:
             heard = _listener(queue)
 
             try:
-                conn = await asyncpg.connect(asyncpg_dsn(self.db))
-            except (OSError, asyncpg.PostgresError) as exc:
+                conn = await asyncio.wait_for(asyncpg.connect(asyncpg_dsn(self.db)), self.poll * 5)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 log.warning("event feed: database unreachable", error=str(exc))
                 await asyncio.sleep(self.poll)
                 continue
@@ -197,6 +347,8 @@ class Replicas:
                     wanted = [int(i) for i in ids.split(",") if i.isdigit()]
                     for event in await self.events.by_ids(wanted):
                         self.bus.relay(event)
+            except Exception as exc:  # open the feed again
+                log.warning("event feed: connection lost", error=repr(exc))
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()

@@ -310,6 +310,7 @@ class StackService:
             self._poked.discard(name)
             stored = await self.store.get(name)
             spec = self.parse_stored(stored)
+            self.store.db.term.confirm()  # engine calls only while this replica leads
             if spec.mode == "swarm":
                 swarm_slots, busy = await self.swarm.converge(name, stored, spec)
                 await self.store.save_slots(name, swarm_slots)
@@ -333,6 +334,7 @@ class StackService:
             states: dict[tuple[str, int], SlotState] = {}
             for wave in work.spec.waves():
                 await self._wait_for_dependencies(work, wave, states)
+                self.store.db.term.confirm()
                 jobs = [
                     self._ensure_slot(work, svc, replica, states)
                     for svc in wave

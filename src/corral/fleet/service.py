@@ -304,7 +304,9 @@ class FleetService:
         return [row.id for row in rows]
 
     async def _deliver(self, rows: list[CommandRow]) -> None:
-        """Send stored commands to their robots' sockets and wake their long polls."""
+        """Send stored commands to their robots' sockets and wake their long polls (not
+        once this replica's lead has lapsed: the next leader delivers them)."""
+        self.store.db.term.confirm()
         for row in rows:
             await self.links.push(row.robot, _wire(row.id, row.kind, row.body))
 

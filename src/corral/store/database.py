@@ -1,4 +1,5 @@
-"""The database handle: engine creation, migrations at start, and sessions.
+"""The database handle: engine creation, migrations at start, and sessions (plain ones, and
+fenced ones that prove this replica's leadership term).
 
 One Database per process; repositories borrow sessions from it.
 """
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from corral.errors import Invalid
+from corral.store.leadership import LeaderTerm
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -53,6 +55,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.term = LeaderTerm()
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
@@ -63,6 +66,14 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success, rolled back on error."""
         async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def fenced(self) -> AsyncIterator[AsyncSession]:
+        """A session for a leader-only write: it proves this replica's leadership term
+        first, so nothing is written (StaleTerm) once another replica has taken the lead."""
+        async with self.session() as session:
+            await self.term.prove(session)
             yield session
 
     async def close(self) -> None:

@@ -1,8 +1,8 @@
 """Stored robots, their commands, maps (with traffic snapshots) and missions.
 
-The fleet service is the only writer; telemetry stays in memory and only what must
-survive a restart (positions at checkpoints, commands, routes, reservations) is written.
-Rows are returned detached.
+The fleet service is the only writer, on the leader (each write proves the leadership
+term); telemetry stays in memory and only what must survive a restart (positions at
+checkpoints, commands, routes, reservations) is written. Rows are returned detached.
 """
 
 from typing import Any
@@ -22,7 +22,7 @@ class FleetStore:
 
     # ------------------------------------------------------------------ robots
     async def add_robot(self, row: RobotRow) -> RobotRow:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             if await s.get(RobotRow, row.name) is not None:
                 raise Conflict(
                     f"robot {row.name!r} already exists; rotate its credential instead",
@@ -37,7 +37,7 @@ class FleetStore:
             return list((await s.scalars(select(RobotRow).order_by(RobotRow.name))).all())
 
     async def update_robot(self, name: str, **values: Any) -> None:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
 
     async def rotate_credential(
@@ -60,7 +60,7 @@ class FleetStore:
             return token_view(new, now), secret, token_view(old, now) if old else None
 
     async def delete_robot(self, name: str) -> None:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(RobotRow, name)
             if row is None:
                 raise NotFound(f"robot {name!r} not found", {"robot": name})
@@ -83,7 +83,7 @@ class FleetStore:
         fields, acknowledgements (a robot's own commands only), new commands (ids in the
         order given) and maps' reservations, so a grant and its move command are stored
         together or not at all."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             for id, values in missions.items():
                 await s.execute(update(MissionRow).where(MissionRow.id == id).values(**values))
             for name, values in robots.items():
@@ -138,7 +138,7 @@ class FleetStore:
     # ------------------------------------------------------------------ maps
     async def put_map(self, name: str, doc: dict[str, Any]) -> bool:
         """Store a map; True when it is new. A known map keeps its traffic table."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(FleetMapRow, name)
             if row is None:
                 s.add(FleetMapRow(name=name, doc=doc, traffic={}, created_at=utcnow()))
@@ -151,7 +151,7 @@ class FleetStore:
             return list((await s.scalars(select(FleetMapRow).order_by(FleetMapRow.name))).all())
 
     async def add_mission(self, row: MissionRow) -> MissionRow:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             s.add(row)
             await s.flush()
             return row

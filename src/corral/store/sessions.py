@@ -1,6 +1,7 @@
 """Stored templates and sessions, with each session's containers and kept history.
 
-Used by the session service (the only writer of session states) and the routes.
+Used by the session service (the only writer of session states) and the routes; a
+session's writes are leader-only (each proves the leadership term).
 """
 
 from collections.abc import Iterable
@@ -142,7 +143,7 @@ class SessionStore:
         expires_at: datetime,
     ) -> None:
         """A new pending session with a row per container (service -> container name)."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             s.add(
                 SessionRow(
                     id=id,
@@ -280,7 +281,7 @@ class SessionStore:
         elif state not in ACTIVE_STATES:
             values["ended_at"] = now
         sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             done = await s.execute(
                 update(SessionRow)
                 .where(SessionRow.id == id, SessionRow.state.in_(sources))
@@ -294,7 +295,7 @@ class SessionStore:
 
     async def update(self, id: str, **values: Any) -> None:
         """Set fields that are not the state (host, endpoints, reason, cleaned_at)."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(SessionRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"session {id!r} not found", {"session": id})
@@ -305,7 +306,7 @@ class SessionStore:
         """Record the clean-up in one transaction: the session's cleaned_at and each
         container it still counted on the engine as removed (a reader never sees one
         without the other)."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(SessionRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"session {id!r} not found", {"session": id})
@@ -320,7 +321,7 @@ class SessionStore:
             )
 
     async def set_container(self, id: str, service: str, **values: Any) -> None:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.scalar(
                 select(SessionContainerRow).where(
                     SessionContainerRow.session_id == id, SessionContainerRow.service == service

@@ -1,7 +1,8 @@
 """Stored stacks (the applied file, its variables, services stopped on purpose) and their
 slots (one row per replica: placement and the last observation).
 
-Used by the stack reconciler and the stack routes.
+Used by the stack reconciler and the stack routes; writes are leader-only (each proves the
+leadership term).
 """
 
 from collections.abc import Iterable
@@ -103,7 +104,7 @@ class StackStore:
         self, name: str, file: str, env: dict[str, str], base_dir: str, mode: str = ""
     ) -> str:
         """Create or replace a stack's file; returns created, updated or unchanged."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.scalar(select(StackRow).where(StackRow.name == name))
             if row is None:
                 s.add(
@@ -134,14 +135,14 @@ class StackStore:
             return list((await s.scalars(select(StackRow.name).order_by(StackRow.name))).all())
 
     async def remove(self, name: str) -> None:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             await s.execute(delete(SlotRow).where(SlotRow.stack == name))
             result = await s.execute(delete(StackRow).where(StackRow.name == name))
             if getattr(result, "rowcount", 0) == 0:
                 raise NotFound(f"stack {name!r} not found", {"stack": name})
 
     async def set_stopped(self, name: str, services: Iterable[str], stopped: bool) -> None:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.scalar(select(StackRow).where(StackRow.name == name))
             if row is None:
                 raise NotFound(f"stack {name!r} not found", {"stack": name})
@@ -169,7 +170,7 @@ class StackStore:
     async def save_slots(self, name: str, states: list[SlotState]) -> None:
         """Replace the stack's slots with this pass's view of them."""
         now = utcnow()
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             await s.execute(delete(SlotRow).where(SlotRow.stack == name))
             for st in states:
                 s.add(

@@ -390,12 +390,22 @@ class MissionRow(Base):
 
 
 class ReplicaRow(Base):
-    """A running `corral serve` sharing this database: where it answers, whether it leads."""
+    """A running `corral serve` sharing this database: where it answers, when it was seen."""
 
     __tablename__ = "replicas"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     url: Mapped[str] = mapped_column(String(2048))
-    leader: Mapped[bool] = mapped_column(default=False)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class LeadershipRow(Base):
+    """The one row of the current leadership term: its number, who took it and when."""
+
+    __tablename__ = "leadership"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    term: Mapped[int] = mapped_column(ID, default=0)
+    holder: Mapped[str] = mapped_column(String(32), default="")
+    since: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

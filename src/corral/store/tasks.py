@@ -1,7 +1,8 @@
 """Stored tasks: created, listed, moved forward through their states.
 
 Shared by the print farm and the robot fleet; the executors (the farm's arm dispatcher)
-are the only writers of assigned/running/done.
+are the only writers of assigned/running/done. Moves are leader-only writes: each proves
+the leadership term (a replica that lost the lead moves nothing).
 """
 
 from collections.abc import Sequence
@@ -125,7 +126,7 @@ class TaskStore:
         elif state in ("done", "failed", "cancelled"):
             changes["finished_at"] = now
         sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             done = await s.execute(
                 update(TaskRow)
                 .where(TaskRow.id == id, TaskRow.state.in_(sources))
@@ -137,7 +138,7 @@ class TaskStore:
             return task_view(row) if getattr(done, "rowcount", 0) == 1 else None
 
     async def update(self, id: int, **values: Any) -> None:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(TaskRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"task {id} not found", {"task": id})

@@ -60,6 +60,10 @@ class ReplicaInfo(BaseModel):
     id: str
     url: str
     leader: bool
+    term: int | None = Field(
+        description="The leader's leadership term (it grows at each change of leader); "
+        "null on the others."
+    )
     this: bool = Field(description="The replica that answered.")
     started_at: datetime
     seen_at: datetime
@@ -68,26 +72,30 @@ class ReplicaInfo(BaseModel):
 @router.get("/replicas", summary="The corral processes sharing this database, and the leader")
 async def replicas(core: CoreDep, _: Reader) -> list[ReplicaInfo]:
     if not core.replicas.shared:
+        leads = core.replicas.leading.is_set()
         return [
             ReplicaInfo(
                 id=core.replica_id,
                 url=core.replicas.url,
-                leader=core.replicas.leading.is_set(),
+                leader=leads,
+                term=core.db.term.term if leads else None,
                 this=True,
                 started_at=core.started_at,
                 seen_at=utcnow(),
             )
         ]
+    rows, lead = await core.replicas.replicas()
     return [
         ReplicaInfo(
             id=r.id,
             url=r.url,
-            leader=r.leader,
+            leader=r.id == lead.holder,
+            term=lead.term if r.id == lead.holder else None,
             this=r.id == core.replica_id,
             started_at=r.started_at,
             seen_at=r.seen_at,
         )
-        for r in await core.replicas.replicas()
+        for r in rows
     ]
 
 

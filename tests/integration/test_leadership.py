@@ -1,0 +1,118 @@
+"""Leadership terms on both backends: a write that proves a term changes nothing once a
+later term is taken, and tells its replica to step down; a lapsed lease stops writes
+without asking the database.
+
+Two LeaderTerm objects on one database stand for two replicas; runs against a SQLite file
+and against the machine's real PostgreSQL.
+"""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.store.database import Database
+from corral.store.leadership import LeaderTerm, StaleTerm
+from corral.store.tables import TaskRow
+from corral.store.tasks import TaskStore, new_task
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+async def _take(db: Database, term: LeaderTerm, replica: str) -> int:
+    async with db.session() as s:
+        taken = await term.take(s, replica)
+    term.hold(taken, time.monotonic() + 60)
+    return taken
+
+
+async def test_a_stale_term_moves_no_task_and_steps_down(db_url: str) -> None:
+    old, new = Database(db_url), Database(db_url)
+    await old.migrate()
+    told: list[str] = []
+    old.term.on_stale = told.append
+    try:
+        first = await _take(old, old.term, "old")
+        tasks = TaskStore(old)
+        [task] = await tasks.add([new_task("take", "arm", {}, 0, 60, "test")])
+        assert await tasks.transition(task.id, "assigned") is not None
+
+        second = await _take(new, new.term, "new")
+        assert second == first + 1
+        with pytest.raises(StaleTerm):
+            await tasks.transition(task.id, "running")
+        assert told, "the stale replica was told to step down"
+        assert (await tasks.get(task.id)).state == "assigned", "nothing written"
+        with pytest.raises(StaleTerm):  # and it stays down: no database needed to refuse
+            old.term.confirm()
+        assert await TaskStore(new).transition(task.id, "running") is not None
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_a_lapsed_lease_stops_writes_at_once(db_url: str) -> None:
+    db = Database(db_url)
+    await db.migrate()
+    try:
+        async with db.session() as s:
+            taken = await db.term.take(s, "me")
+        db.term.hold(taken, time.monotonic() + 0.2)
+        tasks = TaskStore(db)
+        [task] = await tasks.add([new_task("take", "arm", {}, 0, 60, "test")])
+        assert await tasks.transition(task.id, "assigned") is not None
+        await asyncio.sleep(0.3)
+        with pytest.raises(StaleTerm):
+            await tasks.transition(task.id, "running")
+        assert (await tasks.get(task.id)).state == "assigned"
+    finally:
+        await db.close()
+
+
+async def test_a_new_term_waits_for_the_writes_of_the_last_one(pg_url: str) -> None:
+    """On PostgreSQL a write in progress holds the term's row: the next term is taken only
+    after it ends, so every write of a term is stored before the next term begins."""
+    old, new = Database(pg_url), Database(pg_url)
+    await old.migrate()
+    try:
+        await _take(old, old.term, "old")
+        tasks = TaskStore(old)
+        [task] = await tasks.add([new_task("take", "arm", {}, 0, 60, "test")])
+        order: list[str] = []
+        inside = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_write() -> None:
+            async with old.fenced() as s:
+                inside.set()
+                await release.wait()
+                row = await s.get(TaskRow, task.id)
+                assert row is not None
+                row.reason = "late"
+            order.append("old write")
+
+        async def take() -> None:
+            await inside.wait()
+            await _take(new, new.term, "new")
+            order.append("new term")
+
+        writing = asyncio.create_task(slow_write())
+        taking = asyncio.create_task(take())
+        await inside.wait()
+        await asyncio.sleep(0.5)
+        assert order == [], "the new term waits for the open proved transaction"
+        release.set()
+        await asyncio.gather(writing, taking)
+        assert order == ["old write", "new term"]
+        assert (await TaskStore(new).get(task.id)).reason == "late"
+    finally:
+        await old.close()
+        await new.close()

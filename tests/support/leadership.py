@@ -1,0 +1,97 @@
+"""Cutting a corral leader from PostgreSQL as a network fault or a DBA would: its lock
+connection's backend terminated with pg_terminate_backend, found by the application name
+corral gives that connection and by the test's own database (no other test's backends).
+
+Also reads who leads from GET /replicas and the replica events' times, for the fence tests.
+"""
+
+import re
+import subprocess
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import make_url
+
+PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w", "-d", "postgres"]
+
+
+def database_of(pg_url: str) -> str:
+    name = make_url(pg_url).database or ""
+    assert re.fullmatch(r"\w+", name), pg_url  # it goes into SQL text below
+    return name
+
+
+def psql(sql: str) -> str:
+    done = subprocess.run(
+        [*PSQL, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({sql}): {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def cut_lock(pg_url: str, replica: str) -> int:
+    """Terminate the backend of `replica`'s lock connection; how many were terminated."""
+    assert re.fullmatch(r"[0-9a-f]+", replica), replica
+    found = psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "  # noqa: S608
+        f"WHERE datname = '{database_of(pg_url)}' AND application_name = 'corral-lock-{replica}'"
+    )
+    return int(found or 0)
+
+
+def campaigning(pg_url: str) -> set[str]:
+    """The replicas that have a lock connection open (the leader's holds the lock, the
+    others' try for it)."""
+    found = psql(
+        "SELECT application_name FROM pg_stat_activity "  # noqa: S608
+        f"WHERE datname = '{database_of(pg_url)}' AND application_name LIKE 'corral-lock-%'"
+    )
+    return {line.removeprefix("corral-lock-") for line in found.splitlines() if line}
+
+
+def leaders(api: httpx.Client) -> list[dict[str, Any]]:
+    answer = api.get("/replicas")
+    answer.raise_for_status()
+    return [r for r in answer.json() if r["leader"]]
+
+
+def wait_for_new_leader(api: httpx.Client, after_term: int, limit: float = 60) -> dict[str, Any]:
+    """The leader of a term later than `after_term`, once /replicas shows one."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            found = leaders(api)
+        except httpx.HTTPError:
+            found = []
+        if len(found) == 1 and found[0]["term"] > after_term:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no leader with a term after {after_term} within {limit} s")
+
+
+def overlaps(api: httpx.Client) -> list[float]:
+    """For each handover, seconds from the new term's start to when the last term's holder
+    stopped acting (negative: it had stopped before)."""
+    events = api.get("/events", params={"kind": "replica.*", "limit": 1000}).json()
+    taken = {
+        e["data"]["term"]: datetime.fromisoformat(e["data"]["taken_at"])
+        for e in events
+        if e["kind"] == "replica.leading"
+    }
+    stopped = {
+        e["data"]["term"]: datetime.fromisoformat(e["data"]["stopped_at"])
+        for e in events
+        if e["kind"] == "replica.stepped_down"
+    }
+    return [
+        round((stopped[term] - taken[term + 1]).total_seconds(), 3)
+        for term in sorted(stopped)
+        if term + 1 in taken
+    ]
