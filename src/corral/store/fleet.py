@@ -46,7 +46,7 @@ class FleetStore:
         """In one transaction: a new robot token and HMAC key for robot `name`, its old
         token revoked. (new token, its secret, the old one if there was one)."""
         now = utcnow()
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             robot = await s.get(RobotRow, name)
             if robot is None:
                 raise NotFound(f"robot {name!r} not found", {"robot": name})
