@@ -306,7 +306,8 @@ def test_device_token_reaches_only_its_own_deployments(
                 "/device/logs",
                 data={"logData": json.dumps({"deviceName": other, "message": "hello"})},
             )
-            assert logged.status_code == 204
+            assert logged.status_code == 200
+            assert logged.json() == {"message": "Log received and saved"}
         assert api.get(f"/file/manifest/{deployment}").json()["state"] == "deployed"
 
 

@@ -11,9 +11,11 @@ from corral.model.manifests import (
     Candidate,
     Placed,
     build_parts,
+    check_repeats,
     choose_device,
     default_description,
     parse_manifest,
+    same_function_devices,
 )
 from corral.model.wasm_modules import check_function, inspect_wasm, missing_interfaces, openapi
 
@@ -62,13 +64,14 @@ def test_parse_manifest_names_each_problem() -> None:
     )
     assert name == "c"
     assert steps[0].device is None
+    _, repeated = parse_manifest({"name": "c", "sequence": [{"module": "a", "func": "f"}] * 2})
+    assert [(s.module, s.func) for s in repeated] == [("a", "f"), ("a", "f")]
     cases: list[tuple[Any, str]] = [
         ([], "JSON object"),
         ({"name": "c", "sequence": []}, "non-empty"),
         ({"name": "c d", "sequence": [{"module": "a", "func": "f"}]}, "manifest name"),
         ({"name": "c", "sequence": [{"module": "a"}]}, r"sequence\[0\].func"),
         ({"name": "c", "sequence": [{"module": "a", "func": "f", "x": 1}]}, "unknown key"),
-        ({"name": "c", "sequence": [{"module": "a", "func": "f"}] * 2}, "repeats a.f"),
         ({"name": "c", "sequence": [{"module": "a", "func": "f"}], "extra": 1}, "extra"),
     ]
     for body, message in cases:
@@ -117,9 +120,23 @@ def test_parts_chain_each_step_to_the_next_device() -> None:
         "deployment": [],
         "output": [],
     }
+    # lower case: a supervisor calls the next step with getattr(requests, method)
+    assert to["method"] == "get"
+    assert parts["b"]["endpoints"]["add_ten"]["add_ten"]["method"] == "get"
     assert parts["b"]["endpoints"]["add_ten"]["add_ten"]["request"]["parameters"] == [
         {"name": "p0", "in": "query", "required": True, "schema": {"type": "integer"}}
     ]
+
+
+def test_a_function_repeats_in_a_chain_on_other_devices_only() -> None:
+    def step(device: str) -> Placed:
+        return Placed(device, "m1", "double", "double", default_description(_export("i32")), [])
+
+    steps = [step("a"), step("b"), step("a")]
+    assert same_function_devices(steps, 1) == {"a"}
+    check_repeats(steps[:2])
+    with pytest.raises(Invalid, match=r"double\.double runs on 'a' at another step"):
+        check_repeats(steps)
 
 
 def _export(*params: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import contextlib
 import time
 from typing import Any
 
+import httpx
 import structlog
 
 from corral.config import Settings
@@ -19,7 +20,15 @@ from corral.control.modules import functions_of
 from corral.devices.client import DeviceError, FunctionRefused, SupervisorClient
 from corral.errors import Conflict, CorralError, Invalid, NotFound
 from corral.events import EventBus
-from corral.model.manifests import Candidate, Placed, build_parts, choose_device, parse_manifest
+from corral.model.manifests import (
+    Candidate,
+    Placed,
+    build_parts,
+    check_repeats,
+    choose_device,
+    parse_manifest,
+    same_function_devices,
+)
 from corral.model.wasm_modules import execution_files
 from corral.store.modules import DeploymentStore, ModuleStore
 from corral.store.tables import DeploymentRow
@@ -57,6 +66,70 @@ class DeploymentService:
         return self._locks.setdefault(deployment_id, asyncio.Lock())
 
     async def create(self, body: Any) -> tuple[DeploymentRow, bool]:
+        """Place a manifest's steps and store it. A manifest with the name of a stored one
+        replaces it (as the orchestrator does): its parts leave the devices, and it waits
+        to be deployed again. (row, created)."""
+        name, placed = await self._place(body)
+        steps = [p.as_json() for p in placed]
+        try:
+            old = await self.store.get(name)
+        except NotFound:
+            old = None
+        if old is not None and old.name == name:
+            if old.sequence == body["sequence"]:
+                return old, False
+            await self._undeploy(old)
+            row = await self.store.update(
+                old.id,
+                sequence=body["sequence"],
+                steps=steps,
+                parts={},
+                responses={},
+                state="pending",
+                reason="",
+            )
+            await self._created(row, placed, "replaced")
+            return row, False
+        row, created = await self.store.create(name, body["sequence"], steps)
+        if created:
+            await self._created(row, placed, "created")
+        return row, created
+
+    async def update(self, ref: str, body: Any) -> DeploymentRow:
+        """`PUT /file/manifest/{id}`: a new manifest for a stored deployment, placed and
+        deployed at once."""
+        row = await self.store.get(ref)
+        if isinstance(body, dict) and "name" not in body:
+            body = {**body, "name": row.name}
+        name, placed = await self._place(body)
+        if name != row.name:
+            try:
+                taken = await self.store.get(name)
+            except NotFound:
+                taken = None
+            if taken is not None and taken.id != row.id:
+                raise Conflict(
+                    f"a deployment named {name!r} already exists ({taken.id})",
+                    {"deployment": taken.id},
+                )
+        async with self._lock(row.id):
+            row = await self.store.update(
+                row.id, name=name, sequence=body["sequence"], steps=[p.as_json() for p in placed]
+            )
+        await self._created(row, placed, "updated")
+        return await self.deploy(row.id)
+
+    async def _created(self, row: DeploymentRow, placed: list[Placed], verb: str) -> None:
+        where = ", ".join(f"{p.module_name}.{p.func}@{p.device}" for p in placed)
+        await self.bus.emit(
+            "deployment.created",
+            f"deployment/{row.id}",
+            f"deployment {row.name} {verb}: {where}",
+            {"name": row.name, "steps": [p.as_json() for p in placed]},
+        )
+
+    async def _place(self, body: Any) -> tuple[str, list[Placed]]:
+        """Check a manifest and bind each step to a module version and a device."""
         name, requests = parse_manifest(body)
         candidates = await self.devices.candidates()
         load = await self._load()
@@ -79,8 +152,11 @@ class DeploymentService:
             unknown = [f for f in request.failovers if f not in {c.name for c in candidates}]
             if unknown:
                 raise Invalid(f"step {index}: unknown failover device(s) {', '.join(unknown)}")
+            holding = frozenset(
+                p.device for p in placed if (p.module_name, p.func) == (module.name, request.func)
+            )
             device = choose_device(
-                index, module.requirements, candidates, request.device, load=load
+                index, module.requirements, candidates, request.device, holding, load
             )
             load[device] = load.get(device, 0) + 1
             placed.append(
@@ -94,17 +170,8 @@ class DeploymentService:
                     list(request.failovers),
                 )
             )
-        sequence = body["sequence"]
-        row, created = await self.store.create(name, sequence, [p.as_json() for p in placed])
-        if created:
-            where = ", ".join(f"{p.module_name}.{p.func}@{p.device}" for p in placed)
-            await self.bus.emit(
-                "deployment.created",
-                f"deployment/{row.id}",
-                f"deployment {name} created: {where}",
-                {"name": name, "steps": [p.as_json() for p in placed]},
-            )
-        return row, created
+        check_repeats(placed)
+        return name, placed
 
     async def _load(self) -> dict[str, int]:
         """How many steps each device already runs, to spread new ones."""
@@ -122,11 +189,7 @@ class DeploymentService:
         steps = [Placed.from_json(s) for s in row.steps]
         async with self._lock(row.id):
             row = await self._push(row, steps)
-        unreachable = {
-            device
-            for device, answer in (row.responses or {}).items()
-            if answer.get("status") == "unreachable"
-        }
+        unreachable = _unreachable(row)
         if row.state != "failed" or not unreachable:
             return row
         for device in sorted(unreachable):
@@ -190,8 +253,9 @@ class DeploymentService:
     async def execute(
         self, ref: str, params: dict[str, Any], files: dict[str, bytes] | None = None
     ) -> dict[str, Any]:
-        """Run the chain from its first step, with its parameters and execution files; fail
-        a step over when its device is down."""
+        """Run the chain from its first step, with its parameters and execution files, and
+        follow the result URLs to the final value. A step whose device is down moves to
+        another device (mid-chain too); a device that lost its deployment gets it again."""
         row = await self.store.get(ref)
         if row.state not in ("deployed", "failed"):
             raise Conflict(
@@ -204,9 +268,9 @@ class DeploymentService:
         files = files or {}
         _check_files(steps[0].description, files)
         down: set[str] = set()
-        in_failover = False
+        in_failover = redeployed = False
         deadline = time.monotonic() + self.settings.execute_timeout_seconds
-        for _attempt in range(len(steps) + 2):
+        for _attempt in range(len(steps) + 3):
             candidates = await self.devices.candidates()
             usable = {c.name for c in candidates if c.usable} - down
             if any(s.device not in usable for s in steps) or row.state != "deployed":
@@ -218,13 +282,27 @@ class DeploymentService:
             url = f"{urls[first.device]}/{row.id}/modules/{first.module_name}/{first.func}"
             try:
                 result_url = await self.client.call(first.description["method"], url, args, files)
-                outcome = await self._follow(result_url, deadline)
+                outcome = await self._follow(result_url, steps, deadline)
             except FunctionRefused as exc:
+                if exc.status == 404 and not redeployed:  # it may have lost the deployment
+                    row, redeployed = await self._redeploy(row, steps), True
+                    continue
                 raise Invalid(f"the device refused the call: {exc}") from None
+            except _StepFailed as exc:
+                following = steps[exc.index + 1] if exc.index + 1 < len(steps) else None
+                if following is None:
+                    raise ExecutionFailed(exc.message) from None
+                if not await self._answers(urls[following.device]):
+                    down.add(following.device)
+                    await self.devices.failed(following.device, "does not answer")
+                    continue
+                if not redeployed:  # the next device may have restarted without its part
+                    row, redeployed = await self._redeploy(row, steps), True
+                    continue
+                raise ExecutionFailed(exc.message) from None
             except _StepDown as exc:
-                device = _device_at(exc.url, urls) or first.device
-                down.add(device)
-                await self.devices.failed(device, exc.reason)
+                down.add(steps[exc.index].device)
+                await self.devices.failed(steps[exc.index].device, exc.reason)
                 continue
             except DeviceError as exc:
                 down.add(first.device)
@@ -241,24 +319,49 @@ class DeploymentService:
         gone = ", ".join(sorted(down))
         raise Conflict(f"deployment {row.name}: no device could run the chain (down: {gone})")
 
-    async def _follow(self, url: str, deadline: float) -> dict[str, Any]:
-        """Poll result URLs, through each chained step, to the final value."""
+    async def _redeploy(self, row: DeploymentRow, steps: list[Placed]) -> DeploymentRow:
+        async with self._lock(row.id):
+            return await self._push(row, steps)
+
+    async def _answers(self, url: str) -> bool:
+        try:
+            await self.client.description(url)
+        except DeviceError:
+            return False
+        return True
+
+    async def _follow(self, url: str, steps: list[Placed], deadline: float) -> dict[str, Any]:
+        """Poll result URLs to the final value. Each result that is itself a result URL (a
+        bare string, or an object with `resultUrl`) is the next step's. A step that
+        failed says so by its status and `success`, whatever its text."""
         pause = 0.01
+        index = 0
         while True:
-            status, body = await self.client.result(url)
+            try:
+                status, body = await self.client.result(url)
+            except DeviceError as exc:
+                raise _StepDown(min(index, len(steps) - 1), str(exc)) from None
+            # 404: a queued call has no history entry until it ends
+            failed = (status >= 400 and status != 404) or (
+                status == 200 and not isinstance(body, dict)
+            )
             if status == 200 and isinstance(body, dict):
-                result = body.get("result")
-                if isinstance(result, dict) and isinstance(result.get("resultUrl"), str):
-                    url, pause = result["resultUrl"], 0.01
+                failed = body.get("success") is False
+                following = None if failed else _result_url(body.get("result"))
+                if following is not None:
+                    url, pause, index = following, 0.01, index + 1
                     continue
-                return {"result": result, "fetched_from_device": url, "resultUrl": url}
-            if status == 500 and isinstance(body, dict):
-                message = str(body.get("result"))
-                if message.startswith("next step "):
-                    raise _StepDown(message.split()[2], message)
-                raise ExecutionFailed(f"{body.get('function_name', 'a step')} failed: {message}")
-            if status not in (200, 202):
-                raise DeviceError(f"GET {url}: HTTP {status}")
+                if not failed:
+                    return {
+                        "result": body.get("result"),
+                        "fetched_from_device": httpx.URL(url).netloc.decode(),
+                        "resultUrl": url,
+                    }
+            if failed:
+                where = min(index, len(steps) - 1)
+                name = f"{steps[where].module_name}.{steps[where].func}"
+                said = body.get("result") if isinstance(body, dict) else body
+                raise _StepFailed(where, f"{name} failed: {str(said)[:500]}")
             if time.monotonic() > deadline:
                 raise ExecutionFailed(
                     f"no result from {url} within {self.settings.execute_timeout_seconds} s"
@@ -273,7 +376,31 @@ class DeploymentService:
         candidates: list[Candidate],
         down: set[str],
     ) -> DeploymentRow:
-        """Move every step whose device is down to a failover device, then redeploy."""
+        """Move every step whose device is down to a failover device, then redeploy; a
+        device found unreachable while deploying counts as down too (its steps move)."""
+        down = set(down)
+        for _round in range(len(candidates) + 1):
+            await self._move(row, steps, candidates, down)
+            async with self._lock(row.id):
+                row = await self._push(row, steps, {c.name: c.url for c in candidates})
+            if row.state == "deployed":
+                return row
+            unreachable = _unreachable(row)
+            if not unreachable:
+                break
+            for device in sorted(unreachable):
+                await self.devices.failed(device, str(row.responses[device].get("data")))
+            down |= unreachable
+        raise Conflict(f"deployment {row.name}: failover could not deploy: {row.reason}")
+
+    async def _move(
+        self,
+        row: DeploymentRow,
+        steps: list[Placed],
+        candidates: list[Candidate],
+        down: set[str],
+    ) -> None:
+        """Put each step whose device is down or unusable on another device."""
         usable = [
             Candidate(
                 c.name, c.url, c.interfaces, c.usable and c.name not in down, c.why_not or "is down"
@@ -285,13 +412,14 @@ class DeploymentService:
         for index, step in enumerate(steps):
             if step.device in ok:
                 continue
-            preferred = [f for f in step.failovers if f in ok]
+            holding = same_function_devices(steps, index)
+            preferred = [f for f in step.failovers if f in ok and f not in holding]
             target = choose_device(
                 index,
                 step.requirements,
                 usable,
                 preferred[0] if preferred else None,
-                avoid=frozenset({step.device}),
+                avoid=frozenset({step.device}) | holding,
                 load=load,
             )
             load[target] = load.get(target, 0) + 1
@@ -303,11 +431,13 @@ class DeploymentService:
                 {"from": step.device, "to": target, "step": index},
             )
             step.device = target
-        async with self._lock(row.id):
-            row = await self._push(row, steps, {c.name: c.url for c in candidates})
-        if row.state != "deployed":
-            raise Conflict(f"deployment {row.name}: failover could not deploy: {row.reason}")
-        return row
+
+    async def failover(self, ref: str) -> DeploymentRow:
+        """`POST /file/manifest/failover/{id}`: move each step whose device cannot run it
+        now (inactive, gone, blacklisted) to another device, and deploy again."""
+        row = await self.store.get(ref)
+        steps = [Placed.from_json(s) for s in row.steps]
+        return await self._fail_over(row, steps, await self.devices.candidates(), set())
 
     async def device_back(self, name: str) -> None:
         """A device answers again: send it its parts (it may have lost them)."""
@@ -320,15 +450,21 @@ class DeploymentService:
         rows = [await self.store.get(ref)] if ref else await self.store.every()
         urls = await self._device_urls()
         for row in rows:
-            for device in row.parts:
-                if device in urls:
-                    with contextlib.suppress(DeviceError):
-                        await self.client.undeploy(urls[device], row.id)
+            await self._undeploy(row, urls)
             await self.store.delete(row.id)
             await self.bus.emit(
                 "deployment.removed", f"deployment/{row.id}", f"deployment {row.name} removed"
             )
         return len(rows)
+
+    async def _undeploy(self, row: DeploymentRow, urls: dict[str, str] | None = None) -> None:
+        """Take a deployment's parts off its devices (best effort: a device that is down
+        has lost them, or gets them replaced at the next deploy)."""
+        urls = urls if urls is not None else await self._device_urls()
+        for device in row.parts:
+            if device in urls:
+                with contextlib.suppress(DeviceError):
+                    await self.client.undeploy(urls[device], row.id)
 
     async def for_device(self, device: str) -> list[DeploymentRow]:
         return [r for r in await self.store.every() if any(s["device"] == device for s in r.steps)]
@@ -342,15 +478,32 @@ class DeploymentService:
 
 
 class _StepDown(Exception):
-    def __init__(self, url: str, reason: str) -> None:
+    """The device of step `index` stopped answering while its result was read."""
+
+    def __init__(self, index: int, reason: str) -> None:
         super().__init__(reason)
-        self.url, self.reason = url, reason
+        self.index, self.reason = index, reason
 
 
-def _device_at(url: str, urls: dict[str, str]) -> str | None:
-    for name, base in urls.items():
-        if url.startswith(base.rstrip("/") + "/") or url.rstrip("/") == base.rstrip("/"):
-            return name
+class _StepFailed(Exception):
+    """Step `index` answered that it failed: its function, or its call of the next step."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index, self.message = index, message
+
+
+def _unreachable(row: DeploymentRow) -> set[str]:
+    """The devices that did not answer the last deploy."""
+    return {d for d, a in (row.responses or {}).items() if a.get("status") == "unreachable"}
+
+
+def _result_url(result: Any) -> str | None:
+    """The next result URL if a result is one: a bare URL string, or `{resultUrl}`."""
+    if isinstance(result, dict) and isinstance(result.get("resultUrl"), str):
+        result = result["resultUrl"]
+    if isinstance(result, str) and result.startswith(("http://", "https://")):
+        return result
     return None
 
 

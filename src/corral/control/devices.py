@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import structlog
 
 from corral.config import Settings
@@ -102,6 +103,11 @@ class DeviceService:
         await self.store.set_description(row.name, description)
         row.description = description
 
+    @property
+    def public_host(self) -> str:
+        """corral's host in `public_url`: what a device reaches it by."""
+        return httpx.URL(self.settings.base_url).host or "127.0.0.1"
+
     def accepts(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in self.settings.mdns_accept)
 
@@ -138,16 +144,20 @@ class DeviceService:
         url = device_url(row)
         report: dict[str, Any] | None = None
         error = ""
+        fresh = False
         try:
-            report, known = await self.client.health(url)
-            if not known:
+            report, known = await self.client.health(url, self.public_host)
+            if not known:  # new, or restarted: a restarted supervisor has lost its parts
                 await self.client.register(url, self.settings.base_url)
+                fresh = True
         except DeviceError as exc:
             error = str(exc)
         change = await self.store.checked(
             row.name, report, error, self.settings.device_failures_inactive
         )
         if change is None:
+            if fresh and row.status == "active":
+                await self._came_back(row.name)
             return
         old, new = change
         if new == "inactive":

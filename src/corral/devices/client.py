@@ -17,9 +17,8 @@ class DeviceError(Exception):
 
 
 class SupervisorClient:
-    def __init__(self, timeout: float = 5.0, orchestrator_host: str = "127.0.0.1") -> None:
+    def __init__(self, timeout: float = 5.0) -> None:
         self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
-        self.orchestrator_host = orchestrator_host
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -47,10 +46,12 @@ class SupervisorClient:
             raise DeviceError(f"{base}: the description is not an object")
         return data
 
-    async def health(self, base: str) -> tuple[dict[str, Any], bool]:
-        """The health report and whether the device already knows its orchestrator."""
+    async def health(self, base: str, orchestrator_host: str) -> tuple[dict[str, Any], bool]:
+        """The health report and whether the device already knows its orchestrator.
+        `orchestrator_host`: corral's host as the device reaches it; a supervisor compares
+        it with the orchestrator it registered and stops answering a stranger."""
         response = await self._call(
-            "GET", base.rstrip("/") + "/health", headers={"X-Forwarded-For": self.orchestrator_host}
+            "GET", base.rstrip("/") + "/health", headers={"X-Forwarded-For": orchestrator_host}
         )
         if response.status_code >= 400:
             raise DeviceError(f"GET {base}/health: HTTP {response.status_code}")

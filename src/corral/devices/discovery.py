@@ -41,8 +41,8 @@ def found_from(info: AsyncServiceInfo) -> Found:
     }
     addresses = [socket.inet_ntoa(a) for a in info.addresses if len(a) == 4]
     extra = props.get("address", "")
-    if extra and extra not in addresses:
-        addresses.insert(0, extra)
+    if extra:  # first: several devices may share one host name (and its A records)
+        addresses = [extra, *(a for a in addresses if a != extra)]
     return Found(
         device_name(info.name),
         addresses,

@@ -91,7 +91,6 @@ def parse_manifest(body: Any) -> tuple[str, list[StepRequest]]:
     if len(sequence) > MAX_STEPS:
         raise Invalid(f"sequence has {len(sequence)} steps; at most {MAX_STEPS}")
     steps: list[StepRequest] = []
-    seen: set[tuple[str, str]] = set()
     for index, raw in enumerate(sequence):
         where = f"sequence[{index}]"
         if not isinstance(raw, dict):
@@ -109,9 +108,6 @@ def parse_manifest(body: Any) -> tuple[str, list[StepRequest]]:
         failovers = raw.get("failovers", [])
         if not isinstance(failovers, list) or not all(isinstance(f, str) for f in failovers):
             raise Invalid(f"{where}.failovers must be a list of device names")
-        if (module, func) in seen:
-            raise Invalid(f"{where} repeats {module}.{func}; a chain calls each function once")
-        seen.add((module, func))
         steps.append(StepRequest(device, module, func, tuple(failovers)))
     return name, steps
 
@@ -159,6 +155,31 @@ def choose_device(
     return best.name
 
 
+def same_function_devices(steps: list[Placed], index: int) -> frozenset[str]:
+    """Devices that run the function of step `index` at another step of the chain: a
+    device keys its chain instructions by module and function, so it can hold each
+    function once per deployment."""
+    step = steps[index]
+    return frozenset(
+        other.device
+        for at, other in enumerate(steps)
+        if at != index and (other.module_name, other.func) == (step.module_name, step.func)
+    )
+
+
+def check_repeats(steps: list[Placed]) -> None:
+    """Refuse a chain that puts one function on one device twice (its instructions
+    would say two different things)."""
+    for index, step in enumerate(steps):
+        if step.device in same_function_devices(steps, index):
+            raise Invalid(
+                f"step {index}: {step.module_name}.{step.func} runs on {step.device!r} at "
+                "another step too; a device runs each function once per deployment, so "
+                "name another device for one of them",
+                {"step": index, "device": step.device},
+            )
+
+
 def build_parts(
     deployment_id: str,
     steps: list[Placed],
@@ -171,7 +192,8 @@ def build_parts(
         {
             "url": device_urls[step.device].rstrip("/") + "/",
             "path": f"/{deployment_id}/modules/{step.module_name}/{step.func}",
-            "method": step.description["method"],
+            # lower case: a supervisor calls the next step with getattr(requests, method)
+            "method": step.description["method"].lower(),
             "request": endpoint_request(step.description),
             "response": endpoint_response(step.description),
         }

@@ -6,6 +6,7 @@ Served on corral's port with a token, and on `wasmiot_port` (anonymous if allowe
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
@@ -20,6 +21,7 @@ from corral.control.modules import functions_of
 from corral.core import Core
 from corral.errors import Forbidden, Invalid
 from corral.model.wasm_modules import openapi
+from corral.store.events import EventFilter
 from corral.store.tables import DeploymentRow, DeviceRow, ModuleRow
 
 router = APIRouter(tags=["Wasm-IoT"])
@@ -245,8 +247,8 @@ async def register(request: Request, core: CoreDep, _: Writer) -> Response:
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise Invalid("addresses must be a list of addresses", {"field": "addresses"})
     extra = properties.get("address")
-    if isinstance(extra, str) and extra and extra not in addresses:
-        addresses = [extra, *addresses]
+    if isinstance(extra, str) and extra:  # first: devices may share a host name
+        addresses = [extra, *(a for a in addresses if a != extra)]
     await core.devices.register(
         name,
         addresses,
@@ -388,8 +390,9 @@ async def module_file(ref: Ref, file: str, core: CoreDep, caller: ReaderOrDevice
     openapi_extra=_json_body(MANIFEST),
 )
 async def create_manifest(request: Request, core: CoreDep, _: Writer) -> PlainTextResponse:
-    row, created = await core.deployments.create(await _body(request))
-    return PlainTextResponse(row.id, status_code=201 if created else 200)
+    """A taken name replaces that deployment (its id stays); 201 either way, as the seed."""
+    row, _created = await core.deployments.create(await _body(request))
+    return PlainTextResponse(row.id, status_code=201)
 
 
 @router.get("/file/manifest", summary="All deployments")
@@ -409,7 +412,27 @@ async def manifest(ref: Ref, core: CoreDep, _: Reader) -> dict[str, Any]:
 
 @router.post("/file/manifest/{ref}", summary="Send each device its part")
 async def deploy(ref: Ref, core: CoreDep, _: Writer) -> JSONResponse:
-    row = await core.deployments.deploy(ref)
+    return _deployed(await core.deployments.deploy(ref))
+
+
+@router.put(
+    "/file/manifest/{ref}",
+    summary="Change a deployment's manifest and deploy it again",
+    openapi_extra=_json_body(MANIFEST),
+)
+async def update_manifest(ref: Ref, request: Request, core: CoreDep, _: Writer) -> JSONResponse:
+    return _deployed(await core.deployments.update(ref, await _body(request)))
+
+
+@router.post(
+    "/file/manifest/failover/{ref}",
+    summary="Move the steps of unusable devices elsewhere and deploy again",
+)
+async def failover(ref: Ref, core: CoreDep, _: Writer) -> JSONResponse:
+    return _deployed(await core.deployments.failover(ref))
+
+
+def _deployed(row: DeploymentRow) -> JSONResponse:
     body: dict[str, Any] = {"deviceResponses": row.responses, "state": row.state}
     if row.state == "deployed":
         return JSONResponse(body)
@@ -440,8 +463,13 @@ async def execute(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict[
     return await core.deployments.execute(ref, params, {k: v for k, (_, v) in files.items()})
 
 
-@router.post("/device/logs", status_code=204, summary="A device reports log lines")
-async def device_logs(request: Request, core: CoreDep, caller: ReaderOrDevice) -> Response:
+LOG_SAVED = {"message": "Log received and saved"}
+
+
+@router.post("/device/logs", summary="A device reports a log record (form field logData)")
+async def device_logs(request: Request, core: CoreDep, caller: ReaderOrDevice) -> dict[str, str]:
+    """Answers 200 `{"message": "Log received and saved"}`, as the supervisor expects (it
+    rebuilds its log handler on any other answer). Kept as a `device.log` event."""
     body = await _body(request)
     raw = body.get("logData")
     if not isinstance(raw, str) or len(raw) > MAX_LOG:
@@ -452,9 +480,28 @@ async def device_logs(request: Request, core: CoreDep, caller: ReaderOrDevice) -
         raise Invalid("logData is not valid JSON") from None
     if not isinstance(entry, dict):
         raise Invalid("logData must be a JSON object")
-    name = str(entry.get("deviceName", caller.subject or "unknown"))[:63]
+    sender = request.client.host if request.client else ""
+    name = str(entry.get("deviceName") or caller.subject or entry.get("deviceIP") or sender)[:63]
     _own(caller, name)
     message = str(entry.get("message", ""))[:2000]
     level = str(entry.get("logLevel", "INFO"))[:16]
+    entry.setdefault("deviceIP", sender)
     await core.bus.emit("device.log", f"device/{name}", f"{name} [{level}] {message}", entry)
-    return Response(status_code=204)
+    return LOG_SAVED
+
+
+@router.get("/device/logs", summary="Stored device logs; ?date= keeps those received since")
+async def stored_logs(
+    core: CoreDep, _: Reader, date: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    since = None
+    if date:
+        try:
+            since = datetime.fromisoformat(date.replace("Z", "+00:00"))
+        except ValueError:
+            raise Invalid(f"date {date!r} is not an ISO date or time", {"field": "date"}) from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    where = EventFilter(kind="device.log", since=since)
+    events = await core.bus.store.query(where, limit=max(1, min(limit, 10_000)))
+    return [{**e.data, "dateReceived": e.time.isoformat()} for e in events]

@@ -1,0 +1,228 @@
+"""corral as the orchestrator of strict Wasm-IoT supervisors (tests/support/wasmiot_supervisor,
+written from the protocol facts, not from corral's agent): found over real mDNS on
+loopback, chains of two and three of them and mixed with `corral agent`, run through
+`/execute` on the anonymous Wasm-IoT port; failover mid-chain when one is killed; a
+restarted supervisor (its deployments lost) gets them again and calls work.
+"""
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.agents import AgentProcess, wat_bytes
+from tests.support.processes import free_port
+from tests.support.server import wait_until
+from tests.support.wasmiot_orchestrator import Orchestrator
+from tests.support.wasmiot_supervisor import SupervisorPeer
+
+
+class Bed:
+    """corral, and the devices a test starts (stopped by PID at the end)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.prefix = f"peer-{uuid.uuid4().hex[:8]}"
+        # Every peer of a test shares one host name, as supervisors on `vm.local` do.
+        self.host_name = f"{self.prefix}-vm"
+        self.corral = Orchestrator(
+            tmp_path / "corral", mdns_enabled=True, mdns_accept=[f"{self.prefix}-*"]
+        )
+        self.peers: list[SupervisorPeer] = []
+        self.agents: list[AgentProcess] = []
+
+    def peer(self, index: int) -> SupervisorPeer:
+        name = f"{self.prefix}-s{index}"
+        peer = SupervisorPeer(
+            self.tmp_path, name, free_port(), self.corral.wasmiot_port, self.host_name
+        )
+        self.peers.append(peer)
+        return peer.start()
+
+    def agent(self, index: int) -> AgentProcess:
+        name = f"{self.prefix}-a{index}"
+        agent = AgentProcess(self.tmp_path / name, name, mdns=True)
+        self.agents.append(agent)
+        return agent.start()
+
+    def stop(self) -> None:
+        for peer in self.peers:
+            peer.stop()
+        for agent in self.agents:
+            agent.stop()
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[Bed]:
+    bed = Bed(tmp_path)
+    with bed.corral:
+        try:
+            yield bed
+        finally:
+            bed.stop()
+
+
+def _devices(seed: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in seed.get("/file/device").json()}
+
+
+def _wait_ready(seed: httpx.Client, names: list[str]) -> None:
+    def ready() -> bool:
+        found = _devices(seed)
+        return all(
+            n in found and found[n]["status"] == "active" and found[n]["description"] for n in names
+        )
+
+    wait_until(ready, f"{', '.join(names)} found over mDNS and described", 60)
+
+
+def _modules(seed: httpx.Client) -> None:
+    for name in ("double", "add_ten"):
+        files = {"module": (f"{name}.wasm", bytes(wat_bytes(name)), "application/wasm")}
+        answer = seed.post("/file/module", data={"name": name}, files=files)
+        assert answer.status_code == 201, answer.text
+
+
+def _deploy(seed: httpx.Client, name: str, steps: list[tuple[str, str]]) -> str:
+    """A manifest of (device, module) steps, each module's function named as it."""
+    sequence = [{"device": d, "module": m, "func": m} for d, m in steps]
+    created = seed.post("/file/manifest", json={"name": name, "sequence": sequence})
+    assert created.status_code == 201, created.text
+    deployment = created.text
+    deployed = seed.post(f"/file/manifest/{deployment}")
+    assert deployed.status_code == 200, deployed.text
+    return deployment
+
+
+def _run(seed: httpx.Client, deployment: str, x: int) -> dict[str, Any]:
+    ran = seed.post(f"/execute/{deployment}", json={"p0": x})
+    assert ran.status_code == 200, ran.text
+    result: dict[str, Any] = ran.json()
+    return result
+
+
+def _no_log_trouble(bed: Bed) -> None:
+    for peer in bed.peers:
+        assert "LOG HANDLER REBUILT" not in peer.output(), peer.output()
+
+
+def test_chains_of_two_and_three_strict_supervisors(bed: Bed) -> None:
+    peers = [bed.peer(i) for i in range(3)]
+    with bed.corral.seed_client() as seed:
+        _wait_ready(seed, [p.name for p in peers])
+        _modules(seed)
+        s0, s1, s2 = (p.name for p in peers)
+
+        two = _deploy(seed, "two", [(s0, "double"), (s1, "add_ten")])
+        ran = _run(seed, two, 16)
+        assert ran["result"] == ["42", None]
+        assert ran["isInFailover"] is False
+        assert ran["fetched_from_device"] == f"127.0.0.1:{peers[1].port}"
+
+        # The same function twice in one chain, on two devices: 1 -> 2 -> 12 -> 24.
+        three = _deploy(seed, "three", [(s0, "double"), (s1, "add_ten"), (s2, "double")])
+        assert _run(seed, three, 1)["result"] == ["24", None]
+        assert _run(seed, three, 5)["result"] == ["40", None]
+
+        # A manifest changed in place (PUT) is deployed again at once; a manifest posted
+        # under a taken name replaces it (same id), to be deployed.
+        changed = seed.put(
+            f"/file/manifest/{two}",
+            json={"sequence": [{"device": s2, "module": "add_ten", "func": "add_ten"}]},
+        )
+        assert changed.status_code == 200, changed.text
+        assert _run(seed, two, 16)["result"] == ["26", None]
+        sequence = [{"device": s1, "module": "double", "func": "double"}]
+        replaced = seed.post("/file/manifest", json={"name": "two", "sequence": sequence})
+        assert (replaced.status_code, replaced.text) == (201, two)
+        assert seed.get(f"/file/manifest/{two}").json()["state"] == "pending"
+        assert seed.post(f"/file/manifest/{two}").status_code == 200
+        assert _run(seed, two, 16)["result"] == ["32", None]
+
+        # Health checks carry corral's host as the devices reach it: none is refused.
+        time.sleep(2)  # several health periods (0.5 s)
+        for name, doc in _devices(seed).items():
+            assert doc["status"] == "active", (name, doc["lastError"])
+            assert doc["failedHealthCheckCount"] == 0, (name, doc["lastError"])
+    _no_log_trouble(bed)
+
+
+def test_chains_mixed_with_agents_and_failover_mid_chain(bed: Bed) -> None:
+    peers = [bed.peer(i) for i in range(2)]
+    agents = [bed.agent(i) for i in range(2)]
+    with bed.corral.seed_client() as seed:
+        _wait_ready(seed, [d.name for d in [*peers, *agents]])
+        _modules(seed)
+        s0, s1 = (p.name for p in peers)
+        a0, a1 = (a.name for a in agents)
+
+        # supervisor -> agent -> supervisor, and agent -> supervisor -> agent.
+        mixed = _deploy(seed, "mixed", [(s0, "double"), (a0, "add_ten"), (s1, "double")])
+        assert _run(seed, mixed, 1)["result"] == ["24", None]
+        back = _deploy(seed, "back", [(a0, "double"), (s0, "add_ten"), (a1, "double")])
+        assert _run(seed, back, 2)["result"] == ["28", None]
+
+        # The middle supervisor of a chain dies (no goodbye): the first step's call to it
+        # fails, corral sees that by the step's status, and moves that step.
+        middle = _deploy(seed, "middle", [(a1, "double"), (s1, "add_ten"), (a0, "double")])
+        assert _run(seed, middle, 3)["result"] == ["32", None]
+        spare = _deploy(seed, "spare", [(s1, "add_ten")])
+        peers[1].stop()
+        ran = _run(seed, middle, 4)
+        assert ran["result"] == ["36", None]
+        assert ran["isInFailover"] is True
+        moved = seed.get(f"/file/manifest/{middle}").json()
+        assert moved["state"] == "deployed"
+        assert moved["steps"][1]["device"] != s1
+
+        # Once the health checks find it inactive, the orchestrator's failover call moves
+        # the steps of another deployment off it.
+        wait_until(lambda: _devices(seed)[s1]["status"] == "inactive", f"{s1} inactive", 30)
+        failed_over = seed.post(f"/file/manifest/failover/{spare}")
+        assert failed_over.status_code == 200, failed_over.text
+        assert seed.get(f"/file/manifest/{spare}").json()["steps"][0]["device"] != s1
+
+        # The middle agent of another chain dies: the same.
+        mixed_steps = seed.get(f"/file/manifest/{mixed}").json()["steps"]
+        assert mixed_steps[1]["device"] == a0
+        agents[0].stop(9)
+        ran = _run(seed, mixed, 2)
+        assert ran["result"] == ["28", None]
+        assert ran["isInFailover"] is True
+        assert seed.get(f"/file/manifest/{mixed}").json()["steps"][1]["device"] != a0
+    _no_log_trouble(bed)
+
+
+def test_restarted_supervisors_get_their_deployments_again(bed: Bed) -> None:
+    peers = [bed.peer(i) for i in range(3)]
+    with bed.corral.seed_client() as seed:
+        _wait_ready(seed, [p.name for p in peers])
+        _modules(seed)
+        s0, s1, s2 = (p.name for p in peers)
+        chain = _deploy(seed, "restart", [(s0, "double"), (s1, "add_ten"), (s2, "double")])
+        assert _run(seed, chain, 1)["result"] == ["24", None]
+
+        # The middle one restarts: its deployments are gone, as the real one's.
+        peers[1].restart()
+        assert _run(seed, chain, 2)["result"] == ["28", None]
+
+        # The first one restarts: corral's own first call finds no deployment there.
+        peers[0].restart()
+        assert _run(seed, chain, 3)["result"] == ["32", None]
+
+        # The last one restarts and corral's health checks see it came back without its
+        # orchestrator: it is registered and given its part again before anyone calls.
+        peers[2].restart()
+
+        def has_part() -> bool:
+            answer = httpx.get(f"{peers[2].url}/{chain}/modules/double/double?p0=1", timeout=10)
+            return answer.status_code == 200
+
+        wait_until(has_part, "the restarted device redeployed by corral", 30)
+        assert _run(seed, chain, 4)["result"] == ["36", None]
+        for doc in _devices(seed).values():
+            assert doc["status"] == "active"
+    _no_log_trouble(bed)
