@@ -299,18 +299,22 @@ def test_signed_robot_messages_need_a_good_hmac(server: ThreadServer) -> None:
 
         async def scenario() -> None:
             ws = await _socket(server.url, answer["token"])
-            await ws.send(json.dumps(sign({"type": "hello", "robot": "s1"}, key, 1)))
+            nonce = (await _expect(ws, "challenge"))["nonce"]
+            await ws.send(json.dumps(sign({"type": "hello", "robot": "s1"}, key, 1, nonce)))
             assert (await _expect(ws, "welcome"))["signed"] is True
             await ws.send(json.dumps({"type": "telemetry", "battery": 50}))
             assert (await _expect(ws, "error"))["code"] == "bad_signature"
-            forged = sign({"type": "telemetry", "battery": 50}, "00" * 32, 2)
+            forged = sign({"type": "telemetry", "battery": 50}, "00" * 32, 2, nonce)
             await ws.send(json.dumps(forged))
             assert (await _expect(ws, "error"))["code"] == "bad_signature"
-            replay = sign({"type": "telemetry", "battery": 50}, key, 1)
+            replay = sign({"type": "telemetry", "battery": 50}, key, 1, nonce)
             await ws.send(json.dumps(replay))
             assert (await _expect(ws, "error"))["code"] == "bad_signature"
-            await ws.send(json.dumps(sign({"type": "telemetry", "battery": 51}, key, 2)))
-            await ws.send(json.dumps(sign({"type": "ping"}, key, 3)))
+            other = sign({"type": "telemetry", "battery": 50}, key, 2, "0" * 32)
+            await ws.send(json.dumps(other))
+            assert (await _expect(ws, "error"))["code"] == "bad_signature"
+            await ws.send(json.dumps(sign({"type": "telemetry", "battery": 51}, key, 2, nonce)))
+            await ws.send(json.dumps(sign({"type": "ping"}, key, 3, nonce)))
             await _expect(ws, "pong")
             await ws.close()
 

@@ -188,3 +188,41 @@ def test_rotate_cuts_off_a_robot_connected_with_the_old_credential(server: Threa
             await new.close()
 
         asyncio.run(scenario())
+
+
+def test_every_input_on_the_socket_gets_an_answer_and_the_socket_stays(
+    server: ThreadServer,
+) -> None:
+    with server.client() as api:
+        robot = _register(api, "talker")
+        _register(api, "other")
+        command = api.post("/fleet/robots/talker/commands", json={"kind": "stop"}).json()["id"]
+
+        async def scenario() -> None:
+            ws = await _greeted(server.url, robot["token"], "talker")
+            await ws.send(b"\x00\x01binary")
+            error = await _expect(ws, "error")
+            assert error["code"] == "invalid"
+            assert "text" in error["message"]
+            await ws.send(json.dumps({"type": "hello", "robot": "other"}))
+            error = await _expect(ws, "error")
+            assert error["code"] == "forbidden"
+            assert "other" in error["message"]
+            await ws.send(json.dumps({"type": "ack", "id": 987654}))
+            error = await _expect(ws, "error")
+            assert error["code"] == "unknown_command"
+            assert "987654" in error["message"]
+            await ws.send(json.dumps({"type": "ack", "id": command}))
+            await ws.send(json.dumps({"type": "ping"}))
+            await _expect(ws, "pong")  # still open, and the good ack is stored
+            await ws.close()
+
+        asyncio.run(scenario())
+        log = api.get("/fleet/robots/talker/commands/log").json()
+        assert [c["acked_at"] is not None for c in log] == [True]
+        headers = {"Authorization": f"Bearer {robot['token']}"}
+        unknown = httpx.post(
+            f"{server.url}/fleet/robots/talker/acks", json={"ids": [987654]}, headers=headers
+        )
+        assert unknown.status_code == 404
+        assert "987654" in unknown.json()["error"]["message"]

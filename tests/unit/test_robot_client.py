@@ -5,6 +5,8 @@ The real corral server is tested against the protocol elsewhere.
 """
 
 import asyncio
+import hashlib
+import hmac
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +25,7 @@ from corral.robot.signing import sign, verify
 from corral.robot.sim import FleetSim, SimRobot, parse_map, pick_starts, register, run_fleet
 
 KEY = "0f" * 32
+NONCE = "5a" * 16
 TOKEN = "robot-token"
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -32,12 +35,25 @@ Handler = Callable[[ServerConnection], Awaitable[None]]
 
 def test_sign_verify_round_trip() -> None:
     message = {"type": "telemetry", "marker": "m1", "lane": None, "battery": 80.5}
-    signed = sign(message, KEY, 7)
+    signed = sign(message, KEY, 7, NONCE)
     assert signed["n"] == 7
     assert "sig" not in message  # the original is left alone
-    assert verify(signed, KEY)
+    assert verify(signed, KEY, NONCE)
     # the signature is over the canonical JSON: key order does not matter
-    assert verify(dict(reversed(list(signed.items()))), KEY)
+    assert verify(dict(reversed(list(signed.items()))), KEY, NONCE)
+
+
+def test_the_signed_bytes_are_the_nonce_a_newline_and_the_canonical_json() -> None:
+    # written out by hand from docs/fleet-protocol.md, not from corral's functions
+    signed = sign({"type": "ping"}, KEY, 3, NONCE)
+    data = NONCE.encode() + b'\n{"n":3,"type":"ping"}'
+    assert signed["sig"] == hmac.new(bytes.fromhex(KEY), data, hashlib.sha256).hexdigest()
+    # the worked example of the document
+    assert signed["sig"] == "23cdf2ee7b387569f7b75c8bfccaca66bee2a36a3f6371b288f8796d1cc86edc"
+
+
+def test_a_signature_under_another_nonce_fails() -> None:
+    assert not verify(sign({"type": "ping"}, KEY, 1, NONCE), KEY, "1" * 32)
 
 
 @pytest.mark.parametrize(
@@ -52,13 +68,13 @@ def test_sign_verify_round_trip() -> None:
     ],
 )
 def test_tampered_message_fails(tamper: Callable[[dict[str, Any]], object]) -> None:
-    signed = sign({"type": "checkpoint", "marker": "m1"}, KEY, 1)
+    signed = sign({"type": "checkpoint", "marker": "m1"}, KEY, 1, NONCE)
     tamper(signed)
-    assert not verify(signed, KEY)
+    assert not verify(signed, KEY, NONCE)
 
 
 def test_wrong_key_fails() -> None:
-    assert not verify(sign({"type": "ping"}, KEY, 1), "1f" * 32)
+    assert not verify(sign({"type": "ping"}, KEY, 1, NONCE), "1f" * 32, NONCE)
 
 
 def test_ws_url() -> None:
@@ -86,10 +102,15 @@ class FakeFleet:
         self.answer_pings = True
         self.refuse: str | None = None  # "unauthorized": error + 4401; "close": 4403 alone
         self.counters: list[list[int]] = []  # signed mode: n of each message, per connection
+        self.nonces: list[str] = []  # the nonce of each connection
 
     async def handler(self, ws: ServerConnection) -> None:
-        hello = json.loads(await ws.recv())
         number = len(self.conns)
+        nonce = f"{number:032x}"
+        if self.key is not None:
+            await ws.send(json.dumps({"type": "challenge", "nonce": nonce}))
+        self.nonces.append(nonce)
+        hello = json.loads(await ws.recv())
         self.conns.append(ws)
         self.hellos.append(hello)
         self.counters.append([])
@@ -116,7 +137,7 @@ class FakeFleet:
 
     def _check(self, number: int, message: dict[str, Any]) -> None:
         if self.key is not None:
-            assert verify(message, self.key), message
+            assert verify(message, self.key, self.nonces[number]), message
             self.counters[number].append(message["n"])
 
     async def next(self, kind: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -379,6 +400,8 @@ class FakeHttp:
         self.requests: list[tuple[str, str, Any]] = []
         self.commands: list[list[dict[str, Any]]] = []  # answers to GET …/commands, in turn
         self.existing: set[str] = set()  # robot names that answer 409
+        self.key: str | None = None  # signed: bodies are checked under the last nonce
+        self.nonces = 0  # nonces given out
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -403,6 +426,12 @@ class FakeHttp:
                     self._answer(409, {"error": {"message": "exists"}})
                 elif self.path == "/fleet/robots":
                     self._answer(201, {"robot": {"name": body["name"]}, "token": "t-new"})
+                elif self.path.endswith("/nonce"):
+                    fake.nonces += 1
+                    self._answer(200, {"nonce": f"{fake.nonces:032x}"})
+                elif fake.key and body is not None and not verify(body, fake.key, fake.nonce):
+                    error = {"code": "bad_signature", "message": "no"}
+                    self._answer(401, {"error": error})
                 elif self.path.endswith("/rotate"):
                     self._answer(200, {"token": "t-rotated", "key": KEY})
                 elif "/commands?" in self.path:
@@ -414,6 +443,10 @@ class FakeHttp:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def nonce(self) -> str:
+        return f"{self.nonces:032x}"
 
 
 @contextmanager
@@ -451,14 +484,28 @@ def test_http_robot_endpoints() -> None:
             HttpRobot(fake.url, "r1", "wrong").checkpoint("a")
 
 
-def test_http_robot_signs_with_growing_counter() -> None:
+def test_http_robot_signs_with_growing_counter_under_its_nonce() -> None:
     with http_fake() as fake:
+        fake.key = KEY
         robot = HttpRobot(fake.url, "r1", TOKEN, key=KEY)
         robot.checkpoint("a")
         robot.checkpoint("a")
-        bodies = [body for _, _, body in fake.requests]
-        assert all(verify(body, KEY) for body in bodies)
+        assert [path for _, path, _ in fake.requests] == [
+            "/fleet/robots/r1/nonce",
+            "/fleet/robots/r1/checkpoint",
+            "/fleet/robots/r1/checkpoint",
+        ]
+        bodies = [body for _, _, body in fake.requests[1:]]
+        assert all(verify(body, KEY, fake.nonce) for body in bodies)
         assert bodies[0]["n"] < bodies[1]["n"]
+        fake.nonces += 1  # corral restarted: it knows another nonce now
+        robot.checkpoint("b")
+        assert [path for _, path, _ in fake.requests[3:]] == [
+            "/fleet/robots/r1/checkpoint",  # refused: signed under the old nonce
+            "/fleet/robots/r1/nonce",
+            "/fleet/robots/r1/checkpoint",
+        ]
+        assert verify(fake.requests[-1][2], KEY, fake.nonce)
 
 
 def test_http_poll_forever_estop_first_and_no_duplicates() -> None:

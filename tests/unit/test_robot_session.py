@@ -44,7 +44,7 @@ class FakeFleet:
     def robot(self, name: str) -> Any:
         return SimpleNamespace(signed=False, map="yard")
 
-    def check_signature(self, name: str, message: dict[str, Any]) -> None:
+    def check_signature(self, name: str, message: dict[str, Any], seal: Any) -> None:
         return None
 
     async def seen(self, name: str) -> None:

@@ -16,7 +16,8 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from corral.core import Core
-from corral.errors import CorralError, Invalid
+from corral.errors import CorralError, Forbidden, Invalid
+from corral.fleet.links import Seal
 
 log = structlog.get_logger("corral.fleet")
 
@@ -39,6 +40,7 @@ class RobotSession:
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUED)
         self.stored_pending = 0  # checkpoints and acks read but not yet handled
         self.gone = False  # the robot hung up: what is left is handled without answers
+        self.seal = Seal()  # this connection's nonce and counter (signed robots)
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(message))
@@ -61,7 +63,7 @@ class RobotSession:
                 message = await self._next()
                 try:
                     # Signatures are checked as read: their counter must grow in that order.
-                    self.core.fleet.check_signature(self.name, message)
+                    self.core.fleet.check_signature(self.name, message, self.seal)
                 except CorralError as exc:
                     await self._refused(exc)
                     continue
@@ -79,8 +81,16 @@ class RobotSession:
             await worker
 
     async def _greet(self) -> bool:
-        """The hello: the right robot, a valid signature; then welcome and what is open."""
+        """A signed robot's challenge; the hello: the right robot, a valid signature; then
+        welcome and what is open."""
         fleet = self.core.fleet
+        try:
+            signed = fleet.robot(self.name).signed
+        except CorralError as exc:
+            await refuse(self.websocket, "forbidden", exc.message, 4403)
+            return False
+        if signed:
+            await self.send({"type": "challenge", "nonce": self.seal.nonce})
         hello = await self._next()
         if hello.get("type") != "hello":
             await refuse(self.websocket, "protocol", "the first message must be hello", 4400)
@@ -94,16 +104,11 @@ class RobotSession:
             )
             return False
         try:
-            fleet.robot(self.name)
-        except CorralError as exc:
-            await refuse(self.websocket, "forbidden", exc.message, 4403)
-            return False
-        fleet.links.attach(self.name, self)
-        try:
-            fleet.check_signature(self.name, hello)
+            fleet.check_signature(self.name, hello, self.seal)
         except CorralError as exc:
             await refuse(self.websocket, "bad_signature", exc.message, 4403)
             return False
+        fleet.links.attach(self.name, self)
         await fleet.seen(self.name)
         row = fleet.robot(self.name)
         await self.send(
@@ -118,7 +123,8 @@ class RobotSession:
         acked = hello.get("acked")
         if isinstance(acked, list):
             with contextlib.suppress(CorralError):
-                await fleet.ack(self.name, [i for i in acked if isinstance(i, int)])
+                ids = [i for i in acked if isinstance(i, int)]
+                await fleet.ack(self.name, ids, known=False)  # its memory may be older
         for command in await fleet.pending(self.name):
             await self.send(command)
         return True
@@ -206,6 +212,11 @@ class RobotSession:
             await fleet.seen(self.name)
             await self.send({"type": "pong"})
         elif kind == "hello":
+            if message.get("robot") != self.name:
+                raise Forbidden(
+                    f"this socket is robot {self.name}'s, not {message.get('robot')!r}'s",
+                    {"code": "forbidden"},
+                )
             await fleet.seen(self.name)
         else:
             raise Invalid(f"unknown message type {kind!r}", {"code": "invalid"})

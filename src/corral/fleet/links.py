@@ -1,5 +1,5 @@
 """Each robot's live link, in memory: the open socket (if any), when it was last heard,
-its latest telemetry, the signature counter, and a wake-up for HTTP long polls.
+its latest telemetry, the HTTP channel's signature seal, and a wake-up for HTTP long polls.
 
 Owned by the fleet service; nothing here is stored (telemetry is too frequent to write).
 """
@@ -9,6 +9,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from corral.robot.signing import new_nonce
 
 
 class Channel(Protocol):
@@ -21,13 +23,22 @@ class Channel(Protocol):
 
 
 @dataclass
+class Seal:
+    """One signed channel's guard against replays: the nonce corral gave it (every
+    signature covers it) and the last counter taken under that nonce."""
+
+    nonce: str = field(default_factory=new_nonce)
+    counter: int = 0
+
+
+@dataclass
 class Link:
     channel: Channel | None = None  # the open socket, while there is one
     polls: int = 0  # HTTP long polls waiting now
     last_seen: float = 0.0
     online: bool = False
     telemetry: dict[str, Any] = field(default_factory=dict)
-    counter: int = 0
+    http_seal: Seal | None = None  # the HTTP channel's, from its last nonce request
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     heard_at: float = 0.0  # wall clock, for people
@@ -55,7 +66,6 @@ class Links:
     def attach(self, robot: str, channel: Channel) -> Link:
         link = self.get(robot)
         link.channel = channel
-        link.counter = 0
         link.heard()
         return link
 

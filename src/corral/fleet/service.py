@@ -20,9 +20,9 @@ import structlog
 from corral.config import Settings
 from corral.control.access import AccessService, Caller
 from corral.control.tasks import Executor, TaskService
-from corral.errors import Conflict, Invalid, NotFound
+from corral.errors import Conflict, Invalid, NotFound, Unauthorized
 from corral.events import EventBus
-from corral.fleet.links import Link, Links
+from corral.fleet.links import Link, Links, Seal
 from corral.fleet.mapping import MappingSessions
 from corral.fleet.missions import Dispatcher
 from corral.model.fleet_map import FleetMap, shortest_route
@@ -218,20 +218,37 @@ class FleetService:
         return released
 
     # ------------------------------------------------------------------ what robots say
-    def check_signature(self, name: str, message: dict[str, Any]) -> None:
+    def check_signature(self, name: str, message: dict[str, Any], seal: Seal | None) -> None:
+        """A signed robot's message must be signed under its channel's nonce (`seal`), with
+        a counter above the last one taken: a message recorded on another connection, or
+        before a restart, or sent twice, is refused (docs/fleet-protocol.md)."""
         row = self.robot(name)
         if not row.signed:
             return
-        link = self.links.get(name)
-        counter = message.get("n")
-        if row.key is None or not verify(message, row.key):
-            raise Invalid("bad_signature: missing or wrong signature", {"code": "bad_signature"})
-        if not isinstance(counter, int) or counter <= link.counter:
-            raise Invalid(
-                f"bad_signature: counter {counter!r} does not grow (last {link.counter})",
+        if seal is None:
+            raise Unauthorized(
+                "bad_signature: ask for a nonce first (POST /fleet/robots/NAME/nonce)",
                 {"code": "bad_signature"},
             )
-        link.counter = counter
+        if row.key is None or not verify(message, row.key, seal.nonce):
+            raise Unauthorized(
+                "bad_signature: missing or wrong signature (is it over this channel's nonce?)",
+                {"code": "bad_signature"},
+            )
+        counter = message["n"]
+        if counter <= seal.counter:
+            raise Unauthorized(
+                f"bad_signature: counter {counter} does not grow (last {seal.counter})",
+                {"code": "bad_signature"},
+            )
+        seal.counter = counter
+
+    def http_nonce(self, name: str) -> str:
+        """A new nonce for the robot's HTTP channel; messages signed under an older one
+        are refused from now on."""
+        self.robot(name)
+        seal = self.links.get(name).http_seal = Seal()
+        return seal.nonce
 
     async def seen(self, name: str) -> Link:
         link = self.links.get(name)
@@ -279,13 +296,21 @@ class FleetService:
         await self.dispatch.checkpoint(name, row.map, marker)  # stores the marker too
         row.marker = marker
 
-    async def ack(self, name: str, ids: Any) -> None:
-        """Returns once the acknowledgement is stored (with others', in one batch)."""
+    async def ack(self, name: str, ids: Any, known: bool = True) -> None:
+        """Returns once the acknowledgement is stored (with others', in one batch). With
+        `known`, an id that is not one of the robot's commands refuses them all."""
         if not isinstance(ids, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in ids
         ):
             raise Invalid("ack ids must be a list of command ids", {"field": "ids"})
         await self.seen(name)
+        if ids and known:
+            unknown = sorted(set(ids) - await self.store.known_commands(name, ids))
+            if unknown:
+                raise NotFound(
+                    f"robot {name} has no command {', '.join(map(str, unknown[:20]))}",
+                    {"code": "unknown_command", "ids": unknown[:20]},
+                )
         if ids:
             self.dispatch.journal.ack(name, ids)
             await self.dispatch.journal.commit()

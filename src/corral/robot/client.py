@@ -96,6 +96,7 @@ class RobotClient:
         self._ws: ClientConnection | None = None  # the socket once welcomed
         self._lock = asyncio.Lock()  # one writer at a time: counters and order hold
         self._n = 0  # signed mode: the counter of this connection
+        self._nonce = ""  # signed mode: the nonce corral gave this connection
         self._last_sent = 0.0
         self._ping_at: float | None = None  # an unanswered ping went out then
         self._checkpoints: deque[dict[str, Any]] = deque()  # not yet written
@@ -260,6 +261,14 @@ class RobotClient:
                 self._conn = None
 
     async def _session(self, conn: ClientConnection) -> None:
+        if self.key is not None:  # signed: corral's first word is this connection's nonce
+            challenge = self._decode(await asyncio.wait_for(conn.recv(), OPEN_TIMEOUT))
+            if challenge.get("type") == "error":
+                self._check_error(challenge)
+            nonce = challenge.get("nonce")
+            if challenge.get("type") != "challenge" or not isinstance(nonce, str):
+                raise _Retry(f"expected a challenge, got {str(challenge)[:200]}")
+            self._nonce = nonce
         hello: dict[str, Any] = {"type": "hello", "robot": self.name}
         if self._handled:
             hello["acked"] = list(self._handled)[-HELLO_IDS:]
@@ -368,7 +377,7 @@ class RobotClient:
     async def _write(self, conn: ClientConnection, message: dict[str, Any]) -> None:
         if self.key is not None:
             self._n += 1
-            message = sign(message, self.key, self._n)
+            message = sign(message, self.key, self._n, self._nonce)
         await conn.send(_encode(message))
         self._last_sent = time.monotonic()
 

@@ -11,13 +11,15 @@ class RobotError(Exception):
 class RobotRefused(RobotError):
     """corral refused the robot's credential (bad token, or a token for another robot).
 
-    `code` is the protocol's error code (`unauthorized`, `forbidden`) or `http 401`/`http 403`.
+    `code` is the protocol's error code (`unauthorized`, `forbidden`) or `http 401`/`http 403`;
+    `reason` the error code in an HTTP answer's body (`bad_signature`, …) when it has one.
     """
 
-    def __init__(self, code: str, message: str = "") -> None:
+    def __init__(self, code: str, message: str = "", reason: str = "") -> None:
         super().__init__(f"corral refused the robot ({code}){': ' + message if message else ''}")
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 class RobotHttpError(RobotError):

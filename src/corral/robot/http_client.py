@@ -55,17 +55,29 @@ def request_json(
         text = exc.read().decode(errors="replace")
         exc.close()
         if exc.code in (401, 403):
-            raise RobotRefused(f"http {exc.code}", text[:200]) from None
+            raise RobotRefused(f"http {exc.code}", text[:200], _error_code(text)) from None
         raise RobotHttpError(exc.code, text) from None
     return json.loads(raw) if raw.strip() else None
+
+
+def _error_code(text: str) -> str:
+    """The `error.code` of a corral error answer; empty if it is not one."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 class HttpRobot:
     """One robot talking to corral over plain HTTP requests (blocking methods).
 
     Same arguments as `RobotClient`; `timeout` is per request (a long poll adds its wait).
-    Signed robots send `n` = microseconds since 1970, kept strictly growing, so the counter
-    still grows after the robot restarts.
+    Signed robots ask corral for a nonce first and sign every body over it, with `n` =
+    microseconds since 1970, kept strictly growing; when corral no longer knows the nonce
+    (it restarted, or another client of the robot asked for a new one) a new one is asked
+    for and the message signed again, once.
     """
 
     def __init__(
@@ -85,14 +97,29 @@ class HttpRobot:
         self._token = token
         self._n = 0
         self._n_lock = threading.Lock()
+        self._nonce: str | None = None
         self._base = f"{self.url}/fleet/robots/{quote(name, safe='')}"
 
-    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any]) -> None:
+        """POST a message, signed when the robot is (see the class)."""
         if self.key is None:
-            return body
-        with self._n_lock:
-            self._n = max(self._n + 1, time.time_ns() // 1000)
-            return sign(body, self.key, self._n)
+            self._call("POST", path, body)
+            return
+        for attempt in (1, 2):
+            nonce = self._nonce
+            if nonce is None:
+                answer = self._call("POST", "/nonce")
+                nonce = self._nonce = str(answer["nonce"])
+            with self._n_lock:
+                self._n = max(self._n + 1, time.time_ns() // 1000)
+                signed = sign(body, self.key, self._n, nonce)
+            try:
+                self._call("POST", path, signed)
+                return
+            except RobotRefused as exc:
+                if exc.reason != "bad_signature" or attempt == 2:
+                    raise
+                self._nonce = None
 
     def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
         return request_json(
@@ -110,11 +137,11 @@ class HttpRobot:
     ) -> None:
         """Say where the robot is (see `RobotClient.telemetry`)."""
         body = telemetry_fields(marker, lane, progress, distance, battery, status)
-        self._call("POST", "/telemetry", self._body(body))
+        self._post("/telemetry", body)
 
     def checkpoint(self, marker: str, **extra: Any) -> None:
         """Report reaching `marker`; raises if corral did not get it (retry it yourself)."""
-        self._call("POST", "/checkpoint", self._body({"marker": marker, **extra}))
+        self._post("/checkpoint", {"marker": marker, **extra})
 
     def commands(self, after: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
         """Commands with an id above `after` not yet acknowledged, oldest first (an `estop`
@@ -126,7 +153,7 @@ class HttpRobot:
 
     def ack(self, ids: Iterable[int]) -> None:
         """Acknowledge commands (idempotent)."""
-        self._call("POST", "/acks", self._body({"ids": list(ids)}))
+        self._post("/acks", {"ids": list(ids)})
 
     def poll_forever(
         self,

@@ -112,6 +112,14 @@ class FleetStore:
             await s.flush()
             return rows
 
+    async def known_commands(self, robot: str, ids: list[int]) -> set[int]:
+        """Which of `ids` are commands of `robot`."""
+        async with self.db.session() as s:
+            found = await s.scalars(
+                select(CommandRow.id).where(CommandRow.robot == robot, CommandRow.id.in_(ids))
+            )
+            return set(found.all())
+
     async def open_commands(self, robot: str, after: int = 0) -> list[CommandRow]:
         """Unacknowledged commands past `after`, an estop first, then by id."""
         async with self.db.session() as s:

@@ -272,8 +272,17 @@ async def _signed_body(request: Request, core: Core, name: str) -> dict[str, Any
         raise Invalid("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Invalid("the body must be a JSON object")
-    core.fleet.check_signature(name, body)
+    core.fleet.check_signature(name, body, core.fleet.links.get(name).http_seal)
     return body
+
+
+class Nonce(BaseModel):
+    nonce: str = Field(description="Signed robots sign every HTTP body over it.")
+
+
+@router.post("/robots/{name}/nonce", summary="A nonce for a signed robot's HTTP messages")
+async def http_nonce(name: RobotName, core: CoreDep, _: RobotCaller) -> Nonce:
+    return Nonce(nonce=core.fleet.http_nonce(name))
 
 
 @router.post("/robots/{name}/telemetry", status_code=204, summary="A robot reports (HTTP)")
