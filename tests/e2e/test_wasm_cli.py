@@ -233,8 +233,9 @@ def test_seed_api_without_a_token(cluster: Cluster) -> None:
     assert body["resultUrl"].startswith("http://127.0.0.1:")
 
     wrong = httpx.post(f"{seed}/execute/{deployment}", json={"x": "abc"})
-    assert wrong.status_code == 422
-    assert "'x'" in wrong.json()["err"]
+    assert wrong.status_code == 400, "bad input is 400 on the orchestrator's port"
+    assert "'x'" in wrong.json()["errorText"]
+    assert wrong.json()["error"] == wrong.json()["errorText"]
 
 
 def test_export_then_import_in_a_new_server(cluster: Cluster, tmp_path: Path) -> None:

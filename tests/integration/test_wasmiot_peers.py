@@ -5,6 +5,7 @@ loopback, chains of two and three of them and mixed with `corral agent`, run thr
 restarted supervisor (its deployments lost) gets them again and calls work.
 """
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -226,3 +227,90 @@ def test_restarted_supervisors_get_their_deployments_again(bed: Bed) -> None:
         for doc in _devices(seed).values():
             assert doc["status"] == "active"
     _no_log_trouble(bed)
+
+
+def test_orchestrator_answers_on_the_wasmiot_port(tmp_path: Path) -> None:
+    """The shapes the orchestrator's clients and web GUI rely on, without a token."""
+    corral = Orchestrator(tmp_path / "corral", mdns_enabled=False)
+    with corral, corral.seed_client() as seed:
+        # CORS is open: the web GUI calls from another origin.
+        origin = {"Origin": "http://gui.example"}
+        preflight = seed.options(
+            "/file/module",
+            headers={**origin, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] in ("*", origin["Origin"])
+        listed = seed.get("/file/device", headers=origin)
+        assert listed.headers["access-control-allow-origin"] in ("*", origin["Origin"])
+
+        # Bytes already stored: 201 again, with the same id.
+        files = {"module": ("double.wasm", bytes(wat_bytes("double")), "application/wasm")}
+        first = seed.post("/file/module", data={"name": "double"}, files=files)
+        again = seed.post("/file/module", data={"name": "double"}, files=files)
+        assert (first.status_code, again.status_code) == (201, 201)
+        assert first.json()["id"] == again.json()["id"]
+        module = first.json()["id"]
+
+        # The orchestrator's description forms: bracketed multipart fields, per-function
+        # JSON with param0, param1, ...
+        described = seed.post(
+            f"/file/module/{module}/upload",
+            files={
+                "double[method]": (None, "GET"),
+                "double[param0]": (None, "integer"),
+                "double[output]": (None, "integer"),
+            },
+        )
+        assert described.status_code == 200, described.text
+        path = described.json()["description"]["paths"]["/{deployment}/modules/double/double"]
+        assert [p["name"] for p in path["get"]["parameters"]] == ["deployment", "param0"]
+        described = seed.post(
+            f"/file/module/{module}/upload",
+            json={"double": {"method": "post", "param0": "integer", "output": "integer"}},
+        )
+        assert described.status_code == 200, described.text
+        assert (
+            "post"
+            in described.json()["description"]["paths"]["/{deployment}/modules/double/double"]
+        )
+
+        # Errors: {errorText, error} with 400 for bad input, 500 for a failure elsewhere.
+        bad = seed.post("/file/manifest", json={"name": "x", "sequence": []})
+        assert bad.status_code == 400
+        assert isinstance(bad.json()["error"], str)
+        assert "sequence" in bad.json()["errorText"]
+        assert seed.get("/nothing").json() == {"err": "Bad URL"}
+        registered = seed.post(
+            "/file/device/discovery/register",
+            json={"name": "absent", "port": free_port(), "addresses": ["127.0.0.1"]},
+        )
+        assert registered.status_code == 204, registered.text
+        created = seed.post(
+            "/file/manifest",
+            json={
+                "name": "nowhere",
+                "sequence": [{"device": None, "module": "double", "func": "double"}],
+            },
+        )
+        assert created.status_code == 400, "no described device can take the step"
+        assert "no active device" in created.json()["errorText"]
+
+        # Blacklisting answers {message, deviceId}.
+        black = seed.post("/file/device/absent/blacklist")
+        assert black.status_code == 200
+        assert black.json()["deviceId"] == "absent"
+        assert "blacklisted" in black.json()["message"]
+        assert _devices(seed)["absent"]["blacklisted"] is True
+
+        # Logs: 200 {"message": "Log received and saved"}, then listed (?date= filters).
+        record = {"deviceName": "absent", "logLevel": "INFO", "message": "hello"}
+        logged = seed.post("/device/logs", data={"logData": json.dumps(record)})
+        assert logged.status_code == 200
+        assert logged.json() == {"message": "Log received and saved"}
+        stored = seed.get("/device/logs").json()
+        assert [(r["deviceName"], r["message"]) for r in stored] == [("absent", "hello")]
+        assert seed.get("/device/logs", params={"date": "2999-01-01"}).json() == []
+        since = stored[0]["dateReceived"][:10]
+        assert len(seed.get("/device/logs", params={"date": since}).json()) == 1
+        assert seed.get("/device/logs", params={"date": "yesterday"}).status_code == 400

@@ -17,7 +17,14 @@ from corral.model.manifests import (
     parse_manifest,
     same_function_devices,
 )
-from corral.model.wasm_modules import check_function, inspect_wasm, missing_interfaces, openapi
+from corral.model.wasm_modules import (
+    bracketed_fields,
+    check_function,
+    from_seed_form,
+    inspect_wasm,
+    missing_interfaces,
+    openapi,
+)
 
 SENSOR = [{"module": "env", "name": "temperature"}]
 WASI = [{"module": "wasi_snapshot_preview1", "name": "fd_write"}]
@@ -137,6 +144,21 @@ def test_a_function_repeats_in_a_chain_on_other_devices_only() -> None:
     check_repeats(steps[:2])
     with pytest.raises(Invalid, match=r"double\.double runs on 'a' at another step"):
         check_repeats(steps)
+
+
+def test_the_orchestrators_description_forms_are_read() -> None:
+    assert from_seed_form({"method": "GET", "param1": "integer", "param0": "string"}) == {
+        "method": "GET",
+        "parameters": [{"name": "param0", "type": "string"}, {"name": "param1", "type": "integer"}],
+    }
+    with pytest.raises(Invalid, match="not both"):
+        from_seed_form({"param0": "integer", "parameters": []})
+    fields = {"fibo[method]": "GET", "fibo[param0]": "integer", "name": "x", "a[b][c]": "1"}
+    assert bracketed_fields(fields) == {"fibo": {"method": "GET", "param0": "integer"}}
+    exports = [{**_export("i32"), "name": "fibo"}]
+    checked = check_function("fibo", {"method": "get", "param0": "integer"}, exports, set())
+    assert checked["parameters"] == [{"name": "param0", "type": "integer"}]
+    assert checked["method"] == "GET"
 
 
 def _export(*params: str) -> dict[str, Any]:

@@ -88,11 +88,44 @@ def missing_interfaces(requirements: list[dict[str, str]], interfaces: list[str]
     ]
 
 
+SEED_PARAM = re.compile(r"^param(\d+)$")
+BRACKETED = re.compile(r"^([^\[\]]+)\[([^\[\]]+)\]$")
+
+
+def from_seed_form(body: Any) -> Any:
+    """The orchestrator's flat form of a description, `{method, param0: type, param1: ...,
+    output}`, as `{method, parameters: [{name: param0, type}, ...], output}`; any other
+    body as it is."""
+    if not isinstance(body, dict):
+        return body
+    numbered = {k: v for k, v in body.items() if SEED_PARAM.match(k)}
+    if not numbered:
+        return body
+    if "parameters" in body:
+        raise Invalid("give parameters as a list or as param0, param1, ..., not both")
+    ordered = sorted(numbered, key=lambda k: int(k[len("param") :]))
+    rest = {k: v for k, v in body.items() if k not in numbered}
+    return {**rest, "parameters": [{"name": k, "type": numbered[k]} for k in ordered]}
+
+
+def bracketed_fields(fields: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Multipart fields `fibo[method]=GET`, `fibo[param0]=integer` as `{fibo: {method,
+    param0}}` (the orchestrator's form); other fields are left out."""
+    functions: dict[str, dict[str, str]] = {}
+    for key, value in fields.items():
+        found = BRACKETED.match(key)
+        if found:
+            functions.setdefault(found.group(1), {})[found.group(2)] = value
+    return functions
+
+
 def check_function(
     func: str, body: dict[str, Any], exports: list[dict[str, Any]], files: set[str]
 ) -> dict[str, Any]:
-    """Validate one function's description against the module; return it normalised."""
+    """Validate one function's description against the module; return it normalised.
+    The orchestrator's flat form (`param0: type`, ...) is taken too."""
     where = f"func {func!r}"
+    body = from_seed_form(body)
     export = next((e for e in exports if e["name"] == func), None)
     if export is None:
         known = ", ".join(sorted(e["name"] for e in exports)) or "none"

@@ -1,12 +1,14 @@
-"""The app behind `wasmiot_port` (the seed's 3000): only the Wasm-IoT routes, and the
-seed's answer to an unknown URL, `404 {"err": "Bad URL"}`.
-
-Errors keep corral's `{"error": {...}}` body and add the seed's `err` text beside it.
+"""The app behind `wasmiot_port` (the seed's 3000): only the Wasm-IoT routes, with the
+orchestrator's answers: an unknown URL is `404 {"err": "Bad URL"}`; other errors are
+`{"errorText", "error"}` (both the message), with 400 for bad input and 500 for a failure
+on corral's or a device's side; CORS is open, as the orchestrator's web GUI calls it from
+another origin.
 """
 
 import json
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -17,9 +19,19 @@ from corral.api.compat import port_app
 from corral.api.routes import wasmiot
 from corral.core import Core
 
+# Bad input is 400 there; 401, 403 and 404 keep their meaning; a failure is 500.
+BAD_INPUT = {400, 405, 409, 413, 415, 422}
+
+
+def seed_status(status: int) -> int:
+    if status in BAD_INPUT:
+        return 400
+    return 500 if status >= 500 else status
+
 
 class SeedErrors(BaseHTTPMiddleware):
-    """Copy `error.message` into a top-level `err`, as the seed's clients read it."""
+    """corral's `{"error": {code, message, detail}}` becomes the orchestrator's
+    `{"errorText": message, "error": message}` (with `err` too, for older clients)."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
@@ -30,11 +42,19 @@ class SeedErrors(BaseHTTPMiddleware):
             data = json.loads(body)
         except ValueError:
             data = None
+        status = response.status_code
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            data["err"] = data["error"].get("message", "")
+            message = str(data["error"].get("message", ""))
+            rest = {k: v for k, v in data.items() if k != "error"}
+            data = {**rest, "errorText": message, "error": message, "err": message}
+            status = seed_status(status)
             body = json.dumps(data).encode()
-        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-        return Response(body, response.status_code, headers, media_type="application/json")
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-length", "content-type")
+        }
+        return Response(body, status, headers, media_type="application/json")
 
 
 def create_wasmiot_app(core: Core) -> FastAPI:
@@ -47,4 +67,7 @@ def create_wasmiot_app(core: Core) -> FastAPI:
         return errors.error_response(exc.status_code, "error", str(exc.detail))
 
     app.add_middleware(SeedErrors)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+    )
     return app

@@ -20,7 +20,7 @@ from corral.control.devices import device_url
 from corral.control.modules import functions_of
 from corral.core import Core
 from corral.errors import Forbidden, Invalid
-from corral.model.wasm_modules import openapi
+from corral.model.wasm_modules import bracketed_fields, openapi
 from corral.store.events import EventFilter
 from corral.store.tables import DeploymentRow, DeviceRow, ModuleRow
 
@@ -261,13 +261,15 @@ async def register(request: Request, core: CoreDep, _: Writer) -> Response:
 
 
 @router.post("/file/device/{name}/blacklist", summary="Keep deployments off a device")
-async def blacklist(name: Ref, core: CoreDep, _: Writer) -> dict[str, Any]:
-    return device_document(await core.devices.blacklist(name, True))
+async def blacklist(name: Ref, core: CoreDep, _: Writer) -> dict[str, str]:
+    await core.devices.blacklist(name, True)
+    return {"message": f"device {name} blacklisted", "deviceId": name}
 
 
 @router.post("/file/device/{name}/unblacklist", summary="Allow a device again")
-async def unblacklist(name: Ref, core: CoreDep, _: Writer) -> dict[str, Any]:
-    return device_document(await core.devices.blacklist(name, False))
+async def unblacklist(name: Ref, core: CoreDep, _: Writer) -> dict[str, str]:
+    await core.devices.blacklist(name, False)
+    return {"message": f"device {name} removed from the blacklist", "deviceId": name}
 
 
 @router.get("/devices/{name}/deployments", summary="A device's own deployments and parts")
@@ -302,7 +304,8 @@ async def upload(request: Request, core: CoreDep, _: Writer) -> JSONResponse:
         data = await files[0].read()
         filename = files[0].filename or "module.wasm"
     row, created = await core.modules.upload(name, filename, data)
-    return JSONResponse({"id": row.id, "created": created}, status_code=201 if created else 200)
+    # 201 also for bytes already stored (the same id), as the orchestrator answers
+    return JSONResponse({"id": row.id, "created": created}, status_code=201)
 
 
 @router.get("/file/module", summary="All module versions")
@@ -337,11 +340,17 @@ async def describe(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict
         fields, files = await _multipart(request)
         raw = fields.get("functions")
         if raw is None:
-            raise Invalid("multipart descriptions need a `functions` JSON field")
-        try:
-            functions = json.loads(raw)
-        except ValueError:
-            raise Invalid("the `functions` field is not valid JSON") from None
+            functions = bracketed_fields(fields)  # the orchestrator's `fibo[method]=GET`
+            if not functions:
+                raise Invalid(
+                    "multipart descriptions need a `functions` JSON field, or fields "
+                    "named func[method], func[param0], func[output]"
+                )
+        else:
+            try:
+                functions = json.loads(raw)
+            except ValueError:
+                raise Invalid("the `functions` field is not valid JSON") from None
     else:
         functions = await _body(request)
     description = await core.modules.describe(ref, functions, files)
