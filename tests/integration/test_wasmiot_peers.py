@@ -314,3 +314,111 @@ def test_orchestrator_answers_on_the_wasmiot_port(tmp_path: Path) -> None:
         since = stored[0]["dateReceived"][:10]
         assert len(seed.get("/device/logs", params={"date": since}).json()) == 1
         assert seed.get("/device/logs", params={"date": "yesterday"}).status_code == 400
+
+
+def _openapi_export(module: str, func: str) -> dict[str, Any]:
+    """A module description as the orchestrator exports it (GET /file/module)."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": module, "version": "0.0.1"},
+        "paths": {
+            f"/{{deployment}}/modules/{module}/{func}": {
+                "summary": "Auto-generated description of function",
+                "parameters": [
+                    {"name": "deployment", "in": "path", "required": True, "schema": {}}
+                ],
+                "get": {
+                    "parameters": [
+                        {
+                            "name": "param0",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"content": {"application/json": {"schema": {"type": "integer"}}}}
+                    },
+                },
+            }
+        },
+    }
+
+
+def test_the_orchestrators_own_exports_import_unchanged(tmp_path: Path) -> None:
+    """init/ files as `curl /file/device > init/device/devices.json` and so on write them:
+    arrays of documents with MongoDB ids, steps naming devices and modules by those ids."""
+    prefix = f"init-{uuid.uuid4().hex[:8]}"
+    init = tmp_path / "init"
+    for sub in ("device", "module", "deployment", "files"):
+        (init / sub).mkdir(parents=True)
+    ports = [free_port(), free_port()]
+    device_ids = ["6862597e44799bc88dfe2d60", "6862597e44799bc88dfe2d61"]
+    devices = [
+        {
+            "_id": device_ids[i],
+            "name": f"{prefix}-s{i}",
+            "communication": {"addresses": ["127.0.0.1"], "port": ports[i]},
+            "description": {"platform": {}, "supervisorInterfaces": []},
+            "status": "active",
+            "okHealthCheckCount": 12,
+        }
+        for i in range(2)
+    ]
+    (init / "device" / "devices.json").write_text(json.dumps(devices))
+    module_ids = {"double": "68625a3144799bc88dfe2d69", "add_ten": "68625a3144799bc88dfe2d6a"}
+    modules = []
+    for name, module_id in module_ids.items():
+        (init / "files" / f"{name}.wasm").write_bytes(bytes(wat_bytes(name)))
+        modules.append(
+            {
+                "_id": {"$oid": module_id},
+                "name": name,
+                "exports": [{"name": name, "parameterCount": 1}],
+                "requirements": [],
+                "wasm": {
+                    "originalFilename": f"{name}.wasm",
+                    "fileName": uuid.uuid4().hex,
+                    "path": f"/app/fileserv/files/wasm/{name}",
+                },
+                "dataFiles": {},
+                "description": _openapi_export(name, name),
+                "mounts": {name: {}},
+            }
+        )
+    (init / "module" / "modules.json").write_text(json.dumps(modules))
+    manifest = {
+        "_id": "6862600044799bc88dfe2d70",
+        "name": "imported",
+        "sequence": [
+            {"device": device_ids[0], "module": module_ids["double"], "func": "double"},
+            {"device": device_ids[1], "module": module_ids["add_ten"], "func": "add_ten"},
+        ],
+        "fullManifest": {},
+    }
+    (init / "deployment" / "manifests.json").write_text(json.dumps([manifest]))
+
+    corral = Orchestrator(tmp_path / "corral", mdns_enabled=False, init_dir=init)
+    peers = [
+        SupervisorPeer(tmp_path, d["name"], p, corral.wasmiot_port, "")
+        for d, p in zip(devices, ports, strict=True)
+    ]
+    try:
+        for peer in peers:
+            peer.start()
+        with corral, corral.seed_client() as seed:
+            found = {m["name"]: m for m in seed.get("/file/module").json()}
+            assert found["double"]["functions"]["double"]["parameters"] == [
+                {"name": "param0", "type": "integer"}
+            ]
+            [row] = seed.get("/file/manifest").json()
+            assert row["name"] == "imported"
+            assert [s["device"] for s in row["steps"]] == [d["name"] for d in devices]
+            _wait_ready(seed, [d["name"] for d in devices])
+            assert seed.post(f"/file/manifest/{row['_id']}").status_code == 200
+            ran = seed.post(f"/execute/{row['_id']}", json={"param0": 16})
+            assert ran.status_code == 200, ran.text
+            assert ran.json()["result"] == ["42", None]
+    finally:
+        for peer in peers:
+            peer.stop()

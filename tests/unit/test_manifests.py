@@ -21,6 +21,7 @@ from corral.model.wasm_modules import (
     bracketed_fields,
     check_function,
     from_seed_form,
+    functions_from_openapi,
     inspect_wasm,
     missing_interfaces,
     openapi,
@@ -159,6 +160,30 @@ def test_the_orchestrators_description_forms_are_read() -> None:
     checked = check_function("fibo", {"method": "get", "param0": "integer"}, exports, set())
     assert checked["parameters"] == [{"name": "param0", "type": "integer"}]
     assert checked["method"] == "GET"
+
+
+def test_functions_are_read_back_from_an_exported_openapi_description() -> None:
+    description = openapi(
+        "m",
+        {
+            "f": {
+                "method": "POST",
+                "parameters": [{"name": "n", "type": "integer"}],
+                "output": "integer",
+                "mounts": [],
+            }
+        },
+    )
+    read = functions_from_openapi(description, {"f": {"in.bin": {"stage": "execution"}}}, {"f"})
+    assert read == {
+        "f": {
+            "method": "POST",
+            "parameters": [{"name": "n", "type": "integer"}],
+            "output": "integer",
+            "mounts": [{"name": "in.bin", "stage": "execution"}],
+        }
+    }
+    assert functions_from_openapi(description, None, {"other"}) == {}
 
 
 def _export(*params: str) -> dict[str, Any]:

@@ -119,6 +119,50 @@ def bracketed_fields(fields: dict[str, str]) -> dict[str, dict[str, str]]:
     return functions
 
 
+OPENAPI_PATH = re.compile(r"^/\{deployment\}/modules/[^/]+/([^/]+)$")
+
+
+def functions_from_openapi(
+    description: dict[str, Any], mounts: Any, exported: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Function descriptions read back from a module's OpenAPI document (the orchestrator
+    exports that, not the form it was given), for the exported functions; `mounts` is the
+    orchestrator's `{func: {mount: {stage, ...}}}`."""
+    functions: dict[str, dict[str, Any]] = {}
+    paths = description.get("paths")
+    for path, item in (paths if isinstance(paths, dict) else {}).items():
+        found = OPENAPI_PATH.match(path)
+        if not found or found.group(1) not in exported or not isinstance(item, dict):
+            continue
+        func = found.group(1)
+        method = next((m for m in ("get", "post") if isinstance(item.get(m), dict)), None)
+        if method is None:
+            continue
+        operation = item[method]
+        parameters = [
+            {"name": p["name"], "type": (p.get("schema") or {}).get("type", "integer")}
+            for p in operation.get("parameters", [])
+            if isinstance(p, dict) and p.get("in") == "query" and isinstance(p.get("name"), str)
+        ]
+        content = ((operation.get("responses") or {}).get("200") or {}).get("content") or {}
+        schemas = [v.get("schema") or {} for v in content.values() if isinstance(v, dict)]
+        output = schemas[0].get("type") if schemas else None
+        described: dict[str, Any] = {
+            "method": method.upper(),
+            "parameters": parameters,
+            "output": output if output in OUTPUT_TYPES else "string",
+        }
+        own = mounts.get(func) if isinstance(mounts, dict) else None
+        if isinstance(own, dict) and own:
+            described["mounts"] = [
+                {"name": name, "stage": (m or {}).get("stage", "deployment")}
+                for name, m in own.items()
+                if isinstance(m, dict) or m is None
+            ]
+        functions[func] = described
+    return functions
+
+
 def check_function(
     func: str, body: dict[str, Any], exports: list[dict[str, Any]], files: set[str]
 ) -> dict[str, Any]:
