@@ -422,3 +422,19 @@ def test_the_orchestrators_own_exports_import_unchanged(tmp_path: Path) -> None:
     finally:
         for peer in peers:
             peer.stop()
+
+
+def test_logs_need_no_token_on_a_wasmiot_port_that_is_not_anonymous(tmp_path: Path) -> None:
+    """A supervisor posts its logs to port 3000 of its caller before it has an orchestrator,
+    and never with a token; everything else on that port still needs one."""
+    corral = Orchestrator(tmp_path / "corral", anonymous=False, mdns_enabled=False)
+    with corral, corral.seed_client() as seed, corral.client() as api:
+        assert seed.get("/file/device").status_code == 401
+        record = {"message": "Supervisor starting", "logLevel": "INFO"}
+        logged = seed.post("/device/logs", data={"logData": json.dumps(record)})
+        assert logged.status_code == 200
+        assert logged.json() == {"message": "Log received and saved"}
+        assert seed.get("/device/logs").status_code == 401
+        [stored] = api.get("/device/logs").json()
+        assert stored["message"] == "Supervisor starting"
+        assert stored["deviceIP"] == "127.0.0.1"

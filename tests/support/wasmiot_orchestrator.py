@@ -22,7 +22,7 @@ from corral.core import Core
 class Orchestrator:
     """`url`: corral's API (token); `seed`: the Wasm-IoT port (no token)."""
 
-    def __init__(self, home: Path, **extra: Any) -> None:
+    def __init__(self, home: Path, anonymous: bool = True, **extra: Any) -> None:
         self.port, self.wasmiot_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.seed = f"http://127.0.0.1:{self.wasmiot_port}"
@@ -33,7 +33,7 @@ class Orchestrator:
             bind="127.0.0.1",
             port=self.port,
             wasmiot_port=self.wasmiot_port,
-            wasmiot_anonymous=True,
+            wasmiot_anonymous=anonymous,
             # devices reach corral by name here: X-Forwarded-For must say `localhost`
             public_url=f"http://localhost:{self.wasmiot_port}",
             device_health_seconds=0.5,

@@ -76,7 +76,12 @@ FUNCTIONS = {
 ARGUMENTS = {"type": "object", "additionalProperties": {"type": ["integer", "number", "string"]}}
 
 
-def _caller(action: Action, device_ok: bool = False) -> Callable[..., Awaitable[Caller]]:
+def _caller(
+    action: Action, device_ok: bool = False, open_on_port: bool = False
+) -> Callable[..., Awaitable[Caller]]:
+    """Who calls: a token's holder, or anyone on `wasmiot_port` when it is anonymous (and,
+    with `open_on_port`, even when it is not)."""
+
     async def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
@@ -84,7 +89,8 @@ def _caller(action: Action, device_ok: bool = False) -> Callable[..., Awaitable[
         core: Core = request.app.state.core
         server = request.scope.get("server")
         port = core.settings.wasmiot_port
-        if core.settings.wasmiot_anonymous and server and port and server[1] == port:
+        anonymous = core.settings.wasmiot_anonymous or open_on_port
+        if anonymous and server and port and server[1] == port:
             return Caller(0, "anonymous", "operator", "")
         secret = credentials.credentials if credentials is not None else None
         caller = await core.access.identify(secret)
@@ -98,6 +104,9 @@ def _caller(action: Action, device_ok: bool = False) -> Callable[..., Awaitable[
 Reader = Annotated[Caller, Depends(_caller("read"))]
 Writer = Annotated[Caller, Depends(_caller("write"))]
 ReaderOrDevice = Annotated[Caller, Depends(_caller("read", device_ok=True))]
+# A supervisor has no token: it posts its logs to port 3000 of whoever called it, even
+# before it has an orchestrator.
+LogSender = Annotated[Caller, Depends(_caller("read", device_ok=True, open_on_port=True))]
 
 
 def device_document(row: DeviceRow) -> dict[str, Any]:
@@ -476,9 +485,10 @@ LOG_SAVED = {"message": "Log received and saved"}
 
 
 @router.post("/device/logs", summary="A device reports a log record (form field logData)")
-async def device_logs(request: Request, core: CoreDep, caller: ReaderOrDevice) -> dict[str, str]:
+async def device_logs(request: Request, core: CoreDep, caller: LogSender) -> dict[str, str]:
     """Answers 200 `{"message": "Log received and saved"}`, as the supervisor expects (it
-    rebuilds its log handler on any other answer). Kept as a `device.log` event."""
+    rebuilds its log handler on any other answer). Kept as a `device.log` event. On
+    `wasmiot_port` no token is needed, even when that port is not anonymous."""
     body = await _body(request)
     raw = body.get("logData")
     if not isinstance(raw, str) or len(raw) > MAX_LOG:
