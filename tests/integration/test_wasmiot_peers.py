@@ -6,7 +6,6 @@ restarted supervisor (its deployments lost) gets them again and calls work.
 """
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,7 +143,13 @@ def test_chains_of_two_and_three_strict_supervisors(bed: Bed) -> None:
         assert _run(seed, two, 16)["result"] == ["32", None]
 
         # Health checks carry corral's host as the devices reach it: none is refused.
-        time.sleep(2)  # several health periods (0.5 s)
+        before = {n: d["okHealthCheckCount"] for n, d in _devices(seed).items()}
+
+        def checked_thrice() -> bool:
+            now = _devices(seed)
+            return all(now[n]["okHealthCheckCount"] >= before[n] + 3 for n in before)
+
+        wait_until(checked_thrice, "three more good health checks of every device", 30)
         for name, doc in _devices(seed).items():
             assert doc["status"] == "active", (name, doc["lastError"])
             assert doc["failedHealthCheckCount"] == 0, (name, doc["lastError"])
