@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(default=False, description="Serve /metrics without a token.")
     event_retention_days: int = Field(default=30, ge=1)
     log_level: str = Field(default="info")
+    access_log: bool = Field(
+        default=False, description="One log line per request (secrets in it redacted)."
+    )
 
     @field_validator("triggers")
     @classmethod

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
+import structlog
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import corral
+from corral import logs
 from corral.api import errors
 from corral.api.compat import go1
 from corral.api.compat.edgeecho import create_edgeecho_app
@@ -47,6 +49,8 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     """Build the app. Given only settings, it starts and stops its own Core in the
     lifespan; given a Core, the caller owns it (as `corral serve` does)."""
     owned = core is None
+    if not structlog.is_configured():  # in-process use: no rich tracebacks with locals
+        logs.configure()
     core = core or Core(settings or Settings())
 
     @asynccontextmanager

@@ -50,7 +50,7 @@ async def _serve(settings: Settings) -> None:
     import uvicorn
 
     from corral.api.app import create_server_app
-    from corral.cli.serving import GracefulServer, listen
+    from corral.cli.serving import GracefulServer, listen, uvicorn_logging
     from corral.core import Core
     from corral.errors import CorralError
     from corral.model.yamlfile import FileInvalid
@@ -78,7 +78,9 @@ async def _serve(settings: Settings) -> None:
         typer.echo(f"  {label}   http://{host}:{port}{rest}")
     config = uvicorn.Config(
         create_server_app(core),
-        log_level="warning",
+        log_config=uvicorn_logging(),
+        log_level="info" if settings.access_log else "warning",
+        access_log=settings.access_log,
         timeout_graceful_shutdown=3,
         lifespan="on",
     )

@@ -3,16 +3,18 @@ reuse, TCP_NODELAY through IPPROTO_TCP, one error line) and a uvicorn server tha
 normally on SIGTERM/SIGINT. Imported only when one of them runs (uvicorn is not light).
 """
 
+import copy
 import logging
 import signal
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-import structlog
 import uvicorn
 
+from corral import logs
 from corral.cli.client import CliError
 
 
@@ -51,10 +53,22 @@ def listen(bind: str, port: int) -> socket.socket:
 
 
 def configure_logging(level: str) -> None:
-    """Log lines as plain messages at `level` (an unknown level is a CLI error)."""
+    """Log lines as plain messages at `level` (an unknown level is a CLI error), without
+    secrets or tracebacks' local variables (corral.logs)."""
     number = logging.getLevelName(level.upper())
     if not isinstance(number, int):
         raise CliError(f"bad log level {level!r}", 2)
     logging.basicConfig(level=number, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(number))
+    logs.install_filter("")
+    logs.configure(number)
+
+
+def uvicorn_logging() -> dict[str, Any]:
+    """uvicorn's own logging setup, with corral's redaction on each of its handlers (its
+    access log and its error log, which names each WebSocket's path and query)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": logs.RedactFilter}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "redact"]
+    return config
