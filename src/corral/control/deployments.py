@@ -440,9 +440,10 @@ class DeploymentService:
         return await self._fail_over(row, steps, await self.devices.candidates(), set())
 
     async def device_back(self, name: str) -> None:
-        """A device answers again: send it its parts (it may have lost them)."""
+        """A device answers again: send it its parts (it may have lost them). A deployment
+        never deployed, or replaced and not deployed since, stays as it is."""
         for row in await self.store.every():
-            if any(s["device"] == name for s in row.steps):
+            if row.state != "pending" and any(s["device"] == name for s in row.steps):
                 async with self._lock(row.id):
                     await self._push(row, [Placed.from_json(s) for s in row.steps])
 
