@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from corral.errors import NotFound
+from corral.errors import Conflict, NotFound
 from corral.model.views import Role, TokenView
 from corral.store.database import Database
 from corral.store.tables import TokenRow, utcnow
@@ -105,11 +105,31 @@ class TokenStore:
             return [token_view(r, now) for r in rows]
 
     async def revoke(self, token_id: int) -> TokenView:
+        """Revoke a token; never the last admin token that does not expire (409): that
+        would lock every client out, for good or at its expiry."""
         now = utcnow()
         async with self.db.session() as s:
             row = await s.get(TokenRow, token_id)
             if row is None:
                 raise NotFound(f"token {token_id} not found", {"token": token_id})
+            if row.role == "admin" and _active(row, now):
+                lasting = await s.scalars(
+                    select(TokenRow.id)
+                    .where(
+                        TokenRow.role == "admin",
+                        TokenRow.revoked_at.is_(None),
+                        TokenRow.expires_at.is_(None),
+                    )
+                    .with_for_update()
+                )
+                if not set(lasting.all()) - {token_id}:
+                    raise Conflict(
+                        f"token {token_id} is the last admin token that does not expire: "
+                        "revoking it would lock every client out. Issue another admin token "
+                        "first; a lost admin token is replaced with `corral reset-admin-token` "
+                        "where the database is.",
+                        {"token": token_id},
+                    )
             if row.revoked_at is None:
                 row.revoked_at = now
             return token_view(row, now)
