@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import wasmtime
 from tests.support.agents import AgentProcess, wat_bytes
 from tests.support.processes import free_port
 from tests.support.server import wait_until
@@ -141,6 +142,22 @@ def test_chains_of_two_and_three_strict_supervisors(bed: Bed) -> None:
         assert seed.get(f"/file/manifest/{two}").json()["state"] == "pending"
         assert seed.post(f"/file/manifest/{two}").status_code == 200
         assert _run(seed, two, 16)["result"] == ["32", None]
+
+        # A function that traps mid-chain is a failure of that step, not a device down:
+        # 500 naming it on this port, and no step moves.
+        boom = wasmtime.wat2wasm(
+            '(module (func (export "boom") (param i32) (result i32) unreachable))'
+        )
+        uploaded = seed.post(
+            "/file/module", data={"name": "boom"}, files={"module": ("boom.wasm", bytes(boom))}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        trapping = _deploy(seed, "trapping", [(s0, "double"), (s1, "boom"), (s2, "add_ten")])
+        failed = seed.post(f"/execute/{trapping}", json={"p0": 1})
+        assert failed.status_code == 500, failed.text
+        assert failed.json()["errorText"].startswith("boom.boom failed:")
+        placed = seed.get(f"/file/manifest/{trapping}").json()["steps"]
+        assert [s["device"] for s in placed] == [s0, s1, s2]
 
         # Health checks carry corral's host as the devices reach it: none is refused.
         before = {n: d["okHealthCheckCount"] for n, d in _devices(seed).items()}
