@@ -8,6 +8,7 @@ Core runs `run_health` and, with `mdns_enabled`, the mDNS browser; deployments a
 import asyncio
 import contextlib
 import fnmatch
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,22 @@ def device_url(row: DeviceRow) -> str:
     return f"{scheme}://{address}:{row.port}{path.rstrip('/')}"
 
 
+def _check_address(address: str) -> None:
+    """An IP address, or a host name both an HTTP client and the resolver can encode (IDNA,
+    labels of 1 to 63 characters): what a device's URL will need."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(address)
+        return
+    try:
+        address.encode("idna")  # what the resolver does: empty or long labels fail
+        _ = httpx.URL(f"http://{address}/").host  # IDNA 2008 both ways, as httpx needs
+    except (UnicodeError, ValueError, httpx.InvalidURL):
+        raise Invalid(
+            f"device address {address[:80]!r} is not a valid host name (IDNA) or IP address",
+            {"field": "addresses"},
+        ) from None
+
+
 class DeviceService:
     def __init__(
         self, store: DeviceStore, bus: EventBus, settings: Settings, client: SupervisorClient
@@ -68,6 +85,8 @@ class DeviceService:
             raise Invalid(
                 "each address must be a host name or an IP address", {"field": "addresses"}
             )
+        for address in addresses:
+            _check_address(address)
         if len(path) > 255:
             raise Invalid("the path is longer than 255 characters", {"field": "path"})
         if not 1 <= port <= 65535:
