@@ -163,7 +163,7 @@ class Core:
         if self.settings.mdns_enabled:
             loops.append(self.devices.run_discovery(stop))
         if self.settings.farm_enabled:
-            loops.append(self.farm.run_arm(stop))
+            loops.append(self.farm.dispatch.run(stop))
         await asyncio.gather(*(_logged(loop) for loop in loops))
 
     def _wire_farm(self) -> None:
@@ -173,9 +173,9 @@ class Core:
             raise Invalid(
                 f"the farm needs an mqtt:// broker named {self.settings.farm_mqtt!r} in `brokers`"
             )
-        self.farm.mqtt = mqtt
-        mqtt.subscribe(self.settings.farm_status_topic, self.farm.on_status)
-        mqtt.on_up.append(self.farm.link_up)
+        self.farm.dispatch.mqtt = mqtt
+        mqtt.subscribe(self.settings.farm_status_topic, self.farm.dispatch.on_status)
+        mqtt.on_up.append(self.farm.dispatch.link_up)
         self.tasks.register(self.settings.farm_arm, self.farm.executor())
         self.triggers.actions["farm.ready"] = self.farm.ready
         self.triggers.actions["farm.homing"] = self.farm.homing

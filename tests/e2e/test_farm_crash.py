@@ -17,7 +17,12 @@ from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
 
 def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     names = Names.fresh()
-    env = {"CORRAL_BOOTSTRAP_TOKEN": ADMIN, "CORRAL_LOCAL_DOCKER_URL": "", **names.env()}
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_LOCAL_DOCKER_URL": "",
+        "CORRAL_FARM_JOB_TIMEOUT_SECONDS": "3",
+        **names.env(),
+    }
     serve = ServeProcess(tmp_path, env).start()
     record = tmp_path / "arm.jsonl"
     headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -26,7 +31,10 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
             with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api:
                 inside = layout(api, printers=14, spare_beds=14)
             names.finish([f"p{i}" for i in range(10)])
-            wait_until(lambda: len(jobs(record)) >= 3, "the arm at work")
+            with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api:
+                # Killed once the arm's busy is stored (docs/farm.md: the in-flight rule).
+                wait_until(lambda: len(jobs(record)) >= 3, "the arm at work")
+                wait_until(lambda: api.get("/tasks", params={"state": "running"}).json(), "busy")
             assert serve.proc is not None
             os.kill(serve.proc.pid, signal.SIGKILL)
             serve.stop()

@@ -1,5 +1,5 @@
 """The print farm against the machine's real RabbitMQ and Mosquitto: printers finishing in
-bursts, homing, bad input, brokers restarted mid-run.
+bursts, homing, bad input (broker restarts, on private brokers: test_farm_dhr_arm.py).
 
 What a user checks is what the (simulated) arm received: one take then one replace per
 finished printer, with the right beds, and never a job while it was busy.
@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.brokers import restart_mosquitto, restart_rabbitmq
 from tests.support.farm import Names, arm, jobs, layout
 from tests.support.server import ADMIN, ThreadServer, wait_until
 
@@ -166,35 +165,6 @@ def test_duplicate_ready_is_ignored_while_its_tasks_are_open(
         )
         tasks = api.get("/tasks").json()
         assert sorted(t["kind"] for t in tasks) == ["replace", "take"]
-
-
-@pytest.mark.serial
-def test_broker_restarts_lose_and_double_nothing(
-    server: ThreadServer, names: Names, tmp_path: Path
-) -> None:
-    record = tmp_path / "arm.jsonl"
-    with server.client() as api, arm(names, record, work=0.4):
-        inside = layout(api, printers=12, spare_beds=12)
-        names.finish([f"p{i}" for i in range(6)])
-        wait_until(lambda: len(jobs(record)) >= 2, "work under way")
-        restart_rabbitmq()
-        names.finish([f"p{i}" for i in range(6, 12)])  # queued while corral reconnects
-        wait_until(lambda: len(jobs(record)) >= 8, "more jobs after the RabbitMQ restart", 90)
-        restart_mosquitto()
-        wait_until(
-            lambda: len(api.get("/tasks", params={"state": "done"}).json()) == 24,
-            "every task done",
-            120,
-        )
-        time.sleep(1)
-        _check_jobs(jobs(record), inside)
-        states = {b["name"]: b for b in api.get("/brokers").json()}
-        assert states["amqp"]["connected"]
-        assert states["amqp"]["reconnects"] >= 1
-        assert states["mqtt"]["reconnects"] >= 1
-        kinds = [e["kind"] for e in api.get("/events", params={"limit": 1000}).json()]
-        assert "broker.lost" in kinds
-        assert api.get("/tasks", params={"state": "failed"}).json() == []
 
 
 def test_bad_requests(server: ThreadServer) -> None:

@@ -1,5 +1,6 @@
 """An MQTT (Mosquitto) link with aiomqtt: subscriptions renewed on every connection,
-publishing at QoS 1 only while connected."""
+publishing at QoS 1 only while connected; handlers learn whether a message was retained
+(stored at the broker earlier) or live."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,11 @@ from corral.errors import Unreachable
 from corral.events import EventBus
 from corral.metrics import Metrics
 
-Handler = Callable[[str, bytes], Awaitable[None]]  # (topic, payload)
+Handler = Callable[[str, bytes, bool], Awaitable[None]]  # (topic, payload, retained)
+
+
+class NotSent(Unreachable):
+    """The link was down: nothing went out."""
 
 
 class MqttLink(Link):
@@ -50,7 +55,7 @@ class MqttLink(Link):
                     payload = message.payload
                     body = payload if isinstance(payload, bytes) else str(payload).encode()
                     try:
-                        await handler(str(message.topic), body)
+                        await handler(str(message.topic), body, bool(message.retain))
                     except Exception as exc:
                         log.error("mqtt handler failed", topic=str(message.topic), error=repr(exc))
             finally:
@@ -63,10 +68,11 @@ class MqttLink(Link):
         return None
 
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish at QoS 1; Unreachable when the broker is not connected now."""
+        """Publish at QoS 1; NotSent when the broker is not connected now, Unreachable when
+        the publish failed on the way (it may have reached the broker)."""
         client = self._client
         if client is None:
-            raise Unreachable(f"MQTT broker {self.name} is not connected")
+            raise NotSent(f"MQTT broker {self.name} is not connected")
         try:
             await asyncio.wait_for(client.publish(topic, payload, qos=1, retain=retain), 10)
         except (aiomqtt.MqttError, TimeoutError) as exc:

@@ -213,13 +213,15 @@ def usage(
 
 @farm.command("arm")
 def arm(ctx: typer.Context) -> None:
-    """The arm's last status, its job in flight and the queue."""
+    """The arm's last status, its job in flight, the queue, and what it waits for."""
     found = state(ctx).api().call("GET", "/farm/arm")
     if state(ctx).json:
         emit_json(found)
         return
     doing = f"task {found['in_flight']}" if found["in_flight"] else "nothing"
     out.print(f"{found['name']}: {found['status']}, doing {doing}, {found['queued']} queued")
+    if found.get("blocked"):
+        out.print(f"blocked: {found['blocked']}")
 
 
 @brokers.command("ls")

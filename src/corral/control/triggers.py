@@ -128,10 +128,10 @@ class TriggerService:
 
     def _topic_runner(
         self, trigger: _Trigger, topic: str
-    ) -> Callable[[str, bytes], Awaitable[None]]:
+    ) -> Callable[[str, bytes, bool], Awaitable[None]]:
         run = self._runner(trigger, f"mqtt {topic}")
 
-        async def on_message(_: str, body: bytes) -> None:
+        async def on_message(_: str, body: bytes, retained: bool) -> None:
             await run(body, False)
 
         return on_message

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from corral.model.arm import numeric
+
 BUSY_STATES = ("printing",)  # what counts as busy time for utilization
 
 
@@ -67,7 +69,8 @@ def choose_replacement(printer: Printer, beds: Sequence[Bed], racks: Sequence[Ra
 def job_message(
     kind: str, printer: str | None, bed: str | None, door: str | None, next_same_printer: bool
 ) -> dict[str, Any]:
-    """Exactly what the arm reads on robot_arm/job."""
+    """Exactly what the arm reads on robot_arm/job; numeric ids as JSON numbers, as the
+    seed's jobs (`"printer_id": 14, "bed_id": 801`)."""
     if kind == "homing":
         return {
             "printer_id": None,
@@ -77,8 +80,8 @@ def job_message(
             "open_doors": [],
         }
     return {
-        "printer_id": printer,
-        "bed_id": bed,
+        "printer_id": numeric(printer),
+        "bed_id": numeric(bed),
         "take_from_printer": kind == "take",
         "load_next_bed_without_homing": next_same_printer,
         "open_doors": [door] if door else [],

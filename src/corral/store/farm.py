@@ -300,8 +300,8 @@ class FarmStore:
                 if bed is None:
                     return {}, f"no clean {printer.bed_type} bed is free"
                 row.params = {**row.params, "bed_id": bed}
-            queue = list(await open_rows(s, arm))
-            after = [t for t in queue if t.id != row.id and t.state == "queued"]
+            queue = await open_rows(s, arm, ("queued",), 2)
+            after = [t for t in queue if t.id != row.id]
             same = bool(after) and after[0].params.get("printer_id") == printer.id
             message = job_message(row.kind, printer.id, bed, printer.door, same)
             return message, None

@@ -107,10 +107,17 @@ class TaskStore:
             rows = (await s.scalars(query.order_by(TaskRow.id.desc()).limit(limit))).all()
             return [task_view(r) for r in rows]
 
-    async def open_for(self, target: str) -> list[TaskView]:
-        """Open tasks of a target in the order they are served."""
+    async def open_for(
+        self,
+        target: str,
+        states: Sequence[str] = OPEN_TASK_STATES,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[TaskView]:
+        """Open tasks of a target (or those in `states`) in the order they are served;
+        `limit` of them from `offset` on."""
         async with self.db.session() as s:
-            return [task_view(r) for r in await open_rows(s, target)]
+            return [task_view(r) for r in await open_rows(s, target, states, limit, offset)]
 
     async def transition(
         self, id: int, state: str, reason: str = "", **values: Any
@@ -146,9 +153,17 @@ class TaskStore:
                 setattr(row, key, value)
 
 
-async def open_rows(s: AsyncSession, target: str | None) -> Sequence[TaskRow]:
-    """Open tasks (of one target, or all) in the order they are served."""
-    query = select(TaskRow).where(TaskRow.state.in_(OPEN_TASK_STATES))
+async def open_rows(
+    s: AsyncSession,
+    target: str | None,
+    states: Sequence[str] = OPEN_TASK_STATES,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Sequence[TaskRow]:
+    """Open tasks (of one target, or all; or those in `states`) in the order they are
+    served; `limit` of them from `offset` on."""
+    query = select(TaskRow).where(TaskRow.state.in_(states))
     if target is not None:
         query = query.where(TaskRow.target == target)
-    return (await s.scalars(query.order_by(TaskRow.priority.desc(), TaskRow.id))).all()
+    query = query.order_by(TaskRow.priority.desc(), TaskRow.id).limit(limit).offset(offset)
+    return (await s.scalars(query)).all()

@@ -64,10 +64,15 @@ class ArmView(BaseModel):
     name: str
     status: str = Field(
         description="available, busy, error; sent (a job went out, no answer yet); "
-        "unknown before it spoke."
+        "presumed available (silent past the timeout); unknown before it spoke."
     )
     in_flight: int | None = Field(description="The task it is doing.")
     queued: int
+    waiting_since: datetime | None = Field(description="Since when the dispatcher waits.")
+    blocked: str | None = Field(
+        description="What it waits for: `waiting for the arm since T: ...`; null when it "
+        "does not wait."
+    )
 
 
 @router.get("/printers", summary="List printers")
@@ -174,10 +179,15 @@ async def remove_bed(id: RecordId, core: CoreDep, _: Writer) -> Response:
 
 @router.get("/arm", summary="The robot arm: last status, job in flight, queue length")
 async def arm(core: CoreDep, _: Reader) -> ArmView:
-    queued = await core.tasks.store.open_for(core.farm.arm)
+    tasks = await core.tasks.store.open_for(core.farm.arm)
+    queued = sum(t.state == "queued" for t in tasks)
+    dispatch = core.farm.dispatch
+    since, blocked = dispatch.waiting(queued)
     return ArmView(
         name=core.farm.arm,
-        status=core.farm.status,
-        in_flight=core.farm.in_flight,
-        queued=sum(t.state == "queued" for t in queued),
+        status=dispatch.status(),
+        in_flight=dispatch.flight.task if dispatch.flight is not None else None,
+        queued=queued,
+        waiting_since=since,
+        blocked=blocked,
     )

@@ -68,6 +68,8 @@
             arm.in_flight === null || arm.in_flight === undefined ? "none" : "task " + arm.in_flight,
             el("span", { dataset: { queued: String(arm.queued) } }, String(arm.queued))],
         }], "", { id: "farm-arm" }),
+        // Every wait on the arm is shown: what for and since when.
+        arm.blocked ? el("p", { id: "arm-blocked", class: "mid" }, "blocked: " + arm.blocked) : null,
         el("h4", { id: "queue-title", style: "margin: .8rem 0 .3rem" }, "Queue"),
         table(["Task", "Kind", "State", "Printer", "Bed", "Priority", "Created"],
           queue.map((t) => ({

@@ -1,0 +1,311 @@
+"""The arm dispatcher: sends the robot arm one job at a time on MQTT, follows its status to
+the job's end by the in-flight rule (model/arm.py), and says what it is waiting for.
+
+Run by the leader (core); the farm service (control/farm.py) hands it the arm's tasks.
+Every send is preceded by one store write that claims the task (`_claim`): the queued ->
+assigned move for a first send, the sent mark for a resend. A dispatcher whose claim does
+not go through sends nothing.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from corral.brokers.mqtt import MqttLink, NotSent
+from corral.config import Settings
+from corral.control.tasks import TaskService
+from corral.errors import CorralError
+from corral.events import EventBus
+from corral.metrics import Metrics
+from corral.model.arm import Flight, Outcome, after_silence, after_word
+from corral.model.views import TaskView
+from corral.store.farm import FarmStore
+from corral.store.tables import utcnow
+
+log = structlog.get_logger("corral.farm")
+ARM_STATES = ("available", "busy", "error")
+PRESUMED = "presumed available"
+PAGE = 10  # queued tasks read at a time, in the order they are served
+
+
+class ArmDispatcher:
+    def __init__(
+        self,
+        store: FarmStore,
+        tasks: TaskService,
+        bus: EventBus,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.bus = bus
+        self.metrics = metrics
+        self.settings = settings
+        self.arm = settings.farm_arm
+        self.mqtt: MqttLink | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one decision at a time: a status, a tick
+        self.word = "unknown"  # the arm's last live status, or PRESUMED
+        self.word_since = 0.0  # monotonic time of that word
+        self.flight: Flight | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.farm_job_timeout_seconds
+
+    # ------------------------------------------------------------------ what the arm says
+    async def on_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            data = json.loads(payload)
+            status = data["status"] if isinstance(data, dict) else None
+        except (ValueError, KeyError, UnicodeDecodeError):
+            status = None
+        if status not in ARM_STATES:
+            await self.bus.emit(
+                "farm.status.rejected",
+                f"arm/{self.arm}",
+                f"status message on {topic} rejected: {payload[:120]!r} is not "
+                '{"status": "available" | "busy" | "error"}',
+            )
+            return
+        if retained:  # said some time ago, to whoever subscribes: proof of nothing now
+            log.info("retained arm status ignored", status=status)
+            return
+        async with self._lock:
+            previous, self.word, self.word_since = self.word, status, time.monotonic()
+            if status != previous:
+                await self.bus.emit("arm.status", f"arm/{self.arm}", f"{self.arm} is {status}")
+            flight = self.flight
+            if flight is not None and flight.sent:
+                await self._apply(flight, after_word(flight, status), status)
+        self.wake()
+
+    def link_up(self) -> None:
+        """The MQTT link (re)connected: words said meanwhile are lost."""
+        flight = self.flight
+        if flight is not None and flight.sent:
+            flight.gap, flight.quiet_since = True, time.monotonic()
+        self.wake()
+
+    def ended(self, task: TaskView) -> None:
+        """A task of the arm failed or was cancelled (called within its move)."""
+        if self.flight is not None and self.flight.task == task.id:
+            self.flight = None
+        self.wake()
+
+    # ------------------------------------------------------------------ the rule's verdicts
+    async def _apply(self, flight: Flight, outcome: Outcome, said: str) -> None:
+        task_id = flight.task
+        if outcome == "running":
+            flight.busy, flight.quiet_since = True, time.monotonic()
+            await self.tasks.move(task_id, "running")
+        elif outcome == "done":
+            how = "" if said == "available" and flight.busy else self._presumption(flight, said)
+            await self._done(task_id, how)
+        elif outcome == "failed":
+            why = f"{self.arm} reported an error" if said == "error" else self._presumption(flight)
+            self.flight = None
+            await self.tasks.move(task_id, "failed", why)
+        elif outcome == "resend":
+            flight.sent = False  # the next tick sends it again
+            self.wake()
+            await self.bus.emit(
+                "farm.job.resend",
+                f"task/{task_id}",
+                f"task {task_id}: {self._presumption(flight, said)}; sending it again",
+            )
+        elif outcome == "unconfirmed":
+            why = self._presumption(flight)
+            self.flight = None
+            await self.bus.emit("farm.job.unconfirmed", f"task/{task_id}", f"task {task_id}: {why}")
+            await self.tasks.move(task_id, "failed", why)
+        if said == "silence":
+            self.word, self.word_since = PRESUMED, time.monotonic()
+
+    def _presumption(self, flight: Flight, said: str = "silence") -> str:
+        if said == "available":
+            return (
+                f"{self.arm} became available after a gap that hid its busy: done"
+                if flight.gap
+                else f"{self.arm} said available without taking the job (it was not free)"
+            )
+        quiet = f"{self.arm} said nothing for {self.timeout:g} s"
+        if flight.busy and flight.gap:
+            return f"{quiet} after busy and a gap that hid its available: presumed done"
+        if flight.busy:
+            return f"{quiet} after busy: it is stuck"
+        if flight.gap:
+            return (
+                f"unconfirmed: sent, then a gap before {self.arm} answered; it may have done "
+                "the job unseen or never got it (check the printer, then retry)"
+            )
+        return f"{quiet} after the send: it never got the job"
+
+    async def _done(self, task_id: int, how: str) -> None:
+        self.flight = None
+        task = await self.tasks.store.get(task_id)
+        if task.state == "assigned":
+            await self.tasks.move(task_id, "running")
+        # The farm's effects first: done again after a crash here, they change nothing more.
+        notes = await self.store.finish(task)
+        moved = await self.tasks.move(task_id, "done", how)
+        if moved is not None:
+            for note in notes:
+                await self.bus.emit(
+                    "farm.bed.moved", f"printer/{task.params.get('printer_id')}", note
+                )
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send the next job whenever the arm is free; end each job by the rule."""
+        self.flight, self.word = None, "unknown"  # a new term: open tasks are adopted
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                async with self._lock:
+                    await self._tick()
+            except CorralError as exc:
+                log.info("arm dispatch postponed", error=exc.message)
+            except Exception:
+                log.exception("arm dispatch failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+
+    def _link_up(self) -> bool:
+        return self.mqtt is not None and self.mqtt.connected
+
+    async def _tick(self) -> None:
+        if not self._link_up():
+            return  # nothing can be heard or sent: no verdict either
+        now = time.monotonic()
+        flight = self.flight
+        if flight is not None:
+            task = await self.tasks.store.get(flight.task)
+            if task.state not in ("assigned", "running"):
+                self.flight = None  # it ended meanwhile
+            elif not flight.sent:
+                await self._send(task, dict(task.params.get("job") or {}), first=False)
+            elif now - flight.quiet_since > task.timeout_s:
+                await self._apply(flight, after_silence(flight), "silence")
+            return
+        if self.word in ("busy", "error") and now - self.word_since < self.timeout:
+            return  # it said so itself, with no job of ours: wait for its available
+        out = await self.tasks.store.open_for(self.arm, ("assigned", "running"), 1)
+        if out:
+            [stray] = out
+            # Out before this dispatcher ran (a restart, a takeover): its words may be lost.
+            self.flight = Flight(
+                stray.id,
+                now,
+                busy=stray.state == "running",
+                gap=stray.sent_at is not None,
+                sent=stray.sent_at is not None,
+            )
+            log.info("job in flight adopted", task=stray.id, state=stray.state)
+            return
+        seen = 0
+        while page := await self.tasks.store.open_for(self.arm, ("queued",), PAGE, seen):
+            seen += len(page)
+            for task in page:
+                job, why = await self.store.job_for(task.id, self.arm)
+                if why is not None:  # a replace with no clean bed free: the next one
+                    if task.reason != why:
+                        await self.tasks.store.update(task.id, reason=why)
+                    continue
+                fresh = await self.tasks.store.get(task.id)  # job_for may reserve a bed
+                claimed = await self._claim(fresh, job)
+                if claimed is not None:
+                    await self._send(claimed, job, first=True)
+                return  # sent, or lost the race for it: never on to the next task
+
+    async def _claim(self, task: TaskView, job: dict[str, Any]) -> TaskView | None:
+        """The store write before every send: a queued task moves to assigned (a
+        conditional move: one claimer wins), recorded as sent before it can be answered;
+        a resend marks the assigned task sent again. None: not ours to send."""
+        if task.state == "queued":
+            params = {k: v for k, v in task.params.items() if k != "job"}
+            return await self.tasks.move(
+                task.id, "assigned", params={**params, "job": job}, sent_at=utcnow()
+            )
+        if task.state != "assigned":
+            return None
+        await self.tasks.store.update(task.id, sent_at=utcnow(), attempts=task.attempts + 1)
+        return await self.tasks.store.get(task.id)
+
+    async def _send(self, task: TaskView, job: dict[str, Any], first: bool) -> None:
+        assert self.mqtt is not None
+        if not first:
+            claimed = await self._claim(task, job)
+            if claimed is None:
+                self.flight = None
+                return
+            task = claimed
+        # Recorded before it goes out: an answer that comes back at once is matched.
+        flight = self.flight = Flight(task.id, time.monotonic())
+        try:
+            await self.mqtt.publish(self.settings.farm_job_topic, json.dumps(job).encode())
+        except NotSent:
+            flight.sent = False  # nothing went out: sent when the link is back
+            return
+        except CorralError as exc:  # it may have reached the broker: words may be lost
+            flight.gap = True
+            log.info("job publish unconfirmed", task=task.id, error=exc.message)
+        await self.bus.emit(
+            "task.sent",
+            f"task/{task.id}",
+            f"task {task.id} {task.kind} sent to {self.arm} (attempt {task.attempts}): "
+            f"{json.dumps(job)}",
+            {"job": job, "attempt": task.attempts},
+        )
+        if task.kind == "take" and first:
+            self.metrics.job_latency_seconds.observe((utcnow() - task.created_at).total_seconds())
+
+    # ------------------------------------------------------------------ what it waits for
+    def status(self) -> str:
+        if self.flight is not None:
+            return "busy" if self.flight.busy else "sent"
+        return self.word
+
+    def waiting(self, queued: int) -> tuple[datetime | None, str | None]:
+        """Since when and for what the dispatcher waits, or (None, None) when it does not:
+        a job out with the arm, the arm busy or in error, the MQTT link down."""
+        now = time.monotonic()
+
+        def wall(mono: float) -> datetime:
+            return utcnow() - timedelta(seconds=max(0.0, now - mono))
+
+        if self.mqtt is not None and not self.mqtt.connected and (queued or self.flight):
+            since = self.mqtt.since or utcnow()
+            return since, f"waiting for the MQTT broker {self.mqtt.name} since {_iso(since)}"
+        flight = self.flight
+        if flight is not None:
+            since = wall(flight.quiet_since)
+            doing = "working on it (busy)" if flight.busy else "sent, no answer yet"
+            if not flight.sent:
+                doing = "not sent yet"
+            verdict = wall(flight.quiet_since + self.timeout)
+            return since, (
+                f"waiting for the arm since {_iso(since)}: task {flight.task} {doing}"
+                + (", words may have been lost (gap)" if flight.gap else "")
+                + f"; the in-flight rule decides at {_iso(verdict)} if it stays silent"
+            )
+        if queued and self.word in ("busy", "error"):
+            since = wall(self.word_since)
+            return since, (
+                f"waiting for the arm since {_iso(since)}: it said {self.word}; presumed "
+                f"available at {_iso(wall(self.word_since + self.timeout))}"
+            )
+        return None, None
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
