@@ -98,8 +98,8 @@ def _deploy(seed: httpx.Client, name: str, steps: list[tuple[str, str]]) -> str:
     return deployment
 
 
-def _run(seed: httpx.Client, deployment: str, x: int) -> dict[str, Any]:
-    ran = seed.post(f"/execute/{deployment}", json={"p0": x})
+def _run(seed: httpx.Client, deployment: str, x: int, name: str = "p0") -> dict[str, Any]:
+    ran = seed.post(f"/execute/{deployment}", json={name: x})
     assert ran.status_code == 200, ran.text
     result: dict[str, Any] = ran.json()
     return result
@@ -123,6 +123,15 @@ def test_chains_of_two_and_three_strict_supervisors(bed: Bed) -> None:
         assert ran["isInFailover"] is False
         assert ran["fetched_from_device"] == f"127.0.0.1:{peers[1].port}"
 
+        # add_ten becomes a POST (queued by the supervisor: no history entry until it has
+        # run), described in the orchestrator's per-function form.
+        add_ten = seed.get("/file/module/add_ten").json()[0]["_id"]
+        described = seed.post(
+            f"/file/module/{add_ten}/upload",
+            json={"add_ten": {"method": "POST", "param0": "integer", "output": "integer"}},
+        )
+        assert described.status_code == 200, described.text
+
         # The same function twice in one chain, on two devices: 1 -> 2 -> 12 -> 24.
         three = _deploy(seed, "three", [(s0, "double"), (s1, "add_ten"), (s2, "double")])
         assert _run(seed, three, 1)["result"] == ["24", None]
@@ -135,7 +144,7 @@ def test_chains_of_two_and_three_strict_supervisors(bed: Bed) -> None:
             json={"sequence": [{"device": s2, "module": "add_ten", "func": "add_ten"}]},
         )
         assert changed.status_code == 200, changed.text
-        assert _run(seed, two, 16)["result"] == ["26", None]
+        assert _run(seed, two, 16, "param0")["result"] == ["26", None]
         sequence = [{"device": s1, "module": "double", "func": "double"}]
         replaced = seed.post("/file/manifest", json={"name": "two", "sequence": sequence})
         assert (replaced.status_code, replaced.text) == (201, two)
