@@ -1,11 +1,14 @@
 """Fenced leadership with two `corral serve` on one PostgreSQL: the leader's lock backend
 terminated from PostgreSQL again and again (once while the leader is paused by SIGSTOP).
-A leader is back after each cut, never two at once, and both replicas go on campaigning.
+A leader is back after each cut, never two at once, and both replicas go on campaigning;
+robots on missions (tests/support/robot_peer.py) never get a marker or lane granted to
+two of them, nor a step of a mission commanded twice.
 
 Times (how long until a leader is back, the overlap of an old and a new term) are printed,
 not asserted; bench/ keeps durations.
 """
 
+import asyncio
 import os
 import signal
 import threading
@@ -21,7 +24,10 @@ from tests.support.leadership import (
     overlaps,
     wait_for_new_leader,
 )
+from tests.support.robot_peer import Ledger, PeerRobot
 from tests.support.server import ADMIN, ServeProcess, wait_until
+
+from corral.model.fleet_map import grid_map
 
 CUTS = 20
 
@@ -112,6 +118,110 @@ def test_twenty_cuts_of_the_leaders_lock_leave_both_replicas_campaigning(
         for replica in replicas:
             assert "background loop crashed" not in replica.output()
         assert len(leaders(api)) == 1
+    finally:
+        for client in clients:
+            client.close()
+        for replica in replicas:
+            replica.stop()
+
+
+# Four robots shuttle across a 5x5 grid on crossing routes (two along rows, two along
+# columns), so every trip contends for markers the others need.
+SHUTTLES = {
+    "east": ("r1c0", "r1c4"),
+    "west": ("r3c4", "r3c0"),
+    "south": ("r0c1", "r4c1"),
+    "north": ("r4c3", "r0c3"),
+}
+
+
+async def _missions(api: httpx.AsyncClient, stop: asyncio.Event, trips: list[int]) -> None:
+    """Keep each robot on a mission: when its last one ended, send it back the other way."""
+    legs = {name: 1 for name in SHUTTLES}
+    while not stop.is_set():
+        try:
+            active = (await api.get("/fleet/missions", params={"state": "active"})).json()
+            busy = {m["robot"] for m in active} if isinstance(active, list) else set(SHUTTLES)
+            for name, ends in SHUTTLES.items():
+                if name in busy:
+                    continue
+                sent = await api.post(
+                    "/fleet/missions", json={"robot": name, "goal": ends[legs[name] % 2]}
+                )
+                if sent.status_code == 201:
+                    legs[name] += 1
+                    trips[0] += 1
+        except httpx.HTTPError:
+            pass  # the replica asked is between leaders: ask again
+        await asyncio.sleep(0.2)
+
+
+def test_robots_on_missions_get_no_doubled_grant_across_eleven_cuts(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {**_env(pg_url), "CORRAL_ROBOT_HEARTBEAT_SECONDS": "3"}
+    replicas = [ServeProcess(tmp_path / name, env).start() for name in ("a", "b")]
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    clients = [httpx.Client(base_url=r.url, headers=headers, timeout=30) for r in replicas]
+    by_url = {r.url: r for r in replicas}
+    api = clients[0]
+    ledger = Ledger()
+    back: list[float] = []
+
+    def cuts() -> None:
+        for cut in range(11):
+            time.sleep(2)  # robots under way
+            leader = wait_for_new_leader(api, 0)
+            process = by_url[leader["url"]].proc
+            assert process is not None
+            paused = cut == 5
+            if paused:
+                os.kill(process.pid, signal.SIGSTOP)
+            try:
+                assert cut_lock(pg_url, leader["id"]) == 1
+                began = time.monotonic()
+                other = next(c for c in clients if c.base_url != leader["url"])
+                wait_for_new_leader(other, leader["term"])
+                back.append(round(time.monotonic() - began, 2))
+            finally:
+                if paused:
+                    time.sleep(1)
+                    os.kill(process.pid, signal.SIGCONT)
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        trips = [0]
+        async with httpx.AsyncClient(base_url=replicas[1].url, headers=headers, timeout=30) as b:
+            assert (await b.post("/fleet/maps", json=grid_map("yard", 5, 5).as_dict())).is_success
+            robots = []
+            for i, (name, ends) in enumerate(SHUTTLES.items()):
+                made = await b.post(
+                    "/fleet/robots", json={"name": name, "map": "yard", "marker": ends[0]}
+                )
+                assert made.status_code == 201, made.text
+                url = replicas[i % 2].url  # half on the leader, half relayed by the follower
+                robots.append(PeerRobot(url, name, made.json()["token"], ends[0], ledger))
+            running = [asyncio.create_task(r.run(stop)) for r in robots]
+            driver = asyncio.create_task(_missions(b, stop, trips))
+            try:
+                await asyncio.to_thread(cuts)
+                await asyncio.sleep(3)  # trips after the last cut
+            finally:
+                stop.set()
+                await asyncio.gather(driver, *running, return_exceptions=True)
+            return trips[0]
+
+    try:
+        wait_until(lambda: len(leaders(api)) == 1, "a replica leads", 30)
+        trips = asyncio.run(scenario())
+        print(f"leader back after each cut (s): {back}")
+        print(f"overlaps (s): {overlaps(api)}")
+        moves = sum(c.get("kind") == "move" for cs in ledger.commands.values() for c in cs)
+        print(f"{trips} missions, {moves} moves, {ledger.redelivered} redeliveries of handled ids")
+        assert moves > 20, "the robots moved across the cuts"
+        assert ledger.shared == [], "no marker or lane granted to two robots at once"
+        assert ledger.stale_moves == [], "every move starts where its robot stands"
+        assert ledger.doubled_moves() == [], "no step of a mission commanded twice"
     finally:
         for client in clients:
             client.close()

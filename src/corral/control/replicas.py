@@ -28,7 +28,7 @@ from corral.waits import pause
 
 log = structlog.get_logger("corral.replicas")
 LOCK_KEY = 0x636F7272616C  # "corral": one advisory lock per database
-TAKE_TERM_WAIT = "5s"  # how long taking a term waits for the last term's writes to end
+LAST_WRITES_WAIT = 1.0  # seconds a new term waits for the last term's writes to end
 Lead = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 TakeOver = Callable[[], Coroutine[Any, Any, None]]
 
@@ -190,8 +190,13 @@ class Replicas:
             began = time.monotonic()
             await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
             async with self.db.session() as s:
-                await s.execute(text(f"SET LOCAL lock_timeout = '{TAKE_TERM_WAIT}'"))
-                term = await self.term.take(s, self.id)
+                pid = await s.scalar(text("SELECT pg_backend_pid()"))
+                ender = asyncio.create_task(self._end_last_term_writes(conn, int(pid or 0)))
+                try:
+                    term = await self.term.take(s, self.id)
+                finally:
+                    ender.cancel()
+                    await asyncio.gather(ender, return_exceptions=True)
             self.term.hold(term, began + self.timing.lease)
             self._deposed.clear()
             await self._lead(conn, cut, term, utcnow(), stopping, lead, take_over)
@@ -264,6 +269,19 @@ class Replicas:
                 return f"its lock connection failed: {exc!r}"
             self.term.extend(began + self.timing.lease)
             await pause(self.timing.check, cut, self._deposed)
+
+    async def _end_last_term_writes(self, conn: asyncpg.Connection, waiter: int) -> None:
+        """Taking a term waits for the transactions that proved the last one. One still
+        open after LAST_WRITES_WAIT belongs to a leader that is frozen (SIGSTOP, a paused
+        VM): its session is ended, so its write never happens and the term is taken."""
+        while True:
+            await asyncio.sleep(LAST_WRITES_WAIT)
+            ended = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(p)) FROM unnest(pg_blocking_pids($1)) AS p",
+                waiter,
+            )
+            if ended:
+                log.warning("ended the last term's open writes", sessions=ended)
 
     def _stale(self, why: str) -> None:
         log.warning("a leader-only write found this replica's term over", why=why)

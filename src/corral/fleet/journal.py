@@ -4,7 +4,8 @@ sent to robots and announced.
 
 Nothing is sent before it is stored: a move reaches its robot only once its grant and the
 map's reservations are in the store, so a restart never finds a robot moving on a grant
-it forgot. While one batch is being written the next one gathers, so the decisions a
+it forgot. Each batch proves the leadership term; a batch of a term that is over is
+dropped, never retried. While one batch is being written the next one gathers, so the decisions a
 second are bounded by the CPU, not by the store's latency.
 """
 
@@ -17,6 +18,7 @@ import structlog
 
 from corral.events import EventBus
 from corral.store.fleet import FleetStore
+from corral.store.leadership import StaleTerm
 from corral.store.tables import CommandRow, MissionRow
 
 log = structlog.get_logger("corral.fleet.journal")
@@ -108,6 +110,12 @@ class Journal:
         self.batch.ended.append(row)
         self.recorded += 1
 
+    def forget(self) -> None:
+        """Drop what is not stored yet: the decisions of a leadership term that is over
+        (stored later, under another term, they would grant steps already taken)."""
+        self.batch = Batch()
+        self.written = self.recorded
+
     # ------------------------------------------------------------------ writing
     async def commit(self) -> None:
         """Return once everything recorded before this call is stored and sent."""
@@ -124,6 +132,9 @@ class Journal:
                 rows = await self.store.apply(
                     batch.missions, batch.robots, batch.acks, batch.commands, snapshots
                 )
+            except StaleTerm:
+                self.forget()  # decisions of a term that is over: the next leader decides
+                raise
             except BaseException:
                 self.batch = batch.then(self.batch)
                 raise

@@ -57,6 +57,7 @@ class Dispatcher:
         self._blocked_said: dict[int, tuple[int, str]] = {}
 
     async def load(self) -> None:
+        self.journal.forget()  # what this process decided in an earlier term is void
         self.maps, self.traffic, self.active, self.priority = {}, {}, {}, {}
         for row in await self.store.maps():
             fmap = parse_map(row.doc, f"map {row.name}")

@@ -371,7 +371,16 @@ class FleetService:
 
     # ------------------------------------------------------------------ the watch
     async def run_monitor(self, stopping: asyncio.Event) -> None:
-        """Heartbeats (offline after silence), traffic retries, and task assignment."""
+        """Heartbeats (offline after silence), traffic retries, and task assignment, while
+        this replica leads. When it stops leading, its robots' sockets are closed with 1012
+        (service restart): they connect again and reach the new leader."""
+        try:
+            await self._watch(stopping)
+        finally:
+            for name in list(self.links.by_robot):
+                await self.links.cut(name, "not_leader", "this replica stopped leading", 1012)
+
+    async def _watch(self, stopping: asyncio.Event) -> None:
         period = min(0.5, self.settings.robot_heartbeat_seconds / 4)
         while not stopping.is_set():
             now = time.monotonic()
