@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The print farm end to end: corral with the farm on, the simulated arm, six printers that
-# finish their prints (pushing their ids to `ready` as the seed does), then the arm's record.
+# The print farm end to end: corral with the farm on, the farm file, the simulated arm, six
+# printers that finish their prints (their ids pushed to `ready` as the seed does), then
+# the arm's record.
 set -euo pipefail
 here="$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
 cd "$here/../.."
@@ -19,10 +20,10 @@ export CORRAL_TOKEN=$(grep -o 'CORRAL_TOKEN=crl_[A-Za-z0-9_-]*' "$home/serve.log
 
 echo "== brokers and the farm"
 .venv/bin/corral broker ls
-bash "$here/farm.sh" >/dev/null
+.venv/bin/corral farm apply "$here/farm.yml"
 .venv/bin/corral farm printers
-echo "== printers p1..p6 finish (the seed's pika publish)"
-.venv/bin/python "$here/simulators.py" printers p1 p2 p3 p4 p5 p6 --every 0.5
+echo "== printers 11..16 finish (the seed's pika publish)"
+.venv/bin/python "$here/simulators.py" printers 11 12 13 14 15 16 --every 0.5
 sleep 16
 .venv/bin/corral task ls
 .venv/bin/corral farm beds

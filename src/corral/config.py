@@ -186,6 +186,17 @@ class Settings(BaseSettings):
         le=86400,
         description="A job fails when the arm says nothing this long.",
     )
+    farm_file: Path | None = Field(
+        default=None, description="YAML farm file (racks, beds, printers) applied at start."
+    )
+    farm_accept_unknown: bool = Field(
+        default=False,
+        description="A ready message for an unknown printer id adds that printer "
+        "(door printer<id>, farm_default_bed_type) instead of being refused.",
+    )
+    farm_default_bed_type: str = Field(
+        default="standard", min_length=1, max_length=63, description="Bed type of such printers."
+    )
     engine_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allow-list of CIDRs and host names that engine URLs may point at; empty: any.",

@@ -36,6 +36,7 @@ from corral.errors import Invalid, NotFound
 from corral.events import EventBus
 from corral.fleet.service import FleetService
 from corral.metrics import Metrics
+from corral.model.farmfile import parse_farm_file
 from corral.model.hostsfile import parse_hosts_file
 from corral.store.database import Database
 from corral.store.devices import DeviceStore
@@ -118,6 +119,13 @@ class Core:
             specs = parse_hosts_file(text, str(self.settings.hosts_file))
             outcomes = await self.hosts.apply(specs, prune=False)
             log.info("hosts file applied", file=str(self.settings.hosts_file), outcomes=outcomes)
+        if self.settings.farm_file is not None:
+            farm = parse_farm_file(
+                self.settings.farm_file.read_text(), str(self.settings.farm_file)
+            )
+            outcomes = await self.farm.apply(farm, prune=False)
+            changed = sum(o != "unchanged" for o in outcomes.values())
+            log.info("farm file applied", file=str(self.settings.farm_file), changed=changed)
         with contextlib.suppress(NotFound):
             await self.hosts.register_local(self.settings.local_docker_url)
         if self.settings.templates_dir is not None:

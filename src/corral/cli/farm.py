@@ -1,9 +1,10 @@
-"""`corral task …`, `corral farm …`, `corral broker ls`, `corral trigger ls|fire`: the print
-farm and the task queue from a shell.
+"""`corral task …`, `corral farm …` (with `farm apply FILE`), `corral broker ls`,
+`corral trigger ls|fire`: the print farm and the task queue from a shell.
 
 Task parameters are `-p name=value` (text values).
 """
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +12,8 @@ import typer
 from corral.cli.client import CliError, path_part
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, table
+from corral.model.farmfile import parse_farm_file
+from corral.model.yamlfile import FileInvalid
 
 tasks = typer.Typer(help="Tasks: work for the robot arm (and robots).", no_args_is_help=True)
 farm = typer.Typer(help="The print farm: printers, beds, racks, the arm.", no_args_is_help=True)
@@ -87,6 +90,33 @@ def cancel(ctx: typer.Context, id: int) -> None:
 def retry(ctx: typer.Context, id: int) -> None:
     """Queue a copy of a failed or cancelled task."""
     _show_tasks(ctx, [state(ctx).api().call("POST", f"/tasks/{id}/retry")])
+
+
+@farm.command("apply")
+def apply(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="YAML farm file: racks, beds, printers")],
+    prune: Annotated[bool, typer.Option(help="remove records the file does not list")] = False,
+) -> None:
+    """Make the farm's racks, beds and printers match a farm file (idempotent)."""
+    try:
+        spec = parse_farm_file(file.read_text(), str(file))
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}", 2) from None
+    except FileInvalid as exc:
+        raise CliError(str(exc), 2) from None
+    body = {**spec.model_dump(), "prune": prune}
+    result = state(ctx).api().call("PUT", "/farm", json=body)
+    if state(ctx).json:
+        emit_json(result)
+        return
+    counts: dict[str, int] = {}
+    for record, outcome in result["outcomes"].items():
+        counts[outcome.split(":")[0]] = counts.get(outcome.split(":")[0], 0) + 1
+        if outcome not in ("unchanged", "created"):
+            out.print(f"{record}: {outcome}")
+    summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+    out.print(f"{file}: {summary or 'nothing listed'}")
 
 
 @farm.command("printers")

@@ -7,6 +7,7 @@ the farm routes and the task service.
 """
 
 import asyncio
+import re
 from datetime import datetime
 from typing import Any
 
@@ -15,17 +16,17 @@ import structlog
 from corral.config import Settings
 from corral.control.arm import ArmDispatcher
 from corral.control.tasks import Executor, TaskService
-from corral.errors import Invalid
+from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.metrics import Metrics
 from corral.model.farm import utilization
+from corral.model.farmfile import ID_PATTERN, FarmSpec
 from corral.model.views import BedView, PrinterView, RackView, TaskView, UsageView
 from corral.store.farm import FarmStore
 from corral.store.tables import utcnow
 
 log = structlog.get_logger("corral.farm")
 ARM_KINDS = ("take", "replace", "homing")
-MAX_ID = 63
 
 
 class FarmService:
@@ -56,7 +57,7 @@ class FarmService:
         """A printer finished (the seed's plain-text printer id). Bad input is an event and
         nothing else; tasks are stored before this returns (then the message is acked)."""
         printer = body.decode("utf-8", errors="replace").strip()
-        if not printer or len(printer) > MAX_ID or not printer.isprintable():
+        if not re.fullmatch(ID_PATTERN, printer):
             await self.bus.emit(
                 "farm.ready.rejected",
                 "farm",
@@ -67,7 +68,11 @@ class FarmService:
         received = utcnow()
         async with self._ready_lock:  # one ready at a time: no duplicate, no bed twice
             outcome = await self.store.record_ready(
-                printer, self.arm, self.settings.farm_job_timeout_seconds, source
+                printer,
+                self.arm,
+                self.settings.farm_job_timeout_seconds,
+                source,
+                self.settings.farm_default_bed_type if self.settings.farm_accept_unknown else None,
             )
         if outcome.outcome == "unknown_printer":
             await self.bus.emit(
@@ -85,6 +90,12 @@ class FarmService:
                 f"printer {printer} is ready again but its tasks ({ids}) are still open: ignored",
             )
             return None
+        if outcome.added:
+            await self.bus.emit(
+                "printer.added",
+                f"printer/{printer}",
+                f"printer {printer} added from its ready message (farm_accept_unknown)",
+            )
         finished = f"printer {printer} finished a print"
         await self.bus.emit_many(
             [
@@ -190,6 +201,64 @@ class FarmService:
             by_state={k: round(v, 3) for k, v in sorted(found.by_state.items())},
         )
 
+    async def apply(self, spec: FarmSpec, prune: bool) -> dict[str, str]:
+        """Make the farm's records match a farm file (idempotent): what happened to each
+        record, by "printer 14", "bed 801", "rack A". Places and bed states are set only
+        for new records; `prune` removes records the file does not list (kept, with the
+        reason, when they are in use)."""
+        racks = {r.id: r for r in await self.store.racks()}
+        beds = {b.id: b for b in await self.store.beds()}
+        printers = {p.id: p for p in await self.store.printers()}
+        for bed in spec.beds:
+            if bed.rack is not None and bed.rack not in racks | {r.id: r for r in spec.racks}:
+                raise Invalid(f"bed {bed.id}: no rack {bed.rack!r}", {"bed": bed.id})
+        known = set(beds) | {b.id for b in spec.beds}
+        for printer in spec.printers:
+            if printer.bed is not None and printer.bed not in known:
+                raise Invalid(
+                    f"printer {printer.id}: no bed {printer.bed!r}", {"printer": printer.id}
+                )
+        outcomes: dict[str, str] = {}
+        for rack in spec.racks:
+            was = racks.get(rack.id)
+            if was is None or (was.position, was.slots) != (rack.position, rack.slots):
+                await self.put_rack(rack.id, rack.position, rack.slots)
+            outcomes[f"rack {rack.id}"] = _outcome(
+                was, (was.position, was.slots) if was else None, (rack.position, rack.slots)
+            )
+        for bed in spec.beds:
+            had = beds.get(bed.id)
+            if had is None:
+                await self.put_bed(bed.id, bed.type, bed.state, bed.rack, bed.slot)
+            elif had.type != bed.type:
+                await self.put_bed(bed.id, bed.type, had.state, None, None)  # it stays put
+            outcomes[f"bed {bed.id}"] = _outcome(had, had.type if had else None, bed.type)
+        for printer in spec.printers:
+            old = printers.get(printer.id)
+            now = (printer.door, printer.bed_type, printer.position)
+            before = (old.door, old.bed_type, old.position) if old else None
+            if old is None or before != now:
+                keep = old is not None or printer.bed is None
+                await self.put_printer(printer.id, *now, printer.bed, keep)
+            outcomes[f"printer {printer.id}"] = _outcome(old, before, now)
+        if prune:
+            listed = {
+                "printer": {p.id for p in spec.printers},
+                "bed": {b.id for b in spec.beds},
+                "rack": {r.id for r in spec.racks},
+            }
+            stored = {"printer": list(printers), "bed": list(beds), "rack": list(racks)}
+            for kind in ("printer", "bed", "rack"):
+                for id in stored[kind]:
+                    if id in listed[kind]:
+                        continue
+                    try:
+                        await self.remove(kind, id)
+                        outcomes[f"{kind} {id}"] = "removed"
+                    except CorralError as exc:
+                        outcomes[f"{kind} {id}"] = f"kept: {exc.message}"
+        return outcomes
+
     async def remove(self, kind: str, id: str) -> None:
         if kind == "printer":
             await self.store.remove_printer(id)
@@ -200,5 +269,7 @@ class FarmService:
         await self.bus.emit(f"{kind}.removed", f"{kind}/{id}", f"{kind} {id} removed")
 
 
-def job_params(task: TaskView) -> dict[str, Any]:
-    return {k: v for k, v in task.params.items() if k != "job"}
+def _outcome(was: object, before: object, now: object) -> str:
+    if was is None:
+        return "created"
+    return "unchanged" if before == now else "updated"

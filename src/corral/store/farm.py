@@ -28,6 +28,7 @@ class ReadyOutcome:
     outcome: str  # created | duplicate | unknown_printer
     tasks: list[TaskView] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    added: bool = False  # the printer was unknown and is now added
 
 
 def printer_view(row: PrinterRow) -> PrinterView:
@@ -226,12 +227,28 @@ class FarmStore:
 
     # ------------------------------------------------------------------ the farm's task writes
     async def record_ready(
-        self, printer: str, arm: str, timeout_s: float, source: str
+        self, printer: str, arm: str, timeout_s: float, source: str, add_as: str | None = None
     ) -> ReadyOutcome:
         """A printer finished: in one transaction, its take and replace tasks (with the
-        nearest clean bed reserved) and its state; nothing when it already has them."""
+        nearest clean bed reserved) and its state; nothing when it already has them. An
+        unknown printer is added (door printer<id>, bed type `add_as`) when `add_as` is
+        given, refused otherwise."""
         async with self.db.session() as s:
             row = await s.get(PrinterRow, printer, with_for_update=True)
+            added = row is None and add_as is not None
+            if row is None and add_as is not None:
+                row = PrinterRow(
+                    id=printer,
+                    state="idle",
+                    door=f"printer{printer}",
+                    bed_type=add_as,
+                    position=0.0,
+                    bed=None,
+                    updated_at=utcnow(),
+                )
+                s.add(row)
+                s.add(PrinterStateRow(printer=printer, state="idle", time=row.updated_at))
+                await s.flush()
             if row is None:
                 return ReadyOutcome("unknown_printer")
             pending = [
@@ -258,7 +275,7 @@ class FarmStore:
             _set_state(s, row, "finished")
             s.add_all(tasks)
             await s.flush()
-            return ReadyOutcome("created", [task_view(t) for t in tasks], notes)
+            return ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
 
     async def _reserve(self, s: AsyncSession, printer: PrinterRow) -> str | None:
         beds = [_bed(b) for b in (await s.scalars(select(BedRow))).all()]

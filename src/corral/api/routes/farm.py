@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.errors import Invalid
+from corral.model.farmfile import FarmSpec
 from corral.model.views import BedView, PrinterView, RackView, UsageView
 
 router = APIRouter(prefix="/farm", tags=["farm"])
@@ -60,6 +61,17 @@ class BedSpec(BaseModel):
         return self
 
 
+class FarmApply(FarmSpec):
+    prune: bool = Field(default=False, description="Remove records the file does not list.")
+
+
+class FarmApplied(BaseModel):
+    outcomes: dict[str, str] = Field(
+        description='By "printer 14", "bed 801", "rack A": created, updated, unchanged, '
+        "removed, or kept: <why> (in use, with --prune)."
+    )
+
+
 class ArmView(BaseModel):
     name: str
     status: str = Field(
@@ -73,6 +85,12 @@ class ArmView(BaseModel):
         description="What it waits for: `waiting for the arm since T: ...`; null when it "
         "does not wait."
     )
+
+
+@router.put("", summary="Apply a farm file (racks, beds, printers)")
+async def apply_farm(body: FarmApply, core: CoreDep, _: Writer) -> FarmApplied:
+    spec = FarmSpec(racks=body.racks, beds=body.beds, printers=body.printers)
+    return FarmApplied(outcomes=await core.farm.apply(spec, body.prune))
 
 
 @router.get("/printers", summary="List printers")
