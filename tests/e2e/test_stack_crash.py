@@ -21,6 +21,19 @@ def _count(label: str) -> int:
     return len(engine_container_ids(LOCAL_URL, label)) + len(engine_container_ids(ROBOT_URL, label))
 
 
+def _running(label: str) -> int:
+    """Containers with `label` running on both engines."""
+    found = 0
+    for url in (LOCAL_URL, ROBOT_URL):
+        ps = subprocess.run(
+            ["docker", "-H", url, "ps", "-q", "--filter", f"label={label}",
+             "--filter", "status=running"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        found += len(ps.stdout.split())
+    return found
+
+
 def test_sigkill_during_up_then_restart(swarm: RobotEngine, tmp_path: Path) -> None:
     for url in (LOCAL_URL, ROBOT_URL):
         leftovers = engine_container_ids(url, "corral.stack=crash")
@@ -44,29 +57,38 @@ def test_sigkill_during_up_then_restart(swarm: RobotEngine, tmp_path: Path) -> N
         up = subprocess.Popen(
             [*corral_command(), "up", "-f", str(EXAMPLE / "compose.yml"), "-n", "crash"],
             env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": ADMIN},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        # The kill comes as soon as the apply has made its first container.
         deadline = time.monotonic() + 120
-        while _count("corral.stack=crash") < 3 and time.monotonic() < deadline:  # impostor + 2
-            time.sleep(0.05)
+        while _count("corral.stack=crash") < 2:  # the impostor + the apply's first
+            assert up.poll() is None, f"corral up ended before the kill: {up.communicate()}"
+            assert time.monotonic() < deadline, "the apply made no container within 120 s"
+            time.sleep(0.02)
         assert serve.proc is not None
-        os.kill(serve.proc.pid, signal.SIGKILL)  # mid-apply: some containers exist, not all
+        os.kill(serve.proc.pid, signal.SIGKILL)
         serve.stop()
-        up.wait(timeout=60)
-        partial = len(engine_container_ids(LOCAL_URL, "corral.stack=crash")) - 1
-        assert partial < 7, "the kill came before the apply finished"
+        made = _count("corral.stack=crash") - 1
+        running = _running("corral.stack=crash") - 1
+        _, said = up.communicate(timeout=60)
+        # What the user sees: `corral up` lost its server before the stack was up...
+        assert up.returncode != 0, "corral up succeeded: the kill came after the apply"
+        assert "cannot reach corral" in said, said
+        # ... and on the two engines, the stack was begun and not finished.
+        assert made >= 1, "the apply had made a container"
+        assert running < 7, f"{running} of the 7 containers were running at the kill"
 
         serve.start()
         with httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {ADMIN}"}) as api:
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
+            while True:
                 slots = api.get("/stacks/crash").json()["slots"]
                 if len(slots) == 7 and all(s["state"] == "running" for s in slots):
                     break
+                assert time.monotonic() < deadline, f"not converged: {slots}"
                 time.sleep(0.5)
-            else:
-                raise AssertionError(f"not converged: {slots}")
         assert len(engine_container_ids(LOCAL_URL, "corral.stack=crash")) == 5 + 1  # + impostor
         assert len(engine_container_ids(ROBOT_URL, "corral.stack=crash")) == 2
         names = subprocess.run(
