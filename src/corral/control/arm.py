@@ -222,16 +222,17 @@ class ArmDispatcher:
                         await self.tasks.store.update(task.id, reason=why)
                     continue
                 fresh = await self.tasks.store.get(task.id)  # job_for may reserve a bed
-                claimed = await self._claim(fresh, job)
+                claimed = await self._claim(fresh, job, first=True)
                 if claimed is not None:
                     await self._send(claimed, job, first=True)
                 return  # sent, or lost the race for it: never on to the next task
 
-    async def _claim(self, task: TaskView, job: dict[str, Any]) -> TaskView | None:
-        """The store write before every send: a queued task moves to assigned (a
-        conditional move: one claimer wins), recorded as sent before it can be answered;
-        a resend marks the assigned task sent again. None: not ours to send."""
-        if task.state == "queued":
+    async def _claim(self, task: TaskView, job: dict[str, Any], first: bool) -> TaskView | None:
+        """The store write before every send. First send: the conditional queued ->
+        assigned move (one claimer wins), recorded as sent before it can be answered. A
+        resend (only of this dispatcher's own flight): the assigned task marked sent again.
+        None: not ours to send."""
+        if first:
             params = {k: v for k, v in task.params.items() if k != "job"}
             return await self.tasks.move(
                 task.id, "assigned", params={**params, "job": job}, sent_at=utcnow()
@@ -244,7 +245,7 @@ class ArmDispatcher:
     async def _send(self, task: TaskView, job: dict[str, Any], first: bool) -> None:
         assert self.mqtt is not None
         if not first:
-            claimed = await self._claim(task, job)
+            claimed = await self._claim(task, job, first=False)
             if claimed is None:
                 self.flight = None
                 return

@@ -1,0 +1,91 @@
+"""Two arm dispatchers on one store (as two replicas in an overlap would be), on the
+machine's Mosquitto: the loser of the conditional queued -> assigned move sends nothing and
+does not go on to the next task; a status from the arm finds the winner's job recorded.
+
+The race is made certain, not left to timing: the second dispatcher reads the queue and
+builds its job, then the first one claims and sends that task, then the second tries to
+claim it.
+"""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from tests.support.farm import Names
+
+from corral.config import Settings
+from corral.core import Core
+
+
+async def _jobs_seen(topic: str, seen: list[dict[str, Any]], ready: asyncio.Event) -> None:
+    async with aiomqtt.Client("127.0.0.1", 1883) as client:
+        await client.subscribe(topic, qos=1)
+        ready.set()
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            seen.append(json.loads(message.payload))
+
+
+async def _race(tmp_path: Path) -> None:
+    names = Names.fresh()
+    settings = Settings(
+        home=tmp_path,
+        local_docker_url="",
+        mdns_enabled=False,
+        farm_job_timeout_seconds=30,
+        **names.settings(),
+    )
+    first, second = Core(settings), Core(settings)
+    await first.start(background=False)
+    await second.start(background=False)
+    stop = asyncio.Event()
+    seen: list[dict[str, Any]] = []
+    listening = asyncio.Event()
+    running = [
+        asyncio.create_task(_jobs_seen(names.job, seen, listening)),
+        *(asyncio.create_task(c.links["mqtt"].run(stop)) for c in (first, second)),
+    ]
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        for core in (first, second):
+            up = asyncio.Event()
+            core.links["mqtt"].on_up.append(up.set)
+            if not core.links["mqtt"].connected:
+                await asyncio.wait_for(up.wait(), 10)
+        one = await first.tasks.create("homing", "robot_arm", {}, 0, 30, "test")
+        two = await first.tasks.create("homing", "robot_arm", {}, 0, 30, "test")
+        winner, loser = first.farm.dispatch, second.farm.dispatch
+        built = loser.store.job_for
+
+        async def job_then_lose(task: int, arm: str) -> tuple[dict[str, Any], str | None]:
+            job = await built(task, arm)
+            await winner._tick()  # the other replica claims and sends it meanwhile
+            return job
+
+        loser.store.job_for = job_then_lose  # type: ignore[method-assign]
+        await loser._tick()
+        await asyncio.sleep(1.0)  # any job the loser sent would have arrived by now
+        assert len(seen) == 1, f"the arm got {len(seen)} jobs at once"
+        assert winner.flight is not None
+        assert winner.flight.task == one.id
+        assert loser.flight is None
+        assert (await first.tasks.store.get(one.id)).state == "assigned"
+        assert (await first.tasks.store.get(two.id)).state == "queued"  # not sent by the loser
+        # The arm answers at once: its busy and available find the job already recorded.
+        await winner.on_status(names.status, b'{"status": "busy"}', False)
+        await winner.on_status(names.status, b'{"status": "available"}', False)
+        done = await first.tasks.store.get(one.id)
+        assert (done.state, done.reason) == ("done", "")
+    finally:
+        stop.set()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await first.stop()
+        await second.stop()
+
+
+def test_the_loser_of_a_claim_sends_nothing(tmp_path: Path) -> None:
+    asyncio.run(_race(tmp_path))
