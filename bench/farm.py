@@ -103,12 +103,27 @@ def baseline(names: Names, stop: threading.Event) -> None:
 
 
 def latencies(sent: list[float], arrivals: list[float]) -> list[float]:
-    if len(arrivals) < len(sent):
-        raise RuntimeError(f"only {len(arrivals)} of {len(sent)} take jobs arrived")
+    """Latency of each take job that arrived (in order); missing ones are reported apart."""
     return [(a - s) * 1000 for s, a in zip(sent, arrivals, strict=False)]
 
 
+def shortfall(name: str, sent: list[float], arrivals: list[float], ended: float) -> None:
+    """A run that stalled, as figures: how many take jobs never came, and for how long
+    none had come when the wait ended."""
+    missing = len(sent) - len(arrivals)
+    if missing <= 0:
+        return
+    last = arrivals[-1] if arrivals else sent[0]
+    print(
+        f"{name:40} STALLED: {missing} of {len(sent)} take jobs missing, "
+        f"none for the last {ended - last:.1f} s"
+    )
+
+
 def describe(name: str, values: list[float]) -> tuple[float, float]:
+    if not values:
+        print(f"{name:40} {'-':>8} {'-':>8} {'-':>8} {0:6}")
+        return float("nan"), float("nan")
     ordered = sorted(values)
     p50 = statistics.median(ordered)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -116,10 +131,12 @@ def describe(name: str, values: list[float]) -> tuple[float, float]:
     return p50, p99
 
 
-def wait_for(arrivals: list[float], count: int, limit: float = 120) -> None:
+def wait_for(arrivals: list[float], count: int, limit: float = 120) -> float:
+    """Until `count` arrivals or `limit` s; when the wait ended (perf_counter)."""
     deadline = time.monotonic() + limit
     while len(arrivals) < count and time.monotonic() < deadline:
         time.sleep(0.1)
+    return time.perf_counter()
 
 
 def main() -> None:
@@ -146,11 +163,12 @@ def main() -> None:
     worker.start()
     time.sleep(0.5)
     sent = send(names.ready, printers, args.messages, args.rate)
-    wait_for(clock.arrivals, len(sent))
+    ended = wait_for(clock.arrivals, len(sent))
     stop.set()
     worker.join(timeout=10)
     clock.stop()
     base = describe("minimal pika + paho consumer", latencies(sent, clock.arrivals))
+    shortfall("minimal pika + paho consumer", sent, clock.arrivals, ended)
 
     # corral, as a process, with the arm simulator doing each job in 10 ms.
     names = Names.fresh()
@@ -166,11 +184,11 @@ def main() -> None:
             with arm(names, Path(home) / "arm.jsonl", work=0.01):
                 time.sleep(1.0)
                 sent = send(names.ready, printers, args.messages, args.rate)
-                wait_for(clock.arrivals, len(sent))
+                ended = wait_for(clock.arrivals, len(sent))
             clock.stop()
-            ours = describe(
-                "corral (stored tasks, bed choice, arm)", latencies(sent, clock.arrivals)
-            )
+            name = "corral (stored tasks, bed choice, arm)"
+            ours = describe(name, latencies(sent, clock.arrivals))
+            shortfall(name, sent, clock.arrivals, ended)
         finally:
             serve.stop()
     print(f"ratio corral/minimal: p50 {ours[0] / base[0]:.2f}x, p99 {ours[1] / base[1]:.2f}x")
