@@ -136,7 +136,15 @@ def test_dhr_arm_through_broker_restarts_a_lost_job_and_a_sigkill(
 
         ready(11, 12, 13, 14)  # Mosquitto restarted mid-job
         mid_job()
-        mosquitto.restart()
+        mosquitto.stop()
+        with api() as client:  # the wait is visible while the broker is away
+            wait_until(
+                lambda: (client.get("/farm/arm").json()["blocked"] or "").startswith(
+                    "waiting for the MQTT broker mqtt since "
+                ),
+                "the broker wait shown",
+            )
+        mosquitto.start()
         done_reaches(8, "printers 11-14 done after a Mosquitto restart mid-job")
 
         mosquitto.restart()  # ... and with nothing in flight, work arriving at once
