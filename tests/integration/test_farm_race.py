@@ -1,6 +1,7 @@
-"""Two arm dispatchers on one store (as two replicas in an overlap would be), on the
-machine's Mosquitto: the loser of the conditional queued -> assigned move sends nothing and
-does not go on to the next task; a status from the arm finds the winner's job recorded.
+"""Two arm dispatchers on one store (as two replicas in an overlap, or a takeover, would
+be), on the machine's Mosquitto: the loser of the conditional queued -> assigned move sends
+nothing and does not go on to the next task; a status from the arm finds the winner's job
+recorded; a job adopted at a takeover is never called done from a retained `available`.
 
 The race is made certain, not left to timing: the second dispatcher reads the queue and
 builds its job, then the first one claims and sends that task, then the second tries to
@@ -89,3 +90,63 @@ async def _race(tmp_path: Path) -> None:
 
 def test_the_loser_of_a_claim_sends_nothing(tmp_path: Path) -> None:
     asyncio.run(_race(tmp_path))
+
+
+async def _takeover(tmp_path: Path) -> None:
+    names = Names.fresh()
+    settings = Settings(
+        home=tmp_path,
+        local_docker_url="",
+        mdns_enabled=False,
+        farm_job_timeout_seconds=1,
+        **names.settings(),
+    )
+    old, new = Core(settings), Core(settings)
+    await old.start(background=False)
+    await new.start(background=False)
+    stop_old, stop_new = asyncio.Event(), asyncio.Event()
+    seen: list[dict[str, Any]] = []
+    listening = asyncio.Event()
+    watcher = asyncio.create_task(_jobs_seen(names.job, seen, listening))
+    up = asyncio.Event()
+    old.links["mqtt"].on_up.append(up.set)
+    old_link = asyncio.create_task(old.links["mqtt"].run(stop_old))
+    new_work: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        await asyncio.wait_for(up.wait(), 10)
+        task = await old.tasks.create("homing", "robot_arm", {}, 0, 1, "test")
+        await old.farm.dispatch._tick()  # the old leader sends it, then is gone
+        stop_old.set()
+        await old_link
+        # Someone left a retained "available" on the status topic (the seed's README
+        # suggests pushing one by hand): the new leader's subscription receives it.
+        async with aiomqtt.Client("127.0.0.1", 1883) as client:
+            await client.publish(names.status, b'{"status": "available"}', qos=1, retain=True)
+        new_work = [
+            asyncio.create_task(new.links["mqtt"].run(stop_new)),
+            asyncio.create_task(new.farm.dispatch.run(stop_new)),
+        ]
+        for _ in range(100):
+            ended = await new.tasks.store.get(task.id)
+            if ended.state not in ("assigned", "running"):
+                break
+            await asyncio.sleep(0.1)
+        assert ended.state == "failed"  # never done: nobody saw the arm do it
+        assert ended.reason.startswith("unconfirmed: ")
+        assert len(seen) == 1  # and never sent twice
+    finally:
+        async with aiomqtt.Client("127.0.0.1", 1883) as client:
+            await client.publish(names.status, b"", qos=1, retain=True)  # clear it
+        stop_old.set()
+        stop_new.set()
+        watcher.cancel()
+        await asyncio.gather(watcher, old_link, *new_work, return_exceptions=True)
+        await old.stop()
+        await new.stop()
+
+
+def test_a_job_adopted_at_a_takeover_is_not_done_by_a_retained_available(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_takeover(tmp_path))
