@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError
@@ -29,6 +30,7 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid",
     429: "too_many_requests",
+    503: "unavailable",
 }
 
 
@@ -67,6 +69,19 @@ def validation_detail(exc: RequestValidationError) -> list[dict[str, str]]:
     ]
 
 
+def _database_away(exc: DBAPIError) -> bool:
+    """The database cannot be reached or is going down or starting up (not a bad query)."""
+    if exc.connection_invalidated:
+        return True
+    cause: BaseException | None = exc.orig
+    while cause is not None:
+        code = getattr(cause, "sqlstate", None)
+        if isinstance(cause, OSError) or (isinstance(code, str) and code[:2] in ("08", "57")):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
@@ -95,5 +110,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, ConnectionError) or (
+            isinstance(exc, DBAPIError) and _database_away(exc)
+        ):
+            # the database went away (a restart, a failover): the next request reconnects
+            log.warning("database connection lost", path=request.url.path, error=str(exc))
+            return error_response(
+                503,
+                "unavailable",
+                "the database connection was lost; retry",
+                headers={"Retry-After": "1"},
+            )
         log.exception("unhandled error", path=request.url.path, method=request.method)
         return error_response(500, "internal", "internal error; the server log has the details")
