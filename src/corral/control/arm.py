@@ -138,7 +138,7 @@ class ArmDispatcher:
                 if flight.gap
                 else f"{self.arm} said available without taking the job (it was not free)"
             )
-        quiet = f"{self.arm} said nothing for {self.timeout:g} s"
+        quiet = f"{self.arm} said nothing for {flight.timeout:g} s"
         if flight.busy and flight.gap:
             return f"{quiet} after busy and a gap that hid its available: presumed done"
         if flight.busy:
@@ -194,7 +194,7 @@ class ArmDispatcher:
                 self.flight = None  # it ended meanwhile
             elif not flight.sent:
                 await self._send(task, dict(task.params.get("job") or {}), first=False)
-            elif now - flight.quiet_since > task.timeout_s:
+            elif now - flight.quiet_since > flight.timeout:
                 await self._apply(flight, after_silence(flight), "silence")
             return
         if self.word in ("busy", "error") and now - self.word_since < self.timeout:
@@ -209,6 +209,7 @@ class ArmDispatcher:
                 busy=stray.state == "running",
                 gap=stray.sent_at is not None,
                 sent=stray.sent_at is not None,
+                timeout=stray.timeout_s,
             )
             log.info("job in flight adopted", task=stray.id, state=stray.state)
             return
@@ -251,7 +252,7 @@ class ArmDispatcher:
                 return
             task = claimed
         # Recorded before it goes out: an answer that comes back at once is matched.
-        flight = self.flight = Flight(task.id, time.monotonic())
+        flight = self.flight = Flight(task.id, time.monotonic(), timeout=task.timeout_s)
         try:
             await self.mqtt.publish(self.settings.farm_job_topic, json.dumps(job).encode())
         except NotSent:
@@ -293,7 +294,7 @@ class ArmDispatcher:
             doing = "working on it (busy)" if flight.busy else "sent, no answer yet"
             if not flight.sent:
                 doing = "not sent yet"
-            verdict = wall(flight.quiet_since + self.timeout)
+            verdict = wall(flight.quiet_since + flight.timeout)
             return since, (
                 f"waiting for the arm since {_iso(since)}: task {flight.task} {doing}"
                 + (", words may have been lost (gap)" if flight.gap else "")

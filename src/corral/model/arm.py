@@ -23,6 +23,7 @@ class Flight:
     busy: bool = False  # the arm said busy since the send (or the task was stored running)
     gap: bool = False  # since the send, words may have been lost: link lost, corral restarted
     sent: bool = True  # False: claimed in the store, but the publish did not go out
+    timeout: float = 600.0  # the task's: silence longer than this gets a verdict
 
 
 def after_word(flight: Flight, status: str) -> Outcome:
