@@ -4,7 +4,8 @@ the job's end by the in-flight rule (model/arm.py), and says what it is waiting 
 Run by the leader (core); the farm service (control/farm.py) hands it the arm's tasks.
 Every send is preceded by one store write that claims the task (`_claim`): the queued ->
 assigned move for a first send, the sent mark for a resend. A dispatcher whose claim does
-not go through sends nothing.
+not go through sends nothing; the claim proves the leadership term, and the lease is
+checked again right before the publish, so a replica that lost the lead sends nothing.
 """
 
 import asyncio
@@ -253,6 +254,7 @@ class ArmDispatcher:
             task = claimed
         # Recorded before it goes out: an answer that comes back at once is matched.
         flight = self.flight = Flight(task.id, time.monotonic(), timeout=task.timeout_s)
+        self.store.db.term.confirm()  # the claim proved the term; the lease still holds
         try:
             await self.mqtt.publish(self.settings.farm_job_topic, json.dumps(job).encode())
         except NotSent:

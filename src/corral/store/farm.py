@@ -1,7 +1,9 @@
 """Stored farm: printers, racks, beds, printer state history, and the farm's task writes
 that must happen in one transaction with them (a ready message, a job's effects).
 
-Used by the farm service and the farm routes.
+Used by the farm service and the farm routes. The dispatcher's writes (a ready message, a
+bed reserved, a job's effects, a printer's state) are leader-only: each proves the
+leadership term.
 """
 
 from dataclasses import dataclass, field
@@ -109,7 +111,7 @@ class FarmStore:
             return printer_view(row)
 
     async def set_printer_state(self, id: str, state: str) -> tuple[PrinterView, bool]:
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(PrinterRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"printer {id!r} not found", {"printer": id})
@@ -233,7 +235,7 @@ class FarmStore:
         nearest clean bed reserved) and its state; nothing when it already has them. An
         unknown printer is added (door printer<id>, bed type `add_as`) when `add_as` is
         given, refused otherwise."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(PrinterRow, printer, with_for_update=True)
             added = row is None and add_as is not None
             if row is None and add_as is not None:
@@ -299,7 +301,7 @@ class FarmStore:
     async def job_for(self, task: int, arm: str) -> tuple[dict[str, Any], str | None]:
         """The job message for a task about to be sent (reserving a bed for a replace that
         has none yet), or (None, why) when it cannot be sent now."""
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             row = await s.get(TaskRow, task, with_for_update=True)
             if row is None:
                 raise NotFound(f"task {task} not found")
@@ -327,7 +329,7 @@ class FarmStore:
         """Apply a done job to the farm; what changed, for events."""
         notes: list[str] = []
         printer_id = str(task.params.get("printer_id") or "")
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             printer = await s.get(PrinterRow, printer_id, with_for_update=True)
             if task.kind == "take" and printer is not None:
                 if printer.bed:
@@ -356,7 +358,7 @@ class FarmStore:
         bed_id = task.params.get("bed_id")
         if task.kind != "replace" or not bed_id:
             return
-        async with self.db.session() as s:
+        async with self.db.fenced() as s:
             bed = await s.get(BedRow, str(bed_id))
             if bed is not None and bed.reserved_for == task.params.get("printer_id"):
                 bed.reserved_for = None

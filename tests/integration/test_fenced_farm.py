@@ -1,0 +1,155 @@
+"""The print farm on two `corral serve` replicas sharing one PostgreSQL, while the leader's
+lock backend is terminated from PostgreSQL ten times during a steady stream of ready
+messages, and once more while the leader is paused by SIGSTOP.
+
+The arm behaves as DHR's (tests/support/dhr_arm.py: ignores and counts jobs that come while
+it is busy). What a user checks: no job while the arm was busy, every printer one take then
+one replace, and no task done in the store that the arm did not carry out. Durations (how
+long until a leader is back, the overlap of an old and a new term) are printed, not asserted.
+"""
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.brokers import AMQP_URL
+from tests.support.dhr_arm import DhrArm
+from tests.support.farm import Names, finish
+from tests.support.leadership import cut_lock, leaders, overlaps, wait_for_new_leader
+from tests.support.private_brokers import PrivateMosquitto
+from tests.support.server import ADMIN, ServeProcess, wait_until
+
+PRINTERS = 80
+CUTS = 11  # the sixth finds the leader paused
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    broker = PrivateMosquitto(tmp_path).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _layout(api: httpx.Client) -> dict[int, int]:
+    """Numeric ids as the seed's: printer N holds bed 500+N, spare clean beds 801... in a
+    rack. Returns printer -> the bed in it."""
+    api.put("/farm/racks/1", json={"position": 0, "slots": 1000}).raise_for_status()
+    for i in range(PRINTERS):
+        api.put(
+            f"/farm/beds/{801 + i}", json={"type": "pei", "rack": "1", "slot": i + 1}
+        ).raise_for_status()
+    inside = {}
+    for printer in range(1, PRINTERS + 1):
+        bed = 500 + printer
+        api.put(f"/farm/beds/{bed}", json={"type": "pei", "state": "with_part"}).raise_for_status()
+        api.put(
+            f"/farm/printers/{printer}",
+            json={"door": f"printer{printer}", "bed_type": "pei", "bed": str(bed)},
+        ).raise_for_status()
+        inside[printer] = bed
+    return inside
+
+
+def _stream(names: Names, stop: threading.Event) -> None:
+    """A printer finishes every 0.2 s (5 ready messages a second)."""
+    for printer in range(1, PRINTERS + 1):
+        if stop.is_set():
+            return
+        finish([str(printer)], url=AMQP_URL, queue=names.ready)
+        time.sleep(0.2)
+
+
+def _settled(api: httpx.Client) -> bool:
+    tasks = api.get("/tasks", params={"limit": 5000}).json()
+    ended = [t for t in tasks if t["state"] in ("done", "failed", "cancelled")]
+    return len(tasks) == 2 * PRINTERS and len(ended) == len(tasks)
+
+
+def test_the_farm_does_each_job_once_across_eleven_cuts_of_its_leader(
+    tmp_path: Path, pg_url: str, mosquitto: PrivateMosquitto
+) -> None:
+    names = Names.fresh()
+    env = {
+        **names.env(),
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_DATABASE_URL": pg_url,
+        "CORRAL_LOCAL_DOCKER_URL": "",
+        "CORRAL_MDNS_ENABLED": "false",
+        "CORRAL_REPLICA_POLL_SECONDS": "0.5",
+        "CORRAL_FARM_JOB_TIMEOUT_SECONDS": "5",
+        "CORRAL_BROKERS": f'{{"amqp": "{AMQP_URL}", "mqtt": "{mosquitto.url}"}}',
+    }
+    replicas = [ServeProcess(tmp_path / name, env).start() for name in ("a", "b")]
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    clients = [httpx.Client(base_url=r.url, headers=headers, timeout=30) for r in replicas]
+    by_url = {r.url: r for r in replicas}
+    api = clients[0]
+    arm = DhrArm(mosquitto.port, 0.1, names.job, names.status).start()
+    stop = threading.Event()
+    try:
+        wait_until(lambda: len(leaders(api)) == 1, "a replica leads", 30)
+        wait_until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers")
+        wait_until(arm.subscribed, "the arm connected")
+        inside = _layout(api)
+        stream = threading.Thread(target=_stream, args=(names, stop), daemon=True)
+        stream.start()
+        back: list[float] = []
+        for cut in range(CUTS):
+            time.sleep(1.5)  # work under way
+            leader = wait_for_new_leader(api, 0)
+            process = by_url[leader["url"]].proc
+            assert process is not None
+            paused = cut == 5
+            if paused:
+                os.kill(process.pid, signal.SIGSTOP)
+            try:
+                assert cut_lock(pg_url, leader["id"]) == 1, "the leader's lock backend"
+                began = time.monotonic()
+                other = next(c for c in clients if c.base_url != leader["url"])
+                wait_for_new_leader(other, leader["term"])
+                back.append(round(time.monotonic() - began, 2))
+            finally:
+                if paused:
+                    time.sleep(1)  # the new leader acts while the old one is frozen
+                    os.kill(process.pid, signal.SIGCONT)
+        print(f"leader back after each cut (s): {back}")
+        stream.join(60)
+        wait_until(lambda: _settled(api), "every task ended", 240)
+        time.sleep(1)  # a late job would show in the arm's record
+        print(f"overlaps (s): {overlaps(api)}")
+        tasks = api.get("/tasks", params={"limit": 5000}).json()
+        _check(arm, inside, tasks)
+    finally:
+        stop.set()
+        arm.stop()
+        for client in clients:
+            client.close()
+        for replica in replicas:
+            replica.stop()
+
+
+def _check(arm: DhrArm, inside: dict[int, int], tasks: list[dict[str, Any]]) -> None:
+    assert arm.record.while_busy == [], "the arm got a job while busy"
+    assert arm.record.malformed == []
+    per: dict[int, list[str]] = {}
+    for job in arm.record.done:
+        per.setdefault(job["printer_id"], []).append(
+            "take" if job["take_from_printer"] else "replace"
+        )
+    wrong = {p: kinds for p, kinds in per.items() if kinds != ["take", "replace"]}
+    assert wrong == {}, "every printer: one take, then one replace"
+    assert sorted(per) == sorted(inside), "every printer was served"
+    done_in_store = sorted(
+        (int(t["params"]["printer_id"]), t["kind"]) for t in tasks if t["state"] == "done"
+    )
+    done_by_arm = sorted((p, kind) for p, kinds in per.items() for kind in kinds)
+    assert done_in_store == done_by_arm, "a task is done exactly when the arm did its job"
+    assert [t for t in tasks if t["state"] != "done"] == []
