@@ -27,17 +27,22 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     record = tmp_path / "arm.jsonl"
     headers = {"Authorization": f"Bearer {ADMIN}"}
     try:
-        with arm(names, record, work=0.3):
+        with arm(names, record, work=0.3) as running:
             with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api:
                 inside = layout(api, printers=14, spare_beds=14)
             names.finish([f"p{i}" for i in range(10)])
             with httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api:
-                # Killed once the arm's busy is stored (docs/farm.md: the in-flight rule).
+                # Killed inside a long job, once the arm's busy is stored (docs/farm.md: the
+                # in-flight rule); the jobs before and after take 0.3 s.
                 wait_until(lambda: len(jobs(record)) >= 3, "the arm at work")
+                running.work = 2.0
+                started = len(jobs(record))
+                wait_until(lambda: len(jobs(record)) > started, "a long job under way")
                 wait_until(lambda: api.get("/tasks", params={"state": "running"}).json(), "busy")
             assert serve.proc is not None
             os.kill(serve.proc.pid, signal.SIGKILL)
             serve.stop()
+            running.work = 0.3
             names.finish([f"p{i}" for i in range(10, 14)])  # while corral is down
             time.sleep(1)
             serve.start()

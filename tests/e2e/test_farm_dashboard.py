@@ -1,12 +1,15 @@
-"""The dashboard's farm page shows what the arm dispatcher waits for: a job sent to an arm
-that never answers reads `blocked: waiting for the arm since T ...` in headless Chromium."""
+"""The dashboard's farm page and `corral farm arm` show what the arm dispatcher waits for:
+a job sent to an arm that never answers reads `blocked: waiting for the arm since T ...` in
+headless Chromium and in the CLI."""
 
+import os
+import subprocess
 from pathlib import Path
 
 from playwright.sync_api import expect
 from tests.support.browser import Guard, chromium
 from tests.support.farm import Names
-from tests.support.server import ADMIN, ThreadServer, wait_until
+from tests.support.server import ADMIN, ThreadServer, corral_command, wait_until
 
 from corral.config import Settings
 
@@ -24,6 +27,17 @@ def test_the_farm_page_shows_the_wait_on_the_arm(tmp_path: Path) -> None:
         wait_until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers")
         task = api.post("/tasks", json={"kind": "homing", "target": "robot_arm"}).json()
         wait_until(lambda: api.get("/farm/arm").json()["blocked"], "the dispatcher waiting")
+        listed = subprocess.run(
+            [*corral_command(), "farm", "arm"],
+            env={**os.environ, "CORRAL_URL": server.url, "CORRAL_TOKEN": ADMIN},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "robot_arm: sent" in listed.stdout
+        assert "blocked: waiting for the arm since " in listed.stdout
+        assert f"task {task['id']} sent, no answer yet" in listed.stdout
         guard = Guard()
         with chromium() as browser:
             page = browser.new_page()
