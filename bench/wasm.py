@@ -7,7 +7,7 @@ five ways, and of a two-step chain:
   configured as the agent configures its own (fuel, epoch deadline, memory limit), a fresh
   Instance, the call. Also, for context, a warm instance (one Store and Instance reused)
   and corral's own `Runtime.call` in-process (what the agent runs per call: a fresh Store
-  plus a WASI config and a Linker with the host functions);
+  with a WASI config, instantiated from the module linked once);
 - the agent directly: `GET /{deployment}/modules/double/double?x=21` on one `corral agent`
   process, then `GET` of the resultUrl it answers with (the device-level cost);
 - through corral: `POST /execute/{deployment}` to `corral serve` (a separate process, so the
@@ -15,16 +15,21 @@ five ways, and of a two-step chain:
   the result URL (the end-to-end cost);
 - a chain double -> add_ten over two agents, `POST /execute/{deployment}` with x=16 (42).
 
-The three HTTP measurements are interleaved (one of each per round) on persistent
-keep-alive `httpx.Client`s and every answer's value is checked; a bare `GET /health` (agent)
-and `GET /healthz` (corral) give one HTTP round trip for context. The agents are registered
-by hand (`POST /file/device/discovery/register`, no mDNS); corral runs with SQLite in a temp
-dir, log level warning. Everything listens on 127.0.0.1 free ports and is stopped by PID at
-the end, also on error. A default run takes about 3 minutes on 2 cores, most of it in the
-HTTP round trips (see bench/RESULTS.md).
+Floors, measured in the same rounds: two bare HTTP round trips to the agent (`GET /health`
+twice) and one to corral (`GET /healthz`). The agent's call is compared with two bare round
+trips plus the in-process call, and `/execute` with one corral round trip plus the agent
+called directly (sums of p50s). All HTTP measurements are interleaved (one of each per
+round) on persistent keep-alive `httpx.Client`s and every answer's value is checked.
+`--before DIR` starts a second `corral serve` and agents from another source tree (an older
+checkout's `src`, via PYTHONPATH) and interleaves its three calls too: before and after in
+one run. The agents are registered by hand (`POST /file/device/discovery/register`, no
+mDNS); corral runs with SQLite in a temp dir, log level warning. Everything listens on
+127.0.0.1 free ports and is stopped by PID at the end, also on error. A default run takes
+a few minutes on 2 cores, most of it in the HTTP round trips (see bench/RESULTS.md).
 
     .venv/bin/python bench/wasm.py                  # 500 calls each, 20 warm-up
     .venv/bin/python bench/wasm.py --calls 2000 --warmup 50
+    .venv/bin/python bench/wasm.py --calls 300 --before /tmp/corral-old/src
 """
 
 from __future__ import annotations
@@ -190,89 +195,121 @@ def deploy(api: httpx.Client, name: str, steps: list[tuple[str, str]]) -> str:
     return deployment
 
 
-def through_corral(
-    home: Path, calls: int, warmup: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """(the interleaved measurements, informational round trips), in ms."""
-    env = {
-        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
-        "CORRAL_LOCAL_DOCKER_URL": "",
-        "CORRAL_MDNS_ENABLED": "false",
-        "CORRAL_LOG_LEVEL": "warning",
-    }
-    serve = ServeProcess(home / "serve", env)
-    agents: list[AgentProcess] = []
-    try:
-        serve.start()
-        headers = {"Authorization": f"Bearer {ADMIN}"}
-        with (
-            httpx.Client(base_url=serve.url, headers=headers, timeout=30) as api,
-            httpx.Client(timeout=30) as device,
-        ):
-            for _ in range(2):
-                name = unique_name("bench")
-                token = expect(api.post("/tokens", json={"name": name, "role": "device"}), 201)
-                agent = AgentProcess(home / name, name, token=token["token"])
-                agents.append(agent)
-                agent.start()
-                registered = api.post(
-                    "/file/device/discovery/register",
-                    json={"name": name, "port": agent.port, "addresses": ["127.0.0.1"]},
-                )
-                expect(registered, 204)
+class Setup:
+    """`corral serve` and two `corral agent`s from one source tree, a one-step and a
+    two-step deployment, and the calls the bench times against them."""
 
-            def described() -> bool:
-                found = {d["name"]: d for d in expect(api.get("/file/device"), 200)}
-                return all(found.get(a.name, {}).get("description") for a in agents)
+    def __init__(self, home: Path, source: Path | None) -> None:
+        self.env = {
+            "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+            "CORRAL_LOCAL_DOCKER_URL": "",
+            "CORRAL_MDNS_ENABLED": "false",
+            "CORRAL_LOG_LEVEL": "warning",
+        }
+        if source is not None:  # the processes import corral from there
+            self.env["PYTHONPATH"] = str(source)
+        self.home = home
+        self.serve = ServeProcess(home / "serve", self.env)
+        self.agents: list[AgentProcess] = []
+        self.api = httpx.Client(timeout=30)
+        self.device = httpx.Client(timeout=30)
 
-            wait_until(described, "both agents described", 30)
-            upload(api, "double", "x")
-            upload(api, "add_ten", "x")
-            first, second = agents
-            one = deploy(api, "bench-double", [(first.name, "double")])
-            chain = deploy(api, "bench-chain", [(first.name, "double"), (second.name, "add_ten")])
-            function_url = f"{first.url}/{one}/modules/double/double"
+    def start(self) -> None:
+        self.serve.start()
+        self.api = httpx.Client(
+            base_url=self.serve.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+        )
+        api = self.api
+        for _ in range(2):
+            name = unique_name("bench")
+            token = expect(api.post("/tokens", json={"name": name, "role": "device"}), 201)
+            agent = AgentProcess(self.home / name, name, token=token["token"], env=self.env)
+            self.agents.append(agent)
+            agent.start()
+            registered = api.post(
+                "/file/device/discovery/register",
+                json={"name": name, "port": agent.port, "addresses": ["127.0.0.1"]},
+            )
+            expect(registered, 204)
 
-            def direct() -> None:
-                answer = expect(device.get(function_url, params={"x": 21}), 200)
-                result = expect(device.get(answer["resultUrl"]), 200)
-                if result["result"] != ["42", None]:
-                    raise RuntimeError(f"the agent answered {result['result']!r}")
+        def described() -> bool:
+            found = {d["name"]: d for d in expect(api.get("/file/device"), 200)}
+            return all(found.get(a.name, {}).get("description") for a in self.agents)
 
-            def execute() -> None:
-                answer = expect(api.post(f"/execute/{one}", json={"x": 21}), 200)
-                if answer["result"] != ["42", None]:
-                    raise RuntimeError(f"/execute answered {answer['result']!r}")
+        wait_until(described, "both agents described", 30)
+        upload(api, "double", "x")
+        upload(api, "add_ten", "x")
+        first, second = self.agents
+        self.one = deploy(api, "bench-double", [(first.name, "double")])
+        self.chain = deploy(api, "bench-chain", [(first.name, "double"), (second.name, "add_ten")])
+        self.function_url = f"{first.url}/{self.one}/modules/double/double"
+        self.health_url = f"{first.url}/health"
 
-            def chained() -> None:
-                answer = expect(api.post(f"/execute/{chain}", json={"x": 16}), 200)
-                if answer["result"] != ["42", None] or answer["isInFailover"]:
-                    raise RuntimeError(f"the chain answered {answer!r}")
+    def direct(self) -> None:
+        answer = expect(self.device.get(self.function_url, params={"x": 21}), 200)
+        result = expect(self.device.get(answer["resultUrl"]), 200)
+        if result["result"] != ["42", None]:
+            raise RuntimeError(f"the agent answered {result['result']!r}")
 
-            for _ in range(warmup):
-                direct()
-                execute()
-                chained()
-            measured: dict[str, list[float]] = {"direct": [], "execute": [], "chain": []}
-            steps = (("direct", direct), ("execute", execute), ("chain", chained))
-            for _ in range(calls):
-                for key, fn in steps:
-                    start = time.perf_counter_ns()
-                    fn()
-                    measured[key].append((time.perf_counter_ns() - start) / 1e6)
+    def execute(self) -> None:
+        answer = expect(self.api.post(f"/execute/{self.one}", json={"x": 21}), 200)
+        if answer["result"] != ["42", None]:
+            raise RuntimeError(f"/execute answered {answer['result']!r}")
 
-            # Informational: one bare HTTP round trip to each server (at most 200 calls).
-            health = f"{first.url}/health"
-            few = min(calls, 200)
-            rtt = {
-                "agent /health": timed(lambda: expect(device.get(health), 200), few, warmup),
-                "corral /healthz": timed(lambda: expect(api.get("/healthz"), 200), few, warmup),
-            }
-            return measured, rtt
-    finally:
-        serve.stop()
-        for agent in agents:
+    def chained(self) -> None:
+        answer = expect(self.api.post(f"/execute/{self.chain}", json={"x": 16}), 200)
+        if answer["result"] != ["42", None] or answer["isInFailover"]:
+            raise RuntimeError(f"the chain answered {answer!r}")
+
+    def agent_round_trips(self) -> None:
+        """Two bare HTTP round trips to the agent: the floor of its call's two."""
+        expect(self.device.get(self.health_url), 200)
+        expect(self.device.get(self.health_url), 200)
+
+    def corral_round_trip(self) -> None:
+        expect(self.api.get("/healthz"), 200)
+
+    def stop(self) -> None:
+        self.api.close()
+        self.device.close()
+        self.serve.stop()
+        for agent in self.agents:
             agent.stop()
+
+
+def through_corral(
+    home: Path, calls: int, warmup: int, before: Path | None
+) -> dict[str, list[float]]:
+    """Every HTTP measurement in ms, interleaved: one of each per round. With `before`, the
+    same calls against a second set of processes running that source tree."""
+    setups = {"": Setup(home / "after", None)}
+    if before is not None:
+        setups[" (before)"] = Setup(home / "before", before)
+    try:
+        for setup in setups.values():
+            setup.start()
+        steps: list[tuple[str, Callable[[], None]]] = []
+        for tag, setup in setups.items():
+            steps += [
+                (f"direct{tag}", setup.direct),
+                (f"execute{tag}", setup.execute),
+                (f"chain{tag}", setup.chained),
+            ]
+        ours = setups[""]
+        steps += [("agent rtt x2", ours.agent_round_trips), ("corral rtt", ours.corral_round_trip)]
+        for _ in range(warmup):
+            for _key, fn in steps:
+                fn()
+        measured: dict[str, list[float]] = {key: [] for key, _ in steps}
+        for _ in range(calls):
+            for key, fn in steps:
+                start = time.perf_counter_ns()
+                fn()
+                measured[key].append((time.perf_counter_ns() - start) / 1e6)
+        return measured
+    finally:
+        for setup in setups.values():
+            setup.stop()
 
 
 # --- report ------------------------------------------------------------------------------
@@ -295,6 +332,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls before each")
+    parser.add_argument(
+        "--before", type=Path, help="another source tree whose processes are timed alongside"
+    )
     args = parser.parse_args()
     if args.calls < 1 or args.warmup < 0:
         parser.error("--calls must be at least 1 and --warmup at least 0")
@@ -312,26 +352,47 @@ def main() -> None:
 
     local = in_process(args.calls, args.warmup)
     with tempfile.TemporaryDirectory(prefix="corral-bench-wasm-") as home:
-        remote, rtt = through_corral(Path(home), args.calls, args.warmup)
+        remote = through_corral(Path(home), args.calls, args.warmup, args.before)
+    with open("/proc/loadavg", encoding="utf-8") as loadavg:
+        print(f"load average at the end: {' '.join(loadavg.read().split()[:3])}")
 
     print()
     print(f"{'what (ms per call)':58} {'p50':>9} {'p95':>9} {'p99':>9} {'n':>6}")
     base = row("in-process wasmtime: fresh Store + Instance (baseline)", local["fresh"])
     warm = row("in-process wasmtime: warm instance (context)", local["warm"])
-    runtime = row("in-process corral Runtime.call: + WASI, Linker (context)", local["runtime"])
+    runtime = row("in-process corral Runtime.call: + WASI, limits (context)", local["runtime"])
     direct = row("agent directly: GET function + GET resultUrl", remote["direct"])
     execute = row("corral: POST /execute, one step", remote["execute"])
     chain = row("corral: POST /execute, chain double -> add_ten, 2 agents", remote["chain"])
-    row("one HTTP round trip: GET agent /health (context)", rtt["agent /health"])
-    row("one HTTP round trip: GET corral /healthz (context)", rtt["corral /healthz"])
+    two_rtt = row("two bare HTTP round trips: GET agent /health x2", remote["agent rtt x2"])
+    rtt = row("one bare HTTP round trip: GET corral /healthz", remote["corral rtt"])
+    if args.before is not None:
+        old_direct = row("before: agent directly", remote["direct (before)"])
+        old_execute = row("before: corral /execute, one step", remote["execute (before)"])
+        old_chain = row("before: corral /execute, chain", remote["chain (before)"])
+    agent_floor = two_rtt[0] + base[0]
+    execute_floor = rtt[0] + direct[0]
+    print()
+    print("floors (sums of the p50s of rows measured in this run)")
+    print(f"  {'agent call floor: two bare round trips + in-process call':56} {agent_floor:9.3f}")
+    print(f"  {'/execute floor: corral round trip + agent directly':56} {execute_floor:9.3f}")
     print()
     print("ratios")
+    for label, ours, floor in (
+        ("agent directly / its floor (target 1.5x)", direct[0], agent_floor),
+        ("/execute one step / its floor (target 1.5x)", execute[0], execute_floor),
+    ):
+        print(f"  {label:56} p50 {ours / floor:.2f}x")
     ratio("agent directly / in-process baseline", direct, base)
     ratio("corral /execute / in-process baseline", execute, base)
     ratio("corral /execute / agent directly", execute, direct)
     ratio("chain /execute / one-step /execute", chain, execute)
     ratio("Runtime.call / in-process baseline", runtime, base)
     ratio("in-process baseline / warm instance", base, warm)
+    if args.before is not None:
+        ratio("before / after: agent directly", old_direct, direct)
+        ratio("before / after: /execute one step", old_execute, execute)
+        ratio("before / after: /execute chain", old_chain, chain)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from corral import DEFAULT_PORT
 from corral.model.schedule import parse_schedule
-
-DEFAULT_PORT = 8750
 
 
 def _config_file() -> Path | None:

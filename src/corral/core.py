@@ -215,6 +215,7 @@ class Core:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.sessions.shutdown()
+        await self.deployments.shutdown()
         await self.device_client.close()
         self.hosts.close()
         await self.db.close()

@@ -1,7 +1,8 @@
 """wasmtime for the agent: one engine, compiled modules cached by sha256, limited calls.
 
 The server compiles deployed binaries here and runs each call in a worker thread; every
-call gets a fresh Store and instance with its own fuel, time and memory limits.
+call gets a fresh Store and instance with its own fuel, time and memory limits. The Linker
+(WASI and the host functions) is built once, and each module is linked to it once.
 """
 
 import hashlib
@@ -51,6 +52,7 @@ class CompiledModule:
     module: wasmtime.Module
     imports: tuple[tuple[str, str], ...]  # (module, name) of every import
     functions: Mapping[str, Signature]  # exported functions
+    linked: wasmtime.InstancePre | None  # imports resolved; None when some are not offered
 
 
 @dataclass
@@ -107,6 +109,10 @@ class Runtime:
         config.consume_fuel = True
         config.epoch_interruption = True
         self.engine = wasmtime.Engine(config)
+        self.linker = wasmtime.Linker(self.engine)  # store-independent: shared by calls
+        self.linker.define_wasi()  # each call's store carries its own WASI config
+        for host in self.host_functions:
+            self.linker.define_func(ENV, host.name, host.func_type(), host.func)
         self._cache: dict[str, CompiledModule] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -151,11 +157,16 @@ class Runtime:
                     tuple(_type_name(t) for t in export.type.params),
                     tuple(_type_name(t) for t in export.type.results),
                 )
+        try:
+            linked: wasmtime.InstancePre | None = self.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError:  # an import not offered: deploy names it, calls fail
+            linked = None
         compiled = CompiledModule(
             sha256=digest,
             module=module,
             imports=tuple((i.module, i.name or "") for i in module.imports),
             functions=functions,
+            linked=linked,
         )
         with self._lock:
             self._cache.setdefault(digest, compiled)
@@ -219,13 +230,12 @@ class Runtime:
         if mounts is not None:
             wasi.preopen_dir(str(mounts), "/")
         store.set_wasi(wasi)
-        linker = wasmtime.Linker(self.engine)
-        linker.define_wasi()
-        for host in self.host_functions:
-            linker.define_func(ENV, host.name, host.func_type(), host.func)
         instance: wasmtime.Instance | None = None
         try:
-            instance = linker.instantiate(store, module.module)
+            if module.linked is not None:
+                instance = module.linked.instantiate(store)
+            else:
+                instance = self.linker.instantiate(store, module.module)
             func = instance.exports(store)[function]
             if not isinstance(func, wasmtime.Func):
                 raise CallFailed(f"{function} is not a function")

@@ -29,6 +29,7 @@ from corral.model.manifests import (
     parse_manifest,
     same_function_devices,
 )
+from corral.model.views import EventView
 from corral.model.wasm_modules import execution_files
 from corral.store.modules import DeploymentStore, ModuleStore
 from corral.store.tables import DeploymentRow
@@ -60,7 +61,17 @@ class DeploymentService:
         self.bus = bus
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
+        # `deployment.executed` events, stored in batches after the answers went out
+        self._runs: list[tuple[str, str, str, dict[str, Any] | None]] = []
+        self._recorder: asyncio.Task[None] | None = None
         devices.on_active.append(self.device_back)
+        bus.watch("deployment.", self._deployment_event)
+
+    def _deployment_event(self, event: EventView) -> None:
+        """Another replica may have changed a deployment: read it again (a run changes
+        nothing stored)."""
+        if event.kind != "deployment.executed":
+            self.store.forget()
 
     def _lock(self, deployment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(deployment_id, asyncio.Lock())
@@ -309,7 +320,7 @@ class DeploymentService:
                 await self.devices.failed(first.device, str(exc))
                 continue
             outcome["isInFailover"] = in_failover
-            await self.bus.emit(
+            self._ran(
                 "deployment.executed",
                 f"deployment/{row.id}",
                 f"deployment {row.name} ran: {outcome['result']!r}",
@@ -318,6 +329,25 @@ class DeploymentService:
             return outcome
         gone = ", ".join(sorted(down))
         raise Conflict(f"deployment {row.name}: no device could run the chain (down: {gone})")
+
+    def _ran(self, kind: str, resource: str, message: str, data: dict[str, Any]) -> None:
+        """Keep a run's event to store off the answer's path (a run changes no state)."""
+        self._runs.append((kind, resource, message, data))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_runs())
+
+    async def _record_runs(self) -> None:
+        while self._runs:
+            batch, self._runs = self._runs, []
+            try:
+                await self.bus.emit_many(batch)
+            except Exception:
+                log.exception("run events not stored", count=len(batch))
+
+    async def shutdown(self) -> None:
+        """Store the run events still waiting."""
+        if self._recorder is not None:
+            await self._recorder
 
     async def _redeploy(self, row: DeploymentRow, steps: list[Placed]) -> DeploymentRow:
         async with self._lock(row.id):

@@ -2,7 +2,8 @@
 checks (inactive after N failures in a row, with a status log), goodbyes, blacklist.
 
 Core runs `run_health` and, with `mdns_enabled`, the mDNS browser; deployments ask
-`candidates` for placement and are told through `on_active` when a device comes back.
+`candidates` (kept until a device changes) for placement and are told through `on_active`
+when a device comes back.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.model.hosts import host_allowed
 from corral.model.manifests import Candidate
+from corral.model.views import EventView
 from corral.model.wasm_modules import check_wasm_name
 from corral.store.devices import DeviceStore
 from corral.store.tables import DeviceRow
@@ -67,6 +69,19 @@ class DeviceService:
         self.on_active: list[Callable[[str], Awaitable[None]]] = []
         self.browser: Browser | None = None
         self._wake = asyncio.Event()
+        # What `candidates` read, until a device changes here or on another replica
+        # (its events); `/execute` asks for it on every call.
+        self._candidates: list[Candidate] | None = None
+        self._generation = 0
+        bus.watch("device.", self._device_event)
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._candidates = None
+
+    def _device_event(self, event: EventView) -> None:
+        if event.kind != "device.log":  # a device's log line changes nothing stored here
+            self._changed()
 
     async def register(
         self,
@@ -97,7 +112,10 @@ class DeviceService:
                 f"device address {refused[0]!r} is outside device_networks",
                 {"field": "addresses", "allowed": self.settings.device_networks},
             )
-        row, before = await self.store.upsert(name, addresses, port, source, path, tls)
+        try:
+            row, before = await self.store.upsert(name, addresses, port, source, path, tls)
+        finally:
+            self._changed()
         url = device_url(row)
         if before is None:
             await self.bus.emit(
@@ -119,7 +137,10 @@ class DeviceService:
         except DeviceError as exc:
             log.warning("device description unavailable", device=row.name, error=str(exc))
             return
-        await self.store.set_description(row.name, description)
+        try:
+            await self.store.set_description(row.name, description)
+        finally:
+            self._changed()
         row.description = description
 
     @property
@@ -147,7 +168,9 @@ class DeviceService:
         if not self.accepts(name):
             return
         with contextlib.suppress(Exception):
-            if await self.store.set_status(name, "gone"):
+            gone = await self.store.set_status(name, "gone")
+            self._changed()
+            if gone:
                 await self.bus.emit(
                     "device.gone", f"device/{name}", f"device {name} said goodbye over mDNS"
                 )
@@ -174,6 +197,8 @@ class DeviceService:
         change = await self.store.checked(
             row.name, report, error, self.settings.device_failures_inactive
         )
+        if change is not None:
+            self._changed()
         if change is None:
             if fresh and row.status == "active":
                 await self._came_back(row.name)
@@ -205,19 +230,27 @@ class DeviceService:
     async def failed(self, name: str, error: str) -> None:
         """A call to the device failed: count it as a failed health check."""
         change = await self.store.checked(name, None, error, self.settings.device_failures_inactive)
+        if change is not None:
+            self._changed()
         if change and change[1] == "inactive":
             await self.bus.emit(
                 "device.inactive", f"device/{name}", f"device {name} is not answering: {error}"
             )
 
     async def blacklist(self, name: str, value: bool) -> DeviceRow:
-        row = await self.store.set_blacklisted(name, value)
+        try:
+            row = await self.store.set_blacklisted(name, value)
+        finally:
+            self._changed()
         verb = "blacklisted" if value else "unblacklisted"
         await self.bus.emit(f"device.{verb}", f"device/{name}", f"device {name} {verb}")
         return row
 
     async def remove(self, name: str | None = None) -> int:
-        count = await self.store.remove(name)
+        try:
+            count = await self.store.remove(name)
+        finally:
+            self._changed()
         if count:
             what = f"device {name}" if name else f"{count} device(s)"
             await self.bus.emit("device.removed", f"device/{name or '*'}", f"{what} removed")
@@ -232,6 +265,10 @@ class DeviceService:
         await self.browser.run(stopping)
 
     async def candidates(self) -> list[Candidate]:
+        """Every device as placement sees it (usable or why not)."""
+        if self._candidates is not None:
+            return list(self._candidates)
+        generation = self._generation
         out = []
         for row in await self.store.every():
             interfaces = tuple((row.description or {}).get("supervisorInterfaces") or ())
@@ -243,4 +280,6 @@ class DeviceService:
             elif row.description is None:
                 why = "has not described itself yet"
             out.append(Candidate(row.name, device_url(row), interfaces, not why, why))
-        return out
+        if generation == self._generation:  # no change ended while they were read
+            self._candidates = out
+        return list(out)

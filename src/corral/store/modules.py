@@ -1,7 +1,8 @@
 """Stored Wasm modules (versions by content hash, data files) and deployments.
 
 The module and deployment services are the writers; a module that a deployment uses
-cannot be deleted. Rows are returned detached.
+cannot be deleted. Rows are returned detached; deployments read by id or name are kept
+in memory until the next write (or `forget`, when another replica wrote).
 """
 
 import hashlib
@@ -150,6 +151,13 @@ class ModuleStore:
 class DeploymentStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._known: dict[str, DeploymentRow] = {}  # by id and by name; callers only read
+        self._generation = 0
+
+    def forget(self) -> None:
+        """Drop what is kept: a write here or elsewhere may have changed it."""
+        self._generation += 1
+        self._known.clear()
 
     async def create(
         self, name: str, sequence: list[dict[str, Any]], steps: list[dict[str, Any]]
@@ -180,16 +188,23 @@ class DeploymentStore:
             )
             s.add(row)
             await s.flush()
-            return row, True
+        self.forget()
+        return row, True
 
     async def get(self, ref: str) -> DeploymentRow:
+        known = self._known.get(ref)
+        if known is not None:
+            return known
+        generation = self._generation
         async with self.db.session() as s:
             row = await s.get(DeploymentRow, ref) if OBJECT_ID.match(ref) else None
             if row is None:
                 row = await s.scalar(select(DeploymentRow).where(DeploymentRow.name == ref))
             if row is None:
                 raise NotFound(f"deployment {ref!r} not found", {"deployment": ref})
-            return row
+        if generation == self._generation:  # no write ended while it was read
+            self._known[row.id] = self._known[row.name] = row
+        return row
 
     async def every(self) -> list[DeploymentRow]:
         async with self.db.session() as s:
@@ -197,14 +212,17 @@ class DeploymentStore:
             return list((await s.scalars(query)).all())
 
     async def update(self, deployment_id: str, **values: Any) -> DeploymentRow:
-        async with self.db.session() as s:
-            row = await s.get(DeploymentRow, deployment_id)
-            if row is None:
-                raise NotFound(f"deployment {deployment_id!r} not found")
-            for key, value in values.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-            return row
+        try:
+            async with self.db.session() as s:
+                row = await s.get(DeploymentRow, deployment_id)
+                if row is None:
+                    raise NotFound(f"deployment {deployment_id!r} not found")
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.updated_at = utcnow()
+        finally:
+            self.forget()
+        return row
 
     async def delete(self, deployment_id: str | None = None) -> int:
         async with self.db.session() as s:
@@ -212,4 +230,5 @@ class DeploymentStore:
             if deployment_id is not None:
                 query = query.where(DeploymentRow.id == deployment_id)
             result = await s.execute(query)
-            return int(getattr(result, "rowcount", 0))
+        self.forget()
+        return int(getattr(result, "rowcount", 0))
