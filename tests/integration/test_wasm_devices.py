@@ -22,8 +22,7 @@ def _server(tmp_path: Path, **extra: Any) -> ThreadServer:
         home=tmp_path / "corral",
         bootstrap_token=ADMIN,
         local_docker_url="",
-        device_health_seconds=0.5,
-        **extra,
+        **{"device_health_seconds": 0.5, **extra},
     )
     server = ThreadServer(settings)
     server.settings.public_url = server.url
@@ -403,3 +402,55 @@ def test_files_reach_functions_and_follow_the_chain(
         ran = api.post(f"/execute/{chain}", json={"n": 5})
         assert ran.status_code == 200, ran.text
         assert ran.json()["result"] == ["5", []]
+
+
+def test_a_device_that_moves_is_called_at_its_new_address_and_every_run_is_recorded(
+    tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    """corral keeps what a run reads in memory: a device registered again at another port
+    (still active, so no status event) must be called there on the very next run. Health
+    checks are rare here, so none of them notices the move first."""
+    server = _server(tmp_path, device_health_seconds=3600)
+    with server, server.client() as api:
+        name = unique_name("moves")
+        token = _token(api, name)
+        first = AgentProcess(tmp_path / name, name, token=token)
+        agents.append(first.start())
+
+        def register(agent: AgentProcess) -> None:
+            registered = api.post(
+                "/file/device/discovery/register",
+                json={"name": name, "port": agent.port, "addresses": ["127.0.0.1"]},
+            )
+            assert registered.status_code == 204, registered.text
+
+        register(first)
+        wait_until(lambda: _devices(api)[name]["description"], "device described", 30)
+        _upload(api, "double")
+        double = _deploy(
+            api, {"name": "double", "sequence": [{"module": "double", "func": "double"}]}
+        )
+        ran = api.post(f"/execute/{double}", json={"p0": 21})
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["fetched_from_device"] == f"127.0.0.1:{first.port}"
+
+        # the same device (its home, its saved deployment) on another port
+        moved = AgentProcess(tmp_path / name, name, token=token)
+        agents.append(moved.start())
+        assert moved.port != first.port
+        register(moved)
+        first.stop()
+        ran = api.post(f"/execute/{double}", json={"p0": 21})
+        assert ran.status_code == 200, ran.text
+        assert ran.json() == {
+            "result": ["42", None],
+            "fetched_from_device": f"127.0.0.1:{moved.port}",
+            "resultUrl": ran.json()["resultUrl"],
+            "isInFailover": False,
+        }
+
+        def runs() -> int:
+            found = api.get("/events", params={"kind": "deployment.executed", "limit": 10})
+            return len(found.json())
+
+        wait_until(lambda: runs() == 2, "both runs recorded", 10)
