@@ -183,11 +183,11 @@ class HostService:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def container_logs(
-        self, host: str, container_id: str, tail: int, follow: bool
+        self, host: str, container_id: str, tail: int, follow: bool, since: float | None = None
     ) -> AsyncIterator[bytes]:
         """A container's output as it comes, read in the hosts' thread pool."""
         driver = await self.driver(host)
-        chunks = await self.call(lambda: iter(driver.logs(container_id, tail, follow)))
+        chunks = await self.call(lambda: iter(driver.logs(container_id, tail, follow, since)))
         while True:
             chunk = await self.call(next, chunks, None)
             if not isinstance(chunk, bytes):

@@ -674,9 +674,36 @@ class StackService:
         live = [s for s in slots if s.container_id and s.host]
         if not live:
             raise Conflict(f"service {service} of stack {name} has no container yet")
-        slot = live[0]
-        async for chunk in self.hosts.container_logs(slot.host, slot.container_id, tail, follow):
-            yield chunk
+        where: tuple[str, str] | None = (live[0].host, live[0].container_id)
+        since: float | None = None
+        while where is not None:
+            host, container = where
+            said = False
+            async for chunk in self.hosts.container_logs(host, container, tail, follow, since):
+                said = True
+                yield chunk
+            if not follow:
+                return
+            # The container stopped: follow its next run (corral restarts it within its
+            # back-off and a pass), from where the last output ended; none: the stream ends.
+            if said or since is None:
+                since, tail = time.time(), -1
+            where = await self._running_again(name, service)
+
+    async def _running_again(self, name: str, service: str) -> tuple[str, str] | None:
+        """(host, container) of the service's first replica once it runs again; None when
+        it does not within the longest back-off and a pass (stopped, or gone)."""
+        deadline = time.monotonic() + BACKOFF_MAX + self.settings.stack_resync_seconds + 5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            try:
+                slots = await self.store.slots(name)
+            except NotFound:
+                return None
+            for slot in slots:
+                if slot.service == service and slot.state == "running" and slot.container_id:
+                    return slot.host, slot.container_id
+        return None
 
     # ------------------------------------------------------------------ loops
     def poke(self, name: str) -> None:

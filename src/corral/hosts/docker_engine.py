@@ -441,10 +441,18 @@ class DockerEngine:
         with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
             self._api.remove_container(container_id, force=True, v=True)
 
-    def logs(self, container_id: str, tail: int, follow: bool) -> Iterator[bytes]:
+    def logs(
+        self, container_id: str, tail: int, follow: bool, since: float | None = None
+    ) -> Iterator[bytes]:
+        options: dict[str, Any] = {"since": since} if since is not None else {}
         with _engine_errors(self.spec.name):
             yield from self._api.logs(
-                container_id, stream=True, follow=follow, tail=tail, timestamps=False
+                container_id,
+                stream=True,
+                follow=follow,
+                tail=tail if tail >= 0 else "all",
+                timestamps=False,
+                **options,
             )
 
     # ------------------------------------------------------------ swarm (on a manager)

@@ -67,7 +67,11 @@ class HostDriver(Protocol):
 
     def remove(self, container_id: str) -> None: ...
 
-    def logs(self, container_id: str, tail: int, follow: bool) -> Iterator[bytes]: ...
+    def logs(
+        self, container_id: str, tail: int, follow: bool, since: float | None = None
+    ) -> Iterator[bytes]:
+        """Output: the last `tail` lines (-1: all) written after `since` (epoch seconds)."""
+        ...
 
     def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
         """Container events as they happen, until the connection drops."""
