@@ -35,6 +35,7 @@ from corral.store.modules import DeploymentStore, ModuleStore
 from corral.store.tables import DeploymentRow
 
 log = structlog.get_logger("corral.deployments")
+RUNS_GATHER_SECONDS = 0.2  # how long run events wait for others to be stored with
 
 
 class ExecutionFailed(CorralError):
@@ -337,6 +338,7 @@ class DeploymentService:
             self._recorder = asyncio.create_task(self._record_runs())
 
     async def _record_runs(self) -> None:
+        await asyncio.sleep(RUNS_GATHER_SECONDS)  # runs that follow share the transaction
         while self._runs:
             batch, self._runs = self._runs, []
             try:
