@@ -767,12 +767,6 @@ class StackService:
         expected = self._stopping.pop(container, 0) > time.monotonic()
         if action == "die" and not expected:
             code = attrs.get("exitCode", "?")
-            await self.bus.emit(
-                "container.died",
-                f"stack/{stack}/{service}",
-                f"{container} on {host} exited with code {code}",
-                {"container": container, "host": host, "exit_code": code},
-            )
             # Restart after a back-off (0.1 s, doubling to 10 s), without holding up the
             # other engines' events.
             ran = time.monotonic() - self._started_at.get(container, 0.0)
@@ -782,6 +776,12 @@ class StackService:
                 else self._backoff.get(container, BACKOFF_START)
             )
             self._backoff[container] = min(delay * 2, BACKOFF_MAX)
+            await self.bus.emit(
+                "container.died",
+                f"stack/{stack}/{service}",
+                f"{container} on {host} exited with code {code}; next start in {delay:g} s",
+                {"container": container, "host": host, "exit_code": code, "restart_in": delay},
+            )
             asyncio.get_running_loop().call_later(delay, self.poke, stack)
             return
         if action == "start":
