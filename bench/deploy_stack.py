@@ -401,7 +401,7 @@ def corral_server(home: Path, clients: dict[str, docker.DockerClient]) -> Iterat
         hosts = {
             "hosts": [
                 {"name": "edge", "url": LOCAL_URL, "labels": {"role": "edge"}},
-                {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}},
+                {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}, "insecure": True},
             ]
         }
         answer = api.put("/hosts", json=hosts)

@@ -28,7 +28,9 @@ from tests.support.engines import (  # noqa: E402
     build_busybox_image,
     ensure_local_engine,
     ensure_swarm,
+    hold_robot,
     leave_swarm,
+    release_robot,
 )
 
 FOLDER_MARKERS = ("unit", "integration", "e2e")
@@ -61,15 +63,19 @@ def local_engine() -> str:
 def robot_engine() -> Iterator[RobotEngine]:
     """The robot dockerd in netns corral-robot at 10.231.0.2:2375, with local/busybox:1.
 
-    Torn down (dockerd stopped, namespace deleted, images kept) when the session ends.
-    Under pytest-xdist the workers share it and the controller tears it down at the end.
+    Torn down (dockerd stopped, namespace deleted, images kept) when the session ends,
+    unless another pytest session on the machine still uses it. Under pytest-xdist the
+    workers share it and the controller (their parent) tears it down at the end.
     """
+    worker = "PYTEST_XDIST_WORKER" in os.environ
+    owner = os.getppid() if worker else os.getpid()
+    hold_robot(owner)
     engine = RobotEngine().setup()
     try:
         build_busybox_image(engine.url)
         yield engine
     finally:
-        if "PYTEST_XDIST_WORKER" not in os.environ:
+        if not worker and release_robot(owner):
             engine.teardown()
 
 
@@ -87,7 +93,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     xdist_controller = not hasattr(session.config, "workerinput") and (
         session.config.getoption("dist", "no") != "no"
     )
-    if xdist_controller and NETNS_PATH.exists():
+    if xdist_controller and NETNS_PATH.exists() and release_robot(os.getpid()):
         RobotEngine().teardown()
 
 

@@ -42,6 +42,7 @@ from corral.store.database import Database
 from corral.store.devices import DeviceStore
 from corral.store.events import EventStore
 from corral.store.farm import FarmStore
+from corral.store.files import secure_state
 from corral.store.fleet import FleetStore
 from corral.store.hosts import HostStore
 from corral.store.modules import DeploymentStore, ModuleStore
@@ -107,13 +108,19 @@ class Core:
         self.started_at = utcnow()
         self.stopping = asyncio.Event()
         self.first_admin_token: str | None = None
+        self.admin_from_env = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, background: bool = True) -> None:
         """Migrate, bootstrap the admin token, register hosts, start the loops."""
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        fixed = secure_state(self.settings.home, self.db.file)
         await self.db.migrate()
-        self.first_admin_token = await self.access.bootstrap(self.settings.bootstrap_token)
+        for line in fixed:
+            await self.bus.emit("corral.state_fixed", "corral", f"made private: {line}")
+        made = await self.access.bootstrap(self.settings.bootstrap_token)
+        # A token given in the environment is the user's already: never printed or logged.
+        self.admin_from_env = made is not None and self.settings.bootstrap_token is not None
+        self.first_admin_token = None if self.admin_from_env else made
         if self.settings.hosts_file is not None:
             text = self.settings.hosts_file.read_text()
             specs = parse_hosts_file(text, str(self.settings.hosts_file))
@@ -128,6 +135,7 @@ class Core:
             log.info("farm file applied", file=str(self.settings.farm_file), changed=changed)
         with contextlib.suppress(NotFound):
             await self.hosts.register_local(self.settings.local_docker_url)
+        await self.hosts.warn_insecure()
         if self.settings.templates_dir is not None:
             added = await self.sessions.load_folder(self.settings.templates_dir)
             log.info("templates added", folder=str(self.settings.templates_dir), names=added)

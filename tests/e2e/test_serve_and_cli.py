@@ -36,7 +36,9 @@ def test_serve_hosts_cli_and_restart(
         assert f"{serve.url}/docs" in serve.output()
         assert f"{serve.url}/ui/" in serve.output()
 
-        added = serve.cli("host", "add", "robot", ROBOT_URL, "--label", "role=robot", token=token)
+        added = serve.cli(
+            "host", "add", "robot", ROBOT_URL, "--label", "role=robot", "--insecure", token=token
+        )
         assert added.returncode == 0, added.stderr
         listing = serve.cli("host", "ls", token=token)
         assert listing.returncode == 0, listing.stderr
@@ -80,7 +82,9 @@ def test_serve_hosts_cli_and_restart(
         finally:
             follower.terminate()
             follower.communicate(timeout=10)
-        readd = serve.cli("host", "add", "robot", ROBOT_URL, "-l", "role=robot", token=token)
+        readd = serve.cli(
+            "host", "add", "robot", ROBOT_URL, "-l", "role=robot", "--insecure", token=token
+        )
         assert readd.returncode == 0, readd.stderr
 
         login = serve.cli("login", "--url", serve.url, "--token", token)

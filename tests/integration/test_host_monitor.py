@@ -40,7 +40,8 @@ def _wait_for(check: object, timeout: float) -> None:
 def test_robot_engine_goes_and_comes_back(server: ThreadServer, robot_engine: RobotEngine) -> None:
     with server.client() as api:
         added = api.post(
-            "/hosts", json={"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}}
+            "/hosts",
+            json={"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}, "insecure": True},
         )
         assert added.status_code == 201, added.text
         robot = added.json()

@@ -230,6 +230,53 @@ services:
         assert api.delete("/stacks/copy").json() == {"removed_containers": 1}
 
 
+def test_a_build_gets_its_base_image_from_another_host(
+    server: ThreadServer, tmp_path: Path
+) -> None:
+    base, built = "local/edge-only-base:1", "local/built-on-robot:1"
+    for url in (LOCAL_URL, ROBOT_URL):
+        _docker(url, "rmi", "-f", built)
+    _docker(ROBOT_URL, "rmi", "-f", base)
+    assert _docker(LOCAL_URL, "tag", "local/busybox:1", base).returncode == 0
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "Dockerfile").write_text(
+        f'ARG BASE={base}\nFROM $BASE\nCMD ["sleep", "300"]\n'
+    )
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "Dockerfile").write_text("FROM local/nowhere-at-all:1\n")
+    stack = f"""
+services:
+  probe:
+    image: {built}
+    build: ./img
+    deploy:
+      placement:
+        constraints: [node.labels.role == robot]
+"""
+    with server.client() as api:
+        body = {"name": "bases", "file": stack, "base_dir": str(tmp_path)}
+        response = api.post("/stacks", json=body, timeout=300)
+        assert response.status_code == 201, response.text
+        slot = _by_service(response.json())["probe"]
+        assert (slot["host"], slot["state"]) == ("robot", "running"), slot
+        assert _docker(ROBOT_URL, "image", "inspect", base).returncode == 0
+        events = api.get("/events", params={"resource": "stack/bases/*"}).json()
+        messages = [e["message"] for e in events]
+        assert f"copying {base} from edge to robot" in messages
+        assert f"building {built} on robot" in messages
+        assert api.delete("/stacks/bases").json() == {"removed_containers": 1}
+
+        missing = stack.replace(built, "local/never-built-base:1").replace("./img", "./gone")
+        body = {"name": "nobase", "file": missing, "base_dir": str(tmp_path)}
+        refused = api.post("/stacks", json=body, timeout=300)
+        assert refused.status_code == 422, refused.text
+        message = refused.json()["error"]["message"]
+        assert "base image local/nowhere-at-all:1 (FROM on line 1 of" in message
+        assert "is on no reachable host" in message
+    for url in (LOCAL_URL, ROBOT_URL):
+        _docker(url, "rmi", "-f", built, base)
+
+
 BAD_FILES = [
     ("services:\n  a:\n    image: local/busybox:1\n    colour: red\n", "line 4", "colour"),
     (

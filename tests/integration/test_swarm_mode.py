@@ -326,7 +326,7 @@ def test_swarm_mode_needs_a_manager(
         host_refresh_seconds=1.0,
     )
     with ThreadServer(settings) as running, running.client() as api:
-        hosts = {"hosts": [{"name": "robot", "url": ROBOT_URL}]}
+        hosts = {"hosts": [{"name": "robot", "url": ROBOT_URL, "insecure": True}]}
         assert api.put("/hosts", json=hosts).status_code == 200
         _wait(lambda: bool(api.get("/hosts").json()[0]["facts"]), 30, "robot probed")
         body = {"name": "lonely", "file": STACK_FILE.format(image="local/busybox:1")}

@@ -29,7 +29,8 @@ ROBOT_URL = f"tcp://{ROBOT_ADDR}:{ROBOT_PORT}"
 TWO_HOSTS = {
     "hosts": [
         {"name": "edge", "url": LOCAL_URL, "labels": {"role": "edge"}},
-        {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}},
+        # Plain tcp:// off this machine (the robot's namespace): accepted explicitly.
+        {"name": "robot", "url": ROBOT_URL, "labels": {"role": "robot"}, "insecure": True},
     ]
 }
 
@@ -66,6 +67,31 @@ def _file_lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+ROBOT_USERS = LOCK_DIR / "robot-users"
+
+
+def hold_robot(owner: int) -> None:
+    """Record that the pytest session `owner` (a pid) uses the robot engine."""
+    with _file_lock("robot"):
+        ROBOT_USERS.mkdir(parents=True, exist_ok=True)
+        (ROBOT_USERS / str(owner)).touch()
+
+
+def release_robot(owner: int) -> bool:
+    """Forget `owner`'s use; True when it used the engine and no other live session does
+    (then it may be torn down), so one session's end never pulls it from under another."""
+    with _file_lock("robot"):
+        mine = ROBOT_USERS / str(owner)
+        if not mine.exists():
+            return False
+        mine.unlink()
+        others = [p for p in ROBOT_USERS.iterdir() if p.name.isdigit()]
+        live = [p for p in others if _pid_alive(int(p.name))]
+        for stale in set(others) - set(live):
+            stale.unlink(missing_ok=True)
+        return not live
 
 
 def ensure_local_engine() -> None:
@@ -363,6 +389,7 @@ class RobotEngine:
         with contextlib.suppress(FileNotFoundError):
             self.pidfile.unlink()
         self._clear_stale_containerd()
+        self._forget_dead_swarm()
         for path in (self.base, self.data_root, self.exec_root):
             path.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
@@ -406,6 +433,15 @@ class RobotEngine:
                 f"robot dockerd did not answer at {ROBOT_URL} within {timeout} s; "
                 f"last lines of {self.log}:\n" + "\n".join(tail)
             )
+
+    def _forget_dead_swarm(self) -> None:
+        """The swarm state of an earlier run whose manager (the local engine) has since left
+        it makes dockerd spend a minute at start trying to rejoin and to attach that swarm's
+        task containers, longer than a start may take: forget it (as `swarm leave --force`
+        would); ensure_swarm joins a new one when a test needs it."""
+        state = self.data_root / "swarm"
+        if state.exists() and _swarm_state(LOCAL_URL) != "active":
+            shutil.rmtree(state, ignore_errors=True)
 
     def _containerd_pid(self) -> int | None:
         try:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from corral.cli.client import CliError
+from corral.cli.main import global_flags_first
 from corral.cli.tokens import parse_duration
 from corral.hosts.docker_engine import facts_from_info
 from corral.model.names import parse_label_args
@@ -28,13 +29,23 @@ def test_facts_from_info_reads_swarm_role() -> None:
         "Labels": ["zone=lab", "gpu"],
         "Swarm": {"LocalNodeState": "active", "ControlAvailable": False, "NodeID": "n1"},
         "Name": "robot",
+        "ID": "47BA:XCEL:QXVP",
     }
     facts = facts_from_info(info, {"Version": "20.10.24", "ApiVersion": "1.41"})
     assert facts.swarm_role == "worker"
+    assert facts.engine_id == "47BA:XCEL:QXVP"
     assert (facts.cpus, facts.containers_running, facts.containers_total) == (4, 2, 5)
     assert facts.engine_labels == {"zone": "lab", "gpu": ""}
     info["Swarm"] = {"LocalNodeState": "inactive"}
     assert facts_from_info(info, {}).swarm_role == "none"
+
+
+def test_json_is_accepted_after_the_command() -> None:
+    assert global_flags_first(["host", "ls", "--json"]) == ["--json", "host", "ls"]
+    assert global_flags_first(["--json", "host", "ls"]) == ["--json", "host", "ls"]
+    assert global_flags_first(["host", "ls"]) == ["host", "ls"]
+    # After `--` it is an argument, not the option.
+    assert global_flags_first(["x", "--", "--json"]) == ["x", "--", "--json"]
 
 
 def _event(kind: str, resource: str, event_id: int = 1) -> EventView:

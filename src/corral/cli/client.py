@@ -63,6 +63,7 @@ def write_config(url: str, token: str) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file made earlier with a looser mode holds the token too
     with os.fdopen(fd, "w") as out:
         yaml.safe_dump({"url": url, "token": token}, out)
     return path

@@ -1,4 +1,4 @@
-"""`corral host ...`: add, list, inspect, refresh, remove and apply hosts files.
+"""`corral host ...`: add, list, inspect, label, refresh, remove and apply hosts files.
 
 Each command is one call to the REST API (`/hosts`).
 """
@@ -62,6 +62,10 @@ def add(
     tls_ca: Annotated[str | None, typer.Option(help="CA certificate for tcp:// with TLS")] = None,
     tls_cert: Annotated[str | None, typer.Option(help="client certificate")] = None,
     tls_key: Annotated[str | None, typer.Option(help="client key")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="accept plain tcp:// off this machine (unencrypted, unauthenticated)"),
+    ] = False,
 ) -> None:
     """Register a Docker engine as a host."""
     try:
@@ -69,6 +73,8 @@ def add(
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
     body: dict[str, Any] = {"name": name, "url": url, "labels": host_labels}
+    if insecure:
+        body["insecure"] = True
     tls = [tls_ca, tls_cert, tls_key]
     if any(tls):
         if not all(tls):
@@ -91,6 +97,25 @@ def list_hosts(ctx: typer.Context) -> None:
 def inspect(ctx: typer.Context, name: str) -> None:
     """Everything corral knows about one host, as JSON."""
     emit_json(state(ctx).api().call("GET", f"/hosts/{name}"))
+
+
+@app.command("label")
+def label(
+    ctx: typer.Context,
+    name: str,
+    changes: Annotated[list[str], typer.Argument(help="key=value sets a label, key- removes it")],
+) -> None:
+    """Change the labels of a registered host (placement uses them at the next pass)."""
+    body: dict[str, str | None] = {}
+    for item in changes:
+        if "=" not in item and item.endswith("-") and len(item) > 1:
+            body[item[:-1]] = None
+            continue
+        try:
+            body.update(parse_label_args([item]))
+        except ValueError as exc:
+            raise CliError(f"{exc} (or key- to remove it)", 2) from None
+    _show(ctx, state(ctx).api().call("PATCH", f"/hosts/{name}/labels", json=body))
 
 
 @app.command("refresh")

@@ -168,9 +168,19 @@ def command_named(args: list[str]) -> str | None:
     return None
 
 
+def global_flags_first(args: list[str]) -> list[str]:
+    """`--json` is a global option, but users type it after the command too
+    (`corral host ls --json`): move it before the command (not past a `--`)."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--json" not in args[:end]:
+        return args
+    return ["--json", *(a for a in args[:end] if a != "--json"), *args[end:]]
+
+
 def run() -> None:
+    args = global_flags_first(sys.argv[1:])
     try:
-        build(command_named(sys.argv[1:]))()
+        build(command_named(args))(args=args)
     except CliError as exc:
         from corral.cli.output import err
 

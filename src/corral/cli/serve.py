@@ -44,6 +44,10 @@ def _banner(core: Core, base: str) -> None:
         typer.echo(f"  {core.first_admin_token}")
         typer.echo(f"  export CORRAL_URL={base} CORRAL_TOKEN={core.first_admin_token}")
         typer.echo("")
+    elif core.admin_from_env:
+        typer.echo("")
+        typer.echo("First start: the admin token given in CORRAL_BOOTSTRAP_TOKEN was installed.")
+        typer.echo("")
 
 
 async def _serve(settings: Settings) -> None:

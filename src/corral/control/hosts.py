@@ -15,18 +15,30 @@ from typing import Any, TypeVar
 import structlog
 
 from corral.config import Settings
-from corral.errors import CorralError, Invalid, NotFound
+from corral.errors import Conflict, CorralError, Invalid, NotFound
 from corral.events import EventBus
 from corral.hosts.docker_engine import DockerEngine
 from corral.hosts.driver import HostDriver
 from corral.metrics import Metrics
-from corral.model.hosts import HostSpec, Probe, engine_url_allowed
+from corral.model.hosts import HostSpec, Probe, engine_url_allowed, insecurity
+from corral.model.names import check_labels
 from corral.model.views import HostView
 from corral.store.hosts import HostStore, spec_of
 
 log = structlog.get_logger("corral.hosts")
 DriverFactory = Callable[[HostSpec, float], HostDriver]
 T = TypeVar("T")
+LOCAL = "local"  # the name the local engine is registered under at start
+
+
+def _same_engine(name: str, other: str, how: str) -> Conflict:
+    return Conflict(
+        f"host {name} would reach the same Docker engine as host {other} ({how}): one engine "
+        f"is one host. Give {other} the labels you want instead "
+        f"(`corral host label {other} key=value`), or remove {other} first "
+        f"(`corral host rm {other}`)",
+        {"host": name, "same_engine_as": other},
+    )
 
 
 class HostService:
@@ -47,16 +59,47 @@ class HostService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="corral-host")
 
-    def check_allowed(self, spec: HostSpec) -> None:
+    def refusal(self, spec: HostSpec) -> str:
+        """Why corral will not talk to this engine as configured ("" when it will): an
+        address outside `engine_networks`, or an insecure connection not accepted."""
         if not engine_url_allowed(spec.url, self.settings.engine_networks):
-            raise Invalid(
-                f"engine URL {spec.url!r} points outside the allowed engine networks",
-                {"field": "url", "allowed": self.settings.engine_networks},
+            allowed = ", ".join(self.settings.engine_networks)
+            return (
+                f"engine URL {spec.url} points outside the allowed engine networks ({allowed}); "
+                "widen engine_networks to use it"
             )
+        risk = insecurity(spec)
+        if risk and not spec.insecure:
+            return (
+                f"{risk}: reach it over ssh:// or tcp:// with TLS (docs/security.md), or accept "
+                f"the risk with `corral host add {spec.name} {spec.url} --insecure` "
+                "(hosts file and API: insecure: true)"
+            )
+        return ""
+
+    def check_allowed(self, spec: HostSpec) -> None:
+        reason = self.refusal(spec)
+        if reason:
+            raise Invalid(reason, {"field": "url", "host": spec.name})
+
+    async def warn_insecure(self) -> None:
+        """A warning event, at each start, for every host reached insecurely by consent."""
+        for view in await self.store.list():
+            risk = insecurity(spec_of(view))
+            if risk and view.insecure:
+                log.warning("insecure engine connection accepted", host=view.name, risk=risk)
+                await self.bus.emit(
+                    "host.insecure",
+                    f"host/{view.name}",
+                    f"host {view.name}: {risk}; accepted with insecure",
+                    {"url": view.url, "level": "warning"},
+                )
 
     async def add(self, spec: HostSpec) -> HostView:
         self.check_allowed(spec)
+        await self._check_engines([spec], prune=False)
         view = await self.store.add(spec)
+        await self.store.unbury(spec.name)
         await self.bus.emit(
             "host.added", f"host/{spec.name}", f"host {spec.name} added", {"url": spec.url}
         )
@@ -64,7 +107,12 @@ class HostService:
 
     async def put(self, spec: HostSpec) -> tuple[HostView, str]:
         self.check_allowed(spec)
+        await self._check_engines([spec], prune=False)
+        return await self._put(spec)
+
+    async def _put(self, spec: HostSpec) -> tuple[HostView, str]:
         view, outcome = await self.store.put(spec)
+        await self.store.unbury(spec.name)
         if outcome == "unchanged":
             return view, outcome
         kind = "added" if outcome == "created" else outcome
@@ -77,15 +125,66 @@ class HostService:
         await self.store.remove(name)
         self._drop_driver(name)
         self.metrics.forget_host(name)
-        await self.bus.emit("host.removed", f"host/{name}", f"host {name} removed")
+        message = f"host {name} removed"
+        if name == LOCAL:
+            await self.store.bury(name)
+            message += (
+                " (not registered again at start; `corral host add local URL` brings it back)"
+            )
+        await self.bus.emit("host.removed", f"host/{name}", message)
+
+    async def set_labels(self, name: str, changes: dict[str, str | None]) -> HostView:
+        """Change an existing host's labels: a value sets a label, None removes it."""
+        try:
+            check_labels({k: v for k, v in changes.items() if v is not None})
+        except ValueError as exc:
+            raise Invalid(str(exc), {"field": "labels"}) from None
+        before = await self.store.get(name)
+        view = await self.store.set_labels(name, changes)
+        if view.labels != before.labels:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(view.labels.items())) or "none"
+            await self.bus.emit(
+                "host.updated", f"host/{name}", f"host {name} labels now {shown}", {"url": view.url}
+            )
+        return view
+
+    async def _check_engines(self, specs: list[HostSpec], prune: bool) -> dict[str, Probe]:
+        """One engine is one host: refuse (Conflict) specs whose engine answers with the
+        engine ID of another host. Returns the probes made (of new or re-pointed hosts)."""
+        stored = {view.name: view for view in await self.store.list()}
+        engines: dict[str, str] = {}  # host name -> engine ID, as it will be
+        if not prune:
+            engines = {n: v.facts.identity for n, v in stored.items() if v.facts is not None}
+        changed = [s for s in specs if s.name not in stored or stored[s.name].url != s.url]
+        found = await asyncio.gather(*(self._probe(s) for s in changed))
+        probes = {spec.name: probe for spec, probe in zip(changed, found, strict=True)}
+        for spec in specs:
+            probe = probes.get(spec.name)
+            if probe is not None:
+                engines[spec.name] = probe.facts.identity if probe.facts else ""
+            elif spec.name not in engines:
+                facts = stored[spec.name].facts
+                engines[spec.name] = facts.identity if facts else ""
+        for spec in changed:
+            engine = engines[spec.name]
+            twin = sorted(
+                n for n, e in engines.items() if n != spec.name and engine and e == engine
+            )
+            if twin:
+                for name in probes:
+                    if name not in stored:
+                        self._drop_driver(name)
+                raise _same_engine(spec.name, twin[0], f"engine ID {engine[:14]}")
+        return probes
 
     async def apply(self, specs: list[HostSpec], prune: bool) -> dict[str, str]:
         """Make the stored hosts match a hosts file; returns each host's outcome."""
         for spec in specs:
             self.check_allowed(spec)
+        await self._check_engines(specs, prune)
         outcomes: dict[str, str] = {}
         for spec in specs:
-            _, outcomes[spec.name] = await self.put(spec)
+            _, outcomes[spec.name] = await self._put(spec)
         if prune:
             wanted = {spec.name for spec in specs}
             for view in await self.store.list():
@@ -95,21 +194,34 @@ class HostService:
         return outcomes
 
     async def register_local(self, url: str) -> HostView | None:
-        """Register the engine at `url` as host `local` when it answers and none exists."""
+        """Register the engine at `url` as host `local` when it answers, no host is called
+        `local` or already reaches that engine, and the user did not remove `local`."""
         if not url:
             return None
         try:
-            return await self.store.get("local")
+            return await self.store.get(LOCAL)
         except NotFound:
             pass
-        spec = HostSpec(name="local", url=url, labels={})
-        probe = await self._probe(spec)
+        if await self.store.buried(LOCAL):
+            log.info("host local was removed by the user; not registering it again", url=url)
+            return None
+        spec = HostSpec(name=LOCAL, url=url, labels={})
+        try:
+            probe = (await self._check_engines([spec], prune=False))[LOCAL]
+        except Conflict as exc:
+            log.info(
+                "the local engine is already a host; not registering host local",
+                url=url,
+                host=exc.detail.get("same_engine_as"),
+            )
+            return None
         if not probe.reachable:
             log.info(
                 "no local engine answers; not registering host local", url=url, error=probe.error
             )
+            self._drop_driver(LOCAL)
             return None
-        view, _ = await self.put(spec)
+        view, _ = await self._put(spec)
         return view
 
     async def _check_or(self, view: HostView) -> HostView:
@@ -124,12 +236,36 @@ class HostService:
         async with lock:
             view = await self.store.get(name)
             spec = spec_of(view)
-            probe = await self._probe(spec)
+            refused = self.refusal(spec)
+            if refused:  # registered before the rule, or the rule changed: not contacted
+                self._drop_driver(name)
+                probe = Probe(False, datetime.now(UTC), error=f"refused: {refused}")
+            else:
+                probe = await self._twin_refused(view, await self._probe(spec))
             view, changed = await self.store.record_probe(name, spec.url, probe)
         self.metrics.host_reachable.labels(name).set(1 if probe.reachable else 0)
         if changed:
             await self._announce(view, probe)
         return view
+
+    async def _twin_refused(self, view: HostView, probe: Probe) -> Probe:
+        """A host found on the engine of an older host (added while one did not answer, or
+        stored before corral told engines apart) is kept unreachable, so that two hosts
+        never manage the same containers."""
+        engine = probe.facts.identity if probe.facts else ""
+        if not engine:
+            return probe
+        for other in await self.store.list():
+            if other.name == view.name or not other.facts or other.facts.identity != engine:
+                continue
+            if (other.created_at, other.name) < (view.created_at, view.name):
+                return Probe(
+                    False,
+                    probe.checked_at,
+                    error=f"same Docker engine as host {other.name} (engine ID {engine[:14]}): "
+                    f"remove one of them (`corral host rm {view.name}`)",
+                )
+        return probe
 
     async def check_all(self) -> None:
         views = await self.store.list()

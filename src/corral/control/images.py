@@ -1,15 +1,41 @@
 """Make a service's image present on a host: already there, built there, or copied from a
-host that has it. Shared by the stack reconciler and the session service.
+host that has it; a build's base images (its `FROM`s) are copied to the host first.
+Shared by the stack reconciler and the session service.
 """
 
 import asyncio
+import os
 import time
 
 from corral.control.hosts import HostService
 from corral.errors import Invalid
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
-from corral.model.compose import ServiceSpec
+from corral.model.compose import BuildSpec, ServiceSpec
+from corral.model.dockerfile import BaseImage, base_images
+
+
+def dockerfile_path(build: BuildSpec) -> str:
+    return os.path.join(build.context, build.dockerfile)
+
+
+def build_bases(build: BuildSpec) -> list[BaseImage]:
+    """The images the build starts from; none when the Dockerfile cannot be read (the build
+    then says why)."""
+    try:
+        with open(dockerfile_path(build), encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return base_images(text, build.args)
+
+
+def missing_base(service: str, build: BuildSpec, base: BaseImage) -> str:
+    return (
+        f"base image {base.image} (FROM on line {base.line} of {dockerfile_path(build)}) that "
+        f"service {service} builds on is on no reachable host: load it on one of them "
+        f"(`docker load`, or `docker build`/`docker import`) and corral copies it where needed"
+    )
 
 
 class ImageSupply:
@@ -17,6 +43,7 @@ class ImageSupply:
         self.hosts = hosts
         self.bus = bus
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._base_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def ensure(
         self, drivers: dict[str, HostDriver], host: str, spec: ServiceSpec, resource: str
@@ -28,6 +55,13 @@ class ImageSupply:
             if await self.hosts.call(driver.has_image, spec.image):
                 return
             if spec.build is not None:
+                for base in build_bases(spec.build):
+                    base_lock = self._base_locks.setdefault((host, base.image), asyncio.Lock())
+                    async with base_lock:
+                        if await self.hosts.call(driver.has_image, base.image):
+                            continue
+                        if not await self._copy(drivers, host, base.image, resource):
+                            raise Invalid(missing_base(spec.name, spec.build, base))
                 await self.bus.emit("image.building", resource, f"building {spec.image} on {host}")
                 started = time.monotonic()
                 await self.hosts.call(driver.build_image, spec.build, spec.image)
@@ -36,24 +70,30 @@ class ImageSupply:
                     "image.built", resource, f"built {spec.image} on {host} in {took:.1f} s"
                 )
                 return
-            for other, source in sorted(drivers.items()):
-                if other == host or not await self.hosts.call(source.has_image, spec.image):
-                    continue
-                await self.bus.emit(
-                    "image.copying", resource, f"copying {spec.image} from {other} to {host}"
+            if not await self._copy(drivers, host, spec.image, resource):
+                raise Invalid(
+                    f"image {spec.image} is on no reachable host and service {spec.name} "
+                    "has no build"
                 )
-                started = time.monotonic()
-                await self.hosts.call(_copy_image, source, driver, spec.image)
-                took = time.monotonic() - started
-                await self.bus.emit(
-                    "image.copied",
-                    resource,
-                    f"copied {spec.image} from {other} to {host} in {took:.1f} s",
-                )
-                return
-            raise Invalid(
-                f"image {spec.image} is on no reachable host and service {spec.name} has no build"
+
+    async def _copy(
+        self, drivers: dict[str, HostDriver], host: str, image: str, resource: str
+    ) -> bool:
+        """Copy the image to `host` from the first other host that has it; False if none."""
+        for other, source in sorted(drivers.items()):
+            if other == host or not await self.hosts.call(source.has_image, image):
+                continue
+            await self.bus.emit(
+                "image.copying", resource, f"copying {image} from {other} to {host}"
             )
+            started = time.monotonic()
+            await self.hosts.call(_copy_image, source, drivers[host], image)
+            took = time.monotonic() - started
+            await self.bus.emit(
+                "image.copied", resource, f"copied {image} from {other} to {host} in {took:.1f} s"
+            )
+            return True
+        return False
 
 
 def _copy_image(source: HostDriver, target: HostDriver, image: str) -> None:

@@ -19,7 +19,7 @@ import structlog
 
 from corral.config import Settings
 from corral.control.hosts import HostService
-from corral.control.images import ImageSupply
+from corral.control.images import ImageSupply, build_bases, missing_base
 from corral.control.swarm_stacks import SwarmStacks
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
@@ -135,7 +135,13 @@ class StackService:
         else:
             problems += _constraint_problems(spec, candidates)
         reachable = [h.name for h in hosts if h.reachable]
-        need = {svc.image for svc in spec.services.values() if svc.build is None}
+        bases = {
+            name: build_bases(svc.build)
+            for name, svc in spec.services.items()
+            if svc.build is not None
+        }
+        need = {svc.image for svc in spec.services.values()}
+        need |= {base.image for found in bases.values() for base in found}
         have: dict[str, bool] = {image: False for image in need}
         for host in reachable:
             driver = await self.hosts.driver(host)
@@ -149,6 +155,13 @@ class StackService:
                     f"line {svc.line}: services.{svc_name}.image: image {svc.image!r} is on no "
                     "reachable host and the service has no build: to make it"
                 )
+            if svc.build is not None and not have[svc.image]:
+                problems += [
+                    f"line {svc.line}: services.{svc_name}.build: "
+                    + missing_base(svc_name, svc.build, base)
+                    for base in bases[svc_name]
+                    if not have[base.image]
+                ]
         if spec.mode == "swarm":
             return problems
         placement = place(spec, candidates, await self.store.placements(name))
@@ -227,20 +240,31 @@ class StackService:
         )
 
     async def _remove_containers(self, name: str) -> int:
-        """Remove the stack's containers and networks from every reachable host."""
-        removed = 0
-        for host in await self.hosts.store.list():
-            if not host.reachable:
-                continue
+        """Remove the stack's containers from every reachable host at once, then its
+        networks: an overlay is only released once no host has a container on it."""
+        hosts = [h for h in await self.hosts.store.list() if h.reachable]
+
+        async def containers(host: HostView) -> int:
             driver = self.hosts.driver_for(host)
-            try:
-                found = await self.hosts.call(driver.containers, owned_labels(name))
-                await asyncio.gather(*(self._remove(driver, c) for c in found))
-                removed += len(found)
-                for net in await self.hosts.call(driver.networks, owned_labels(name)):
-                    await self._remove_network(name, host.name, driver, net)
-            except Unreachable as exc:
-                log.warning("down: host unreachable", host=host.name, error=exc.message)
+            found = await self.hosts.call(driver.containers, owned_labels(name))
+            await asyncio.gather(*(self._remove(driver, c) for c in found))
+            return len(found)
+
+        async def networks(host: HostView) -> None:
+            driver = self.hosts.driver_for(host)
+            for net in await self.hosts.call(driver.networks, owned_labels(name)):
+                await self._remove_network(name, host.name, driver, net)
+
+        removed = 0
+        for work in (containers, networks):
+            results = await asyncio.gather(*(work(h) for h in hosts), return_exceptions=True)
+            for host, result in zip(hosts, results, strict=True):
+                if isinstance(result, Unreachable):
+                    log.warning("down: host unreachable", host=host.name, error=result.message)
+                elif isinstance(result, BaseException):
+                    raise result
+                elif isinstance(result, int):
+                    removed += result
         return removed
 
     async def down(self, name: str) -> int:

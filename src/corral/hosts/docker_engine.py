@@ -4,6 +4,7 @@ Built by the control layer's host service; every call blocks and runs in a worke
 """
 
 import contextlib
+import errno
 import os
 import re
 import threading
@@ -56,6 +57,8 @@ def facts_from_info(info: dict[str, Any], version: dict[str, Any]) -> EngineFact
         swarm_node_id=str(swarm.get("NodeID", "")),
         engine_labels=_labels(info.get("Labels")),
         hostname=str(info.get("Name", "")),
+        engine_id=str(info.get("ID", "")),
+        data_root=str(info.get("DockerRootDir", "")),
     )
 
 
@@ -168,9 +171,13 @@ class DockerEngine:
         self._lock = threading.Lock()
         address = parse_engine_url(spec.url)
         self._local = address.scheme == "unix"
+        self._socket = address.path
         self._tunnel = SshTunnel(spec.name, address, timeout) if address.scheme == "ssh" else None
 
     def _connect(self, timeout: int) -> docker.DockerClient:
+        if self._local and not os.path.exists(self._socket):
+            # Checked here: docker-py would leave a socket open on a failed unix connect.
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", self._socket)
         with self._lock:
             client = self._clients.get(timeout)
             if client is None:
@@ -289,7 +296,8 @@ class DockerEngine:
 
     def create(self, plan: ContainerPlan, start: bool = True) -> str:
         spec = plan.spec
-        api = self._api
+        with _engine_errors(self.spec.name):
+            api = self._api
         restart: dict[str, Any] = {}
         if spec.restart != "no":
             restart = {"Name": spec.restart}

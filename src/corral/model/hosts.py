@@ -38,6 +38,11 @@ class HostSpec(BaseModel):
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     tls: TlsFiles | None = None
+    insecure: bool = Field(
+        default=False,
+        description="Accept a plain tcp:// engine off this machine, or TLS with verify: false "
+        "(traffic others can read or alter).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -109,6 +114,31 @@ def parse_engine_url(url: str) -> EngineAddress:
     return EngineAddress("ssh", host=host, port=port or 22, user=parts.username or "")
 
 
+LOOPBACK_NAMES = ("localhost",)
+
+
+def insecurity(spec: HostSpec) -> str:
+    """Why the connection to this engine can be read or altered by others ("" when it
+    cannot): plain tcp:// to an address off this machine, or TLS that does not verify."""
+    address = parse_engine_url(spec.url)
+    if address.scheme != "tcp":
+        return ""
+    if spec.tls is not None:
+        return "" if spec.tls.verify else "TLS with verify: false does not check the engine"
+    host = address.host.lower()
+    if host in LOOPBACK_NAMES:
+        return ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return ""
+    except ValueError:
+        pass
+    return (
+        f"plain tcp:// to {address.host} is not encrypted: anyone on the path can read and "
+        "drive the engine"
+    )
+
+
 def engine_url_allowed(url: str, allowed: list[str]) -> bool:
     """True when the URL's host is inside the allow-list (CIDRs or exact names); unix always."""
     address = parse_engine_url(url)
@@ -149,6 +179,17 @@ class EngineFacts:
     swarm_node_id: str
     engine_labels: dict[str, str] = field(default_factory=dict)
     hostname: str = ""
+    engine_id: str = ""  # `docker info`'s ID (from the engine's key.json)
+    data_root: str = ""  # `docker info`'s DockerRootDir
+
+    @property
+    def identity(self) -> str:
+        """What tells engines apart whatever URL reaches them: the ID, which machines cloned
+        from one image (or two engines on one machine sharing /etc/docker/key.json) have in
+        common, with the data root and the machine's name. Empty when unknown."""
+        if not self.engine_id:
+            return ""
+        return f"{self.engine_id}|{self.data_root}|{self.hostname}"
 
 
 @dataclass(frozen=True)

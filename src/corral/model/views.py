@@ -23,6 +23,9 @@ class HostView(BaseModel):
     url: str
     labels: dict[str, str]
     tls: TlsFiles | None = None
+    insecure: bool = Field(
+        default=False, description="Accepted unencrypted (plain tcp://) or unverified TLS."
+    )
     reachable: bool | None = Field(description="None until the first check.")
     state_since: datetime | None = Field(description="Since when `reachable` has held.")
     last_checked: datetime | None

@@ -45,9 +45,11 @@ class Database:
         self.url = parsed
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         options: dict[str, Any] = {}
+        self.file: Path | None = None  # the SQLite database file, if there is one
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self.file = Path(parsed.database)
+                self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             options["connect_args"] = {"timeout": 30}
         else:
             options["pool_pre_ping"] = True

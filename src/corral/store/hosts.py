@@ -12,7 +12,7 @@ from corral.errors import Conflict, NotFound
 from corral.model.hosts import EngineFacts, HostSpec, Probe
 from corral.model.views import HostView
 from corral.store.database import Database
-from corral.store.tables import HostRow, utcnow
+from corral.store.tables import HostRow, HostTombstoneRow, utcnow
 
 
 def _view(row: HostRow) -> HostView:
@@ -21,6 +21,7 @@ def _view(row: HostRow) -> HostView:
         url=row.url,
         labels=row.labels,
         tls=row.tls,
+        insecure=row.insecure,
         reachable=row.reachable,
         state_since=row.state_since,
         last_checked=row.last_checked,
@@ -33,11 +34,20 @@ def _view(row: HostRow) -> HostView:
 
 def _new_row(spec: HostSpec) -> HostRow:
     tls = spec.tls.model_dump() if spec.tls else None
-    return HostRow(name=spec.name, url=spec.url, labels=dict(spec.labels), tls=tls, last_error="")
+    return HostRow(
+        name=spec.name,
+        url=spec.url,
+        labels=dict(spec.labels),
+        tls=tls,
+        insecure=spec.insecure,
+        last_error="",
+    )
 
 
 def spec_of(view: HostView) -> HostSpec:
-    return HostSpec(name=view.name, url=view.url, labels=view.labels, tls=view.tls)
+    return HostSpec(
+        name=view.name, url=view.url, labels=view.labels, tls=view.tls, insecure=view.insecure
+    )
 
 
 class HostStore:
@@ -76,14 +86,16 @@ class HostStore:
                 s.add(row)
                 await s.flush()
                 return _view(row), "created"
-            if row.url == spec.url and row.labels == spec.labels and row.tls == tls:
+            same = (row.url, row.labels, row.tls, row.insecure)
+            if same == (spec.url, spec.labels, tls, spec.insecure):
                 return _view(row), "unchanged"
             if row.url != spec.url or row.tls != tls:
                 row.reachable, row.state_since, row.facts, row.last_error = None, None, None, ""
-            row.url, row.labels, row.tls, row.updated_at = (
+            row.url, row.labels, row.tls, row.insecure, row.updated_at = (
                 spec.url,
                 dict(spec.labels),
                 tls,
+                spec.insecure,
                 utcnow(),
             )
             await s.flush()
@@ -94,6 +106,37 @@ class HostStore:
             result = await s.execute(delete(HostRow).where(HostRow.name == name))
             if getattr(result, "rowcount", 0) == 0:
                 raise NotFound(f"host {name!r} not found", {"host": name})
+
+    async def set_labels(self, name: str, changes: dict[str, str | None]) -> HostView:
+        """Set labels (None removes one); the URL and TLS stay as they are."""
+        async with self.db.session() as s:
+            row = await s.scalar(select(HostRow).where(HostRow.name == name))
+            if row is None:
+                raise NotFound(f"host {name!r} not found", {"host": name})
+            labels = dict(row.labels)
+            for key, value in changes.items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            if labels != row.labels:
+                row.labels, row.updated_at = labels, utcnow()
+                await s.flush()
+            return _view(row)
+
+    async def bury(self, name: str) -> None:
+        """Remember that the user removed this host (corral will not add it back itself)."""
+        async with self.db.session() as s:
+            if await s.get(HostTombstoneRow, name) is None:
+                s.add(HostTombstoneRow(name=name))
+
+    async def unbury(self, name: str) -> None:
+        async with self.db.session() as s:
+            await s.execute(delete(HostTombstoneRow).where(HostTombstoneRow.name == name))
+
+    async def buried(self, name: str) -> bool:
+        async with self.db.session() as s:
+            return await s.get(HostTombstoneRow, name) is not None
 
     async def record_probe(self, name: str, url: str, probe: Probe) -> tuple[HostView, bool]:
         """Store a check's outcome; returns the view and whether reachability changed.

@@ -58,6 +58,7 @@ class HostRow(Base):
     url: Mapped[str] = mapped_column(String(2048))
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    insecure: Mapped[bool] = mapped_column(default=False)
     reachable: Mapped[bool | None] = mapped_column(nullable=True)
     state_since: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     last_checked: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -65,6 +66,15 @@ class HostRow(Base):
     facts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class HostTombstoneRow(Base):
+    """A host name the user removed, which corral must not register again by itself."""
+
+    __tablename__ = "host_tombstones"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    removed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class TokenRow(Base):

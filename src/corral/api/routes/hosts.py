@@ -1,11 +1,11 @@
-"""Host routes: register Docker engines, read their state, refresh and remove them.
+"""Host routes: register Docker engines, read their state, relabel, refresh and remove them.
 
 `PUT /hosts` applies a whole hosts file (declarative, idempotent); the rest act on one host.
 """
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
@@ -26,6 +26,7 @@ class HostBody(BaseModel):
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     tls: TlsFiles | None = None
+    insecure: bool = Field(default=False, description="Accept plain tcp:// or unverified TLS.")
 
 
 class HostsApply(BaseModel):
@@ -41,7 +42,9 @@ class ApplyResult(BaseModel):
 
 def _spec(name: str, body: HostBody) -> HostSpec:
     try:
-        return HostSpec(name=name, url=body.url, labels=body.labels, tls=body.tls)
+        return HostSpec(
+            name=name, url=body.url, labels=body.labels, tls=body.tls, insecure=body.insecure
+        )
     except ValueError as exc:
         raise Invalid(str(exc).splitlines()[-1].strip(), {"host": name}) from None
 
@@ -79,6 +82,25 @@ async def put_host(
     if outcome == "created":
         response.status_code = 201
     return view
+
+
+@router.patch("/{name}/labels", summary="Change a host's labels")
+async def label_host(
+    name: HostName,
+    changes: Annotated[
+        dict[str, str | None],
+        Body(
+            max_length=64,
+            examples=[{"role": "edge", "zone": None}],
+            description="Labels to set; null removes one. Others are kept.",
+        ),
+    ],
+    core: CoreDep,
+    _: Writer,
+) -> HostView:
+    """Set or remove labels of an existing host (its URL and TLS stay); placement uses the
+    new labels at the stacks' next pass."""
+    return await core.hosts.set_labels(name, changes)
 
 
 @router.post("/{name}/refresh", summary="Check a host now")

@@ -1,0 +1,107 @@
+"""The Go1 path of examples/go1/README.md as a user follows it, on the two engines of the
+test bed joined in a swarm: the local engine named again under another host is refused,
+the example's hosts file labels `local` and adds `robot`, and the stack converges once (its
+containers are not killed and made again), then `down` leaves nothing behind.
+"""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.engines import LOCAL_URL, RobotEngine, engine_container_ids
+from tests.support.processes import free_port
+from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "go1"
+STACK = "go1readme"
+
+
+def _swarm_ready() -> bool:
+    """Both engines are ready nodes of the swarm (a robot engine restarted by an earlier
+    test takes a moment to come back to it)."""
+    nodes = subprocess.run(
+        ["docker", "-H", LOCAL_URL, "node", "ls", "--format", "{{.Status}} {{.Availability}}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return nodes.stdout.split("\n")[:2] == ["Ready Active"] * 2
+
+
+def test_go1_from_the_readme(swarm: RobotEngine, tmp_path: Path) -> None:
+    wait_until(_swarm_ready, "both engines ready in the swarm", limit=120)
+    for url in (LOCAL_URL, swarm.url):  # what an interrupted run may have left
+        left = engine_container_ids(url, f"corral.stack={STACK}")
+        if left:
+            subprocess.run(
+                ["docker", "-H", url, "rm", "-f", *left], capture_output=True, timeout=60
+            )
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_LOCAL_DOCKER_URL": LOCAL_URL,
+        "CORRAL_STACK_RESYNC_SECONDS": "1",
+        "RVIZ_PORT": str(free_port()),  # the file's ${RVIZ_PORT:-6080}, from the CLI's shell
+    }
+    serve = ServeProcess(tmp_path, env).start()
+    try:
+        # The old README's hosts file: this engine again as `edge`. Refused, nothing applied.
+        twice = tmp_path / "twice.yml"
+        twice.write_text(f"hosts:\n  edge: {{url: '{LOCAL_URL}', labels: {{role: edge}}}}\n")
+        refused = run_cli(serve, "host", "apply", str(twice))
+        assert refused.returncode == 2, refused.stdout
+        assert "same Docker engine as host local" in refused.stderr
+        assert "corral host label local" in refused.stderr
+
+        # Labels of a registered host change in place (the README's other way).
+        labelled = run_cli(serve, "--json", "host", "label", "local", "role=edge", "zone=lab")
+        assert labelled.returncode == 0, labelled.stderr
+        assert json.loads(labelled.stdout)["labels"] == {"role": "edge", "zone": "lab"}
+        dropped = run_cli(serve, "host", "label", "local", "zone-", "--json")  # --json after
+        assert json.loads(dropped.stdout)["labels"] == {"role": "edge"}
+        bad = run_cli(serve, "host", "label", "local", "role")
+        assert bad.returncode == 2
+        assert "key=value" in bad.stderr
+
+        applied = run_cli(serve, "host", "apply", str(EXAMPLE / "hosts.yml"))
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.split("\n")[:2] == ["local: unchanged", "robot: created"]
+        hosts = json.loads(run_cli(serve, "--json", "host", "ls").stdout)
+        assert {h["name"]: h["labels"] for h in hosts} == {
+            "local": {"role": "edge"}, "robot": {"role": "robot"},
+        }  # fmt: skip
+
+        up = run_cli(serve, "up", "-f", str(EXAMPLE / "compose.yml"), "-n", STACK)
+        assert up.returncode == 0, up.stdout + up.stderr
+
+        states: dict[str, str] = {}
+
+        def running() -> bool:
+            listed = run_cli(serve, "--json", "ps", STACK)
+            assert listed.returncode == 0, listed.stderr
+            view = json.loads(listed.stdout)
+            states.update({s["service"]: f"{s['state']} {s['reason']}" for s in view["slots"]})
+            return [s["state"] for s in view["slots"]] == ["running"] * 7
+
+        wait_until(running, f"the seven Go1 services running (now {states})", limit=120)
+        label = f"corral.stack={STACK}"
+        first = (engine_container_ids(LOCAL_URL, label), engine_container_ids(swarm.url, label))
+        assert (len(first[0]), len(first[1])) == (5, 2)
+        # Several full resync passes (one a second) later the same containers still run:
+        # converged once, no endless kill and create.
+        time.sleep(6)
+        now = (engine_container_ids(LOCAL_URL, label), engine_container_ids(swarm.url, label))
+        assert (sorted(now[0]), sorted(now[1])) == (sorted(first[0]), sorted(first[1]))
+
+        down = run_cli(serve, "down", STACK)
+        assert down.returncode == 0, down.stderr
+        assert engine_container_ids(LOCAL_URL, label) == []
+        assert engine_container_ids(swarm.url, label) == []
+        events = run_cli(serve, "--json", "events", "-n", "500").stdout
+        assert "network.lingering" not in events
+        networks = subprocess.run(
+            ["docker", "-H", LOCAL_URL, "network", "ls", "-q", "--filter", f"label={label}"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert networks.stdout.split() == []
+    finally:
+        run_cli(serve, "down", STACK)
+        serve.stop()
