@@ -2,12 +2,16 @@
 register, deploy, undeploy, call a function, read a result).
 
 Used by the device and deployment services; every failure becomes `DeviceError` with text
-that names the device and the request.
+that names the device and the request. A run's GETs (the function, its result URLs) go over
+kept-alive connections of `keepalive.py`; everything else through one shared httpx client.
 """
 
+import json
 from typing import Any
 
 import httpx
+
+from corral.devices.keepalive import BadAnswer, KeepAlivePool
 
 DESCRIPTION_PATH = "/.well-known/wasmiot-device-description"
 
@@ -19,9 +23,21 @@ class DeviceError(Exception):
 class SupervisorClient:
     def __init__(self, timeout: float = 5.0) -> None:
         self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self.runs = KeepAlivePool(timeout)  # a run's GETs: the function, its results
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.runs.close()
+
+    async def _get(self, url: str, params: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """A run's GET over a kept-alive connection: (status, body)."""
+        try:
+            answer = await self.runs.get(url, params)
+        except TimeoutError:
+            raise DeviceError(f"GET {url}: no answer in time") from None
+        except (OSError, BadAnswer) as exc:
+            raise DeviceError(f"GET {url}: {exc.__class__.__name__}: {exc}") from None
+        return answer.status, answer.body
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -79,16 +95,23 @@ class SupervisorClient:
         self, method: str, url: str, params: dict[str, Any], files: dict[str, bytes] | None = None
     ) -> str:
         """Call a function endpoint (execution files multipart); the result URL it answers."""
-        sent = {name: (name, data) for name, data in (files or {}).items()}
-        response = await self._call(method, url, params=params, files=sent or None)
-        if response.status_code >= 400:
-            raise FunctionRefused(response.status_code, f"{method} {url}: {_text(response)}")
-        data = _body(response)
+        if method.upper() == "GET" and not files and url.startswith("http://"):
+            status, raw = await self._get(url, params)
+        else:
+            sent = {name: (name, data) for name, data in (files or {}).items()}
+            response = await self._call(method, url, params=params, files=sent or None)
+            status, raw = response.status_code, response.content
+        if status >= 400:
+            raise FunctionRefused(status, f"{method} {url}: {_said(_parsed(raw))}")
+        data = _parsed(raw)
         if not isinstance(data, dict) or not isinstance(data.get("resultUrl"), str):
             raise DeviceError(f"{method} {url}: the answer has no resultUrl")
         return str(data["resultUrl"])
 
     async def result(self, url: str) -> tuple[int, Any]:
+        if url.startswith("http://"):
+            status, raw = await self._get(url)
+            return status, _parsed(raw)
         response = await self._call("GET", url)
         return response.status_code, _body(response)
 
@@ -108,8 +131,20 @@ def _body(response: httpx.Response) -> Any:
         return response.text[:2000]
 
 
+def _parsed(raw: bytes) -> Any:
+    """A body as JSON, else its first 2000 characters."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:2000]
+
+
 def _text(response: httpx.Response) -> str:
-    data = _body(response)
+    return _said(_body(response))
+
+
+def _said(data: Any) -> str:
+    """What an error answer says: its err, error or message field, else its text."""
     if isinstance(data, dict):
         for key in ("err", "error", "message"):
             if key in data:
