@@ -30,10 +30,15 @@ def _active(row: TokenRow, now: datetime) -> bool:
 
 
 def token_row(
-    name: str, role: Role, subject: str = "", expires_at: datetime | None = None
+    name: str,
+    role: Role,
+    subject: str = "",
+    expires_at: datetime | None = None,
+    secret: str | None = None,
 ) -> tuple[TokenRow, str]:
-    """A new token's row (to add to a session) and its secret (to show once)."""
-    secret = new_secret()
+    """A new token's row (to add to a session) and its secret (to show once): `secret`,
+    or a new random one."""
+    secret = secret or new_secret()
     row = TokenRow(
         name=name,
         role=role,
@@ -73,16 +78,8 @@ class TokenStore:
         secret: str | None = None,
     ) -> tuple[TokenView, str]:
         """Store a new token and return its view and the secret (shown this once)."""
-        secret = secret or new_secret()
+        row, secret = token_row(name, role, subject, expires_at, secret)
         async with self.db.session() as s:
-            row = TokenRow(
-                name=name,
-                role=role,
-                token_hash=hash_token(secret),
-                prefix=secret[:10],
-                subject=subject,
-                expires_at=expires_at,
-            )
             s.add(row)
             await s.flush()
             return token_view(row, utcnow()), secret
