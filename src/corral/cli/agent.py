@@ -36,11 +36,17 @@ async def _serve(settings: AgentSettings) -> None:
     import uvicorn
 
     from corral.agent.server import create_agent_app
-    from corral.cli.serving import GracefulServer, listen
+    from corral.cli.serving import GracefulServer, listen, uvicorn_logging
 
     sock = listen(settings.bind, settings.port)
     app = create_agent_app(settings)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        log_config=uvicorn_logging(),
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+    )
     server = GracefulServer(config)
     # the interfaces are known before the runtime starts; print the one start line
     from corral.agent.interfaces import catalog, supervisor_interfaces
