@@ -4,8 +4,11 @@ messages, and once more while the leader is paused by SIGSTOP.
 
 The arm behaves as DHR's (tests/support/dhr_arm.py: ignores and counts jobs that come while
 it is busy). What a user checks: no job while the arm was busy, every printer one take then
-one replace, and no task done in the store that the arm did not carry out. Durations (how
-long until a leader is back, the overlap of an old and a new term) are printed, not asserted.
+one replace, and no task done in the store that the arm did not carry out. A job in flight at
+a cut whose busy and available the arm said while no replica listened cannot be decided by
+the farm's in-flight rule: it is failed as unconfirmed (never guessed done), and counted.
+Durations (how long until a leader is back, the overlap of an old and a new term) are
+printed, not asserted.
 """
 
 import os
@@ -137,6 +140,11 @@ def test_the_farm_does_each_job_once_across_eleven_cuts_of_its_leader(
 
 
 def _check(arm: DhrArm, inside: dict[int, int], tasks: list[dict[str, Any]]) -> None:
+    """Never a job while busy; per printer, the arm did one take then one replace (or, for
+    a job the in-flight rule could not decide, what came before it); the store says done
+    exactly for the jobs the arm did. A job whose busy and available were both said while
+    no replica was listening (a cut between the send and the stored busy) is failed as
+    unconfirmed for the operator, with its printer's replace cancelled (docs/farm.md)."""
     assert arm.record.while_busy == [], "the arm got a job while busy"
     assert arm.record.malformed == []
     per: dict[int, list[str]] = {}
@@ -144,12 +152,21 @@ def _check(arm: DhrArm, inside: dict[int, int], tasks: list[dict[str, Any]]) -> 
         per.setdefault(job["printer_id"], []).append(
             "take" if job["take_from_printer"] else "replace"
         )
-    wrong = {p: kinds for p, kinds in per.items() if kinds != ["take", "replace"]}
-    assert wrong == {}, "every printer: one take, then one replace"
     assert sorted(per) == sorted(inside), "every printer was served"
-    done_in_store = sorted(
+    wrong = {p: kinds for p, kinds in per.items() if kinds not in (["take"], ["take", "replace"])}
+    assert wrong == {}, "every printer: one take, then one replace"
+    done_in_store = {
         (int(t["params"]["printer_id"]), t["kind"]) for t in tasks if t["state"] == "done"
-    )
-    done_by_arm = sorted((p, kind) for p, kinds in per.items() for kind in kinds)
-    assert done_in_store == done_by_arm, "a task is done exactly when the arm did its job"
-    assert [t for t in tasks if t["state"] != "done"] == []
+    }
+    done_by_arm = {(p, kind) for p, kinds in per.items() for kind in kinds}
+    assert done_in_store <= done_by_arm, "a task is done only when the arm did its job"
+    undecided = [t for t in tasks if t["state"] == "failed"]
+    assert all("unconfirmed" in t["reason"] for t in undecided), undecided
+    undecided_jobs = {(int(t["params"]["printer_id"]), t["kind"]) for t in undecided}
+    assert done_by_arm - done_in_store <= undecided_jobs, "every job the arm did is accounted"
+    for task in tasks:
+        if task["state"] == "cancelled":
+            assert (int(task["params"]["printer_id"]), "take") in undecided_jobs, task
+    incomplete = [p for p, kinds in per.items() if kinds == ["take"]]
+    assert {(p, "take") for p in incomplete} <= undecided_jobs
+    print(f"{len(undecided)} job(s) unconfirmed (failed for the operator), printers {incomplete}")

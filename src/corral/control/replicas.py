@@ -187,16 +187,19 @@ class Replicas:
                 await pause(self.timing.takeover, stopping, cut)
             if stopping.is_set() or cut.is_set():
                 return
-            began = time.monotonic()
             await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
             async with self.db.session() as s:
                 pid = await s.scalar(text("SELECT pg_backend_pid()"))
-                ender = asyncio.create_task(self._end_last_term_writes(conn, int(pid or 0)))
+                taken = asyncio.Event()
+                ender = asyncio.create_task(self._end_last_term_writes(conn, int(pid or 0), taken))
                 try:
                     term = await self.term.take(s, self.id)
                 finally:
-                    ender.cancel()
+                    taken.set()  # the ender's query ends on its own: `conn` stays usable
                     await asyncio.gather(ender, return_exceptions=True)
+            # The lease runs from a confirmation after the take (which may have waited).
+            began = time.monotonic()
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
             self.term.hold(term, began + self.timing.lease)
             self._deposed.clear()
             await self._lead(conn, cut, term, utcnow(), stopping, lead, take_over)
@@ -270,12 +273,16 @@ class Replicas:
             self.term.extend(began + self.timing.lease)
             await pause(self.timing.check, cut, self._deposed)
 
-    async def _end_last_term_writes(self, conn: asyncpg.Connection, waiter: int) -> None:
+    async def _end_last_term_writes(
+        self, conn: asyncpg.Connection, waiter: int, taken: asyncio.Event
+    ) -> None:
         """Taking a term waits for the transactions that proved the last one. One still
         open after LAST_WRITES_WAIT belongs to a leader that is frozen (SIGSTOP, a paused
         VM): its session is ended, so its write never happens and the term is taken."""
         while True:
-            await asyncio.sleep(LAST_WRITES_WAIT)
+            await pause(LAST_WRITES_WAIT, taken)
+            if taken.is_set():
+                return
             ended = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(p)) FROM unnest(pg_blocking_pids($1)) AS p",
                 waiter,

@@ -55,6 +55,7 @@ from corral.model.views import (
     TemplateView,
 )
 from corral.model.yamlfile import FileInvalid
+from corral.store.leadership import StaleTerm
 from corral.store.sessions import SessionStore, StoredSession, StoredTemplate, TemplateStore
 from corral.store.tables import utcnow
 from corral.waits import pause
@@ -554,6 +555,7 @@ class SessionService:
         async with lock:
             if (await self.store.get(stored.id)).cleaned_at is not None:
                 return  # another caller cleaned it while this one waited
+            self.store.db.term.confirm()
             if stored.host and stored.host in {h.name for h in await self.hosts.store.list()}:
                 driver = await self.hosts.driver(stored.host)
                 owned = {OWNED: "true", SESSION: stored.id}
@@ -609,6 +611,8 @@ class SessionService:
             self._wake.clear()  # pokes from here on (even during the check) count
             try:
                 await self._check_all()
+            except StaleTerm as exc:  # this replica stops leading: `stop` follows
+                log.info("session check skipped", error=exc.message)
             except Exception:
                 log.exception("session check failed")
             period = self.settings.session_check_seconds
@@ -623,6 +627,7 @@ class SessionService:
         self._wake.set()
 
     async def _check_all(self) -> None:
+        self.store.db.term.confirm()  # a pass acts on engines only while this replica leads
         if time.monotonic() - self._swept > SWEEP_SECONDS:
             self._swept = time.monotonic()
             await self._sweep()
