@@ -3,13 +3,17 @@
 The engine keeps listening only on its unix socket; an `ssh -L` tunnel carries the API.
 """
 
+import json
+import os
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.server import ADMIN, ThreadServer
+from tests.support.server import ADMIN, ServeProcess, ThreadServer
 from tests.support.ssh import LoopbackSshd
 
 from corral.config import Settings
@@ -55,3 +59,63 @@ def _tunnels(port: int) -> list[str]:
         ["pgrep", "-af", f"ssh -N .* -p {port} "], capture_output=True, text=True
     )
     return found.stdout.splitlines()
+
+
+def test_two_servers_with_the_same_ssh_host(
+    local_engine: str, sshd: LoopbackSshd, tmp_path: Path
+) -> None:
+    """Each corral process has its own tunnels: removing the host from one leaves the
+    other's working, and each process's tunnel folder is gone after it stops."""
+    env = {"CORRAL_BOOTSTRAP_TOKEN": ADMIN, "CORRAL_LOCAL_DOCKER_URL": "",
+           "CORRAL_HOST_TIMEOUT_SECONDS": "5", "PATH": os.environ["PATH"]}  # fmt: skip
+    first = ServeProcess(tmp_path / "one", env).start()
+    second = ServeProcess(tmp_path / "two", env).start()
+    folders = Path(tempfile.gettempdir()) / f"corral-ssh-{os.getuid()}"
+    pids = [str(serve.proc.pid) for serve in (first, second) if serve.proc is not None]
+    try:
+        for serve in (first, second):
+            added = serve.cli("host", "add", "robot", sshd.url, "--json", token=ADMIN)
+            assert added.returncode == 0, added.stderr
+            assert json.loads(added.stdout)["reachable"] is True, added.stdout
+        assert set(pids) <= {p.name.split("-")[0] for p in folders.iterdir()}
+        mode = stat.S_IMODE(folders.stat().st_mode)
+        assert mode == 0o700
+
+        removed = first.cli("host", "rm", "robot", token=ADMIN)
+        assert removed.returncode == 0, removed.stderr
+        for _ in range(3):  # the other keeps its own tunnel, check after check
+            again = second.cli("--json", "host", "refresh", "robot", token=ADMIN)
+            assert json.loads(again.stdout)["reachable"] is True, again.stdout
+        listed = second.cli("ps", token=ADMIN)
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        first.stop()
+        second.stop()
+    left = {p.name.split("-")[0] for p in folders.iterdir()} if folders.exists() else set()
+    assert len(pids) == 2
+    assert not set(pids) & left
+
+
+def test_ssh_failures_in_plain_words(local_engine: str, sshd: LoopbackSshd, tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path / "home", bootstrap_token=ADMIN, local_docker_url="", host_timeout_seconds=5
+    )
+    with ThreadServer(settings) as server, server.client() as api:
+        socket = {"socket": "/nonexistent/docker.sock"}
+        wrong = api.post("/hosts", json={"name": "nosock", "url": sshd.url, "ssh": socket})
+        assert wrong.status_code == 201, wrong.text
+        assert wrong.json()["reachable"] is False
+        assert wrong.json()["last_error"] == (
+            "there is no Docker socket at /nonexistent/docker.sock on root@127.0.0.1 "
+            "(set the host's ssh socket)"
+        )
+        assert wrong.json()["ssh"] == {"identity": None, "socket": "/nonexistent/docker.sock"}
+        # An identity file of the host's own (here the same key the user's config names).
+        key = {"identity": str(sshd.folder / "client_key")}
+        chosen = api.post("/hosts", json={"name": "keyed", "url": sshd.url, "ssh": key})
+        assert chosen.json()["reachable"] is True, chosen.json()["last_error"]
+        on_tcp = api.post(
+            "/hosts", json={"name": "x", "url": "tcp://127.0.0.1:9", "ssh": {"socket": "/a"}}
+        )
+        assert on_tcp.status_code == 422
+        assert "ssh applies only to ssh://" in on_tcp.json()["error"]["message"]

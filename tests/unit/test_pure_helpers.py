@@ -11,6 +11,7 @@ from corral.cli.client import CliError
 from corral.cli.main import global_flags_first
 from corral.cli.tokens import parse_duration
 from corral.hosts.docker_engine import facts_from_info
+from corral.hosts.ssh_tunnel import _plain_words
 from corral.model.names import parse_label_args
 from corral.model.views import EventView
 from corral.store.events import EventFilter
@@ -69,3 +70,16 @@ def test_durations_and_labels() -> None:
     assert parse_label_args(["role=robot", "zone=a=b"]) == {"role": "robot", "zone": "a=b"}
     with pytest.raises(ValueError, match="key=value"):
         parse_label_args(["role"])
+
+
+def test_ssh_complaints_in_plain_words() -> None:
+    unknown = _plain_words("Host key verification failed.\n", "corral@robot", "/s.sock", 2222)
+    assert "ssh host key of corral@robot is not known to the user running corral serve" in unknown
+    assert "`ssh -p 2222 corral@robot true`" in unknown
+    refused = _plain_words(
+        "channel 1: open failed: administratively prohibited: open failed\n", "r", "/s", 22
+    )
+    assert "refuses to forward to /s" in refused
+    assert "AllowStreamLocalForwarding" in refused
+    other = _plain_words("x\nroot@r: Permission denied (publickey).\n", "root@r", "/s", 22)
+    assert other == "root@r: Permission denied (publickey)."

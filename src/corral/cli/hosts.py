@@ -62,6 +62,12 @@ def add(
     tls_ca: Annotated[str | None, typer.Option(help="CA certificate for tcp:// with TLS")] = None,
     tls_cert: Annotated[str | None, typer.Option(help="client certificate")] = None,
     tls_key: Annotated[str | None, typer.Option(help="client key")] = None,
+    ssh_identity: Annotated[
+        str | None, typer.Option(help="ssh:// private key file (on the corral server)")
+    ] = None,
+    ssh_socket: Annotated[
+        str | None, typer.Option(help="ssh:// remote Docker socket [/var/run/docker.sock]")
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(help="accept plain tcp:// off this machine (unencrypted, unauthenticated)"),
@@ -75,6 +81,8 @@ def add(
     body: dict[str, Any] = {"name": name, "url": url, "labels": host_labels}
     if insecure:
         body["insecure"] = True
+    if ssh_identity or ssh_socket:
+        body["ssh"] = {k: v for k, v in (("identity", ssh_identity), ("socket", ssh_socket)) if v}
     tls = [tls_ca, tls_cert, tls_key]
     if any(tls):
         if not all(tls):

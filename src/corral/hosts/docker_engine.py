@@ -24,7 +24,7 @@ from corral.errors import NotFound as CorralNotFound
 from corral.hosts.ssh_tunnel import SshTunnel
 from corral.model.compose import BuildSpec
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
-from corral.model.hosts import EngineFacts, HostSpec, SwarmRole, parse_engine_url
+from corral.model.hosts import EngineFacts, HostSpec, SshOptions, SwarmRole, parse_engine_url
 from corral.model.readiness import listening_ports
 from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
 
@@ -172,7 +172,10 @@ class DockerEngine:
         address = parse_engine_url(spec.url)
         self._local = address.scheme == "unix"
         self._socket = address.path
-        self._tunnel = SshTunnel(spec.name, address, timeout) if address.scheme == "ssh" else None
+        self._tunnel: SshTunnel | None = None
+        if address.scheme == "ssh":
+            ssh = spec.ssh or SshOptions()
+            self._tunnel = SshTunnel(spec.name, address, timeout, ssh.identity, ssh.socket)
 
     def _connect(self, timeout: int) -> docker.DockerClient:
         if self._local and not os.path.exists(self._socket):
@@ -219,8 +222,9 @@ class DockerEngine:
             info = client.info()
             version = client.version()
         except (DockerException, OSError) as exc:
+            said = self._tunnel.explain(settle=0.5) if self._tunnel is not None else ""
             self.close()
-            raise Unreachable(_short(exc), {"host": self.spec.name}) from None
+            raise Unreachable(said or _short(exc), {"host": self.spec.name}) from None
         return facts_from_info(info, version)
 
     def containers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:

@@ -1,12 +1,16 @@
 """An ssh:// engine reached through one `ssh -L` tunnel per host to the remote Docker socket.
 
 Used by the Docker Engine driver: the system ssh client (keys and ~/.ssh/config as the
-user set them) forwards a local unix socket; corral owns that ssh process and stops it.
+user set them, or the host's own identity file) forwards a local unix socket; corral owns
+that ssh process and stops it. Each corral process keeps its sockets in a private folder
+of its own (checked to be this user's, removed at exit), so two processes never share one.
 """
 
-import hashlib
+import atexit
 import os
+import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -16,33 +20,89 @@ from corral.errors import Unreachable
 from corral.model.hosts import EngineAddress
 
 REMOTE_SOCKET = "/var/run/docker.sock"
+_folder: Path | None = None
 
 
-def _socket_dir() -> Path:
-    folder = Path(tempfile.gettempdir()) / f"corral-ssh-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return folder
+def _process_folder() -> Path:
+    """This process's private folder under /tmp/corral-ssh-<uid> (made once)."""
+    global _folder
+    if _folder is not None and _folder.is_dir():
+        return _folder
+    base = Path(tempfile.gettempdir()) / f"corral-ssh-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    info = base.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise Unreachable(
+            f"{base} (for ssh tunnel sockets) is not a private folder of this user: "
+            f"remove it (`rm -r {base}`) and corral makes it again"
+        )
+    _folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+    atexit.register(shutil.rmtree, _folder, True)
+    return _folder
+
+
+def _plain_words(log: str, target: str, remote: str, port: int) -> str:
+    """The ssh client's complaint, said so that the user knows what to change."""
+    who = os.environ.get("USER") or str(os.getuid())
+    if "Host key verification failed" in log or "REMOTE HOST IDENTIFICATION" in log:
+        return (
+            f"the ssh host key of {target} is not known to the user running corral serve "
+            f"({who}): as that user run `ssh -p {port} {target} true` once to check and accept "
+            "it (it goes to ~/.ssh/known_hosts)"
+        )
+    if "administratively prohibited" in log:
+        return (
+            f"the ssh server of {target} refuses to forward to {remote} (sshd_config has "
+            "AllowStreamLocalForwarding or AllowTcpForwarding off, or DisableForwarding on): "
+            "allow stream-local forwarding for this user"
+        )
+    if "connect failed" in log and ("No such file" in log or "open failed" in log):
+        if "Permission denied" in log:
+            return f"the ssh user on {target} may not use {remote} (add it to the docker group)"
+        return f"there is no Docker socket at {remote} on {target} (set the host's ssh socket)"
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 class SshTunnel:
-    def __init__(self, name: str, address: EngineAddress, timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: EngineAddress,
+        timeout: float,
+        identity: str | None = None,
+        remote: str = REMOTE_SOCKET,
+    ) -> None:
+        self.name = name
         self.address = address
         self.timeout = timeout
-        digest = hashlib.sha256(f"{name}|{address}".encode()).hexdigest()[:12]
-        self.local = _socket_dir() / f"{digest}.sock"
+        self.identity = identity
+        self.remote = remote
+        self.local: Path | None = None
+        self.log: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        a = self.address
+        return f"{a.user}@{a.host}" if a.user else a.host
 
     def open(self) -> str:
         """Start the tunnel if it is not running; return the local engine URL."""
-        if self.proc is not None and self.proc.poll() is None and self.local.exists():
+        if (
+            self.proc is not None
+            and self.proc.poll() is None
+            and self.local is not None
+            and self.local.exists()
+        ):
             return f"unix://{self.local}"
         self.close()
         ssh = shutil.which("ssh")
         if ssh is None:
             raise Unreachable("ssh:// hosts need the `ssh` client on the corral server")
-        target = (
-            f"{self.address.user}@{self.address.host}" if self.address.user else self.address.host
-        )
+        folder = _process_folder()
+        stem = f"{self.name}-{secrets.token_hex(4)}"
+        self.local, self.log = folder / f"{stem}.sock", folder / f"{stem}.log"
         seconds = max(1, round(self.timeout))
         options = [
             "BatchMode=yes",
@@ -51,32 +111,42 @@ class SshTunnel:
             "ServerAliveInterval=5",
             "ServerAliveCountMax=2",
             "StreamLocalBindUnlink=yes",
+            "LogLevel=INFO",  # the channel failures that explain a reset are INFO
         ]
         args = [ssh, "-N", "-T", *[a for o in options for a in ("-o", o)]]
-        args += ["-L", f"{self.local}:{REMOTE_SOCKET}", "-p", str(self.address.port), "--", target]
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        if self.identity:
+            args += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        args += ["-L", f"{self.local}:{self.remote}", "-p", str(self.address.port)]
+        args += ["--", self.target]
+        with self.log.open("wb") as errors:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors
+            )
         deadline = time.monotonic() + self.timeout + 1
         while time.monotonic() < deadline:
             if self.local.exists():
                 return f"unix://{self.local}"
             if self.proc.poll() is not None:
-                reason = self._reason()
+                reason = self.explain() or f"ssh exited with status {self.proc.returncode}"
                 self.close()
-                raise Unreachable(f"ssh to {target} failed: {reason}")
+                raise Unreachable(f"ssh to {self.target} failed: {reason}")
             time.sleep(0.05)
         self.close()
-        raise Unreachable(f"ssh to {target}: no tunnel within {self.timeout:g} s")
+        raise Unreachable(f"ssh to {self.target}: no tunnel within {self.timeout:g} s")
 
-    def _reason(self) -> str:
-        if self.proc is None or self.proc.stderr is None:
-            return "ssh is not running"
-        lines = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"ssh exited with status {self.proc.returncode}"
+    def explain(self, settle: float = 0.0) -> str:
+        """What ssh said went wrong, in plain words ("" when nothing); waits up to `settle`
+        seconds for ssh to write it (it logs a refused channel just after the reset)."""
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                text = self.log.read_text(errors="replace") if self.log else ""
+            except OSError:
+                text = ""
+            found = _plain_words(text, self.target, self.remote, self.address.port)
+            if "failed" in text or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -87,7 +157,8 @@ class SshTunnel:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
             self.proc = None
-        self.local.unlink(missing_ok=True)
+        for path in (self.local, self.log):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        self.local = self.log = None

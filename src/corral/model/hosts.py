@@ -29,6 +29,24 @@ class TlsFiles(BaseModel):
     verify: bool = Field(default=True, description="Verify the engine's certificate.")
 
 
+class SshOptions(BaseModel):
+    """How an `ssh://` engine is reached beyond its URL (user and port are in the URL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identity: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="Private key file (ssh -i)."
+    )
+    socket: str = Field(
+        default="/var/run/docker.sock",
+        min_length=2,
+        max_length=4096,
+        pattern=r"^/\S*$",
+        description="The engine's socket on the remote machine (rootless Docker: "
+        "/run/user/UID/docker.sock).",
+    )
+
+
 class HostSpec(BaseModel):
     """The desired host: how to reach the engine and the labels placement matches on."""
 
@@ -38,6 +56,7 @@ class HostSpec(BaseModel):
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     tls: TlsFiles | None = None
+    ssh: SshOptions | None = None
     insecure: bool = Field(
         default=False,
         description="Accept a plain tcp:// engine off this machine, or TLS with verify: false "
@@ -64,6 +83,8 @@ class HostSpec(BaseModel):
     def _tls_only_on_tcp(self) -> "HostSpec":
         if self.tls is not None and not self.url.startswith("tcp://"):
             raise ValueError("tls applies only to tcp:// engine URLs")
+        if self.ssh is not None and not self.url.startswith("ssh://"):
+            raise ValueError("ssh applies only to ssh:// engine URLs")
         return self
 
 

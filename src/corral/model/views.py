@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.model.hosts import EngineFacts, TlsFiles
+from corral.model.hosts import EngineFacts, SshOptions, TlsFiles
 
 Role = Literal["admin", "operator", "viewer", "robot", "device"]
 ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "robot", "device")
@@ -23,6 +23,7 @@ class HostView(BaseModel):
     url: str
     labels: dict[str, str]
     tls: TlsFiles | None = None
+    ssh: SshOptions | None = None
     insecure: bool = Field(
         default=False, description="Accepted unencrypted (plain tcp://) or unverified TLS."
     )

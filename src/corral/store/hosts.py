@@ -22,6 +22,7 @@ def _view(row: HostRow) -> HostView:
         labels=row.labels,
         tls=row.tls,
         insecure=row.insecure,
+        ssh=row.ssh,
         reachable=row.reachable,
         state_since=row.state_since,
         last_checked=row.last_checked,
@@ -40,13 +41,19 @@ def _new_row(spec: HostSpec) -> HostRow:
         labels=dict(spec.labels),
         tls=tls,
         insecure=spec.insecure,
+        ssh=spec.ssh.model_dump() if spec.ssh else None,
         last_error="",
     )
 
 
 def spec_of(view: HostView) -> HostSpec:
     return HostSpec(
-        name=view.name, url=view.url, labels=view.labels, tls=view.tls, insecure=view.insecure
+        name=view.name,
+        url=view.url,
+        labels=view.labels,
+        tls=view.tls,
+        ssh=view.ssh,
+        insecure=view.insecure,
     )
 
 
@@ -81,21 +88,23 @@ class HostStore:
         async with self.db.session() as s:
             row = await s.scalar(select(HostRow).where(HostRow.name == spec.name))
             tls = spec.tls.model_dump() if spec.tls else None
+            ssh = spec.ssh.model_dump() if spec.ssh else None
             if row is None:
                 row = _new_row(spec)
                 s.add(row)
                 await s.flush()
                 return _view(row), "created"
-            same = (row.url, row.labels, row.tls, row.insecure)
-            if same == (spec.url, spec.labels, tls, spec.insecure):
+            same = (row.url, row.labels, row.tls, row.insecure, row.ssh)
+            if same == (spec.url, spec.labels, tls, spec.insecure, ssh):
                 return _view(row), "unchanged"
-            if row.url != spec.url or row.tls != tls:
+            if row.url != spec.url or row.tls != tls or row.ssh != ssh:
                 row.reachable, row.state_since, row.facts, row.last_error = None, None, None, ""
-            row.url, row.labels, row.tls, row.insecure, row.updated_at = (
+            row.url, row.labels, row.tls, row.insecure, row.ssh, row.updated_at = (
                 spec.url,
                 dict(spec.labels),
                 tls,
                 spec.insecure,
+                ssh,
                 utcnow(),
             )
             await s.flush()

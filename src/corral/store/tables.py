@@ -59,6 +59,7 @@ class HostRow(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     insecure: Mapped[bool] = mapped_column(default=False)
+    ssh: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reachable: Mapped[bool | None] = mapped_column(nullable=True)
     state_since: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     last_checked: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.errors import Invalid
-from corral.model.hosts import HostSpec, TlsFiles
+from corral.model.hosts import HostSpec, SshOptions, TlsFiles
 from corral.model.names import NAME_PATTERN
 from corral.model.views import HostView
 
@@ -26,6 +26,7 @@ class HostBody(BaseModel):
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     tls: TlsFiles | None = None
+    ssh: SshOptions | None = None
     insecure: bool = Field(default=False, description="Accept plain tcp:// or unverified TLS.")
 
 
@@ -43,7 +44,12 @@ class ApplyResult(BaseModel):
 def _spec(name: str, body: HostBody) -> HostSpec:
     try:
         return HostSpec(
-            name=name, url=body.url, labels=body.labels, tls=body.tls, insecure=body.insecure
+            name=name,
+            url=body.url,
+            labels=body.labels,
+            tls=body.tls,
+            ssh=body.ssh,
+            insecure=body.insecure,
         )
     except ValueError as exc:
         raise Invalid(str(exc).splitlines()[-1].strip(), {"host": name}) from None
