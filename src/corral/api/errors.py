@@ -4,6 +4,7 @@ Installed by create_app; turns corral errors, HTTP errors and validation errors 
 and any unexpected exception into a 500 without a traceback.
 """
 
+import re
 from typing import Any
 
 import structlog
@@ -18,6 +19,7 @@ from corral.errors import CorralError
 
 log = structlog.get_logger("corral.api")
 
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -82,6 +84,19 @@ def _database_away(exc: DBAPIError) -> bool:
     return False
 
 
+def _allowed(request: Request) -> list[str]:
+    """Every method the API description gives this path (Starlette names only the first
+    matching route's)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m in HTTP_METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
@@ -103,9 +118,10 @@ def install(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
         return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(Exception)
