@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -19,6 +19,7 @@ from corral.errors import Conflict, CorralError, Invalid, NotFound
 from corral.events import EventBus
 from corral.hosts.docker_engine import DockerEngine
 from corral.hosts.driver import HostDriver
+from corral.hosts.tls_reasons import certificate_dates
 from corral.metrics import Metrics
 from corral.model.hosts import HostSpec, Probe, engine_url_allowed, insecurity
 from corral.model.names import check_labels
@@ -29,6 +30,7 @@ log = structlog.get_logger("corral.hosts")
 DriverFactory = Callable[[HostSpec, float], HostDriver]
 T = TypeVar("T")
 LOCAL = "local"  # the name the local engine is registered under at start
+EXPIRY_WARNING = timedelta(days=14)  # warn this long before a client certificate expires
 
 
 def _same_engine(name: str, other: str, how: str) -> Conflict:
@@ -58,6 +60,7 @@ class HostService:
         self._drivers: dict[str, tuple[HostSpec, HostDriver]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="corral-host")
+        self._expiry_warned: set[tuple[str, str, datetime]] = set()
 
     def refusal(self, spec: HostSpec) -> str:
         """Why corral will not talk to this engine as configured ("" when it will): an
@@ -246,7 +249,32 @@ class HostService:
         self.metrics.host_reachable.labels(name).set(1 if probe.reachable else 0)
         if changed:
             await self._announce(view, probe)
+        await self._warn_expiry(view)
         return view
+
+    async def _warn_expiry(self, view: HostView) -> None:
+        """An event (once per process and certificate) when corral's client certificate
+        for this host expires within EXPIRY_WARNING."""
+        if view.tls is None:
+            return
+        dates = certificate_dates(view.tls.cert)
+        if dates is None:
+            return
+        end = dates[1]
+        left = end - datetime.now(UTC)
+        key = (view.name, view.tls.cert, end)
+        if left > EXPIRY_WARNING or key in self._expiry_warned:
+            return
+        self._expiry_warned.add(key)
+        when = end.strftime("%Y-%m-%d %H:%M UTC")
+        state = "expired" if left.total_seconds() <= 0 else f"expires in {left.days} days"
+        await self.bus.emit(
+            "host.certificate_expiring",
+            f"host/{view.name}",
+            f"corral's client certificate for host {view.name} ({view.tls.cert}) {state}, "
+            f"on {when}: issue a new one from the engine's CA",
+            {"cert": view.tls.cert, "not_after": end.isoformat(), "level": "warning"},
+        )
 
     async def _twin_refused(self, view: HostView, probe: Probe) -> Probe:
         """A host found on the engine of an older host (added while one did not answer, or

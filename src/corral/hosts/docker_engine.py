@@ -22,6 +22,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from corral.errors import Conflict, CorralError, Invalid, Unreachable
 from corral.errors import NotFound as CorralNotFound
 from corral.hosts.ssh_tunnel import SshTunnel
+from corral.hosts.tls_reasons import client_certificate_problem, tls_reason
 from corral.model.compose import BuildSpec
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
 from corral.model.hosts import EngineFacts, HostSpec, SshOptions, SwarmRole, parse_engine_url
@@ -217,12 +218,19 @@ class DockerEngine:
         return self._connect(WORK_TIMEOUT).api
 
     def probe(self) -> EngineFacts:
+        tls = self.spec.tls
+        if tls is not None:
+            problem = client_certificate_problem(tls, datetime.now(UTC))
+            if problem:
+                raise Unreachable(problem, {"host": self.spec.name})
         try:
             client = self._connect(max(1, round(self.timeout)))
             info = client.info()
             version = client.version()
         except (DockerException, OSError) as exc:
             said = self._tunnel.explain(settle=0.5) if self._tunnel is not None else ""
+            if tls is not None:
+                said = tls_reason(str(exc), tls, parse_engine_url(self.spec.url).host)
             self.close()
             raise Unreachable(said or _short(exc), {"host": self.spec.name}) from None
         return facts_from_info(info, version)
