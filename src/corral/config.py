@@ -153,6 +153,16 @@ class Settings(BaseSettings):
     robot_heartbeat_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="A robot silent this long is offline."
     )
+    vda5050_broker: str | None = Field(
+        default=None,
+        description="Name of the mqtt:// broker in `brokers` VDA 5050 vehicles use; None: off.",
+    )
+    vda5050_interface: str = Field(
+        default="uagv", pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="VDA 5050 interfaceName."
+    )
+    vda5050_major: str = Field(
+        default="v2", pattern=r"^v[0-9]{1,3}$", description="VDA 5050 majorVersion topic level."
+    )
     wasmiot_port: int | None = Field(
         default=None, ge=1, le=65535, description="Also serve the Wasm-IoT API on this port (3000)."
     )

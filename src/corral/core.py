@@ -35,6 +35,8 @@ from corral.devices.client import SupervisorClient
 from corral.errors import Invalid, NotFound
 from corral.events import EventBus
 from corral.fleet.service import FleetService
+from corral.fleet.vda5050.master import MasterControl
+from corral.fleet.vda5050.messages import Topics
 from corral.metrics import Metrics
 from corral.model.farmfile import parse_farm_file
 from corral.model.hostsfile import parse_hosts_file
@@ -51,6 +53,7 @@ from corral.store.stacks import StackStore
 from corral.store.tables import utcnow
 from corral.store.tasks import TaskStore
 from corral.store.tokens import TokenStore
+from corral.store.vda5050 import VdaStore
 
 log = structlog.get_logger("corral.core")
 
@@ -97,6 +100,7 @@ class Core:
             settings,
         )
         self.fleet = FleetService(FleetStore(self.db), self.access, self.tasks, self.bus, settings)
+        self.vda5050: MasterControl | None = None
         self.replicas = Replicas(
             self.db,
             self.events,
@@ -140,6 +144,8 @@ class Core:
             added = await self.sessions.load_folder(self.settings.templates_dir)
             log.info("templates added", folder=str(self.settings.templates_dir), names=added)
         await self.fleet.load()
+        if self.settings.vda5050_broker is not None:
+            await self._wire_vda5050(self.settings.vda5050_broker)
         to_deploy: list[str] = []
         if self.settings.init_dir is not None:
             counts, to_deploy = await import_folder(
@@ -181,6 +187,18 @@ class Core:
         if self.settings.farm_enabled:
             loops.append(self.farm.dispatch.run(stop))
         await asyncio.gather(*(_logged(loop) for loop in loops))
+
+    async def _wire_vda5050(self, broker: str) -> None:
+        """VDA 5050 master control on its MQTT broker (docs/vda5050.md)."""
+        mqtt = self.links.get(broker)
+        if not isinstance(mqtt, MqttLink):
+            raise Invalid(f"VDA 5050 needs an mqtt:// broker named {broker!r} in `brokers`")
+        topics = Topics(self.settings.vda5050_interface, self.settings.vda5050_major)
+        self.vda5050 = MasterControl(
+            self.fleet, VdaStore(self.db), mqtt, topics, self.bus, self.metrics
+        )
+        self.vda5050.wire()
+        await self.vda5050.load()
 
     def _wire_farm(self) -> None:
         """The farm's arm executor, status subscription and trigger actions."""

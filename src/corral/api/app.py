@@ -32,6 +32,7 @@ from corral.api.routes import (
     tasks,
     templates,
     tokens,
+    vda5050,
     wasmiot,
 )
 from corral.config import Settings
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
         tasks.router,
         farm.router,
         fleet.router,
+        vda5050.router,
         brokers.router,
         events.router,
         wasmiot.router,

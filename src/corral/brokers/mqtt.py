@@ -67,13 +67,13 @@ class MqttLink(Link):
                 return handler
         return None
 
-    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish at QoS 1; NotSent when the broker is not connected now, Unreachable when
-        the publish failed on the way (it may have reached the broker)."""
+    async def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+        """Publish (at QoS 1 unless told); NotSent when the broker is not connected now,
+        Unreachable when the publish failed on the way (it may have reached the broker)."""
         client = self._client
         if client is None:
             raise NotSent(f"MQTT broker {self.name} is not connected")
         try:
-            await asyncio.wait_for(client.publish(topic, payload, qos=1, retain=retain), 10)
+            await asyncio.wait_for(client.publish(topic, payload, qos=qos, retain=retain), 10)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise Unreachable(f"MQTT broker {self.name}: publish failed: {exc}") from None

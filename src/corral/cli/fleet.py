@@ -37,6 +37,33 @@ def add(
     _credential(ctx, name, answer)
 
 
+@robots.command("add-vda")
+def add_vda(
+    ctx: typer.Context,
+    name: str,
+    manufacturer: Annotated[str, typer.Option(help="its VDA 5050 manufacturer")],
+    serial: Annotated[str, typer.Option(help="its VDA 5050 serialNumber")],
+    map_: Annotated[str | None, typer.Option("--map", help="the map it drives on")] = None,
+    marker: Annotated[str | None, typer.Option(help="the node it stands on now")] = None,
+    group: Annotated[str, typer.Option(help="group, for broadcasts")] = "",
+    priority: Annotated[int, typer.Option(help="higher goes first in a deadlock")] = 0,
+) -> None:
+    """Register a VDA 5050 vehicle (it talks over MQTT: no credential of corral's)."""
+    body = {
+        "name": name,
+        "manufacturer": manufacturer,
+        "serial_number": serial,
+        "group": group,
+        "priority": priority,
+    }
+    body.update({k: v for k, v in (("map", map_), ("marker", marker)) if v is not None})
+    answer = state(ctx).api().call("POST", "/fleet/vda5050/vehicles", json=body)
+    if state(ctx).json:
+        emit_json(answer)
+        return
+    out.print(f"robot {name}: VDA 5050 vehicle {manufacturer}/{serial}")
+
+
 def _credential(ctx: typer.Context, name: str, answer: dict[str, Any]) -> None:
     if state(ctx).json:
         emit_json(answer)

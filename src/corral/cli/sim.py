@@ -141,3 +141,63 @@ def robots(
     reached = sum(len(s.reached) for s in stats.values())
     reconnects = sum(s.reconnects for s in stats.values())
     typer.echo(f"{len(stats)} robots, {reached} markers reached, {reconnects} reconnects")
+
+
+@app.command("vda")
+def vda(
+    n: Annotated[int, typer.Argument(min=1, help="how many vehicles")],
+    broker: Annotated[str, typer.Option(help="the MQTT broker, mqtt://host:port")],
+    start: Annotated[
+        str, typer.Option(help="start nodes a,b,c: vehicle i stands on the i-th (one each)")
+    ],
+    manufacturer: Annotated[str, typer.Option(help="their manufacturer (topic level)")] = "sim",
+    serial_prefix: Annotated[str, typer.Option(help="serial numbers PREFIX1 … PREFIXN")] = "sn",
+    speed: Annotated[float, typer.Option(min=0.001, help="metres per second")] = 1.0,
+    interface: Annotated[str, typer.Option(help="interfaceName topic level")] = "uagv",
+    major: Annotated[str, typer.Option(help="majorVersion topic level")] = "v2",
+    state_every: Annotated[float, typer.Option(min=0.01, help="seconds between states")] = 1.0,
+    visualization_every: Annotated[
+        float, typer.Option(min=0.01, help="seconds between visualization messages")
+    ] = 0.1,
+    duration: Annotated[
+        float | None, typer.Option(help="stop after N seconds (default: Ctrl-C)")
+    ] = None,
+) -> None:
+    """Run N VDA 5050 vehicles (written from the standard) on an MQTT broker; register them
+    in corral with `corral vda add` (manufacturer, serial PREFIX1 … PREFIXN)."""
+    from corral.robot.vda_sim import SimVehicle, run_vehicles
+
+    nodes = [s for s in start.split(",") if s]
+    if len(nodes) < n:
+        raise CliError(f"--start names {len(nodes)} node(s) for {n} vehicles")
+    vehicles = [
+        SimVehicle(
+            broker,
+            manufacturer,
+            f"{serial_prefix}{i}",
+            nodes[i - 1],
+            speed=speed,
+            interface=interface,
+            major=major,
+            state_every=state_every,
+            visualization_every=visualization_every,
+        )
+        for i in range(1, n + 1)
+    ]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        _line(f"{n} VDA 5050 vehicle(s) of {manufacturer} on {broker}")
+        await run_vehicles(vehicles, stop)
+        for vehicle in vehicles:
+            _line(
+                f"{vehicle.serial}: at {vehicle.last_node}, passed {len(vehicle.reached)} node(s)"
+            )
+
+    asyncio.run(main())

@@ -400,6 +400,18 @@ class MissionRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+class VdaVehicleRow(Base):
+    """A robot that speaks VDA 5050: its manufacturer and serial number (its MQTT topics)."""
+
+    __tablename__ = "vda_vehicles"
+    __table_args__ = (Index("ux_vda_vehicles_identity", "manufacturer", "serial", unique=True),)
+
+    robot: Mapped[str] = mapped_column(String(63), primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(127))
+    serial: Mapped[str] = mapped_column(String(127))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class ReplicaRow(Base):
     """A running `corral serve` sharing this database: where it answers, when it was seen."""
 

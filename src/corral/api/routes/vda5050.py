@@ -1,0 +1,84 @@
+"""VDA 5050 routes: register vehicles (robots with a manufacturer and serial number), see
+what master control knows of each (connection, order, state, factsheet), and ask a vehicle
+for its state or factsheet. Missions, commands and traffic are the fleet routes'."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from corral.api.deps import CoreDep, Reader, Writer
+from corral.core import Core
+from corral.errors import Conflict
+from corral.fleet.vda5050.master import MasterControl
+from corral.model.names import NAME_PATTERN
+
+router = APIRouter(prefix="/fleet/vda5050", tags=["fleet"])
+RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
+TOPIC_LEVEL = r"^[A-Za-z0-9_.-]{1,127}$"  # one MQTT topic level, no wildcards or slashes
+
+
+class VehicleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN, max_length=63, description="Its robot name.")
+    manufacturer: str = Field(pattern=TOPIC_LEVEL)
+    serial_number: str = Field(pattern=TOPIC_LEVEL)
+    group: str = Field(default="", max_length=63)
+    priority: StrictInt = Field(default=0, ge=-1000, le=1000)
+    map: str | None = Field(default=None, max_length=63)
+    marker: str | None = Field(default=None, max_length=63, description="Where it stands now.")
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: str = Field(description="stateRequest or factsheetRequest")
+
+
+def _master(core: Core) -> MasterControl:
+    if core.vda5050 is None:
+        raise Conflict("VDA 5050 is off: set vda5050_broker to an mqtt:// broker of `brokers`")
+    return core.vda5050
+
+
+def _doc(core: Core, master: MasterControl, name: str) -> dict[str, Any]:
+    return {**core.fleet.doc(name), "vda5050": master.vehicle(name).doc()}
+
+
+@router.post("/vehicles", status_code=201, summary="Register a VDA 5050 vehicle as a robot")
+async def add_vehicle(body: VehicleRequest, core: CoreDep, caller: Writer) -> dict[str, Any]:
+    master = _master(core)
+    await master.register(
+        body.name,
+        body.manufacturer,
+        body.serial_number,
+        body.group,
+        body.priority,
+        body.map,
+        body.marker,
+        caller,
+    )
+    return _doc(core, master, body.name)
+
+
+@router.get("/vehicles", summary="VDA 5050 vehicles with their robot state")
+async def vehicles(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
+    master = _master(core)
+    return [_doc(core, master, name) for name in sorted(master.by_robot)]
+
+
+@router.get("/vehicles/{name}", summary="One VDA 5050 vehicle")
+async def vehicle(name: RobotName, core: CoreDep, _: Reader) -> dict[str, Any]:
+    master = _master(core)
+    return _doc(core, master, name)
+
+
+@router.delete("/vehicles/{name}", status_code=204, summary="Remove a VDA 5050 vehicle")
+async def remove_vehicle(name: RobotName, core: CoreDep, caller: Writer) -> Response:
+    await _master(core).remove(name, caller)
+    return Response(status_code=204)
+
+
+@router.post("/vehicles/{name}/request", status_code=202, summary="stateRequest/factsheetRequest")
+async def request(name: RobotName, body: RequestBody, core: CoreDep, _: Writer) -> Response:
+    await _master(core).request(name, body.action)
+    return Response(status_code=202)

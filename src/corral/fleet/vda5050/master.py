@@ -1,0 +1,411 @@
+"""VDA 5050 master control: corral's fleet drives vehicles over MQTT. Each registered
+vehicle is a robot whose channel turns corral's commands into VDA 5050 messages (a `move`
+into an order update whose base is exactly what the traffic granted, stop/resume/e-stop
+into instant actions) and whose `state` feeds corral's checkpoints, position and health.
+
+Every message in and out is checked against the standard's schemas; a bad or unknown one
+is an event and a counter, never a crash.
+"""
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+
+from corral.brokers.mqtt import MqttLink
+from corral.control.access import Caller
+from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
+from corral.events import EventBus
+from corral.fleet.service import FleetService
+from corral.fleet.vda5050.messages import INBOUND, TOPICS, Headers, Topics, decode, problems
+from corral.metrics import Metrics
+from corral.model.vda_orders import OrderPlan
+from corral.store.tables import MissionRow, RobotRow, VdaVehicleRow, utcnow
+from corral.store.vda5050 import VdaStore
+
+log = structlog.get_logger("corral.vda5050")
+PAUSE = {"stop": "stopPause", "estop": "stopPause", "resume": "startPause"}
+
+
+@dataclass
+class Vehicle:
+    """One vehicle as master control knows it (in memory)."""
+
+    robot: str
+    manufacturer: str
+    serial: str
+    headers: Headers
+    master: "MasterControl"
+    plan: OrderPlan | None = None
+    connection: str = "unknown"  # ONLINE, OFFLINE, CONNECTIONBROKEN as it last said
+    last_node: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # what the API shows of its state
+    factsheet: dict[str, Any] | None = None
+    watched: dict[str, str] = field(default_factory=dict)  # actionId -> what it was for
+    said: set[str] = field(default_factory=set)  # actionIds whose end was announced
+    handled: set[int] = field(default_factory=set)  # command ids sent (the latest 1,000)
+
+    # the fleet's Channel protocol: commands for this robot arrive here
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.master.command(self, message)
+
+    async def close(self, code: str, message: str, close: int) -> None:
+        """An MQTT vehicle has no socket of corral's to close: the broker's ACLs cut it."""
+
+    def doc(self) -> dict[str, Any]:
+        return {
+            "robot": self.robot,
+            "manufacturer": self.manufacturer,
+            "serial_number": self.serial,
+            "connection": self.connection,
+            "order_id": self.plan.order_id if self.plan else None,
+            "order_update_id": self.plan.update_id if self.plan else None,
+            "state": self.state,
+            "factsheet": self.factsheet,
+        }
+
+
+class MasterControl:
+    def __init__(
+        self,
+        fleet: FleetService,
+        store: VdaStore,
+        mqtt: MqttLink,
+        topics: Topics,
+        bus: EventBus,
+        metrics: Metrics,
+    ) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.mqtt = mqtt
+        self.topics = topics
+        self.bus = bus
+        self.by_identity: dict[tuple[str, str], Vehicle] = {}
+        self.by_robot: dict[str, Vehicle] = {}
+        self._unknown_said: set[tuple[str, str]] = set()
+        self.messages = Counter(
+            "corral_vda5050_messages",
+            "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown).",
+            ["direction", "topic", "outcome"],
+            registry=metrics.registry,
+        )
+
+    def wire(self) -> None:
+        for topic in INBOUND:
+            self.mqtt.subscribe(self.topics.inbound(topic), self.on_message)
+        self.fleet.dispatch.on_end.append(self._mission_ended)
+
+    async def load(self) -> None:
+        self.by_identity, self.by_robot = {}, {}
+        for row in await self.store.all():
+            if row.robot in self.fleet.robots:
+                self._add(row)
+
+    def _add(self, row: VdaVehicleRow) -> Vehicle:
+        vehicle = Vehicle(
+            row.robot, row.manufacturer, row.serial, Headers(row.manufacturer, row.serial), self
+        )
+        self.by_identity[(row.manufacturer, row.serial)] = vehicle
+        self.by_robot[row.robot] = vehicle
+        return vehicle
+
+    # ------------------------------------------------------------------ registration
+    async def register(
+        self,
+        name: str,
+        manufacturer: str,
+        serial: str,
+        group: str,
+        priority: int,
+        map_name: str | None,
+        marker: str | None,
+        by: Caller,
+    ) -> RobotRow:
+        if (manufacturer, serial) in self.by_identity:
+            taken = self.by_identity[(manufacturer, serial)].robot
+            raise Conflict(f"vehicle {manufacturer}/{serial} is robot {taken} already")
+        row, _, _ = await self.fleet.register(name, group, priority, False, map_name, marker, by)
+        vda = VdaVehicleRow(robot=name, manufacturer=manufacturer, serial=serial)
+        vda.created_at = utcnow()
+        try:
+            await self.store.add(vda)
+        except Exception:
+            await self.fleet.remove(name, by)
+            raise
+        self._add(vda)
+        await self.bus.emit(
+            "vda5050.added",
+            f"robot/{name}",
+            f"robot {name} is VDA 5050 vehicle {manufacturer}/{serial}",
+            {"manufacturer": manufacturer, "serial_number": serial},
+        )
+        return row
+
+    async def remove(self, name: str, by: Caller) -> None:
+        vehicle = self.vehicle(name)
+        await self.fleet.remove(name, by)
+        await self.store.remove(name)
+        self.by_robot.pop(name, None)
+        self.by_identity.pop((vehicle.manufacturer, vehicle.serial), None)
+
+    def vehicle(self, name: str) -> Vehicle:
+        vehicle = self.by_robot.get(name)
+        if vehicle is None:
+            raise NotFound(f"robot {name!r} is not a VDA 5050 vehicle", {"robot": name})
+        return vehicle
+
+    # ------------------------------------------------------------------ corral -> vehicle
+    async def command(self, vehicle: Vehicle, message: dict[str, Any]) -> None:
+        """One stored command of the fleet, sent as VDA 5050 and then acknowledged (the
+        broker took it). Not sent (the broker is down): it stays open and goes again when
+        the vehicle is heard next."""
+        kind, command_id = message["kind"], message["id"]
+        if command_id in vehicle.handled:
+            return  # sent already; its acknowledgement is on the way to the store
+        if kind == "move":
+            await self._order(vehicle, message)
+        elif kind in PAUSE:
+            await self._instant(vehicle, PAUSE[kind], f"{kind}-{command_id}", kind == "estop")
+        elif kind == "custom":
+            actions = message.get("payload", {}).get("actions")
+            if not isinstance(actions, list):
+                await self.bus.emit(
+                    "vda5050.unsupported",
+                    f"robot/{vehicle.robot}",
+                    f"command {command_id}: a custom command to a VDA 5050 vehicle needs "
+                    "payload.actions (a list of VDA 5050 actions)",
+                )
+            else:
+                await self._publish(vehicle, "instantActions", {"actions": actions})
+        # `mission` is informational: the order of its first move carries it.
+        # The acknowledgement is stored with the fleet's next batch (this runs while the
+        # journal delivers one).
+        vehicle.handled.add(command_id)
+        del_below = sorted(vehicle.handled)[:-1000]
+        vehicle.handled.difference_update(del_below)
+        self.fleet.dispatch.journal.ack(vehicle.robot, [command_id])
+
+    async def _order(self, vehicle: Vehicle, move: dict[str, Any]) -> None:
+        robot, (here, granted) = vehicle.robot, move["lane"]
+        row = self.fleet.robot(robot)
+        if row.map is None:
+            return
+        fmap = self.fleet.dispatch.map(row.map)
+        mission = self.fleet.dispatch.active.get(robot)
+        route = [here, granted]
+        if mission is not None and mission.id == move.get("mission"):
+            rest = mission.route[mission.progress :]
+            if rest[:2] == [here, granted]:
+                route = rest
+        order_id = f"corral-mission-{move.get('mission', 'none')}"
+        plan = vehicle.plan
+        if plan is None or plan.order_id != order_id or plan.base_end != here:
+            plan = OrderPlan(order_id)
+            if vehicle.state.get("order_id") == order_id and vehicle.last_node == here:
+                # corral restarted mid-order: go on from what the vehicle says it has
+                plan.update_id = vehicle.state["order_update_id"]
+                plan.base_end, plan.base_end_seq = here, vehicle.state["last_node_seq"]
+        sent = OrderPlan(plan.order_id, plan.update_id, plan.base_end, plan.base_end_seq)
+        body = sent.update(fmap, route, granted)
+        await self._publish(vehicle, "order", body)
+        vehicle.plan = sent
+
+    async def _instant(self, vehicle: Vehicle, action: str, action_id: str, hard: bool) -> None:
+        vehicle.watched[action_id] = action
+        await self._publish(
+            vehicle,
+            "instantActions",
+            {
+                "actions": [
+                    {
+                        "actionType": action,
+                        "actionId": action_id,
+                        "blockingType": "HARD" if hard or action != "startPause" else "NONE",
+                        "actionParameters": [],
+                    }
+                ]
+            },
+        )
+
+    async def request(self, name: str, what: str) -> None:
+        """`stateRequest` or `factsheetRequest` now."""
+        vehicle = self.vehicle(name)
+        if what not in ("stateRequest", "factsheetRequest"):
+            raise Invalid("request is stateRequest or factsheetRequest", {"field": "action"})
+        await self._instant(vehicle, what, f"{what}-{time.time_ns()}", False)
+
+    async def _publish(self, vehicle: Vehicle, topic: str, body: dict[str, Any]) -> None:
+        message = {**vehicle.headers.header(topic), **body}
+        found = problems(topic, message)
+        if found:
+            self.messages.labels("out", topic, "invalid").inc()
+            await self.bus.emit(
+                "vda5050.invalid",
+                f"robot/{vehicle.robot}",
+                f"corral did not send a {topic} to {vehicle.robot}: {'; '.join(found)}",
+                {"topic": topic, "problems": found, "direction": "out"},
+            )
+            raise Invalid(f"{topic} message against the VDA 5050 schema: {found[0]}")
+        qos, retain = TOPICS[topic]
+        await self.mqtt.publish(
+            self.topics.of(vehicle.manufacturer, vehicle.serial, topic),
+            json.dumps(message).encode(),
+            retain=retain,
+            qos=qos,
+        )
+        self.messages.labels("out", topic, "ok").inc()
+
+    async def _mission_ended(self, mission: MissionRow) -> None:
+        vehicle = self.by_robot.get(mission.robot)
+        if vehicle is None or mission.state == "done":
+            return
+        vehicle.plan = None
+        with contextlib.suppress(Unreachable, Invalid):
+            await self._instant(vehicle, "cancelOrder", f"cancel-{mission.id}", True)
+
+    # ------------------------------------------------------------------ vehicle -> corral
+    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        manufacturer, serial, name = parsed
+        vehicle = self.by_identity.get((manufacturer, serial))
+        if vehicle is None:
+            self.messages.labels("in", name, "unknown").inc()
+            if (manufacturer, serial) not in self._unknown_said:
+                self._unknown_said.add((manufacturer, serial))
+                await self.bus.emit(
+                    "vda5050.unknown",
+                    f"vda5050/{manufacturer}/{serial}",
+                    f"VDA 5050 vehicle {manufacturer}/{serial} is not registered: its messages "
+                    "are ignored (register it as a robot)",
+                    {"manufacturer": manufacturer, "serial_number": serial, "topic": name},
+                )
+            return
+        message, found = decode(name, payload)
+        if message is not None and not found and _sender(message) != (manufacturer, serial):
+            found = ["manufacturer/serialNumber differ from the topic's"]
+        if message is None or found:
+            self.messages.labels("in", name, "invalid").inc()
+            await self.bus.emit(
+                "vda5050.invalid",
+                f"robot/{vehicle.robot}",
+                f"refused a {name} message from {vehicle.robot}: {'; '.join(found)}",
+                {"topic": name, "problems": found, "direction": "in"},
+            )
+            return
+        self.messages.labels("in", name, "ok").inc()
+        try:
+            if name == "state":
+                await self._state(vehicle, message)
+            elif name == "connection":
+                await self._connection(vehicle, message, retained)
+            elif name == "visualization":
+                self._visualization(vehicle, message)
+            elif name == "factsheet":
+                vehicle.factsheet = message
+        except CorralError as exc:
+            await self.bus.emit(
+                "vda5050.refused",
+                f"robot/{vehicle.robot}",
+                f"{name} of {vehicle.robot}: {exc.message}",
+                {"topic": name},
+            )
+
+    async def _attach(self, vehicle: Vehicle) -> None:
+        """Make the vehicle the robot's channel (again) and send what is still open."""
+        link = self.fleet.links.get(vehicle.robot)
+        if link.channel is vehicle:
+            return
+        self.fleet.links.attach(vehicle.robot, vehicle)
+        for command in await self.fleet.pending(vehicle.robot):
+            await self.fleet.links.push(vehicle.robot, command)
+
+    async def _connection(self, vehicle: Vehicle, message: dict[str, Any], retained: bool) -> None:
+        state = message["connectionState"]
+        vehicle.connection = state
+        if state == "ONLINE":
+            await self.fleet.seen(vehicle.robot)
+            await self._attach(vehicle)
+            return
+        self.fleet.links.detach(vehicle.robot, vehicle)
+        link = self.fleet.links.get(vehicle.robot)
+        if link.online and not retained:
+            link.online = False
+            row = self.fleet.robot(vehicle.robot)
+            row.state = "offline"
+            await self.fleet.store.update_robot(vehicle.robot, state="offline")
+            await self.bus.emit(
+                "robot.offline",
+                f"robot/{vehicle.robot}",
+                f"robot {vehicle.robot} is {state} (VDA 5050 connection); it keeps what it holds",
+                {"connection": state},
+            )
+
+    async def _state(self, vehicle: Vehicle, state: dict[str, Any]) -> None:
+        robot = vehicle.robot
+        row = self.fleet.robot(robot)
+        link = await self.fleet.seen(robot)
+        if vehicle.connection != "CONNECTIONBROKEN":
+            await self._attach(vehicle)
+        vehicle.state = {
+            "order_id": state["orderId"],
+            "order_update_id": state["orderUpdateId"],
+            "last_node": state["lastNodeId"],
+            "last_node_seq": state["lastNodeSequenceId"],
+            "driving": state["driving"],
+            "paused": state.get("paused", False),
+            "operating_mode": state["operatingMode"],
+            "errors": state["errors"],
+            "nodes_left": [n["nodeId"] for n in state["nodeStates"]],
+            "e_stop": state["safetyState"]["eStop"],
+        }
+        battery = state["batteryState"]["batteryCharge"]
+        link.telemetry = {
+            "marker": state["lastNodeId"] or None,
+            "battery": max(0.0, min(100.0, float(battery))),
+            "status": f"vda5050 {state['operatingMode']}"
+            + (" driving" if state["driving"] else "")
+            + (" paused" if state.get("paused") else ""),
+            "vda5050": vehicle.state,
+            "at": time.time(),
+        }
+        await self._actions(vehicle, state["actionStates"])
+        last = state["lastNodeId"]
+        if last and last != vehicle.last_node and row.map is not None:
+            vehicle.last_node = last
+            position = self.fleet.dispatch.position(robot, row.map)
+            if position is None:
+                await self.fleet.dispatch.place(robot, row.map, last)
+            elif position != last:
+                # reaching (or passing) a node frees what is behind it
+                await self.fleet.checkpoint(robot, {"marker": last})
+
+    async def _actions(self, vehicle: Vehicle, states: list[dict[str, Any]]) -> None:
+        for action in states:
+            action_id, status = action["actionId"], action["actionStatus"]
+            what = vehicle.watched.get(action_id)
+            if what is None or status not in ("FINISHED", "FAILED") or action_id in vehicle.said:
+                continue
+            vehicle.said.add(action_id)
+            del vehicle.watched[action_id]
+            await self.bus.emit(
+                f"vda5050.{what}",
+                f"robot/{vehicle.robot}",
+                f"{vehicle.robot}: {what} {status.lower()}",
+                {"action_id": action_id, "status": status},
+            )
+
+    def _visualization(self, vehicle: Vehicle, message: dict[str, Any]) -> None:
+        position = message.get("agvPosition")
+        if position is not None:
+            link = self.fleet.links.get(vehicle.robot)
+            link.telemetry = {**link.telemetry, "position": position}
+
+
+def _sender(message: dict[str, Any]) -> tuple[str, str]:
+    return message["manufacturer"], message["serialNumber"]

@@ -1,0 +1,377 @@
+"""A VDA 5050 (2.x) vehicle simulator written from the standard alone: it connects with a
+last will, drives the released part of its orders edge by edge at a set speed, accepts
+order updates that stitch on its last base node, publishes state and visualization, and
+honours the instant actions stopPause, startPause, cancelOrder, stateRequest and
+factsheetRequest.
+
+It shares nothing with corral's fleet code: only the standard's JSON schemas (shipped with
+corral), aiomqtt and the standard library. `corral sim vda N` runs a fleet of them.
+"""
+
+import asyncio
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from jsonschema import Draft202012Validator
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "fleet" / "vda5050" / "schemas"
+VERSION = "2.1.0"
+TICK = 0.05  # seconds between two steps of the motion
+
+
+@cache
+def _schema(topic: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{topic}.schema").read_text()))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class SimVehicle:
+    url: str
+    manufacturer: str
+    serial: str
+    start_node: str
+    speed: float = 1.0  # metres per second along an edge
+    interface: str = "uagv"
+    major: str = "v2"
+    state_every: float = 1.0  # seconds between two periodic states (and on every event)
+    visualization_every: float = 0.1
+    position: tuple[float, float] | None = None  # where it stands, if it knows
+    map_id: str = ""
+    # order state
+    order_id: str = ""
+    order_update_id: int = 0
+    last_node: str = ""
+    last_seq: int = 0
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # not yet reached
+    edges: list[dict[str, Any]] = field(default_factory=list)  # not yet traversed
+    paused: bool = False
+    driving: bool = False
+    cancelling: str | None = None  # the cancelOrder actionId until it stops at a node
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    headers: dict[str, int] = field(default_factory=dict)
+    reached: list[str] = field(default_factory=list)  # every node reached, in order
+    _client: aiomqtt.Client | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.last_node = self.start_node
+
+    def topic(self, name: str) -> str:
+        return f"{self.interface}/{self.major}/{self.manufacturer}/{self.serial}/{name}"
+
+    def _header(self, topic: str) -> dict[str, Any]:
+        header_id = self.headers.get(topic, 0)
+        self.headers[topic] = header_id + 1
+        return {
+            "headerId": header_id,
+            "timestamp": _now(),
+            "version": VERSION,
+            "manufacturer": self.manufacturer,
+            "serialNumber": self.serial,
+        }
+
+    # ------------------------------------------------------------------ the connection
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect (last will: CONNECTIONBROKEN, retained, QoS 1), say ONLINE, serve until
+        `stop`, then say OFFLINE and disconnect. Reconnects after a lost connection."""
+        while not stop.is_set():
+            try:
+                await self._serve(stop)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.5)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        parts = urlsplit(self.url)
+        will = {**self._header("connection"), "connectionState": "CONNECTIONBROKEN"}
+        async with aiomqtt.Client(
+            hostname=parts.hostname or "127.0.0.1",
+            port=parts.port or 1883,
+            username=parts.username,
+            password=parts.password,
+            identifier=f"{self.manufacturer}-{self.serial}",
+            keepalive=5,
+            will=aiomqtt.Will(self.topic("connection"), json.dumps(will), qos=1, retain=True),
+        ) as client:
+            self._client = client
+            await client.subscribe(self.topic("order"), qos=0)
+            await client.subscribe(self.topic("instantActions"), qos=0)
+            await self._connection("ONLINE")
+            await self.publish_state()
+            tasks = [
+                asyncio.create_task(self._receive(client)),
+                asyncio.create_task(self._drive()),
+                asyncio.create_task(self._report()),
+            ]
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [*tasks, stopping], return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task is not stopping:
+                        task.result()  # a lost connection raises here
+                await self._connection("OFFLINE")
+            finally:
+                for task in [*tasks, stopping]:
+                    task.cancel()
+                self._client = None
+
+    async def _publish(
+        self, name: str, body: dict[str, Any], qos: int = 0, retain: bool = False
+    ) -> None:
+        client = self._client
+        if client is None:
+            return
+        message = {**self._header(name), **body}
+        await client.publish(self.topic(name), json.dumps(message), qos=qos, retain=retain)
+
+    async def _connection(self, state: str) -> None:
+        await self._publish("connection", {"connectionState": state}, qos=1, retain=True)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            name = str(message.topic).rsplit("/", 1)[-1]
+            try:
+                body = json.loads(message.payload if isinstance(message.payload, bytes) else b"")
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                self._error("validationError", f"{name}: not JSON")
+                continue
+            found = (
+                list(_schema(name).iter_errors(body)) if name in ("order", "instantActions") else []
+            )
+            if found or not isinstance(body, dict):
+                self._error(
+                    "validationError", f"{name}: {found[0].message if found else 'not an object'}"
+                )
+            elif name == "order":
+                self._order(body)
+            elif name == "instantActions":
+                await self._instant(body["actions"])
+            await self.publish_state()
+
+    # ------------------------------------------------------------------ orders (6.6)
+    def _error(self, kind: str, description: str, level: str = "WARNING") -> None:
+        self.errors.append(
+            {"errorType": kind, "errorLevel": level, "errorDescription": description[:200]}
+        )
+        del self.errors[:-10]
+
+    def _base_end(self) -> tuple[str, int]:
+        released = [n for n in self.nodes if n["released"]]
+        if released:
+            return released[-1]["nodeId"], released[-1]["sequenceId"]
+        return self.last_node, self.last_seq
+
+    def _order(self, order: dict[str, Any]) -> None:
+        first = order["nodes"][0] if order["nodes"] else None
+        if first is None:
+            self._error("orderError", "an order without nodes")
+            return
+        if order["orderId"] != self.order_id:
+            if any(n["released"] for n in self.nodes) or self.driving:
+                self._error("orderError", f"order {order['orderId']} while {self.order_id} runs")
+                return
+            if first["nodeId"] != self.last_node:
+                self._error("noRouteError", f"order starts at {first['nodeId']}, not here")
+                return
+            self.order_id, self.order_update_id = order["orderId"], order["orderUpdateId"]
+            self.last_seq = first["sequenceId"]
+            self._place(first)
+            self.nodes, self.edges = list(order["nodes"][1:]), list(order["edges"])
+            self.errors = []
+            return
+        if order["orderUpdateId"] < self.order_update_id:
+            self._error("orderUpdateError", f"update {order['orderUpdateId']} is older")
+            return
+        if order["orderUpdateId"] == self.order_update_id:
+            return  # the same update again: discarded
+        if (first["nodeId"], first["sequenceId"]) != self._base_end():
+            self._error(
+                "orderUpdateError", f"update does not start at the base end {self._base_end()}"
+            )
+            return
+        self.order_update_id = order["orderUpdateId"]
+        self.nodes = [n for n in self.nodes if n["released"]] + list(order["nodes"][1:])
+        self.edges = [e for e in self.edges if e["released"]] + list(order["edges"])
+        self._wake.set()
+
+    def _place(self, node: dict[str, Any]) -> None:
+        where = node.get("nodePosition")
+        if where is not None:
+            self.position, self.map_id = (where["x"], where["y"]), where["mapId"]
+
+    async def _drive(self) -> None:
+        """Move along released edges to released nodes at `speed`; stop where the base ends."""
+        while True:
+            if (
+                self.paused
+                or not self.nodes
+                or not self.edges
+                or not (self.nodes[0]["released"] and self.edges[0]["released"])
+            ):
+                self.driving = False
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK)
+                continue
+            target = self.nodes[0]
+            where = target.get("nodePosition")
+            self.driving = True
+            if where is None or self.position is None:
+                await asyncio.sleep(1 / self.speed)
+            else:
+                x, y = self.position
+                dx, dy = where["x"] - x, where["y"] - y
+                distance = math.hypot(dx, dy)
+                step = self.speed * TICK
+                if distance > step:
+                    self.position = (x + dx / distance * step, y + dy / distance * step)
+                    await asyncio.sleep(TICK)
+                    continue
+            self._place(target)
+            self.nodes.pop(0)
+            self.edges.pop(0)
+            self.last_node, self.last_seq = target["nodeId"], target["sequenceId"]
+            self.reached.append(target["nodeId"])
+            if self.cancelling is not None:
+                self._cancelled()
+            if not self.nodes:
+                self.driving = False
+            await self.publish_state()
+
+    # ------------------------------------------------------------------ instant actions (6.8)
+    async def _instant(self, actions: list[dict[str, Any]]) -> None:
+        for action in actions:
+            kind, action_id = action["actionType"], action["actionId"]
+            status = "FINISHED"
+            if kind == "stopPause":
+                self.paused = True
+            elif kind == "startPause":
+                self.paused = False
+                self._wake.set()
+            elif kind == "cancelOrder":
+                if not self.order_id or (not self.nodes and not self.driving):
+                    self._error("noOrderToCancel", "there is no order to cancel")
+                    status = "FAILED"
+                else:
+                    status = "RUNNING"
+                    self.cancelling = action_id
+                    # finish the edge it is on (if any), then stop at that node
+                    self.nodes = self.nodes[:1] if self.driving else []
+                    self.edges = self.edges[:1] if self.driving else []
+                    if not self.driving:
+                        self.actions[action_id] = {
+                            "actionId": action_id,
+                            "actionType": kind,
+                            "actionStatus": status,
+                        }
+                        self._cancelled()
+                        continue
+            elif kind == "factsheetRequest":
+                await self._publish("factsheet", self.factsheet(), retain=True)
+            elif kind != "stateRequest":
+                status = "FAILED"
+                self._error("unsupportedAction", f"instant action {kind} is not supported")
+            self.actions[action_id] = {
+                "actionId": action_id,
+                "actionType": kind,
+                "actionStatus": status,
+            }
+
+    def _cancelled(self) -> None:
+        if self.cancelling is not None:
+            self.actions[self.cancelling]["actionStatus"] = "FINISHED"
+            self.cancelling = None
+        self.nodes, self.edges = [], []
+
+    # ------------------------------------------------------------------ reports (6.10, 6.11)
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "orderId": self.order_id,
+            "orderUpdateId": self.order_update_id,
+            "lastNodeId": self.last_node,
+            "lastNodeSequenceId": self.last_seq,
+            "driving": self.driving and not self.paused,
+            "paused": self.paused,
+            "operatingMode": "AUTOMATIC",
+            "nodeStates": [
+                {"nodeId": n["nodeId"], "sequenceId": n["sequenceId"], "released": n["released"]}
+                for n in self.nodes
+            ],
+            "edgeStates": [
+                {"edgeId": e["edgeId"], "sequenceId": e["sequenceId"], "released": e["released"]}
+                for e in self.edges
+            ],
+            "actionStates": list(self.actions.values())[-20:],
+            "batteryState": {"batteryCharge": 80.0, "charging": False},
+            "errors": self.errors,
+            "safetyState": {"eStop": "NONE", "fieldViolation": False},
+        }
+        if self.position is not None:
+            state["agvPosition"] = self._where()
+        return state
+
+    def _where(self) -> dict[str, Any]:
+        x, y = self.position or (0.0, 0.0)
+        return {"x": x, "y": y, "theta": 0.0, "mapId": self.map_id, "positionInitialized": True}
+
+    async def publish_state(self) -> None:
+        await self._publish("state", self.state())
+
+    async def _report(self) -> None:
+        """State every `state_every` s, visualization every `visualization_every` s."""
+        ticks = max(1, round(self.state_every / self.visualization_every))
+        count = 0
+        while True:
+            await asyncio.sleep(self.visualization_every)
+            count += 1
+            if self.position is not None:
+                await self._publish("visualization", {"agvPosition": self._where()})
+            if count % ticks == 0:
+                await self.publish_state()
+
+    def factsheet(self) -> dict[str, Any]:
+        return {
+            "typeSpecification": {
+                "seriesName": "simulated",
+                "agvKinematic": "DIFF",
+                "agvClass": "CARRIER",
+                "maxLoadMass": 100.0,
+                "localizationTypes": ["NATURAL"],
+                "navigationTypes": ["AUTONOMOUS"],
+            },
+            "physicalParameters": {
+                "speedMin": 0.0,
+                "speedMax": self.speed,
+                "accelerationMax": 1.0,
+                "decelerationMax": 1.0,
+                "heightMax": 0.5,
+                "width": 0.5,
+                "length": 0.8,
+            },
+            "protocolLimits": {
+                "maxStringLens": {},
+                "maxArrayLens": {},
+                "timing": {"minOrderInterval": 0.1, "minStateInterval": 0.1},
+            },
+            "protocolFeatures": {"optionalParameters": [], "agvActions": []},
+            "agvGeometry": {},
+            "loadSpecification": {},
+        }
+
+
+async def run_vehicles(vehicles: list[SimVehicle], stop: asyncio.Event) -> None:
+    await asyncio.gather(*(v.run(stop) for v in vehicles))

@@ -1,0 +1,379 @@
+"""VDA 5050 master control against a real private Mosquitto and corral's own VDA 5050
+vehicle simulator (written from the standard): crossing vehicles are never released the
+same node or edge, the e-stop pauses a vehicle, a cancelled mission ends its order, and bad
+or unknown messages are refused with events while corral keeps serving.
+
+A recorder on the broker checks every order and state message against the standard's
+schemas and the no-double-release rule.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from tests.support.private_brokers import PrivateMosquitto
+from tests.support.server import ADMIN, ThreadServer
+
+from corral.config import Settings
+from corral.model.fleet_map import grid_map
+from corral.robot.vda_sim import SimVehicle
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    broker = PrivateMosquitto(tmp_path).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path, mosquitto: PrivateMosquitto) -> Iterator[ThreadServer]:
+    settings = Settings(
+        home=tmp_path,
+        bootstrap_token=ADMIN,
+        local_docker_url="",
+        robot_heartbeat_seconds=3.0,
+        brokers={"vda": mosquitto.url},
+        vda5050_broker="vda",
+    )
+    with ThreadServer(settings) as running:
+        yield running
+
+
+class Recorder:
+    """Every VDA 5050 message on the broker, checked as it passes: valid against its
+    schema, and no node or edge released to two vehicles at once (a vehicle holds its last
+    node and the released nodes and edges of its order it has not passed yet)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, dict[str, Any]]] = []
+        self.claims: dict[str, set[str]] = {}
+        self.violations: list[str] = []
+        self.invalid: list[str] = []
+        self.validators = {
+            t: Draft202012Validator(json.loads((SCHEMAS / f"{t}.schema").read_text()))
+            for t in ("order", "instantActions", "state", "connection")
+        }
+
+    def take(self, topic: str, body: dict[str, Any]) -> None:
+        serial, name = topic.split("/")[3:5]
+        self.messages.append((serial, name, body))
+        check = self.validators.get(name)
+        if check is not None and not check.is_valid(body):
+            self.invalid.append(f"{name} of {serial}")
+            return
+        if name == "order":
+            claim = {f"node:{n['nodeId']}" for n in body["nodes"] if n["released"]}
+            claim |= {f"edge:{e['edgeId']}" for e in body["edges"] if e["released"]}
+            self.claims[serial] = self.claims.get(serial, set()) | claim
+        elif name == "state":
+            claim = {f"node:{body['lastNodeId']}"} if body["lastNodeId"] else set()
+            claim |= {f"node:{n['nodeId']}" for n in body["nodeStates"] if n["released"]}
+            claim |= {f"edge:{e['edgeId']}" for e in body["edgeStates"] if e["released"]}
+            self.claims[serial] = claim
+        else:
+            return
+        for other, theirs in self.claims.items():
+            both = self.claims[serial] & theirs
+            if other != serial and both:
+                self.violations.append(f"{name} of {serial}: {sorted(both)} held by {other}")
+
+    def orders(self, serial: str) -> list[dict[str, Any]]:
+        return [b for s, n, b in self.messages if s == serial and n == "order"]
+
+    async def run(self, url: str, ready: asyncio.Event) -> None:
+        port = int(url.rsplit(":", 1)[1])
+        async with aiomqtt.Client("127.0.0.1", port, identifier="test-recorder") as client:
+            await client.subscribe("uagv/v2/#", qos=1)
+            ready.set()
+            async for message in client.messages:
+                payload = message.payload
+                if isinstance(payload, bytes):
+                    try:
+                        body = json.loads(payload)
+                    except ValueError:
+                        continue
+                    if isinstance(body, dict):
+                        self.take(str(message.topic), body)
+
+
+async def until(check: Callable[[], Awaitable[object]], what: str, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+class Bed:
+    """The broker, a recorder on it, corral's API, and simulated vehicles."""
+
+    def __init__(self, server: ThreadServer, mosquitto: PrivateMosquitto) -> None:
+        self.server, self.broker = server, mosquitto
+        self.api = httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+        )
+        self.recorder = Recorder()
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        ready = asyncio.Event()
+        self.tasks.append(asyncio.create_task(self.recorder.run(self.broker.url, ready)))
+        await asyncio.wait_for(ready.wait(), 30)
+
+        async def connected() -> bool:
+            brokers = (await self.api.get("/brokers")).json()
+            return any(b["name"] == "vda" and b["connected"] for b in brokers)
+
+        await until(connected, "corral on the broker")
+
+    def vehicle(self, serial: str, start: str, speed: float = 4.0) -> SimVehicle:
+        sim = SimVehicle(self.broker.url, "acme", serial, start, speed=speed, state_every=0.5)
+        self.tasks.append(asyncio.create_task(sim.run(self.stop)))
+        return sim
+
+    async def register(self, name: str, serial: str, map_name: str, marker: str) -> None:
+        body = {
+            "name": name,
+            "manufacturer": "acme",
+            "serial_number": serial,
+            "map": map_name,
+            "marker": marker,
+        }
+        answer = await self.api.post("/fleet/vda5050/vehicles", json=body)
+        assert answer.status_code == 201, answer.text
+
+    async def online(self, *names: str) -> None:
+        async def all_online() -> bool:
+            robots = {r["name"]: r for r in (await self.api.get("/fleet/robots")).json()}
+            return all(robots[n]["state"] == "online" for n in names)
+
+        await until(all_online, f"{names} online")
+
+    async def mission(self, robot: str, goal: str) -> int:
+        answer = await self.api.post("/fleet/missions", json={"robot": robot, "goal": goal})
+        assert answer.status_code == 201, answer.text
+        mission_id: int = answer.json()["id"]
+        return mission_id
+
+    async def mission_state(self, mission_id: int) -> str:
+        state: str = (await self.api.get(f"/fleet/missions/{mission_id}")).json()["state"]
+        return state
+
+    async def events(self, kind: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = (
+            await self.api.get("/events", params={"kind": kind, "limit": 100})
+        ).json()
+        return found
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.sleep(0.3)  # the vehicles say OFFLINE
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.api.aclose()
+
+
+@pytest.fixture
+async def bed(server: ThreadServer, mosquitto: PrivateMosquitto) -> AsyncIterator[Bed]:
+    testbed = Bed(server, mosquitto)
+    await testbed.start()
+    try:
+        yield testbed
+    finally:
+        await testbed.close()
+
+
+def _updates_are_consecutive(orders: list[dict[str, Any]]) -> bool:
+    """Per orderId, orderUpdateIds 0, 1, 2, … and each update starts at the last base node
+    of the one before (same nodeId and sequenceId)."""
+    last: dict[str, dict[str, Any]] = {}
+    for order in orders:
+        before = last.get(order["orderId"])
+        if before is None:
+            if order["orderUpdateId"] != 0:
+                return False
+        else:
+            if order["orderUpdateId"] != before["orderUpdateId"] + 1:
+                return False
+            base_end = [n for n in before["nodes"] if n["released"]][-1]
+            first = order["nodes"][0]
+            if (first["nodeId"], first["sequenceId"]) != (
+                base_end["nodeId"],
+                base_end["sequenceId"],
+            ):
+                return False
+        last[order["orderId"]] = order
+    return True
+
+
+async def test_two_vehicles_on_crossing_paths_are_never_released_the_same_node(
+    bed: Bed,
+) -> None:
+    assert (await bed.api.post("/fleet/maps", json=grid_map("g", 3, 3).as_dict())).status_code in (
+        200,
+        201,
+    )
+    await bed.register("west", "sn1", "g", "r1c0")
+    await bed.register("north", "sn2", "g", "r0c1")
+    west, north = bed.vehicle("sn1", "r1c0"), bed.vehicle("sn2", "r0c1")
+    await bed.online("west", "north")
+    missions = [await bed.mission("west", "r1c2"), await bed.mission("north", "r2c1")]
+
+    async def done() -> bool:
+        return all([await bed.mission_state(m) == "done" for m in missions])
+
+    await until(done, "both missions done")
+    await until(lambda: _at(west, "r1c2", north, "r2c1"), "the vehicles at their goals")
+    assert west.reached == ["r1c1", "r1c2"]
+    assert north.reached == ["r1c1", "r2c1"]
+    for serial in ("sn1", "sn2"):
+        orders = bed.recorder.orders(serial)
+        assert orders, f"no order to {serial}"
+        assert _updates_are_consecutive(orders), orders
+        # each order releases exactly one stretch beyond where it starts
+        assert all(len([n for n in o["nodes"] if n["released"]]) == 2 for o in orders)
+    assert bed.recorder.invalid == []
+    assert bed.recorder.violations == []
+    robots = {r["name"]: r for r in (await bed.api.get("/fleet/robots")).json()}
+    assert robots["west"]["marker"] == "r1c2"
+    assert robots["north"]["marker"] == "r2c1"
+    assert robots["west"]["telemetry"]["vda5050"]["operating_mode"] == "AUTOMATIC"
+    vehicles = (await bed.api.get("/fleet/vda5050/vehicles")).json()
+    assert {v["vda5050"]["serial_number"] for v in vehicles} == {"sn1", "sn2"}
+    assert all(v["vda5050"]["connection"] == "ONLINE" for v in vehicles)
+
+
+async def _at(*pairs: Any) -> bool:
+    it = iter(pairs)
+    return all(vehicle.last_node == node for vehicle, node in zip(it, it, strict=True))
+
+
+def _line_map() -> dict[str, Any]:
+    return {
+        "name": "line",
+        "markers": [{"id": f"n{i}", "x": 2.0 * i, "y": 0} for i in range(6)],
+        "lanes": [[f"n{i}", f"n{i + 1}"] for i in range(5)],
+    }
+
+
+async def test_estop_pauses_the_vehicle_and_cancel_ends_its_order(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("slow", "sn3", "line", "n0")
+    sim = bed.vehicle("sn3", "n0", speed=1.0)
+    await bed.online("slow")
+    mission = await bed.mission("slow", "n5")
+
+    async def driving() -> bool:
+        return sim.driving and sim.position is not None and sim.position[0] > 0.2
+
+    await until(driving, "the vehicle driving")
+    answer = await bed.api.post("/fleet/robots/slow/commands", json={"kind": "estop"})
+    assert answer.status_code == 201
+
+    async def paused() -> bool:
+        return sim.paused
+
+    await until(paused, "the vehicle paused")
+    where = sim.position
+    await asyncio.sleep(0.5)
+    assert sim.position == where, "a paused vehicle stands still"
+    assert not sim.driving
+    assert any(
+        a["actionType"] == "stopPause" and a["actionStatus"] == "FINISHED"
+        for a in sim.actions.values()
+    )
+    await bed.api.post("/fleet/robots/slow/commands", json={"kind": "resume"})
+    await until(lambda: _moving(sim), "the vehicle moving again")
+    answer = await bed.api.delete(f"/fleet/missions/{mission}")
+    assert answer.status_code == 200, answer.text
+
+    async def cancelled() -> bool:
+        return bool(await bed.events("vda5050.cancelOrder"))
+
+    await until(cancelled, "the cancelOrder finished")
+    [event] = await bed.events("vda5050.cancelOrder")
+    assert event["data"]["status"] == "FINISHED"
+    assert sim.nodes == []
+    assert not sim.driving
+    assert await bed.mission_state(mission) == "cancelled"
+
+    async def holds_one() -> bool:
+        traffic = (await bed.api.get("/fleet/maps/line/traffic")).json()
+        return list(traffic["holds"].items()) == [(f"marker:{sim.last_node}", "slow")]
+
+    await until(holds_one, "the vehicle holding only the node it stopped on")
+    assert bed.recorder.invalid == []
+
+
+async def _moving(sim: SimVehicle) -> bool:
+    return not sim.paused and sim.driving
+
+
+async def test_bad_and_unknown_messages_are_refused_and_corral_keeps_serving(
+    bed: Bed,
+) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("good", "sn4", "line", "n0")
+    port = int(bed.broker.url.rsplit(":", 1)[1])
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-rogue") as rogue:
+        await rogue.publish("uagv/v2/acme/sn4/state", b"{not json", qos=1)
+        await rogue.publish("uagv/v2/acme/sn4/state", json.dumps({"headerId": 1}), qos=1)
+        await rogue.publish("uagv/v2/acme/sn4/connection", json.dumps([1, 2]), qos=1)
+        await rogue.publish(
+            "uagv/v2/other/sn9/connection",
+            json.dumps(
+                {
+                    "headerId": 0,
+                    "timestamp": "2026-01-01T00:00:00.00Z",
+                    "version": "2.1.0",
+                    "manufacturer": "other",
+                    "serialNumber": "sn9",
+                    "connectionState": "ONLINE",
+                }
+            ),
+            qos=1,
+        )
+
+    async def refused() -> bool:
+        return len(await bed.events("vda5050.invalid")) >= 3 and bool(
+            await bed.events("vda5050.unknown")
+        )
+
+    await until(refused, "the refusals as events")
+    problems = " ".join(e["message"] for e in await bed.events("vda5050.invalid"))
+    assert "not JSON" in problems
+    assert "'orderId' is a required property" in problems
+    assert "not a JSON object" in problems
+    [unknown] = await bed.events("vda5050.unknown")
+    assert unknown["data"] == {
+        "manufacturer": "other",
+        "serial_number": "sn9",
+        "topic": "connection",
+    }
+    # corral serves on: the registered vehicle comes online and drives
+    sim = bed.vehicle("sn4", "n0")
+    await bed.online("good")
+    mission = await bed.mission("good", "n2")
+
+    async def done() -> bool:
+        return await bed.mission_state(mission) == "done"
+
+    await until(done, "the mission done")
+    assert sim.reached == ["n1", "n2"]
+    metrics = (await bed.api.get("/metrics")).text
+    assert 'corral_vda5050_messages_total{direction="in",outcome="invalid",topic="state"} 2.0' in (
+        metrics
+    )
