@@ -1,10 +1,12 @@
 """Print farm: latency from a `ready` message to the take job on the arm's MQTT topic.
 
 At a steady rate, printers' ids go to a RabbitMQ queue (default exchange, plain text, as
-the seed's printers do). Two consumers turn them into jobs on MQTT, one after the other in
-one run: a minimal pika + paho consumer (publish the job, then ack) and corral (`corral
-serve` with the farm on: store the take and replace tasks, choose a bed, then dispatch to a
-simulated arm that does each job in 10 ms). A subscriber times each take job's arrival.
+the seed's printers do). Two consumers turn them into jobs on MQTT: a minimal pika + paho
+consumer (publish the job, then ack) and corral (`corral serve` with the farm on: store the
+take and replace tasks, choose a bed, then dispatch to a simulated arm that does each job
+in 10 ms). They take turns in rounds (A B, then B A, ...) so that the shared machine's load
+falls on both alike. A subscriber times each take job's arrival and pairs it with its
+ready message by printer id; jobs that never came are counted, not guessed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,10 +37,10 @@ from tests.support.server import ADMIN, ServeProcess  # noqa: E402
 
 
 class Clock:
-    """Arrival times of take jobs on a topic, in order."""
+    """Arrival time of each printer's first take job on a topic."""
 
     def __init__(self, topic: str) -> None:
-        self.arrivals: list[float] = []
+        self.arrivals: dict[str, float] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"clock-{topic}")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", 1883)
@@ -46,36 +49,36 @@ class Clock:
         time.sleep(0.3)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        if json.loads(message.payload).get("take_from_printer"):
-            self.arrivals.append(time.perf_counter())
+        now = time.perf_counter()
+        job = json.loads(message.payload)
+        if job.get("take_from_printer"):
+            self.arrivals.setdefault(str(job.get("printer_id")), now)
 
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
 
 
-def send(queue: str, printers: list[str], count: int, rate: float) -> list[float]:
-    """`count` ready messages at `rate` per second, round-robin over printers."""
+def send(queue: str, printers: list[str], rate: float) -> dict[str, float]:
+    """Each printer's ready message, at `rate` per second: printer -> when it was sent."""
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     channel = connection.channel()
     channel.queue_declare(queue=queue, durable=True)
-    sent = []
+    sent = {}
     start = time.perf_counter()
-    for i in range(count):
+    for i, printer in enumerate(printers):
         wait = start + i / rate - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
-        sent.append(time.perf_counter())
-        channel.basic_publish(
-            "", queue, printers[i % len(printers)].encode(), pika.BasicProperties(delivery_mode=2)
-        )
+        sent[printer] = time.perf_counter()
+        channel.basic_publish("", queue, printer.encode(), pika.BasicProperties(delivery_mode=2))
     connection.close()
     return sent
 
 
-def baseline(names: Names, stop: threading.Event) -> None:
+def relay(names: Names, stop: threading.Event) -> None:
     """The minimal consumer: for each ready message, publish a take job, then ack."""
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="baseline-publisher")
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"relay-{names.job}")
     publisher.connect("127.0.0.1", 1883)
     publisher.loop_start()
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
@@ -102,75 +105,89 @@ def baseline(names: Names, stop: threading.Event) -> None:
     publisher.disconnect()
 
 
-def latencies(sent: list[float], arrivals: list[float]) -> list[float]:
-    """Latency of each take job that arrived (in order); missing ones are reported apart."""
-    return [(a - s) * 1000 for s, a in zip(sent, arrivals, strict=False)]
+class Outcome:
+    """One approach's figures over its rounds: latencies paired by printer id, and every
+    take job that never came."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.latencies: list[float] = []
+        self.sent = 0
+        self.missing = 0
+        self.stalls: list[str] = []
+
+    def add(self, sent: dict[str, float], arrivals: dict[str, float], ended: float) -> None:
+        self.sent += len(sent)
+        self.latencies += [(arrivals[p] - t) * 1000 for p, t in sent.items() if p in arrivals]
+        lost = [p for p in sent if p not in arrivals]
+        self.missing += len(lost)
+        if lost:
+            last = max(arrivals.values(), default=min(sent.values()))
+            self.stalls.append(
+                f"{len(lost)} of {len(sent)} take jobs missing (first: {lost[0]}), "
+                f"none for the last {ended - last:.1f} s"
+            )
+
+    def describe(self) -> tuple[float, float]:
+        if not self.latencies:
+            print(f"{self.name:40} {'-':>8} {'-':>8} {'-':>8} {0:6} {self.missing:8}")
+            return float("nan"), float("nan")
+        ordered = sorted(self.latencies)
+        p50 = statistics.median(ordered)
+        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+        print(
+            f"{self.name:40} {p50:8.1f} {p99:8.1f} {ordered[-1]:8.1f} {len(ordered):6} "
+            f"{self.missing:8}"
+        )
+        return p50, p99
 
 
-def shortfall(name: str, sent: list[float], arrivals: list[float], ended: float) -> None:
-    """A run that stalled, as figures: how many take jobs never came, and for how long
-    none had come when the wait ended."""
-    missing = len(sent) - len(arrivals)
-    if missing <= 0:
-        return
-    last = arrivals[-1] if arrivals else sent[0]
-    print(
-        f"{name:40} STALLED: {missing} of {len(sent)} take jobs missing, "
-        f"none for the last {ended - last:.1f} s"
-    )
-
-
-def describe(name: str, values: list[float]) -> tuple[float, float]:
-    if not values:
-        print(f"{name:40} {'-':>8} {'-':>8} {'-':>8} {0:6}")
-        return float("nan"), float("nan")
-    ordered = sorted(values)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    print(f"{name:40} {p50:8.1f} {p99:8.1f} {max(ordered):8.1f} {len(ordered):6}")
-    return p50, p99
-
-
-def wait_for(arrivals: list[float], count: int, limit: float = 120) -> float:
-    """Until `count` arrivals or `limit` s; when the wait ended (perf_counter)."""
-    deadline = time.monotonic() + limit
-    while len(arrivals) < count and time.monotonic() < deadline:
+def wait_for(arrivals: dict[str, float], sent: dict[str, float], limit: float) -> float:
+    """Until every sent printer's take job came, or `limit` s of none coming; when the
+    wait ended (perf_counter)."""
+    seen, since = -1, time.monotonic()
+    while not set(sent) <= set(arrivals):
+        if len(arrivals) != seen:
+            seen, since = len(arrivals), time.monotonic()
+        if time.monotonic() - since > limit:
+            break
         time.sleep(0.1)
     return time.perf_counter()
 
 
+def run_relay(printers: list[str], rate: float, limit: float) -> tuple[dict, dict, float]:
+    names = Names.fresh()
+    clock = Clock(names.job)
+    stop = threading.Event()
+    worker = threading.Thread(target=relay, args=(names, stop), daemon=True)
+    worker.start()
+    time.sleep(0.5)
+    sent = send(names.ready, printers, rate)
+    ended = wait_for(clock.arrivals, sent, limit)
+    stop.set()
+    worker.join(timeout=10)
+    clock.stop()
+    return sent, dict(clock.arrivals), ended
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--messages", type=int, default=300, help="printers, each ready once")
     parser.add_argument("--rate", type=float, default=2.0, help="ready messages per second")
+    parser.add_argument("--rounds", type=int, default=2, help="turns of each approach")
+    parser.add_argument("--stall", type=float, default=20.0, help="s with no job: stalled")
     args = parser.parse_args()
-    args.printers = args.messages  # each printer finishes once: no ready is a duplicate
-    printers = [f"p{i}" for i in range(args.printers)]
+    printers = [f"p{i}" for i in range(args.messages)]
     print(
         f"ready -> take job latency, {args.messages} printers finishing at {args.rate:g}/s, "
-        f"{dt.datetime.now():%Y-%m-%d %H:%M}"
+        f"{args.rounds} rounds, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
-    print(f"{'approach':40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'n':>6}")
-
-    # The minimal pika + paho consumer.
-    names = Names.fresh()
-    clock = Clock(names.job)
-    stop = threading.Event()
-    worker = threading.Thread(target=baseline, args=(names, stop), daemon=True)
-    worker.start()
-    time.sleep(0.5)
-    sent = send(names.ready, printers, args.messages, args.rate)
-    ended = wait_for(clock.arrivals, len(sent))
-    stop.set()
-    worker.join(timeout=10)
-    clock.stop()
-    base = describe("minimal pika + paho consumer", latencies(sent, clock.arrivals))
-    shortfall("minimal pika + paho consumer", sent, clock.arrivals, ended)
-
-    # corral, as a process, with the arm simulator doing each job in 10 ms.
+    minimal = Outcome("minimal pika + paho consumer")
+    ours = Outcome("corral (stored tasks, bed choice, arm)")
     names = Names.fresh()
     with tempfile.TemporaryDirectory() as home:
         env = {"CORRAL_BOOTSTRAP_TOKEN": ADMIN, "CORRAL_LOCAL_DOCKER_URL": "", **names.env()}
@@ -179,19 +196,36 @@ def main() -> None:
         try:
             headers = {"Authorization": f"Bearer {ADMIN}"}
             with httpx.Client(base_url=serve.url, headers=headers, timeout=60) as api:
-                layout(api, printers=args.printers, spare_beds=args.messages + 10)
+                # Each round's replaces load fresh clean beds.
+                layout(api, printers=args.messages, spare_beds=args.messages * args.rounds + 10)
             clock = Clock(names.job)
             with arm(names, Path(home) / "arm.jsonl", work=0.01):
                 time.sleep(1.0)
-                sent = send(names.ready, printers, args.messages, args.rate)
-                ended = wait_for(clock.arrivals, len(sent))
+
+                def corral_round() -> None:
+                    clock.arrivals.clear()
+                    sent = send(names.ready, printers, args.rate)
+                    ended = wait_for(clock.arrivals, sent, args.stall)
+                    ours.add(sent, dict(clock.arrivals), ended)
+                    time.sleep(1.0)  # the last replaces end: every printer is idle again
+
+                def relay_round() -> None:
+                    minimal.add(*run_relay(printers, args.rate, args.stall))
+
+                turns: list[Callable[[], None]] = [relay_round, corral_round]
+                for n in range(args.rounds):
+                    for turn in turns if n % 2 == 0 else turns[::-1]:
+                        turn()
             clock.stop()
-            name = "corral (stored tasks, bed choice, arm)"
-            ours = describe(name, latencies(sent, clock.arrivals))
-            shortfall(name, sent, clock.arrivals, ended)
         finally:
             serve.stop()
-    print(f"ratio corral/minimal: p50 {ours[0] / base[0]:.2f}x, p99 {ours[1] / base[1]:.2f}x")
+    print(f"{'approach':40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'n':>6} {'missing':>8}")
+    base = minimal.describe()
+    mine = ours.describe()
+    for outcome in (minimal, ours):
+        for stall in outcome.stalls:
+            print(f"{outcome.name:40} STALLED: {stall}")
+    print(f"ratio corral/minimal: p50 {mine[0] / base[0]:.2f}x, p99 {mine[1] / base[1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,10 @@ class Core:
             )
             for name, url in settings.brokers.items()
         }
-        self.tasks = TaskService(TaskStore(self.db), self.bus)
-        self.farm = FarmService(FarmStore(self.db), self.tasks, self.bus, self.metrics, settings)
+        self.tasks = TaskService(TaskStore(self.db, self.events), self.bus)
+        self.farm = FarmService(
+            FarmStore(self.db, self.events), self.tasks, self.bus, self.metrics, settings
+        )
         self.triggers = TriggerService(settings, self.bus, self.links, self.tasks)
         self.device_client = SupervisorClient(settings.device_timeout_seconds)
         self.devices = DeviceService(DeviceStore(self.db), self.bus, settings, self.device_client)
@@ -242,6 +244,7 @@ class Core:
         self._tasks.clear()
         await self.sessions.shutdown()
         await self.deployments.shutdown()
+        await self.bus.drain()
         await self.device_client.close()
         self.hosts.close()
         await self.db.close()

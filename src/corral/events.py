@@ -4,7 +4,7 @@ Producers call `emit`; the API's stream and the CLI's `events -f` read `subscrib
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ from corral.model.views import EventView
 from corral.store.events import EventStore
 
 log = structlog.get_logger("corral.events")
+LATER = 0.05  # s an event given to `later` waits for others to be stored with
 
 
 class Subscription:
@@ -38,6 +39,8 @@ class EventBus:
         self.queue_size = queue_size
         self._subscribers: set[Subscription] = set()
         self._watchers: list[tuple[str, Callable[[EventView], None]]] = []
+        self._later: list[tuple[str, str, str, dict[str, Any] | None]] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     def watch(self, prefix: str, callback: Callable[[EventView], None]) -> None:
         """Call `callback` at once for every event whose kind starts with `prefix`, emitted
@@ -52,13 +55,41 @@ class EventBus:
         return event
 
     async def emit_many(
-        self, events: list[tuple[str, str, str, dict[str, Any] | None]]
+        self, events: Sequence[tuple[str, str, str, dict[str, Any] | None]]
     ) -> list[EventView]:
         """Several events stored in one transaction (a hot path's worth), then published."""
         stored = await self.store.append_many([(k, r, m, d or {}) for k, r, m, d in events])
         for event in stored:
             self._publish(event)
         return stored
+
+    def published(self, events: list[EventView]) -> None:
+        """Events a store wrote within its own transaction, once it committed."""
+        for event in events:
+            self._publish(event)
+
+    def later(
+        self, kind: str, resource: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """An event stored off the caller's path, with the others waiting, in one
+        transaction (for events that record what already happened, not a promise)."""
+        self._later.append((kind, resource, message, data))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_later())
+
+    async def _record_later(self) -> None:
+        await asyncio.sleep(LATER)  # the events of the moments that follow join the batch
+        while self._later:
+            batch, self._later = self._later, []
+            try:
+                await self.emit_many(batch)
+            except Exception:
+                log.exception("events not stored", count=len(batch))
+
+    async def drain(self) -> None:
+        """Store the events still waiting (at shutdown)."""
+        if self._recorder is not None:
+            await self._recorder
 
     def _publish(self, event: EventView) -> None:
         self.metrics.events.labels(event.kind).inc()

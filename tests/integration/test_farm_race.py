@@ -3,9 +3,9 @@ be), on the machine's Mosquitto: the loser of the conditional queued -> assigned
 nothing and does not go on to the next task; a status from the arm finds the winner's job
 recorded; a job adopted at a takeover is never called done from a retained `available`.
 
-The race is made certain, not left to timing: the second dispatcher reads the queue and
-builds its job, then the first one claims and sends that task, then the second tries to
-claim it.
+The race is made certain, not left to timing: the second dispatcher reads the queue, then
+the first one claims and sends that task, then the second tries to claim it (building the
+job and the move are one transaction).
 """
 
 import asyncio
@@ -18,6 +18,8 @@ from tests.support.farm import Names
 
 from corral.config import Settings
 from corral.core import Core
+from corral.store.farm import Claim
+from corral.store.tasks import Note
 
 
 async def _jobs_seen(topic: str, seen: list[dict[str, Any]], ready: asyncio.Event) -> None:
@@ -58,14 +60,13 @@ async def _race(tmp_path: Path) -> None:
         one = await first.tasks.create("homing", "robot_arm", {}, 0, 30, "test")
         two = await first.tasks.create("homing", "robot_arm", {}, 0, 30, "test")
         winner, loser = first.farm.dispatch, second.farm.dispatch
-        built = loser.store.job_for
+        claim = loser.store.claim
 
-        async def job_then_lose(task: int, arm: str) -> tuple[dict[str, Any], str | None]:
-            job = await built(task, arm)
+        async def lose(task: int, arm: str, note: Note) -> Claim:
             await winner._tick()  # the other replica claims and sends it meanwhile
-            return job
+            return await claim(task, arm, note)
 
-        loser.store.job_for = job_then_lose  # type: ignore[method-assign]
+        loser.store.claim = lose  # type: ignore[method-assign]
         await loser._tick()
         await asyncio.sleep(1.0)  # any job the loser sent would have arrived by now
         assert len(seen) == 1, f"the arm got {len(seen)} jobs at once"

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from corral.model.farm import Bed, Printer, Rack, choose_replacement, job_message, utilization
+from corral.model.farm import Rack, job_message, racks_nearest, utilization
 from corral.model.schedule import parse_schedule
 
 T0 = datetime(2026, 11, 23, 20, 5, tzinfo=UTC)  # a Monday
@@ -54,26 +54,11 @@ def test_bad_schedules_say_why(text: str, message: str) -> None:
         parse_schedule(text)
 
 
-def _bed(id: str, rack: str | None, slot: int, type: str = "pei", **kw: object) -> Bed:
-    fields = {"state": "clean", "printer": None, "reserved_for": None} | kw
-    return Bed(id, type, str(fields["state"]), fields["printer"], rack, slot,  # type: ignore[arg-type]
-               fields["reserved_for"])  # type: ignore[arg-type]  # fmt: skip
-
-
-def test_the_nearest_clean_free_bed_of_the_right_type_is_chosen() -> None:
-    printer = Printer("p1", "finished", "door-1", "pei", "in-p1", position=40)
-    racks = [Rack("near", 35, 10), Rack("far", 0, 10)]
-    beds = [
-        _bed("far-1", "far", 1),
-        _bed("near-3", "near", 3),
-        _bed("near-1", "near", 1, state="dirty"),
-        _bed("near-2", "near", 2, reserved_for="p9"),
-        _bed("glass", "near", 4, type="glass"),
-        _bed("in-p2", None, 0, printer="p2"),
-    ]
-    assert choose_replacement(printer, beds, racks) == beds[1]
-    assert choose_replacement(printer, beds[:1], racks) == beds[0]
-    assert choose_replacement(printer, beds[2:], racks) is None
+def test_racks_are_searched_nearest_first_then_by_id() -> None:
+    racks = [Rack("far", 0, 10), Rack("near", 38, 10), Rack("b-tie", 45, 10), Rack("a-tie", 45, 5)]
+    order = [r.id for r in racks_nearest(40, racks)]
+    assert order == ["near", "a-tie", "b-tie", "far"]
+    assert racks_nearest(40, []) == []
 
 
 def test_job_messages_have_exactly_the_seed_fields() -> None:

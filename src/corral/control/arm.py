@@ -2,10 +2,11 @@
 the job's end by the in-flight rule (model/arm.py), and says what it is waiting for.
 
 Run by the leader (core); the farm service (control/farm.py) hands it the arm's tasks.
-Every send is preceded by one store write that claims the task (`_claim`): the queued ->
-assigned move for a first send, the sent mark for a resend. A dispatcher whose claim does
-not go through sends nothing; the claim proves the leadership term, and the lease is
-checked again right before the publish, so a replica that lost the lead sends nothing.
+Every send is preceded by one store write that claims the task: for a first send, one
+transaction builds the job and makes the queued -> assigned move that marks it sent (with
+its event); for a resend, the sent mark. A dispatcher whose claim does not go through
+sends nothing; the claim proves the leadership term, and the lease is checked again right
+before the publish, so a replica that lost the lead sends nothing.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ import structlog
 
 from corral.brokers.mqtt import MqttLink, NotSent
 from corral.config import Settings
-from corral.control.tasks import TaskService
+from corral.control.tasks import TaskService, moved_event
 from corral.errors import CorralError
 from corral.events import EventBus
 from corral.metrics import Metrics
@@ -27,6 +28,7 @@ from corral.model.arm import Flight, Outcome, after_silence, after_word
 from corral.model.views import TaskView
 from corral.store.farm import FarmStore
 from corral.store.tables import utcnow
+from corral.store.tasks import Event
 
 log = structlog.get_logger("corral.farm")
 ARM_STATES = ("available", "busy", "error")
@@ -153,17 +155,13 @@ class ArmDispatcher:
 
     async def _done(self, task_id: int, how: str) -> None:
         self.flight = None
-        task = await self.tasks.store.get(task_id)
-        if task.state == "assigned":
-            await self.tasks.move(task_id, "running")
-        # The farm's effects first: done again after a crash here, they change nothing more.
-        notes = await self.store.finish(task)
-        moved = await self.tasks.move(task_id, "done", how)
-        if moved is not None:
-            for note in notes:
-                await self.bus.emit(
-                    "farm.bed.moved", f"printer/{task.params.get('printer_id')}", note
-                )
+
+        def moved(task: TaskView, note: str) -> Event:
+            return ("farm.bed.moved", f"printer/{task.params.get('printer_id')}", note, {})
+
+        # The move and the farm's effects in one transaction: done once, or not at all.
+        _, stored = await self.store.done(task_id, how, moved_event, moved)
+        self.bus.published(stored)
 
     # ------------------------------------------------------------------ the loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -218,27 +216,21 @@ class ArmDispatcher:
         while page := await self.tasks.store.open_for(self.arm, ("queued",), PAGE, seen):
             seen += len(page)
             for task in page:
-                job, why = await self.store.job_for(task.id, self.arm)
-                if why is not None:  # a replace with no clean bed free: the next one
-                    if task.reason != why:
-                        await self.tasks.store.update(task.id, reason=why)
+                claim = await self.store.claim(task.id, self.arm, moved_event)
+                if claim.why is not None:  # a replace with no clean bed free: the next one
+                    if task.reason != claim.why:
+                        await self.tasks.store.update(task.id, reason=claim.why)
                     continue
-                fresh = await self.tasks.store.get(task.id)  # job_for may reserve a bed
-                claimed = await self._claim(fresh, job, first=True)
-                if claimed is not None:
-                    await self._send(claimed, job, first=True)
+                self.bus.published(claim.events)
+                if claim.task is not None:
+                    await self._send(claim.task, claim.job, first=True)
                 return  # sent, or lost the race for it: never on to the next task
 
-    async def _claim(self, task: TaskView, job: dict[str, Any], first: bool) -> TaskView | None:
-        """The store write before every send. First send: the conditional queued ->
-        assigned move (one claimer wins), recorded as sent before it can be answered. A
-        resend (only of this dispatcher's own flight): the assigned task marked sent again.
-        None: not ours to send."""
-        if first:
-            params = {k: v for k, v in task.params.items() if k != "job"}
-            return await self.tasks.move(
-                task.id, "assigned", params={**params, "job": job}, sent_at=utcnow()
-            )
+    async def _claim(self, task: TaskView) -> TaskView | None:
+        """The store write before a resend (only of this dispatcher's own flight): the
+        assigned task marked sent again. None: not ours to send. (A first send's claim is
+        the store's `claim`: the conditional queued -> assigned move, recorded as sent
+        before it can be answered.)"""
         if task.state != "assigned":
             return None
         await self.tasks.store.update(task.id, sent_at=utcnow(), attempts=task.attempts + 1)
@@ -247,7 +239,7 @@ class ArmDispatcher:
     async def _send(self, task: TaskView, job: dict[str, Any], first: bool) -> None:
         assert self.mqtt is not None
         if not first:
-            claimed = await self._claim(task, job, first=False)
+            claimed = await self._claim(task)
             if claimed is None:
                 self.flight = None
                 return
@@ -263,15 +255,16 @@ class ArmDispatcher:
         except CorralError as exc:  # it may have reached the broker: words may be lost
             flight.gap = True
             log.info("job publish unconfirmed", task=task.id, error=exc.message)
-        await self.bus.emit(
+        if task.kind == "take" and first:
+            self.metrics.job_latency_seconds.observe((utcnow() - task.created_at).total_seconds())
+        # What already happened (the claim is the record): stored off the job's path.
+        self.bus.later(
             "task.sent",
             f"task/{task.id}",
             f"task {task.id} {task.kind} sent to {self.arm} (attempt {task.attempts}): "
             f"{json.dumps(job)}",
             {"job": job, "attempt": task.attempts},
         )
-        if task.kind == "take" and first:
-            self.metrics.job_latency_seconds.observe((utcnow() - task.created_at).total_seconds())
 
     # ------------------------------------------------------------------ what it waits for
     def status(self) -> str:

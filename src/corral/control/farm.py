@@ -1,9 +1,9 @@
 """The print farm: printers that finish, beds to swap, and the robot arm that does it.
 
-A `ready` message (a printer id) becomes a take and a replace task in one transaction;
-the arm dispatcher (control/arm.py) sends them one at a time and applies each done job to
-the farm (beds moved, printer states). Called by triggers (AMQP, MQTT, schedules, REST),
-the farm routes and the task service.
+A `ready` message (a printer id) becomes a take and a replace task, with their events, in
+one transaction; the arm dispatcher (control/arm.py) sends them one at a time and applies
+each done job to the farm (beds moved, printer states). Called by triggers (AMQP, MQTT,
+schedules, REST), the farm routes and the task service.
 """
 
 import asyncio
@@ -22,8 +22,9 @@ from corral.metrics import Metrics
 from corral.model.farm import utilization
 from corral.model.farmfile import ID_PATTERN, FarmSpec
 from corral.model.views import BedView, PrinterView, RackView, TaskView, UsageView
-from corral.store.farm import FarmStore
+from corral.store.farm import FarmStore, ReadyOutcome
 from corral.store.tables import utcnow
+from corral.store.tasks import Event
 
 log = structlog.get_logger("corral.farm")
 ARM_KINDS = ("take", "replace", "homing")
@@ -66,6 +67,27 @@ class FarmService:
             )
             return f"{printer[:80]!r} is not a printer id"
         received = utcnow()
+
+        def note(outcome: ReadyOutcome) -> list[Event]:
+            """The events of the tasks created, stored with them."""
+            added: Event = (
+                "printer.added",
+                f"printer/{printer}",
+                f"printer {printer} added from its ready message (farm_accept_unknown)",
+                {},
+            )
+            return [
+                *([added] if outcome.added else []),
+                (
+                    "printer.finished",
+                    f"printer/{printer}",
+                    f"printer {printer} finished a print",
+                    {"received": received.isoformat()},
+                ),
+                *(("farm.bed.unavailable", f"printer/{printer}", n, {}) for n in outcome.notes),
+                *self.tasks.queued_events(outcome.tasks),
+            ]
+
         async with self._ready_lock:  # one ready at a time: no duplicate, no bed twice
             outcome = await self.store.record_ready(
                 printer,
@@ -73,6 +95,7 @@ class FarmService:
                 self.settings.farm_job_timeout_seconds,
                 source,
                 self.settings.farm_default_bed_type if self.settings.farm_accept_unknown else None,
+                note,
             )
         if outcome.outcome == "unknown_printer":
             await self.bus.emit(
@@ -90,26 +113,8 @@ class FarmService:
                 f"printer {printer} is ready again but its tasks ({ids}) are still open: ignored",
             )
             return None
-        if outcome.added:
-            await self.bus.emit(
-                "printer.added",
-                f"printer/{printer}",
-                f"printer {printer} added from its ready message (farm_accept_unknown)",
-            )
-        finished = f"printer {printer} finished a print"
-        await self.bus.emit_many(
-            [
-                (
-                    "printer.finished",
-                    f"printer/{printer}",
-                    finished,
-                    {"received": received.isoformat()},
-                ),
-                *(("farm.bed.unavailable", f"printer/{printer}", n, None) for n in outcome.notes),
-                *self.tasks.queued_events(outcome.tasks),
-            ]
-        )
-        self.dispatch.wake()
+        self.dispatch.wake()  # the tasks and their events are stored: the job may go
+        self.bus.published(outcome.events)
         return None
 
     async def homing(self, body: bytes, source: str, redelivered: bool = False) -> str | None:

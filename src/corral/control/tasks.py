@@ -12,7 +12,7 @@ from typing import Any
 from corral.errors import Conflict, Invalid
 from corral.events import EventBus
 from corral.model.views import OPEN_TASK_STATES, TaskView
-from corral.store.tasks import TaskStore, new_task
+from corral.store.tasks import Event, TaskStore, new_task
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,7 @@ class TaskService:
         executor.wake()
         return task
 
-    def queued_events(
-        self, tasks: list[TaskView]
-    ) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+    def queued_events(self, tasks: list[TaskView]) -> list[Event]:
         return [
             (
                 "task.queued",
@@ -78,14 +76,9 @@ class TaskService:
 
     async def move(self, id: int, state: str, reason: str = "", **values: Any) -> TaskView | None:
         """Move a task forward with its event; None when it was not a step forward."""
-        task = await self.store.transition(id, state, reason, **values)
+        task, stored = await self.store.advance(id, state, reason, moved_event, **values)
         if task is not None:
-            await self.bus.emit(
-                f"task.{state}",
-                f"task/{id}",
-                f"task {id} {task.kind} {state}" + _about(task) + (f": {reason}" if reason else ""),
-                {"kind": task.kind, "target": task.target, "reason": reason},
-            )
+            self.bus.published(stored)
             if state in ("failed", "cancelled"):
                 executor = self.executors.get(task.target)
                 if executor is not None:
@@ -118,6 +111,17 @@ class TaskService:
         return await self.create(
             task.kind, task.target, params, task.priority, task.timeout_s, f"retry of task {id}"
         )
+
+
+def moved_event(task: TaskView) -> Event:
+    """The event of a task that moved to its (new) state, stored with the move."""
+    state, reason = task.state, task.reason
+    return (
+        f"task.{state}",
+        f"task/{task.id}",
+        f"task {task.id} {task.kind} {state}" + _about(task) + (f": {reason}" if reason else ""),
+        {"kind": task.kind, "target": task.target, "reason": reason},
+    )
 
 
 def _about(task: TaskView) -> str:

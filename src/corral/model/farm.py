@@ -1,5 +1,5 @@
-"""The print farm's pure rules: which bed a job uses, the arm's job message, utilization.
-
+"""The print farm's pure rules: where a job's bed is looked for, the arm's job message,
+utilization.
 Used by the farm service (control) and unit-tested without brokers or a database.
 """
 
@@ -14,56 +14,17 @@ BUSY_STATES = ("printing",)  # what counts as busy time for utilization
 
 
 @dataclass(frozen=True)
-class Printer:
-    id: str
-    state: str
-    door: str
-    bed_type: str
-    bed: str | None  # the bed in it
-    position: float  # along the arm's rail, for "nearest"
-
-
-@dataclass(frozen=True)
-class Bed:
-    id: str
-    type: str
-    state: str
-    printer: str | None  # where it is: in a printer ...
-    rack: str | None  # ... or in a rack slot
-    slot: int | None
-    reserved_for: str | None  # a replace task's printer
-
-
-@dataclass(frozen=True)
 class Rack:
     id: str
     position: float
     slots: int
 
 
-def choose_replacement(printer: Printer, beds: Sequence[Bed], racks: Sequence[Rack]) -> Bed | None:
-    """The nearest clean, unreserved bed in a rack that is of the type the printer takes."""
-    where = {r.id: r.position for r in racks}
-    fitting = [
-        b
-        for b in beds
-        if b.type == printer.bed_type
-        and b.state == "clean"
-        and b.reserved_for is None
-        and b.printer is None
-        and b.rack in where
-    ]
-    if not fitting:
-        return None
-    return min(
-        fitting,
-        key=lambda b: (
-            abs(where[b.rack or ""] - printer.position),
-            b.rack or "",
-            b.slot or 0,
-            b.id,
-        ),
-    )
+def racks_nearest(position: float, racks: Sequence[Rack]) -> list[Rack]:
+    """The racks in the order a replace looks for its bed: nearest to the printer's
+    `position` first, then by id. In each rack, the first clean, unreserved bed of the type
+    the printer takes, by slot (then id), is the one (the store finds it by an index)."""
+    return sorted(racks, key=lambda r: (abs(r.position - position), r.id))
 
 
 def job_message(

@@ -114,15 +114,20 @@ class EventStore:
     ) -> list[EventView]:
         """Several events (kind, resource, message, data) in one transaction, in order."""
         async with self.db.session() as s:
-            now = utcnow()
-            rows = [
-                EventRow(time=now, kind=k, resource=r, message=m, data=d) for k, r, m, d in events
-            ]
-            for row in rows:  # one by one, so that ids follow the given order
-                s.add(row)
-                await s.flush()
-            await self._notify(s, [r.id for r in rows])
-            return [_view(r) for r in rows]
+            return await self.stage(s, events)
+
+    async def stage(
+        self, s: AsyncSession, events: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> list[EventView]:
+        """Events written within the caller's transaction (stored when it commits), in
+        order; publish them through the bus after the commit."""
+        now = utcnow()
+        rows = [EventRow(time=now, kind=k, resource=r, message=m, data=d) for k, r, m, d in events]
+        for row in rows:  # one by one, so that ids follow the given order
+            s.add(row)
+            await s.flush()
+        await self._notify(s, [r.id for r in rows])
+        return [_view(r) for r in rows]
 
     async def query(
         self, where: EventFilter, limit: int = 100, newest_first: bool = False

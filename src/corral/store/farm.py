@@ -6,6 +6,7 @@ bed reserved, a job's effects, a printer's state) are leader-only: each proves t
 leadership term.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,11 +15,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Conflict, Invalid, NotFound
-from corral.model.farm import Bed, Printer, Rack, choose_replacement, job_message
-from corral.model.views import BedView, PrinterView, RackView, TaskView
+from corral.model.farm import Rack, job_message, racks_nearest
+from corral.model.views import BedView, EventView, PrinterView, RackView, TaskView
 from corral.store.database import Database
+from corral.store.events import EventStore
 from corral.store.tables import BedRow, PrinterRow, PrinterStateRow, RackRow, TaskRow, utcnow
-from corral.store.tasks import new_task, open_rows, task_view
+from corral.store.tasks import Event, Note, advance, new_task, open_rows, task_view
 
 FARM_KINDS = ("take", "replace")
 
@@ -31,6 +33,18 @@ class ReadyOutcome:
     tasks: list[TaskView] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     added: bool = False  # the printer was unknown and is now added
+    events: list[EventView] = field(default_factory=list)  # stored with the tasks
+
+
+@dataclass
+class Claim:
+    """A first send's claim: the task moved to assigned and marked sent, with its job; or
+    why it cannot go now (`task` None)."""
+
+    task: TaskView | None
+    job: dict[str, Any]
+    why: str | None = None
+    events: list[EventView] = field(default_factory=list)  # stored with the claim
 
 
 def printer_view(row: PrinterRow) -> PrinterView:
@@ -47,14 +61,6 @@ def bed_view(row: BedRow) -> BedView:
     )
 
 
-def _printer(row: PrinterRow) -> Printer:
-    return Printer(row.id, row.state, row.door, row.bed_type, row.bed, row.position)
-
-
-def _bed(row: BedRow) -> Bed:
-    return Bed(row.id, row.type, row.state, row.printer, row.rack, row.slot, row.reserved_for)
-
-
 def _set_state(s: AsyncSession, row: PrinterRow, state: str) -> bool:
     if row.state == state:
         return False
@@ -64,8 +70,12 @@ def _set_state(s: AsyncSession, row: PrinterRow, state: str) -> bool:
 
 
 class FarmStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventStore | None = None) -> None:
         self.db = db
+        self.events = events  # None: the notes' events are not stored (tools, tests)
+
+    async def _stage(self, s: AsyncSession, events: list[Event]) -> list[EventView]:
+        return await self.events.stage(s, events) if self.events is not None and events else []
 
     # ------------------------------------------------------------------ printers
     async def put_printer(
@@ -229,12 +239,18 @@ class FarmStore:
 
     # ------------------------------------------------------------------ the farm's task writes
     async def record_ready(
-        self, printer: str, arm: str, timeout_s: float, source: str, add_as: str | None = None
+        self,
+        printer: str,
+        arm: str,
+        timeout_s: float,
+        source: str,
+        add_as: str | None = None,
+        note: Callable[[ReadyOutcome], list[Event]] | None = None,
     ) -> ReadyOutcome:
         """A printer finished: in one transaction, its take and replace tasks (with the
-        nearest clean bed reserved) and its state; nothing when it already has them. An
-        unknown printer is added (door printer<id>, bed type `add_as`) when `add_as` is
-        given, refused otherwise."""
+        nearest clean bed reserved), its state, and the events `note` says of the tasks
+        created; nothing when it already has them. An unknown printer is added (door
+        printer<id>, bed type `add_as`) when `add_as` is given, refused otherwise."""
         async with self.db.fenced() as s:
             row = await s.get(PrinterRow, printer, with_for_update=True)
             added = row is None and add_as is not None
@@ -277,80 +293,134 @@ class FarmStore:
             _set_state(s, row, "finished")
             s.add_all(tasks)
             await s.flush()
-            return ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
+            outcome = ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
+            if note is not None:
+                outcome.events = await self._stage(s, note(outcome))
+            return outcome
 
     async def _reserve(self, s: AsyncSession, printer: PrinterRow) -> str | None:
-        beds = [_bed(b) for b in (await s.scalars(select(BedRow))).all()]
+        """Reserve the nearest free bed for `printer`: racks nearest first, and in each the
+        first fitting bed by slot, read through the beds' index (ix_beds_free)."""
         racks = [Rack(r.id, r.position, r.slots) for r in (await s.scalars(select(RackRow))).all()]
-        while True:
-            chosen = choose_replacement(_printer(printer), beds, racks)
-            if chosen is None:
-                return None
-            # Reserve only if still free: two reservations can never hold one bed.
-            done = await s.execute(
-                update(BedRow)
-                .where(
-                    BedRow.id == chosen.id, BedRow.reserved_for.is_(None), BedRow.printer.is_(None)
+        for rack in racks_nearest(printer.position, racks):
+            tried: list[str] = []
+            while True:
+                free = (
+                    select(BedRow.id)
+                    .where(
+                        BedRow.type == printer.bed_type,
+                        BedRow.state == "clean",
+                        BedRow.rack == rack.id,
+                        BedRow.reserved_for.is_(None),
+                        BedRow.printer.is_(None),
+                        BedRow.id.not_in(tried),
+                    )
+                    .order_by(BedRow.slot, BedRow.id)
+                    .limit(1)
                 )
-                .values(reserved_for=printer.id)
-            )
-            if getattr(done, "rowcount", 0) == 1:
-                return chosen.id
-            beds = [b for b in beds if b.id != chosen.id]
+                chosen = await s.scalar(free)
+                if chosen is None:
+                    break
+                # Reserve only if still free: two reservations can never hold one bed.
+                done = await s.execute(
+                    update(BedRow)
+                    .where(
+                        BedRow.id == chosen,
+                        BedRow.reserved_for.is_(None),
+                        BedRow.printer.is_(None),
+                    )
+                    .values(reserved_for=printer.id)
+                )
+                if getattr(done, "rowcount", 0) == 1:
+                    return chosen
+                tried.append(chosen)
+        return None
 
-    async def job_for(self, task: int, arm: str) -> tuple[dict[str, Any], str | None]:
-        """The job message for a task about to be sent (reserving a bed for a replace that
-        has none yet), or (None, why) when it cannot be sent now."""
+    async def claim(self, task: int, arm: str, note: Note) -> Claim:
+        """A first send's store write, in one transaction: the job message built (a replace
+        with no bed yet reserves one), the conditional queued -> assigned move that records
+        it as sent (one claimer wins), and the move's event (`note`). Claim(None, {}, why)
+        when it cannot be sent now; no task and no why when it is no longer queued (another
+        claimer won it, or it ended)."""
         async with self.db.fenced() as s:
             row = await s.get(TaskRow, task, with_for_update=True)
             if row is None:
                 raise NotFound(f"task {task} not found")
-            if row.state != "queued":
-                return {}, f"task {task} is {row.state}"
+            if row.state != "queued":  # moved since the queue was read: another claimer won
+                return Claim(None, {})
+            params = dict(row.params)
             if row.kind == "homing":
-                return job_message("homing", None, None, None, False), None
-            printer = await s.get(PrinterRow, str(row.params.get("printer_id")))
-            if printer is None:
-                return {}, f"printer {row.params.get('printer_id')} no longer exists"
-            if row.kind == "take":
-                bed = printer.bed
+                message = job_message("homing", None, None, None, False)
             else:
-                bed = row.params.get("bed_id") or await self._reserve(s, printer)
-                if bed is None:
-                    return {}, f"no clean {printer.bed_type} bed is free"
-                row.params = {**row.params, "bed_id": bed}
-            queue = await open_rows(s, arm, ("queued",), 2)
-            after = [t for t in queue if t.id != row.id]
-            same = bool(after) and after[0].params.get("printer_id") == printer.id
-            message = job_message(row.kind, printer.id, bed, printer.door, same)
-            return message, None
+                printer = await s.get(PrinterRow, str(params.get("printer_id")))
+                if printer is None:
+                    return Claim(None, {}, f"printer {params.get('printer_id')} no longer exists")
+                if row.kind == "take":
+                    bed = printer.bed
+                else:
+                    bed = params.get("bed_id") or await self._reserve(s, printer)
+                    if bed is None:
+                        return Claim(None, {}, f"no clean {printer.bed_type} bed is free")
+                    params["bed_id"] = bed
+                queue = await open_rows(s, arm, ("queued",), 2)
+                after = [t for t in queue if t.id != row.id]
+                same = bool(after) and after[0].params.get("printer_id") == printer.id
+                message = job_message(row.kind, printer.id, bed, printer.door, same)
+            params.pop("job", None)
+            values = {"params": {**params, "job": message}, "sent_at": utcnow()}
+            moved = await advance(s, task, "assigned", "", values)
+            if moved is None:
+                return Claim(None, message)
+            return Claim(moved, message, None, await self._stage(s, [note(moved)]))
 
-    async def finish(self, task: TaskView) -> list[str]:
-        """Apply a done job to the farm; what changed, for events."""
+    async def done(
+        self, task: int, reason: str, note: Note, moved: Callable[[TaskView, str], Event]
+    ) -> tuple[TaskView | None, list[EventView]]:
+        """A job the arm did, in one transaction: the task moved to done (through running
+        when it was assigned), the job's effects on the farm (beds moved, the printer
+        idle), and the events: `note` of each move, `moved` of each bed that moved. None
+        when the task had ended meanwhile (nothing changes)."""
+        async with self.db.fenced() as s:
+            row = await s.get(TaskRow, task, with_for_update=True)
+            if row is None or row.state not in ("assigned", "running"):
+                return None, []
+            events: list[Event] = []
+            if row.state == "assigned":
+                running = await advance(s, task, "running", "", {})
+                if running is not None:
+                    events.append(note(running))
+            finished = await advance(s, task, "done", reason, {})
+            if finished is None:
+                return None, []
+            events.append(note(finished))
+            events += [moved(finished, n) for n in await self._apply(s, finished)]
+            return finished, await self._stage(s, events)
+
+    async def _apply(self, s: AsyncSession, task: TaskView) -> list[str]:
+        """A done job's effects on the farm; what changed, for events."""
         notes: list[str] = []
         printer_id = str(task.params.get("printer_id") or "")
-        async with self.db.fenced() as s:
-            printer = await s.get(PrinterRow, printer_id, with_for_update=True)
-            if task.kind == "take" and printer is not None:
-                if printer.bed:
-                    bed = await s.get(BedRow, printer.bed)
-                    if bed is not None:
-                        bed.printer, bed.state = None, "with_part"
-                        notes.append(f"bed {bed.id} taken out of {printer.id} with its part")
-                printer.bed = None
-                _set_state(s, printer, "idle")
-            elif task.kind == "replace" and printer is not None:
-                bed_id = task.params.get("bed_id")
-                bed = await s.get(BedRow, str(bed_id)) if bed_id else None
-                if bed is not None and printer.bed not in (None, bed.id):
-                    old = await s.get(BedRow, printer.bed)
-                    if old is not None and old.printer == printer.id:
-                        old.printer = None  # it cannot be in there with the new one
+        printer = await s.get(PrinterRow, printer_id, with_for_update=True)
+        if task.kind == "take" and printer is not None:
+            if printer.bed:
+                bed = await s.get(BedRow, printer.bed)
                 if bed is not None:
-                    bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
-                    printer.bed = bed.id
-                    notes.append(f"bed {bed.id} loaded into {printer.id}")
-                _set_state(s, printer, "idle")
+                    bed.printer, bed.state = None, "with_part"
+                    notes.append(f"bed {bed.id} taken out of {printer.id} with its part")
+            printer.bed = None
+            _set_state(s, printer, "idle")
+        elif task.kind == "replace" and printer is not None:
+            bed_id = task.params.get("bed_id")
+            bed = await s.get(BedRow, str(bed_id)) if bed_id else None
+            if bed is not None and printer.bed not in (None, bed.id):
+                old = await s.get(BedRow, printer.bed)
+                if old is not None and old.printer == printer.id:
+                    old.printer = None  # it cannot be in there with the new one
+            if bed is not None:
+                bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
+                printer.bed = bed.id
+                notes.append(f"bed {bed.id} loaded into {printer.id}")
+            _set_state(s, printer, "idle")
         return notes
 
     async def release(self, task: TaskView) -> None:

@@ -245,7 +245,10 @@ class RackRow(Base):
 
 class BedRow(Base):
     __tablename__ = "beds"
-    __table_args__ = (Index("ux_beds_slot", "rack", "slot", unique=True),)
+    __table_args__ = (
+        Index("ux_beds_slot", "rack", "slot", unique=True),
+        Index("ix_beds_free", "type", "state", "rack", "slot"),  # the nearest free bed
+    )
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
     type: Mapped[str] = mapped_column(String(63))

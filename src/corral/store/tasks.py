@@ -5,16 +5,20 @@ are the only writers of assigned/running/done. Moves are leader-only writes: eac
 the leadership term (a replica that lost the lead moves nothing).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import NotFound
-from corral.model.views import OPEN_TASK_STATES, TaskState, TaskView
+from corral.model.views import OPEN_TASK_STATES, EventView, TaskState, TaskView
 from corral.store.database import Database
+from corral.store.events import EventStore
 from corral.store.tables import TaskRow, utcnow
+
+Event = tuple[str, str, str, dict[str, Any]]  # kind, resource, message, data
+Note = Callable[[TaskView], Event]  # a moved task's event
 
 TRANSITIONS: dict[str, set[str]] = {
     "queued": {"assigned", "failed", "cancelled"},
@@ -73,8 +77,9 @@ def new_task(
 
 
 class TaskStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventStore | None = None) -> None:
         self.db = db
+        self.events = events  # None: a move's event is not stored with it
 
     async def add(self, rows: Sequence[TaskRow]) -> list[TaskView]:
         async with self.db.session() as s:
@@ -124,25 +129,19 @@ class TaskStore:
     ) -> TaskView | None:
         """Move a task forward (one conditional UPDATE, so racing moves cannot both win);
         None when that is not a step forward from where it is."""
-        now = utcnow()
-        changes: dict[str, Any] = {"state": state, "reason": reason, **values}
-        if state == "assigned":
-            changes.update(assigned_at=now, attempts=TaskRow.attempts + 1)
-        elif state == "running":
-            changes["started_at"] = now
-        elif state in ("done", "failed", "cancelled"):
-            changes["finished_at"] = now
-        sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
+        task, _ = await self.advance(id, state, reason, None, **values)
+        return task
+
+    async def advance(
+        self, id: int, state: str, reason: str, note: Note | None, **values: Any
+    ) -> tuple[TaskView | None, list[EventView]]:
+        """`transition`, and the move's event (`note` of the moved task) stored in the same
+        transaction; the events, to publish once committed."""
         async with self.db.fenced() as s:
-            done = await s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == id, TaskRow.state.in_(sources))
-                .values(**changes)
-            )
-            row = await s.get(TaskRow, id, populate_existing=True)
-            if row is None:
-                raise NotFound(f"task {id} not found", {"task": id})
-            return task_view(row) if getattr(done, "rowcount", 0) == 1 else None
+            task = await advance(s, id, state, reason, values)
+            if task is None or note is None or self.events is None:
+                return task, []
+            return task, await self.events.stage(s, [note(task)])
 
     async def update(self, id: int, **values: Any) -> None:
         async with self.db.fenced() as s:
@@ -151,6 +150,29 @@ class TaskStore:
                 raise NotFound(f"task {id} not found", {"task": id})
             for key, value in values.items():
                 setattr(row, key, value)
+
+
+async def advance(
+    s: AsyncSession, id: int, state: str, reason: str, values: dict[str, Any]
+) -> TaskView | None:
+    """Move a task forward within the caller's transaction (one conditional UPDATE);
+    None when that is not a step forward from where it is."""
+    now = utcnow()
+    changes: dict[str, Any] = {"state": state, "reason": reason, **values}
+    if state == "assigned":
+        changes.update(assigned_at=now, attempts=TaskRow.attempts + 1)
+    elif state == "running":
+        changes["started_at"] = now
+    elif state in ("done", "failed", "cancelled"):
+        changes["finished_at"] = now
+    sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
+    done = await s.execute(
+        update(TaskRow).where(TaskRow.id == id, TaskRow.state.in_(sources)).values(**changes)
+    )
+    row = await s.get(TaskRow, id, populate_existing=True)
+    if row is None:
+        raise NotFound(f"task {id} not found", {"task": id})
+    return task_view(row) if getattr(done, "rowcount", 0) == 1 else None
 
 
 async def open_rows(
