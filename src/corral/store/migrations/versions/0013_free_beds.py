@@ -1,14 +1,14 @@
 """Beds: an index for the nearest free bed of a type (clean, in a rack), so a ready
 message's bed choice reads a few index entries per rack, not every bed of the farm.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
