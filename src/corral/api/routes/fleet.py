@@ -20,6 +20,7 @@ from corral.control.access import Caller
 from corral.core import Core
 from corral.errors import CorralError, Forbidden, Invalid
 from corral.fleet.missions import mission_doc
+from corral.fleet.service import OPERATOR_KINDS
 from corral.model.names import NAME_PATTERN
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
@@ -48,7 +49,10 @@ class MissionRequest(BaseModel):
 class CommandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(description="stop, resume, estop or custom")
+    kind: str = Field(
+        description="stop, resume, estop or custom",
+        json_schema_extra={"enum": list(OPERATOR_KINDS)},  # checked by the service
+    )
     payload: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.api.deps import Admin, CoreDep, Reader
-from corral.model.names import check_name
+from corral.model.names import NAME_PATTERN, check_name
 from corral.model.views import Role, TokenView
 
 router = APIRouter(tags=["tokens"])
@@ -19,7 +19,13 @@ router = APIRouter(tags=["tokens"])
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=63, examples=["ci-bot"])
+    # the pattern is documented; check_name below refuses with a message that says it
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        examples=["ci-bot"],
+        json_schema_extra={"pattern": NAME_PATTERN},
+    )
     role: Role
     expires_in_seconds: int | None = Field(
         default=None, ge=60, le=10 * 365 * 86400, description="Lifetime; none: never expires."
