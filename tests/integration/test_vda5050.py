@@ -9,6 +9,7 @@ schemas and the no-double-release rule.
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from tests.support.private_brokers import PrivateMosquitto
-from tests.support.server import ADMIN, ThreadServer
+from tests.support.server import ADMIN, ThreadServer, corral_command
 
 from corral.config import Settings
 from corral.model.fleet_map import grid_map
@@ -377,3 +378,113 @@ async def test_bad_and_unknown_messages_are_refused_and_corral_keeps_serving(
     assert 'corral_vda5050_messages_total{direction="in",outcome="invalid",topic="state"} 2.0' in (
         metrics
     )
+
+
+def _sim_process(broker: str, start: str, serial_prefix: str = "lw") -> subprocess.Popen[bytes]:
+    """`corral sim vda 1` as its own process, so that it can die as a vehicle does."""
+    return subprocess.Popen(
+        [
+            *corral_command(),
+            "sim",
+            "vda",
+            "1",
+            "--broker",
+            broker,
+            "--start",
+            start,
+            "--manufacturer",
+            "acme",
+            "--serial-prefix",
+            serial_prefix,
+            "--speed",
+            "1",
+            "--state-every",
+            "0.5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_a_vehicle_that_dies_is_offline_keeps_its_reservations_and_goes_on_after(
+    bed: Bed,
+) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("lw", "lw1", "line", "n0")
+    vehicle = _sim_process(bed.broker.url, "n0")
+    try:
+        await bed.online("lw")
+        mission = await bed.mission("lw", "n5")
+
+        async def past_n1() -> bool:
+            robot = (await bed.api.get("/fleet/robots/lw")).json()
+            return robot["marker"] in ("n1", "n2")
+
+        await until(past_n1, "the vehicle past n1")
+    finally:
+        vehicle.kill()  # SIGKILL: no OFFLINE, the broker sends its last will
+        vehicle.wait()
+
+    async def broken() -> bool:
+        return any(
+            e["data"].get("connection") == "CONNECTIONBROKEN"
+            for e in await bed.events("robot.offline")
+        )
+
+    await until(broken, "the last will seen")
+    robot = (await bed.api.get("/fleet/robots/lw")).json()
+    assert robot["state"] == "offline"
+    holds = (await bed.api.get("/fleet/maps/line/traffic")).json()["holds"]
+    held = sorted(r for r, who in holds.items() if who == "lw")
+    assert f"marker:{robot['marker']}" in held, "its reservations are held while it is away"
+    assert await bed.mission_state(mission) == "active"
+    # the vehicle comes back (rebooted: its order is gone) where corral last saw it
+    again = _sim_process(bed.broker.url, robot["marker"])
+    try:
+
+        async def done() -> bool:
+            return await bed.mission_state(mission) == "done"
+
+        await until(done, "the mission done after the vehicle came back")
+    finally:
+        again.terminate()
+        again.wait()
+    assert await bed.events("vda5050.order_resent")
+    assert bed.recorder.violations == []
+    assert bed.recorder.invalid == []
+
+
+def _corridor() -> dict[str, Any]:
+    """A - B - C - D in a line, with a siding S beside B and C."""
+    return {
+        "name": "corridor",
+        "markers": [
+            {"id": "A", "x": 0, "y": 0},
+            {"id": "B", "x": 1, "y": 0},
+            {"id": "C", "x": 2, "y": 0},
+            {"id": "D", "x": 3, "y": 0},
+            {"id": "S", "x": 1.5, "y": 1},
+        ],
+        "lanes": [["A", "B"], ["B", "C"], ["C", "D"], ["B", "S"], ["S", "C"]],
+    }
+
+
+async def test_two_vehicles_head_on_in_a_corridor_pass_by_the_siding(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_corridor())).status_code == 201
+    await bed.register("east", "sn5", "corridor", "A")
+    await bed.register("west", "sn6", "corridor", "D")
+    east, west = bed.vehicle("sn5", "A"), bed.vehicle("sn6", "D")
+    await bed.online("east", "west")
+    missions = [await bed.mission("east", "D"), await bed.mission("west", "A")]
+
+    async def done() -> bool:
+        return all([await bed.mission_state(m) == "done" for m in missions])
+
+    await until(done, "both missions done")
+    assert east.last_node == "D"
+    assert west.last_node == "A"
+    assert "S" in east.reached + west.reached, "one of them went by the siding"
+    for serial in ("sn5", "sn6"):
+        assert _updates_are_consecutive(bed.recorder.orders(serial))
+    assert bed.recorder.violations == []
+    assert bed.recorder.invalid == []

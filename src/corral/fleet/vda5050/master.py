@@ -47,7 +47,9 @@ class Vehicle:
     factsheet: dict[str, Any] | None = None
     watched: dict[str, str] = field(default_factory=dict)  # actionId -> what it was for
     said: set[str] = field(default_factory=set)  # actionIds whose end was announced
-    handled: set[int] = field(default_factory=set)  # command ids sent (the latest 1,000)
+    handled: set[int] = field(default_factory=set)  # command ids sent
+    resent_at: float = 0.0  # when a lost order was last sent again (monotonic)
+    resends: int = 0
 
     # the fleet's Channel protocol: commands for this robot arrive here
     async def send(self, message: dict[str, Any]) -> None:
@@ -203,7 +205,11 @@ class MasterControl:
                 route = rest
         order_id = f"corral-mission-{move.get('mission', 'none')}"
         plan = vehicle.plan
-        if plan is None or plan.order_id != order_id or plan.base_end != here:
+        if (
+            plan is None
+            or not (plan.order_id == order_id or plan.order_id.startswith(f"{order_id}-"))
+            or (plan.update_id >= 0 and plan.base_end != here)
+        ):
             plan = OrderPlan(order_id)
             if vehicle.state.get("order_id") == order_id and vehicle.last_node == here:
                 # corral restarted mid-order: go on from what the vehicle says it has
@@ -384,6 +390,35 @@ class MasterControl:
             elif position != last:
                 # reaching (or passing) a node frees what is behind it
                 await self.fleet.checkpoint(robot, {"marker": last})
+        if row.map is not None and _idle(state):
+            await self._lost_order(vehicle, row.map, state)
+
+    async def _lost_order(self, vehicle: Vehicle, map_name: str, state: dict[str, Any]) -> None:
+        """A vehicle that stands idle on its position with another order than the one
+        corral gave it (it restarted and lost it) gets its granted stretch again, as a new
+        order (at most once every 2 s, while its state catches up)."""
+        robot = vehicle.robot
+        mission = self.fleet.dispatch.active.get(robot)
+        granted = self.fleet.dispatch.granted(robot, map_name)
+        position = self.fleet.dispatch.position(robot, map_name)
+        plan = vehicle.plan
+        if mission is None or granted is None or plan is None or position is None:
+            return
+        if state["orderId"] == plan.order_id or state["lastNodeId"] != position:
+            return
+        if time.monotonic() - vehicle.resent_at < 2.0:
+            return
+        vehicle.resent_at = time.monotonic()
+        vehicle.resends += 1
+        vehicle.plan = OrderPlan(f"corral-mission-{mission.id}-{vehicle.resends}")
+        await self._order(vehicle, {"lane": [position, granted], "mission": mission.id})
+        await self.bus.emit(
+            "vda5050.order_resent",
+            f"robot/{robot}",
+            f"{robot} reports order {state['orderId'] or 'none'}, not {plan.order_id}: its "
+            f"granted stretch {position} > {granted} sent again as a new order",
+            {"order_id": vehicle.plan.order_id},
+        )
 
     async def _actions(self, vehicle: Vehicle, states: list[dict[str, Any]]) -> None:
         for action in states:
@@ -405,6 +440,11 @@ class MasterControl:
         if position is not None:
             link = self.fleet.links.get(vehicle.robot)
             link.telemetry = {**link.telemetry, "position": position}
+
+
+def _idle(state: dict[str, Any]) -> bool:
+    """Standing, with nothing released left to drive."""
+    return not state["driving"] and not any(n["released"] for n in state["nodeStates"])
 
 
 def _sender(message: dict[str, Any]) -> tuple[str, str]:
