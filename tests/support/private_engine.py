@@ -1,5 +1,5 @@
 """A private dockerd for fault tests that stop an engine: its own data and exec roots in a
-temp dir, a unix socket, no bridge or iptables of its own; a child of the test, started and
+temp dir, its own network namespace, a unix socket; a child of the test, started and
 stopped by it (never the machine's dockerd, nor the shared robot engine)."""
 
 import shutil
@@ -23,14 +23,17 @@ class PrivateEngine:
 
     def start(self) -> "PrivateEngine":
         log = (self.root / "dockerd.log").open("ab")
+        # In a network namespace of its own (unshare): its bridge, addresses and firewall
+        # rules are its own. (On the host's, --bridge=none makes dockerd delete the
+        # machine's docker0.) corral reaches it by its unix socket.
         self.proc = subprocess.Popen(
             [
+                "unshare", "--net", "--",
                 "dockerd",
                 "--data-root", str(self.root / "data"),
                 "--exec-root", str(self.root / "exec"),
                 "--pidfile", str(self.root / "docker.pid"),
                 "-H", self.url,
-                "--bridge=none", "--iptables=false", "--ip6tables=false",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
