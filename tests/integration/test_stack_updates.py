@@ -88,4 +88,4 @@ def test_only_what_changed_is_touched(server: ThreadServer) -> None:
         third = _ids(api.post("/stacks", json={"name": "upd", "file": V1}).json())
         assert set(third) == {("keep", 1), ("change", 1), ("drop", 1)}
         assert len(engine_container_ids(LOCAL_URL, "corral.stack=upd")) == 3
-        assert api.delete("/stacks/upd").json() == {"removed_containers": 3}
+        assert api.delete("/stacks/upd").json() == {"removed_containers": 3, "pending_hosts": {}}

@@ -227,7 +227,7 @@ services:
         assert _docker(ROBOT_URL, "image", "inspect", tag).returncode == 0
         kinds = [e["kind"] for e in api.get("/events", params={"resource": "stack/copy/*"}).json()]
         assert "image.copied" in kinds
-        assert api.delete("/stacks/copy").json() == {"removed_containers": 1}
+        assert api.delete("/stacks/copy").json() == {"removed_containers": 1, "pending_hosts": {}}
 
 
 def test_a_build_gets_its_base_image_from_another_host(
@@ -264,7 +264,7 @@ services:
         messages = [e["message"] for e in events]
         assert f"copying {base} from edge to robot" in messages
         assert f"building {built} on robot" in messages
-        assert api.delete("/stacks/bases").json() == {"removed_containers": 1}
+        assert api.delete("/stacks/bases").json() == {"removed_containers": 1, "pending_hosts": {}}
 
         missing = stack.replace(built, "local/never-built-base:1").replace("./img", "./gone")
         body = {"name": "nobase", "file": missing, "base_dir": str(tmp_path)}

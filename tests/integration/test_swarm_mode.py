@@ -231,7 +231,7 @@ def test_swarm_stack_spreads_over_both_engines_and_goes_away(server: ThreadServe
 
         removed = api.delete(f"/stacks/{stack}", timeout=120)
         assert removed.status_code == 200, removed.text
-        assert removed.json() == {"removed_containers": 4}
+        assert removed.json() == {"removed_containers": 4, "pending_hosts": {}}
         assert _labelled(LOCAL_URL, "service", stack) == []
         for url in (LOCAL_URL, ROBOT_URL):
             assert _labelled(url, "network", stack) == []

@@ -139,6 +139,14 @@ def down(ctx: typer.Context, name: str) -> None:
         emit_json(result)
     else:
         out.print(f"stack {name} removed ({result['removed_containers']} containers)")
+    pending = result.get("pending_hosts") or {}
+    if pending:
+        hosts = "; ".join(f"{host}: {why}" for host, why in sorted(pending.items()))
+        raise CliError(
+            f"not removed from hosts that did not answer ({hosts}); corral removes what "
+            "is left there when they answer again",
+            1,
+        )
 
 
 def _services_action(ctx: typer.Context, action: str, name: str, services: list[str]) -> None:

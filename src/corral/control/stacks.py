@@ -177,6 +177,7 @@ class StackService:
         if problems:
             raise Invalid(f"stack cannot be placed: {problems[0]}", {"problems": problems})
         before = await self._stored_mode(name)
+        await self.store.drop_leftovers(name)  # this stack's passes own those containers now
         if before == "swarm" and spec.mode != "swarm":
             await self.swarm.check_can_remove(name)
         outcome = await self.store.put(name, file, env, base_dir, mode)
@@ -239,10 +240,21 @@ class StackService:
             f"stack {name} changed mode: what {before} mode made was removed",
         )
 
-    async def _remove_containers(self, name: str) -> int:
-        """Remove the stack's containers from every reachable host at once, then its
-        networks: an overlay is only released once no host has a container on it."""
-        hosts = [h for h in await self.hosts.store.list() if h.reachable]
+    async def _remove_containers(
+        self, name: str, only: str | None = None, placed: set[str] | None = None
+    ) -> tuple[int, dict[str, str]]:
+        """Remove the stack's containers from every reachable host (or only `only`) at once,
+        then its networks: an overlay is only released once no host has a container on it.
+        Returns how many containers went and the hosts that could not be reached, with why
+        (of the unreachable ones, those in `placed`: where the stack had replicas)."""
+        hosts, missed = [], {}
+        for host in await self.hosts.store.list():
+            if only is not None and host.name != only:
+                continue
+            if host.reachable:
+                hosts.append(host)
+            elif only is not None or host.name in (placed or set()):
+                missed[host.name] = host.last_error or "unreachable"
 
         async def containers(host: HostView) -> int:
             driver = self.hosts.driver_for(host)
@@ -250,10 +262,11 @@ class StackService:
             await asyncio.gather(*(self._remove(driver, c) for c in found))
             return len(found)
 
-        async def networks(host: HostView) -> None:
+        async def networks(host: HostView) -> int:
             driver = self.hosts.driver_for(host)
             for net in await self.hosts.call(driver.networks, owned_labels(name)):
                 await self._remove_network(name, host.name, driver, net)
+            return 0
 
         removed = 0
         for work in (containers, networks):
@@ -261,26 +274,57 @@ class StackService:
             for host, result in zip(hosts, results, strict=True):
                 if isinstance(result, Unreachable):
                     log.warning("down: host unreachable", host=host.name, error=result.message)
+                    missed[host.name] = result.message
                 elif isinstance(result, BaseException):
                     raise result
-                elif isinstance(result, int):
+                else:
                     removed += result
-        return removed
+            hosts = [h for h in hosts if h.name not in missed]
+        return removed, missed
 
-    async def down(self, name: str) -> int:
+    async def down(self, name: str) -> tuple[int, dict[str, str]]:
         """Remove every container, network and volume corral made for the stack (and, in swarm
-        mode, its services first)."""
+        mode, its services first). Returns how many containers went and the hosts that did
+        not answer (host -> why): what the stack has there is removed when they answer."""
         async with self._lock(name):
             stored = await self.store.get(name)
             removed = 0
             if self._mode_of(stored) == "swarm":
                 removed += await self.swarm.down(name)
-            removed += await self._remove_containers(name)
-            await self.store.remove(name)
+            placed = set((await self.store.placements(name)).values())
+            more, missed = await self._remove_containers(name, placed=placed)
+            removed += more
+            await self.store.remove(name, missed)
+        message = f"stack {name} removed ({removed} containers)"
+        if missed:
+            message += "; not reached, removed when they answer: " + ", ".join(sorted(missed))
         await self.bus.emit(
-            "stack.removed", f"stack/{name}", f"stack {name} removed ({removed} containers)"
+            "stack.removed", f"stack/{name}", message, {"pending_hosts": sorted(missed)}
         )
-        return removed
+        return removed, missed
+
+    async def _remove_leftovers(self) -> None:
+        """Remove what `down` left on hosts that did not answer, once they do."""
+        for stack, host, _, since in await self.store.leftovers():
+            try:
+                view = await self.hosts.store.get(host)
+            except NotFound:  # the host itself was removed: nothing corral can reach
+                await self.store.drop_leftovers(stack, host)
+                continue
+            if not view.reachable:
+                continue
+            async with self._lock(stack):
+                removed, missed = await self._remove_containers(stack, only=host)
+            if missed:
+                continue
+            await self.store.drop_leftovers(stack, host)
+            await self.bus.emit(
+                "stack.leftovers_removed",
+                f"stack/{stack}",
+                f"stack {stack}: {removed} containers left on {host} when it was removed "
+                f"(since {since:%Y-%m-%d %H:%M:%S} UTC) removed now that {host} answers",
+                {"host": host, "removed": removed},
+            )
 
     async def _remove_network(self, stack: str, host: str, driver: HostDriver, net: str) -> None:
         """Swarm frees an overlay's attachments a moment after their containers go: retry."""
@@ -748,6 +792,10 @@ class StackService:
                 if full:
                     last_full = time.monotonic()
                     await self._collect_networks(set(names))
+                    try:
+                        await self._remove_leftovers()
+                    except Exception as exc:
+                        log.error("leftover removal failed", error=repr(exc))
                 for name in names:
                     try:
                         await self.converge(name)

@@ -16,7 +16,7 @@ from corral.errors import Conflict, NotFound
 from corral.model.containers import container_name
 from corral.model.views import SlotView, StackView
 from corral.store.database import Database
-from corral.store.tables import SlotRow, StackRow, utcnow
+from corral.store.tables import LeftoverRow, SlotRow, StackRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,29 @@ class StackStore:
         async with self.db.session() as s:
             return list((await s.scalars(select(StackRow.name).order_by(StackRow.name))).all())
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, leftovers: dict[str, str] | None = None) -> None:
+        """Forget the stack; `leftovers` (host -> why) records the hosts whose containers
+        and networks of it are still to be removed."""
         async with self.db.fenced() as s:
             await s.execute(delete(SlotRow).where(SlotRow.stack == name))
             result = await s.execute(delete(StackRow).where(StackRow.name == name))
             if getattr(result, "rowcount", 0) == 0:
                 raise NotFound(f"stack {name!r} not found", {"stack": name})
+            for host, reason in (leftovers or {}).items():
+                await s.merge(LeftoverRow(stack=name, host=host, reason=reason))
+
+    async def leftovers(self) -> list[tuple[str, str, str, datetime]]:
+        """(stack, host, reason, since) of every removal still to do."""
+        async with self.db.session() as s:
+            rows = (await s.scalars(select(LeftoverRow).order_by(LeftoverRow.since))).all()
+            return [(r.stack, r.host, r.reason, r.since) for r in rows]
+
+    async def drop_leftovers(self, stack: str, host: str | None = None) -> None:
+        async with self.db.session() as s:
+            where = LeftoverRow.stack == stack
+            if host is not None:
+                where = where & (LeftoverRow.host == host)
+            await s.execute(delete(LeftoverRow).where(where))
 
     async def set_stopped(self, name: str, services: Iterable[str], stopped: bool) -> None:
         async with self.db.fenced() as s:

@@ -123,6 +123,18 @@ class StackRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
+class LeftoverRow(Base):
+    """A stack `down` removed while a host did not answer: its containers and networks on
+    that host are removed when it answers again."""
+
+    __tablename__ = "stack_leftovers"
+
+    stack: Mapped[str] = mapped_column(String(63), primary_key=True)
+    host: Mapped[str] = mapped_column(String(63), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    since: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class SlotRow(Base):
     """One replica of one service of a stack: where it is placed and what was seen of it."""
 

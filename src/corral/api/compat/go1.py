@@ -102,9 +102,19 @@ async def deploy(core: CoreDep) -> JSONResponse:
 async def terminate(core: CoreDep) -> JSONResponse:
     name = _stack(core)
     try:
-        removed = await core.stacks.down(name)
+        removed, pending = await core.stacks.down(name)
     except NotFound:
-        removed = 0
+        removed, pending = 0, {}
+    if pending:
+        hosts = ", ".join(f"{h} ({why})" for h, why in sorted(pending.items()))
+        return JSONResponse(
+            {
+                "error": f"not reached: {hosts}; removed when they answer again",
+                "removed": removed,
+                "pending_hosts": pending,
+            },
+            502,
+        )
     return JSONResponse({"success": True, "removed": removed})
 
 

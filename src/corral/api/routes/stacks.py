@@ -59,6 +59,11 @@ class Services(BaseModel):
 
 class DownResult(BaseModel):
     removed_containers: int
+    pending_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hosts that did not answer (and why): what the stack has there is "
+        "removed when they answer again (event stack.leftovers_removed).",
+    )
 
 
 @router.post("/validate", summary="Check a stack file without deploying it")
@@ -94,7 +99,8 @@ async def get_stack(name: StackName, core: CoreDep, _: Reader) -> StackView:
 
 @router.delete("/{name}", summary="Remove a stack and everything corral made for it")
 async def down(name: StackName, core: CoreDep, _: Writer) -> DownResult:
-    return DownResult(removed_containers=await core.stacks.down(name))
+    removed, pending = await core.stacks.down(name)
+    return DownResult(removed_containers=removed, pending_hosts=pending)
 
 
 async def _after(core: CoreDep, name: str, wait: bool) -> StackView:
