@@ -55,6 +55,11 @@ def test_down_with_a_host_away(robot_engine: RobotEngine, tmp_path: Path) -> Non
             return view["reachable"] is False
 
         wait_until(robot_away, "host robot unreachable", limit=60)
+        stop = run_cli(serve, "stop", STACK, "there")
+        assert stop.returncode == 1, stop.stdout
+        assert stop.stderr.startswith("error: not stopped: there on robot (pending: host robot"), (
+            stop.stderr
+        )
         down = run_cli(serve, "down", STACK)
         assert down.returncode == 1, down.stdout
         assert "stack downaway removed (1 containers)" in down.stdout

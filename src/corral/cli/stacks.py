@@ -149,9 +149,13 @@ def down(ctx: typer.Context, name: str) -> None:
         )
 
 
-def _services_action(ctx: typer.Context, action: str, name: str, services: list[str]) -> None:
+def _services_action(
+    ctx: typer.Context, action: str, name: str, services: list[str]
+) -> dict[str, Any]:
     result = state(ctx).api().call("POST", f"/stacks/{name}/{action}", json={"services": services})
     _show(ctx, result)
+    found: dict[str, Any] = result
+    return found
 
 
 def start(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
@@ -161,7 +165,15 @@ def start(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
 
 def stop(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
     """Stop services; they stay stopped until `corral start`."""
-    _services_action(ctx, "stop", name, services or [])
+    result = _services_action(ctx, "stop", name, services or [])
+    left = [
+        f"{s['service']} on {s['host'] or 'no host'} ({s['state']}"
+        + (f": {s['reason']})" if s["reason"] else ")")
+        for s in result["slots"]
+        if (not services or s["service"] in services) and s["state"] != "stopped"
+    ]
+    if left:
+        raise CliError(f"not stopped: {'; '.join(left)}", 1)
 
 
 def restart(ctx: typer.Context, name: str, services: ServicesArg = None) -> None:
