@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -181,6 +182,24 @@ class ArmDispatcher:
 
     def _link_up(self) -> bool:
         return self.mqtt is not None and self.mqtt.connected
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Hold the dispatcher (no status, no tick meanwhile); whether it is free to send a
+        job now: the link up, nothing in flight, the arm not busy or in error by its word.
+        A ready message claims its take under it when the arm has nothing else."""
+        async with self._lock:
+            busy = self.word in ("busy", "error") and time.monotonic() - self.word_since < (
+                self.timeout
+            )
+            yield self._link_up() and self.flight is None and not busy
+
+    async def send_claimed(self, task: TaskView, job: dict[str, Any]) -> None:
+        """Publish a first job claimed within `turn` (by a ready message's transaction)."""
+        try:
+            await self._send(task, job, first=True)
+        except CorralError as exc:  # the term is over: the next leader adopts it
+            log.info("arm dispatch postponed", error=exc.message)
 
     async def _tick(self) -> None:
         if not self._link_up():

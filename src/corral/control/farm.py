@@ -15,7 +15,7 @@ import structlog
 
 from corral.config import Settings
 from corral.control.arm import ArmDispatcher
-from corral.control.tasks import Executor, TaskService
+from corral.control.tasks import Executor, TaskService, moved_event
 from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.metrics import Metrics
@@ -88,7 +88,9 @@ class FarmService:
                 *self.tasks.queued_events(outcome.tasks),
             ]
 
-        async with self._ready_lock:  # one ready at a time: no duplicate, no bed twice
+        # One ready at a time: no duplicate, no bed twice. With the arm free and nothing
+        # else open, its take is claimed in the same transaction and sent from here.
+        async with self._ready_lock, self.dispatch.turn() as free:
             outcome = await self.store.record_ready(
                 printer,
                 self.arm,
@@ -96,7 +98,11 @@ class FarmService:
                 source,
                 self.settings.farm_default_bed_type if self.settings.farm_accept_unknown else None,
                 note,
+                moved_event if free else None,
             )
+            if outcome.claim is not None and outcome.claim.task is not None:
+                self.bus.published(outcome.events)
+                await self.dispatch.send_claimed(outcome.claim.task, outcome.claim.job)
         if outcome.outcome == "unknown_printer":
             await self.bus.emit(
                 "farm.ready.rejected",
@@ -114,7 +120,8 @@ class FarmService:
             )
             return None
         self.dispatch.wake()  # the tasks and their events are stored: the job may go
-        self.bus.published(outcome.events)
+        if outcome.claim is None:
+            self.bus.published(outcome.events)
         return None
 
     async def homing(self, body: bytes, source: str, redelivered: bool = False) -> str | None:

@@ -34,6 +34,7 @@ class ReadyOutcome:
     notes: list[str] = field(default_factory=list)
     added: bool = False  # the printer was unknown and is now added
     events: list[EventView] = field(default_factory=list)  # stored with the tasks
+    claim: "Claim | None" = None  # the take, claimed in the same transaction
 
 
 @dataclass
@@ -246,11 +247,17 @@ class FarmStore:
         source: str,
         add_as: str | None = None,
         note: Callable[[ReadyOutcome], list[Event]] | None = None,
+        send: Note | None = None,
     ) -> ReadyOutcome:
         """A printer finished: in one transaction, its take and replace tasks (with the
         nearest clean bed reserved), its state, and the events `note` says of the tasks
         created; nothing when it already has them. An unknown printer is added (door
-        printer<id>, bed type `add_as`) when `add_as` is given, refused otherwise."""
+        printer<id>, bed type `add_as`) when `add_as` is given, refused otherwise.
+
+        With `send` (the arm's dispatcher is free and waits for this), when the arm has no
+        other open task the take is also claimed here, as the dispatcher's `claim` would:
+        the queued -> assigned move that records it as sent, and its event (`send` of the
+        moved task). The outcome's `claim` holds it, to be published."""
         async with self.db.fenced() as s:
             row = await s.get(PrinterRow, printer, with_for_update=True)
             added = row is None and add_as is not None
@@ -269,17 +276,18 @@ class FarmStore:
                 await s.flush()
             if row is None:
                 return ReadyOutcome("unknown_printer")
+            open_tasks = await open_rows(s, arm)
             pending = [
                 t
-                for t in await open_rows(s, arm)
+                for t in open_tasks
                 if t.kind in FARM_KINDS and t.params.get("printer_id") == printer
             ]
             if pending:
                 return ReadyOutcome("duplicate", [task_view(t) for t in pending])
             notes: list[str] = []
             tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
-            types = set((await s.scalars(select(BedRow.type).distinct())).all())
-            if row.bed_type not in types:
+            fits = select(BedRow.id).where(BedRow.type == row.bed_type).limit(1)
+            if await s.scalar(fits) is None:
                 notes.append(
                     f"printer {printer} takes bed type {row.bed_type!r}, which no bed has: "
                     "no replace job"
@@ -294,8 +302,16 @@ class FarmStore:
             s.add_all(tasks)
             await s.flush()
             outcome = ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
-            if note is not None:
-                outcome.events = await self._stage(s, note(outcome))
+            events = note(outcome) if note is not None else []
+            if send is not None and not open_tasks:  # nothing before it: the take goes now
+                take = tasks[0]
+                job = job_message("take", printer, row.bed, row.door, len(tasks) > 1)
+                values = {"params": {**take.params, "job": job}, "sent_at": utcnow()}
+                moved = await advance(s, take.id, "assigned", "", values)
+                if moved is not None:
+                    outcome.claim = Claim(moved, job)
+                    events.append(send(moved))
+            outcome.events = await self._stage(s, events)
             return outcome
 
     async def _reserve(self, s: AsyncSession, printer: PrinterRow) -> str | None:
