@@ -23,7 +23,8 @@ from tests.support.private_brokers import PrivateMosquitto
 from tests.support.server import ADMIN, ThreadServer, corral_command
 
 from corral.config import Settings
-from corral.model.fleet_map import grid_map
+from corral.model.fleet_map import grid_map, lane_key
+from corral.robot.sim import run_fleet
 from corral.robot.vda_sim import SimVehicle
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
@@ -85,10 +86,23 @@ class Recorder:
             self.claims[serial] = claim
         else:
             return
+        self._check(serial, name)
+
+    def _check(self, who: str, what: str) -> None:
         for other, theirs in self.claims.items():
-            both = self.claims[serial] & theirs
-            if other != serial and both:
-                self.violations.append(f"{name} of {serial}: {sorted(both)} held by {other}")
+            both = self.claims[who] & theirs
+            if other != who and both:
+                self.violations.append(f"{what} of {who}: {sorted(both)} held by {other}")
+
+    def websocket(self, robot: str, telemetry: dict[str, Any]) -> None:
+        """A WebSocket robot's report: it holds the marker or lane it is on."""
+        if telemetry.get("marker"):
+            self.claims[robot] = {f"node:{telemetry['marker']}"}
+        elif telemetry.get("lane"):
+            self.claims[robot] = {f"edge:{lane_key(*telemetry['lane'])}"}
+        else:
+            return
+        self._check(robot, "telemetry")
 
     def orders(self, serial: str) -> list[dict[str, Any]]:
         return [b for s, n, b in self.messages if s == serial and n == "order"]
@@ -197,12 +211,30 @@ async def bed(server: ThreadServer, mosquitto: PrivateMosquitto) -> AsyncIterato
         await testbed.close()
 
 
+def _summary(orders: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{o['orderId']}#{o['orderUpdateId']}: "
+        + " ".join(
+            f"{n['nodeId']}/{n['sequenceId']}{'' if n['released'] else '?'}" for n in o["nodes"]
+        )
+        for o in orders
+    ]
+
+
+def _same_update(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("orderUpdateId", "nodes", "edges")
+    return all(a[k] == b[k] for k in keys)
+
+
 def _updates_are_consecutive(orders: list[dict[str, Any]]) -> bool:
     """Per orderId, orderUpdateIds 0, 1, 2, … and each update starts at the last base node
-    of the one before (same nodeId and sequenceId)."""
+    of the one before (same nodeId and sequenceId). An update sent again unchanged (one
+    the vehicle did not show it had) is allowed: the vehicle discards a repeat."""
     last: dict[str, dict[str, Any]] = {}
     for order in orders:
         before = last.get(order["orderId"])
+        if before is not None and _same_update(before, order):
+            continue
         if before is None:
             if order["orderUpdateId"] != 0:
                 return False
@@ -485,6 +517,64 @@ async def test_two_vehicles_head_on_in_a_corridor_pass_by_the_siding(bed: Bed) -
     assert west.last_node == "A"
     assert "S" in east.reached + west.reached, "one of them went by the siding"
     for serial in ("sn5", "sn6"):
-        assert _updates_are_consecutive(bed.recorder.orders(serial))
+        orders = bed.recorder.orders(serial)
+        assert _updates_are_consecutive(orders), _summary(orders)
+    assert bed.recorder.violations == []
+    assert bed.recorder.invalid == []
+
+
+async def test_orders_go_on_across_a_broker_restart(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("br", "sn7", "line", "n0")
+    sim = bed.vehicle("sn7", "n0", speed=1.0)
+    await bed.online("br")
+    mission = await bed.mission("br", "n5")
+
+    async def past_n1() -> bool:
+        return "n1" in sim.reached
+
+    await until(past_n1, "the vehicle past n1")
+    await asyncio.to_thread(bed.broker.restart)
+
+    async def done() -> bool:
+        return await bed.mission_state(mission) == "done"
+
+    await until(done, "the mission done after the broker restart", limit=90)
+    assert sim.reached == ["n1", "n2", "n3", "n4", "n5"], "every node once, in order"
+    assert sim.order_id == f"corral-mission-{mission}"
+    assert sim.errors == [], "no order or update was refused"
+
+
+async def test_a_vda_vehicle_and_a_websocket_robot_share_one_map_safely(bed: Bed) -> None:
+    fmap = grid_map("mixed", 3, 3).as_dict()
+    assert (await bed.api.post("/fleet/maps", json=fmap)).status_code == 201
+    await bed.register("agv", "sn8", "mixed", "r1c0")
+    agv = bed.vehicle("sn8", "r1c0", speed=2.0)
+    fleet = await run_fleet(
+        bed.server.url,
+        ADMIN,
+        fmap,
+        1,
+        prefix="ws",
+        speed=2.0,
+        rate=20.0,
+        start_markers=["r0c1"],
+        record=bed.recorder.websocket,
+        seed=3,
+    )
+    try:
+        await bed.online("agv", "ws-1")
+        missions = [await bed.mission("agv", "r1c2"), await bed.mission("ws-1", "r2c1")]
+
+        async def done() -> bool:
+            return all([await bed.mission_state(m) == "done" for m in missions])
+
+        await until(done, "both missions done")
+    finally:
+        await fleet.stop()
+    assert agv.reached == ["r1c1", "r1c2"]
+    robots = {r["name"]: r for r in (await bed.api.get("/fleet/robots")).json()}
+    assert robots["ws-1"]["marker"] == "r2c1"
+    assert robots["agv"]["marker"] == "r1c2"
     assert bed.recorder.violations == []
     assert bed.recorder.invalid == []

@@ -50,6 +50,7 @@ class Vehicle:
     handled: set[int] = field(default_factory=set)  # command ids sent
     resent_at: float = 0.0  # when a lost order was last sent again (monotonic)
     resends: int = 0
+    last_order: dict[str, Any] | None = None  # the body of the last order (update) sent
 
     # the fleet's Channel protocol: commands for this robot arrive here
     async def send(self, message: dict[str, Any]) -> None:
@@ -218,7 +219,8 @@ class MasterControl:
         sent = OrderPlan(plan.order_id, plan.update_id, plan.base_end, plan.base_end_seq)
         body = sent.update(fmap, route, granted)
         await self._publish(vehicle, "order", body)
-        vehicle.plan = sent
+        vehicle.plan, vehicle.last_order = sent, body
+        vehicle.resent_at = time.monotonic()  # give its state 2 s to show it
 
     async def _instant(self, vehicle: Vehicle, action: str, action_id: str, hard: bool) -> None:
         vehicle.watched[action_id] = action
@@ -396,7 +398,8 @@ class MasterControl:
     async def _lost_order(self, vehicle: Vehicle, map_name: str, state: dict[str, Any]) -> None:
         """A vehicle that stands idle on its position with another order than the one
         corral gave it (it restarted and lost it) gets its granted stretch again, as a new
-        order (at most once every 2 s, while its state catches up)."""
+        order; one with an older update of it (the last update was lost) gets that update
+        again. At most once every 2 s, while its state catches up."""
         robot = vehicle.robot
         mission = self.fleet.dispatch.active.get(robot)
         granted = self.fleet.dispatch.granted(robot, map_name)
@@ -404,9 +407,20 @@ class MasterControl:
         plan = vehicle.plan
         if mission is None or granted is None or plan is None or position is None:
             return
-        if state["orderId"] == plan.order_id or state["lastNodeId"] != position:
+        if state["lastNodeId"] != position or time.monotonic() - vehicle.resent_at < 2.0:
             return
-        if time.monotonic() - vehicle.resent_at < 2.0:
+        if state["orderId"] == plan.order_id:
+            if state["orderUpdateId"] < plan.update_id and vehicle.last_order is not None:
+                # the update went out at QoS 0 and was lost (a broker restart): again
+                vehicle.resent_at = time.monotonic()
+                await self._publish(vehicle, "order", vehicle.last_order)
+                await self.bus.emit(
+                    "vda5050.order_resent",
+                    f"robot/{robot}",
+                    f"{robot} reports update {state['orderUpdateId']} of {plan.order_id}, not "
+                    f"{plan.update_id}: the update sent again",
+                    {"order_id": plan.order_id, "order_update_id": plan.update_id},
+                )
             return
         vehicle.resent_at = time.monotonic()
         vehicle.resends += 1
