@@ -123,9 +123,8 @@ class EventStore:
         order; publish them through the bus after the commit."""
         now = utcnow()
         rows = [EventRow(time=now, kind=k, resource=r, message=m, data=d) for k, r, m, d in events]
-        for row in rows:  # one by one, so that ids follow the given order
-            s.add(row)
-            await s.flush()
+        s.add_all(rows)
+        await s.flush()  # one INSERT of all the rows, in order: their ids follow it
         await self._notify(s, [r.id for r in rows])
         return [_view(r) for r in rows]
 
