@@ -34,7 +34,7 @@ services:
     command: ["sleep", "60"]
     stop_grace_period: 1s
 """
-SLEEPER = """
+SLEEPER_WITH_CPUS = """
 x-corral-template:
   name: sleeper
   parameters:
@@ -46,6 +46,8 @@ services:
     command: ["sleep", "${seconds}"]
     stop_grace_period: 1s
 """
+# A sleeper that reserves a tenth of a CPU: fits on any engine.
+SLEEPER = SLEEPER_WITH_CPUS.replace("CPUS", "0.1")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +184,7 @@ def _engine(api: httpx.Client) -> dict[str, Any]:
 def test_no_room_is_429_or_a_queue(server: ThreadServer) -> None:
     """The sleeper reserves every CPU of the engine: a second one waits or is refused."""
     with server.client() as api:
-        sleeper = SLEEPER.replace("CPUS", str(_engine(api)["cpus"]))
+        sleeper = SLEEPER_WITH_CPUS.replace("CPUS", str(_engine(api)["cpus"]))
         assert api.post("/templates", json={"file": sleeper}).status_code == 201
         first = api.post("/templates/sleeper/sessions", json={"params": {"seconds": 2}}).json()
         assert first["state"] == "running"
