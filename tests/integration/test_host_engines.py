@@ -77,6 +77,13 @@ def test_labels_change_in_place(local_engine: str, tmp_path: Path) -> None:
         assert bad.status_code == 422, bad.text
         assert "bad key!" in bad.json()["error"]["message"]
         assert api.patch("/hosts/nope/labels", json={"a": "b"}).status_code == 404
+        many = {f"k{i}": "v" for i in range(40)}
+        assert api.patch("/hosts/local/labels", json=many).status_code == 200
+        more = {f"m{i}": "v" for i in range(40)}
+        too_many = api.patch("/hosts/local/labels", json=more)
+        assert too_many.status_code == 422, too_many.text
+        assert "at most 64" in too_many.json()["error"]["message"]
+        assert api.get("/hosts/local").status_code == 200
         events = api.get("/events", params={"resource": "host/local"}).json()
         assert any(e["message"] == "host local labels now role=edge" for e in events)
 

@@ -143,6 +143,9 @@ class HostService:
         except ValueError as exc:
             raise Invalid(str(exc), {"field": "labels"}) from None
         before = await self.store.get(name)
+        merged = {k: v for k, v in {**before.labels, **changes}.items() if v is not None}
+        if len(merged) > 64:
+            raise Invalid(f"host {name} would have {len(merged)} labels; at most 64")
         view = await self.store.set_labels(name, changes)
         if view.labels != before.labels:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(view.labels.items())) or "none"
