@@ -9,6 +9,7 @@ schemas and the no-double-release rule.
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +21,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from tests.support.private_brokers import PrivateMosquitto
-from tests.support.server import ADMIN, ThreadServer, corral_command
+from tests.support.server import ADMIN, ServeProcess, ThreadServer, corral_command
 
 from corral.config import Settings
 from corral.model.fleet_map import grid_map, lane_key
@@ -578,3 +579,67 @@ async def test_a_vda_vehicle_and_a_websocket_robot_share_one_map_safely(bed: Bed
     assert robots["agv"]["marker"] == "r1c2"
     assert bed.recorder.violations == []
     assert bed.recorder.invalid == []
+
+
+async def test_corral_killed_mid_order_goes_on_with_the_next_update(
+    tmp_path: Path, mosquitto: PrivateMosquitto
+) -> None:
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_LOCAL_DOCKER_URL": "",
+        "CORRAL_MDNS_ENABLED": "false",
+        "CORRAL_BROKERS": json.dumps({"vda": mosquitto.url}),
+        "CORRAL_VDA5050_BROKER": "vda",
+    }
+    serve = await asyncio.to_thread(ServeProcess(tmp_path / "corral", env).start)
+    recorder, ready = Recorder(), asyncio.Event()
+    recording = asyncio.create_task(recorder.run(mosquitto.url, ready))
+    stop = asyncio.Event()
+    sim = SimVehicle(mosquitto.url, "acme", "sk1", "n0", speed=1.0, state_every=0.5)
+    driving = asyncio.create_task(sim.run(stop))
+    api = httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        assert (await api.post(f"{serve.url}/fleet/maps", json=_line_map())).status_code == 201
+        body = {"name": "sk", "manufacturer": "acme", "serial_number": "sk1"}
+        body |= {"map": "line", "marker": "n0"}
+        assert (await api.post(f"{serve.url}/fleet/vda5050/vehicles", json=body)).is_success
+        answer = await api.post(f"{serve.url}/fleet/missions", json={"robot": "sk", "goal": "n5"})
+        assert answer.status_code == 201, answer.text
+        mission = answer.json()["id"]
+
+        async def past_n2() -> bool:
+            return "n2" in sim.reached
+
+        await until(past_n2, "the vehicle past n2")
+        await asyncio.to_thread(serve.stop, signal.SIGKILL)
+        await asyncio.to_thread(serve.start)
+
+        async def done() -> bool:
+            found = await api.get(f"{serve.url}/fleet/missions/{mission}")
+            return found.is_success and found.json()["state"] == "done"
+
+        try:
+            await until(done, "the mission done after corral's restart", limit=60)
+        except AssertionError:
+            print(
+                "orders, errors, reached, state:",
+                _summary(recorder.orders("sk1")),
+                sim.errors,
+                sim.reached,
+                sim.state(),
+            )
+            print(serve.log.read_text()[-3000:])
+            raise
+    finally:
+        stop.set()
+        await asyncio.sleep(0.3)
+        for task in (driving, recording):
+            task.cancel()
+        await asyncio.gather(driving, recording, return_exceptions=True)
+        await api.aclose()
+        await asyncio.to_thread(serve.stop)
+    assert sim.reached == ["n1", "n2", "n3", "n4", "n5"], "every node once, in order"
+    assert sim.errors == [], "no order or update was refused"
+    assert _updates_are_consecutive(recorder.orders("sk1")), _summary(recorder.orders("sk1"))
+    assert recorder.invalid == []

@@ -212,10 +212,14 @@ class MasterControl:
             or (plan.update_id >= 0 and plan.base_end != here)
         ):
             plan = OrderPlan(order_id)
-            if vehicle.state.get("order_id") == order_id and vehicle.last_node == here:
+            reported = vehicle.state
+            if reported.get("order_id") == order_id:
                 # corral restarted mid-order: go on from what the vehicle says it has
-                plan.update_id = vehicle.state["order_update_id"]
-                plan.base_end, plan.base_end_seq = here, vehicle.state["last_node_seq"]
+                if granted in reported["released"]:
+                    return  # a move sent before the restart, its ack not stored
+                if reported["base_end"][0] == here:
+                    plan.update_id = reported["order_update_id"]
+                    plan.base_end, plan.base_end_seq = reported["base_end"]
         sent = OrderPlan(plan.order_id, plan.update_id, plan.base_end, plan.base_end_seq)
         body = sent.update(fmap, route, granted)
         await self._publish(vehicle, "order", body)
@@ -338,7 +342,8 @@ class MasterControl:
         vehicle.connection = state
         if state == "ONLINE":
             await self.fleet.seen(vehicle.robot)
-            await self._attach(vehicle)
+            if vehicle.state:  # else its first state attaches it, knowing its order
+                await self._attach(vehicle)
             return
         self.fleet.links.detach(vehicle.robot, vehicle)
         link = self.fleet.links.get(vehicle.robot)
@@ -358,8 +363,6 @@ class MasterControl:
         robot = vehicle.robot
         row = self.fleet.robot(robot)
         link = await self.fleet.seen(robot)
-        if vehicle.connection != "CONNECTIONBROKEN":
-            await self._attach(vehicle)
         vehicle.state = {
             "order_id": state["orderId"],
             "order_update_id": state["orderUpdateId"],
@@ -370,6 +373,9 @@ class MasterControl:
             "operating_mode": state["operatingMode"],
             "errors": state["errors"],
             "nodes_left": [n["nodeId"] for n in state["nodeStates"]],
+            "released": [state["lastNodeId"]]
+            + [n["nodeId"] for n in state["nodeStates"] if n["released"]],
+            "base_end": _base_end(state),
             "e_stop": state["safetyState"]["eStop"],
         }
         battery = state["batteryState"]["batteryCharge"]
@@ -382,6 +388,10 @@ class MasterControl:
             "vda5050": vehicle.state,
             "at": time.time(),
         }
+        if vehicle.connection != "CONNECTIONBROKEN":
+            # open commands go now that its order is known (after a corral restart, the
+            # next update follows the orderUpdateId it reports)
+            await self._attach(vehicle)
         await self._actions(vehicle, state["actionStates"])
         last = state["lastNodeId"]
         if last and last != vehicle.last_node and row.map is not None:
@@ -454,6 +464,14 @@ class MasterControl:
         if position is not None:
             link = self.fleet.links.get(vehicle.robot)
             link.telemetry = {**link.telemetry, "position": position}
+
+
+def _base_end(state: dict[str, Any]) -> tuple[str, int]:
+    """The last released node of the vehicle's order (its last node when none is left)."""
+    released = [n for n in state["nodeStates"] if n["released"]]
+    if released:
+        return released[-1]["nodeId"], released[-1]["sequenceId"]
+    return state["lastNodeId"], state["lastNodeSequenceId"]
 
 
 def _idle(state: dict[str, Any]) -> bool:
