@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         default=None,
         description="Name of the mqtt:// broker in `brokers` VDA 5050 vehicles use; None: off.",
     )
+    vda5050_admit_map: str | None = Field(
+        default=None,
+        description="Admit unknown VDA 5050 vehicles on their first ONLINE as robots "
+        "MANUFACTURER-SERIAL on this map; None: only registered vehicles.",
+    )
     vda5050_interface: str = Field(
         default="uagv", pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="VDA 5050 interfaceName."
     )

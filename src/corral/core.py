@@ -199,6 +199,7 @@ class Core:
         self.vda5050 = MasterControl(
             self.fleet, VdaStore(self.db), mqtt, topics, self.bus, self.metrics
         )
+        self.vda5050.admit_map = self.settings.vda5050_admit_map
         self.vda5050.wire()
         await self.vda5050.load()
 

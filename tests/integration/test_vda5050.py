@@ -41,7 +41,9 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, mosquitto: PrivateMosquitto) -> Iterator[ThreadServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: PrivateMosquitto
+) -> Iterator[ThreadServer]:
     settings = Settings(
         home=tmp_path,
         bootstrap_token=ADMIN,
@@ -49,6 +51,7 @@ def server(tmp_path: Path, mosquitto: PrivateMosquitto) -> Iterator[ThreadServer
         robot_heartbeat_seconds=3.0,
         brokers={"vda": mosquitto.url},
         vda5050_broker="vda",
+        **getattr(request, "param", {}),  # more settings, from an indirect parametrize
     )
     with ThreadServer(settings) as running:
         yield running
@@ -643,3 +646,29 @@ async def test_corral_killed_mid_order_goes_on_with_the_next_update(
     assert sim.errors == [], "no order or update was refused"
     assert _updates_are_consecutive(recorder.orders("sk1")), _summary(recorder.orders("sk1"))
     assert recorder.invalid == []
+
+
+@pytest.mark.parametrize("server", [{"vda5050_admit_map": "line"}], indirect=True)
+async def test_an_unknown_vehicle_is_admitted_on_its_first_connection_by_policy(
+    bed: Bed,
+) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    sim = SimVehicle(bed.broker.url, "NewCo", "x1", "n3", speed=2.0, state_every=0.5)
+    bed.tasks.append(asyncio.create_task(sim.run(bed.stop)))
+
+    async def admitted() -> bool:
+        found = await bed.api.get("/fleet/robots/newco-x1")
+        return found.is_success and found.json()["marker"] == "n3"
+
+    await until(admitted, "the vehicle admitted as robot newco-x1 at n3")
+    vehicle = (await bed.api.get("/fleet/vda5050/vehicles/newco-x1")).json()
+    assert vehicle["vda5050"]["manufacturer"] == "NewCo"
+    assert vehicle["vda5050"]["serial_number"] == "x1"
+    assert vehicle["map"] == "line"
+    mission = await bed.mission("newco-x1", "n1")
+
+    async def done() -> bool:
+        return await bed.mission_state(mission) == "done"
+
+    await until(done, "the admitted vehicle's mission done")
+    assert sim.reached == ["n2", "n1"]

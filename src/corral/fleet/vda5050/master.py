@@ -9,6 +9,7 @@ is an event and a counter, never a crash.
 
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +24,14 @@ from corral.events import EventBus
 from corral.fleet.service import FleetService
 from corral.fleet.vda5050.messages import INBOUND, TOPICS, Headers, Topics, decode, problems
 from corral.metrics import Metrics
+from corral.model.names import NAME_PATTERN
 from corral.model.vda_orders import OrderPlan
 from corral.store.tables import MissionRow, RobotRow, VdaVehicleRow, utcnow
 from corral.store.vda5050 import VdaStore
 
 log = structlog.get_logger("corral.vda5050")
 PAUSE = {"stop": "stopPause", "estop": "stopPause", "resume": "startPause"}
+ADMISSION = Caller(token_id=0, name="vda5050 admission", role="admin", subject="")
 
 
 @dataclass
@@ -90,6 +93,7 @@ class MasterControl:
         self.by_identity: dict[tuple[str, str], Vehicle] = {}
         self.by_robot: dict[str, Vehicle] = {}
         self._unknown_said: set[tuple[str, str]] = set()
+        self.admit_map: str | None = None  # admit unknown vehicles onto this map
         self.messages = Counter(
             "corral_vda5050_messages",
             "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown).",
@@ -286,6 +290,8 @@ class MasterControl:
             return
         manufacturer, serial, name = parsed
         vehicle = self.by_identity.get((manufacturer, serial))
+        if vehicle is None and name == "connection" and self.admit_map is not None:
+            vehicle = await self._admit(manufacturer, serial, payload)
         if vehicle is None:
             self.messages.labels("in", name, "unknown").inc()
             if (manufacturer, serial) not in self._unknown_said:
@@ -327,6 +333,27 @@ class MasterControl:
                 f"{name} of {vehicle.robot}: {exc.message}",
                 {"topic": name},
             )
+
+    async def _admit(self, manufacturer: str, serial: str, payload: bytes) -> Vehicle | None:
+        """The admission policy: an unknown vehicle saying ONLINE (in a valid message)
+        becomes robot MANUFACTURER-SERIAL on `admit_map`; its first state places it."""
+        message, found = decode("connection", payload)
+        if message is None or found or message["connectionState"] != "ONLINE":
+            return None
+        name = re.sub(r"[^a-z0-9_.-]+", "-", f"{manufacturer}-{serial}".lower())[:63].strip("-._")
+        if not re.fullmatch(NAME_PATTERN, name) or name in self.fleet.robots:
+            return None
+        try:
+            await self.register(name, manufacturer, serial, "", 0, self.admit_map, None, ADMISSION)
+        except CorralError as exc:
+            await self.bus.emit(
+                "vda5050.unknown",
+                f"vda5050/{manufacturer}/{serial}",
+                f"VDA 5050 vehicle {manufacturer}/{serial} not admitted: {exc.message}",
+                {"manufacturer": manufacturer, "serial_number": serial},
+            )
+            return None
+        return self.by_identity.get((manufacturer, serial))
 
     async def _attach(self, vehicle: Vehicle) -> None:
         """Make the vehicle the robot's channel (again) and send what is still open."""
