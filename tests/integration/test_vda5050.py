@@ -9,6 +9,8 @@ schemas and the no-double-release rule.
 
 import asyncio
 import json
+import os
+import secrets
 import signal
 import subprocess
 import time
@@ -24,6 +26,8 @@ from tests.support.private_brokers import PrivateMosquitto
 from tests.support.server import ADMIN, ServeProcess, ThreadServer, corral_command
 
 from corral.config import Settings
+from corral.fleet.vda5050.broker_access import acl_file, password_line, vehicle_user
+from corral.fleet.vda5050.messages import Topics
 from corral.model.fleet_map import grid_map, lane_key
 from corral.robot.sim import run_fleet
 from corral.robot.vda_sim import SimVehicle
@@ -291,6 +295,18 @@ async def test_two_vehicles_on_crossing_paths_are_never_released_the_same_node(
     vehicles = (await bed.api.get("/fleet/vda5050/vehicles")).json()
     assert {v["vda5050"]["serial_number"] for v in vehicles} == {"sn1", "sn2"}
     assert all(v["vda5050"]["connection"] == "ONLINE" for v in vehicles)
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [*corral_command(), "robot", "ls"],
+        env={**os.environ, "CORRAL_URL": bed.server.url, "CORRAL_TOKEN": ADMIN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line}
+    assert rows["west"][1:4] == ["online", "g", "r1c2"], listing.stdout
+    assert rows["north"][1:4] == ["online", "g", "r2c1"], listing.stdout
 
 
 async def _at(*pairs: Any) -> bool:
@@ -672,3 +688,105 @@ async def test_an_unknown_vehicle_is_admitted_on_its_first_connection_by_policy(
 
     await until(done, "the admitted vehicle's mission done")
     assert sim.reached == ["n2", "n1"]
+
+
+class LockedMosquitto(PrivateMosquitto):
+    """A private Mosquitto with passwords and ACLs from corral's broker_access: corral
+    reaches every vehicle's topics, each vehicle only its own."""
+
+    def __init__(self, workdir: Path, vehicles: dict[tuple[str, str], str]) -> None:
+        super().__init__(workdir)
+        self.corral_password = secrets.token_hex(8)
+        passwords = [password_line("corral", self.corral_password)]
+        passwords += [password_line(vehicle_user(m, s), pw) for (m, s), pw in vehicles.items()]
+        (self.dir / "passwd").write_text("\n".join(passwords) + "\n")
+        (self.dir / "acl").write_text(acl_file(list(vehicles), "corral", Topics()))
+        self.conf.write_text(
+            self.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+            + f"password_file {self.dir}/passwd\nacl_file {self.dir}/acl\n"
+        )
+
+    def url_as(self, user: str, password: str) -> str:
+        return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
+
+
+async def test_with_broker_acls_a_vehicle_reaches_only_its_own_topics(tmp_path: Path) -> None:
+    passwords = {("acme", "a1"): secrets.token_hex(8), ("acme", "a2"): secrets.token_hex(8)}
+    broker = LockedMosquitto(tmp_path, passwords).start()
+    settings = Settings(
+        home=tmp_path,
+        bootstrap_token=ADMIN,
+        local_docker_url="",
+        robot_heartbeat_seconds=3.0,
+        brokers={"vda": broker.url_as("corral", broker.corral_password)},
+        vda5050_broker="vda",
+    )
+    try:
+        with ThreadServer(settings) as server:
+            api = httpx.AsyncClient(
+                base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+            )
+            stop = asyncio.Event()
+            seen: list[str] = []
+
+            async def watch() -> None:  # as corral's user: sees every vehicle topic
+                async with aiomqtt.Client(
+                    "127.0.0.1", broker.port, username="corral", password=broker.corral_password
+                ) as client:
+                    await client.subscribe("uagv/v2/acme/a1/state")
+                    async for message in client.messages:
+                        body = json.loads(
+                            message.payload if isinstance(message.payload, bytes) else b"{}"
+                        )
+                        seen.append(str(body.get("serialNumber")))
+
+            watcher = asyncio.create_task(watch())
+            sim = SimVehicle(
+                broker.url_as("acme.a1", passwords[("acme", "a1")]),
+                "acme",
+                "a1",
+                "n0",
+                speed=2.0,
+                state_every=0.5,
+            )
+            driving = asyncio.create_task(sim.run(stop))
+            try:
+                assert (await api.post("/fleet/maps", json=_line_map())).status_code == 201
+                body = {"name": "a1", "manufacturer": "acme", "serial_number": "a1"}
+                body |= {"map": "line", "marker": "n0"}
+                assert (await api.post("/fleet/vda5050/vehicles", json=body)).is_success
+                answer = await api.post("/fleet/missions", json={"robot": "a1", "goal": "n2"})
+                mission = answer.json()["id"]
+
+                async def done() -> bool:
+                    found = await api.get(f"/fleet/missions/{mission}")
+                    return found.json()["state"] == "done"
+
+                await until(done, "the mission done through the locked broker")
+                # a2, logged in as itself, publishes a state on a1's topic: the broker drops it
+                async with aiomqtt.Client(
+                    "127.0.0.1", broker.port, username="acme.a2", password=passwords[("acme", "a2")]
+                ) as rogue:
+                    fake = {**sim.state(), **sim._header("state"), "lastNodeId": "n5"}
+                    fake["serialNumber"] = "a2-posing"
+                    await rogue.publish("uagv/v2/acme/a1/state", json.dumps(fake), qos=1)
+                await asyncio.sleep(1.0)  # a1's own states go on meanwhile
+                assert seen, "a1's own states arrive"
+                assert "a2-posing" not in seen, "the broker let a2 onto a1's topic"
+                robot = (await api.get("/fleet/robots/a1")).json()
+                assert robot["marker"] == "n2"
+                # a wrong password is refused at the door
+                with pytest.raises(aiomqtt.MqttError):
+                    async with aiomqtt.Client(
+                        "127.0.0.1", broker.port, username="acme.a1", password="wrong"
+                    ):
+                        pass
+            finally:
+                stop.set()
+                await asyncio.sleep(0.3)
+                for task in (driving, watcher):
+                    task.cancel()
+                await asyncio.gather(driving, watcher, return_exceptions=True)
+                await api.aclose()
+    finally:
+        broker.stop()
