@@ -304,6 +304,10 @@ async def test_two_vehicles_on_crossing_paths_are_never_released_the_same_node(
         timeout=60,
         check=True,
     )
+    acl = (await bed.api.get("/fleet/vda5050/mosquitto-acl")).text
+    assert "user acme.sn1\ntopic write uagv/v2/acme/sn1/state\n" in acl
+    assert "topic read uagv/v2/acme/sn2/order\n" in acl
+    assert "topic readwrite uagv/v2/#" in acl
     rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line}
     assert rows["west"][1:4] == ["online", "g", "r1c2"], listing.stdout
     assert rows["north"][1:4] == ["online", "g", "r2c1"], listing.stdout

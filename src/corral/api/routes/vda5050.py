@@ -4,12 +4,14 @@ for its state or factsheet. Missions, commands and traffic are the fleet routes'
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.core import Core
 from corral.errors import Conflict
+from corral.fleet.vda5050.broker_access import acl_file
 from corral.fleet.vda5050.master import MasterControl
 from corral.model.names import NAME_PATTERN
 
@@ -82,3 +84,18 @@ async def remove_vehicle(name: RobotName, core: CoreDep, caller: Writer) -> Resp
 async def request(name: RobotName, body: RequestBody, core: CoreDep, _: Writer) -> Response:
     await _master(core).request(name, body.action)
     return Response(status_code=202)
+
+
+@router.get(
+    "/mosquitto-acl",
+    summary="Mosquitto acl_file: each registered vehicle on its own topics only",
+    response_class=PlainTextResponse,
+)
+async def mosquitto_acl(
+    core: CoreDep,
+    _: Reader,
+    corral_user: Annotated[str, Query(pattern=TOPIC_LEVEL, description="corral's user")] = "corral",
+) -> PlainTextResponse:
+    master = _master(core)
+    vehicles = [(v.manufacturer, v.serial) for v in master.by_robot.values()]
+    return PlainTextResponse(acl_file(vehicles, corral_user, master.topics))
