@@ -164,7 +164,7 @@ def vda(
     ] = None,
 ) -> None:
     """Run N VDA 5050 vehicles (written from the standard) on an MQTT broker; register them
-    in corral with `corral vda add` (manufacturer, serial PREFIX1 … PREFIXN)."""
+    in corral with `corral robot add-vda` (manufacturer, serial PREFIX1 … PREFIXN)."""
     from corral.robot.vda_sim import SimVehicle, run_vehicles
 
     nodes = [s for s in start.split(",") if s]
