@@ -461,12 +461,13 @@ def test_random_fleets_never_share_a_marker_or_lane_and_resolve_every_deadlock(
     goals = {robot: route[-1] for robot, route in routes.items()}
     final = simulate(fmap, traffic, routes, {}, seed, limit=3_000)
     # Robots at their goals stay there (they do not give way: an operator moves them), so
-    # on a crowded grid an unlucky order can wall a robot in. Any robot not home must be
-    # walled in by those parked; one that could still get there is a livelock.
-    parked = frozenset(final[r] for r in goals if final[r] == goals[r])
+    # on a crowded grid an unlucky order can wall a robot in, and two robots left on a
+    # corridor between parked ones cannot pass each other. Any robot not home must be
+    # walled in where the others stand; one with a free way home is a livelock.
     for robot, goal in goals.items():
         if final[robot] != goal:
-            assert shortest_route(fmap, final[robot], goal, parked) is None, (
+            others = frozenset(final[r] for r in goals if r != robot)
+            assert shortest_route(fmap, final[robot], goal, others) is None, (
                 f"{robot} at {final[robot]} could still reach {goal}: {final}"
             )
 
