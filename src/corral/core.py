@@ -245,7 +245,6 @@ class Core:
         self._tasks.clear()
         await self.sessions.shutdown()
         await self.deployments.shutdown()
-        await self.bus.drain()
         await self.device_client.close()
         self.hosts.close()
         await self.db.close()

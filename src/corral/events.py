@@ -15,7 +15,6 @@ from corral.model.views import EventView
 from corral.store.events import EventStore
 
 log = structlog.get_logger("corral.events")
-LATER = 0.05  # s an event given to `later` waits for others to be stored with
 
 
 class Subscription:
@@ -39,8 +38,6 @@ class EventBus:
         self.queue_size = queue_size
         self._subscribers: set[Subscription] = set()
         self._watchers: list[tuple[str, Callable[[EventView], None]]] = []
-        self._later: list[tuple[str, str, str, dict[str, Any] | None]] = []
-        self._recorder: asyncio.Task[None] | None = None
 
     def watch(self, prefix: str, callback: Callable[[EventView], None]) -> None:
         """Call `callback` at once for every event whose kind starts with `prefix`, emitted
@@ -67,29 +64,6 @@ class EventBus:
         """Events a store wrote within its own transaction, once it committed."""
         for event in events:
             self._publish(event)
-
-    def later(
-        self, kind: str, resource: str, message: str, data: dict[str, Any] | None = None
-    ) -> None:
-        """An event stored off the caller's path, with the others waiting, in one
-        transaction (for events that record what already happened, not a promise)."""
-        self._later.append((kind, resource, message, data))
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.create_task(self._record_later())
-
-    async def _record_later(self) -> None:
-        await asyncio.sleep(LATER)  # the events of the moments that follow join the batch
-        while self._later:
-            batch, self._later = self._later, []
-            try:
-                await self.emit_many(batch)
-            except Exception:
-                log.exception("events not stored", count=len(batch))
-
-    async def drain(self) -> None:
-        """Store the events still waiting (at shutdown)."""
-        if self._recorder is not None:
-            await self._recorder
 
     def _publish(self, event: EventView) -> None:
         self.metrics.events.labels(event.kind).inc()

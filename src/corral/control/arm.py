@@ -276,8 +276,9 @@ class ArmDispatcher:
             log.info("job publish unconfirmed", task=task.id, error=exc.message)
         if task.kind == "take" and first:
             self.metrics.job_latency_seconds.observe((utcnow() - task.created_at).total_seconds())
-        # What already happened (the claim is the record): stored off the job's path.
-        self.bus.later(
+        # After the job went out, under the dispatcher's lock: no write of the farm's
+        # races it (a racing SQLite writer fails a transaction that read first).
+        await self.bus.emit(
             "task.sent",
             f"task/{task.id}",
             f"task {task.id} {task.kind} sent to {self.arm} (attempt {task.attempts}): "
