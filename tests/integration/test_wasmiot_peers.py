@@ -20,6 +20,12 @@ from tests.support.server import wait_until
 from tests.support.wasmiot_orchestrator import Orchestrator
 from tests.support.wasmiot_supervisor import SupervisorPeer
 
+# The peers advertise on the loopback mDNS as real supervisors do, and any other corral
+# browsing at the same time finds them and registers itself with them: a real supervisor
+# then refuses health checks from the orchestrator the test started (403, as seen once
+# beside the parallel suite). These tests run in the serial phase, with no other corral.
+pytestmark = pytest.mark.serial
+
 
 class Bed:
     """corral, and the devices a test starts (stopped by PID at the end)."""
