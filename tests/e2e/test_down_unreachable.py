@@ -72,8 +72,15 @@ def test_down_with_a_host_away(robot_engine: RobotEngine, tmp_path: Path) -> Non
             "the stack's container on robot removed once it answers",
             limit=120,
         )
+        # The event is stored just after the removal it reports.
+        wait_until(
+            lambda: (
+                "stack.leftovers_removed" in run_cli(serve, "--json", "events", "-n", "200").stdout
+            ),
+            "the leftovers_removed event",
+            limit=30,
+        )
         events = run_cli(serve, "--json", "events", "-n", "200").stdout
-        assert "stack.leftovers_removed" in events
         assert "containers left on robot when it was removed" in events
     finally:
         serve.stop()
