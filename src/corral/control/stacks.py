@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ class StackService:
             problems += await self.swarm.check(spec, hosts)
         else:
             problems += _constraint_problems(spec, candidates)
-        reachable = [h.name for h in hosts if h.reachable]
+        reachable = [h for h in hosts if h.reachable]
         bases = {
             name: build_bases(svc.build)
             for name, svc in spec.services.items()
@@ -144,7 +144,7 @@ class StackService:
         need |= {base.image for found in bases.values() for base in found}
         have: dict[str, bool] = {image: False for image in need}
         for host in reachable:
-            driver = await self.hosts.driver(host)
+            driver = self.hosts.driver_for(host)
             for image in need:
                 if not have[image]:
                     with contextlib.suppress(CorralError):
@@ -233,7 +233,7 @@ class StackService:
         async with self._lock(name):
             if before == "swarm":
                 await self.swarm.down(name)
-            await self._remove_containers(name)
+            await self._remove_containers(name, await self.hosts.store.list())
         await self.bus.emit(
             "stack.updated",
             f"stack/{name}",
@@ -241,20 +241,18 @@ class StackService:
         )
 
     async def _remove_containers(
-        self, name: str, only: str | None = None, placed: set[str] | None = None
+        self, name: str, hosts: list[HostView], placed: Collection[str] = ()
     ) -> tuple[int, dict[str, str]]:
-        """Remove the stack's containers from every reachable host (or only `only`) at once,
-        then its networks: an overlay is only released once no host has a container on it.
-        Returns how many containers went and the hosts that could not be reached, with why
-        (of the unreachable ones, those in `placed`: where the stack had replicas)."""
-        hosts, missed = [], {}
-        for host in await self.hosts.store.list():
-            if only is not None and host.name != only:
-                continue
-            if host.reachable:
-                hosts.append(host)
-            elif only is not None or host.name in (placed or set()):
-                missed[host.name] = host.last_error or "unreachable"
+        """Remove the stack's containers from the reachable ones of `hosts` at once, then its
+        networks: an overlay is only released once no host has a container on it. Returns
+        how many containers went and the hosts that could not be reached, with why (of the
+        ones already unreachable, those in `placed`: where the stack had replicas)."""
+        missed = {
+            h.name: h.last_error or "unreachable"
+            for h in hosts
+            if not h.reachable and h.name in placed
+        }
+        hosts = [h for h in hosts if h.reachable]
 
         async def containers(host: HostView) -> int:
             driver = self.hosts.driver_for(host)
@@ -292,7 +290,8 @@ class StackService:
             if self._mode_of(stored) == "swarm":
                 removed += await self.swarm.down(name)
             placed = set((await self.store.placements(name)).values())
-            more, missed = await self._remove_containers(name, placed=placed)
+            hosts = await self.hosts.store.list()
+            more, missed = await self._remove_containers(name, hosts, placed)
             removed += more
             await self.store.remove(name, missed)
         message = f"stack {name} removed ({removed} containers)"
@@ -305,16 +304,19 @@ class StackService:
 
     async def _remove_leftovers(self) -> None:
         """Remove what `down` left on hosts that did not answer, once they do."""
-        for stack, host, _, since in await self.store.leftovers():
-            try:
-                view = await self.hosts.store.get(host)
-            except NotFound:  # the host itself was removed: nothing corral can reach
+        leftovers = await self.store.leftovers()
+        if not leftovers:
+            return
+        hosts = {view.name: view for view in await self.hosts.store.list()}
+        for stack, host, _, since in leftovers:
+            view = hosts.get(host)
+            if view is None:  # the host itself was removed: nothing corral can reach
                 await self.store.drop_leftovers(stack, host)
                 continue
             if not view.reachable:
                 continue
             async with self._lock(stack):
-                removed, missed = await self._remove_containers(stack, only=host)
+                removed, missed = await self._remove_containers(stack, [view])
             if missed:
                 continue
             await self.store.drop_leftovers(stack, host)
