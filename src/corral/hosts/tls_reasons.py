@@ -7,20 +7,30 @@ host service to warn ahead of the client certificate's expiry.
 
 import ssl
 from datetime import UTC, datetime
+from typing import Any
 
 from corral.model.hosts import TlsFiles
 
 
-def certificate_dates(path: str) -> tuple[datetime, datetime] | None:
-    """notBefore and notAfter of a PEM certificate; None when it cannot be read."""
+def _decoded(path: str) -> dict[str, Any]:
+    """A PEM certificate's fields as the ssl module reads them ({} when it cannot)."""
     decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
     if decode is None:
-        return None
+        return {}
     try:
-        found = decode(path)
+        found: dict[str, Any] = decode(path)
+    except (OSError, ValueError, ssl.SSLError):
+        return {}
+    return found
+
+
+def certificate_dates(path: str) -> tuple[datetime, datetime] | None:
+    """notBefore and notAfter of a PEM certificate; None when it cannot be read."""
+    found = _decoded(path)
+    try:
         start = ssl.cert_time_to_seconds(str(found["notBefore"]))
         end = ssl.cert_time_to_seconds(str(found["notAfter"]))
-    except (OSError, ValueError, KeyError, ssl.SSLError):
+    except (ValueError, KeyError):
         return None
     return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
 
@@ -82,12 +92,7 @@ _REASONS = (
 
 
 def _names(path: str, field: str) -> str:
-    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
-    try:
-        found = decode(path) if decode is not None else {}
-    except (OSError, ssl.SSLError):
-        return ""
-    parts = [f"{key}={value}" for rdn in found.get(field, ()) for key, value in rdn]
+    parts = [f"{key}={value}" for rdn in _decoded(path).get(field, ()) for key, value in rdn]
     return ",".join(parts)
 
 
