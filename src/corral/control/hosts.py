@@ -100,20 +100,21 @@ class HostService:
 
     async def add(self, spec: HostSpec) -> HostView:
         self.check_allowed(spec)
-        await self._check_engines([spec], prune=False)
+        probes = await self._check_engines([spec], prune=False)
         view = await self.store.add(spec)
         await self.store.unbury(spec.name)
         await self.bus.emit(
             "host.added", f"host/{spec.name}", f"host {spec.name} added", {"url": spec.url}
         )
-        return await self._check_or(view)
+        return await self._check_or(view, spec, probes.get(spec.name))
 
     async def put(self, spec: HostSpec) -> tuple[HostView, str]:
         self.check_allowed(spec)
-        await self._check_engines([spec], prune=False)
-        return await self._put(spec)
+        probes = await self._check_engines([spec], prune=False)
+        return await self._put(spec, probes.get(spec.name))
 
-    async def _put(self, spec: HostSpec) -> tuple[HostView, str]:
+    async def _put(self, spec: HostSpec, probe: Probe | None = None) -> tuple[HostView, str]:
+        """Store the host; `probe`: the look at its engine just made, if any."""
         view, outcome = await self.store.put(spec)
         await self.store.unbury(spec.name)
         if outcome == "unchanged":
@@ -122,7 +123,7 @@ class HostService:
         await self.bus.emit(
             f"host.{kind}", f"host/{spec.name}", f"host {spec.name} {kind}", {"url": spec.url}
         )
-        return await self._check_or(view), outcome
+        return await self._check_or(view, spec, probe), outcome
 
     async def remove(self, name: str) -> None:
         await self.store.remove(name)
@@ -187,10 +188,10 @@ class HostService:
         """Make the stored hosts match a hosts file; returns each host's outcome."""
         for spec in specs:
             self.check_allowed(spec)
-        await self._check_engines(specs, prune)
+        probes = await self._check_engines(specs, prune)
         outcomes: dict[str, str] = {}
         for spec in specs:
-            _, outcomes[spec.name] = await self._put(spec)
+            _, outcomes[spec.name] = await self._put(spec, probes.get(spec.name))
         if prune:
             wanted = {spec.name for spec in specs}
             for view in await self.store.list():
@@ -227,17 +228,19 @@ class HostService:
             )
             self._drop_driver(LOCAL)
             return None
-        view, _ = await self._put(spec)
+        view, _ = await self._put(spec, probe)
         return view
 
-    async def _check_or(self, view: HostView) -> HostView:
+    async def _check_or(self, view: HostView, spec: HostSpec, probe: Probe | None) -> HostView:
         try:
-            return await self.check(view.name)
+            return await self.check(view.name, (spec, probe) if probe is not None else None)
         except NotFound:
             return view
 
-    async def check(self, name: str) -> HostView:
-        """Check one host now (waiting for a check already under way) and store the result."""
+    async def check(self, name: str, probed: tuple[HostSpec, Probe] | None = None) -> HostView:
+        """Check one host now (waiting for a check already under way) and store the result.
+        `probed`: a look at the engine just made at registration, taken instead of another
+        when the host is still as it was looked at."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             view = await self.store.get(name)
@@ -247,7 +250,9 @@ class HostService:
                 self._drop_driver(name)
                 probe = Probe(False, datetime.now(UTC), error=f"refused: {refused}")
             else:
-                probe = await self._twin_refused(view, await self._probe(spec))
+                if probed is None or probed[0] != spec:
+                    probed = spec, await self._probe(spec)
+                probe = await self._twin_refused(view, probed[1])
             view, changed = await self.store.record_probe(name, spec.url, probe)
         self.metrics.host_reachable.labels(name).set(1 if probe.reachable else 0)
         if changed:
