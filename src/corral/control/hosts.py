@@ -43,6 +43,26 @@ def _same_engine(name: str, other: str, how: str) -> Conflict:
     )
 
 
+def _twin_refused(view: HostView, probe: Probe, hosts: list[HostView]) -> Probe:
+    """A host found on the engine of an older host (added while one did not answer, or
+    stored before corral told engines apart) is kept unreachable, so that two hosts never
+    manage the same containers."""
+    engine = probe.facts.identity if probe.facts else ""
+    if not engine:
+        return probe
+    for other in hosts:
+        if other.name == view.name or not other.facts or other.facts.identity != engine:
+            continue
+        if (other.created_at, other.name) < (view.created_at, view.name):
+            return Probe(
+                False,
+                probe.checked_at,
+                error=f"same Docker engine as host {other.name} (engine ID {engine[:14]}): "
+                f"remove one of them (`corral host rm {view.name}`)",
+            )
+    return probe
+
+
 class HostService:
     def __init__(
         self,
@@ -237,10 +257,15 @@ class HostService:
         except NotFound:
             return view
 
-    async def check(self, name: str, probed: tuple[HostSpec, Probe] | None = None) -> HostView:
+    async def check(
+        self,
+        name: str,
+        probed: tuple[HostSpec, Probe] | None = None,
+        hosts: list[HostView] | None = None,
+    ) -> HostView:
         """Check one host now (waiting for a check already under way) and store the result.
         `probed`: a look at the engine just made at registration, taken instead of another
-        when the host is still as it was looked at."""
+        when the host is still as it was looked at; `hosts`: all hosts, when already read."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             view = await self.store.get(name)
@@ -252,7 +277,8 @@ class HostService:
             else:
                 if probed is None or probed[0] != spec:
                     probed = spec, await self._probe(spec)
-                probe = await self._twin_refused(view, probed[1])
+                others = hosts if hosts is not None else await self.store.list()
+                probe = _twin_refused(view, probed[1], others)
             view, changed = await self.store.record_probe(name, spec.url, probe)
         self.metrics.host_reachable.labels(name).set(1 if probe.reachable else 0)
         if changed:
@@ -284,30 +310,13 @@ class HostService:
             {"cert": view.tls.cert, "not_after": end.isoformat(), "level": "warning"},
         )
 
-    async def _twin_refused(self, view: HostView, probe: Probe) -> Probe:
-        """A host found on the engine of an older host (added while one did not answer, or
-        stored before corral told engines apart) is kept unreachable, so that two hosts
-        never manage the same containers."""
-        engine = probe.facts.identity if probe.facts else ""
-        if not engine:
-            return probe
-        for other in await self.store.list():
-            if other.name == view.name or not other.facts or other.facts.identity != engine:
-                continue
-            if (other.created_at, other.name) < (view.created_at, view.name):
-                return Probe(
-                    False,
-                    probe.checked_at,
-                    error=f"same Docker engine as host {other.name} (engine ID {engine[:14]}): "
-                    f"remove one of them (`corral host rm {view.name}`)",
-                )
-        return probe
-
     async def check_all(self) -> None:
         views = await self.store.list()
         busy = {name for name, lock in self._locks.items() if lock.locked()}
         names = [v.name for v in views if v.name not in busy]
-        results = await asyncio.gather(*(self.check(n) for n in names), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.check(n, hosts=views) for n in names), return_exceptions=True
+        )
         for name, result in zip(names, results, strict=True):
             if isinstance(result, NotFound):
                 continue
