@@ -159,6 +159,7 @@ class Core:
         self.triggers.wire()
         await self.bus.emit("corral.started", "corral", "corral started", {"pid": os.getpid()})
         if background:
+            await self.replicas.begin()  # SQLite: this process leads before it serves
             self._spawn(self._prune_events())
             self._spawn(
                 self.replicas.run(

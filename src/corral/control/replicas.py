@@ -2,8 +2,9 @@
 a connection of its own, and a leadership term taken with it), where each replica answers,
 and the feed that passes events raised on one replica to the streams of the others.
 
-Core runs `run` and gives it what only the leader does; the API forwards changes to the
-leader. On SQLite there is one process, which always leads (one term per start).
+Core runs `begin` in its start and then `run`, giving it what only the leader does; the API
+forwards changes to the leader. On SQLite there is one process, which leads from its start
+(one term per start, taken by `begin` before the API serves).
 """
 
 import asyncio
@@ -128,19 +129,27 @@ class Replicas:
             lead = await s.get(LeadershipRow, 1)
         return rows, Leadership(lead.term, lead.holder) if lead else Leadership(0, "")
 
+    async def begin(self) -> None:
+        """On SQLite, take this start's term and lead from now on: before the API serves,
+        so a robot that connects at once finds its corral leading. On PostgreSQL nothing:
+        the election in `run` takes the term."""
+        if self.shared:
+            return
+        async with self.db.session() as s:
+            term = await self.term.take(s, self.id)
+        self.term.hold(term)
+        self.leading.set()
+        await self._announce(term, utcnow())
+
     async def run(
         self, stopping: asyncio.Event, lead: Lead, take_over: TakeOver | None = None
     ) -> None:
         """Take the lead when free, run `lead` while holding it, and keep the feed open.
         `take_over` runs once the lead is won and before this replica serves as leader
         (it reads what the last leader left, so that nothing is served from stale memory).
-        No database error ends this: a replica campaigns as long as it runs."""
+        No database error ends this: a replica campaigns as long as it runs. On SQLite
+        `begin` took the lead: `lead` runs at once."""
         if not self.shared:
-            async with self.db.session() as s:
-                term = await self.term.take(s, self.id)
-            self.term.hold(term)
-            self.leading.set()
-            await self._announce(term, utcnow())
             await lead(stopping)
             return
         feed = asyncio.create_task(self._feed(stopping))

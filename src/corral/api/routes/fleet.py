@@ -5,7 +5,6 @@ Operators use the first group with their tokens; a robot's token reaches only th
 channel routes of that robot (docs/fleet-protocol.md).
 """
 
-import asyncio
 import contextlib
 import json
 from typing import Annotated, Any
@@ -23,9 +22,6 @@ from corral.errors import CorralError, Forbidden, Invalid
 from corral.fleet.missions import mission_doc
 from corral.fleet.service import OPERATOR_KINDS
 from corral.model.names import NAME_PATTERN
-
-# How long a robot socket waits for a lone corral that is starting to take the lead.
-START_WAIT_SECONDS = 10.0
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
 RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
@@ -347,11 +343,6 @@ async def robot_socket(websocket: WebSocket) -> None:
     if caller.role != "robot":
         await refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
         return
-    if not core.replicas.shared:
-        # A lone corral leads once its start has taken the term: a robot that connects
-        # in that moment waits for it rather than being told that nobody leads.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(core.replicas.leading.wait(), START_WAIT_SECONDS)
     if not core.replicas.leading.is_set():
         leader = await core.replicas.leader_url()
         where = f"connect to the leader at {leader}" if leader else "no replica leads right now"
