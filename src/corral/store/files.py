@@ -16,8 +16,8 @@ FILE_MODE = 0o600
 DATABASE_SIDES = ("", "-wal", "-shm", "-journal")
 
 
-def _loose(path: Path) -> bool:
-    return bool(path.stat().st_mode & 0o077)
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def _tighten(path: Path, mode: int) -> bool:
@@ -35,8 +35,8 @@ def secure_state(home: Path, database: Path | None) -> list[str]:
     fixed: list[str] = []
     if not home.exists():
         home.mkdir(parents=True, mode=HOME_MODE)
-    if _loose(home):
-        before = stat.S_IMODE(home.stat().st_mode)
+    before = _mode(home)
+    if before & 0o077:
         if not _tighten(home, HOME_MODE):
             raise Invalid(
                 f"corral's home folder {home} is open to other users (mode {before:o}) and is "
@@ -48,17 +48,13 @@ def secure_state(home: Path, database: Path | None) -> list[str]:
     database.parent.mkdir(parents=True, exist_ok=True)
     if not database.exists():
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT, FILE_MODE))
-    for side in DATABASE_SIDES:
-        path = database.with_name(database.name + side)
-        if not path.exists() or not _loose(path):
+    paths = [database.with_name(database.name + side) for side in DATABASE_SIDES]
+    for path in paths:
+        before = _mode(path) if path.exists() else 0
+        if not before & 0o077:
             continue
-        before = stat.S_IMODE(path.stat().st_mode)
         if not _tighten(path, FILE_MODE):
-            files = " ".join(
-                str(database.with_name(database.name + s))
-                for s in DATABASE_SIDES
-                if database.with_name(database.name + s).exists()
-            )
+            files = " ".join(str(p) for p in paths if p.exists())
             raise Invalid(
                 f"the database {path} is readable by other users (mode {before:o}) and is "
                 f"not this user's: run `chmod 600 {files}` as its owner"
