@@ -37,10 +37,6 @@ class LeaderTerm:
         self.until = 0.0  # monotonic time after which this replica must not act
         self.on_stale: Callable[[str], None] | None = None  # told why, once, when it is over
 
-    @property
-    def held(self) -> bool:
-        return self.term is not None and time.monotonic() < self.until
-
     async def take(self, s: AsyncSession, replica: str) -> int:
         """The next term, for `replica` (its caller holds the leader's lock). On PostgreSQL
         this waits for the writes that proved the last term (they hold the row shared)."""
@@ -95,7 +91,3 @@ class LeaderTerm:
         if self.on_stale is not None:
             self.on_stale(why)
         raise StaleTerm(f"this replica no longer leads ({why})")
-
-
-async def current(s: AsyncSession) -> LeadershipRow | None:
-    return await s.get(LeadershipRow, 1)
