@@ -21,7 +21,7 @@ from corral.hosts.docker_engine import DockerEngine
 from corral.hosts.driver import HostDriver
 from corral.hosts.tls_reasons import certificate_dates
 from corral.metrics import Metrics
-from corral.model.hosts import HostSpec, Probe, engine_url_allowed, insecurity
+from corral.model.hosts import MAX_LABELS, HostSpec, Probe, engine_url_allowed, insecurity
 from corral.model.names import check_labels
 from corral.model.views import HostView
 from corral.store.hosts import HostStore, spec_of
@@ -163,12 +163,8 @@ class HostService:
             check_labels({k: v for k, v in changes.items() if v is not None})
         except ValueError as exc:
             raise Invalid(str(exc), {"field": "labels"}) from None
-        before = await self.store.get(name)
-        merged = {k: v for k, v in {**before.labels, **changes}.items() if v is not None}
-        if len(merged) > 64:
-            raise Invalid(f"host {name} would have {len(merged)} labels; at most 64")
-        view = await self.store.set_labels(name, changes)
-        if view.labels != before.labels:
+        view, changed = await self.store.set_labels(name, changes, MAX_LABELS)
+        if changed:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(view.labels.items())) or "none"
             await self.bus.emit(
                 "host.updated", f"host/{name}", f"host {name} labels now {shown}", {"url": view.url}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from corral.model.names import check_labels, check_name
 
 SCHEMES = ("unix", "tcp", "ssh")
+MAX_LABELS = 64  # labels a host may have
 SwarmRole = Literal["manager", "worker", "none"]
 
 
@@ -54,7 +55,7 @@ class HostSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=63, examples=["robot"])
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
     tls: TlsFiles | None = None
     ssh: SshOptions | None = None
     insecure: bool = Field(

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from corral.errors import Conflict, NotFound
+from corral.errors import Conflict, Invalid, NotFound
 from corral.model.hosts import EngineFacts, HostSpec, Probe
 from corral.model.views import HostView
 from corral.store.database import Database
@@ -116,8 +116,11 @@ class HostStore:
             if getattr(result, "rowcount", 0) == 0:
                 raise NotFound(f"host {name!r} not found", {"host": name})
 
-    async def set_labels(self, name: str, changes: dict[str, str | None]) -> HostView:
-        """Set labels (None removes one); the URL and TLS stay as they are."""
+    async def set_labels(
+        self, name: str, changes: dict[str, str | None], most: int
+    ) -> tuple[HostView, bool]:
+        """Set labels (None removes one); the URL and TLS stay as they are. Returns the view
+        and whether the labels changed; Invalid (nothing changed) beyond `most` labels."""
         async with self.db.session() as s:
             row = await s.scalar(select(HostRow).where(HostRow.name == name))
             if row is None:
@@ -128,10 +131,13 @@ class HostStore:
                     labels.pop(key, None)
                 else:
                     labels[key] = value
-            if labels != row.labels:
+            if len(labels) > most:
+                raise Invalid(f"host {name} would have {len(labels)} labels; at most {most}")
+            changed = labels != row.labels
+            if changed:
                 row.labels, row.updated_at = labels, utcnow()
                 await s.flush()
-            return _view(row)
+            return _view(row), changed
 
     async def bury(self, name: str) -> None:
         """Remember that the user removed this host (corral will not add it back itself)."""

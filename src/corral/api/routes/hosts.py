@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.errors import Invalid
-from corral.model.hosts import HostSpec, SshOptions, TlsFiles
+from corral.model.hosts import MAX_LABELS, HostSpec, SshOptions, TlsFiles
 from corral.model.names import NAME_PATTERN
 from corral.model.views import HostView
 
@@ -24,7 +24,7 @@ class HostBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
     tls: TlsFiles | None = None
     ssh: SshOptions | None = None
     insecure: bool = Field(default=False, description="Accept plain tcp:// or unverified TLS.")
@@ -96,7 +96,7 @@ async def label_host(
     changes: Annotated[
         dict[str, str | None],
         Body(
-            max_length=64,
+            max_length=MAX_LABELS,
             examples=[{"role": "edge", "zone": None}],
             description="Labels to set; null removes one. Others are kept.",
         ),
