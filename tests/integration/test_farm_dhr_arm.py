@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.dhr_arm import DhrArm
-from tests.support.farm import Names, finish
+from tests.support.farm import Names, finish, seed_layout
 from tests.support.private_brokers import PrivateMosquitto, PrivateRabbitMQ
 from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
 
@@ -54,24 +54,6 @@ def _env(names: Names, mosquitto: PrivateMosquitto, rabbit: PrivateRabbitMQ) -> 
         "CORRAL_BROKERS": f'{{"amqp": "{rabbit.url}", "mqtt": "{mosquitto.url}"}}',
     }
     return env
-
-
-def _layout(api: httpx.Client, printers: range, spares: int) -> dict[int, int]:
-    """Numeric ids as the seed's: printers hold beds 5xx, spare clean beds 801... in a rack.
-    Returns printer -> the bed in it."""
-    api.put("/farm/racks/1", json={"position": 0, "slots": 1000}).raise_for_status()
-    for i in range(spares):
-        api.put(f"/farm/beds/{801 + i}", json={"type": "pei", "rack": "1", "slot": i + 1})
-    inside = {}
-    for printer in printers:
-        bed = 500 + printer
-        api.put(f"/farm/beds/{bed}", json={"type": "pei", "state": "with_part"}).raise_for_status()
-        api.put(
-            f"/farm/printers/{printer}",
-            json={"door": f"printer{printer}", "bed_type": "pei", "bed": str(bed)},
-        ).raise_for_status()
-        inside[printer] = bed
-    return inside
 
 
 def _tasks(api: httpx.Client, state: str) -> list[dict[str, Any]]:
@@ -132,7 +114,7 @@ def test_dhr_arm_through_broker_restarts_a_lost_job_and_a_sigkill(
             wait_until(
                 lambda: all(b["connected"] for b in client.get("/brokers").json()), "brokers up"
             )
-            inside = _layout(client, range(11, 31), spares=24)
+            inside = seed_layout(client, range(11, 31), spares=24)
 
         arm.work = 2.0  # long jobs here: the fault strikes well inside one
         ready(11, 12, 13, 14)  # Mosquitto restarted mid-job
@@ -219,7 +201,7 @@ def test_a_thousand_jobs_with_a_zero_second_arm_miss_no_available(
             wait_until(
                 lambda: all(b["connected"] for b in client.get("/brokers").json()), "brokers up"
             )
-            inside = _layout(client, range(100, 300), spares=200)  # 400 take/replace jobs
+            inside = seed_layout(client, range(100, 300), spares=200)  # 400 take/replace jobs
             finish([str(p) for p in inside], url=rabbit.url, queue=names.ready)
             for _ in range(600):  # and 600 homing jobs
                 client.post(

@@ -31,18 +31,24 @@ async def _jobs_seen(topic: str, seen: list[dict[str, Any]], ready: asyncio.Even
             seen.append(json.loads(message.payload))
 
 
-async def _race(tmp_path: Path) -> None:
+async def _two_cores(tmp_path: Path, timeout_s: float) -> tuple[Names, Core, Core]:
+    """Two cores on one store (started, their links and dispatchers not running)."""
     names = Names.fresh()
     settings = Settings(
         home=tmp_path,
         local_docker_url="",
         mdns_enabled=False,
-        farm_job_timeout_seconds=30,
+        farm_job_timeout_seconds=timeout_s,
         **names.settings(),
     )
     first, second = Core(settings), Core(settings)
     await first.start(background=False)
     await second.start(background=False)
+    return names, first, second
+
+
+async def _race(tmp_path: Path) -> None:
+    names, first, second = await _two_cores(tmp_path, 30)
     stop = asyncio.Event()
     seen: list[dict[str, Any]] = []
     listening = asyncio.Event()
@@ -94,17 +100,7 @@ def test_the_loser_of_a_claim_sends_nothing(tmp_path: Path) -> None:
 
 
 async def _takeover(tmp_path: Path) -> None:
-    names = Names.fresh()
-    settings = Settings(
-        home=tmp_path,
-        local_docker_url="",
-        mdns_enabled=False,
-        farm_job_timeout_seconds=1,
-        **names.settings(),
-    )
-    old, new = Core(settings), Core(settings)
-    await old.start(background=False)
-    await new.start(background=False)
+    names, old, new = await _two_cores(tmp_path, 1)
     stop_old, stop_new = asyncio.Event(), asyncio.Event()
     seen: list[dict[str, Any]] = []
     listening = asyncio.Event()

@@ -11,8 +11,6 @@ Durations (how long until a leader is back, the overlap of an old and a new term
 printed, not asserted.
 """
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +21,9 @@ import httpx
 import pytest
 from tests.support.brokers import AMQP_URL
 from tests.support.dhr_arm import DhrArm
-from tests.support.farm import Names, finish
-from tests.support.leadership import cut_lock, leaders, overlaps, wait_for_new_leader
+from tests.support.farm import Names, finish, seed_layout
+from tests.support.leader_cuts import cut_the_leader
+from tests.support.leadership import leaders, overlaps
 from tests.support.private_brokers import PrivateMosquitto
 from tests.support.server import ADMIN, ServeProcess, wait_until
 
@@ -39,26 +38,6 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
         yield broker
     finally:
         broker.stop()
-
-
-def _layout(api: httpx.Client) -> dict[int, int]:
-    """Numeric ids as the seed's: printer N holds bed 500+N, spare clean beds 801... in a
-    rack. Returns printer -> the bed in it."""
-    api.put("/farm/racks/1", json={"position": 0, "slots": 1000}).raise_for_status()
-    for i in range(PRINTERS):
-        api.put(
-            f"/farm/beds/{801 + i}", json={"type": "pei", "rack": "1", "slot": i + 1}
-        ).raise_for_status()
-    inside = {}
-    for printer in range(1, PRINTERS + 1):
-        bed = 500 + printer
-        api.put(f"/farm/beds/{bed}", json={"type": "pei", "state": "with_part"}).raise_for_status()
-        api.put(
-            f"/farm/printers/{printer}",
-            json={"door": f"printer{printer}", "bed_type": "pei", "bed": str(bed)},
-        ).raise_for_status()
-        inside[printer] = bed
-    return inside
 
 
 def _stream(names: Names, stop: threading.Event) -> None:
@@ -93,7 +72,6 @@ def test_the_farm_does_each_job_once_across_eleven_cuts_of_its_leader(
     replicas = [ServeProcess(tmp_path / name, env).start() for name in ("a", "b")]
     headers = {"Authorization": f"Bearer {ADMIN}"}
     clients = [httpx.Client(base_url=r.url, headers=headers, timeout=30) for r in replicas]
-    by_url = {r.url: r for r in replicas}
     api = clients[0]
     arm = DhrArm(mosquitto.port, 0.1, names.job, names.status).start()
     stop = threading.Event()
@@ -101,28 +79,13 @@ def test_the_farm_does_each_job_once_across_eleven_cuts_of_its_leader(
         wait_until(lambda: len(leaders(api)) == 1, "a replica leads", 30)
         wait_until(lambda: all(b["connected"] for b in api.get("/brokers").json()), "brokers")
         wait_until(arm.subscribed, "the arm connected")
-        inside = _layout(api)
+        inside = seed_layout(api, range(1, PRINTERS + 1), PRINTERS)
         stream = threading.Thread(target=_stream, args=(names, stop), daemon=True)
         stream.start()
         back: list[float] = []
         for cut in range(CUTS):
             time.sleep(1.5)  # work under way
-            leader = wait_for_new_leader(api, 0)
-            process = by_url[leader["url"]].proc
-            assert process is not None
-            paused = cut == 5
-            if paused:
-                os.kill(process.pid, signal.SIGSTOP)
-            try:
-                assert cut_lock(pg_url, leader["id"]) == 1, "the leader's lock backend"
-                began = time.monotonic()
-                other = next(c for c in clients if c.base_url != leader["url"])
-                wait_for_new_leader(other, leader["term"])
-                back.append(round(time.monotonic() - began, 2))
-            finally:
-                if paused:
-                    time.sleep(1)  # the new leader acts while the old one is frozen
-                    os.kill(process.pid, signal.SIGCONT)
+            back.append(cut_the_leader(pg_url, clients, replicas, paused=cut == 5))
         print(f"leader back after each cut (s): {back}")
         stream.join(60)
         wait_until(lambda: _settled(api), "every task ended", 240)

@@ -4,7 +4,7 @@ through the API, and what the simulated arm recorded."""
 import json
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +74,26 @@ def layout(api: httpx.Client, printers: int, spare_beds: int) -> dict[str, str]:
             json={"door": f"door-{i}", "bed_type": "pei", "position": 10, "bed": bed},
         ).raise_for_status()
         inside[f"p{i}"] = bed
+    return inside
+
+
+def seed_layout(api: httpx.Client, printers: Iterable[int], spares: int) -> dict[int, int]:
+    """Numeric ids as the seed's: printer N holds bed 500+N, spare clean beds 801... in a
+    rack. Returns printer -> the bed in it."""
+    api.put("/farm/racks/1", json={"position": 0, "slots": 1000}).raise_for_status()
+    for i in range(spares):
+        api.put(
+            f"/farm/beds/{801 + i}", json={"type": "pei", "rack": "1", "slot": i + 1}
+        ).raise_for_status()
+    inside = {}
+    for printer in printers:
+        bed = 500 + printer
+        api.put(f"/farm/beds/{bed}", json={"type": "pei", "state": "with_part"}).raise_for_status()
+        api.put(
+            f"/farm/printers/{printer}",
+            json={"door": f"printer{printer}", "bed_type": "pei", "bed": str(bed)},
+        ).raise_for_status()
+        inside[printer] = bed
     return inside
 
 
