@@ -349,7 +349,7 @@ async def test_estop_pauses_the_vehicle_and_cancel_ends_its_order(bed: Bed) -> N
     assert sim.position == where, "a paused vehicle stands still"
     assert not sim.driving
     assert any(
-        a["actionType"] == "stopPause" and a["actionStatus"] == "FINISHED"
+        a["actionType"] == "startPause" and a["actionStatus"] == "FINISHED"
         for a in sim.actions.values()
     )
     await bed.api.post("/fleet/robots/slow/commands", json={"kind": "resume"})

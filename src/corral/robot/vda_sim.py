@@ -1,8 +1,8 @@
 """A VDA 5050 (2.x) vehicle simulator written from the standard alone: it connects with a
 last will, drives the released part of its orders edge by edge at a set speed, accepts
 order updates that stitch on its last base node, publishes state and visualization, and
-honours the instant actions stopPause, startPause, cancelOrder, stateRequest and
-factsheetRequest.
+honours the instant actions startPause (pause), stopPause (resume), cancelOrder,
+stateRequest and factsheetRequest.
 
 It shares nothing with corral's fleet code: only the standard's JSON schemas (shipped with
 corral), aiomqtt and the standard library. `corral sim vda N` runs a fleet of them.
@@ -163,11 +163,25 @@ class SimVehicle:
             await self.publish_state()
 
     # ------------------------------------------------------------------ orders (6.6)
-    def _error(self, kind: str, description: str, level: str = "WARNING") -> None:
-        self.errors.append(
-            {"errorType": kind, "errorLevel": level, "errorDescription": description[:200]}
-        )
+    def _error(self, kind: str, description: str, **references: str) -> None:
+        error: dict[str, Any] = {
+            "errorType": kind,
+            "errorLevel": "WARNING",
+            "errorDescription": description[:200],
+        }
+        if references:
+            error["errorReferences"] = [
+                {"referenceKey": k, "referenceValue": v} for k, v in references.items()
+            ]
+        self.errors.append(error)
         del self.errors[:-10]
+
+    def _busy(self) -> bool:
+        """Still executing an order or waiting for its update (6.6.2, step 3): nodes left
+        (base or horizon) or an action neither FINISHED nor FAILED."""
+        return bool(self.nodes) or any(
+            a["actionStatus"] not in ("FINISHED", "FAILED") for a in self.actions.values()
+        )
 
     def _base_end(self) -> tuple[str, int]:
         released = [n for n in self.nodes if n["released"]]
@@ -176,16 +190,33 @@ class SimVehicle:
         return self.last_node, self.last_seq
 
     def _order(self, order: dict[str, Any]) -> None:
-        first = order["nodes"][0] if order["nodes"] else None
-        if first is None:
-            self._error("orderError", "an order without nodes")
+        malformed = _malformed(order["nodes"], order["edges"])
+        if malformed:
+            self._error("validationError", malformed, orderId=order["orderId"])
             return
+        for item in [*order["nodes"], *order["edges"]]:
+            for action in item["actions"]:  # it drives, nothing more (6.6.4.2)
+                self._error(
+                    "orderError",
+                    f"action {action['actionType']} is not supported",
+                    actionId=action["actionId"],
+                )
+                return
+        first = order["nodes"][0]
         if order["orderId"] != self.order_id:
-            if any(n["released"] for n in self.nodes) or self.driving:
-                self._error("orderError", f"order {order['orderId']} while {self.order_id} runs")
+            if self._busy():
+                self._error(
+                    "orderError",
+                    f"order {order['orderId']} while {self.order_id} runs",
+                    orderId=order["orderId"],
+                )
                 return
             if first["nodeId"] != self.last_node:
-                self._error("noRouteError", f"order starts at {first['nodeId']}, not here")
+                self._error(
+                    "noRouteError",
+                    f"order starts at {first['nodeId']}, not here",
+                    nodeId=first["nodeId"],
+                )
                 return
             self.order_id, self.order_update_id = order["orderId"], order["orderUpdateId"]
             self.last_seq = first["sequenceId"]
@@ -257,14 +288,16 @@ class SimVehicle:
         for action in actions:
             kind, action_id = action["actionType"], action["actionId"]
             status = "FINISHED"
-            if kind == "stopPause":
+            if kind == "startPause":  # activates the pause mode (6.8.1)
                 self.paused = True
-            elif kind == "startPause":
+            elif kind == "stopPause":  # deactivates it
                 self.paused = False
                 self._wake.set()
             elif kind == "cancelOrder":
                 if not self.order_id or (not self.nodes and not self.driving):
-                    self._error("noOrderToCancel", "there is no order to cancel")
+                    self._error(
+                        "noOrderToCancel", "there is no order to cancel", actionId=action_id
+                    )
                     status = "FAILED"
                 else:
                     status = "RUNNING"
@@ -284,7 +317,11 @@ class SimVehicle:
                 await self._publish("factsheet", self.factsheet(), retain=True)
             elif kind != "stateRequest":
                 status = "FAILED"
-                self._error("unsupportedAction", f"instant action {kind} is not supported")
+                self._error(
+                    "unsupportedAction",
+                    f"instant action {kind} is not supported",
+                    actionId=action_id,
+                )
             self.actions[action_id] = {
                 "actionId": action_id,
                 "actionType": kind,
@@ -375,3 +412,22 @@ class SimVehicle:
 
 async def run_vehicles(vehicles: list[SimVehicle], stop: asyncio.Event) -> None:
     await asyncio.gather(*(v.run(stop) for v in vehicles))
+
+
+def _malformed(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> str:
+    """What makes an order's graph invalid (6.6.1), or "": at least one node, one edge
+    fewer than nodes, each edge joining the nodes either side of it, an edge released only
+    with both its nodes, and nothing released after something that is not."""
+    if not nodes or len(edges) != len(nodes) - 1:
+        return f"{len(nodes)} nodes need {max(len(nodes) - 1, 0)} edges, not {len(edges)}"
+    for before, edge, after in zip(nodes[:-1], edges, nodes[1:], strict=True):
+        if (edge["startNodeId"], edge["endNodeId"]) != (before["nodeId"], after["nodeId"]):
+            return f"edge {edge['edgeId']} does not join {before['nodeId']} and {after['nodeId']}"
+        if edge["released"] and not (before["released"] and after["released"]):
+            return f"edge {edge['edgeId']} is released, one of its nodes is not"
+    flags = [nodes[0]["released"]]
+    for edge, node in zip(edges, nodes[1:], strict=True):
+        flags += [edge["released"], node["released"]]
+    if flags != sorted(flags, reverse=True):
+        return "a released node or edge follows one that is not"
+    return ""

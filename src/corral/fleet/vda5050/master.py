@@ -30,7 +30,8 @@ from corral.store.tables import MissionRow, RobotRow, VdaVehicleRow, utcnow
 from corral.store.vda5050 import VdaStore
 
 log = structlog.get_logger("corral.vda5050")
-PAUSE = {"stop": "stopPause", "estop": "stopPause", "resume": "startPause"}
+# startPause activates the pause mode, stopPause deactivates it (VDA 5050 2.1, 6.8.1)
+PAUSE = {"stop": "startPause", "estop": "startPause", "resume": "stopPause"}
 ADMISSION = Caller(token_id=0, name="vda5050 admission", role="admin", subject="")
 
 
@@ -240,7 +241,7 @@ class MasterControl:
                     {
                         "actionType": action,
                         "actionId": action_id,
-                        "blockingType": "HARD" if hard or action != "startPause" else "NONE",
+                        "blockingType": "HARD" if hard or action != "stopPause" else "NONE",
                         "actionParameters": [],
                     }
                 ]
