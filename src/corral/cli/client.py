@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,11 @@ class Api:
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
+            raise self._unreachable(exc) from None
         return connection, response
+
+    def _unreachable(self, exc: Exception) -> CliError:
+        return CliError(f"cannot reach corral at {self.url}: {_reason(exc)}")
 
     def _reply(self, method: str, path: str, **kwargs: Any) -> Reply:
         return self._whole(*self._open(method, path, **kwargs))
@@ -150,7 +154,7 @@ class Api:
         try:
             body = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
+            raise self._unreachable(exc) from None
         finally:
             connection.close()
         return Reply(response.status, body)
@@ -162,14 +166,10 @@ class Api:
 
     def download(self, path: str) -> bytes:
         """A response body as bytes (module binaries, data files)."""
-        reply = self._reply("GET", path)
-        if reply.status >= 400:
-            raise CliError(_error_line(reply), 2 if reply.status < 500 else 1)
-        return reply.body
+        return _checked(self._reply("GET", path)).body
 
     def _result(self, reply: Reply) -> Any:
-        if reply.status >= 400:
-            raise CliError(_error_line(reply), 2 if reply.status < 500 else 1)
+        _checked(reply)
         if reply.status == 204 or not reply.body:
             return None
         try:
@@ -177,43 +177,47 @@ class Api:
         except ValueError:
             return reply.text
 
-    def _stream_open(
+    @contextmanager
+    def _streamed(
         self, path: str, params: dict[str, Any], headers: dict[str, str], read_timeout: float | None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """A streamed answer's head, checked; its reads wait `read_timeout` (None: for ever)."""
+    ) -> Iterator[http.client.HTTPResponse]:
+        """A streamed answer, checked, to read while in the block; its reads wait
+        `read_timeout` (None: for ever). Its connection closes when the block ends."""
         connection, response = self._open("GET", path, params=params, headers=headers)
         if response.status >= 400:
             reply = self._whole(connection, response)
             raise CliError(_error_line(reply), 2)
         if connection.sock is not None:
             connection.sock.settimeout(read_timeout)
-        return connection, response
+        try:
+            yield response
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            connection.close()
 
     def raw_stream(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
         """Yield a response body as it arrives (logs)."""
-        connection, response = self._stream_open(path, params, {}, None)
-        try:
+        with self._streamed(path, params, {}, None) as response:
             while chunk := response.read1(65536):
                 yield chunk
-        except (OSError, http.client.HTTPException) as exc:
-            raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
-        finally:
-            connection.close()
 
     def stream(
         self, path: str, params: dict[str, Any], last_id: int | None
     ) -> Iterator[dict[str, Any]]:
         """Yield events from an SSE endpoint until the server closes it."""
         headers = {} if last_id is None else {"Last-Event-ID": str(last_id)}
-        connection, response = self._stream_open(path, params, headers, 60.0)
-        try:
+        with self._streamed(path, params, headers, 60.0) as response:
             while line := response.readline():
                 if line.startswith(b"data: "):
                     yield json.loads(line[6:])
-        except (OSError, http.client.HTTPException) as exc:
-            raise CliError(f"cannot reach corral at {self.url}: {_reason(exc)}") from None
-        finally:
-            connection.close()
+
+
+def _checked(reply: Reply) -> Reply:
+    """The reply, unless it is an error: then a CliError (exit 2 for 4xx, 1 for 5xx)."""
+    if reply.status >= 400:
+        raise CliError(_error_line(reply), 2 if reply.status < 500 else 1)
+    return reply
 
 
 def _query(params: dict[str, Any]) -> str:
