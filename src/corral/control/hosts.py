@@ -122,7 +122,6 @@ class HostService:
         self.check_allowed(spec)
         probes = await self._check_engines([spec], prune=False)
         view = await self.store.add(spec)
-        await self.store.unbury(spec.name)
         await self.bus.emit(
             "host.added", f"host/{spec.name}", f"host {spec.name} added", {"url": spec.url}
         )
@@ -136,7 +135,6 @@ class HostService:
     async def _put(self, spec: HostSpec, probe: Probe | None = None) -> tuple[HostView, str]:
         """Store the host; `probe`: the look at its engine just made, if any."""
         view, outcome = await self.store.put(spec)
-        await self.store.unbury(spec.name)
         if outcome == "unchanged":
             return view, outcome
         kind = "added" if outcome == "created" else outcome
@@ -146,12 +144,11 @@ class HostService:
         return await self._check_or(view, spec, probe), outcome
 
     async def remove(self, name: str) -> None:
-        await self.store.remove(name)
+        await self.store.remove(name, remember=name == LOCAL)
         self._drop_driver(name)
         self.metrics.forget_host(name)
         message = f"host {name} removed"
         if name == LOCAL:
-            await self.store.bury(name)
             message += (
                 " (not registered again at start; `corral host add local URL` brings it back)"
             )

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Conflict, Invalid, NotFound
 from corral.model.hosts import EngineFacts, HostSpec, Probe
@@ -57,6 +58,10 @@ def spec_of(view: HostView) -> HostSpec:
     )
 
 
+async def _unbury(s: AsyncSession, name: str) -> None:
+    await s.execute(delete(HostTombstoneRow).where(HostTombstoneRow.name == name))
+
+
 class HostStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -74,8 +79,11 @@ class HostStore:
             return _view(row)
 
     async def add(self, spec: HostSpec) -> HostView:
+        """A new host (Conflict if the name is taken); a removal remembered of its name is
+        forgotten with it."""
         try:
             async with self.db.session() as s:
+                await _unbury(s, spec.name)
                 row = _new_row(spec)
                 s.add(row)
                 await s.flush()
@@ -84,8 +92,10 @@ class HostStore:
             raise Conflict(f"host {spec.name!r} already exists", {"host": spec.name}) from None
 
     async def put(self, spec: HostSpec) -> tuple[HostView, str]:
-        """Create or update; returns the view and `created`, `updated` or `unchanged`."""
+        """Create or update; returns the view and `created`, `updated` or `unchanged`. A
+        removal remembered of the name is forgotten."""
         async with self.db.session() as s:
+            await _unbury(s, spec.name)
             row = await s.scalar(select(HostRow).where(HostRow.name == spec.name))
             tls = spec.tls.model_dump() if spec.tls else None
             ssh = spec.ssh.model_dump() if spec.ssh else None
@@ -110,11 +120,15 @@ class HostStore:
             await s.flush()
             return _view(row), "updated"
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, remember: bool = False) -> None:
+        """Forget the host; `remember`: also note that the user removed it, so that corral
+        does not add it back by itself (see `buried`)."""
         async with self.db.session() as s:
             result = await s.execute(delete(HostRow).where(HostRow.name == name))
             if getattr(result, "rowcount", 0) == 0:
                 raise NotFound(f"host {name!r} not found", {"host": name})
+            if remember and await s.get(HostTombstoneRow, name) is None:
+                s.add(HostTombstoneRow(name=name))
 
     async def set_labels(
         self, name: str, changes: dict[str, str | None], most: int
@@ -139,17 +153,8 @@ class HostStore:
                 await s.flush()
             return _view(row), changed
 
-    async def bury(self, name: str) -> None:
-        """Remember that the user removed this host (corral will not add it back itself)."""
-        async with self.db.session() as s:
-            if await s.get(HostTombstoneRow, name) is None:
-                s.add(HostTombstoneRow(name=name))
-
-    async def unbury(self, name: str) -> None:
-        async with self.db.session() as s:
-            await s.execute(delete(HostTombstoneRow).where(HostTombstoneRow.name == name))
-
     async def buried(self, name: str) -> bool:
+        """Whether the user removed this host (and did not add it again)."""
         async with self.db.session() as s:
             return await s.get(HostTombstoneRow, name) is not None
 
