@@ -55,6 +55,9 @@ def client_certificate_problem(tls: TlsFiles, now: datetime) -> str:
     return ""
 
 
+_NOT_OUR_CA = (
+    "corral refused the engine: its certificate is not signed by the CA in {ca} (unknown CA)"
+)
 # (marker in the OpenSSL text, what it means); the first that matches wins.
 _REASONS = (
     ("KEY_VALUES_MISMATCH", "corral's client key does not match its client certificate"),
@@ -75,18 +78,9 @@ _REASONS = (
     ),
     ("certificate has expired", "corral refused the engine: the engine's certificate has expired"),
     ("mismatch", "corral refused the engine: its certificate does not name {host} (name mismatch)"),
-    (
-        "unable to get local issuer certificate",
-        "corral refused the engine: its certificate is not signed by the CA in {ca} (unknown CA)",
-    ),
-    (
-        "self signed certificate",
-        "corral refused the engine: its certificate is not signed by the CA in {ca} (unknown CA)",
-    ),
-    (
-        "self-signed certificate",
-        "corral refused the engine: its certificate is not signed by the CA in {ca} (unknown CA)",
-    ),
+    ("unable to get local issuer certificate", _NOT_OUR_CA),
+    ("self signed certificate", _NOT_OUR_CA),
+    ("self-signed certificate", _NOT_OUR_CA),
     ("WRONG_VERSION_NUMBER", "the engine does not speak TLS on that port (plain tcp:// there?)"),
 )
 
