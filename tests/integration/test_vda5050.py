@@ -22,6 +22,7 @@ import aiomqtt
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
+from tests.support.fleet_maps import corridor
 from tests.support.private_brokers import PrivateMosquitto
 from tests.support.server import ADMIN, ServeProcess, ThreadServer, corral_command
 
@@ -194,6 +195,14 @@ class Bed:
         state: str = (await self.api.get(f"/fleet/missions/{mission_id}")).json()["state"]
         return state
 
+    async def done(self, missions: list[int], what: str, limit: float = 60) -> None:
+        """Wait until every one of `missions` is done."""
+
+        async def all_done() -> bool:
+            return all([await self.mission_state(m) == "done" for m in missions])
+
+        await until(all_done, what, limit)
+
     async def events(self, kind: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = (
             await self.api.get("/events", params={"kind": kind, "limit": 100})
@@ -272,11 +281,7 @@ async def test_two_vehicles_on_crossing_paths_are_never_released_the_same_node(
     west, north = bed.vehicle("sn1", "r1c0"), bed.vehicle("sn2", "r0c1")
     await bed.online("west", "north")
     missions = [await bed.mission("west", "r1c2"), await bed.mission("north", "r2c1")]
-
-    async def done() -> bool:
-        return all([await bed.mission_state(m) == "done" for m in missions])
-
-    await until(done, "both missions done")
+    await bed.done(missions, "both missions done")
     await until(lambda: _at(west, "r1c2", north, "r2c1"), "the vehicles at their goals")
     assert west.reached == ["r1c1", "r1c2"]
     assert north.reached == ["r1c1", "r2c1"]
@@ -424,11 +429,7 @@ async def test_bad_and_unknown_messages_are_refused_and_corral_keeps_serving(
     sim = bed.vehicle("sn4", "n0")
     await bed.online("good")
     mission = await bed.mission("good", "n2")
-
-    async def done() -> bool:
-        return await bed.mission_state(mission) == "done"
-
-    await until(done, "the mission done")
+    await bed.done([mission], "the mission done")
     assert sim.reached == ["n1", "n2"]
     metrics = (await bed.api.get("/metrics")).text
     assert 'corral_vda5050_messages_total{direction="in",outcome="invalid",topic="state"} 2.0' in (
@@ -497,11 +498,7 @@ async def test_a_vehicle_that_dies_is_offline_keeps_its_reservations_and_goes_on
     # the vehicle comes back (rebooted: its order is gone) where corral last saw it
     again = _sim_process(bed.broker.url, robot["marker"])
     try:
-
-        async def done() -> bool:
-            return await bed.mission_state(mission) == "done"
-
-        await until(done, "the mission done after the vehicle came back")
+        await bed.done([mission], "the mission done after the vehicle came back")
     finally:
         again.terminate()
         again.wait()
@@ -510,33 +507,14 @@ async def test_a_vehicle_that_dies_is_offline_keeps_its_reservations_and_goes_on
     assert bed.recorder.invalid == []
 
 
-def _corridor() -> dict[str, Any]:
-    """A - B - C - D in a line, with a siding S beside B and C."""
-    return {
-        "name": "corridor",
-        "markers": [
-            {"id": "A", "x": 0, "y": 0},
-            {"id": "B", "x": 1, "y": 0},
-            {"id": "C", "x": 2, "y": 0},
-            {"id": "D", "x": 3, "y": 0},
-            {"id": "S", "x": 1.5, "y": 1},
-        ],
-        "lanes": [["A", "B"], ["B", "C"], ["C", "D"], ["B", "S"], ["S", "C"]],
-    }
-
-
 async def test_two_vehicles_head_on_in_a_corridor_pass_by_the_siding(bed: Bed) -> None:
-    assert (await bed.api.post("/fleet/maps", json=_corridor())).status_code == 201
+    assert (await bed.api.post("/fleet/maps", json=corridor())).status_code == 201
     await bed.register("east", "sn5", "corridor", "A")
     await bed.register("west", "sn6", "corridor", "D")
     east, west = bed.vehicle("sn5", "A"), bed.vehicle("sn6", "D")
     await bed.online("east", "west")
     missions = [await bed.mission("east", "D"), await bed.mission("west", "A")]
-
-    async def done() -> bool:
-        return all([await bed.mission_state(m) == "done" for m in missions])
-
-    await until(done, "both missions done")
+    await bed.done(missions, "both missions done")
     assert east.last_node == "D"
     assert west.last_node == "A"
     assert "S" in east.reached + west.reached, "one of them went by the siding"
@@ -559,11 +537,7 @@ async def test_orders_go_on_across_a_broker_restart(bed: Bed) -> None:
 
     await until(past_n1, "the vehicle past n1")
     await asyncio.to_thread(bed.broker.restart)
-
-    async def done() -> bool:
-        return await bed.mission_state(mission) == "done"
-
-    await until(done, "the mission done after the broker restart", limit=90)
+    await bed.done([mission], "the mission done after the broker restart", limit=90)
     assert sim.reached == ["n1", "n2", "n3", "n4", "n5"], "every node once, in order"
     assert sim.order_id == f"corral-mission-{mission}"
     assert sim.errors == [], "no order or update was refused"
@@ -589,11 +563,7 @@ async def test_a_vda_vehicle_and_a_websocket_robot_share_one_map_safely(bed: Bed
     try:
         await bed.online("agv", "ws-1")
         missions = [await bed.mission("agv", "r1c2"), await bed.mission("ws-1", "r2c1")]
-
-        async def done() -> bool:
-            return all([await bed.mission_state(m) == "done" for m in missions])
-
-        await until(done, "both missions done")
+        await bed.done(missions, "both missions done")
     finally:
         await fleet.stop()
     assert agv.reached == ["r1c1", "r1c2"]
@@ -686,11 +656,7 @@ async def test_an_unknown_vehicle_is_admitted_on_its_first_connection_by_policy(
     assert vehicle["vda5050"]["serial_number"] == "x1"
     assert vehicle["map"] == "line"
     mission = await bed.mission("newco-x1", "n1")
-
-    async def done() -> bool:
-        return await bed.mission_state(mission) == "done"
-
-    await until(done, "the admitted vehicle's mission done")
+    await bed.done([mission], "the admitted vehicle's mission done")
     assert sim.reached == ["n2", "n1"]
 
 
