@@ -137,11 +137,15 @@ class DeviceService:
         except DeviceError as exc:
             log.warning("device description unavailable", device=row.name, error=str(exc))
             return
+        await self.set_description(row.name, description)
+        row.description = description
+
+    async def set_description(self, name: str, description: dict[str, Any]) -> None:
+        """Store what a device says it is (it answered, or an exported document said so)."""
         try:
-            await self.store.set_description(row.name, description)
+            await self.store.set_description(name, description)
         finally:
             self._changed()
-        row.description = description
 
     @property
     def public_host(self) -> str:

@@ -88,7 +88,7 @@ async def import_folder(
             str(doc.get("name", "")), addresses, int(comm.get("port", 5000)), "init"
         )
         if device.description is None and isinstance(doc.get("description"), dict):
-            await devices.store.set_description(device.name, doc["description"])
+            await devices.set_description(device.name, doc["description"])
         device_names[_exported_id(doc) or device.name] = device.name
         counts["devices"] += 1
     module_ids: dict[str, str] = {}  # exported _id -> corral's id
