@@ -15,7 +15,7 @@ import httpx
 import structlog
 
 from corral.config import Settings
-from corral.control.devices import DeviceService, device_url
+from corral.control.devices import DeviceService
 from corral.control.modules import functions_of
 from corral.devices.client import DeviceError, FunctionRefused, SupervisorClient
 from corral.errors import Conflict, CorralError, Invalid, NotFound
@@ -260,7 +260,7 @@ class DeploymentService:
         return row
 
     async def _device_urls(self) -> dict[str, str]:
-        return {d.name: device_url(d) for d in await self.devices.store.every()}
+        return {c.name: c.url for c in await self.devices.candidates()}
 
     async def execute(
         self, ref: str, params: dict[str, Any], files: dict[str, bytes] | None = None
