@@ -50,7 +50,9 @@ class SupervisorClient:
     async def _json(self, method: str, url: str, **kwargs: Any) -> Any:
         response = await self._call(method, url, **kwargs)
         if response.status_code >= 400:
-            raise DeviceError(f"{method} {url}: HTTP {response.status_code}: {_text(response)}")
+            raise DeviceError(
+                f"{method} {url}: HTTP {response.status_code}: {_said(_parsed(response.content))}"
+            )
         try:
             return response.json()
         except ValueError:
@@ -84,7 +86,7 @@ class SupervisorClient:
     async def deploy(self, base: str, part: dict[str, Any]) -> tuple[int, Any]:
         """POST the part; (status, answer) whatever the status, so failures can be reported."""
         response = await self._call("POST", base.rstrip("/") + "/deploy", json=part)
-        return response.status_code, _body(response)
+        return response.status_code, _parsed(response.content)
 
     async def undeploy(self, base: str, deployment_id: str) -> None:
         response = await self._call("DELETE", f"{base.rstrip('/')}/deploy/{deployment_id}")
@@ -113,7 +115,7 @@ class SupervisorClient:
             status, raw = await self._get(url)
             return status, _parsed(raw)
         response = await self._call("GET", url)
-        return response.status_code, _body(response)
+        return response.status_code, _parsed(response.content)
 
 
 class FunctionRefused(DeviceError):
@@ -124,23 +126,12 @@ class FunctionRefused(DeviceError):
         self.status = status
 
 
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text[:2000]
-
-
 def _parsed(raw: bytes) -> Any:
     """A body as JSON, else its first 2000 characters."""
     try:
         return json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")[:2000]
-
-
-def _text(response: httpx.Response) -> str:
-    return _said(_body(response))
 
 
 def _said(data: Any) -> str:
