@@ -17,9 +17,7 @@ point PYTHONPATH at its src/ (the servers inherit it).
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import signal
 import statistics
 import sys
 import tempfile
@@ -32,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.leadership import (  # noqa: E402
-    cut_lock,
+    cut_leader,
     leaders,
     overlaps,
     psql,
@@ -69,27 +67,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         replicas = [ServeProcess(Path(tmp) / n, env).start() for n in ("a", "b")]
         clients = [httpx.Client(base_url=r.url, headers=headers, timeout=10) for r in replicas]
-        by_url = {r.url: r for r in replicas}
         back: list[float] = []
         try:
             wait_for_new_leader(clients[0], 0)
             for cut in range(args.cuts):
                 time.sleep(args.every)
-                leader = wait_for_new_leader(clients[0], 0)
-                process = by_url[leader["url"]].proc
-                assert process is not None
-                if args.paused:
-                    os.kill(process.pid, signal.SIGSTOP)
-                try:
-                    cut_lock(url, leader["id"])
-                    began = time.monotonic()
-                    other = next(c for c in clients if c.base_url != leader["url"])
-                    wait_for_new_leader(other, leader["term"])
-                    back.append(time.monotonic() - began)
-                finally:
-                    if args.paused:
-                        time.sleep(1)
-                        os.kill(process.pid, signal.SIGCONT)
+                _, _, took = cut_leader(url, clients, replicas, 1.0 if args.paused else None)
+                back.append(took)
                 print(f"cut {cut + 1}: a leader again after {back[-1]:.2f} s", flush=True)
             time.sleep(2)
             found = overlaps(clients[0])

@@ -9,8 +9,6 @@ not asserted; bench/ keeps durations.
 """
 
 import asyncio
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -19,10 +17,9 @@ from typing import Any
 import httpx
 from tests.support.leadership import (
     campaigning,
-    cut_lock,
+    cut_leader,
     leaders,
     overlaps,
-    wait_for_new_leader,
 )
 from tests.support.robot_peer import Ledger, PeerRobot
 from tests.support.server import ADMIN, ServeProcess, wait_until
@@ -80,7 +77,6 @@ def test_twenty_cuts_of_the_leaders_lock_leave_both_replicas_campaigning(
     replicas = [ServeProcess(tmp_path / name, env).start() for name in ("a", "b")]
     headers = {"Authorization": f"Bearer {ADMIN}"}
     clients = [httpx.Client(base_url=r.url, headers=headers, timeout=5) for r in replicas]
-    by_url = {r.url: r for r in replicas}
     api = clients[0]
     try:
         wait_until(lambda: len(leaders(api)) == 1, "a replica leads", 30)
@@ -90,22 +86,12 @@ def test_twenty_cuts_of_the_leaders_lock_leave_both_replicas_campaigning(
         back: list[float] = []
         with LeaderWatch(clients) as watch:
             for cut in range(CUTS + 1):
-                leader = wait_for_new_leader(api, 0)
                 paused = cut == CUTS  # the last cut finds the leader paused
-                process = by_url[leader["url"]].proc
-                assert process is not None
-                if paused:
-                    os.kill(process.pid, signal.SIGSTOP)
-                try:
-                    assert cut_lock(pg_url, leader["id"]) == 1, "the leader's lock backend"
-                    began = time.monotonic()
-                    other = next(c for c in clients if c.base_url != leader["url"])
-                    again = wait_for_new_leader(other, leader["term"])
-                    back.append(round(time.monotonic() - began, 2))
-                    assert again["term"] > leader["term"]
-                finally:
-                    if paused:
-                        os.kill(process.pid, signal.SIGCONT)
+                leader, again, took = cut_leader(
+                    pg_url, clients, replicas, frozen=0.0 if paused else None
+                )
+                back.append(round(took, 2))
+                assert again["term"] > leader["term"]
                 wait_until(lambda: campaigning(pg_url) == ids, "both replicas campaign again", 30)
             print(f"leader back after each cut (s): {back}")
         assert watch.samples > 0
@@ -163,7 +149,6 @@ def test_robots_on_missions_get_no_doubled_grant_across_eleven_cuts(
     replicas = [ServeProcess(tmp_path / name, env).start() for name in ("a", "b")]
     headers = {"Authorization": f"Bearer {ADMIN}"}
     clients = [httpx.Client(base_url=r.url, headers=headers, timeout=30) for r in replicas]
-    by_url = {r.url: r for r in replicas}
     api = clients[0]
     ledger = Ledger()
     back: list[float] = []
@@ -171,22 +156,8 @@ def test_robots_on_missions_get_no_doubled_grant_across_eleven_cuts(
     def cuts() -> None:
         for cut in range(11):
             time.sleep(2)  # robots under way
-            leader = wait_for_new_leader(api, 0)
-            process = by_url[leader["url"]].proc
-            assert process is not None
-            paused = cut == 5
-            if paused:
-                os.kill(process.pid, signal.SIGSTOP)
-            try:
-                assert cut_lock(pg_url, leader["id"]) == 1
-                began = time.monotonic()
-                other = next(c for c in clients if c.base_url != leader["url"])
-                wait_for_new_leader(other, leader["term"])
-                back.append(round(time.monotonic() - began, 2))
-            finally:
-                if paused:
-                    time.sleep(1)
-                    os.kill(process.pid, signal.SIGCONT)
+            _, _, took = cut_leader(pg_url, clients, replicas, frozen=1.0 if cut == 5 else None)
+            back.append(round(took, 2))
 
     async def scenario() -> int:
         stop = asyncio.Event()

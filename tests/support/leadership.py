@@ -2,17 +2,22 @@
 connection's backend terminated with pg_terminate_backend, found by the application name
 corral gives that connection and by the test's own database (no other test's backends).
 
-Also reads who leads from GET /replicas and the replica events' times, for the fence tests.
+Also reads who leads from GET /replicas and the replica events' times, for the fence tests
+and bench/failover.py.
 """
 
+import os
 import re
+import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import httpx
 from sqlalchemy.engine import make_url
+from tests.support.server import ServeProcess
 
 PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w", "-d", "postgres"]
 
@@ -74,6 +79,32 @@ def wait_for_new_leader(api: httpx.Client, after_term: int, limit: float = 60) -
             return found[0]
         time.sleep(0.05)
     raise AssertionError(f"no leader with a term after {after_term} within {limit} s")
+
+
+def cut_leader(
+    pg_url: str,
+    clients: Sequence[httpx.Client],
+    replicas: Sequence[ServeProcess],
+    frozen: float | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Cut the leader's lock connection, `clients` being one per replica of `replicas`;
+    with `frozen`, the leader is SIGSTOPped first and resumed `frozen` seconds after another
+    replica leads. (the leader cut, the next leader, seconds until /replicas showed it)"""
+    leader = wait_for_new_leader(clients[0], 0)
+    process = {r.url: r for r in replicas}[leader["url"]].proc
+    assert process is not None
+    if frozen is not None:
+        os.kill(process.pid, signal.SIGSTOP)
+    try:
+        assert cut_lock(pg_url, leader["id"]) == 1, "the leader's lock backend"
+        began = time.monotonic()
+        other = next(c for c in clients if c.base_url != leader["url"])
+        again = wait_for_new_leader(other, leader["term"])
+        return leader, again, time.monotonic() - began
+    finally:
+        if frozen is not None:
+            time.sleep(frozen)  # the new leader acts while the old one is frozen
+            os.kill(process.pid, signal.SIGCONT)
 
 
 def overlaps(api: httpx.Client) -> list[float]:
