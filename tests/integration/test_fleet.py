@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from tests.support.robot_socket import connect_robot, expect
 from tests.support.server import ADMIN, ThreadServer, wait_until
 
 from corral.config import Settings
@@ -165,20 +166,6 @@ def test_a_head_on_deadlock_resolves_without_an_operator(server: ThreadServer) -
     assert occupancy.violations == []
 
 
-async def _socket(url: str, token: str) -> Any:
-    return await websockets.connect(
-        url.replace("http://", "ws://") + "/fleet/ws",
-        additional_headers={"Authorization": f"Bearer {token}"},
-    )
-
-
-async def _expect(ws: Any, kind: str) -> dict[str, Any]:
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if message["type"] == kind:
-            return dict(message)
-
-
 def test_wrong_tokens_and_bad_messages_are_refused_and_others_keep_working(
     server: ThreadServer,
 ) -> None:
@@ -188,23 +175,23 @@ def test_wrong_tokens_and_bad_messages_are_refused_and_others_keep_working(
         two = api.post("/fleet/robots", json={"name": "two", "map": "g", "marker": "r2c2"}).json()
 
         async def scenario() -> None:
-            ws = await _socket(server.url, "crl_not_a_token_at_all_000000")
-            error = await _expect(ws, "error")
+            ws = await connect_robot(server.url, "crl_not_a_token_at_all_000000")
+            error = await expect(ws, "error", within=10)
             assert error["code"] == "unauthorized"
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 4401
 
-            ws = await _socket(server.url, one["token"])
+            ws = await connect_robot(server.url, one["token"])
             await ws.send(json.dumps({"type": "hello", "robot": "two"}))
-            error = await _expect(ws, "error")
+            error = await expect(ws, "error", within=10)
             assert error["code"] == "forbidden"
             assert "one" in error["message"]
 
-            good = await _socket(server.url, two["token"])
+            good = await connect_robot(server.url, two["token"])
             await good.send(json.dumps({"type": "hello", "robot": "two"}))
-            await _expect(good, "welcome")
+            await expect(good, "welcome", within=10)
             for bad, field in (
                 ({"type": "telemetry", "battery": 150}, "battery"),
                 ({"type": "telemetry", "marker": "r9c9"}, "r9c9"),
@@ -214,12 +201,12 @@ def test_wrong_tokens_and_bad_messages_are_refused_and_others_keep_working(
                 ({"type": "launch"}, "launch"),
             ):
                 await good.send(json.dumps(bad))
-                error = await _expect(good, "error")
+                error = await expect(good, "error", within=10)
                 assert field in error["message"], (bad, error)
             await good.send("{not json")
-            assert (await _expect(good, "error"))["code"] == "invalid"
+            assert (await expect(good, "error", within=10))["code"] == "invalid"
             await good.send(json.dumps({"type": "ping"}))
-            await _expect(good, "pong")
+            await expect(good, "pong", within=10)
             await good.close()
 
         asyncio.run(scenario())
@@ -298,24 +285,24 @@ def test_signed_robot_messages_need_a_good_hmac(server: ThreadServer) -> None:
         assert isinstance(key, str)
 
         async def scenario() -> None:
-            ws = await _socket(server.url, answer["token"])
-            nonce = (await _expect(ws, "challenge"))["nonce"]
+            ws = await connect_robot(server.url, answer["token"])
+            nonce = (await expect(ws, "challenge", within=10))["nonce"]
             await ws.send(json.dumps(sign({"type": "hello", "robot": "s1"}, key, 1, nonce)))
-            assert (await _expect(ws, "welcome"))["signed"] is True
+            assert (await expect(ws, "welcome", within=10))["signed"] is True
             await ws.send(json.dumps({"type": "telemetry", "battery": 50}))
-            assert (await _expect(ws, "error"))["code"] == "bad_signature"
+            assert (await expect(ws, "error", within=10))["code"] == "bad_signature"
             forged = sign({"type": "telemetry", "battery": 50}, "00" * 32, 2, nonce)
             await ws.send(json.dumps(forged))
-            assert (await _expect(ws, "error"))["code"] == "bad_signature"
+            assert (await expect(ws, "error", within=10))["code"] == "bad_signature"
             replay = sign({"type": "telemetry", "battery": 50}, key, 1, nonce)
             await ws.send(json.dumps(replay))
-            assert (await _expect(ws, "error"))["code"] == "bad_signature"
+            assert (await expect(ws, "error", within=10))["code"] == "bad_signature"
             other = sign({"type": "telemetry", "battery": 50}, key, 2, "0" * 32)
             await ws.send(json.dumps(other))
-            assert (await _expect(ws, "error"))["code"] == "bad_signature"
+            assert (await expect(ws, "error", within=10))["code"] == "bad_signature"
             await ws.send(json.dumps(sign({"type": "telemetry", "battery": 51}, key, 2, nonce)))
             await ws.send(json.dumps(sign({"type": "ping"}, key, 3, nonce)))
-            await _expect(ws, "pong")
+            await expect(ws, "pong", within=10)
             await ws.close()
 
         asyncio.run(scenario())
@@ -434,17 +421,17 @@ def test_mapping_mode_builds_a_scaled_map_from_what_a_robot_reports(
         assert started.status_code == 201, started.text
 
         async def drive() -> None:
-            ws = await _socket(server.url, token)
+            ws = await connect_robot(server.url, token)
             await ws.send(json.dumps({"type": "hello", "robot": "scout"}))
-            await _expect(ws, "welcome")
+            await expect(ws, "welcome", within=10)
             # A square of side 2 (robot units), driven round once, back to the start.
             for marker, x, y in (("A", 0, 0), ("B", 2, 0), ("C", 2, 2), ("D", 0, 2), ("A", 0, 0)):
                 await ws.send(json.dumps({"type": "checkpoint", "marker": marker, "x": x, "y": y}))
             await ws.send(json.dumps({"type": "checkpoint", "marker": "E", "x": "far"}))
-            error = await _expect(ws, "error")
+            error = await expect(ws, "error", within=10)
             assert "x" in error["message"]
             await ws.send(json.dumps({"type": "ping"}))
-            await _expect(ws, "pong")
+            await expect(ws, "pong", within=10)
             await ws.close()
 
         asyncio.run(drive())
@@ -507,16 +494,16 @@ def test_a_robot_cut_off_mid_route_gets_its_queued_commands_in_order(
         ).json()["token"]
 
         async def scenario() -> None:
-            ws = await _socket(server.url, token)
+            ws = await connect_robot(server.url, token)
             await ws.send(json.dumps({"type": "hello", "robot": "away"}))
-            await _expect(ws, "welcome")
+            await expect(ws, "welcome", within=10)
             mission = await asyncio.to_thread(
                 api.post, "/fleet/missions", json={"robot": "away", "goal": "r0c2"}
             )
-            told = await _expect(ws, "command")
+            told = await expect(ws, "command", within=10)
             assert told["kind"] == "mission"
             await ws.send(json.dumps({"type": "ack", "id": told["id"]}))
-            move = await _expect(ws, "command")
+            move = await expect(ws, "command", within=10)
             assert move["kind"] == "move"
             await ws.close()  # cut off on its way to r0c1, the move not acknowledged
 
@@ -528,10 +515,10 @@ def test_a_robot_cut_off_mid_route_gets_its_queued_commands_in_order(
                 )
                 assert sent.status_code == 201
 
-            ws = await _socket(server.url, token)
+            ws = await connect_robot(server.url, token)
             await ws.send(json.dumps({"type": "hello", "robot": "away"}))
-            await _expect(ws, "welcome")
-            queued = [await _expect(ws, "command") for _ in range(3)]
+            await expect(ws, "welcome", within=10)
+            queued = [await expect(ws, "command", within=10) for _ in range(3)]
             assert [c["kind"] for c in queued] == ["move", "custom", "custom"]
             assert [c.get("payload", {}).get("n") for c in queued] == [None, 1, 2]
             assert [c["id"] for c in queued] == sorted(c["id"] for c in queued)
@@ -540,9 +527,9 @@ def test_a_robot_cut_off_mid_route_gets_its_queued_commands_in_order(
             for marker in ("r0c1", "r0c2"):
                 await ws.send(json.dumps({"type": "checkpoint", "marker": marker}))
                 if marker == "r0c1":
-                    assert (await _expect(ws, "command"))["marker"] == "r0c2"
+                    assert (await expect(ws, "command", within=10))["marker"] == "r0c2"
             await ws.send(json.dumps({"type": "ping"}))
-            await _expect(ws, "pong")  # everything before it was handled
+            await expect(ws, "pong", within=10)  # everything before it was handled
             await ws.close()
             done = await asyncio.to_thread(api.get, f"/fleet/missions/{mission.json()['id']}")
             assert done.json()["state"] == "done"

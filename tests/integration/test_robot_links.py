@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from tests.support.robot_socket import connect_robot, expect
 from tests.support.server import ADMIN, ThreadServer, wait_until
 
 from corral.config import Settings
@@ -45,24 +46,10 @@ def _register(api: httpx.Client, name: str, **extra: Any) -> dict[str, Any]:
     return dict(answer.json())
 
 
-async def _socket(url: str, token: str) -> Any:
-    return await websockets.connect(
-        url.replace("http://", "ws://") + "/fleet/ws",
-        additional_headers={"Authorization": f"Bearer {token}"},
-    )
-
-
-async def _expect(ws: Any, kind: str) -> dict[str, Any]:
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if message["type"] == kind:
-            return dict(message)
-
-
 async def _greeted(url: str, token: str, name: str) -> Any:
-    ws = await _socket(url, token)
+    ws = await connect_robot(url, token)
     await ws.send(json.dumps({"type": "hello", "robot": name}))
-    await _expect(ws, "welcome")
+    await expect(ws, "welcome")
     return ws
 
 
@@ -100,7 +87,7 @@ def test_a_silent_socket_is_closed_after_one_heartbeat(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             ws = await _greeted(server.url, robot["token"], "quiet")
-            error = await _expect(ws, "error")
+            error = await expect(ws, "error")
             assert error["code"] == "timeout", error
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 30)
@@ -153,8 +140,8 @@ def test_rotate_gives_a_working_credential_after_the_robot_left(server: ThreadSe
         assert fresh["token"] != robot["token"]
 
         async def check() -> None:
-            old = await _socket(server.url, robot["token"])
-            assert (await _expect(old, "error"))["code"] == "unauthorized"
+            old = await connect_robot(server.url, robot["token"])
+            assert (await expect(old, "error"))["code"] == "unauthorized"
             new = await _greeted(server.url, fresh["token"], "r2")
             await new.close()
 
@@ -177,7 +164,7 @@ def test_rotate_cuts_off_a_robot_connected_with_the_old_credential(server: Threa
             ws = await _greeted(server.url, robot["token"], "r3")
             rotated = await asyncio.to_thread(api.post, "/fleet/robots/r3/rotate")
             assert rotated.status_code == 200, rotated.text
-            assert (await _expect(ws, "error"))["code"] == "unauthorized"
+            assert (await expect(ws, "error"))["code"] == "unauthorized"
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 30)
             assert closed.value.rcvd is not None
@@ -201,20 +188,20 @@ def test_every_input_on_the_socket_gets_an_answer_and_the_socket_stays(
         async def scenario() -> None:
             ws = await _greeted(server.url, robot["token"], "talker")
             await ws.send(b"\x00\x01binary")
-            error = await _expect(ws, "error")
+            error = await expect(ws, "error")
             assert error["code"] == "invalid"
             assert "text" in error["message"]
             await ws.send(json.dumps({"type": "hello", "robot": "other"}))
-            error = await _expect(ws, "error")
+            error = await expect(ws, "error")
             assert error["code"] == "forbidden"
             assert "other" in error["message"]
             await ws.send(json.dumps({"type": "ack", "id": 987654}))
-            error = await _expect(ws, "error")
+            error = await expect(ws, "error")
             assert error["code"] == "unknown_command"
             assert "987654" in error["message"]
             await ws.send(json.dumps({"type": "ack", "id": command}))
             await ws.send(json.dumps({"type": "ping"}))
-            await _expect(ws, "pong")  # still open, and the good ack is stored
+            await expect(ws, "pong")  # still open, and the good ack is stored
             await ws.close()
 
         asyncio.run(scenario())

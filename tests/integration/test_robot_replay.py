@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from tests.support.robot_socket import connect_robot, expect
 from tests.support.server import ADMIN, ThreadServer
 
 from corral.config import Settings
@@ -35,24 +36,14 @@ def _signed(message: dict[str, Any], key: str, n: int, nonce: str) -> str:
     return json.dumps(body)
 
 
-async def _expect(ws: Any, kind: str) -> dict[str, Any]:
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if message["type"] == kind:
-            return dict(message)
-
-
 async def _socket(url: str, token: str) -> tuple[Any, str]:
     """A socket and the nonce of its challenge."""
-    ws = await websockets.connect(
-        url.replace("http://", "ws://") + "/fleet/ws",
-        additional_headers={"Authorization": f"Bearer {token}"},
-    )
-    return ws, (await _expect(ws, "challenge"))["nonce"]
+    ws = await connect_robot(url, token)
+    return ws, (await expect(ws, "challenge"))["nonce"]
 
 
 async def _refused_and_closed(ws: Any) -> None:
-    assert (await _expect(ws, "error"))["code"] == "bad_signature"
+    assert (await expect(ws, "error"))["code"] == "bad_signature"
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await asyncio.wait_for(ws.recv(), 30)
     assert closed.value.rcvd is not None
@@ -77,10 +68,10 @@ def test_a_recorded_hello_and_telemetry_are_refused_on_a_fresh_socket(tmp_path: 
             recorded.append(_signed({"type": "telemetry", "battery": 40}, key, 2, nonce))
             for text in recorded:
                 await ws.send(text)
-            await _expect(ws, "welcome")
+            await expect(ws, "welcome")
             await ws.send(_signed({"type": "telemetry", "battery": 33}, key, 3, nonce))
             await ws.send(_signed({"type": "ping"}, key, 4, nonce))
-            await _expect(ws, "pong")
+            await expect(ws, "pong")
             await ws.close()
 
         async def replay() -> None:
@@ -90,9 +81,9 @@ def test_a_recorded_hello_and_telemetry_are_refused_on_a_fresh_socket(tmp_path: 
             # a good hello, then the recorded telemetry
             ws, nonce = await _socket(server.url, token)
             await ws.send(_signed({"type": "hello", "robot": "s"}, key, 1, nonce))
-            await _expect(ws, "welcome")
+            await expect(ws, "welcome")
             await ws.send(recorded[1])
-            assert (await _expect(ws, "error"))["code"] == "bad_signature"
+            assert (await expect(ws, "error"))["code"] == "bad_signature"
             await ws.close()
 
         asyncio.run(first())
