@@ -32,19 +32,10 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.fleet import memory_mb  # noqa: E402
 from tests.support.server import ADMIN, ServeProcess  # noqa: E402
 
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process, in MB."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0]) / 1024
-    return found["VmRSS"], found["VmHWM"]
 
 
 async def cycle(url: str, name: str, token: str, cut: bool) -> None:
