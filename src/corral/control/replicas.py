@@ -90,7 +90,6 @@ class Replicas:
         self.bus = bus
         self.id = replica_id
         self.url = url
-        self.poll = poll_seconds
         self.timing = Timing(poll_seconds)
         self.leading = asyncio.Event()
         self._deposed = asyncio.Event()
@@ -113,7 +112,7 @@ class Replicas:
 
     async def leader_url(self) -> str | None:
         """Where the leader answers (None when no replica leads right now)."""
-        fresh = utcnow() - timedelta(seconds=max(5.0, self.poll * 5))
+        fresh = utcnow() - timedelta(seconds=max(5.0, self.timing.poll * 5))
         async with self.db.session() as s:
             row = await s.scalar(
                 select(ReplicaRow)
@@ -347,7 +346,7 @@ class Replicas:
                         row.seen_at = now
             except Exception as exc:  # try again next period
                 log.info("replica heartbeat failed", error=repr(exc))
-            await pause(self.poll, stopping)
+            await pause(self.timing.poll, stopping)
 
     async def _unregister(self) -> None:
         with contextlib.suppress(Exception):
@@ -363,16 +362,18 @@ class Replicas:
             heard = _listener(queue)
 
             try:
-                conn = await asyncio.wait_for(asyncpg.connect(asyncpg_dsn(self.db)), self.poll * 5)
+                conn = await asyncio.wait_for(
+                    asyncpg.connect(asyncpg_dsn(self.db)), self.timing.poll * 5
+                )
             except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 log.warning("event feed: database unreachable", error=str(exc))
-                await asyncio.sleep(self.poll)
+                await asyncio.sleep(self.timing.poll)
                 continue
             try:
                 await conn.add_listener(CHANNEL, heard)
                 while not stopping.is_set() and not conn.is_closed():
                     try:
-                        payload = await asyncio.wait_for(queue.get(), timeout=self.poll)
+                        payload = await asyncio.wait_for(queue.get(), timeout=self.timing.poll)
                     except TimeoutError:
                         continue
                     origin, _, ids = payload.partition(":")
