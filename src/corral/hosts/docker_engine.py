@@ -175,8 +175,7 @@ class DockerEngine:
         self._socket = address.path
         self._tunnel: SshTunnel | None = None
         if address.scheme == "ssh":
-            ssh = spec.ssh or SshOptions()
-            self._tunnel = SshTunnel(spec.name, address, timeout, ssh.identity, ssh.socket)
+            self._tunnel = SshTunnel(spec.name, address, timeout, spec.ssh or SshOptions())
 
     def _connect(self, timeout: int) -> docker.DockerClient:
         if self._local and not os.path.exists(self._socket):

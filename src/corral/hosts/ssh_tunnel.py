@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 from corral.errors import Unreachable
-from corral.model.hosts import EngineAddress
+from corral.model.hosts import EngineAddress, SshOptions
 
-REMOTE_SOCKET = "/var/run/docker.sock"
 _folder: Path | None = None
 
 
@@ -66,18 +65,13 @@ def _plain_words(log: str, target: str, remote: str, port: int) -> str:
 
 class SshTunnel:
     def __init__(
-        self,
-        name: str,
-        address: EngineAddress,
-        timeout: float,
-        identity: str | None = None,
-        remote: str = REMOTE_SOCKET,
+        self, name: str, address: EngineAddress, timeout: float, options: SshOptions
     ) -> None:
         self.name = name
         self.address = address
         self.timeout = timeout
-        self.identity = identity
-        self.remote = remote
+        self.identity = options.identity
+        self.remote = options.socket
         self.local: Path | None = None
         self.log: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
