@@ -206,14 +206,18 @@ class ArmDispatcher:
             return  # nothing can be heard or sent: no verdict either
         now = time.monotonic()
         flight = self.flight
-        if flight is not None:
-            task = await self.tasks.store.get(flight.task)
-            if task.state not in ("assigned", "running"):
-                self.flight = None  # it ended meanwhile
-            elif not flight.sent:
-                await self._send(task, dict(task.params.get("job") or {}), first=False)
-            elif now - flight.quiet_since > flight.timeout:
+        if flight is not None and flight.sent:
+            # Out with the arm: it ends by the arm's word, by this rule, or by `ended` (a
+            # failure or a cancel elsewhere); nothing to read meanwhile.
+            if now - flight.quiet_since > flight.timeout:
                 await self._apply(flight, after_silence(flight), "silence")
+            return
+        if flight is not None:  # to send again: its job, unless it ended meanwhile
+            task = await self.tasks.store.get(flight.task)
+            if task.state in ("assigned", "running"):
+                await self._send(task, dict(task.params.get("job") or {}), first=False)
+            else:
+                self.flight = None
             return
         if self.word in ("busy", "error") and now - self.word_since < self.timeout:
             return  # it said so itself, with no job of ours: wait for its available
@@ -252,8 +256,7 @@ class ArmDispatcher:
         before it can be answered.)"""
         if task.state != "assigned":
             return None
-        await self.tasks.store.update(task.id, sent_at=utcnow(), attempts=task.attempts + 1)
-        return await self.tasks.store.get(task.id)
+        return await self.tasks.store.update(task.id, sent_at=utcnow(), attempts=task.attempts + 1)
 
     async def _send(self, task: TaskView, job: dict[str, Any], first: bool) -> None:
         assert self.mqtt is not None

@@ -42,7 +42,6 @@ class FarmService:
         self.store = store
         self.tasks = tasks
         self.bus = bus
-        self.metrics = metrics
         self.settings = settings
         self.arm = settings.farm_arm
         self.dispatch = ArmDispatcher(store, tasks, bus, metrics, settings)

@@ -143,13 +143,15 @@ class TaskStore:
                 return task, []
             return task, await self.events.stage(s, [note(task)])
 
-    async def update(self, id: int, **values: Any) -> None:
+    async def update(self, id: int, **values: Any) -> TaskView:
+        """Set a task's fields (no move); the task as it is now."""
         async with self.db.fenced() as s:
             row = await s.get(TaskRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"task {id} not found", {"task": id})
             for key, value in values.items():
                 setattr(row, key, value)
+            return task_view(row)
 
 
 async def advance(
