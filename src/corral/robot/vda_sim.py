@@ -86,12 +86,17 @@ class SimVehicle:
     # ------------------------------------------------------------------ the connection
     async def run(self, stop: asyncio.Event) -> None:
         """Connect (last will: CONNECTIONBROKEN, retained, QoS 1), say ONLINE, serve until
-        `stop`, then say OFFLINE and disconnect. Reconnects after a lost connection."""
-        while not stop.is_set():
-            try:
-                await self._serve(stop)
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.5)
+        `stop`, then say OFFLINE and disconnect. Reconnects after a lost connection; while
+        it is away it drives on to the end of its base (6.2)."""
+        driving = asyncio.create_task(self._drive())
+        try:
+            while not stop.is_set():
+                try:
+                    await self._serve(stop)
+                except aiomqtt.MqttError:
+                    await asyncio.sleep(0.5)
+        finally:
+            driving.cancel()
 
     async def _serve(self, stop: asyncio.Event) -> None:
         parts = urlsplit(self.url)
@@ -112,7 +117,6 @@ class SimVehicle:
             await self.publish_state()
             tasks = [
                 asyncio.create_task(self._receive(client)),
-                asyncio.create_task(self._drive()),
                 asyncio.create_task(self._report()),
             ]
             stopping = asyncio.create_task(stop.wait())
@@ -281,7 +285,8 @@ class SimVehicle:
                 self._cancelled()
             if not self.nodes:
                 self.driving = False
-            await self.publish_state()
+            with contextlib.suppress(aiomqtt.MqttError):  # the connection's own task notices
+                await self.publish_state()
 
     # ------------------------------------------------------------------ instant actions (6.8)
     async def _instant(self, actions: list[dict[str, Any]]) -> None:
