@@ -23,7 +23,6 @@ class BadAnswer(Exception):
 @dataclass
 class Answer:
     status: int
-    headers: dict[str, str]  # names in lower case
     body: bytes
 
 
@@ -114,20 +113,20 @@ async def _read_rest(reader: asyncio.StreamReader, head: bytes) -> tuple[Answer,
         version, status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
     keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
     if status in (204, 304):
-        return Answer(status, headers, b""), keep
+        return Answer(status, b""), keep
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return Answer(status, headers, await _chunked(reader)), keep
+        return Answer(status, await _chunked(reader)), keep
     length = headers.get("content-length")
     if length is not None:
         if not length.isdigit() or int(length) > MAX_BODY:
             raise BadAnswer(f"the answer's content-length {length[:20]!r} is not usable")
-        return Answer(status, headers, await reader.readexactly(int(length))), keep
+        return Answer(status, await reader.readexactly(int(length))), keep
     body = b""  # the body ends when the device closes the connection
     while chunk := await reader.read(65536):
         body += chunk
         if len(body) > MAX_BODY:
             raise BadAnswer(f"the answer is longer than {MAX_BODY} bytes")
-    return Answer(status, headers, body), False
+    return Answer(status, body), False
 
 
 def _parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
