@@ -201,11 +201,9 @@ class DeploymentService:
         steps = [Placed.from_json(s) for s in row.steps]
         async with self._lock(row.id):
             row = await self._push(row, steps)
-        unreachable = _unreachable(row)
-        if row.state != "failed" or not unreachable:
+        unreachable = await self._unreachable(row)
+        if not unreachable:
             return row
-        for device in sorted(unreachable):
-            await self.devices.failed(device, str(row.responses[device].get("data")))
         try:
             return await self._fail_over(row, steps, await self.devices.candidates(), unreachable)
         except CorralError as exc:
@@ -355,6 +353,15 @@ class DeploymentService:
         async with self._lock(row.id):
             return await self._push(row, steps)
 
+    async def _unreachable(self, row: DeploymentRow) -> set[str]:
+        """The devices that did not answer the last deploy (which then failed), each
+        counted as a failed health check."""
+        answers = row.responses or {}
+        unreachable = {d for d, a in answers.items() if a.get("status") == "unreachable"}
+        for device in sorted(unreachable):
+            await self.devices.failed(device, str(answers[device].get("data")))
+        return unreachable
+
     async def _answers(self, url: str) -> bool:
         try:
             await self.client.description(url)
@@ -417,11 +424,9 @@ class DeploymentService:
                 row = await self._push(row, steps, {c.name: c.url for c in candidates})
             if row.state == "deployed":
                 return row
-            unreachable = _unreachable(row)
+            unreachable = await self._unreachable(row)
             if not unreachable:
                 break
-            for device in sorted(unreachable):
-                await self.devices.failed(device, str(row.responses[device].get("data")))
             down |= unreachable
         raise Conflict(f"deployment {row.name}: failover could not deploy: {row.reason}")
 
@@ -524,11 +529,6 @@ class _StepFailed(Exception):
     def __init__(self, index: int, message: str) -> None:
         super().__init__(message)
         self.index, self.message = index, message
-
-
-def _unreachable(row: DeploymentRow) -> set[str]:
-    """The devices that did not answer the last deploy."""
-    return {d for d, a in (row.responses or {}).items() if a.get("status") == "unreachable"}
 
 
 def _result_url(result: Any) -> str | None:
