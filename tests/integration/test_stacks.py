@@ -8,13 +8,13 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from tests.support.engines import LOCAL_URL, ROBOT_URL, TWO_HOSTS, RobotEngine, engine_container_ids
-from tests.support.server import ADMIN, ThreadServer
+from tests.support.server import ADMIN, ThreadServer, wait_until
 
 from corral.config import Settings
 
@@ -33,16 +33,6 @@ def _docker(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker", "-H", url, *args], capture_output=True, text=True, timeout=120, check=False
     )
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Until `check()`; `timeout` only bounds a hang (how fast is for bench/, not tests)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def _clean(stack: str) -> None:
@@ -138,14 +128,14 @@ def test_killed_container_restarts_and_stopped_stays_stopped(server: ThreadServe
             state = _docker(LOCAL_URL, "inspect", "-f", "{{.State.Running}}", old)
             return state.stdout.strip() == "true"
 
-        _wait(running_again, 60, "killed container restarted")
+        wait_until(running_again, "killed container restarted", 60)
 
         def said() -> bool:  # the engine restarts it; corral's events follow
             events = api.get("/events", params={"resource": "stack/go1/digital-replica"})
             kinds = {e["kind"] for e in events.json()}
             return {"container.died", "container.restarted"} <= kinds
 
-        _wait(said, 60, "events container.died and container.restarted")
+        wait_until(said, "events container.died and container.restarted", 60)
         events = api.get("/events", params={"resource": "stack/go1/digital-replica"}).json()
         restarted = [e for e in events if e["kind"] == "container.restarted"][-1]
         assert "exited with code 137" in restarted["message"]
@@ -326,10 +316,10 @@ def test_robot_engine_stops_mid_apply(server: ThreadServer, swarm: RobotEngine) 
 
         applying = threading.Thread(target=apply)
         applying.start()
-        _wait(
-            lambda: bool(engine_container_ids(LOCAL_URL, "corral.service=ros-master")),
-            60,
+        wait_until(
+            lambda: engine_container_ids(LOCAL_URL, "corral.service=ros-master"),
             "ros-master created",
+            60,
         )
         swarm.stop()
         try:
@@ -345,7 +335,7 @@ def test_robot_engine_stops_mid_apply(server: ThreadServer, swarm: RobotEngine) 
                     for s in ROBOT_SERVICES
                 )
 
-            _wait(robot_pending, 60, "robot services pending with the reason")
+            wait_until(robot_pending, "robot services pending with the reason", 60)
             slots = _by_service(api.get("/stacks/go1").json())
             assert all(slots[s]["state"] == "running" for s in EDGE_SERVICES)
         finally:
@@ -355,6 +345,6 @@ def test_robot_engine_stops_mid_apply(server: ThreadServer, swarm: RobotEngine) 
             slots = _by_service(api.get("/stacks/go1").json())
             return all(s["state"] == "running" for s in slots.values())
 
-        _wait(converged, 120, "stack converged after the robot engine returned")
+        wait_until(converged, "stack converged after the robot engine returned", 120)
         assert len(engine_container_ids(ROBOT_URL, "corral.stack=go1")) == 2
         assert len(engine_container_ids(LOCAL_URL, "corral.stack=go1")) == 5
