@@ -7,7 +7,7 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,7 @@ def _lines(stream: "subprocess.Popen[str]") -> "queue.Queue[str]":
     return lines
 
 
-def _until(lines: "queue.Queue[str]", check: object, what: str) -> list[str]:
+def _until(lines: "queue.Queue[str]", check: Callable[[str], bool], what: str) -> list[str]:
     seen: list[str] = []
     deadline = time.monotonic() + 60
     while True:
@@ -64,7 +64,7 @@ def _until(lines: "queue.Queue[str]", check: object, what: str) -> list[str]:
             continue
         seen.append(line)
         assert line != "<end>", f"{what}: `corral logs -f` ended; saw {seen[-10:]}"
-        if check(line):  # type: ignore[operator]
+        if check(line):
             return seen
 
 
