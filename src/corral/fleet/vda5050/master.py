@@ -49,8 +49,7 @@ class Vehicle:
     last_node: str | None = None
     state: dict[str, Any] = field(default_factory=dict)  # what the API shows of its state
     factsheet: dict[str, Any] | None = None
-    watched: dict[str, str] = field(default_factory=dict)  # actionId -> what it was for
-    said: set[str] = field(default_factory=set)  # actionIds whose end was announced
+    watched: dict[str, str] = field(default_factory=dict)  # actionId -> what, until it ends
     handled: set[int] = field(default_factory=set)  # command ids sent
     resent_at: float = 0.0  # when a lost order was last sent again (monotonic)
     resends: int = 0
@@ -476,10 +475,9 @@ class MasterControl:
         for action in states:
             action_id, status = action["actionId"], action["actionStatus"]
             what = vehicle.watched.get(action_id)
-            if what is None or status not in ("FINISHED", "FAILED") or action_id in vehicle.said:
+            if what is None or status not in ("FINISHED", "FAILED"):
                 continue
-            vehicle.said.add(action_id)
-            del vehicle.watched[action_id]
+            del vehicle.watched[action_id]  # its end is announced once
             await self.bus.emit(
                 f"vda5050.{what}",
                 f"robot/{vehicle.robot}",
