@@ -21,7 +21,14 @@ from corral.hosts.docker_engine import DockerEngine
 from corral.hosts.driver import HostDriver
 from corral.hosts.tls_reasons import certificate_dates
 from corral.metrics import Metrics
-from corral.model.hosts import MAX_LABELS, HostSpec, Probe, engine_url_allowed, insecurity
+from corral.model.hosts import (
+    MAX_LABELS,
+    EngineFacts,
+    HostSpec,
+    Probe,
+    engine_url_allowed,
+    insecurity,
+)
 from corral.model.names import check_labels
 from corral.model.views import HostView
 from corral.store.hosts import HostStore, spec_of
@@ -43,11 +50,15 @@ def _same_engine(name: str, other: str, how: str) -> Conflict:
     )
 
 
+def _identity(facts: EngineFacts | None) -> str:
+    return facts.identity if facts else ""
+
+
 def _twin_refused(view: HostView, probe: Probe, hosts: list[HostView]) -> Probe:
     """A host found on the engine of an older host (added while one did not answer, or
     stored before corral told engines apart) is kept unreachable, so that two hosts never
     manage the same containers."""
-    engine = probe.facts.identity if probe.facts else ""
+    engine = _identity(probe.facts)
     if not engine:
         return probe
     for other in hosts:
@@ -172,19 +183,13 @@ class HostService:
         """One engine is one host: refuse (Conflict) specs whose engine answers with the
         engine ID of another host. Returns the probes made (of new or re-pointed hosts)."""
         stored = {view.name: view for view in await self.store.list()}
-        engines: dict[str, str] = {}  # host name -> engine ID, as it will be
-        if not prune:
-            engines = {n: v.facts.identity for n, v in stored.items() if v.facts is not None}
         changed = [s for s in specs if s.name not in stored or stored[s.name].url != s.url]
         found = await asyncio.gather(*(self._probe(s) for s in changed))
         probes = {spec.name: probe for spec, probe in zip(changed, found, strict=True)}
-        for spec in specs:
-            probe = probes.get(spec.name)
-            if probe is not None:
-                engines[spec.name] = probe.facts.identity if probe.facts else ""
-            elif spec.name not in engines:
-                facts = stored[spec.name].facts
-                engines[spec.name] = facts.identity if facts else ""
+        # host name -> engine identity ("": unknown), as the hosts will be afterwards
+        kept = [stored[s.name] for s in specs if s.name in stored] if prune else stored.values()
+        engines = {view.name: _identity(view.facts) for view in kept}
+        engines.update({name: _identity(probe.facts) for name, probe in probes.items()})
         for spec in changed:
             engine = engines[spec.name]
             twin = sorted(
