@@ -63,6 +63,7 @@ class SimVehicle:
     errors: list[dict[str, Any]] = field(default_factory=list)
     headers: dict[str, int] = field(default_factory=dict)
     reached: list[str] = field(default_factory=list)  # every node reached, in order
+    travelled: float = 0.0  # metres along an edge whose end has no nodePosition (1 m long)
     _client: aiomqtt.Client | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -266,7 +267,11 @@ class SimVehicle:
             where = target.get("nodePosition")
             self.driving = True
             if where is None or self.position is None:
-                await asyncio.sleep(1 / self.speed)
+                self.travelled += self.speed * TICK
+                if self.travelled < 1.0:
+                    await asyncio.sleep(TICK)  # tick by tick: a pause stops it mid-edge
+                    continue
+                self.travelled = 0.0
             else:
                 x, y = self.position
                 dx, dy = where["x"] - x, where["y"] - y
@@ -337,7 +342,7 @@ class SimVehicle:
         if self.cancelling is not None:
             self.actions[self.cancelling]["actionStatus"] = "FINISHED"
             self.cancelling = None
-        self.nodes, self.edges = [], []
+        self.nodes, self.edges, self.travelled = [], [], 0.0
 
     # ------------------------------------------------------------------ reports (6.10, 6.11)
     def state(self) -> dict[str, Any]:
