@@ -93,9 +93,10 @@ def _caller(
         if anonymous and server and port and server[1] == port:
             return Caller(0, "anonymous", "operator", "")
         secret = credentials.credentials if credentials is not None else None
-        caller = await core.access.identify(secret)
-        if caller.role == "device" and device_ok:
-            return caller
+        if device_ok:
+            caller = await core.access.identify(secret)
+            if caller.role == "device":
+                return caller
         return await core.access.authorize(secret, action)
 
     return dependency
