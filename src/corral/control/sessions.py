@@ -329,7 +329,7 @@ class SessionService:
         out: dict[str, HostDriver] = {}
         for host in await self.hosts.store.list():
             if host.reachable:
-                out[host.name] = await self.hosts.driver(host.name)
+                out[host.name] = self.hosts.driver_for(host)
         return out
 
     async def _start(self, session: str) -> None:
@@ -528,7 +528,7 @@ class SessionService:
             return None
         for known in await self.hosts.store.list():
             if known.name == host and known.reachable:
-                return await self.hosts.driver(host)
+                return self.hosts.driver_for(known)
         return None
 
     async def cancel(self, session: str) -> SessionView:
@@ -556,8 +556,9 @@ class SessionService:
             if (await self.store.get(stored.id)).cleaned_at is not None:
                 return  # another caller cleaned it while this one waited
             self.store.db.term.confirm()
-            if stored.host and stored.host in {h.name for h in await self.hosts.store.list()}:
-                driver = await self.hosts.driver(stored.host)
+            host = {h.name: h for h in await self.hosts.store.list()}.get(stored.host or "")
+            if host is not None:
+                driver = self.hosts.driver_for(host)
                 owned = {OWNED: "true", SESSION: stored.id}
                 found = await self.hosts.call(driver.containers, owned)
                 await asyncio.gather(*(self._keep_history(stored.id, driver, c) for c in found))
@@ -638,7 +639,7 @@ class SessionService:
         seen: dict[str, list[ContainerInfo]] = {}
         for name in sorted({s.host for s in sessions if s.host}):
             if name in hosts and hosts[name].reachable:
-                driver = await self.hosts.driver(name)
+                driver = self.hosts.driver_for(hosts[name])
                 with contextlib.suppress(CorralError):
                     seen[name] = await self.hosts.call(
                         driver.containers, {OWNED: "true", SESSION: ""}
@@ -692,7 +693,7 @@ class SessionService:
             if not host.reachable:
                 continue
             try:
-                driver = await self.hosts.driver(host.name)
+                driver = self.hosts.driver_for(host)
                 owned = {OWNED: "true", SESSION: ""}
                 found = await self.hosts.call(driver.containers, owned)
                 networks = await self.hosts.call(driver.networks, owned)

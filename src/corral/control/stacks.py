@@ -426,15 +426,15 @@ class StackService:
         drivers: dict[str, HostDriver] = {}
         observed: dict[str, list[ContainerInfo]] = {}
 
-        async def look(host: str) -> None:
-            driver = await self.hosts.driver(host)
+        async def look(host: HostView) -> None:
+            driver = self.hosts.driver_for(host)
             try:
-                observed[host] = await self.hosts.call(driver.containers, owned_labels(name))
-                drivers[host] = driver
+                observed[host.name] = await self.hosts.call(driver.containers, owned_labels(name))
+                drivers[host.name] = driver
             except Unreachable:
                 pass
 
-        await asyncio.gather(*(look(h) for h, v in hosts.items() if v.reachable))
+        await asyncio.gather(*(look(h) for h in hosts.values() if h.reachable))
         networks, volumes = engine_names(name, spec)
         return _Pass(name, spec, stored, hosts, drivers, observed, placement, networks, volumes)
 
