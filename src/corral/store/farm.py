@@ -6,17 +6,24 @@ bed reserved, a job's effects, a printer's state) are leader-only: each proves t
 leadership term.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Conflict, Invalid, NotFound
 from corral.model.farm import Rack, job_message, racks_nearest
-from corral.model.views import BedView, EventView, PrinterView, RackView, TaskView
+from corral.model.views import (
+    OPEN_TASK_STATES,
+    BedView,
+    EventView,
+    PrinterView,
+    RackView,
+    TaskView,
+)
 from corral.store.database import Database
 from corral.store.events import EventStore
 from corral.store.tables import BedRow, PrinterRow, PrinterStateRow, RackRow, TaskRow, utcnow
@@ -68,6 +75,17 @@ def _set_state(s: AsyncSession, row: PrinterRow, state: str) -> bool:
     row.state, row.updated_at = state, utcnow()
     s.add(PrinterStateRow(printer=row.id, state=state, time=row.updated_at))
     return True
+
+
+async def _open_at(s: AsyncSession, printer: str, *where: ColumnElement[bool]) -> Sequence[TaskRow]:
+    """Open tasks at `printer` (its id in their params) that match `where`, in the order
+    they are served; read by the printer id, not by reading every open task."""
+    query = select(TaskRow).where(
+        TaskRow.state.in_(OPEN_TASK_STATES),
+        TaskRow.params["printer_id"].as_string() == printer,
+        *where,
+    )
+    return (await s.scalars(query.order_by(TaskRow.priority.desc(), TaskRow.id))).all()
 
 
 class FarmStore:
@@ -134,7 +152,7 @@ class FarmStore:
             row = await s.get(PrinterRow, id)
             if row is None:
                 raise NotFound(f"printer {id!r} not found", {"printer": id})
-            busy = [t for t in await open_rows(s, None) if t.params.get("printer_id") == id]
+            busy = await _open_at(s, id)
             if busy:
                 raise Conflict(f"printer {id} has open tasks: {', '.join(str(t.id) for t in busy)}")
             await s.delete(row)
@@ -276,14 +294,12 @@ class FarmStore:
                 await s.flush()
             if row is None:
                 return ReadyOutcome("unknown_printer")
-            open_tasks = await open_rows(s, arm)
-            pending = [
-                t
-                for t in open_tasks
-                if t.kind in FARM_KINDS and t.params.get("printer_id") == printer
-            ]
+            pending = await _open_at(
+                s, printer, TaskRow.target == arm, TaskRow.kind.in_(FARM_KINDS)
+            )
             if pending:
                 return ReadyOutcome("duplicate", [task_view(t) for t in pending])
+            alone = send is not None and not await open_rows(s, arm, limit=1)
             notes: list[str] = []
             tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
             fits = select(BedRow.id).where(BedRow.type == row.bed_type).limit(1)
@@ -303,7 +319,7 @@ class FarmStore:
             await s.flush()
             outcome = ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
             events = note(outcome) if note is not None else []
-            if send is not None and not open_tasks:  # nothing before it: the take goes now
+            if send is not None and alone:  # nothing before it: the take goes now
                 take = tasks[0]
                 job = job_message("take", printer, row.bed, row.door, len(tasks) > 1)
                 values = {"params": {**take.params, "job": job}, "sent_at": utcnow()}
