@@ -4,6 +4,7 @@
 Task parameters are `-p name=value` (text values).
 """
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -110,11 +111,11 @@ def apply(
     if state(ctx).json:
         emit_json(result)
         return
-    counts: dict[str, int] = {}
-    for record, outcome in result["outcomes"].items():
-        counts[outcome.split(":")[0]] = counts.get(outcome.split(":")[0], 0) + 1
+    outcomes: dict[str, str] = result["outcomes"]
+    for record, outcome in outcomes.items():
         if outcome not in ("unchanged", "created"):
             out.print(f"{record}: {outcome}")
+    counts = Counter(outcome.split(":")[0] for outcome in outcomes.values())
     summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
     out.print(f"{file}: {summary or 'nothing listed'}")
 

@@ -89,8 +89,7 @@ class ArmView(BaseModel):
 
 @router.put("", summary="Apply a farm file (racks, beds, printers)")
 async def apply_farm(body: FarmApply, core: CoreDep, _: Writer) -> FarmApplied:
-    spec = FarmSpec(racks=body.racks, beds=body.beds, printers=body.printers)
-    return FarmApplied(outcomes=await core.farm.apply(spec, body.prune))
+    return FarmApplied(outcomes=await core.farm.apply(body, body.prune))
 
 
 @router.get("/printers", summary="List printers")
