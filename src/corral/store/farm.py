@@ -302,14 +302,14 @@ class FarmStore:
             alone = send is not None and not await open_rows(s, arm, limit=1)
             notes: list[str] = []
             tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
+            bed = await self._reserve(s, row)
             fits = select(BedRow.id).where(BedRow.type == row.bed_type).limit(1)
-            if await s.scalar(fits) is None:
+            if bed is None and await s.scalar(fits) is None:  # asked only when none is free
                 notes.append(
                     f"printer {printer} takes bed type {row.bed_type!r}, which no bed has: "
                     "no replace job"
                 )
             else:
-                bed = await self._reserve(s, row)
                 params: dict[str, Any] = {"printer_id": printer, "bed_id": bed}
                 if bed is None:
                     notes.append(f"no clean {row.bed_type} bed free now: chosen when it is due")
