@@ -122,3 +122,13 @@ def pg_url() -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL for each engine corral runs on: an SQLite file in tmp_path, then a
+    fresh PostgreSQL database (pg_url)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")

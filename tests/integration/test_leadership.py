@@ -8,8 +8,6 @@ and against the machine's real PostgreSQL.
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,6 @@ from corral.store.database import Database
 from corral.store.leadership import LeaderTerm, StaleTerm
 from corral.store.tables import TaskRow
 from corral.store.tasks import TaskStore, new_task
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
-    else:
-        yield request.getfixturevalue("pg_url")
 
 
 async def _take(db: Database, term: LeaderTerm, replica: str) -> int:

@@ -3,9 +3,7 @@
 Runs against a SQLite file and against the machine's real PostgreSQL.
 """
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +13,6 @@ from corral.store.database import Database
 from corral.store.events import EventFilter, EventStore
 from corral.store.hosts import HostStore
 from corral.store.tokens import TokenStore
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
-    else:
-        yield request.getfixturevalue("pg_url")
 
 
 async def _open(url: str) -> Database:
