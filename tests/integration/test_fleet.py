@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from tests.support.fleet_maps import corridor
 from tests.support.robot_socket import connect_robot, expect
 from tests.support.server import ADMIN, ThreadServer, wait_until
 
@@ -119,31 +120,16 @@ def test_twenty_robots_cross_a_grid_without_sharing_a_marker_or_lane(
     assert occupancy.violations == []
 
 
-def _corridor() -> dict[str, Any]:
-    """A - B - C - D in a line, with a siding S beside B and C."""
-    return {
-        "name": "corridor",
-        "markers": [
-            {"id": "A", "x": 0, "y": 0},
-            {"id": "B", "x": 1, "y": 0},
-            {"id": "C", "x": 2, "y": 0},
-            {"id": "D", "x": 3, "y": 0},
-            {"id": "S", "x": 1.5, "y": 1},
-        ],
-        "lanes": [["A", "B"], ["B", "C"], ["C", "D"], ["B", "S"], ["S", "C"]],
-    }
-
-
 def test_a_head_on_deadlock_resolves_without_an_operator(server: ThreadServer) -> None:
     occupancy = Occupancy()
 
     async def scenario() -> None:
         with server.client() as api:
-            assert api.post("/fleet/maps", json=_corridor()).status_code == 201
+            assert api.post("/fleet/maps", json=corridor()).status_code == 201
             sim = await run_fleet(
                 server.url,
                 ADMIN,
-                _corridor(),
+                corridor(),
                 2,
                 prefix="dl",
                 speed=10.0,
