@@ -380,6 +380,27 @@ class FleetService:
             for name in list(self.links.by_robot):
                 await self.links.cut(name, "not_leader", "this replica stopped leading", 1012)
 
+    async def went_offline(
+        self,
+        name: str,
+        why: str,
+        data: dict[str, Any] | None = None,
+        last_seen: datetime | None = None,
+    ) -> None:
+        """A robot whose link went quiet or broke: offline in memory and the store, with
+        its event; it keeps its reservations (an operator or its return frees them)."""
+        robot = self.robots.get(name)
+        if robot is None:
+            return
+        robot.state = "offline"
+        values: dict[str, Any] = {"state": "offline"}
+        if last_seen is not None:
+            robot.last_seen = values["last_seen"] = last_seen
+        await self.store.update_robot(name, **values)
+        await self.bus.emit(
+            "robot.offline", f"robot/{name}", f"robot {name} {why}; it keeps what it holds", data
+        )
+
     async def _watch(self, stopping: asyncio.Event) -> None:
         period = min(0.5, self.settings.robot_heartbeat_seconds / 4)
         while not stopping.is_set():
@@ -387,17 +408,11 @@ class FleetService:
             for name, link in list(self.links.by_robot.items()):
                 if link.online and now - link.last_seen > self.settings.robot_heartbeat_seconds:
                     link.online = False
-                    if name in self.robots:
-                        last = datetime.fromtimestamp(link.heard_at, UTC)
-                        self.robots[name].state, self.robots[name].last_seen = "offline", last
-                        await self.store.update_robot(name, state="offline", last_seen=last)
-                        await self.bus.emit(
-                            "robot.offline",
-                            f"robot/{name}",
-                            f"robot {name} missed its heartbeat "
-                            f"({self.settings.robot_heartbeat_seconds:g} s); it keeps what it "
-                            "holds",
-                        )
+                    await self.went_offline(
+                        name,
+                        f"missed its heartbeat ({self.settings.robot_heartbeat_seconds:g} s)",
+                        last_seen=datetime.fromtimestamp(link.heard_at, UTC),
+                    )
             await self.dispatch.tick()
             await self._assign_tasks()
             self._assign.clear()

@@ -376,14 +376,8 @@ class MasterControl:
         link = self.fleet.links.get(vehicle.robot)
         if link.online and not retained:
             link.online = False
-            row = self.fleet.robot(vehicle.robot)
-            row.state = "offline"
-            await self.fleet.store.update_robot(vehicle.robot, state="offline")
-            await self.bus.emit(
-                "robot.offline",
-                f"robot/{vehicle.robot}",
-                f"robot {vehicle.robot} is {state} (VDA 5050 connection); it keeps what it holds",
-                {"connection": state},
+            await self.fleet.went_offline(
+                vehicle.robot, f"is {state} (VDA 5050 connection)", {"connection": state}
             )
 
     async def _state(self, vehicle: Vehicle, state: dict[str, Any]) -> None:
