@@ -168,13 +168,18 @@ async def advance(
     elif state in ("done", "failed", "cancelled"):
         changes["finished_at"] = now
     sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
-    done = await s.execute(
-        update(TaskRow).where(TaskRow.id == id, TaskRow.state.in_(sources)).values(**changes)
+    moved = await s.scalar(
+        update(TaskRow)
+        .where(TaskRow.id == id, TaskRow.state.in_(sources))
+        .values(**changes)
+        .returning(TaskRow)
+        .execution_options(populate_existing=True)
     )
-    row = await s.get(TaskRow, id, populate_existing=True)
-    if row is None:
+    if moved is not None:
+        return task_view(moved)
+    if await s.get(TaskRow, id) is None:
         raise NotFound(f"task {id} not found", {"task": id})
-    return task_view(row) if getattr(done, "rowcount", 0) == 1 else None
+    return None
 
 
 async def open_rows(
