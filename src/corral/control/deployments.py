@@ -267,6 +267,9 @@ class DeploymentService:
         follow the result URLs to the final value. A step whose device is down moves to
         another device (mid-chain too); a device that lost its deployment gets it again."""
         row = await self.store.get(ref)
+        if row.state == "deploying":  # parts on their way (a device came back): run after
+            async with self._lock(row.id):
+                row = await self.store.get(row.id)
         if row.state not in ("deployed", "failed"):
             raise Conflict(
                 f"deployment {row.name} is {row.state}; deploy it first "
