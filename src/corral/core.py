@@ -163,11 +163,19 @@ class Core:
             self._spawn(self._prune_events())
             self._spawn(
                 self.replicas.run(
-                    self.stopping, lambda stop: self._lead(stop, to_deploy), self.fleet.load
+                    self.stopping, lambda stop: self._lead(stop, to_deploy), self._take_over
                 )
             )
         else:
             self.replicas.act_alone()  # no loops: this process acts alone
+
+    async def _take_over(self) -> None:
+        """What a replica reads when it takes the lead: the fleet as the last leader left
+        it, then the VDA 5050 vehicles (registered meanwhile, with no order state of an
+        earlier term: each vehicle's next state says where its order stands)."""
+        await self.fleet.load()
+        if self.vda5050 is not None:
+            await self.vda5050.load()
 
     async def _lead(self, stop: asyncio.Event, to_deploy: list[str]) -> None:
         """What only the leader runs: recovery, reconcilers, schedules, broker consumers,

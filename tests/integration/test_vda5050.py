@@ -760,3 +760,100 @@ async def test_with_broker_acls_a_vehicle_reaches_only_its_own_topics(tmp_path: 
                 await api.aclose()
     finally:
         broker.stop()
+
+
+def _released_once(orders: list[dict[str, Any]]) -> bool:
+    """Across the distinct updates of one order, each node and edge is released once (an
+    update starts on the last base node of the one before, which it does not release anew;
+    an update sent again unchanged is not a new release)."""
+    seen: set[str] = set()
+    last: dict[str, Any] | None = None
+    for order in orders:
+        if last is not None and _same_update(last, order):
+            continue
+        nodes = [n["nodeId"] for n in order["nodes"] if n["released"]]
+        fresh = nodes if last is None or last["orderId"] != order["orderId"] else nodes[1:]
+        fresh += [e["edgeId"] for e in order["edges"] if e["released"]]
+        if seen & set(fresh):
+            return False
+        seen |= set(fresh)
+        last = order
+    return True
+
+
+async def test_a_replica_that_takes_over_drives_a_vehicle_registered_after_it_started(
+    tmp_path: Path, mosquitto: PrivateMosquitto, pg_url: str
+) -> None:
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_DATABASE_URL": pg_url,
+        "CORRAL_LOCAL_DOCKER_URL": "",
+        "CORRAL_MDNS_ENABLED": "false",
+        "CORRAL_REPLICA_POLL_SECONDS": "0.5",
+        "CORRAL_BROKERS": json.dumps({"vda": mosquitto.url}),
+        "CORRAL_VDA5050_BROKER": "vda",
+    }
+    first = await asyncio.to_thread(ServeProcess(tmp_path / "a", env).start)
+    api = httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+
+    async def leads(serve: ServeProcess) -> bool:
+        replicas = (await api.get(f"{serve.url}/replicas")).json()
+        return any(r["leader"] and r["url"] == serve.url for r in replicas)
+
+    second: ServeProcess | None = None
+    recorder, ready = Recorder(), asyncio.Event()
+    recording = asyncio.create_task(recorder.run(mosquitto.url, ready))
+    stop = asyncio.Event()
+    sim = SimVehicle(mosquitto.url, "acme", "ho1", "n0", speed=1.0, state_every=0.5)
+    driving: asyncio.Task[None] | None = None
+    try:
+        await until(lambda: leads(first), "the first replica leading")
+        second = await asyncio.to_thread(ServeProcess(tmp_path / "b", env).start)
+        await asyncio.wait_for(ready.wait(), 30)
+        # registered after the second replica started: it has never read this vehicle
+        b = second.url
+        assert (await api.post(f"{b}/fleet/maps", json=_line_map())).status_code == 201
+        body = {"name": "ho", "manufacturer": "acme", "serial_number": "ho1"}
+        body |= {"map": "line", "marker": "n0"}
+        assert (await api.post(f"{b}/fleet/vda5050/vehicles", json=body)).is_success
+        driving = asyncio.create_task(sim.run(stop))
+        answer = await api.post(f"{b}/fleet/missions", json={"robot": "ho", "goal": "n5"})
+        assert answer.status_code == 201, answer.text
+        mission = answer.json()["id"]
+        await until(lambda: _reached(sim, "n2"), "the vehicle past n2")
+        await asyncio.to_thread(first.stop, signal.SIGKILL)
+
+        async def done() -> bool:
+            found = await api.get(f"{b}/fleet/missions/{mission}")
+            return found.is_success and found.json()["state"] == "done"
+
+        try:
+            await until(done, "the mission done under the second replica", limit=60)
+        except AssertionError:
+            print(_summary(recorder.orders("ho1")), sim.errors, sim.reached)
+            print(second.log.read_text()[-3000:])
+            raise
+        assert await leads(second)
+    finally:
+        stop.set()
+        await asyncio.sleep(0.3)
+        for task in (driving, recording):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (driving, recording) if t), return_exceptions=True)
+        await api.aclose()
+        for serve in (second, first):
+            if serve is not None:
+                await asyncio.to_thread(serve.stop)
+    orders = recorder.orders("ho1")
+    assert sim.reached == ["n1", "n2", "n3", "n4", "n5"], "every node once, in order"
+    assert sim.errors == [], "no order or update was refused"
+    assert _updates_are_consecutive(orders), _summary(orders)
+    assert _released_once(orders), _summary(orders)
+    assert {o["orderId"] for o in orders} == {f"corral-mission-{mission}"}
+    assert recorder.violations == []
+    assert recorder.invalid == []
+
+
+async def _reached(sim: SimVehicle, node: str) -> bool:
+    return node in sim.reached

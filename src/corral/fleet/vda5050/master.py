@@ -107,6 +107,8 @@ class MasterControl:
         self.fleet.dispatch.on_end.append(self._mission_ended)
 
     async def load(self) -> None:
+        """Read the vehicles (at start, and when this replica takes the lead, after the
+        fleet): what an earlier term knew of their orders is dropped; their next states say."""
         self.by_identity, self.by_robot = {}, {}
         for row in await self.store.all():
             if row.robot in self.fleet.robots:
