@@ -1,10 +1,17 @@
-"""edgeECHO sessions: request-to-running latency and sessions per minute, corral vs the seed.
+"""edgeECHO sessions: request-to-running latency and bursts of requests, corral vs the seed.
 
 The seed's approach (what its operator does with docker-py): create a network, then create
 and start probe, stream and segmentation one after the other, with no readiness wait. corral:
 `POST /templates/edgeecho/sessions` (placement, readiness waits, history, reaper). Both run
-the same images with count=1000 on the local engine; each session's delivery is checked
-from the segmentation server's own count.
+the same images (the example template's, built once) with count=1000 on the local engine;
+each session's delivery is checked from the segmentation server's own count.
+
+Each side is warmed up alike (one session each, finished), then the sequential sessions
+alternate seed, corral, seed, ... so a change in the machine's load hits both; then bursts
+of 10 and of 50 requests sent at once (each side on its own, seed first): the wall time from
+the first request to the last `running` answer and each session's own p50/p95. For the 50
+the template's reservation is set to 0.02 CPU (a copy of the example in a temp folder): the
+example's 0.25 CPU would queue all but 8 of them on this 2-CPU host, which the seed never does.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -26,6 +34,7 @@ from typing import Any
 
 import docker
 import structlog
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +47,8 @@ from corral.config import Settings  # noqa: E402
 
 COUNT = 1000
 SEED_LABEL = "bench.edgeecho-seed"
-IMAGES = {role: f"corral/edgeecho-{role}:2" for role in ("probe", "stream", "segmentation")}
+ROLES = ("probe", "stream", "segmentation")
+RESERVATION = "resources: {cpus: 0.25, memory: 64M}"  # the example template's
 
 
 @dataclass
@@ -51,18 +61,26 @@ class Outcome:
 class Result:
     name: str
     outcomes: list[Outcome] = field(default_factory=list)
-    per_minute: float = 0.0
+    burst_wall: float = 0.0
+    burst_latencies: list[float] = field(default_factory=list)
     burst_delivered: int = 0
     burst_total: int = 0
 
     def quantile(self, q: float) -> float:
-        values = sorted(o.latency for o in self.outcomes)
-        index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
-        return values[index]
+        return _quantile(sorted(o.latency for o in self.outcomes), q)
+
+    def burst_quantile(self, q: float) -> float:
+        return _quantile(self.burst_latencies, q)
 
     @property
     def delivered(self) -> int:
         return sum(o.delivered for o in self.outcomes)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
 def _summary(log: str) -> dict[str, Any]:
@@ -76,9 +94,10 @@ def _summary(log: str) -> dict[str, Any]:
 class Seed:
     """The edgeECHO operator's sequence, with docker-py, as the seed wrote it."""
 
-    def __init__(self, warmup_ms: int = 0) -> None:
+    def __init__(self, images: dict[str, str], warmup_ms: int = 0) -> None:
         self.client = docker.DockerClient(base_url=LOCAL_URL, version="1.41")
         self.api = self.client.api
+        self.images = images
         self.warmup_ms = warmup_ms
 
     def run(self) -> tuple[float, Callable[[], bool]]:
@@ -106,7 +125,7 @@ class Seed:
         for role in ("probe", "stream", "segmentation"):
             endpoint = self.api.create_endpoint_config(aliases=[role])
             made = self.api.create_container(
-                IMAGES[role],
+                self.images[role],
                 environment=envs[role],
                 labels=labels,
                 host_config=self.api.create_host_config(network_mode=network),
@@ -158,14 +177,19 @@ class Corral:
         session = answer.json()["id"]
 
         def finish() -> bool:
+            """Wait for the end, read the count, remove everything (`DELETE`, as the
+            seed's cron removes its containers after the fact)."""
             with self.server.client() as api:
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     view = api.get(f"/sessions/{session}").json()
-                    if view["cleaned_at"]:
+                    if view["state"] not in ("pending", "starting", "running"):
                         break
                     time.sleep(0.1)
                 log = api.get(f"/sessions/{session}/services/segmentation/logs").text
+                cleaned = api.delete(f"/sessions/{session}", timeout=60)
+                if cleaned.status_code != 200 or not cleaned.json()["cleaned_at"]:
+                    raise RuntimeError(f"session {session} not cleaned: {cleaned.text}")
             summary = _summary(log)
             return (
                 view["state"] == "completed"
@@ -185,90 +209,122 @@ def sequential(result: Result, run: Callable[[], tuple[float, Callable[[], bool]
         result.outcomes.append(Outcome(took, finish()))
 
 
-def burst(
-    result: Result, run: Callable[[], tuple[float, Callable[[], bool]]], n: int, workers: int
-) -> None:
-    """n sessions from `workers` clients; sessions per minute from first request to the
-    last session's end (only sessions that delivered everything count)."""
-    todo = list(range(n))
+def burst(result: Result, run: Callable[[], tuple[float, Callable[[], bool]]], n: int) -> None:
+    """n requests sent at once: each one's latency, the wall time from the first request
+    to the last answer, then (not timed) every session's delivery."""
+    gate = threading.Barrier(n)
+    answers: list[tuple[float, Callable[[], bool]] | Exception] = []
     lock = threading.Lock()
-    delivered: list[bool] = []
 
     def client() -> None:
-        while True:
-            with lock:
-                if not todo:
-                    return
-                todo.pop()
-            _, finish = run()
-            ok = finish()
-            with lock:
-                delivered.append(ok)
+        gate.wait()
+        try:
+            answer: tuple[float, Callable[[], bool]] | Exception = run()
+        except Exception as exc:  # a refused request counts as not delivered
+            answer = exc
+        with lock:
+            answers.append(answer)
 
+    threads = [threading.Thread(target=client) for _ in range(n)]
     started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
-    result.burst_total = len(delivered)
+    result.burst_wall = time.perf_counter() - started
+    ok = [a for a in answers if not isinstance(a, Exception)]
+    result.burst_latencies = sorted(took for took, _ in ok)
+    result.burst_total = n
+    delivered: list[bool] = []
+    finishing = [threading.Thread(target=lambda f=f: delivered.append(f())) for _, f in ok]
+    for t in finishing:
+        t.start()
+    for t in finishing:
+        t.join()
     result.burst_delivered = sum(delivered)
-    result.per_minute = result.burst_delivered / elapsed * 60
 
 
 def scenario(
-    server: ThreadServer, warmup_ms: int, sessions: int, size: int, workers: int
+    server: ThreadServer, images: dict[str, str], warmup_ms: int, sessions: int
 ) -> list[Result]:
     corral, theirs = Result("corral"), Result("seed (sequential, no readiness)")
-    corral_run, seed_run = Corral(server, warmup_ms).run, Seed(warmup_ms).run
-    corral_run()[1]()  # warm-up: first-use costs (template parse, image checks)
+    corral_run, seed_run = Corral(server, warmup_ms).run, Seed(images, warmup_ms).run
+    for run in (seed_run, corral_run):  # warm-up alike: first-use costs on both sides
+        run()[1]()
     for _ in range(sessions):  # interleaved, so load hits both alike
         sequential(theirs, seed_run, 1)
         sequential(corral, corral_run, 1)
-    burst(theirs, seed_run, size, workers)
-    burst(corral, corral_run, size, workers)
     return [theirs, corral]
+
+
+def bursts(server: ThreadServer, images: dict[str, str], sizes: list[int]) -> None:
+    print("\nbursts (requests sent at once), probe listens at once")
+    print(f"{'n':>3} {'approach':34} {'wall s':>7} {'p50 s':>7} {'p95 s':>7} {'delivered':>10}")
+    for size in sizes:
+        results = []
+        for name, run in (
+            ("seed (sequential, no readiness)", Seed(images).run),
+            ("corral", Corral(server).run),
+        ):
+            result = Result(name)
+            burst(result, run, size)
+            results.append(result)
+            q = result.burst_quantile
+            print(
+                f"{size:>3} {name:34} {result.burst_wall:7.3f} {q(0.5):7.3f} {q(0.95):7.3f} "
+                f"{result.burst_delivered:>4}/{result.burst_total:<5}"
+            )
+        base, ours = results
+        print(
+            f"{size:>3} ratio corral/seed: wall {ours.burst_wall / base.burst_wall:.2f}x, "
+            f"p50 {ours.burst_quantile(0.5) / base.burst_quantile(0.5):.2f}x, "
+            f"p95 {ours.burst_quantile(0.95) / base.burst_quantile(0.95):.2f}x"
+        )
 
 
 def report(title: str, results: list[Result]) -> None:
     print(f"\n{title}")
-    print(
-        f"{'approach':34} {'p50 s':>7} {'p95 s':>7} {'delivered':>10} {'per min':>8} "
-        f"{'burst ok':>9}"
-    )
+    print(f"{'approach':34} {'p50 s':>7} {'p95 s':>7} {'delivered':>10}")
     for r in results:
         print(
             f"{r.name:34} {r.quantile(0.5):7.3f} {r.quantile(0.95):7.3f} "
-            f"{r.delivered:>4}/{len(r.outcomes):<5} {r.per_minute:8.1f} "
-            f"{r.burst_delivered:>4}/{r.burst_total:<4}"
+            f"{r.delivered:>4}/{len(r.outcomes):<5}"
         )
     base, ours = results
-    rate = ours.per_minute / base.per_minute if base.per_minute else float("inf")
     print(
         f"ratio corral/seed: p50 {ours.quantile(0.5) / base.quantile(0.5):.2f}x, "
-        f"p95 {ours.quantile(0.95) / base.quantile(0.95):.2f}x, "
-        f"delivered sessions per minute {rate:.2f}x"
+        f"p95 {ours.quantile(0.95) / base.quantile(0.95):.2f}x"
     )
+
+
+def _template_copy(example: Path, into: Path) -> tuple[Path, dict[str, str]]:
+    """The example's folder with the template's reservation at 0.02 CPU (so a burst of 50
+    fits on this host), and the image of each role as the template names it."""
+    folder = into / "edgeecho"
+    shutil.copytree(example, folder)
+    path = folder / "edgeecho.yml"
+    text = path.read_text()
+    if RESERVATION not in text:
+        raise RuntimeError(f"the template's reservation is no longer {RESERVATION!r}")
+    path.write_text(text.replace(RESERVATION, "resources: {cpus: 0.02, memory: 64M}"))
+    services = yaml.safe_load(text)["services"]
+    return folder, {role: str(services[role]["image"]) for role in ROLES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=20, help="sequential sessions each")
-    parser.add_argument("--burst", type=int, default=24, help="sessions in the throughput run")
-    parser.add_argument("--workers", type=int, default=4, help="concurrent clients in it")
+    parser.add_argument(
+        "--bursts", default="10,50", help="sizes of the bursts of requests sent at once"
+    )
     parser.add_argument(
         "--warmup-ms", type=int, default=1000, help="probe start-up in the second scenario"
     )
     args = parser.parse_args()
+    sizes = [int(n) for n in args.bursts.split(",") if n.strip()]
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     ensure_local_engine()
     example = build_emulators()
-    builder = docker.DockerClient(base_url=LOCAL_URL, version="1.41")
-    for role, image in IMAGES.items():  # both approaches use the same, prebuilt images
-        builder.images.build(
-            path=str(example / "emulators"), dockerfile=f"{role}.Dockerfile", tag=image, rm=True
-        )
     print(
         f"edgeECHO sessions, count={COUNT} segmented, local engine, "
         f"{dt.datetime.now():%Y-%m-%d %H:%M}"
@@ -276,18 +332,31 @@ def main() -> None:
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as home:
+        templates, images = _template_copy(example, Path(home))
+        builder = docker.DockerClient(base_url=LOCAL_URL, version="1.41")
+        for role, image in images.items():  # both approaches use the same, prebuilt images
+            builder.images.build(
+                path=str(templates / "emulators"),
+                dockerfile=f"{role}.Dockerfile",
+                tag=image,
+                rm=True,
+            )
         settings = Settings(
-            home=Path(home),
+            home=Path(home) / "corral",
             bootstrap_token=ADMIN,
             local_docker_url=LOCAL_URL,
-            templates_dir=example,
-            session_grace_seconds=0,
+            templates_dir=templates,
+            # Clean-up by DELETE once a session is read (both sides clean after the fact,
+            # never in the middle of a burst).
+            session_grace_seconds=3600,
         )
         with ThreadServer(settings) as server:
             for warmup in (0, args.warmup_ms):
-                results = scenario(server, warmup, args.sessions, args.burst, args.workers)
+                results = scenario(server, images, warmup, args.sessions)
                 report(f"probe listens after {warmup} ms", results)
+            bursts(server, images, sizes)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ LOG_TAIL = 200  # lines of each container's output kept after clean-up
 MAX_TTL_S = 7 * 86400.0
 SETTLE_SECONDS = 600.0  # how long a request waits for running (image builds included)
 SWEEP_SECONDS = 10.0  # how often leftovers of cleaned sessions are looked for
+PARSED_KEPT = 64  # template texts whose parsed spec is kept
 
 
 class NotReady(Exception):
@@ -101,15 +102,25 @@ class SessionService:
         self._wake = asyncio.Event()
         self._hurry = 0  # passes left at a short period after a poke
         self._swept = 0.0
+        self._parsed: dict[tuple[str, str | None], TemplateSpec] = {}
 
     # ------------------------------------------------------------------ templates
     def _parse(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
+        """The template's spec; a text parsed before is not parsed again (each session
+        request and each start reads its template)."""
         base_folder(base_dir)
+        known = self._parsed.get((file, name))
+        if known is not None:
+            return known
         try:
-            return parse_template(file, f"template {name or ''}".strip(), name)
+            spec = parse_template(file, f"template {name or ''}".strip(), name)
         except FileInvalid as exc:
             problems = [str(p) for p in exc.problems]
             raise Invalid(f"template is invalid: {problems[0]}", {"problems": problems}) from None
+        if len(self._parsed) >= PARSED_KEPT:
+            self._parsed.clear()
+        self._parsed[(file, name)] = spec
+        return spec
 
     async def add_template(self, file: str, name: str | None, base_dir: str) -> tuple[str, str]:
         """Register or replace a template; returns (name, created|updated|unchanged)."""
@@ -311,6 +322,9 @@ class SessionService:
 
     async def _settle(self, session: str, patience: float) -> SessionView:
         deadline = time.monotonic() + patience
+        starting = self._starting.get(session)
+        if starting is not None:  # its end is the answer: no polling of the store
+            await asyncio.wait({starting}, timeout=patience)
         while True:
             view = await self.store.view(session)
             if view.state not in ("pending", "starting") or time.monotonic() > deadline:
@@ -355,30 +369,23 @@ class SessionService:
                     for svc in inst.stack.services.values()
                 ),
             )
-            ids = dict(
-                zip(
-                    inst.stack.services,
-                    await _all(
-                        *(
-                            self._create(session, driver, svc)
-                            for svc in inst.stack.services.values()
-                        )
-                    ),
-                    strict=True,
-                )
-            )
+            plans = [plan_session_container(session, s) for s in inst.stack.services.values()]
+            made = await _all(*(self.hosts.call(driver.create, plan, False) for plan in plans))
+            ids = dict(zip(inst.stack.services, made, strict=True))
             address = _client_address(await self.hosts.store.get(host))
             endpoints: list[Endpoint] = []
+            # Nothing is written between two `docker start`s: the containers' ids and start
+            # times go with the move to running (a start cut short is cleaned by label).
+            started_at: dict[str, tuple[str, datetime]] = {}
             for wave in inst.stack.waves():
                 await self._wait_ready(inst, driver, ids, wave)
                 if (await self.store.get(session)).state != "starting":
                     return  # cancelled or expired meanwhile; the reaper removes what exists
                 for found in await _all(
-                    *(self._run(inst, driver, s, ids[s], address) for s in wave)
+                    *(self._run(inst, driver, s, ids[s], address, started_at) for s in wave)
                 ):
                     endpoints += found
-            await self.store.update(session, endpoints=[e.model_dump() for e in endpoints])
-            if await self.store.transition(session, "running"):
+            if await self.store.running(session, started_at, [e.model_dump() for e in endpoints]):
                 took = time.monotonic() - started
                 shown = ", ".join(f"{e.service} {e.address}:{e.host_port}" for e in endpoints)
                 await self.bus.emit(
@@ -397,24 +404,20 @@ class SessionService:
             log.exception("session start crashed", session=session)
             await self._end(session, "failed", f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _create(self, session: str, driver: HostDriver, svc: ServiceSpec) -> str:
-        plan = plan_session_container(session, svc)
-        container_id = await self.hosts.call(driver.create, plan, False)
-        await self.store.set_container(
-            session, svc.name, container_id=container_id, state="created"
-        )
-        return container_id
-
     async def _run(
-        self, inst: _Instance, driver: HostDriver, service: str, container: str, address: str
+        self,
+        inst: _Instance,
+        driver: HostDriver,
+        service: str,
+        container: str,
+        address: str,
+        started_at: dict[str, tuple[str, datetime]],
     ) -> list[Endpoint]:
-        """Start one container; the endpoints it publishes (read at once: a quick one may
-        be gone by the time the session runs)."""
+        """Start one container and note when; the endpoints it publishes (read at once: a
+        quick one may be gone by the time the session runs)."""
         await self.hosts.call(driver.start, container)
         # Docker's own start time replaces this one when the history is kept at clean-up.
-        await self.store.set_container(
-            inst.stored.id, service, state="running", started_at=utcnow()
-        )
+        started_at[service] = (container, utcnow())
         if not inst.stack.services[service].ports:
             return []
         details = await self.hosts.call(driver.details, container)
@@ -623,7 +626,7 @@ class SessionService:
             await pause(period, stop, self._wake)
 
     def poke(self) -> None:
-        """Check soon (a session container started or died on some engine)."""
+        """Check soon (a session container died on some engine)."""
         self._hurry = 5
         self._wake.set()
 

@@ -90,7 +90,7 @@ class StackService:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self.images = images
-        # Called when a session's container starts or dies (the session service listens).
+        # Called when a session's container dies (the session service listens).
         self.on_session_event: Callable[[], None] = lambda: None
         self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
         self._backoff: dict[str, float] = {}  # next restart delay per container
@@ -834,8 +834,8 @@ class StackService:
         action = str(event.get("Action") or event.get("status") or "")
         attrs = (event.get("Actor") or {}).get("Attributes") or {}
         stack, service, container = attrs.get(STACK), attrs.get(SERVICE), attrs.get("name", "")
-        if attrs.get(SESSION) and action in ("die", "start", "oom"):
-            self.on_session_event()
+        if attrs.get(SESSION) and action in ("die", "oom"):
+            self.on_session_event()  # a start needs no check: the session's start saw it
         if not stack or action not in ("die", "start", "oom"):
             return
         expected = self._stopping.pop(container, 0) > time.monotonic()

@@ -293,6 +293,31 @@ class SessionStore:
                 raise NotFound(f"session {id!r} not found", {"session": id})
             return False
 
+    async def running(
+        self, id: str, started: dict[str, tuple[str, datetime]], endpoints: list[dict[str, Any]]
+    ) -> bool:
+        """A start's end in one transaction: starting -> running with its endpoints, and
+        each container's id and start time (service -> (id, when)); False (and nothing
+        written) when the session is no longer starting."""
+        async with self.db.fenced() as s:
+            done = await s.execute(
+                update(SessionRow)
+                .where(SessionRow.id == id, SessionRow.state == "starting")
+                .values(state="running", reason="", running_at=utcnow(), endpoints=endpoints)
+            )
+            if getattr(done, "rowcount", 0) != 1:
+                return False
+            for service, (container_id, when) in started.items():
+                await s.execute(
+                    update(SessionContainerRow)
+                    .where(
+                        SessionContainerRow.session_id == id,
+                        SessionContainerRow.service == service,
+                    )
+                    .values(container_id=container_id, state="running", started_at=when)
+                )
+            return True
+
     async def update(self, id: str, **values: Any) -> None:
         """Set fields that are not the state (host, endpoints, reason, cleaned_at)."""
         async with self.db.fenced() as s:
