@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         description="Admit unknown VDA 5050 vehicles on their first ONLINE as robots "
         "MANUFACTURER-SERIAL on this map; None: only registered vehicles.",
     )
+    vda5050_broker_log: Path | None = Field(
+        default=None,
+        description="Mosquitto's log file (log_type all or debug): the leader follows it and "
+        "makes each publish the broker's ACLs refused on a VDA 5050 topic an event.",
+    )
     vda5050_interface: str = Field(
         default="uagv", pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="VDA 5050 interfaceName."
     )

@@ -191,6 +191,8 @@ class Core:
             self.devices.run_health(stop),
             self.fleet.run_monitor(stop),
         ]
+        if self.vda5050 is not None and self.settings.vda5050_broker_log is not None:
+            loops.append(self.vda5050.follow_broker_log(self.settings.vda5050_broker_log, stop))
         if to_deploy:
             loops.append(self._deploy_imported(to_deploy))
         if self.settings.mdns_enabled:

@@ -17,28 +17,32 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiomqtt
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from tests.support.fleet_maps import corridor
-from tests.support.private_brokers import PrivateMosquitto
+from tests.support.private_brokers import LockedMosquitto
 from tests.support.server import ADMIN, ServeProcess, ThreadServer, corral_command
 
 from corral.config import Settings
-from corral.fleet.vda5050.broker_access import acl_file, password_line, vehicle_user
-from corral.fleet.vda5050.messages import Topics
 from corral.model.fleet_map import grid_map, lane_key
 from corral.robot.sim import run_fleet
 from corral.robot.vda_sim import SimVehicle
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
+# every vehicle the tests run, with a user and password on the broker
+VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
+VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2")]
+VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
-    broker = PrivateMosquitto(tmp_path).start()
+def mosquitto(tmp_path: Path) -> Iterator[LockedMosquitto]:
+    """A private Mosquitto with corral's password and ACL files enforced."""
+    broker = LockedMosquitto(tmp_path, VEHICLES).start()
     try:
         yield broker
     finally:
@@ -47,15 +51,16 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
 
 @pytest.fixture
 def server(
-    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: PrivateMosquitto
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: LockedMosquitto
 ) -> Iterator[ThreadServer]:
     settings = Settings(
         home=tmp_path,
         bootstrap_token=ADMIN,
         local_docker_url="",
         robot_heartbeat_seconds=3.0,
-        brokers={"vda": mosquitto.url},
+        brokers={"vda": mosquitto.corral_url},
         vda5050_broker="vda",
+        vda5050_broker_log=mosquitto.log,
         **getattr(request, "param", {}),  # more settings, from an indirect parametrize
     )
     with ThreadServer(settings) as running:
@@ -117,8 +122,14 @@ class Recorder:
         return [b for s, n, b in self.messages if s == serial and n == "order"]
 
     async def run(self, url: str, ready: asyncio.Event) -> None:
-        port = int(url.rsplit(":", 1)[1])
-        async with aiomqtt.Client("127.0.0.1", port, identifier="test-recorder") as client:
+        parts = urlsplit(url)
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            parts.port or 1883,
+            username=parts.username,
+            password=parts.password,
+            identifier=f"test-recorder-{secrets.token_hex(3)}",
+        ) as client:
             await client.subscribe("uagv/v2/#", qos=1)
             ready.set()
             async for message in client.messages:
@@ -142,7 +153,7 @@ async def until(check: Callable[[], Awaitable[object]], what: str, limit: float 
 class Bed:
     """The broker, a recorder on it, corral's API, and simulated vehicles."""
 
-    def __init__(self, server: ThreadServer, mosquitto: PrivateMosquitto) -> None:
+    def __init__(self, server: ThreadServer, mosquitto: LockedMosquitto) -> None:
         self.server, self.broker = server, mosquitto
         self.api = httpx.AsyncClient(
             base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
@@ -153,7 +164,9 @@ class Bed:
 
     async def start(self) -> None:
         ready = asyncio.Event()
-        self.tasks.append(asyncio.create_task(self.recorder.run(self.broker.url, ready)))
+        self.tasks.append(
+            asyncio.create_task(self.recorder.run(self.broker.url_as("observer"), ready))
+        )
         await asyncio.wait_for(ready.wait(), 30)
 
         async def connected() -> bool:
@@ -163,7 +176,8 @@ class Bed:
         await until(connected, "corral on the broker")
 
     def vehicle(self, serial: str, start: str, speed: float = 4.0) -> SimVehicle:
-        sim = SimVehicle(self.broker.url, "acme", serial, start, speed=speed, state_every=0.5)
+        url = self.broker.vehicle_url("acme", serial)
+        sim = SimVehicle(url, "acme", serial, start, speed=speed, state_every=0.5)
         self.tasks.append(asyncio.create_task(sim.run(self.stop)))
         return sim
 
@@ -219,7 +233,7 @@ class Bed:
 
 
 @pytest.fixture
-async def bed(server: ThreadServer, mosquitto: PrivateMosquitto) -> AsyncIterator[Bed]:
+async def bed(server: ThreadServer, mosquitto: LockedMosquitto) -> AsyncIterator[Bed]:
     testbed = Bed(server, mosquitto)
     await testbed.start()
     try:
@@ -389,12 +403,12 @@ async def test_bad_and_unknown_messages_are_refused_and_corral_keeps_serving(
 ) -> None:
     assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
     await bed.register("good", "sn4", "line", "n0")
-    port = int(bed.broker.url.rsplit(":", 1)[1])
-    async with aiomqtt.Client("127.0.0.1", port, identifier="test-rogue") as rogue:
+    async with _client(bed.broker, "acme", "sn4") as rogue:
         await rogue.publish("uagv/v2/acme/sn4/state", b"{not json", qos=1)
         await rogue.publish("uagv/v2/acme/sn4/state", json.dumps({"headerId": 1}), qos=1)
         await rogue.publish("uagv/v2/acme/sn4/connection", json.dumps([1, 2]), qos=1)
-        await rogue.publish(
+    async with _client(bed.broker, "other", "sn9") as stranger:
+        await stranger.publish(
             "uagv/v2/other/sn9/connection",
             json.dumps(
                 {
@@ -468,7 +482,7 @@ async def test_a_vehicle_that_dies_is_offline_keeps_its_reservations_and_goes_on
 ) -> None:
     assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
     await bed.register("lw", "lw1", "line", "n0")
-    vehicle = _sim_process(bed.broker.url, "n0")
+    vehicle = _sim_process(bed.broker.vehicle_url("acme", "lw1"), "n0")
     try:
         await bed.online("lw")
         mission = await bed.mission("lw", "n5")
@@ -496,7 +510,7 @@ async def test_a_vehicle_that_dies_is_offline_keeps_its_reservations_and_goes_on
     assert f"marker:{robot['marker']}" in held, "its reservations are held while it is away"
     assert await bed.mission_state(mission) == "active"
     # the vehicle comes back (rebooted: its order is gone) where corral last saw it
-    again = _sim_process(bed.broker.url, robot["marker"])
+    again = _sim_process(bed.broker.vehicle_url("acme", "lw1"), robot["marker"])
     try:
         await bed.done([mission], "the mission done after the vehicle came back")
     finally:
@@ -575,20 +589,21 @@ async def test_a_vda_vehicle_and_a_websocket_robot_share_one_map_safely(bed: Bed
 
 
 async def test_corral_killed_mid_order_goes_on_with_the_next_update(
-    tmp_path: Path, mosquitto: PrivateMosquitto
+    tmp_path: Path, mosquitto: LockedMosquitto
 ) -> None:
     env = {
         "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
         "CORRAL_LOCAL_DOCKER_URL": "",
         "CORRAL_MDNS_ENABLED": "false",
-        "CORRAL_BROKERS": json.dumps({"vda": mosquitto.url}),
+        "CORRAL_BROKERS": json.dumps({"vda": mosquitto.corral_url}),
         "CORRAL_VDA5050_BROKER": "vda",
     }
     serve = await asyncio.to_thread(ServeProcess(tmp_path / "corral", env).start)
     recorder, ready = Recorder(), asyncio.Event()
-    recording = asyncio.create_task(recorder.run(mosquitto.url, ready))
+    recording = asyncio.create_task(recorder.run(mosquitto.url_as("observer"), ready))
     stop = asyncio.Event()
-    sim = SimVehicle(mosquitto.url, "acme", "sk1", "n0", speed=1.0, state_every=0.5)
+    url = mosquitto.vehicle_url("acme", "sk1")
+    sim = SimVehicle(url, "acme", "sk1", "n0", speed=1.0, state_every=0.5)
     driving = asyncio.create_task(sim.run(stop))
     api = httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
     try:
@@ -643,7 +658,8 @@ async def test_an_unknown_vehicle_is_admitted_on_its_first_connection_by_policy(
     bed: Bed,
 ) -> None:
     assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
-    sim = SimVehicle(bed.broker.url, "NewCo", "x1", "n3", speed=2.0, state_every=0.5)
+    url = bed.broker.vehicle_url("NewCo", "x1")
+    sim = SimVehicle(url, "NewCo", "x1", "n3", speed=2.0, state_every=0.5)
     bed.tasks.append(asyncio.create_task(sim.run(bed.stop)))
 
     async def admitted() -> bool:
@@ -660,106 +676,54 @@ async def test_an_unknown_vehicle_is_admitted_on_its_first_connection_by_policy(
     assert sim.reached == ["n2", "n1"]
 
 
-class LockedMosquitto(PrivateMosquitto):
-    """A private Mosquitto with passwords and ACLs from corral's broker_access: corral
-    reaches every vehicle's topics, each vehicle only its own."""
-
-    def __init__(self, workdir: Path, vehicles: dict[tuple[str, str], str]) -> None:
-        super().__init__(workdir)
-        self.corral_password = secrets.token_hex(8)
-        passwords = [password_line("corral", self.corral_password)]
-        passwords += [password_line(vehicle_user(m, s), pw) for (m, s), pw in vehicles.items()]
-        (self.dir / "passwd").write_text("\n".join(passwords) + "\n")
-        (self.dir / "acl").write_text(acl_file(list(vehicles), "corral", Topics()))
-        self.conf.write_text(
-            self.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
-            + f"password_file {self.dir}/passwd\nacl_file {self.dir}/acl\n"
-        )
-
-    def url_as(self, user: str, password: str) -> str:
-        return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
-
-
-async def test_with_broker_acls_a_vehicle_reaches_only_its_own_topics(tmp_path: Path) -> None:
-    passwords = {("acme", "a1"): secrets.token_hex(8), ("acme", "a2"): secrets.token_hex(8)}
-    broker = LockedMosquitto(tmp_path, passwords).start()
-    settings = Settings(
-        home=tmp_path,
-        bootstrap_token=ADMIN,
-        local_docker_url="",
-        robot_heartbeat_seconds=3.0,
-        brokers={"vda": broker.url_as("corral", broker.corral_password)},
-        vda5050_broker="vda",
+def _client(broker: LockedMosquitto, manufacturer: str, serial: str) -> aiomqtt.Client:
+    """An MQTT client logged in as one vehicle's broker user."""
+    return aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=f"{manufacturer}.{serial}",
+        password=broker.passwords[f"{manufacturer}.{serial}"],
+        identifier=f"{manufacturer}-{serial}-rogue",
     )
-    try:
-        with ThreadServer(settings) as server:
-            api = httpx.AsyncClient(
-                base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
-            )
-            stop = asyncio.Event()
-            seen: list[str] = []
 
-            async def watch() -> None:  # as corral's user: sees every vehicle topic
-                async with aiomqtt.Client(
-                    "127.0.0.1", broker.port, username="corral", password=broker.corral_password
-                ) as client:
-                    await client.subscribe("uagv/v2/acme/a1/state")
-                    async for message in client.messages:
-                        body = json.loads(
-                            message.payload if isinstance(message.payload, bytes) else b"{}"
-                        )
-                        seen.append(str(body.get("serialNumber")))
 
-            watcher = asyncio.create_task(watch())
-            sim = SimVehicle(
-                broker.url_as("acme.a1", passwords[("acme", "a1")]),
-                "acme",
-                "a1",
-                "n0",
-                speed=2.0,
-                state_every=0.5,
-            )
-            driving = asyncio.create_task(sim.run(stop))
-            try:
-                assert (await api.post("/fleet/maps", json=_line_map())).status_code == 201
-                body = {"name": "a1", "manufacturer": "acme", "serial_number": "a1"}
-                body |= {"map": "line", "marker": "n0"}
-                assert (await api.post("/fleet/vda5050/vehicles", json=body)).is_success
-                answer = await api.post("/fleet/missions", json={"robot": "a1", "goal": "n2"})
-                mission = answer.json()["id"]
+async def test_with_broker_acls_a_vehicle_on_another_vehicles_topic_is_refused_with_an_event(
+    bed: Bed,
+) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("a1", "a1", "line", "n0")
+    sim = bed.vehicle("a1", "n0", speed=2.0)
+    await bed.online("a1")
+    mission = await bed.mission("a1", "n2")
+    await bed.done([mission], "the mission done through the locked broker")
+    # a2, logged in as itself, publishes a state on a1's topic: the broker drops it
+    async with _client(bed.broker, "acme", "a2") as rogue:
+        fake = {**sim.state(), **sim._header("state"), "lastNodeId": "n5"}
+        await rogue.publish("uagv/v2/acme/a1/state", json.dumps(fake), qos=1)
+        await rogue.publish("uagv/v2/acme/a2/order", json.dumps({}), qos=1)
 
-                async def done() -> bool:
-                    found = await api.get(f"/fleet/missions/{mission}")
-                    return found.json()["state"] == "done"
+    async def denied() -> bool:
+        return len(await bed.events("vda5050.denied")) >= 2
 
-                await until(done, "the mission done through the locked broker")
-                # a2, logged in as itself, publishes a state on a1's topic: the broker drops it
-                async with aiomqtt.Client(
-                    "127.0.0.1", broker.port, username="acme.a2", password=passwords[("acme", "a2")]
-                ) as rogue:
-                    fake = {**sim.state(), **sim._header("state"), "lastNodeId": "n5"}
-                    fake["serialNumber"] = "a2-posing"
-                    await rogue.publish("uagv/v2/acme/a1/state", json.dumps(fake), qos=1)
-                await asyncio.sleep(1.0)  # a1's own states go on meanwhile
-                assert seen, "a1's own states arrive"
-                assert "a2-posing" not in seen, "the broker let a2 onto a1's topic"
-                robot = (await api.get("/fleet/robots/a1")).json()
-                assert robot["marker"] == "n2"
-                # a wrong password is refused at the door
-                with pytest.raises(aiomqtt.MqttError):
-                    async with aiomqtt.Client(
-                        "127.0.0.1", broker.port, username="acme.a1", password="wrong"
-                    ):
-                        pass
-            finally:
-                stop.set()
-                await asyncio.sleep(0.3)
-                for task in (driving, watcher):
-                    task.cancel()
-                await asyncio.gather(driving, watcher, return_exceptions=True)
-                await api.aclose()
-    finally:
-        broker.stop()
+    await until(denied, "the broker's refusals as events")
+    said = {e["data"]["topic"]: e for e in await bed.events("vda5050.denied")}
+    assert said["uagv/v2/acme/a1/state"]["data"]["client"] == "acme-a2-rogue"
+    assert said["uagv/v2/acme/a1/state"]["resource"] == "vda5050/acme/a1"
+    assert "uagv/v2/acme/a2/order" in said, "a vehicle may not write its own order topic"
+    fakes = [b for s, n, b in bed.recorder.messages if n == "state" and b["lastNodeId"] == "n5"]
+    assert fakes == [], "the broker let a2's state onto a1's topic"
+    robot = (await bed.api.get("/fleet/robots/a1")).json()
+    assert robot["marker"] == "n2"
+    # no password, or a wrong one, is refused at the door
+    for password in (None, "wrong"):
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(
+                "127.0.0.1", bed.broker.port, username="acme.a1", password=password
+            ):
+                pass
+    assert bed.recorder.invalid == []
+    mission = await bed.mission("a1", "n0")
+    await bed.done([mission], "corral drives on")
 
 
 def _released_once(orders: list[dict[str, Any]]) -> bool:
@@ -782,7 +746,7 @@ def _released_once(orders: list[dict[str, Any]]) -> bool:
 
 
 async def test_a_replica_that_takes_over_drives_a_vehicle_registered_after_it_started(
-    tmp_path: Path, mosquitto: PrivateMosquitto, pg_url: str
+    tmp_path: Path, mosquitto: LockedMosquitto, pg_url: str
 ) -> None:
     env = {
         "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
@@ -790,7 +754,7 @@ async def test_a_replica_that_takes_over_drives_a_vehicle_registered_after_it_st
         "CORRAL_LOCAL_DOCKER_URL": "",
         "CORRAL_MDNS_ENABLED": "false",
         "CORRAL_REPLICA_POLL_SECONDS": "0.5",
-        "CORRAL_BROKERS": json.dumps({"vda": mosquitto.url}),
+        "CORRAL_BROKERS": json.dumps({"vda": mosquitto.corral_url}),
         "CORRAL_VDA5050_BROKER": "vda",
     }
     first = await asyncio.to_thread(ServeProcess(tmp_path / "a", env).start)
@@ -802,9 +766,10 @@ async def test_a_replica_that_takes_over_drives_a_vehicle_registered_after_it_st
 
     second: ServeProcess | None = None
     recorder, ready = Recorder(), asyncio.Event()
-    recording = asyncio.create_task(recorder.run(mosquitto.url, ready))
+    recording = asyncio.create_task(recorder.run(mosquitto.url_as("observer"), ready))
     stop = asyncio.Event()
-    sim = SimVehicle(mosquitto.url, "acme", "ho1", "n0", speed=1.0, state_every=0.5)
+    url = mosquitto.vehicle_url("acme", "ho1")
+    sim = SimVehicle(url, "acme", "ho1", "n0", speed=1.0, state_every=0.5)
     driving: asyncio.Task[None] | None = None
     try:
         await until(lambda: leads(first), "the first replica leading")

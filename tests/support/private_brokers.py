@@ -11,6 +11,9 @@ from pathlib import Path
 from tests.support.brokers import wait_port
 from tests.support.processes import free_port
 
+from corral.fleet.vda5050.broker_access import acl_file, password_line, vehicle_user
+from corral.fleet.vda5050.messages import Topics
+
 
 class PrivateMosquitto:
     """Mosquitto with persistence on (as the machine's), restarted as a crash would."""
@@ -103,3 +106,31 @@ class PrivateRabbitMQ:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class LockedMosquitto(PrivateMosquitto):
+    """A private Mosquitto enforcing the password and ACL files corral writes (its
+    broker_access): corral's user reaches every vehicle's topics, each vehicle user only its
+    own, an `observer` user reads them all (the tests' recorder), anonymous clients nothing.
+    It logs everything to `log` (refused publishes are logged at debug level)."""
+
+    def __init__(self, workdir: Path, vehicles: list[tuple[str, str]]) -> None:
+        super().__init__(workdir)
+        self.passwords = {vehicle_user(m, s): secrets.token_hex(8) for m, s in vehicles}
+        self.passwords |= {"corral": secrets.token_hex(8), "observer": secrets.token_hex(8)}
+        lines = [password_line(user, pw) for user, pw in self.passwords.items()]
+        (self.dir / "passwd").write_text("\n".join(lines) + "\n")
+        acl = acl_file(vehicles, "corral", Topics()) + "\nuser observer\ntopic read uagv/#\n"
+        (self.dir / "acl").write_text(acl)
+        self.log = self.dir / "mosquitto.log"
+        self.conf.write_text(
+            self.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+            + f"password_file {self.dir}/passwd\nacl_file {self.dir}/acl\nlog_type all\n"
+        )
+        self.corral_url = self.url_as("corral")
+
+    def url_as(self, user: str) -> str:
+        return f"mqtt://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
+
+    def vehicle_url(self, manufacturer: str, serial: str) -> str:
+        return self.url_as(vehicle_user(manufacturer, serial))

@@ -7,11 +7,13 @@ Every message in and out is checked against the standard's schemas; a bad or unk
 is an event and a counter, never a crash.
 """
 
+import asyncio
 import contextlib
 import json
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,6 +24,7 @@ from corral.control.access import Caller
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
 from corral.fleet.service import FleetService
+from corral.fleet.vda5050.broker_log import BrokerLog
 from corral.fleet.vda5050.messages import INBOUND, TOPICS, Headers, Topics, decode, problems
 from corral.metrics import Metrics
 from corral.model.names import NAME_PATTERN
@@ -96,7 +99,7 @@ class MasterControl:
         self.admit_map: str | None = None  # admit unknown vehicles onto this map
         self.messages = Counter(
             "corral_vda5050_messages",
-            "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown).",
+            "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown, denied).",
             ["direction", "topic", "outcome"],
             registry=metrics.registry,
         )
@@ -105,6 +108,10 @@ class MasterControl:
         for topic in INBOUND:
             self.mqtt.subscribe(self.topics.inbound(topic), self.on_message)
         self.fleet.dispatch.on_end.append(self._mission_ended)
+
+    async def follow_broker_log(self, path: Path, stop: asyncio.Event) -> None:
+        """While leading: the broker's ACL refusals, from its log, as events."""
+        await BrokerLog(path, self.topics, self.bus, self.messages).run(stop)
 
     async def load(self) -> None:
         """Read the vehicles (at start, and when this replica takes the lead, after the
