@@ -1,14 +1,17 @@
 """`corral down` never reports success for what it did not do: with the robot engine
 stopped, the CLI exits non-zero naming the host; the stack's containers there are removed
-once the engine answers again (and an event says so). The robot engine is left running.
+once the engine answers again (and an event says so), also when its link goes down in the
+middle of `down`. The robot engine is left running.
 """
 
 import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
-from tests.support.engines import LOCAL_URL, RobotEngine, engine_container_ids
-from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
+from tests.support.engines import LOCAL_URL, VETH_EDGE, RobotEngine, engine_container_ids
+from tests.support.server import ADMIN, ServeProcess, corral_command, run_cli, wait_until
 
 STACK = "downaway"
 FILE = """
@@ -90,3 +93,157 @@ def test_down_with_a_host_away(robot_engine: RobotEngine, tmp_path: Path) -> Non
             left = engine_container_ids(url, label)
             if left:
                 subprocess.run(["docker", "-H", url, "rm", "-f", *left], capture_output=True)
+
+
+CUT_STACK = "downcut"
+LEAVES = 6
+CUT_FILE = f"""
+services:
+  here:
+    image: local/busybox:1
+    command: sleep 600
+    stop_grace_period: 1s
+  base:
+    image: local/busybox:1
+    command: sleep 600
+    stop_grace_period: 1s
+    deploy:
+      placement:
+        constraints: [node.labels.role == robot]
+  leaf:
+    image: local/busybox:1
+    command: sleep 600
+    stop_grace_period: 1s
+    depends_on: [base]
+    deploy:
+      replicas: {LEAVES}
+      placement:
+        constraints: [node.labels.role == robot]
+"""
+
+
+def _link(state: str) -> None:
+    subprocess.run(["ip", "link", "set", VETH_EDGE, state], check=True, timeout=30)
+
+
+def _link_up() -> bool:
+    shown = subprocess.run(["ip", "link", "show", VETH_EDGE], capture_output=True, text=True)
+    return ",UP" in shown.stdout or "<UP" in shown.stdout
+
+
+def test_down_with_a_host_cut_off_midway(robot_engine: RobotEngine, tmp_path: Path) -> None:
+    """The robot engine's link goes down while `down` is removing the stack's containers
+    there (some are gone, some are not): the CLI exits 1 naming robot, `ps` shows the stack
+    as removing, and once the link is back corral removes what was left, by itself."""
+    label = f"corral.stack={CUT_STACK}"
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text(
+        f"hosts:\n  local: {LOCAL_URL}\n"
+        f"  robot: {{url: '{robot_engine.url}', labels: {{role: robot}}, insecure: true}}\n"
+    )
+    (tmp_path / "stack.yml").write_text(CUT_FILE)
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_LOCAL_DOCKER_URL": LOCAL_URL,
+        "CORRAL_HOSTS_FILE": str(hosts),
+        "CORRAL_HOST_REFRESH_SECONDS": "0.5",
+        "CORRAL_STACK_RESYNC_SECONDS": "1",
+    }
+    # Seen from inside the robot's namespace: its unix socket answers with the link down.
+    inside = robot_engine.socket_url
+    serve = ServeProcess(tmp_path, env).start()
+    try:
+        up = run_cli(serve, "up", "-f", str(tmp_path / "stack.yml"), "-n", CUT_STACK)
+        assert up.returncode == 0, up.stdout + up.stderr
+        names = {cid: _name(inside, cid) for cid in engine_container_ids(robot_engine.url, label)}
+        assert len(names) == LEAVES + 1, names
+        base = next(cid for cid, name in names.items() if name.endswith("-base-1"))
+        folder = robot_engine.data_root / "containers"
+
+        down = subprocess.Popen(
+            [*corral_command(), "down", CUT_STACK],
+            env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": ADMIN},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Cut the link as soon as the first of the stack's containers on robot is gone.
+        deadline = time.monotonic() + 120
+        while True:
+            present = {cid for cid in names if (folder / cid).exists()}
+            if len(present) < len(names) or down.poll() is not None:
+                break
+            assert time.monotonic() < deadline, "down removed nothing on robot in 120 s"
+            time.sleep(0.005)
+        _link("down")
+        assert down.poll() is None, "the cut came after down had answered"
+        leaves_left = [cid for cid in present if cid != base]
+        assert 0 < len(present) < len(names), (present, names)
+        assert leaves_left, "the cut came after the leaves (removed first) were all gone"
+
+        stdout, stderr = down.communicate(timeout=120)
+        assert down.returncode == 1, stdout + stderr
+        assert "not removed from hosts that did not answer (robot:" in stderr, stderr
+        assert engine_container_ids(LOCAL_URL, label) == [], "the reachable host is done"
+        # base waits for the leaves (dependents go first): never asked for, it is still there.
+        left = engine_container_ids(inside, label)
+        assert base in left, left
+
+        shown = run_cli(serve, "ps", CUT_STACK)
+        assert shown.returncode == 0, shown.stderr
+        assert f"stack {CUT_STACK}: removing" in shown.stdout, shown.stdout
+        assert "left on robot, removed when it answers:" in shown.stdout, shown.stdout
+        listed = json.loads(run_cli(serve, "--json", "stack", "ls").stdout)
+        assert [(s["name"], s["state"], sorted(s["pending_removal"])) for s in listed] == [
+            (CUT_STACK, "removing", ["robot"])
+        ]
+
+        _link("up")
+        wait_until(
+            lambda: engine_container_ids(inside, label) == [],
+            "what was left on robot removed once it answers",
+            limit=120,
+        )
+        wait_until(
+            lambda: (
+                "stack.leftovers_removed" in run_cli(serve, "--json", "events", "-n", "200").stdout
+            ),
+            "the leftovers_removed event",
+            limit=30,
+        )
+        events = _objects(run_cli(serve, "--json", "events", "-n", "200").stdout)
+        done = [e for e in events if e["kind"] == "stack.leftovers_removed"]
+        assert done[0]["data"]["host"] == "robot"
+        assert done[0]["data"]["removed"] >= 1, done  # corral removed them, not the engine
+        gone = run_cli(serve, "ps", CUT_STACK)
+        assert gone.returncode != 0, gone.stdout
+        assert "not found" in gone.stderr, gone.stderr
+    finally:
+        serve.stop()
+        if not _link_up():
+            _link("up")
+        for url in (LOCAL_URL, inside):  # what a failed run may have left
+            left = engine_container_ids(url, label)
+            if left:
+                subprocess.run(["docker", "-H", url, "rm", "-f", *left], capture_output=True)
+
+
+def _name(url: str, cid: str) -> str:
+    done = subprocess.run(
+        ["docker", "-H", url, "inspect", "--format", "{{.Name}}", cid],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip().lstrip("/")
+
+
+def _objects(text: str) -> list[dict[str, Any]]:
+    """The JSON objects `corral --json events` prints one after another."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        item, at = decoder.raw_decode(text, at)
+        found.append(item)
+    return found

@@ -61,7 +61,11 @@ def _show(ctx: typer.Context, stack: dict[str, Any]) -> None:
     ]
     mode = " (swarm services)" if stack.get("mode") == "swarm" else ""
     out.print(f"stack {stack['name']}: {stack['state']}{mode}")
-    table(SLOT_HEADERS, rows, "no containers")
+    pending = stack.get("pending_removal") or {}
+    for host, why in sorted(pending.items()):
+        out.print(f"  left on {host}, removed when it answers: {why}", markup=False)
+    if not pending:
+        table(SLOT_HEADERS, rows, "no containers")
 
 
 class _Progress:

@@ -7,7 +7,7 @@ a HostDriver, from a thread pool of its own, so a hung engine never blocks the A
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import structlog
 
 from corral.config import Settings
-from corral.errors import Conflict, CorralError, Invalid, NotFound
+from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.docker_engine import DockerEngine
 from corral.hosts.driver import HostDriver
@@ -92,6 +92,8 @@ class HostService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="corral-host")
         self._expiry_warned: set[tuple[str, str, datetime]] = set()
+        # Set when a check finds the host unreachable: work still waiting on it gives up.
+        self._lost: dict[str, asyncio.Event] = {}
 
     def refusal(self, spec: HostSpec) -> str:
         """Why corral will not talk to this engine as configured ("" when it will): an
@@ -157,6 +159,7 @@ class HostService:
     async def remove(self, name: str) -> None:
         await self.store.remove(name, remember=name == LOCAL)
         self._drop_driver(name)
+        self._lost.pop(name, None)
         self.metrics.forget_host(name)
         message = f"host {name} removed"
         if name == LOCAL:
@@ -278,6 +281,11 @@ class HostService:
                 others = hosts if hosts is not None else await self.store.list()
                 probe = _twin_refused(view, probed[1], others)
             view, changed = await self.store.record_probe(name, spec.url, probe)
+        lost = self._lost.get(name)
+        if not probe.reachable:
+            self._lost.setdefault(name, asyncio.Event()).set()
+        elif lost is not None and lost.is_set():
+            del self._lost[name]  # those who waited on it were told; new work waits anew
         self.metrics.host_reachable.labels(name).set(1 if probe.reachable else 0)
         if changed:
             await self._announce(view, probe)
@@ -360,6 +368,28 @@ class HostService:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking driver call in the hosts' thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def while_reachable(self, name: str, work: Awaitable[T]) -> T:
+        """Await `work` on host `name`, or raise Unreachable as soon as a check finds the
+        host unreachable: a call in flight when an engine is cut off (link down, a frozen
+        dockerd) would otherwise wait for its socket timeout, minutes."""
+        lost = self._lost.setdefault(name, asyncio.Event())
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()  # the thread's call ends at its timeout; nothing waits for it
+        with contextlib.suppress(NotFound):
+            view = await self.store.get(name)
+            raise Unreachable(
+                f"host {name} stopped answering: {view.last_error or 'unreachable'}",
+                {"host": name},
+            )
+        raise Unreachable(f"host {name} stopped answering", {"host": name})
 
     async def container_logs(
         self, host: str, container_id: str, tail: int, follow: bool, since: float | None = None

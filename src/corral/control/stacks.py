@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,13 @@ class StackService:
         except NotFound:
             return None
 
+    def _waves_of(self, stored: StoredStack) -> list[list[str]]:
+        """The stack's start order; none when its file no longer parses."""
+        try:
+            return self.parse_stored(stored).waves()
+        except Invalid:
+            return []
+
     def _mode_of(self, stored: StoredStack) -> str | None:
         try:
             return self.parse_stored(stored).mode
@@ -241,44 +249,55 @@ class StackService:
         )
 
     async def _remove_containers(
-        self, name: str, hosts: list[HostView], placed: Collection[str] = ()
+        self,
+        name: str,
+        hosts: list[HostView],
+        placed: Collection[str] = (),
+        waves: list[list[str]] | None = None,
     ) -> tuple[int, dict[str, str]]:
-        """Remove the stack's containers from the reachable ones of `hosts` at once, then its
-        networks: an overlay is only released once no host has a container on it. Returns
-        how many containers went and the hosts that could not be reached, with why (of the
-        ones already unreachable, those in `placed`: where the stack had replicas)."""
+        """Remove the stack's containers from the reachable ones of `hosts`, then its
+        networks: an overlay is only released once no host has a container on it. On each
+        host, with `waves` (the start order), dependents go before what they depend on, as
+        `docker compose down` does. A host found unreachable meanwhile is given up on at once.
+        Returns how many containers went and the hosts that could not be reached, with why
+        (of the ones already unreachable, those in `placed`: where the stack had replicas)."""
         missed = {
             h.name: h.last_error or "unreachable"
             for h in hosts
             if not h.reachable and h.name in placed
         }
         hosts = [h for h in hosts if h.reachable]
+        order = {svc: i for i, wave in enumerate(reversed(waves or [])) for svc in wave}
+        removed: dict[str, int] = {}
 
-        async def containers(host: HostView) -> int:
+        async def containers(host: HostView) -> None:
             driver = self.hosts.driver_for(host)
             found = await self.hosts.call(driver.containers, owned_labels(name))
-            await asyncio.gather(*(self._remove(driver, c) for c in found))
-            return len(found)
+            # Services no longer declared (strays) first, then the waves from the last.
+            steps = sorted({order.get(c.service, -1) for c in found})
+            for step in steps:
+                batch = [c for c in found if order.get(c.service, -1) == step]
+                await asyncio.gather(*(self._remove(driver, c) for c in batch))
+                removed[host.name] = removed.get(host.name, 0) + len(batch)
 
-        async def networks(host: HostView) -> int:
+        async def networks(host: HostView) -> None:
             driver = self.hosts.driver_for(host)
             for net in await self.hosts.call(driver.networks, owned_labels(name)):
                 await self._remove_network(name, host.name, driver, net)
-            return 0
 
-        removed = 0
         for work in (containers, networks):
-            results = await asyncio.gather(*(work(h) for h in hosts), return_exceptions=True)
+            results = await asyncio.gather(
+                *(self.hosts.while_reachable(h.name, work(h)) for h in hosts),
+                return_exceptions=True,
+            )
             for host, result in zip(hosts, results, strict=True):
                 if isinstance(result, Unreachable):
                     log.warning("down: host unreachable", host=host.name, error=result.message)
                     missed[host.name] = result.message
                 elif isinstance(result, BaseException):
                     raise result
-                else:
-                    removed += result
             hosts = [h for h in hosts if h.name not in missed]
-        return removed, missed
+        return sum(removed.values()), missed
 
     async def down(self, name: str) -> tuple[int, dict[str, str]]:
         """Remove every container, network and volume corral made for the stack (and, in swarm
@@ -291,7 +310,9 @@ class StackService:
                 removed += await self.swarm.down(name)
             placed = set((await self.store.placements(name)).values())
             hosts = await self.hosts.store.list()
-            more, missed = await self._remove_containers(name, hosts, placed)
+            more, missed = await self._remove_containers(
+                name, hosts, placed, self._waves_of(stored)
+            )
             removed += more
             await self.store.remove(name, missed)
         message = f"stack {name} removed ({removed} containers)"
@@ -370,6 +391,44 @@ class StackService:
         spec = self.parse_stored(stored)
         view = summarize(stored, sorted(spec.services), await self.store.slots(name))
         return view.model_copy(update={"mode": spec.mode})
+
+    async def shown(self, name: str) -> StackView:
+        """The stack as the API shows it: its view, or, after a `down` that left containers
+        on hosts that did not answer, `removing` with those hosts (NotFound otherwise)."""
+        try:
+            return await self.view(name)
+        except NotFound:
+            removing = [v for v in await self._removing() if v.name == name]
+            if not removing:
+                raise
+            return removing[0]
+
+    async def shown_all(self) -> list[StackView]:
+        """Every stack, and the ones still being removed, by name."""
+        views = [await self.view(name) for name in await self.store.names()]
+        known = {v.name for v in views}
+        views += [v for v in await self._removing() if v.name not in known]
+        return sorted(views, key=lambda v: v.name)
+
+    async def _removing(self) -> list[StackView]:
+        pending: dict[str, dict[str, str]] = {}
+        since: dict[str, datetime] = {}
+        for stack, host, reason, at in await self.store.leftovers():
+            pending.setdefault(stack, {})[host] = reason
+            since[stack] = min(at, since.get(stack, at))
+        return [
+            StackView(
+                name=stack,
+                services=[],
+                stopped_services=[],
+                slots=[],
+                state="removing",
+                created_at=since[stack],
+                updated_at=since[stack],
+                pending_removal=hosts,
+            )
+            for stack, hosts in sorted(pending.items())
+        ]
 
     # ------------------------------------------------------------------ convergence
     def _lock(self, name: str) -> asyncio.Lock:

@@ -82,12 +82,20 @@ class StackView(BaseModel):
     services: list[str]
     stopped_services: list[str]
     slots: list[SlotView]
-    state: str = Field(description="running, partial, pending, stopped or empty.")
+    state: str = Field(
+        description="running, partial, pending, stopped or empty; removing once `down` "
+        "left containers on hosts that did not answer (see pending_removal)."
+    )
     created_at: datetime
     updated_at: datetime
     mode: Literal["containers", "swarm"] = Field(
         default="containers",
         description="containers: corral runs each replica; swarm: swarm services run them.",
+    )
+    pending_removal: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hosts (and why) where `down` could not remove the stack's containers: "
+        "removed when they answer again.",
     )
 
 

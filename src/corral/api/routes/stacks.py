@@ -89,12 +89,12 @@ async def apply(
 
 @router.get("", summary="List stacks")
 async def list_stacks(core: CoreDep, _: Reader) -> list[StackView]:
-    return [await core.stacks.view(name) for name in await core.stacks.store.names()]
+    return await core.stacks.shown_all()
 
 
 @router.get("/{name}", summary="A stack's services and containers")
 async def get_stack(name: StackName, core: CoreDep, _: Reader) -> StackView:
-    return await core.stacks.view(name)
+    return await core.stacks.shown(name)
 
 
 @router.delete("/{name}", summary="Remove a stack and everything corral made for it")
