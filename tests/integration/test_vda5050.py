@@ -35,7 +35,7 @@ from corral.robot.vda_sim import SimVehicle
 SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
 # every vehicle the tests run, with a user and password on the broker
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
-VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2")]
+VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1")]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
 
@@ -822,3 +822,95 @@ async def test_a_replica_that_takes_over_drives_a_vehicle_registered_after_it_st
 
 async def _reached(sim: SimVehicle, node: str) -> bool:
     return node in sim.reached
+
+
+def _statuses(recorder: Recorder, serial: str, action_id: str) -> list[str]:
+    """The statuses of one action in the vehicle's states, each change once, in order."""
+    seen: list[str] = []
+    for who, name, body in recorder.messages:
+        if who != serial or name != "state":
+            continue
+        for action in body["actionStates"]:
+            if action["actionId"] == action_id and (not seen or seen[-1] != action["actionStatus"]):
+                seen.append(action["actionStatus"])
+    return seen
+
+
+async def test_pick_and_drop_at_the_goal_are_followed_to_their_end(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("lift", "pd1", "line", "n0")
+    sim = bed.vehicle("pd1", "n0")
+    await bed.online("lift")
+
+    async def mission(goal: str, action: str, **parameters: str) -> dict[str, Any]:
+        actions = [{"type": action, "parameters": parameters}]
+        body = {"robot": "lift", "goal": goal, "actions": actions}
+        answer = await bed.api.post("/fleet/missions", json=body)
+        assert answer.status_code == 201, answer.text
+        made: dict[str, Any] = answer.json()
+        assert made["actions"][0]["status"] is None
+        return made
+
+    async def ended(mission_id: int) -> bool:
+        return await bed.mission_state(mission_id) != "active"
+
+    pick = await mission("n2", "pick", stationType="floor", loadType="EPAL")
+    await until(lambda: ended(pick["id"]), "the pick mission ended")
+    found = (await bed.api.get(f"/fleet/missions/{pick['id']}")).json()
+    assert found["state"] == "done", found
+    [action] = found["actions"]
+    assert action["status"] == "FINISHED"
+    assert sim.loads == [{"loadType": "EPAL"}]
+    assert _statuses(bed.recorder, "pd1", action["id"]) == [
+        "WAITING",
+        "INITIALIZING",
+        "RUNNING",
+        "FINISHED",
+    ]
+    # the order carried the pick on its goal node, with its parameters
+    first = bed.recorder.orders("pd1")[0]
+    goal = next(n for n in first["nodes"] if n["nodeId"] == "n2")
+    assert goal["actions"] == [
+        {
+            "actionType": "pick",
+            "actionId": action["id"],
+            "blockingType": "HARD",
+            "actionParameters": [
+                {"key": "stationType", "value": "floor"},
+                {"key": "loadType", "value": "EPAL"},
+            ],
+        }
+    ]
+    events = await bed.events("mission.action")
+    mine = [e for e in events if e["resource"] == f"mission/{pick['id']}"]
+    assert {e["data"]["status"] for e in mine} >= {"RUNNING", "FINISHED"}
+    [done] = [
+        e for e in await bed.events("mission.done") if e["resource"] == f"mission/{pick['id']}"
+    ]
+    finished = next(e for e in mine if e["data"]["status"] == "FINISHED")
+    assert done["id"] > finished["id"], "done only once the pick finished"
+
+    drop = await mission("n4", "drop")
+    await until(lambda: ended(drop["id"]), "the drop mission ended")
+    assert await bed.mission_state(drop["id"]) == "done"
+    assert sim.loads == []
+
+    # nothing on board: the vehicle fails the drop, and so the mission fails
+    again = await mission("n3", "drop")
+    await until(lambda: ended(again["id"]), "the second drop mission ended")
+    failed = (await bed.api.get(f"/fleet/missions/{again['id']}")).json()
+    assert failed["state"] == "failed"
+    assert failed["reason"] == "action drop at n3 failed"
+    assert failed["actions"][0]["status"] == "FAILED"
+    assert any(e["errorType"] == "dropError" for e in sim.errors)
+    robot = (await bed.api.get("/fleet/robots/lift")).json()
+    assert robot["marker"] == "n3"
+    assert bed.recorder.invalid == []
+
+    # a robot that speaks corral's own protocol cannot take actions
+    made = await bed.api.post("/fleet/robots", json={"name": "ws", "map": "line", "marker": "n5"})
+    assert made.status_code == 201, made.text
+    body = {"robot": "ws", "goal": "n4", "actions": [{"type": "pick"}]}
+    refused = await bed.api.post("/fleet/missions", json=body)
+    assert refused.status_code == 422
+    assert "need a VDA 5050 vehicle" in refused.json()["error"]["message"]

@@ -202,14 +202,35 @@ def new(
     robot: str,
     goal: Annotated[str, typer.Argument(help="destination marker")],
     objective: Annotated[str, typer.Option(help="what to do there")] = "",
+    action: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a VDA 5050 action at the goal, TYPE[:KEY=VALUE,...] (e.g. "
+            "pick:stationType=floor,loadType=EPAL); repeat for more"
+        ),
+    ] = None,
 ) -> None:
     """Send a robot to a marker."""
-    body = {"robot": robot, "goal": goal, "objective": objective}
+    body: dict[str, Any] = {"robot": robot, "goal": goal, "objective": objective}
+    if action:
+        body["actions"] = [_action(a) for a in action]
     answer = state(ctx).api().call("POST", "/fleet/missions", json=body)
     if state(ctx).json:
         emit_json(answer)
         return
     out.print(f"mission {answer['id']}: {robot} to {goal} via {' > '.join(answer['route'])}")
+
+
+def _action(text: str) -> dict[str, Any]:
+    """`pick:stationType=floor,loadType=EPAL` as a mission action (the API checks it)."""
+    kind, _, rest = text.partition(":")
+    parameters = {}
+    for pair in filter(None, rest.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--action")
+        parameters[key.strip()] = value.strip()
+    return {"type": kind.strip(), "parameters": parameters}
 
 
 @missions.command("ls")

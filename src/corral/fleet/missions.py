@@ -20,6 +20,7 @@ from corral.store.fleet import FleetStore
 from corral.store.tables import MissionRow, utcnow
 
 MAX_REROUTES = 20  # per mission: past this a deadlock is left to an operator (and said so)
+ENDED = ("FINISHED", "FAILED")  # an action's last status
 
 
 def mission_doc(row: MissionRow) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def mission_doc(row: MissionRow) -> dict[str, Any]:
         "state": row.state,
         "reason": row.reason,
         "task_id": row.task_id,
+        "actions": row.actions or [],
         "created_at": row.created_at.isoformat(),
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
     }
@@ -148,8 +150,16 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ missions
     async def start(
-        self, robot: str, map_name: str, goal: str, objective: str, task_id: int | None = None
+        self,
+        robot: str,
+        map_name: str,
+        goal: str,
+        objective: str,
+        task_id: int | None = None,
+        actions: list[dict[str, Any]] | None = None,
     ) -> MissionRow:
+        """A mission to `goal`; with `actions` ({id, type, blocking, parameters}), done once
+        the robot is there and each action FINISHED (failed when one FAILED)."""
         fmap = self.map(map_name)
         if goal not in fmap.markers:
             raise Invalid(f"goal {goal!r} is not a marker of map {map_name}", {"field": "goal"})
@@ -181,6 +191,7 @@ class Dispatcher:
                     state="active",
                     reason="",
                     task_id=task_id,
+                    actions=[{**a, "status": None} for a in actions or []],
                     created_at=utcnow(),
                 )
             )
@@ -226,6 +237,49 @@ class Dispatcher:
         )
         self.journal.ended(row)
 
+    def _at_goal(self, mission: MissionRow) -> None:
+        """The robot is at its goal: done, unless actions there have not ended (it waits
+        for them) or one failed (under the lock)."""
+        actions = mission.actions or []
+        if any(a["status"] not in ENDED for a in actions):
+            return
+        failed = [a["type"] for a in actions if a["status"] == "FAILED"]
+        if failed:
+            self._finish(mission, "failed", f"action {failed[0]} at {mission.goal} failed")
+        else:
+            self._finish(mission, "done")
+
+    async def action_states(self, robot: str, states: dict[str, str]) -> None:
+        """What the robot reports of its mission's actions (action id -> status): each
+        change is stored with an event; at the goal, the last one to end ends the mission."""
+        mission = self.active.get(robot)
+        if mission is None or not mission.actions:
+            return
+        async with self.lock:
+            if self.active.get(robot) is not mission:
+                return
+            changed = False
+            for action in mission.actions:
+                status = states.get(action["id"])
+                if status is None or status == action["status"] or action["status"] in ENDED:
+                    continue
+                action["status"], changed = status, True
+                self.journal.event(
+                    "mission.action",
+                    f"mission/{mission.id}",
+                    f"mission {mission.id}: {robot}'s {action['type']} at {mission.goal} "
+                    f"{status.lower()}",
+                    {"robot": robot, "action": action["id"], "type": action["type"]}
+                    | {"status": status},
+                )
+            if not changed:
+                return
+            mission.actions = [dict(a) for a in mission.actions]
+            self.journal.mission(mission.id, actions=mission.actions)
+            if self.traffic[mission.map].position(robot) == mission.goal:
+                self._at_goal(mission)
+        await self.journal.commit()
+
     # ------------------------------------------------------------------ checkpoints
     async def checkpoint(self, robot: str, map_name: str, marker: str) -> None:
         """The robot reached `marker`: release what is behind it, move it on, and let the
@@ -245,7 +299,7 @@ class Dispatcher:
                     mission.progress = mission.route.index(marker, mission.progress)
                     self.journal.mission(mission.id, progress=mission.progress)
                 if mission is not None and marker == mission.goal:
-                    self._finish(mission, "done")
+                    self._at_goal(mission)
                 else:
                     self._advance(robot)
                 self._retry_waiting(map_name)
@@ -281,7 +335,7 @@ class Dispatcher:
             mission.progress = mission.route.index(here, mission.progress)
             self.journal.mission(mission.id, progress=mission.progress)
         if here == mission.goal:
-            self._finish(mission, "done")
+            self._at_goal(mission)
             return
         following = mission.route[mission.progress + 1]
         if traffic.holder(marker_resource(following)) == robot:

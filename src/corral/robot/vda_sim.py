@@ -2,7 +2,8 @@
 last will, drives the released part of its orders edge by edge at a set speed, accepts
 order updates that stitch on its last base node, publishes state and visualization, and
 honours the instant actions startPause (pause), stopPause (resume), cancelOrder,
-stateRequest and factsheetRequest.
+stateRequest and factsheetRequest, and runs the node actions pick and drop where its order
+puts them (WAITING until the node, then INITIALIZING, RUNNING, FINISHED or FAILED).
 
 It shares nothing with corral's fleet code: only the standard's JSON schemas (shipped with
 corral), aiomqtt and the standard library. `corral sim vda N` runs a fleet of them.
@@ -25,6 +26,8 @@ from jsonschema import Draft202012Validator
 SCHEMAS = Path(__file__).resolve().parents[1] / "fleet" / "vda5050" / "schemas"
 VERSION = "2.1.0"
 TICK = 0.05  # seconds between two steps of the motion
+NODE_ACTIONS = ("pick", "drop")  # what it can do at a node (6.8.2)
+ENDED = ("FINISHED", "FAILED")
 
 
 @cache
@@ -47,6 +50,7 @@ class SimVehicle:
     major: str = "v2"
     state_every: float = 1.0  # seconds between two periodic states (and on every event)
     visualization_every: float = 0.1
+    action_seconds: float = 1.0  # how long a pick or drop takes (initializing, then running)
     position: tuple[float, float] | None = None  # where it stands, if it knows
     map_id: str = ""
     # order state
@@ -61,6 +65,7 @@ class SimVehicle:
     cancelling: str | None = None  # the cancelOrder actionId until it stops at a node
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    loads: list[dict[str, Any]] = field(default_factory=list)  # what it carries
     headers: dict[str, int] = field(default_factory=dict)
     reached: list[str] = field(default_factory=list)  # every node reached, in order
     travelled: float = 0.0  # metres along an edge whose end has no nodePosition (1 m long)
@@ -185,7 +190,7 @@ class SimVehicle:
         """Still executing an order or waiting for its update (6.6.2, step 3): nodes left
         (base or horizon) or an action neither FINISHED nor FAILED."""
         return bool(self.nodes) or any(
-            a["actionStatus"] not in ("FINISHED", "FAILED") for a in self.actions.values()
+            a["actionStatus"] not in ENDED for a in self.actions.values()
         )
 
     def _base_end(self) -> tuple[str, int]:
@@ -200,13 +205,15 @@ class SimVehicle:
             self._error("validationError", malformed, orderId=order["orderId"])
             return
         for item in [*order["nodes"], *order["edges"]]:
-            for action in item["actions"]:  # it drives, nothing more (6.6.4.2)
-                self._error(
-                    "orderError",
-                    f"action {action['actionType']} is not supported",
-                    actionId=action["actionId"],
-                )
-                return
+            for action in item["actions"]:  # pick and drop at nodes, nothing more (6.6.4.2)
+                if item in order["edges"] or action["actionType"] not in NODE_ACTIONS:
+                    self._error(
+                        "orderError",
+                        f"action {action['actionType']} is not supported"
+                        + (" on an edge" if item in order["edges"] else ""),
+                        actionId=action["actionId"],
+                    )
+                    return
         first = order["nodes"][0]
         if order["orderId"] != self.order_id:
             if self._busy():
@@ -228,6 +235,7 @@ class SimVehicle:
             self._place(first)
             self.nodes, self.edges = list(order["nodes"][1:]), list(order["edges"])
             self.errors = []
+            self._waiting(order["nodes"])
             return
         if order["orderUpdateId"] < self.order_update_id:
             self._error("orderUpdateError", f"update {order['orderUpdateId']} is older")
@@ -242,7 +250,21 @@ class SimVehicle:
         self.order_update_id = order["orderUpdateId"]
         self.nodes = [n for n in self.nodes if n["released"]] + list(order["nodes"][1:])
         self.edges = [e for e in self.edges if e["released"]] + list(order["edges"])
+        self._waiting(order["nodes"])
         self._wake.set()
+
+    def _waiting(self, nodes: list[dict[str, Any]]) -> None:
+        """Each node action of an accepted order is WAITING until its node (6.11)."""
+        for node in nodes:
+            for action in node["actions"]:
+                self.actions.setdefault(
+                    action["actionId"],
+                    {
+                        "actionId": action["actionId"],
+                        "actionType": action["actionType"],
+                        "actionStatus": "WAITING",
+                    },
+                )
 
     def _place(self, node: dict[str, Any]) -> None:
         where = node.get("nodePosition")
@@ -288,10 +310,49 @@ class SimVehicle:
             self.reached.append(target["nodeId"])
             if self.cancelling is not None:
                 self._cancelled()
+            elif target["actions"]:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._node_actions(target["actions"])
             if not self.nodes:
                 self.driving = False
             with contextlib.suppress(aiomqtt.MqttError):  # the connection's own task notices
                 await self.publish_state()
+
+    async def _node_actions(self, actions: list[dict[str, Any]]) -> None:
+        """Run the actions of the node it reached, one after another, standing (a pick or a
+        drop blocks driving): INITIALIZING, RUNNING, then FINISHED, or FAILED with an error
+        (a drop with nothing loaded, a pick with a load on board)."""
+        for action in actions:
+            state = self.actions.get(action["actionId"])
+            if state is None or state["actionStatus"] != "WAITING":
+                continue  # cancelled, or run already
+            for phase, share in (("INITIALIZING", 0.3), ("RUNNING", 0.7)):
+                state["actionStatus"] = phase
+                await self.publish_state()
+                await asyncio.sleep(self.action_seconds * share)
+                if state["actionStatus"] != phase:
+                    break  # cancelled meanwhile
+            if state["actionStatus"] != "RUNNING":
+                continue
+            kind = action["actionType"]
+            params = {p["key"]: p["value"] for p in action.get("actionParameters", [])}
+            if kind == "pick" and self.loads:
+                self._error("pickError", "a load is on board already", actionId=state["actionId"])
+                state["actionStatus"] = "FAILED"
+            elif kind == "drop" and not self.loads:
+                self._error("dropError", "there is no load to drop", actionId=state["actionId"])
+                state["actionStatus"] = "FAILED"
+            else:
+                if kind == "pick":
+                    load = {"loadType": str(params.get("loadType", ""))}
+                    if "loadId" in params:
+                        load["loadId"] = str(params["loadId"])
+                    self.loads.append(load)
+                else:
+                    self.loads.clear()
+                state["actionStatus"] = "FINISHED"
+                state["resultDescription"] = f"{kind} done"
+            await self.publish_state()
 
     # ------------------------------------------------------------------ instant actions (6.8)
     async def _instant(self, actions: list[dict[str, Any]]) -> None:
@@ -304,7 +365,11 @@ class SimVehicle:
                 self.paused = False
                 self._wake.set()
             elif kind == "cancelOrder":
-                if not self.order_id or (not self.nodes and not self.driving):
+                acting = any(
+                    a["actionType"] in NODE_ACTIONS and a["actionStatus"] not in ENDED
+                    for a in self.actions.values()
+                )
+                if not self.order_id or (not self.nodes and not self.driving and not acting):
                     self._error(
                         "noOrderToCancel", "there is no order to cancel", actionId=action_id
                     )
@@ -339,6 +404,10 @@ class SimVehicle:
             }
 
     def _cancelled(self) -> None:
+        """The order is gone: its scheduled and running node actions FAILED (6.6.3)."""
+        for state in self.actions.values():
+            if state["actionType"] in NODE_ACTIONS and state["actionStatus"] not in ENDED:
+                state["actionStatus"] = "FAILED"
         if self.cancelling is not None:
             self.actions[self.cancelling]["actionStatus"] = "FINISHED"
             self.cancelling = None
@@ -363,6 +432,7 @@ class SimVehicle:
                 for e in self.edges
             ],
             "actionStates": list(self.actions.values())[-20:],
+            "loads": self.loads,
             "batteryState": {"batteryCharge": 80.0, "charging": False},
             "errors": self.errors,
             "safetyState": {"eStop": "NONE", "fieldViolation": False},

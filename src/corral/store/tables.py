@@ -411,6 +411,8 @@ class MissionRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text, default="")
     task_id: Mapped[int | None] = mapped_column(ID, nullable=True)
+    # at the goal: [{id, type, blocking, parameters, status}], status as last reported
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 

@@ -7,7 +7,8 @@ channel routes of that robot (docs/fleet-protocol.md).
 
 import contextlib
 import json
-from typing import Annotated, Any
+import secrets
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials
@@ -38,12 +39,30 @@ class RobotRequest(BaseModel):
     marker: str | None = Field(default=None, max_length=63, description="Where it stands now.")
 
 
+class ActionRequest(BaseModel):
+    """A VDA 5050 node action at the goal (pick, drop, or what the vehicle offers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$", description="e.g. pick, drop")
+    parameters: dict[str, str | float | bool] = Field(
+        default_factory=dict, max_length=20, description="actionParameters, key -> value"
+    )
+    blocking: Literal["NONE", "SOFT", "HARD"] = "HARD"
+
+
 class MissionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     robot: str = Field(pattern=NAME_PATTERN, max_length=63)
     goal: str = Field(min_length=1, max_length=63, description="The destination marker.")
     objective: str = Field(default="", max_length=2000, description="What to do there.")
+    actions: list[ActionRequest] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Done at the goal, in order (VDA 5050 vehicles only); the mission is "
+        "done once each has FINISHED, failed if one FAILED.",
+    )
 
 
 class CommandRequest(BaseModel):
@@ -222,7 +241,19 @@ async def start_mission(body: MissionRequest, core: CoreDep, _: Writer) -> dict[
     row = core.fleet.robot(body.robot)
     if row.map is None:
         raise Invalid(f"robot {body.robot} is on no map", {"field": "robot"})
-    mission = await core.fleet.dispatch.start(body.robot, row.map, body.goal, body.objective)
+    if body.actions and (core.vda5050 is None or body.robot not in core.vda5050.by_robot):
+        raise Invalid(
+            f"actions at the goal need a VDA 5050 vehicle; robot {body.robot} is not one",
+            {"field": "actions"},
+        )
+    actions = [
+        {"id": f"{a.type}-{secrets.token_hex(4)}", "type": a.type}
+        | {"blocking": a.blocking, "parameters": a.parameters}
+        for a in body.actions
+    ]
+    mission = await core.fleet.dispatch.start(
+        body.robot, row.map, body.goal, body.objective, actions=actions
+    )
     return mission_doc(mission)
 
 

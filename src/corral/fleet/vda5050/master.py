@@ -234,7 +234,10 @@ class MasterControl:
                     plan.update_id = reported["order_update_id"]
                     plan.base_end, plan.base_end_seq = reported["base_end"]
         sent = OrderPlan(plan.order_id, plan.update_id, plan.base_end, plan.base_end_seq)
-        body = sent.update(fmap, route, granted)
+        actions = {}
+        if mission is not None and mission.actions and route[-1] == mission.goal:
+            actions[mission.goal] = [_vda_action(a) for a in mission.actions]
+        body = sent.update(fmap, route, granted, actions)
         await self._publish(vehicle, "order", body)
         vehicle.plan, vehicle.last_order = sent, body
         vehicle.resent_at = time.monotonic()  # give its state 2 s to show it
@@ -475,6 +478,10 @@ class MasterControl:
         )
 
     async def _actions(self, vehicle: Vehicle, states: list[dict[str, Any]]) -> None:
+        mission = self.fleet.dispatch.active.get(vehicle.robot)
+        if mission is not None and mission.actions:
+            reported = {a["actionId"]: a["actionStatus"] for a in states}
+            await self.fleet.dispatch.action_states(vehicle.robot, reported)
         for action in states:
             action_id, status = action["actionId"], action["actionStatus"]
             what = vehicle.watched.get(action_id)
@@ -493,6 +500,16 @@ class MasterControl:
         if position is not None:
             link = self.fleet.links.get(vehicle.robot)
             link.telemetry = {**link.telemetry, "position": position}
+
+
+def _vda_action(action: dict[str, Any]) -> dict[str, Any]:
+    """A mission's action as a VDA 5050 node action."""
+    return {
+        "actionType": action["type"],
+        "actionId": action["id"],
+        "blockingType": action["blocking"],
+        "actionParameters": [{"key": k, "value": v} for k, v in action["parameters"].items()],
+    }
 
 
 def _base_end(state: dict[str, Any]) -> tuple[str, int]:
