@@ -14,7 +14,7 @@ from corral.cli.client import Api, CliError
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, size, table
 from corral.model.compose import parse_duration
-from corral.model.views import ACTIVE_STATES
+from corral.model.views import ACTIVE_STATES, UNKNOWN
 
 templates = typer.Typer(
     help="Session templates: stack files with parameters.", no_args_is_help=True
@@ -188,7 +188,11 @@ def list_sessions(
             s["id"],
             s["template"],
             s["state"]
-            + ("" if s["cleaned_at"] or s["state"] in ACTIVE_STATES else " (not cleaned)"),
+            + (
+                ""
+                if s["cleaned_at"] or s["state"] in (*ACTIVE_STATES, UNKNOWN)
+                else " (not cleaned)"
+            ),
             s["host"] or "-",
             ago(s["created_at"]),
             _endpoints(s),

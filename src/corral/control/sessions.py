@@ -48,6 +48,7 @@ from corral.model.templates import (
 )
 from corral.model.views import (
     ACTIVE_STATES,
+    UNKNOWN,
     Endpoint,
     HostView,
     ParameterView,
@@ -102,6 +103,7 @@ class SessionService:
         self._wake = asyncio.Event()
         self._hurry = 0  # passes left at a short period after a poke
         self._swept = 0.0
+        self._unknown: set[str] = set()  # active sessions whose host was found not answering
         self._parsed: dict[tuple[str, str | None], TemplateSpec] = {}
 
     # ------------------------------------------------------------------ templates
@@ -274,7 +276,7 @@ class SessionService:
             self._launch(session)
         if wait:
             return await self._settle(session, SETTLE_SECONDS)
-        return await self.store.view(session)
+        return await self.view(session)
 
     async def _choose(self, stack: StackSpec, cpus: float, memory: int) -> tuple[str | None, str]:
         """The reachable host with the most free CPU that meets every constraint, or None
@@ -643,10 +645,11 @@ class SessionService:
         for name in sorted({s.host for s in sessions if s.host}):
             if name in hosts and hosts[name].reachable:
                 driver = self.hosts.driver_for(hosts[name])
-                with contextlib.suppress(CorralError):
-                    seen[name] = await self.hosts.call(
-                        driver.containers, {OWNED: "true", SESSION: ""}
+                with contextlib.suppress(CorralError):  # an engine cut off meanwhile included
+                    seen[name] = await self.hosts.while_reachable(
+                        name, self.hosts.call(driver.containers, {OWNED: "true", SESSION: ""})
                     )
+        await self._announce_unknown(sessions, hosts, seen)
         now = utcnow()
         work: list[Coroutine[Any, Any, Any]] = []
         for stored in sessions:
@@ -665,6 +668,38 @@ class SessionService:
                 log.info("session check postponed", error=failure.message)
             elif isinstance(failure, BaseException):
                 log.error("session check failed", error=repr(failure))
+
+    async def _announce_unknown(
+        self,
+        sessions: list[StoredSession],
+        hosts: dict[str, HostView],
+        seen: dict[str, list[ContainerInfo]],
+    ) -> None:
+        """One event when an active session's host stops answering (shown `unknown`), and
+        one when the host answers again and the session is followed anew."""
+        for stored in sessions:
+            host = hosts.get(stored.host)
+            if stored.state not in ACTIVE_STATES or host is None:
+                self._unknown.discard(stored.id)
+                continue
+            if host.reachable is False and stored.id not in self._unknown:
+                self._unknown.add(stored.id)
+                await self.bus.emit(
+                    "session.unknown",
+                    f"session/{stored.id}",
+                    f"session {stored.id}: its host {host.name} does not answer "
+                    f"({host.last_error or 'unreachable'}); it was {stored.state}, what became "
+                    "of it is found out when the host answers",
+                    {"host": host.name, "was": stored.state},
+                )
+            elif stored.host in seen and stored.id in self._unknown:
+                self._unknown.discard(stored.id)
+                await self.bus.emit(
+                    "session.found",
+                    f"session/{stored.id}",
+                    f"session {stored.id}: its host {host.name} answers again; following it",
+                    {"host": host.name},
+                )
 
     async def _check(
         self,
@@ -766,12 +801,31 @@ class SessionService:
 
     # ------------------------------------------------------------------ reading
     async def view(self, session: str) -> SessionView:
-        return await self.store.view(session)
+        return (await self._shown([await self.store.view(session)]))[0]
 
     async def views(
         self, state: str | None = None, template: str | None = None, limit: int = 200
     ) -> list[SessionView]:
-        return await self.store.views(state=state, template=template, limit=limit)
+        """Newest first; `state` as shown (an active session whose host does not answer is
+        `unknown`, not the state it had)."""
+        if state is None or (state != UNKNOWN and state not in ACTIVE_STATES):
+            states = None if state is None else [state]
+            return await self._shown(
+                await self.store.views(states=states, template=template, limit=limit)
+            )
+        # Active sessions are few (each holds room on a host): all are read, then filtered.
+        active = await self._shown(
+            await self.store.views(states=ACTIVE_STATES, template=template, limit=None)
+        )
+        return [v for v in active if v.state == state][:limit]
+
+    async def _shown(self, views: list[SessionView]) -> list[SessionView]:
+        """Active sessions on a host that does not answer, shown `unknown` with why: their
+        containers may have stopped or may still run, nobody can tell until it answers."""
+        if not any(v.state in ACTIVE_STATES and v.host for v in views):
+            return views
+        hosts = {h.name: h for h in await self.hosts.store.list()}
+        return [_unknown(v, hosts.get(v.host)) for v in views]
 
     async def logs(
         self, session: str, service: str, tail: int, follow: bool
@@ -829,6 +883,20 @@ def _meets(stack: StackSpec, host: HostView) -> bool:
         c.matches(hostname or host.name, role, host.labels, engine_labels)
         for svc in stack.services.values()
         for c in svc.constraints
+    )
+
+
+def _unknown(view: SessionView, host: HostView | None) -> SessionView:
+    if view.state not in ACTIVE_STATES or host is None or host.reachable is not False:
+        return view
+    since = f" since {host.state_since:%Y-%m-%d %H:%M:%S} UTC" if host.state_since else ""
+    why = host.last_error or "unreachable"
+    return view.model_copy(
+        update={
+            "state": UNKNOWN,
+            "reason": f"its host {host.name} does not answer{since} ({why}); it was "
+            f"{view.state}, what became of it is found out when the host answers",
+        }
     )
 
 

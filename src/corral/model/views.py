@@ -126,9 +126,12 @@ class TemplateView(BaseModel):
 
 
 SessionState = Literal[
-    "pending", "starting", "running", "completed", "failed", "expired", "cancelled"
+    "pending", "starting", "running", "completed", "failed", "expired", "cancelled", "unknown"
 ]
 ACTIVE_STATES: tuple[SessionState, ...] = ("pending", "starting", "running")
+# Shown, never stored: an active session whose host does not answer (the reason says which
+# state it was in); the monitor finds out what became of it when the host answers again.
+UNKNOWN: SessionState = "unknown"
 
 
 class Endpoint(BaseModel):

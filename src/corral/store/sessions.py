@@ -181,16 +181,16 @@ class SessionStore:
     async def views(
         self,
         ids: Iterable[str] | None = None,
-        state: str | None = None,
+        states: Iterable[str] | None = None,
         template: str | None = None,
-        limit: int = 200,
+        limit: int | None = 200,
     ) -> list[SessionView]:
         async with self.db.session() as s:
             query = select(SessionRow)
             if ids is not None:
                 query = query.where(SessionRow.id.in_(list(ids)))
-            if state is not None:
-                query = query.where(SessionRow.state == state)
+            if states is not None:
+                query = query.where(SessionRow.state.in_(list(states)))
             if template is not None:
                 query = query.where(SessionRow.template == template)
             query = query.order_by(SessionRow.created_at.desc(), SessionRow.id).limit(limit)
