@@ -88,7 +88,7 @@ def test_bad_input_gets_a_clear_4xx(server: ThreadServer) -> None:
         bad_url = _error(api.post("/hosts", json={"name": "r", "url": "tcp://10.231.0.2"}), 422)
         assert "body: url" in str(bad_url["message"])
         assert "needs a port" in str(bad_url["message"])
-        outside = _error(api.post("/hosts", json={"name": "r", "url": "tcp://192.0.2.9:2375"}), 422)
+        outside = _error(api.post("/hosts", json={"name": "r", "url": "tcp://192.0.2.9:2375"}), 403)
         assert "allowed engine networks" in str(outside["message"])
         missing = _error(api.post("/hosts", json={"url": "tcp://127.0.0.1:9"}), 422)
         assert "name" in str(missing["message"])

@@ -44,3 +44,79 @@ def test_a_tokens_name_is_the_documented_pattern(server: ThreadServer) -> None:
             assert bool(re.search(pattern, name)) is fits
             answer = api.post("/tokens", json={"name": name, "role": "viewer"})
             assert answer.status_code == (201 if fits else 422), answer.text
+
+
+def test_times_are_rfc_3339_and_any_year_counts(server: ThreadServer) -> None:
+    """`until=0.5` was taken as Unix seconds; a utilization window before 1971 was a 422."""
+    with server.client() as api:
+        assert api.get("/events", params={"until": "0.5"}).status_code == 422
+        assert api.get("/events", params={"until": "2026-01-01T00:00:00Z"}).status_code == 200
+        window = {"from": "1732-05-27T03:07:23Z", "to": "2026-01-01T00:00:00Z"}
+        answer = api.get("/farm/utilization", params=window)
+        assert answer.status_code == 200, answer.text
+
+
+def test_json_types_are_the_documented_ones(server: ThreadServer) -> None:
+    """0 is not a boolean and false not a number (both were taken); 246.0 is an integer
+    (it was refused)."""
+    with server.client() as api:
+        assert api.put("/farm", json={"prune": 0}).status_code == 422
+        assert api.put("/hosts", json={"hosts": [], "prune": 0}).status_code == 422
+        assert api.put("/farm/racks/A", json={"position": False}).status_code == 422
+        answer = api.put("/farm/racks/A", json={"position": 1, "slots": 4.0})
+        assert answer.status_code == 200, answer.text
+        answer = api.post("/fleet/robots", json={"name": "r2", "priority": 246.0})
+        assert answer.status_code == 201, answer.text
+
+
+def test_a_new_printer_is_a_documented_201(server: ThreadServer) -> None:
+    with server.client() as api:
+        documented = api.get("/openapi.json").json()["paths"]["/farm/printers/{id}"]["put"]
+        assert "201" in documented["responses"]
+        assert api.put("/farm/printers/p1", json={"bed_type": "pei"}).status_code == 201
+        assert api.put("/farm/printers/p1", json={"bed_type": "pei"}).status_code == 200
+
+
+def test_a_beds_rack_and_slot_go_together_in_the_schema(server: ThreadServer) -> None:
+    with server.client() as api:
+        together = _schema(api, "BedSpec")["anyOf"]
+        assert {"required": ["rack", "slot"]}.items() <= together[0].items()
+        assert api.put("/farm/racks/A", json={}).status_code == 200
+        assert api.put("/farm/beds/b1", json={"type": "pei", "rack": "A"}).status_code == 422
+        answer = api.put("/farm/beds/b1", json={"type": "pei", "rack": "A", "slot": 2})
+        assert answer.status_code == 200, answer.text
+
+
+def test_host_names_and_label_keys_are_documented_patterns(server: ThreadServer) -> None:
+    with server.client() as api:
+        labels = _schema(api, "HostBody")["properties"]["labels"]
+        assert labels["additionalProperties"] is False
+        [key_pattern] = labels["patternProperties"]
+        name_pattern = _schema(api, "HostSpec")["properties"]["name"]["pattern"]
+        assert re.search(name_pattern, "robot")
+        assert not re.search(name_pattern, "Robot")
+        assert re.search(key_pattern, "zone")
+        assert not re.search(key_pattern, "\x1f")
+        host = {"url": "tcp://127.0.0.1:9", "labels": {"\x1f": ""}}
+        assert api.put("/hosts/h1", json=host).status_code == 422
+
+
+def test_an_engine_outside_the_allowed_networks_is_refused_by_policy(tmp_path: Path) -> None:
+    """The server's configuration refuses it, not the request's shape: 403, not 422."""
+    settings = Settings(
+        home=tmp_path, bootstrap_token=ADMIN, local_docker_url="", engine_networks=["127.0.0.0/8"]
+    )
+    with ThreadServer(settings) as server, server.client() as api:
+        answer = api.post("/hosts", json={"name": "far", "url": "tcp://192.0.2.9:2375"})
+        assert answer.status_code == 403, answer.text
+        assert "allowed engine networks" in answer.json()["error"]["message"]
+
+
+def test_error_answers_are_documented_as_json(server: ThreadServer) -> None:
+    """A plain-text route documented its 401 as text/plain; it is JSON like every error."""
+    with server.client(token=None) as api:
+        acl = api.get("/openapi.json").json()["paths"]["/fleet/vda5050/mosquitto-acl"]["get"]
+        assert list(acl["responses"]["401"]["content"]) == ["application/json"]
+        answer = api.get("/fleet/vda5050/mosquitto-acl")
+        assert answer.status_code == 401
+        assert answer.headers["content-type"] == "application/json"

@@ -42,10 +42,12 @@ class Orchestrator:
         self.server: uvicorn.Server | None = None
         self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
         self.failure: BaseException | None = None
+        self.core: Core | None = None  # set while it serves
 
     async def _serve(self) -> None:
-        sockets = [listen("127.0.0.1", p) for p in (self.port, self.wasmiot_port)]
-        core = Core(self.settings)
+        ports = (self.port, self.wasmiot_port, self.settings.edgeecho_port)
+        sockets = [listen("127.0.0.1", p) for p in ports if p is not None]
+        core = self.core = Core(self.settings)
         try:
             await core.start()
             config = uvicorn.Config(

@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     )
     app.state.core = core
     errors.install(app)
+    errors.document_json_errors(app)
     routers = (
         system.router,
         tokens.router,

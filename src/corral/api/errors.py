@@ -97,6 +97,32 @@ def _allowed(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def document_json_errors(app: FastAPI) -> None:
+    """Error answers are JSON on every route; FastAPI documents a route's error models in
+    that route's own media type (text/plain for a plain-text route): say application/json."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for response in operation.get("responses", {}).values():
+                    content = response.get("content", {})
+                    errors = [
+                        media
+                        for media, body in content.items()
+                        if media != "application/json"
+                        and body.get("schema", {}).get("$ref", "").endswith("/ErrorResponse")
+                    ]
+                    for media in errors:
+                        content["application/json"] = content.pop(media)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import structlog
 
 from corral.config import Settings
-from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
+from corral.errors import Conflict, CorralError, Forbidden, Invalid, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.docker_engine import DockerEngine
 from corral.hosts.driver import HostDriver
@@ -114,9 +114,13 @@ class HostService:
         return ""
 
     def check_allowed(self, spec: HostSpec) -> None:
+        """Refuse a host corral will not reach: outside `engine_networks` is this server's
+        policy (403, as a role's limit); an insecure link not consented to is bad input."""
         reason = self.refusal(spec)
         if reason:
-            raise Invalid(reason, {"field": "url", "host": spec.name})
+            outside = not engine_url_allowed(spec.url, self.settings.engine_networks)
+            error = Forbidden if outside else Invalid
+            raise error(reason, {"field": "url", "host": spec.name})
 
     async def warn_insecure(self) -> None:
         """A warning event, at each start, for every host reached insecurely by consent."""

@@ -16,6 +16,16 @@ from corral.model.yamlfile import FileInvalid, Located, Problem, load_located
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
 RANGE = re.compile(r"^(\d{1,9})-(\d{1,9})$")
 MAX_RECORDS = 5000
+# A bed's rack and slot go together: both given (not null), or neither (the schema says so).
+RACK_WITH_SLOT: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["rack", "slot"],
+            "properties": {"rack": {"type": "string"}, "slot": {"type": "integer"}},
+        },
+        {"properties": {"rack": {"type": "null"}, "slot": {"type": "null"}}},
+    ]
+}
 
 
 class RackEntry(BaseModel):
@@ -27,7 +37,7 @@ class RackEntry(BaseModel):
 
 
 class BedEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=RACK_WITH_SLOT)
 
     id: str = Field(pattern=ID_PATTERN)
     type: str = Field(min_length=1, max_length=63)

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from corral.model.names import check_labels, check_name
+from corral.model.names import NAME_SCHEMA, check_labels, check_name, labels_schema
 
 SCHEMES = ("unix", "tcp", "ssh")
 MAX_LABELS = 64  # labels a host may have
@@ -53,16 +53,26 @@ class HostSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=63, examples=["robot"])
+    name: str = Field(
+        min_length=1, max_length=63, examples=["robot"], json_schema_extra=NAME_SCHEMA
+    )
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
-    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_LABELS, json_schema_extra=labels_schema()
+    )
     tls: TlsFiles | None = None
     ssh: SshOptions | None = None
-    insecure: bool = Field(
+    insecure: StrictBool = Field(
         default=False,
         description="Accept a plain tcp:// engine off this machine, or TLS with verify: false "
         "(traffic others can read or alter).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_engine_url(value)
+        return value
 
     @field_validator("name")
     @classmethod
@@ -73,12 +83,6 @@ class HostSpec(BaseModel):
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         return check_labels(value)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parse_engine_url(value)
-        return value
 
     @model_validator(mode="after")
     def _tls_only_on_tcp(self) -> "HostSpec":

@@ -5,8 +5,23 @@ Shared by every resource kind so that a name valid for a host is valid for a sta
 
 import re
 
+from pydantic.config import JsonDict
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,126}[A-Za-z0-9])?$"
+LABEL_VALUE_MAX = 256
+# The API description of the rules check_name and check_labels apply (their messages are
+# clearer than a schema validator's, so they stay the check).
+NAME_SCHEMA: JsonDict = {"pattern": NAME_PATTERN}
+
+
+def labels_schema(nullable: bool = False) -> JsonDict:
+    value: JsonDict = {"type": "string", "maxLength": LABEL_VALUE_MAX}
+    if nullable:
+        value = {"anyOf": [value, {"type": "null"}]}
+    return {"patternProperties": {LABEL_KEY_PATTERN: value}, "additionalProperties": False}
+
+
 _NAME = re.compile(NAME_PATTERN)
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 
@@ -26,7 +41,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
         if not _LABEL_KEY.match(key):
             raise ValueError(f"label key {key!r} must be letters, digits, '.', '_', '/' or '-'")
-        if len(value) > 256:
+        if len(value) > LABEL_VALUE_MAX:
             raise ValueError(f"label {key!r}: value longer than 256 characters")
     return labels
 

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from corral.api.deps import CoreDep, Reader
 from corral.core import Core
 from corral.errors import Invalid
+from corral.model.fields import Time
 from corral.model.views import EventView
 from corral.store.events import EventFilter
 
@@ -25,7 +26,7 @@ KindQ = Annotated[
 ResourceQ = Annotated[
     str | None, Query(max_length=200, description="Exact resource, or a prefix ending in '*'.")
 ]
-SinceQ = Annotated[datetime | None, Query(description="ISO time, inclusive.")]
+SinceQ = Annotated[Time | None, Query(description="RFC 3339 time with a zone, inclusive.")]
 AfterQ = Annotated[int | None, Query(ge=0, le=2**53, description="Only events with a larger id.")]
 HEARTBEAT_SECONDS = 15.0
 BACKFILL_PAGE = 500
@@ -38,9 +39,6 @@ def _filter(
     until: datetime | None,
     after_id: int | None,
 ) -> EventFilter:
-    for name, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise Invalid(f"{name} needs a time zone, e.g. 2026-01-01T00:00:00Z", {"field": name})
     return EventFilter(kind, resource, since, until, after_id)
 
 

@@ -8,14 +8,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
 from corral.api.deps import CoreDep, Reader, Writer
-from corral.errors import Invalid
-from corral.model.farmfile import FarmSpec
+from corral.model.farmfile import (
+    MAX_RECORDS,
+    RACK_WITH_SLOT,
+    BedEntry,
+    FarmSpec,
+    PrinterEntry,
+    RackEntry,
+)
+from corral.model.fields import Integer, Slot, Time
 from corral.model.views import BedView, PrinterView, RackView, UsageView
 
 router = APIRouter(prefix="/farm", tags=["farm"])
+AFTER_FROM = "After `from` (a relation the schema cannot state: 422 otherwise)."
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
 RecordId = Annotated[str, Path(pattern=ID_PATTERN, description="Printer, rack or bed id.")]
 
@@ -25,7 +33,7 @@ class PrinterSpec(BaseModel):
 
     door: str = Field(default="", max_length=63, description="The door the arm opens.")
     bed_type: str = Field(min_length=1, max_length=63)
-    position: float = Field(default=0.0, ge=-1e6, le=1e6)
+    position: StrictFloat = Field(default=0.0, ge=-1e6, le=1e6)
     bed: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
@@ -42,17 +50,17 @@ class PrinterStateBody(BaseModel):
 class RackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    position: float = Field(default=0.0, ge=-1e6, le=1e6)
-    slots: int = Field(default=10, ge=1, le=1000)
+    position: StrictFloat = Field(default=0.0, ge=-1e6, le=1e6)
+    slots: Integer = Field(default=10, ge=1, le=1000)
 
 
 class BedSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=RACK_WITH_SLOT)
 
     type: str = Field(min_length=1, max_length=63)
     state: Literal["clean", "with_part", "dirty"] = "clean"
     rack: str | None = Field(default=None, pattern=ID_PATTERN)
-    slot: int | None = Field(default=None, ge=1, le=1000)
+    slot: Slot | None = None
 
     @model_validator(mode="after")
     def _slot_with_rack(self) -> "BedSpec":
@@ -61,8 +69,33 @@ class BedSpec(BaseModel):
         return self
 
 
+class RackJson(RackEntry):
+    """A farm file's rack as JSON gives it (the file's own reader takes YAML's text)."""
+
+    position: StrictFloat = Field(default=0.0, ge=-1e6, le=1e6)
+    slots: Integer = Field(default=10, ge=1, le=1000)
+
+
+class BedJson(BedEntry):
+    slot: Slot | None = None
+
+
+class PrinterJson(PrinterEntry):
+    position: StrictFloat = Field(default=0.0, ge=-1e6, le=1e6)
+
+
 class FarmApply(FarmSpec):
-    prune: bool = Field(default=False, description="Remove records the file does not list.")
+    # The entries as JSON gives them (stricter than the file reader's).
+    racks: list[RackJson] = Field(  # type: ignore[assignment]
+        default_factory=list, max_length=MAX_RECORDS
+    )
+    beds: list[BedJson] = Field(  # type: ignore[assignment]
+        default_factory=list, max_length=MAX_RECORDS
+    )
+    printers: list[PrinterJson] = Field(  # type: ignore[assignment]
+        default_factory=list, max_length=MAX_RECORDS
+    )
+    prune: StrictBool = Field(default=False, description="Remove records the file does not list.")
 
 
 class FarmApplied(BaseModel):
@@ -97,7 +130,11 @@ async def printers(core: CoreDep, _: Reader) -> list[PrinterView]:
     return await core.farm.store.printers()
 
 
-@router.put("/printers/{id}", summary="Add or change a printer")
+@router.put(
+    "/printers/{id}",
+    summary="Add or change a printer",
+    responses={201: {"model": PrinterView, "description": "Added"}},
+)
 async def put_printer(
     id: RecordId, body: PrinterSpec, core: CoreDep, _: Writer, response: Response
 ) -> PrinterView:
@@ -131,8 +168,8 @@ async def usage(
     id: RecordId,
     core: CoreDep,
     _: Reader,
-    start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    start: Annotated[Time | None, Query(alias="from")] = None,
+    end: Annotated[Time | None, Query(alias="to", description=AFTER_FROM)] = None,
 ) -> UsageView:
     since, until = _interval(start, end)
     return await core.farm.usage(id, since, until)
@@ -142,24 +179,27 @@ async def usage(
 async def usage_all(
     core: CoreDep,
     _: Reader,
-    start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    start: Annotated[Time | None, Query(alias="from")] = None,
+    end: Annotated[Time | None, Query(alias="to", description=AFTER_FROM)] = None,
 ) -> list[UsageView]:
     since, until = _interval(start, end)
     return [await core.farm.usage(p.id, since, until) for p in await core.farm.store.printers()]
 
 
+# Times outside these years count as these bounds: no printer has a history there, and the
+# interval's arithmetic stays clear of datetime's limits.
 EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)
 LATEST = datetime(9998, 1, 1, tzinfo=UTC)
 
 
+def _clamp(moment: datetime) -> datetime:
+    return min(max(moment.astimezone(UTC), EARLIEST), LATEST)
+
+
 def _interval(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    """From and to (default: the last day), within years 1971 to 9997."""
-    for name, value in (("from", start), ("to", end)):
-        if value is not None and not EARLIEST <= value.astimezone(UTC) <= LATEST:
-            raise Invalid(f"'{name}' must be between 1971 and 9997", {"field": name})
-    until = (end or datetime.now(UTC)).astimezone(UTC)
-    return (start.astimezone(UTC) if start else until - timedelta(days=1)), until
+    """From and to (default: the day before `to`, which defaults to now)."""
+    until = _clamp(end or datetime.now(UTC))
+    return (_clamp(start) if start else until - timedelta(days=1)), until
 
 
 @router.get("/racks", summary="List racks")

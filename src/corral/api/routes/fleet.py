@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.websockets import WebSocketDisconnect
 
 from corral.api.deps import CoreDep, Reader, Writer, bearer
@@ -22,6 +22,7 @@ from corral.core import Core
 from corral.errors import CorralError, Forbidden, Invalid
 from corral.fleet.missions import mission_doc
 from corral.fleet.service import OPERATOR_KINDS
+from corral.model.fields import Integer
 from corral.model.names import NAME_PATTERN
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
@@ -33,7 +34,7 @@ class RobotRequest(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
     group: str = Field(default="", max_length=63)
-    priority: StrictInt = Field(default=0, ge=-1000, le=1000)
+    priority: Integer = Field(default=0, ge=-1000, le=1000)
     signed: StrictBool = Field(default=False, description="Every message carries an HMAC.")
     map: str | None = Field(default=None, max_length=63)
     marker: str | None = Field(default=None, max_length=63, description="Where it stands now.")
@@ -82,7 +83,7 @@ class BroadcastRequest(CommandRequest):
 class Acks(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    ids: list[StrictInt] = Field(max_length=10_000)
+    ids: list[Integer] = Field(max_length=10_000)
 
 
 # ----------------------------------------------------------------------------- operators

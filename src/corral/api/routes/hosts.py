@@ -6,12 +6,12 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.errors import Invalid
 from corral.model.hosts import MAX_LABELS, HostSpec, SshOptions, TlsFiles
-from corral.model.names import NAME_PATTERN
+from corral.model.names import NAME_PATTERN, labels_schema
 from corral.model.views import HostView
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
@@ -24,17 +24,21 @@ class HostBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
-    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_LABELS, json_schema_extra=labels_schema()
+    )
     tls: TlsFiles | None = None
     ssh: SshOptions | None = None
-    insecure: bool = Field(default=False, description="Accept plain tcp:// or unverified TLS.")
+    insecure: StrictBool = Field(
+        default=False, description="Accept plain tcp:// or unverified TLS."
+    )
 
 
 class HostsApply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hosts: list[HostSpec] = Field(max_length=1000)
-    prune: bool = Field(default=False, description="Remove hosts not in the list.")
+    prune: StrictBool = Field(default=False, description="Remove hosts not in the list.")
 
 
 class ApplyResult(BaseModel):
@@ -97,6 +101,7 @@ async def label_host(
         dict[str, str | None],
         Body(
             max_length=MAX_LABELS,
+            json_schema_extra=labels_schema(nullable=True),
             examples=[{"role": "edge", "zone": None}],
             description="Labels to set; null removes one. Others are kept.",
         ),

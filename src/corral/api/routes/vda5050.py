@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.core import Core
 from corral.errors import Conflict
 from corral.fleet.vda5050.broker_access import acl_file
 from corral.fleet.vda5050.master import MasterControl
+from corral.model.fields import Integer
 from corral.model.names import NAME_PATTERN
 
 router = APIRouter(prefix="/fleet/vda5050", tags=["fleet"])
@@ -26,7 +27,7 @@ class VehicleRequest(BaseModel):
     manufacturer: str = Field(pattern=TOPIC_LEVEL)
     serial_number: str = Field(pattern=TOPIC_LEVEL)
     group: str = Field(default="", max_length=63)
-    priority: StrictInt = Field(default=0, ge=-1000, le=1000)
+    priority: Integer = Field(default=0, ge=-1000, le=1000)
     map: str | None = Field(default=None, max_length=63)
     marker: str | None = Field(default=None, max_length=63, description="Where it stands now.")
 
