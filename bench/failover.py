@@ -49,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cuts", type=int, default=10)
     parser.add_argument("--every", type=float, default=2.0, help="seconds between cuts")
-    parser.add_argument("--poll", type=float, default=0.5, help="replica_poll_seconds")
+    parser.add_argument(
+        "--poll", type=float, default=0.5, help="replica_poll_seconds (0.5: the default)"
+    )
     parser.add_argument("--paused", action="store_true", help="SIGSTOP the leader first")
     args = parser.parse_args()
     name = f"corral_bench_{secrets.token_hex(6)}"

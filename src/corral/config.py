@@ -145,10 +145,14 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="Longest wait for a chain's result."
     )
     replica_poll_seconds: float = Field(
-        default=1.0,
+        default=0.5,
         gt=0,
         le=60,
-        description="With PostgreSQL: how often a replica tries for the lead and checks it.",
+        description=(
+            "With PostgreSQL: the election's period P. The leader confirms its lock every "
+            "P/4 and acts at most 2P after the last confirmation; a replica that wins the "
+            "lock from a leader that did not hand its term back waits up to 2.5P."
+        ),
     )
     robot_heartbeat_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="A robot silent this long is offline."

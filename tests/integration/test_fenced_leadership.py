@@ -35,7 +35,6 @@ def _env(pg_url: str) -> dict[str, str]:
         "CORRAL_DATABASE_URL": pg_url,
         "CORRAL_LOCAL_DOCKER_URL": "",
         "CORRAL_MDNS_ENABLED": "false",
-        "CORRAL_REPLICA_POLL_SECONDS": "0.5",
     }
 
 

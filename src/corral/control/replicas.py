@@ -29,7 +29,7 @@ from corral.waits import pause
 
 log = structlog.get_logger("corral.replicas")
 LOCK_KEY = 0x636F7272616C  # "corral": one advisory lock per database
-LAST_WRITES_WAIT = 1.0  # seconds a new term waits for the last term's writes to end
+LAST_WRITES_WAIT = 1.0  # seconds a new term waits for a handed-back term's writes to end
 Lead = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 TakeOver = Callable[[], Coroutine[Any, Any, None]]
 
@@ -42,11 +42,13 @@ def asyncpg_dsn(database: Database) -> str:
 
 @dataclass(frozen=True)
 class Timing:
-    """The election's periods, all from `replica_poll_seconds` (P): a follower tries for
-    the lock every P/2; the leader confirms its lock every P/4 and acts at most `lease`
-    (2P) after the last confirmation began; a replica that wins the lock from a leader
-    that did not hand it over waits `takeover` (2.5P) before taking the term, by when the
-    old leader, unless it is paused, has stopped itself."""
+    """The election's periods, all from `replica_poll_seconds` (P): a follower waits on
+    the lock (it gets it the moment it is freed), asking again every `lease`; the leader
+    confirms its lock every P/4 and acts at most `lease` (2P) after the last confirmation
+    began; a replica that wins the lock from a leader that did not hand the term back
+    waits up to `takeover` (2.5P) before taking the term, by when the old leader, unless
+    it is paused, has stopped itself, and takes it as soon as the old leader hands it back
+    meanwhile (it looks every P/4)."""
 
     poll: float
 
@@ -176,30 +178,24 @@ class Replicas:
             timeout=self.timing.lease * 2,
         )
         try:
-            while not stopping.is_set():
-                won = await asyncio.wait_for(
-                    conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY),
-                    timeout=self.timing.lease,
-                )
-                if won:
-                    break
-                await pause(self.timing.attempt, stopping)
+            await self._wait_for_lock(conn, stopping)
             if stopping.is_set():
                 return
             cut = asyncio.Event()
             conn.add_termination_listener(lambda _conn: cut.set())
-            last = await self._leadership()
-            if last.holder not in ("", self.id):
-                # The last leader did not hand the term back: it stops itself within its
-                # lease of losing the lock, so wait that out before acting.
-                await pause(self.timing.takeover, stopping, cut)
+            handed_back = await self._handed_back(stopping, cut)
             if stopping.is_set() or cut.is_set():
                 return
             await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
+            # A term handed back had its writes end before; one waited out belongs to a
+            # leader that is frozen or cut off, whose open writes are ended sooner.
+            patience = LAST_WRITES_WAIT if handed_back else self.timing.check
             async with self.db.session() as s:
                 pid = await s.scalar(text("SELECT pg_backend_pid()"))
                 taken = asyncio.Event()
-                ender = asyncio.create_task(self._end_last_term_writes(conn, int(pid or 0), taken))
+                ender = asyncio.create_task(
+                    self._end_last_term_writes(conn, int(pid or 0), taken, patience)
+                )
                 try:
                     term = await self.term.take(s, self.id)
                 finally:
@@ -281,14 +277,43 @@ class Replicas:
             self.term.extend(began + self.timing.lease)
             await pause(self.timing.check, cut, self._deposed)
 
+    async def _wait_for_lock(self, conn: asyncpg.Connection, stopping: asyncio.Event) -> None:
+        """Wait on the leader's lock until this replica holds it (or stops): PostgreSQL
+        grants it the moment the holder's session frees it. The wait is cut every lease
+        (`lock_timeout`) and asked again, so a stop or a dead connection is noticed."""
+        await conn.execute(f"SET lock_timeout = {int(self.timing.lease * 1000)}")
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(
+                    conn.fetchval("SELECT pg_advisory_lock($1)", LOCK_KEY),
+                    timeout=self.timing.lease * 2,
+                )
+                return
+            except asyncpg.LockNotAvailableError:
+                continue  # another replica leads: wait again
+
+    async def _handed_back(self, stopping: asyncio.Event, cut: asyncio.Event) -> bool:
+        """Just won the lock: whether the last term was handed back. When its holder did
+        not hand it back, it stops itself within its lease of losing the lock: wait that
+        out (`takeover`), or until it hands the term back meanwhile."""
+        deadline = time.monotonic() + self.timing.takeover
+        while True:
+            last = await self._leadership()
+            if last.holder in ("", self.id):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or stopping.is_set() or cut.is_set():
+                return False
+            await pause(min(left, self.timing.check), stopping, cut)
+
     async def _end_last_term_writes(
-        self, conn: asyncpg.Connection, waiter: int, taken: asyncio.Event
+        self, conn: asyncpg.Connection, waiter: int, taken: asyncio.Event, patience: float
     ) -> None:
         """Taking a term waits for the transactions that proved the last one. One still
-        open after LAST_WRITES_WAIT belongs to a leader that is frozen (SIGSTOP, a paused
-        VM): its session is ended, so its write never happens and the term is taken."""
+        open after `patience` belongs to a leader that is frozen (SIGSTOP, a paused VM) or
+        cut off: its session is ended, so its write never happens and the term is taken."""
         while True:
-            await pause(LAST_WRITES_WAIT, taken)
+            await pause(patience, taken)
             if taken.is_set():
                 return
             ended = await conn.fetchval(

@@ -872,22 +872,32 @@ class StackService:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         watching: dict[str, threading.Thread] = {}
-        while not stop.is_set():
-            for host in await self.hosts.store.list():
-                running = watching.get(host.name)
-                if host.reachable and (running is None or not running.is_alive()):
-                    driver = self.hosts.driver_for(host)
-                    # A daemon thread per engine: its stream ends when the driver closes.
-                    watching[host.name] = threading.Thread(
-                        target=_pump,
-                        args=(host.name, driver, queue, loop, stop),
-                        name=f"corral-events-{host.name}",
-                        daemon=True,
-                    )
-                    watching[host.name].start()
-            with contextlib.suppress(TimeoutError):
-                host_name, event = await asyncio.wait_for(queue.get(), timeout=1.0)
-                await self._on_engine_event(host_name, event)
+
+        async def on_stop() -> None:  # the wait below ends at once (a leader steps down)
+            await stop.wait()
+            queue.put_nowait(("", {}))
+
+        stopper = asyncio.create_task(on_stop())
+        try:
+            while not stop.is_set():
+                for host in await self.hosts.store.list():
+                    running = watching.get(host.name)
+                    if host.reachable and (running is None or not running.is_alive()):
+                        driver = self.hosts.driver_for(host)
+                        # A daemon thread per engine: its stream ends when the driver closes.
+                        watching[host.name] = threading.Thread(
+                            target=_pump,
+                            args=(host.name, driver, queue, loop, stop),
+                            name=f"corral-events-{host.name}",
+                            daemon=True,
+                        )
+                        watching[host.name].start()
+                with contextlib.suppress(TimeoutError):
+                    host_name, event = await asyncio.wait_for(queue.get(), timeout=1.0)
+                    if host_name:
+                        await self._on_engine_event(host_name, event)
+        finally:
+            stopper.cancel()
 
     async def _on_engine_event(self, host: str, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "")
