@@ -35,7 +35,7 @@ from corral.robot.vda_sim import SimVehicle
 SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
 # every vehicle the tests run, with a user and password on the broker
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
-VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1")]
+VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1")]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
 
@@ -914,3 +914,40 @@ async def test_pick_and_drop_at_the_goal_are_followed_to_their_end(bed: Bed) -> 
     refused = await bed.api.post("/fleet/missions", json=body)
     assert refused.status_code == 422
     assert "need a VDA 5050 vehicle" in refused.json()["error"]["message"]
+
+
+async def test_a_vehicles_errors_and_operating_mode_show_in_the_api(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("em", "em1", "line", "n0")
+    sim = bed.vehicle("em1", "n0")
+    sim.operating_mode = "SEMIAUTOMATIC"
+    await bed.online("em")
+    # an instant action the vehicle does not know: it reports an error
+    dance = {"actionType": "dance", "actionId": "d1", "blockingType": "NONE"}
+    body = {"kind": "custom", "payload": {"actions": [dance | {"actionParameters": []}]}}
+    assert (await bed.api.post("/fleet/robots/em/commands", json=body)).status_code == 201
+
+    async def shown() -> dict[str, Any]:
+        found: dict[str, Any] = (await bed.api.get("/fleet/vda5050/vehicles/em")).json()
+        return found
+
+    async def with_error() -> bool:
+        return bool((await shown())["vda5050"]["errors"])
+
+    await until(with_error, "the vehicle's error in the API")
+    vehicle = (await shown())["vda5050"]
+    assert vehicle["operating_mode"] == "SEMIAUTOMATIC"
+    [error] = vehicle["errors"]
+    assert error["errorType"] == "unsupportedAction"
+    assert error["errorLevel"] == "WARNING"
+    assert error["errorReferences"] == [{"referenceKey": "actionId", "referenceValue": "d1"}]
+    robot = (await bed.api.get("/fleet/robots/em")).json()
+    assert robot["telemetry"]["vda5050"]["errors"] == [error]
+    # the operator takes it over by hand: the API follows
+    sim.operating_mode = "MANUAL"
+
+    async def manual() -> bool:
+        return bool((await shown())["vda5050"]["operating_mode"] == "MANUAL")
+
+    await until(manual, "the new operating mode in the API")
+    assert "vda5050 MANUAL" in (await bed.api.get("/fleet/robots/em")).json()["telemetry"]["status"]

@@ -50,6 +50,7 @@ class SimVehicle:
     major: str = "v2"
     state_every: float = 1.0  # seconds between two periodic states (and on every event)
     visualization_every: float = 0.1
+    operating_mode: str = "AUTOMATIC"  # as its operator set it (6.10.6)
     action_seconds: float = 1.0  # how long a pick or drop takes (initializing, then running)
     position: tuple[float, float] | None = None  # where it stands, if it knows
     map_id: str = ""
@@ -422,7 +423,7 @@ class SimVehicle:
             "lastNodeSequenceId": self.last_seq,
             "driving": self.driving and not self.paused,
             "paused": self.paused,
-            "operatingMode": "AUTOMATIC",
+            "operatingMode": self.operating_mode,
             "nodeStates": [
                 {"nodeId": n["nodeId"], "sequenceId": n["sequenceId"], "released": n["released"]}
                 for n in self.nodes

@@ -73,6 +73,8 @@ class Vehicle:
             "connection": self.connection,
             "order_id": self.plan.order_id if self.plan else None,
             "order_update_id": self.plan.update_id if self.plan else None,
+            "operating_mode": self.state.get("operating_mode"),
+            "errors": self.state.get("errors", []),
             "state": self.state,
             "factsheet": self.factsheet,
         }

@@ -191,34 +191,46 @@
     const rows = robots.map((r) => {
       const t = r.telemetry || {};
       const m = active.get(r.name);
-      return [r.name, r.state, t.status || "", r.map || "-", where(r), typeof t.battery === "number" ? Math.round(t.battery) + "%" : "-", m ? "#" + m.id + " → " + m.goal + (m.objective ? ": " + m.objective : "") : "-"];
+      const v = t.vda5050 ? { mode: t.vda5050.operating_mode, errors: t.vda5050.errors || [] } : null;
+      return [r.name, r.state, t.status || "", r.map || "-", where(r), typeof t.battery === "number" ? Math.round(t.battery) + "%" : "-", m ? "#" + m.id + " → " + m.goal + (m.objective ? ": " + m.objective : "") : "-", v];
     });
     const key = JSON.stringify(rows);
     if (key === ui.robotsKey) return;
     ui.robotsKey = key;
     ui.robotsBox.replaceChildren(
       el("h3", {}, "Robots (" + robots.length + ")"),
-      table(["Name", "State", "Map", "Where", "Battery", "Mission"],
-        rows.map(([name, state, status, map, at, battery, mission]) => ({
+      table(["Name", "State", "Map", "Where", "Battery", "Mission", "VDA 5050"],
+        rows.map(([name, state, status, map, at, battery, mission, vda]) => ({
           attrs: { dataset: { robot: name } },
-          cells: [el("strong", {}, name), el("span", {}, badge(state), status ? el("small", {}, " " + status) : null), map, at, battery, mission],
+          cells: [el("strong", {}, name), el("span", {}, badge(state), status ? el("small", {}, " " + status) : null), map, at, battery, mission, vehicle(vda)],
         })),
         "No robots yet: corral robot add NAME --map MAP --marker MARKER (or corral sim robots --n 5 --map FILE.yml)."));
   }
 
+  // A VDA 5050 vehicle's operating mode and the errors it reports (its last state).
+  function vehicle(vda) {
+    if (!vda) return "-";
+    const errors = vda.errors.map((e) => el("li", { class: "vda-error", dataset: { errorType: e.errorType, errorLevel: e.errorLevel } },
+      e.errorLevel + " " + e.errorType + (e.errorDescription ? ": " + e.errorDescription : "")));
+    return el("div", { class: "vda" },
+      el("span", { class: "vda-mode", dataset: { mode: vda.mode || "" } }, "mode " + (vda.mode || "?")),
+      errors.length ? el("ul", { class: "vda-errors", "aria-label": errors.length + " error" + (errors.length === 1 ? "" : "s") }, errors) : el("small", {}, " no errors"));
+  }
+
   function missionsTable(missions) {
-    const rows = missions.map((m) => [m.id, m.robot, m.goal, m.objective || "", m.state, m.progress, (m.route || []).length, m.reason || "", m.created_at, (m.route || []).join(" → ")]);
+    const rows = missions.map((m) => [m.id, m.robot, m.goal, m.objective || "", m.state, m.progress, (m.route || []).length, m.reason || "", m.created_at, (m.route || []).join(" → "), (m.actions || []).map((a) => [a.type, a.status || "not sent"])]);
     const key = JSON.stringify(rows);
     if (key === ui.missionsKey) return;
     ui.missionsKey = key;
     ui.missionsBox.replaceChildren(
       el("h3", {}, "Missions (" + missions.length + (missions.length >= 50 ? ", newest" : "") + ")"),
       table(["Id", "Robot", "Goal", "Objective", "State", "Progress", "Started"],
-        rows.map(([id, robot, goal, objective, state, progress, length, reason, created, route]) => ({
+        rows.map(([id, robot, goal, objective, state, progress, length, reason, created, route, actions]) => ({
           attrs: { dataset: { mission: String(id), robot } },
           cells: [
             "#" + id, robot, goal, objective || "-",
-            el("span", {}, badge(state), reason ? el("small", {}, " " + reason) : null),
+            el("span", {}, badge(state), reason ? el("small", {}, " " + reason) : null,
+              actions.map(([type, status]) => el("small", { class: "mission-action", dataset: { action: type, status } }, " " + type + " " + status))),
             el("span", { title: route ? "route " + route : "" }, length ? progress + "/" + Math.max(0, length - 1) : "-"),
             ago(created),
           ],
