@@ -119,3 +119,93 @@ def test_ssh_failures_in_plain_words(local_engine: str, sshd: LoopbackSshd, tmp_
         )
         assert on_tcp.status_code == 422
         assert "ssh applies only to ssh://" in on_tcp.json()["error"]["message"]
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "home", bootstrap_token=ADMIN, local_docker_url="", host_timeout_seconds=5
+    )
+
+
+def _own_sshd(folder: Path, monkeypatch: pytest.MonkeyPatch, **options: bool) -> LoopbackSshd:
+    running = LoopbackSshd(folder, **options).__enter__()
+    monkeypatch.setenv("PATH", f"{running.bin_dir}:{Path('/usr/bin')}:/bin:/usr/local/bin")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # no agent to fall back on
+    return running
+
+
+def test_each_host_its_own_identity_file(
+    local_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No key in the ssh config, no agent, none of the user's default keys authorized: the
+    host connects with the identity file it is given, and only with the right one."""
+    sshd = _own_sshd(tmp_path / "ssh", monkeypatch, config_key=False)
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    try:
+        with ThreadServer(_settings(tmp_path)) as server, server.client() as api:
+            bare = api.post("/hosts", json={"name": "bare", "url": sshd.url}).json()
+            assert bare["reachable"] is False
+            assert bare["last_error"].startswith(
+                "ssh to root@127.0.0.1 failed: the ssh server of root@127.0.0.1 refused every "
+                "key offered (Permission denied "
+                "(publickey)): give the host its key (`corral host add … --ssh-identity KEY`"
+            ), bare["last_error"]
+
+            wrong = {"identity": str(other)}
+            refused = api.post("/hosts", json={"name": "wrong", "url": sshd.url, "ssh": wrong})
+            assert refused.json()["reachable"] is False
+            assert refused.json()["last_error"] == (
+                "ssh to root@127.0.0.1 failed: the ssh server of root@127.0.0.1 refused the "
+                f"host's identity file {other} "
+                f"(Permission denied (publickey)): add its public key ({other}.pub) to that "
+                "user's authorized_keys there, or give the host the key that is"
+            )
+            missing = {"identity": str(tmp_path / "no_such_key")}
+            lost = api.post("/hosts", json={"name": "lost", "url": sshd.url, "ssh": missing})
+            assert lost.json()["last_error"] == (
+                f"the host's ssh identity file {tmp_path / 'no_such_key'} cannot be read by user "
+                "root, who runs corral serve (missing, or not readable by that user)"
+            )
+
+            right = {"identity": str(sshd.folder / "client_key")}
+            keyed = api.post("/hosts", json={"name": "keyed", "url": sshd.url, "ssh": right})
+            assert keyed.json()["reachable"] is True, keyed.json()["last_error"]
+            assert keyed.json()["facts"]["engine_version"]
+            # One engine is one host: with keyed gone, the host that had no key is given it.
+            assert api.delete("/hosts/keyed").status_code == 204
+            mended = api.put("/hosts/bare", json={"url": sshd.url, "ssh": right})
+            assert mended.status_code == 200, mended.text
+            assert mended.json()["reachable"] is True, mended.json()["last_error"]
+    finally:
+        sshd.__exit__()
+
+
+def test_unknown_host_key_in_plain_words(
+    local_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host key not in the serving user's known_hosts: the message names that file and
+    that user, and the command it gives makes the host reachable."""
+    sshd = _own_sshd(tmp_path / "ssh", monkeypatch, known_hosts=True)
+    known = sshd.known_hosts
+    assert known is not None
+    try:
+        with ThreadServer(_settings(tmp_path)) as server, server.client() as api:
+            host = api.post("/hosts", json={"name": "fresh", "url": sshd.url}).json()
+            assert host["reachable"] is False
+            said = host["last_error"]
+            assert said == (
+                "ssh to root@127.0.0.1 failed: the ssh host key of root@127.0.0.1 "
+                f"(port {sshd.port}) is not in {known} (the "
+                "known_hosts of user root, who runs corral serve, not of the CLI's user): as "
+                "root, check the key's fingerprint and add it, with "
+                f"`ssh-keyscan -p {sshd.port} 127.0.0.1 >> {known}` or by running "
+                f"`ssh -p {sshd.port} root@127.0.0.1 true` once and accepting it"
+            ), said
+            command = said.split("`")[1]  # as a user would: the command it gives
+            subprocess.run(["sh", "-c", command], check=True, capture_output=True, timeout=30)
+            assert known.read_text().strip(), "ssh-keyscan added the key"
+            again = api.post("/hosts/fresh/refresh").json()
+            assert again["reachable"] is True, again["last_error"]
+    finally:
+        sshd.__exit__()

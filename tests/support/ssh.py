@@ -15,8 +15,14 @@ from tests.support.server import free_port
 
 
 class LoopbackSshd:
-    def __init__(self, folder: Path) -> None:
+    """`config_key`: the wrapper's config names the authorized key (as a user's
+    ~/.ssh/config would); `known_hosts`: host keys are checked against an empty
+    `known_hosts` file in `folder` (as for a host never connected to) instead of not at all."""
+
+    def __init__(self, folder: Path, config_key: bool = True, known_hosts: bool = False) -> None:
         self.folder = folder
+        self.config_key = config_key
+        self.known_hosts = folder / "known_hosts" if known_hosts else None
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.bin_dir = folder / "bin"
@@ -41,10 +47,16 @@ class LoopbackSshd:
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         )
+        key = f"  IdentityFile {f / 'client_key'}\n  IdentitiesOnly yes\n"
+        checks = "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+        if self.known_hosts is not None:
+            self.known_hosts.write_text("")
+            checks = f"  UserKnownHostsFile {self.known_hosts}\n"
         (f / "ssh_config").write_text(
-            f"Host 127.0.0.1\n  IdentityFile {f / 'client_key'}\n  IdentitiesOnly yes\n"
-            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-            "  BatchMode yes\n"
+            "Host 127.0.0.1\n"
+            + (key if self.config_key else "")
+            + checks
+            + "  LogLevel ERROR\n  BatchMode yes\n"
         )
         self.bin_dir.mkdir(exist_ok=True)
         wrapper = self.bin_dir / "ssh"

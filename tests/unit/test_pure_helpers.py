@@ -73,13 +73,26 @@ def test_durations_and_labels() -> None:
 
 
 def test_ssh_complaints_in_plain_words() -> None:
-    unknown = _plain_words("Host key verification failed.\n", "corral@robot", "/s.sock", 2222)
-    assert "ssh host key of corral@robot is not known to the user running corral serve" in unknown
+    unknown = _plain_words(
+        "Host key verification failed.\n", "corral@robot", "/s.sock", 2222, None, "/k/known"
+    )
+    assert "ssh host key of corral@robot (port 2222) is not in /k/known (the known_hosts" in unknown
+    assert "`ssh-keyscan -p 2222 robot >> /k/known`" in unknown
     assert "`ssh -p 2222 corral@robot true`" in unknown
+    changed = _plain_words(
+        "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\n", "r", "/s", 2222, None, "/k"
+    )
+    assert "`ssh-keygen -R '[r]:2222' -f /k`" in changed
     refused = _plain_words(
         "channel 1: open failed: administratively prohibited: open failed\n", "r", "/s", 22
     )
     assert "refuses to forward to /s" in refused
     assert "AllowStreamLocalForwarding" in refused
-    other = _plain_words("x\nroot@r: Permission denied (publickey).\n", "root@r", "/s", 22)
-    assert other == "root@r: Permission denied (publickey)."
+    denied = "x\nroot@r: Permission denied (publickey).\n"
+    no_key = _plain_words(denied, "root@r", "/s", 22)
+    assert no_key.startswith("the ssh server of root@r refused every key offered (Permission")
+    assert "--ssh-identity KEY" in no_key
+    wrong_key = _plain_words(denied, "root@r", "/s", 22, "/keys/robot")
+    assert wrong_key.startswith("the ssh server of root@r refused the host's identity file")
+    other = _plain_words("x\nssh: connect to host r port 22: Connection refused\n", "r", "/s", 22)
+    assert other == "ssh: connect to host r port 22: Connection refused"

@@ -8,6 +8,7 @@ of its own (checked to be this user's, removed at exit), so two processes never 
 
 import atexit
 import os
+import pwd
 import secrets
 import shutil
 import stat
@@ -40,14 +41,41 @@ def _process_folder() -> Path:
     return _folder
 
 
-def _plain_words(log: str, target: str, remote: str, port: int) -> str:
-    """The ssh client's complaint, said so that the user knows what to change."""
-    who = os.environ.get("USER") or str(os.getuid())
-    if "Host key verification failed" in log or "REMOTE HOST IDENTIFICATION" in log:
+def _user() -> str:
+    """The name of the user this process runs as (whose ~/.ssh the ssh client reads)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _plain_words(
+    log: str,
+    target: str,
+    remote: str,
+    port: int,
+    identity: str | None = None,
+    known_hosts: str = "",
+) -> str:
+    """The ssh client's complaint, said so that the user knows what to change.
+    `known_hosts`: the file the ssh client keeps host keys in for this user."""
+    who = _user()
+    known = known_hosts or "~/.ssh/known_hosts"
+    host = target.rpartition("@")[2]
+    entry = host if port == 22 else f"[{host}]:{port}"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in log:
         return (
-            f"the ssh host key of {target} is not known to the user running corral serve "
-            f"({who}): as that user run `ssh -p {port} {target} true` once to check and accept "
-            "it (it goes to ~/.ssh/known_hosts)"
+            f"the ssh host key of {target} (port {port}) is not the one {known} holds for it "
+            f"(the known_hosts of user {who}, who runs corral serve): if the machine's key "
+            f"really changed, check the new key's fingerprint, then as {who} run "
+            f"`ssh-keygen -R '{entry}' -f {known}` and `ssh-keyscan -p {port} {host} >> {known}`"
+        )
+    if "Host key verification failed" in log:
+        return (
+            f"the ssh host key of {target} (port {port}) is not in {known} (the known_hosts "
+            f"of user {who}, who runs corral serve, not of the CLI's user): as {who}, check "
+            f"the key's fingerprint and add it, with `ssh-keyscan -p {port} {host} >> {known}` "
+            f"or by running `ssh -p {port} {target} true` once and accepting it"
         )
     if "administratively prohibited" in log:
         return (
@@ -59,8 +87,43 @@ def _plain_words(log: str, target: str, remote: str, port: int) -> str:
         if "Permission denied" in log:
             return f"the ssh user on {target} may not use {remote} (add it to the docker group)"
         return f"there is no Docker socket at {remote} on {target} (set the host's ssh socket)"
+    if "Permission denied (" in log:
+        said = next(line for line in log.splitlines() if "Permission denied (" in line)
+        methods = said.rpartition("Permission denied ")[2].rstrip(".")
+        if identity:
+            return (
+                f"the ssh server of {target} refused the host's identity file {identity} "
+                f"(Permission denied {methods}): add its public key ({identity}.pub) to that "
+                "user's authorized_keys there, or give the host the key that is"
+            )
+        return (
+            f"the ssh server of {target} refused every key offered (Permission denied "
+            f"{methods}): give the host its key (`corral host add … --ssh-identity KEY`, "
+            f"hosts file and API `ssh: {{identity: KEY}}`), or set one for user {who}, who "
+            "runs corral serve, in its ~/.ssh/config or ssh agent"
+        )
     lines = [line for line in log.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def _known_hosts_file(ssh: str, target: str, port: int) -> str:
+    """The file the ssh client keeps this host's key in for this user (`ssh -G`), "" when
+    it does not say."""
+    try:
+        shown = subprocess.run(
+            [ssh, "-G", "-p", str(port), "--", target],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    for line in shown.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "userknownhostsfile" and value.split():
+            return value.split()[0]
+    return ""
 
 
 class SshTunnel:
@@ -94,6 +157,12 @@ class SshTunnel:
         ssh = shutil.which("ssh")
         if ssh is None:
             raise Unreachable("ssh:// hosts need the `ssh` client on the corral server")
+        if self.identity and not os.access(self.identity, os.R_OK):
+            # ssh would only warn and go on with other keys: say it plainly instead.
+            raise Unreachable(
+                f"the host's ssh identity file {self.identity} cannot be read by user "
+                f"{_user()}, who runs corral serve (missing, or not readable by that user)"
+            )
         folder = _process_folder()
         stem = f"{self.name}-{secrets.token_hex(4)}"
         self.local, self.log = folder / f"{stem}.sock", folder / f"{stem}.log"
@@ -137,7 +206,14 @@ class SshTunnel:
                 text = self.log.read_text(errors="replace") if self.log else ""
             except OSError:
                 text = ""
-            found = _plain_words(text, self.target, self.remote, self.address.port)
+            known = ""
+            if "Host key verification failed" in text or "IDENTIFICATION HAS CHANGED" in text:
+                known = _known_hosts_file(
+                    shutil.which("ssh") or "ssh", self.target, self.address.port
+                )
+            found = _plain_words(
+                text, self.target, self.remote, self.address.port, self.identity, known
+            )
             if "failed" in text or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)
