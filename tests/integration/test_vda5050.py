@@ -35,7 +35,7 @@ from corral.robot.vda_sim import SimVehicle
 SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
 # every vehicle the tests run, with a user and password on the broker
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
-VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1")]
+VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2")]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
 
@@ -951,3 +951,69 @@ async def test_a_vehicles_errors_and_operating_mode_show_in_the_api(bed: Bed) ->
 
     await until(manual, "the new operating mode in the API")
     assert "vda5050 MANUAL" in (await bed.api.get("/fleet/robots/em")).json()["telemetry"]["status"]
+
+
+async def _cli(bed: Bed, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [*corral_command(), *args],
+        env={**os.environ, "CORRAL_URL": bed.server.url, "CORRAL_TOKEN": ADMIN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_vehicles_file_registers_vehicles_idempotently(bed: Bed, tmp_path: Path) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    file = tmp_path / "vehicles.yml"
+    file.write_text(
+        "vehicles:\n"
+        "  f1:\n    manufacturer: acme\n    serial_number: f1\n    map: line\n    marker: n0\n"
+        "  f2:\n    manufacturer: acme\n    serial_number: f2\n    map: line\n    marker: n5\n"
+    )
+    applied = await _cli(bed, "robot", "apply-vda", str(file))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == ["f1: created", "f2: created"]
+    again = await _cli(bed, "robot", "apply-vda", str(file))
+    assert again.stdout.splitlines() == ["f1: unchanged", "f2: unchanged"], again.stderr
+    # the file's vehicles drive like any other
+    sim = bed.vehicle("f1", "n0")
+    await bed.online("f1")
+    mission = await bed.mission("f1", "n2")
+    await bed.done([mission], "the declared vehicle's mission done")
+    assert sim.reached == ["n1", "n2"]
+    # a changed priority is applied; f2, gone from the file, is removed with --prune
+    file.write_text(
+        "vehicles:\n  f1:\n    manufacturer: acme\n    serial_number: f1\n    priority: 7\n"
+    )
+    pruned = await _cli(bed, "robot", "apply-vda", str(file), "--prune")
+    assert pruned.stdout.splitlines() == ["f1: updated", "f2: removed"], pruned.stderr
+    robots = {r["name"]: r for r in (await bed.api.get("/fleet/robots")).json()}
+    assert robots["f1"]["priority"] == 7
+    assert robots["f1"]["marker"] == "n2", "a known vehicle stays where it is"
+    assert "f2" not in robots
+    vehicles = (await bed.api.get("/fleet/vda5050/vehicles")).json()
+    assert [v["name"] for v in vehicles] == ["f1"]
+    # a bad file: every problem with its line, and nothing changes
+    file.write_text(
+        "vehicles:\n"
+        "  f1:\n    manufacturer: acme\n    serial_number: f1\n    priority: 7\n"
+        "  f3:\n    manufacturer: acme\n    serial_number: f 3\n    speed: 2\n"
+    )
+    bad = await _cli(bed, "robot", "apply-vda", str(file))
+    assert bad.returncode == 2
+    assert f"{file}: line 8: vehicles.f3.serial_number: String should match" in bad.stderr
+    assert "line 9: vehicles.f3.speed: unknown key" in bad.stderr
+    # one vehicle under another name: refused by the API, nothing changes
+    file.write_text("vehicles:\n  f9:\n    manufacturer: acme\n    serial_number: f1\n")
+    taken = await _cli(bed, "robot", "apply-vda", str(file))
+    assert taken.returncode != 0
+    assert "vehicle acme/f1 is robot f1 already" in taken.stderr
+    body = {"vehicles": [{"name": "x", "manufacturer": "acme", "serial_number": "f2"}] * 2}
+    twice = await bed.api.put("/fleet/vda5050/vehicles", json=body)
+    assert twice.status_code == 422
+    assert twice.json()["error"]["message"] == "vehicles[1]: x is vehicles[0] already"
+    vehicles = (await bed.api.get("/fleet/vda5050/vehicles")).json()
+    assert [v["name"] for v in vehicles] == ["f1"]

@@ -13,6 +13,8 @@ import typer
 from corral.cli.client import CliError, path_part
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, table
+from corral.model.vehiclesfile import parse_vehicles_file
+from corral.model.yamlfile import FileInvalid
 
 robots = typer.Typer(help="Robots and their credentials.", no_args_is_help=True)
 maps = typer.Typer(help="Maps: markers and lanes.", no_args_is_help=True)
@@ -62,6 +64,28 @@ def add_vda(
         emit_json(answer)
         return
     out.print(f"robot {name}: VDA 5050 vehicle {manufacturer}/{serial}")
+
+
+@robots.command("apply-vda")
+def apply_vda(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="vehicles file (vehicles: NAME: {...})")],
+    prune: Annotated[bool, typer.Option(help="remove VDA 5050 vehicles the file lacks")] = False,
+) -> None:
+    """Make corral's VDA 5050 vehicles match a vehicles file (idempotent)."""
+    try:
+        specs = parse_vehicles_file(file.read_text(), str(file))
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}", 2) from None
+    except FileInvalid as exc:
+        raise CliError(str(exc), 2) from None
+    body = {"vehicles": [s.model_dump(exclude_none=True) for s in specs], "prune": prune}
+    result = state(ctx).api().call("PUT", "/fleet/vda5050/vehicles", json=body)
+    if state(ctx).json:
+        emit_json(result)
+        return
+    for name, outcome in sorted(result["outcomes"].items()):
+        out.print(f"{name}: {outcome}")
 
 
 def _credential(ctx: typer.Context, name: str, answer: dict[str, Any]) -> None:

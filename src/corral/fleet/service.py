@@ -141,6 +141,13 @@ class FleetService:
         )
         return row, token, key
 
+    async def regroup(self, name: str, group: str, priority: int) -> None:
+        """A robot's new group and priority (a declarative file changed them)."""
+        row = self.robot(name)
+        await self.store.update_robot(name, group=group, priority=priority)
+        row.group, row.priority = group, priority
+        self.dispatch.priority[name] = priority
+
     def robot(self, name: str) -> RobotRow:
         row = self.robots.get(name)
         if row is None:

@@ -10,15 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.core import Core
-from corral.errors import Conflict
+from corral.errors import Conflict, Invalid
 from corral.fleet.vda5050.broker_access import acl_file
 from corral.fleet.vda5050.master import MasterControl
 from corral.model.fields import Integer
 from corral.model.names import NAME_PATTERN
+from corral.model.vehiclesfile import TOPIC_LEVEL, VehicleSpec
 
 router = APIRouter(prefix="/fleet/vda5050", tags=["fleet"])
 RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
-TOPIC_LEVEL = r"^[A-Za-z0-9_.-]{1,127}$"  # one MQTT topic level, no wildcards or slashes
 
 
 class VehicleRequest(BaseModel):
@@ -30,6 +30,16 @@ class VehicleRequest(BaseModel):
     priority: Integer = Field(default=0, ge=-1000, le=1000)
     map: str | None = Field(default=None, max_length=63)
     marker: str | None = Field(default=None, max_length=63, description="Where it stands now.")
+
+
+class VehiclesApply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vehicles: list[VehicleRequest] = Field(max_length=10_000)
+    prune: bool = Field(default=False, description="Remove the vehicles not listed.")
+
+
+class ApplyResult(BaseModel):
+    outcomes: dict[str, str] = Field(description="robot -> created, updated, unchanged, removed")
 
 
 class RequestBody(BaseModel):
@@ -61,6 +71,25 @@ async def add_vehicle(body: VehicleRequest, core: CoreDep, caller: Writer) -> di
         caller,
     )
     return _doc(core, master, body.name)
+
+
+@router.put(
+    "/vehicles", summary="Make the VDA 5050 vehicles match a list (a vehicles file), idempotent"
+)
+async def apply_vehicles(body: VehiclesApply, core: CoreDep, caller: Writer) -> ApplyResult:
+    master = _master(core)
+    seen: dict[Any, int] = {}
+    for index, vehicle in enumerate(body.vehicles):
+        for key in (vehicle.name, (vehicle.manufacturer, vehicle.serial_number)):
+            if key in seen:
+                what = key if isinstance(key, str) else "/".join(key)
+                raise Invalid(
+                    f"vehicles[{index}]: {what} is vehicles[{seen[key]}] already",
+                    {"field": f"vehicles[{index}]"},
+                )
+            seen[key] = index
+    specs = [VehicleSpec.model_validate(v.model_dump()) for v in body.vehicles]
+    return ApplyResult(outcomes=await master.apply(specs, body.prune, caller))
 
 
 @router.get("/vehicles", summary="VDA 5050 vehicles with their robot state")

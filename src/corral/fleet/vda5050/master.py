@@ -29,6 +29,7 @@ from corral.fleet.vda5050.messages import INBOUND, TOPICS, Headers, Topics, deco
 from corral.metrics import Metrics
 from corral.model.names import NAME_PATTERN
 from corral.model.vda_orders import OrderPlan
+from corral.model.vehiclesfile import VehicleSpec
 from corral.store.tables import MissionRow, RobotRow, VdaVehicleRow, utcnow
 from corral.store.vda5050 import VdaStore
 
@@ -162,6 +163,66 @@ class MasterControl:
             {"manufacturer": manufacturer, "serial_number": serial},
         )
         return row
+
+    async def apply(self, specs: list[VehicleSpec], prune: bool, by: Caller) -> dict[str, str]:
+        """Make the registered vehicles match `specs` (a vehicles file): a new one is
+        registered (`created`), a known one (same name and identity) keeps its place and
+        gets the file's group and priority (`updated`, or `unchanged`); with `prune`, a
+        vehicle the file lacks is removed (`removed`). Everything is checked first: a
+        conflict (a name or identity taken otherwise, a pruned vehicle on a mission) changes
+        nothing."""
+        names = {spec.name for spec in specs}
+        for spec in specs:
+            identity = (spec.manufacturer, spec.serial_number)
+            vehicle = self.by_robot.get(spec.name)
+            if vehicle is not None and (vehicle.manufacturer, vehicle.serial) != identity:
+                raise Conflict(
+                    f"robot {spec.name} is vehicle {vehicle.manufacturer}/{vehicle.serial}, "
+                    f"not {identity[0]}/{identity[1]}: remove it first",
+                    {"robot": spec.name},
+                )
+            if vehicle is None and spec.name in self.fleet.robots:
+                raise Conflict(
+                    f"robot {spec.name} exists and is not a VDA 5050 vehicle", {"robot": spec.name}
+                )
+            owner = self.by_identity.get(identity)
+            if owner is not None and owner.robot != spec.name:
+                raise Conflict(
+                    f"vehicle {identity[0]}/{identity[1]} is robot {owner.robot} already",
+                    {"robot": owner.robot},
+                )
+        pruned = sorted(set(self.by_robot) - names) if prune else []
+        busy = [name for name in pruned if name in self.fleet.dispatch.active]
+        if busy:
+            raise Conflict(
+                f"robot {busy[0]} is not in the file but has an active mission; cancel it first",
+                {"robot": busy[0]},
+            )
+        outcomes: dict[str, str] = {}
+        for spec in specs:
+            if spec.name not in self.by_robot:
+                await self.register(
+                    spec.name,
+                    spec.manufacturer,
+                    spec.serial_number,
+                    spec.group,
+                    spec.priority,
+                    spec.map,
+                    spec.marker,
+                    by,
+                )
+                outcomes[spec.name] = "created"
+                continue
+            row = self.fleet.robot(spec.name)
+            if (row.group, row.priority) == (spec.group, spec.priority):
+                outcomes[spec.name] = "unchanged"
+            else:
+                await self.fleet.regroup(spec.name, spec.group, spec.priority)
+                outcomes[spec.name] = "updated"
+        for name in pruned:
+            await self.remove(name, by)
+            outcomes[name] = "removed"
+        return outcomes
 
     async def remove(self, name: str, by: Caller) -> None:
         vehicle = self.vehicle(name)
