@@ -1,0 +1,478 @@
+"""VDA 5050: corral's CPU, memory and order-to-first-motion latency with 100, 500 and 1,000
+simulated vehicles, each publishing its state at 1 Hz and on every event and its
+visualization at 10 Hz.
+
+Each fleet size gets a fresh private Mosquitto (anonymous, on a free loopback port) and a
+fresh `corral serve` (its own process, SQLite in a temp dir, log level warning, VDA 5050
+on that broker). The vehicles are registered in one `PUT /fleet/vda5050/vehicles` (a
+vehicles file's request), then run by corral's simulator (`corral.robot.vda_sim`, the one
+`corral sim vda` runs) in `--workers` processes of their own on the same 2 cores, on a
+50x40 grid (2,000 markers, 1 m apart): vehicle i stands on an even column, so the marker to
+its right is free. Each knows its position from the start, so every one publishes its
+visualization at 10 Hz from the start. After all are online and `--warmup` seconds, for
+`--seconds`:
+
+- corral's CPU (utime+stime from /proc/PID/stat, % of one core) and RSS (VmRSS; peak
+  VmHWM); the vehicle workers' CPU, the rest of the machine's (/proc/stat) and the load
+  average, since all share the 2 cores;
+- the VDA 5050 messages corral handled per second (`corral_vda5050_messages_total`,
+  direction in, on /metrics at the start and the end of the window) against what the
+  vehicles were to send (N x 11 per second, plus the states on events);
+- **order to first motion** for `--sample` vehicles, one after another, 1 s apart:
+  from just before `POST /fleet/missions` (to the free marker on its right) to the order
+  reaching the broker (the bench subscribes to the sample's order and visualization
+  topics), and to the vehicle's first visualization away from its start (the simulator
+  publishes it every 0.1 s). All in this process, one clock.
+
+The floor: the same simulator alone on a broker (no corral), sent the same one-lane
+order by the bench, `--sample` times: from the publish to the first visualization away from
+its start. corral's share of the latency is the difference.
+
+Run (about 5 minutes with the defaults):
+    .venv/bin/python bench/vda5050.py
+    .venv/bin/python bench/vda5050.py --vehicles 100,500,1000 --seconds 30 --sample 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fleet import cpu_seconds, machine_jiffies, memory_mb, pct, versions  # noqa: E402
+from tests.support.private_brokers import PrivateMosquitto  # noqa: E402
+from tests.support.server import ADMIN, ServeProcess  # noqa: E402
+
+from corral.model.fleet_map import grid_map, lane_key  # noqa: E402
+from corral.robot.vda_sim import SimVehicle  # noqa: E402
+
+COLUMNS, ROWS = 50, 40
+MANUFACTURER = "bench"
+MESSAGES = re.compile(
+    r'^corral_vda5050_messages_total\{direction="in",outcome="(\w+)",topic="(\w+)"\} (\S+)$',
+    re.M,
+)
+
+
+def spots(n: int) -> list[tuple[str, str, float, float]]:
+    """(serial, marker, x, y) of vehicle i: on the even columns, row by row."""
+    out = []
+    for i in range(n):
+        row, col = divmod(i, COLUMNS // 2)
+        out.append((f"v{i:04d}", f"r{row}c{2 * col}", 2.0 * col, float(row)))
+    return out
+
+
+# ----------------------------------------------------------------------------- vehicles
+
+
+def vehicle_worker(
+    url: str, vehicles: list[tuple[str, str, float, float]], conn: Connection
+) -> None:
+    """A process running its share of the simulated vehicles until told to stop."""
+    asyncio.run(_vehicles(url, vehicles, conn))
+
+
+async def _vehicles(
+    url: str, vehicles: list[tuple[str, str, float, float]], conn: Connection
+) -> None:
+    stop = asyncio.Event()
+    sims = [
+        SimVehicle(
+            url,
+            MANUFACTURER,
+            serial,
+            marker,
+            speed=1.0,
+            state_every=1.0,
+            visualization_every=0.1,
+            position=(x, y),
+            map_id="bench",
+        )
+        for serial, marker, x, y in vehicles
+    ]
+    tasks = [asyncio.create_task(sim.run(stop)) for sim in sims]
+    conn.send("started")
+    await asyncio.to_thread(conn.recv)
+    stop.set()
+    await asyncio.sleep(1.0)  # they say OFFLINE
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    conn.send("stopped")
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+@dataclass
+class Watch:
+    """The sample vehicles' orders and first motion, as the broker passes them on."""
+
+    start: dict[str, tuple[float, float]]  # serial -> its start position
+    order_at: dict[str, float] = field(default_factory=dict)
+    moved_at: dict[str, float] = field(default_factory=dict)
+
+    async def run(self, url: str, ready: asyncio.Event) -> None:
+        port = int(url.rsplit(":", 1)[1])
+        async with aiomqtt.Client("127.0.0.1", port, identifier="bench-watch-probe") as client:
+            for serial in self.start:
+                for topic in ("order", "visualization"):
+                    await client.subscribe(f"uagv/v2/{MANUFACTURER}/{serial}/{topic}")
+            ready.set()
+            async for message in client.messages:
+                now = time.monotonic()
+                serial, name = str(message.topic).split("/")[3:5]
+                if name == "order":
+                    self.order_at.setdefault(serial, now)
+                elif serial in self.order_at and serial not in self.moved_at:
+                    payload = message.payload if isinstance(message.payload, bytes) else b"{}"
+                    where = json.loads(payload).get("agvPosition") or {}
+                    if (where.get("x"), where.get("y")) != self.start[serial]:
+                        self.moved_at[serial] = now
+
+
+async def until(check: Any, what: str, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not await check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------- floor
+
+
+def _order(fmap: Any, i: int, here: str, there: str) -> dict[str, Any]:
+    """A one-lane order from `here` to `there`, both released, as corral would send it."""
+    return {
+        "headerId": i,
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "version": "2.1.0",
+        "manufacturer": MANUFACTURER,
+        "serialNumber": "floor",
+        "orderId": f"floor-{i}",
+        "orderUpdateId": 0,
+        "nodes": [
+            {
+                "nodeId": node,
+                "sequenceId": 2 * k,
+                "released": True,
+                "nodePosition": {
+                    "x": fmap.markers[node].x,
+                    "y": fmap.markers[node].y,
+                    "mapId": "bench",
+                },
+                "actions": [],
+            }
+            for k, node in enumerate((here, there))
+        ],
+        "edges": [
+            {
+                "edgeId": lane_key(here, there),
+                "sequenceId": 1,
+                "released": True,
+                "startNodeId": here,
+                "endNodeId": there,
+                "actions": [],
+            }
+        ],
+    }
+
+
+async def floor(workdir: Path, sample: int) -> list[float]:
+    """The simulator alone: the bench publishes a one-lane order, then waits for the first
+    visualization away from its start; back and forth, `sample` times."""
+    broker = PrivateMosquitto(workdir / "floor").start()
+    stop = asyncio.Event()
+    sim = SimVehicle(
+        broker.url, MANUFACTURER, "floor", "r0c0", speed=1.0, position=(0.0, 0.0), map_id="bench"
+    )
+    driving = asyncio.create_task(sim.run(stop))
+    fmap = grid_map("bench", 2, 1)
+    times: list[float] = []
+    seen: list[tuple[float, tuple[Any, Any]]] = []  # (arrival, position) of each visualization
+
+    async def read(client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b"{}"
+            where = json.loads(payload).get("agvPosition") or {}
+            seen.append((time.monotonic(), (where.get("x"), where.get("y"))))
+
+    try:
+        port = int(broker.url.rsplit(":", 1)[1])
+        async with aiomqtt.Client("127.0.0.1", port, identifier="bench-floor-probe") as client:
+            await client.subscribe(f"uagv/v2/{MANUFACTURER}/floor/visualization")
+            reading = asyncio.create_task(read(client))
+            await asyncio.sleep(1.0)
+            for i in range(sample):
+                here, there = ("r0c0", "r0c1") if i % 2 == 0 else ("r0c1", "r0c0")
+                start = sim.position
+                order = _order(fmap, i, here, there)
+                sent = time.monotonic()
+                await client.publish(f"uagv/v2/{MANUFACTURER}/floor/order", json.dumps(order))
+                deadline = sent + 10
+                while time.monotonic() < deadline:
+                    moved = [t for t, where in seen if t > sent and where != start]
+                    if moved:
+                        times.append((moved[0] - sent) * 1000)
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(2.5)  # it drives the 1 m lane at 1 m/s and stops
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+    finally:
+        stop.set()
+        await asyncio.sleep(0.3)
+        driving.cancel()
+        await asyncio.gather(driving, return_exceptions=True)
+        broker.stop()
+    return times
+
+
+# ----------------------------------------------------------------------------- a fleet size
+
+
+@dataclass
+class Row:
+    n: int
+    register_s: float = 0.0
+    online_s: float = 0.0
+    corral_cpu: float = 0.0
+    rss: float = 0.0
+    peak: float = 0.0
+    workers_cpu: float = 0.0
+    others_cpu: float = 0.0
+    load: float = 0.0
+    handled: dict[str, float] = field(default_factory=dict)  # outcome/topic -> per second
+    to_order: list[float] = field(default_factory=list)
+    to_motion: list[float] = field(default_factory=list)
+    missed: int = 0
+
+
+def in_counts(text: str) -> dict[str, float]:
+    return {f"{m[2]}:{m[1]}": float(m[3]) for m in MESSAGES.finditer(text)}
+
+
+async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
+    row = Row(n)
+    broker = PrivateMosquitto(workdir / f"broker-{n}").start()
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_LOCAL_DOCKER_URL": "",
+        "CORRAL_MDNS_ENABLED": "false",
+        "CORRAL_LOG_LEVEL": "warning",
+        "CORRAL_BROKERS": json.dumps({"vda": broker.url}),
+        "CORRAL_VDA5050_BROKER": "vda",
+    }
+    serve = await asyncio.to_thread(ServeProcess(workdir / f"corral-{n}", env).start)
+    assert serve.proc is not None
+    pid = serve.proc.pid
+    ctx = mp.get_context("spawn")
+    workers: list[tuple[Any, Connection]] = []
+    vehicles = spots(n)
+    api = httpx.AsyncClient(
+        base_url=serve.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
+    )
+    try:
+        fmap = grid_map("bench", COLUMNS, ROWS).as_dict()
+        assert (await api.post("/fleet/maps", json=fmap)).status_code == 201
+        body = {
+            "vehicles": [
+                {"name": s, "manufacturer": MANUFACTURER, "serial_number": s}
+                | {"map": "bench", "marker": m}
+                for s, m, _, _ in vehicles
+            ]
+        }
+        began = time.monotonic()
+        answer = await api.put("/fleet/vda5050/vehicles", json=body)
+        row.register_s = time.monotonic() - began
+        assert answer.status_code == 200, answer.text
+        began = time.monotonic()
+        for k in range(args.workers):
+            share = vehicles[k :: args.workers]
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=vehicle_worker, args=(broker.url, share, theirs))
+            proc.start()
+            workers.append((proc, mine))
+        for _, conn in workers:
+            await asyncio.to_thread(conn.recv)
+
+        async def all_online() -> bool:
+            robots = (await api.get("/fleet/robots")).json()
+            return sum(r["state"] == "online" for r in robots) == n
+
+        await until(all_online, f"{n} vehicles online", 300)
+        row.online_s = time.monotonic() - began
+        await asyncio.sleep(args.warmup)
+        sample = vehicles[:: max(1, n // args.sample)][: args.sample]
+        watch = Watch({s: (x, y) for s, _, x, y in sample})
+        ready = asyncio.Event()
+        watching = asyncio.create_task(watch.run(broker.url, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        # the window
+        before = in_counts((await api.get("/metrics")).text)
+        cpu0, busy0 = cpu_seconds(pid), machine_jiffies()
+        work0 = sum(cpu_seconds(p.pid) for p, _ in workers)
+        me0 = cpu_seconds(os.getpid())
+        t0 = time.monotonic()
+        posted: dict[str, float] = {}
+        spacing = min(1.0, args.seconds / (len(sample) + 1))
+        for serial, marker, _, _ in sample:
+            row_no, col = marker[1:].split("c")
+            goal = f"r{row_no}c{int(col) + 1}"
+            posted[serial] = time.monotonic()
+            made = await api.post("/fleet/missions", json={"robot": serial, "goal": goal})
+            assert made.status_code == 201, made.text
+            await asyncio.sleep(spacing)
+        await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - t0)))
+        elapsed = time.monotonic() - t0
+        cpu1, busy1 = cpu_seconds(pid), machine_jiffies()
+        work1 = sum(cpu_seconds(p.pid) for p, _ in workers)
+        me1 = cpu_seconds(os.getpid())
+        after = in_counts((await api.get("/metrics")).text)
+        row.load = os.getloadavg()[0]
+        row.corral_cpu = 100 * (cpu1 - cpu0) / elapsed
+        row.workers_cpu = 100 * (work1 - work0) / elapsed
+        busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100 * (os.cpu_count() or 1)
+        row.others_cpu = max(
+            0.0, busy - row.corral_cpu - row.workers_cpu - 100 * (me1 - me0) / elapsed
+        )
+        row.rss, row.peak = memory_mb(pid)
+        row.handled = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / elapsed for k in after}
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        for serial, at in posted.items():
+            if serial in watch.order_at:
+                row.to_order.append((watch.order_at[serial] - at) * 1000)
+            if serial in watch.moved_at:
+                row.to_motion.append((watch.moved_at[serial] - at) * 1000)
+            else:
+                row.missed += 1
+    finally:
+        for _, conn in workers:
+            conn.send("stop")
+        for proc, _ in workers:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+        await api.aclose()
+        await asyncio.to_thread(serve.stop)
+        broker.stop()
+    return row
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ms(values: list[float]) -> str:
+    return " ".join(f"{pct(values, q):7.0f}" for q in (0.5, 0.95)) + f" {max(values or [0]):7.0f}"
+
+
+def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None:
+    print(
+        "\n1. corral with N vehicles (state 1 Hz + on events, visualization 10 Hz), "
+        f"{args.seconds:g} s window"
+    )
+    print(
+        f"{'vehicles':>8} {'register s':>10} {'online s':>8} {'corral CPU':>10} {'RSS MB':>6} "
+        f"{'peak':>5} {'vehicles CPU':>12} {'others':>6} {'load avg':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r.n:>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.corral_cpu:>9.0f}% "
+            f"{r.rss:>6.0f} {r.peak:>5.0f} {r.workers_cpu:>11.0f}% {r.others_cpu:>5.0f}% "
+            f"{r.load:>8.2f}"
+        )
+    print(
+        "\n2. VDA 5050 messages corral took in per second "
+        "(target: N x 10 visualization, N x 1 state + events)"
+    )
+    print(
+        f"{'vehicles':>8} {'visualization':>13} {'target':>7} {'state':>6} {'target':>7} "
+        f"{'other ok':>8} {'not ok':>6}"
+    )
+    for r in rows:
+        vis = r.handled.get("visualization:ok", 0.0)
+        state = r.handled.get("state:ok", 0.0)
+        other = max(0.0, sum(v for k, v in r.handled.items() if k.endswith(":ok")) - vis - state)
+        bad = sum(v for k, v in r.handled.items() if not k.endswith(":ok"))
+        print(
+            f"{r.n:>8} {vis:>13.0f} {10 * r.n:>7} {state:>6.0f} {r.n:>7} {other:>8.1f} {bad:>6.1f}"
+        )
+    print(
+        f"\n3. order to first motion (ms), {args.sample} vehicles per size, "
+        "one a second during the window"
+    )
+    print(
+        f"{'vehicles':>8} {'to order p50':>12} {'p95':>7} {'max':>7} {'to motion p50':>13} "
+        f"{'p95':>7} {'max':>7} {'ratio p50':>9} {'missed':>6}"
+    )
+    floor50 = pct(base, 0.5)
+    print(f"{'floor':>8} {'':>12} {'':>7} {'':>7} {ms(base):>29} {'1.00x':>9} {0:>6}")
+    for r in rows:
+        ratio = pct(r.to_motion, 0.5) / floor50 if r.to_motion and floor50 else float("nan")
+        print(f"{r.n:>8} {ms(r.to_order):>28} {ms(r.to_motion):>29} {ratio:>8.2f}x {r.missed:>6}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--vehicles", default="100,500,1000", help="fleet sizes, comma-separated")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window per size")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window")
+    parser.add_argument("--sample", type=int, default=20, help="missions timed per size")
+    parser.add_argument("--workers", type=int, default=2, help="processes running the vehicles")
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.vehicles.split(",") if x.strip()]
+    if max(sizes) > COLUMNS * ROWS // 2:
+        parser.error(f"at most {COLUMNS * ROWS // 2} vehicles fit the grid")
+    started = time.monotonic()
+    now = dt.datetime.now(dt.UTC)
+    print(f"VDA 5050: corral with simulated vehicles, {now:%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start"
+    )
+    print(versions(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="corral-bench-vda-") as tmp:
+        workdir = Path(tmp)
+        base = asyncio.run(floor(workdir, args.sample))
+        print(f"  [floor: first motion p50 {pct(base, 0.5):.0f} ms]", flush=True)
+        rows = []
+        for n in sizes:
+            rows.append(asyncio.run(fleet(n, workdir, args)))
+            r = rows[-1]
+            print(
+                f"  [{n} vehicles: corral {r.corral_cpu:.0f}% CPU, {r.rss:.0f} MB, "
+                f"first motion p50 {pct(r.to_motion, 0.5):.0f} ms]",
+                flush=True,
+            )
+    report(rows, base, args)
+    print(
+        f"\nwhole run: {time.monotonic() - started:.0f} s, "
+        f"load average {os.getloadavg()[0]:.2f} at the end"
+    )
+
+
+if __name__ == "__main__":
+    main()
