@@ -134,7 +134,8 @@ class RobotSession:
         heartbeat is gone (a link dropped without a word): the socket is closed."""
         heartbeat = self.core.settings.robot_heartbeat_seconds
         try:
-            frame = await asyncio.wait_for(self.websocket.receive(), heartbeat)
+            async with asyncio.timeout(heartbeat):  # no task per read, as wait_for makes
+                frame = await self.websocket.receive()
         except TimeoutError:
             await self.close("timeout", f"nothing heard for {heartbeat:g} s", SILENT_CLOSE)
             raise WebSocketDisconnect(SILENT_CLOSE) from None
