@@ -35,7 +35,9 @@ from corral.robot.vda_sim import SimVehicle
 SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schemas"
 # every vehicle the tests run, with a user and password on the broker
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
-VEHICLES += [("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2")]
+VEHICLES += [
+    ("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1")
+]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
 
@@ -1017,3 +1019,49 @@ async def test_a_vehicles_file_registers_vehicles_idempotently(bed: Bed, tmp_pat
     assert twice.json()["error"]["message"] == "vehicles[1]: x is vehicles[0] already"
     vehicles = (await bed.api.get("/fleet/vda5050/vehicles")).json()
     assert [v["name"] for v in vehicles] == ["f1"]
+
+
+async def test_an_estop_overtakes_a_pending_order_and_the_vehicle_stays_stopped(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("es", "es1", "line", "n0")
+    url = bed.broker.vehicle_url("acme", "es1")
+    away = asyncio.Event()
+    first = SimVehicle(url, "acme", "es1", "n0", speed=1.0, state_every=0.5)
+    running = asyncio.create_task(first.run(away))
+    await bed.online("es")
+    away.set()  # the vehicle goes away (OFFLINE): what corral sends now waits for it
+    await running
+
+    async def offline() -> bool:
+        return (await bed.api.get("/fleet/robots/es")).json()["state"] == "offline"
+
+    await until(offline, "the vehicle offline")
+    mission = await bed.mission("es", "n5")
+    answer = await bed.api.post("/fleet/robots/es/commands", json={"kind": "estop"})
+    assert answer.status_code == 201
+    log = (await bed.api.get("/fleet/robots/es/commands/log")).json()
+    pending = {c["kind"] for c in log if c["acked_at"] is None}
+    assert {"move", "estop"} <= pending, log
+    # it comes back where it was: the e-stop goes first, then the order
+    sim = bed.vehicle("es1", "n0", speed=1.0)
+
+    async def stopped_with_its_order() -> bool:
+        return sim.paused and sim.order_id == f"corral-mission-{mission}"
+
+    await until(stopped_with_its_order, "the vehicle paused, holding its order")
+    sent = [
+        (n, b)
+        for s, n, b in bed.recorder.messages
+        if s == "es1" and n in ("order", "instantActions")
+    ]
+    kinds = [n if n == "order" else b["actions"][0]["actionType"] for n, b in sent]
+    assert kinds[:2] == ["startPause", "order"], kinds
+    assert sim.reached == [], "it never moved"
+    assert sim.position in (None, (0.0, 0.0)), "it never moved"
+    assert not sim.driving
+    # resumed, it drives the order to its end
+    await bed.api.post("/fleet/robots/es/commands", json={"kind": "resume"})
+    await bed.done([mission], "the mission done after the resume")
+    assert sim.reached == ["n1", "n2", "n3", "n4", "n5"]
+    assert bed.recorder.violations == []
+    assert bed.recorder.invalid == []
