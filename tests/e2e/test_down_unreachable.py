@@ -10,7 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.engines import LOCAL_URL, VETH_EDGE, RobotEngine, engine_container_ids
+from tests.support.engines import (
+    LOCAL_URL,
+    VETH_EDGE,
+    RobotEngine,
+    engine_container_ids,
+    running_container_ids,
+)
 from tests.support.server import ADMIN, ServeProcess, corral_command, run_cli, wait_until
 
 STACK = "downaway"
@@ -226,6 +232,91 @@ def test_down_with_a_host_cut_off_midway(robot_engine: RobotEngine, tmp_path: Pa
             left = engine_container_ids(url, label)
             if left:
                 subprocess.run(["docker", "-H", url, "rm", "-f", *left], capture_output=True)
+
+
+STOP_FILE = """
+services:
+  slow:
+    image: local/busybox:1
+    command: sleep 600
+    stop_grace_period: 30s
+    deploy:
+      placement:
+        constraints: [node.labels.role == robot]
+"""
+
+
+def test_stop_with_a_host_cut_off_midway(robot_engine: RobotEngine, tmp_path: Path) -> None:
+    """The robot engine's link goes down while `corral stop` waits for a container there to
+    stop (its PID 1 ignores SIGTERM: a 30 s grace period): corral answers at once, exit 1
+    naming robot, and the service ends stopped once the link is back."""
+    label = "corral.stack=stopcut"
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text(
+        f"hosts:\n  robot: {{url: '{robot_engine.url}', labels: {{role: robot}}, insecure: true}}\n"
+    )
+    (tmp_path / "stack.yml").write_text(STOP_FILE)
+    env = {
+        "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
+        "CORRAL_LOCAL_DOCKER_URL": "",
+        "CORRAL_HOSTS_FILE": str(hosts),
+        "CORRAL_HOST_REFRESH_SECONDS": "0.5",
+        "CORRAL_STACK_RESYNC_SECONDS": "1",
+    }
+    inside = robot_engine.socket_url
+    serve = ServeProcess(tmp_path, env).start()
+    events: subprocess.Popen[str] | None = None
+    try:
+        up = run_cli(serve, "up", "-f", str(tmp_path / "stack.yml"), "-n", "stopcut")
+        assert up.returncode == 0, up.stdout + up.stderr
+        [cid] = engine_container_ids(inside, label)
+        events = subprocess.Popen(
+            ["docker", "-H", inside, "events", "--filter", f"container={cid}",
+             "--format", "{{.Action}} {{.Actor.Attributes.signal}}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert events.stdout is not None
+        stop = subprocess.Popen(
+            [*corral_command(), "stop", "stopcut", "slow"],
+            env={**serve.env, "CORRAL_URL": serve.url, "CORRAL_TOKEN": ADMIN},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # The engine sent SIGTERM: the stop is under way, waiting out the grace period.
+        assert events.stdout.readline().strip() == "kill 15"
+        _link("down")
+        _, stderr = stop.communicate(timeout=120)
+        assert stop.returncode == 1, stderr
+        assert stderr.startswith(
+            "error: not stopped: slow on robot (pending: host robot stopped answering"
+        ), stderr
+        state = subprocess.run(
+            ["docker", "-H", inside, "inspect", "--format", "{{.State.Status}}", cid],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert state == "running", "corral answered while the engine was still stopping it"
+
+        _link("up")
+
+        def stopped() -> bool:
+            shown = json.loads(run_cli(serve, "--json", "ps", "stopcut").stdout)
+            return [s["state"] for s in shown["slots"]] == ["stopped"]
+
+        wait_until(stopped, "slow stopped once robot answers", limit=120)
+        assert running_container_ids(inside, label) == []
+        assert engine_container_ids(inside, label) == [cid], "the same container, not another"
+    finally:
+        if events is not None:
+            events.kill()
+            events.communicate()
+        serve.stop()
+        if not _link_up():
+            _link("up")
+        left = engine_container_ids(inside, label)
+        if left:
+            subprocess.run(["docker", "-H", inside, "rm", "-f", *left], capture_output=True)
 
 
 def _name(url: str, cid: str) -> str:

@@ -488,7 +488,9 @@ class StackService:
         async def look(host: HostView) -> None:
             driver = self.hosts.driver_for(host)
             try:
-                observed[host.name] = await self.hosts.call(driver.containers, owned_labels(name))
+                observed[host.name] = await self.hosts.while_reachable(
+                    host.name, self.hosts.call(driver.containers, owned_labels(name))
+                )
                 drivers[host.name] = driver
             except Unreachable:
                 pass
@@ -655,7 +657,7 @@ class StackService:
             if isinstance(prepared, CorralError):
                 raise prepared
             if isinstance(prepared, str):
-                await self.hosts.call(driver.start, prepared)
+                await self.hosts.while_reachable(host, self.hosts.call(driver.start, prepared))
                 await self.bus.emit(
                     "container.created",
                     resource,
@@ -668,7 +670,10 @@ class StackService:
             )
             if existing is not None:
                 stopped = service in work.stored.stopped
-                return await self._keep(work, driver, host, plan, existing, stopped)
+                # A host cut off meanwhile (a stop waits out the grace period) is given up on.
+                return await self.hosts.while_reachable(
+                    host, self._keep(work, driver, host, plan, existing, stopped)
+                )
             if service in work.stored.stopped:
                 return SlotState(service, replica, host, "", "stopped")
             return SlotState(service, replica, host, "", "pending", reason="not created yet")
