@@ -856,7 +856,19 @@ async def test_pick_and_drop_at_the_goal_are_followed_to_their_end(bed: Bed) -> 
     async def ended(mission_id: int) -> bool:
         return await bed.mission_state(mission_id) != "active"
 
-    pick = await mission("n2", "pick", stationType="floor", loadType="EPAL")
+    made = await _cli(
+        bed,
+        "--json",
+        "mission",
+        "new",
+        "lift",
+        "n2",
+        "--action",
+        "pick:stationType=floor,loadType=EPAL",
+    )
+    assert made.returncode == 0, made.stderr
+    pick = json.loads(made.stdout)
+    assert pick["actions"][0]["status"] is None
     await until(lambda: ended(pick["id"]), "the pick mission ended")
     found = (await bed.api.get(f"/fleet/missions/{pick['id']}")).json()
     assert found["state"] == "done", found
