@@ -164,3 +164,49 @@ def test_a_session_whose_engine_freezes_runs_on_once_it_answers(
         assert ended["cleaned_at"] is not None
         assert engine.docker("ps", "-aq", "--filter", mine).split() == [], "no container left"
         assert engine.docker("network", "ls", "-q", "--filter", mine).split() == []
+
+
+def test_a_session_ended_while_its_engine_is_frozen_is_cleaned_once_it_answers(
+    engine: PrivateEngine, tmp_path: Path
+) -> None:
+    """`session rm` while dockerd is frozen answers at once (ended, removal pending), and
+    corral removes the container and network by itself once dockerd answers."""
+    settings = Settings(
+        home=tmp_path,
+        bootstrap_token=ADMIN,
+        local_docker_url=engine.url,
+        mdns_enabled=False,
+        session_grace_seconds=0.5,
+        session_check_seconds=0.2,
+    )
+    assert engine.proc is not None
+    dockerd = engine.proc.pid
+    with ThreadServer(settings) as server, server.client() as api:
+        assert api.post("/templates", json={"file": SLEEPER}).status_code == 201
+        made = api.post("/templates/sleeper/sessions", json={"params": {"seconds": 600}})
+        assert made.status_code == 201, made.text
+        id = made.json()["id"]
+        mine = f"label=corral.session={id}"
+
+        os.kill(dockerd, signal.SIGSTOP)
+        try:
+            wait_until(lambda: not api.get("/hosts").json()[0]["reachable"], "engine frozen")
+            ended = subprocess.run(
+                [*corral_command(), "session", "rm", id],
+                env={**os.environ, "CORRAL_URL": server.url, "CORRAL_TOKEN": ADMIN},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert ended.returncode == 0, ended.stderr
+            assert ended.stdout.strip() == (
+                f"session {id} cancelled, ended (removal pending: host unreachable)"
+            )
+        finally:
+            os.kill(dockerd, signal.SIGCONT)
+
+        wait_until(lambda: _session(api, id)["cleaned_at"] is not None, "session cleaned", 120)
+        assert _session(api, id)["state"] == "cancelled"
+        assert engine.docker("ps", "-aq", "--filter", mine).split() == [], "no container left"
+        assert engine.docker("network", "ls", "-q", "--filter", mine).split() == []

@@ -513,18 +513,22 @@ class SessionService:
             {"reason": reason},
         )
         stored = await self.store.get(session)
-        with contextlib.suppress(CorralError):
-            driver = await self._driver_if_up(stored.host)
-            if driver is not None:
-                found = await self.hosts.call(driver.containers, {OWNED: "true", SESSION: session})
+        driver = await self._driver_if_up(stored.host)
+        if driver is not None:
+
+            async def stop(on: HostDriver) -> None:
+                found = await self.hosts.call(on.containers, {OWNED: "true", SESSION: session})
                 await asyncio.gather(
                     *(
-                        self.hosts.call(driver.stop, c.id, 2.0)
+                        self.hosts.call(on.stop, c.id, 2.0)
                         for c in found
                         if c.state in ("running", "restarting")
                     ),
                     return_exceptions=True,
                 )
+
+            with contextlib.suppress(CorralError):  # a host cut off meanwhile included
+                await self.hosts.while_reachable(stored.host, stop(driver))
         return True
 
     async def _driver_if_up(self, host: str) -> HostDriver | None:
@@ -563,13 +567,10 @@ class SessionService:
             self.store.db.term.confirm()
             host = {h.name: h for h in await self.hosts.store.list()}.get(stored.host or "")
             if host is not None:
-                driver = self.hosts.driver_for(host)
-                owned = {OWNED: "true", SESSION: stored.id}
-                found = await self.hosts.call(driver.containers, owned)
-                await asyncio.gather(*(self._keep_history(stored.id, driver, c) for c in found))
-                await asyncio.gather(*(self.hosts.call(driver.remove, c.id) for c in found))
-                for net in await self.hosts.call(driver.networks, owned):
-                    await self.hosts.call(driver.remove_network, net)
+                # A host cut off midway is given up on (Unreachable): cleaned when it answers.
+                await self.hosts.while_reachable(
+                    host.name, self._remove_owned(stored.id, self.hosts.driver_for(host))
+                )
             await self.store.mark_cleaned(stored.id, utcnow())
             await self.bus.emit(
                 "session.cleaned",
@@ -577,6 +578,15 @@ class SessionService:
                 f"session {stored.id}: containers and network removed",
             )
         self._cleaning.pop(stored.id, None)
+
+    async def _remove_owned(self, session: str, driver: HostDriver) -> None:
+        """Keep the history of the session's containers, then remove them and its network."""
+        owned = {OWNED: "true", SESSION: session}
+        found = await self.hosts.call(driver.containers, owned)
+        await asyncio.gather(*(self._keep_history(session, driver, c) for c in found))
+        await asyncio.gather(*(self.hosts.call(driver.remove, c.id) for c in found))
+        for net in await self.hosts.call(driver.networks, owned):
+            await self.hosts.call(driver.remove_network, net)
 
     async def _keep_history(self, session: str, driver: HostDriver, c: ContainerInfo) -> None:
         service = c.labels.get(SERVICE, "")
