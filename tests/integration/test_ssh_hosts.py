@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.server import ADMIN, ServeProcess, ThreadServer
+from tests.support.server import ADMIN, ServeProcess, ThreadServer, corral_command
 from tests.support.ssh import LoopbackSshd
 
 from corral.config import Settings
@@ -172,11 +172,26 @@ def test_each_host_its_own_identity_file(
             keyed = api.post("/hosts", json={"name": "keyed", "url": sshd.url, "ssh": right})
             assert keyed.json()["reachable"] is True, keyed.json()["last_error"]
             assert keyed.json()["facts"]["engine_version"]
-            # One engine is one host: with keyed gone, the host that had no key is given it.
+            # One engine is one host: with keyed gone, the host that had no key is given it,
+            # in a hosts file.
             assert api.delete("/hosts/keyed").status_code == 204
-            mended = api.put("/hosts/bare", json={"url": sshd.url, "ssh": right})
-            assert mended.status_code == 200, mended.text
-            assert mended.json()["reachable"] is True, mended.json()["last_error"]
+            hosts = tmp_path / "hosts.yml"
+            hosts.write_text(
+                f"hosts:\n  bare:\n    url: {sshd.url}\n"
+                f"    ssh: {{identity: {sshd.folder / 'client_key'}}}\n"
+            )
+            applied = subprocess.run(
+                [*corral_command(), "host", "apply", str(hosts)],
+                env={**os.environ, "CORRAL_URL": server.url, "CORRAL_TOKEN": ADMIN},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert applied.returncode == 0, applied.stderr
+            mended = api.get("/hosts/bare").json()
+            assert mended["reachable"] is True, mended["last_error"]
+            assert mended["ssh"]["identity"] == str(sshd.folder / "client_key")
     finally:
         sshd.__exit__()
 
