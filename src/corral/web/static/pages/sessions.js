@@ -3,7 +3,8 @@
 "use strict";
 (() => {
   const { el, call, table, badge, ago, action } = corral;
-  const ACTIVE = ["pending", "starting", "running"];
+  // "unknown": an active session whose host does not answer; it can be ended all the same.
+  const ACTIVE = ["pending", "starting", "running", "unknown"];
   const open = new Set(); // session ids whose details are shown
   const logs = new Map(); // "id/service" -> {text | error | loading}
 

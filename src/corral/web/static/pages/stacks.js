@@ -89,9 +89,13 @@
       el("h3", { id: "stack:" + stack.name }, stack.name + " ", badge(stack.state), stack.mode === "swarm" ? el("small", { class: "mode" }, " swarm services") : null),
       el("p", { class: "row" }, "updated " + ago(stack.updated_at), " · ",
         stack.services.length + (stack.services.length === 1 ? " service" : " services")),
-      stack.services.length
-        ? stack.services.map((service) => serviceBlock(stack, service))
-        : el("p", { class: "empty" }, "This stack declares no services."));
+      stack.state === "removing"
+        ? Object.entries(stack.pending_removal || {}).map(([host, why]) =>
+          el("p", { class: "row", dataset: { pendingHost: host } },
+            "Left on " + host + ", removed when it answers: " + why))
+        : stack.services.length
+          ? stack.services.map((service) => serviceBlock(stack, service))
+          : el("p", { class: "empty" }, "This stack declares no services."));
   }
 
   // The apply form is built once and moved into each render, so what is typed (and the
