@@ -14,9 +14,9 @@ from tests.support.processes import free_port
 from tests.support.server import ADMIN, wait_healthy
 
 from corral.api.app import create_server_app
-from corral.cli.serving import listen
 from corral.config import Settings
 from corral.core import Core
+from corral.serving import listen
 
 
 class Orchestrator:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from corral.cli.client import CliError
 from corral.cli.main import global_flags_first
 from corral.cli.tokens import parse_duration
+from corral.exits import CliError
 from corral.hosts.docker_engine import facts_from_info
 from corral.hosts.ssh_tunnel import _plain_words
 from corral.model.names import parse_label_args

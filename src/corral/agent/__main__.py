@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from corral.cli.agent import agent
-from corral.cli.client import CliError
+from corral.agent.command import agent
+from corral.exits import CliError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command()(agent)

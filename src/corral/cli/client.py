@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from corral import DEFAULT_PORT
+from corral.exits import CliError
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -24,15 +25,6 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 def path_part(value: str) -> str:
     """A name or id made safe as one segment of a URL path."""
     return quote(value, safe="")
-
-
-class CliError(Exception):
-    """A failure to print as one line; `code` is the process exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def config_path() -> Path:

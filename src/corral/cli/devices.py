@@ -11,9 +11,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from corral.cli.client import CliError, path_part
+from corral.cli.client import path_part
 from corral.cli.context import state
 from corral.cli.output import emit_json, out, size, table
+from corral.exits import CliError
 
 devices = typer.Typer(help="Wasm devices (supervisors).", no_args_is_help=True)
 modules = typer.Typer(help="WebAssembly modules: the package manager.", no_args_is_help=True)

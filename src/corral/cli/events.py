@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli.client import CliError
 from corral.cli.context import state
 from corral.cli.output import emit_json, out, parse_time
 from corral.cli.tokens import parse_duration
+from corral.exits import CliError
 
 RETRY_SECONDS = 1.0
 

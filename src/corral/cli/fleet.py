@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli.client import CliError, path_part
+from corral.cli.client import path_part
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, table
+from corral.exits import CliError
 from corral.model.vehiclesfile import parse_vehicles_file
 from corral.model.yamlfile import FileInvalid
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli.client import CliError
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, labels, out, size, table
+from corral.exits import CliError
 from corral.model.hostsfile import parse_hosts_file
 from corral.model.names import parse_label_args
 from corral.model.yamlfile import FileInvalid

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from corral import __version__
-from corral.cli.client import CliError
 from corral.cli.context import CliState, state
+from corral.exits import CliError
 
 # Every sub-command: (module under corral.cli, attribute, one-line help). A command module
 # is imported only when its command runs, so `corral --help` and `corral stack ls` do not

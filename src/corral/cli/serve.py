@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from corral.cli.client import CliError
+from corral.exits import CliError
 
 if TYPE_CHECKING:  # the server's modules load only when it runs: the CLI starts fast
     from corral.config import Settings
@@ -54,10 +54,10 @@ async def _serve(settings: Settings) -> None:
     import uvicorn
 
     from corral.api.app import create_server_app
-    from corral.cli.serving import GracefulServer, listen, uvicorn_logging
     from corral.core import Core
     from corral.errors import CorralError
     from corral.model.yamlfile import FileInvalid
+    from corral.serving import GracefulServer, listen, uvicorn_logging
 
     # The seed APIs' own ports, each with the line that says where it is.
     extra = [
@@ -106,7 +106,7 @@ def serve(
     settings = _settings(
         bind=bind, port=port, home=home, database_url=database_url, hosts_file=hosts_file
     )
-    from corral.cli.serving import configure_logging
+    from corral.serving import configure_logging
 
     configure_logging(settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):

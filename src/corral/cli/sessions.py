@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli.client import Api, CliError
+from corral.cli.client import Api
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, size, table
+from corral.exits import CliError
 from corral.model.compose import parse_duration
 from corral.model.views import ACTIVE_STATES, UNKNOWN
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from corral.cli.client import Api, CliError
+from corral.cli.client import Api
 from corral.cli.context import CliState
 from corral.cli.output import emit_json, table
+from corral.exits import CliError
 from corral.robot.errors import RobotError
 from corral.robot.sim import FleetSim, load_map, run_fleet
 

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli.client import Api, CliError
+from corral.cli.client import Api
 from corral.cli.context import state
 from corral.cli.output import emit_json, err, out, table
+from corral.exits import CliError
 
 app = typer.Typer(help="Stacks: compose files deployed across hosts.", no_args_is_help=True)
 ServicesArg = Annotated[list[str] | None, typer.Argument(help="services; all when omitted")]

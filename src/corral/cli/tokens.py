@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from corral.cli.client import CliError
 from corral.cli.context import state
 from corral.cli.output import ago, emit_json, out, table
+from corral.exits import CliError
 
 app = typer.Typer(help="API tokens and their roles.", no_args_is_help=True)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

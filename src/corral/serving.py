@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from corral import logs
-from corral.cli.client import CliError
+from corral.exits import CliError
 
 
 class GracefulServer(uvicorn.Server):
