@@ -19,6 +19,7 @@ from corral.brokers.link import Link
 from corral.brokers.mqtt import MqttLink
 from corral.config import Settings
 from corral.control.access import AccessService
+from corral.control.arm import ArmDispatcher
 from corral.control.deployments import DeploymentService
 from corral.control.devices import DeviceService
 from corral.control.farm import FarmService
@@ -87,7 +88,9 @@ class Core:
         }
         self.tasks = TaskService(TaskStore(self.db, self.events), self.bus)
         self.farm = FarmService(
-            FarmStore(self.db, self.events), self.tasks, self.bus, self.metrics, settings
+            ArmDispatcher(
+                FarmStore(self.db, self.events), self.tasks, self.bus, self.metrics, settings
+            )
         )
         self.triggers = TriggerService(settings, self.bus, self.links, self.tasks)
         self.device_client = SupervisorClient(settings.device_timeout_seconds)
@@ -179,14 +182,17 @@ class Core:
 
     async def _lead(self, stop: asyncio.Event, to_deploy: list[str]) -> None:
         """What only the leader runs: recovery, reconcilers, schedules, broker consumers,
-        device health and discovery, the fleet's traffic. Returns once `stop` is set."""
+        device health and discovery, the fleet's traffic. Returns once `stop` is set (the
+        arm's MQTT link once its dispatcher heard out a job still with the arm)."""
         await self.sessions.recover()
+        heard_out = asyncio.Event()
+        arm_link = self.farm.dispatch.mqtt if self.settings.farm_enabled else None
         loops: list[Coroutine[Any, Any, None]] = [
             self.hosts.run_monitor(stop),
             self.stacks.run_resync(stop),
             self.stacks.run_watchers(stop),
             self.sessions.run_monitor(stop),
-            *(link.run(stop) for link in self.links.values()),
+            *(link.run(heard_out if link is arm_link else stop) for link in self.links.values()),
             self.triggers.run_schedules(stop),
             self.devices.run_health(stop),
             self.fleet.run_monitor(stop),
@@ -198,7 +204,7 @@ class Core:
         if self.settings.mdns_enabled:
             loops.append(self.devices.run_discovery(stop))
         if self.settings.farm_enabled:
-            loops.append(self.farm.dispatch.run(stop))
+            loops.append(self.farm.dispatch.run(stop, heard_out))
         await asyncio.gather(*(_logged(loop) for loop in loops))
 
     async def _wire_vda5050(self, broker: str) -> None:

@@ -7,6 +7,10 @@ transaction builds the job and makes the queued -> assigned move that marks it s
 its event); for a resend, the sent mark. A dispatcher whose claim does not go through
 sends nothing; the claim proves the leadership term, and the lease is checked again right
 before the publish, so a replica that lost the lead sends nothing.
+
+A replica whose lead ends with a job out goes on listening to the arm for it (WITNESS_S)
+and records what it hears as `farm.job.witnessed` (it alone saw the send, so it alone can
+tell the arm's answer to it); the next leader, which adopts that job, acts on the record.
 """
 
 import asyncio
@@ -27,14 +31,20 @@ from corral.events import EventBus
 from corral.metrics import Metrics
 from corral.model.arm import Flight, Outcome, after_silence, after_word
 from corral.model.views import TaskView
+from corral.store.events import EventFilter
 from corral.store.farm import FarmStore
+from corral.store.leadership import StaleTerm
 from corral.store.tables import utcnow
 from corral.store.tasks import Event
+from corral.waits import pause
 
 log = structlog.get_logger("corral.farm")
 ARM_STATES = ("available", "busy", "error")
 PRESUMED = "presumed available"
 PAGE = 10  # queued tasks read at a time, in the order they are served
+WITNESS_S = 1.0  # how long a replica whose lead ended listens for its job's first answer
+WITNESSED = "farm.job.witnessed"
+VERDICTS = ("running", "done", "failed", "resend", "unconfirmed")
 
 
 class ArmDispatcher:
@@ -58,6 +68,7 @@ class ArmDispatcher:
         self.word = "unknown"  # the arm's last live status, or PRESUMED
         self.word_since = 0.0  # monotonic time of that word
         self.flight: Flight | None = None
+        self._witness_read = 0  # the last witness event read for an adopted flight
 
     def wake(self) -> None:
         self._wake.set()
@@ -107,33 +118,124 @@ class ArmDispatcher:
         self.wake()
 
     # ------------------------------------------------------------------ the rule's verdicts
-    async def _apply(self, flight: Flight, outcome: Outcome, said: str) -> None:
-        task_id = flight.task
-        if outcome == "running":
-            flight.busy, flight.quiet_since = True, time.monotonic()
-            await self.tasks.move(task_id, "running")
-        elif outcome == "done":
-            how = "" if said == "available" and flight.busy else self._presumption(flight, said)
-            await self._done(task_id, how)
-        elif outcome == "failed":
-            why = f"{self.arm} reported an error" if said == "error" else self._presumption(flight)
-            self.flight = None
-            await self.tasks.move(task_id, "failed", why)
-        elif outcome == "resend":
-            flight.sent = False  # the next tick sends it again
-            self.wake()
-            await self.bus.emit(
-                "farm.job.resend",
-                f"task/{task_id}",
-                f"task {task_id}: {self._presumption(flight, said)}; sending it again",
-            )
-        elif outcome == "unconfirmed":
-            why = self._presumption(flight)
-            self.flight = None
-            await self.bus.emit("farm.job.unconfirmed", f"task/{task_id}", f"task {task_id}: {why}")
-            await self.tasks.move(task_id, "failed", why)
+    async def _apply(
+        self, flight: Flight, outcome: Outcome, said: str, why: str | None = None
+    ) -> None:
+        """Act on a verdict of the in-flight rule (or of the sender's witness, with its
+        `why`). A replica that no longer leads records it for the next leader instead."""
+        if outcome == "wait" or (outcome == "running" and flight.busy):
+            return
+        if why is None:
+            why = self._reason(flight, outcome, said)
         if said == "silence":
             self.word, self.word_since = PRESUMED, time.monotonic()
+        if outcome == "running":
+            flight.busy, flight.quiet_since = True, time.monotonic()
+        elif outcome == "resend":
+            flight.sent = False  # the next tick sends it again
+        elif self.flight is flight:
+            self.flight = None
+        if not self._leads():
+            await self._witness(flight, outcome, why)
+            return
+        try:
+            await self._record(flight.task, outcome, why)
+        except StaleTerm:
+            await self._witness(flight, outcome, why)
+
+    async def _record(self, task_id: int, outcome: Outcome, why: str) -> None:
+        """A verdict in the store, by this leader."""
+        if outcome == "running":
+            await self.tasks.move(task_id, "running")
+        elif outcome == "done":
+            await self._done(task_id, why)
+        elif outcome == "failed":
+            await self.tasks.move(task_id, "failed", why)
+        elif outcome == "resend":
+            self.wake()
+            await self.bus.emit(
+                "farm.job.resend", f"task/{task_id}", f"task {task_id}: {why}; sending it again"
+            )
+        elif outcome == "unconfirmed":
+            await self.bus.emit("farm.job.unconfirmed", f"task/{task_id}", f"task {task_id}: {why}")
+            await self.tasks.move(task_id, "failed", why)
+
+    def _reason(self, flight: Flight, outcome: Outcome, said: str) -> str:
+        if outcome == "done":
+            return "" if said == "available" and flight.busy else self._presumption(flight, said)
+        if outcome == "failed":
+            return f"{self.arm} reported an error" if said == "error" else self._presumption(flight)
+        if outcome in ("resend", "unconfirmed"):
+            return self._presumption(flight, said)
+        return ""
+
+    def _leads(self) -> bool:
+        """Whether this replica may still act (its term held, its lease not lapsed)."""
+        try:
+            self.store.db.term.confirm()
+        except StaleTerm:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ across a handover
+    async def _witness(self, flight: Flight, outcome: Outcome, why: str) -> None:
+        """What this replica, whose lead is over, learned of a job it sent: stored for the
+        next leader (which adopted the job and reads it), never acted on here."""
+        if outcome != "running" and self.flight is flight:
+            self.flight = None  # ended here, as far as this replica can tell
+        if flight.adopted:
+            return  # it did not send it: its hearing of it has a gap, as the next one's
+        heard = {
+            "running": f"{self.arm} took it (busy)",
+            "done": why or f"{self.arm} said busy, then available",
+            "failed": why,
+            "resend": why,
+            "unconfirmed": why,
+        }[outcome]
+        log.info("job outcome witnessed for the next leader", task=flight.task, outcome=outcome)
+        with contextlib.suppress(Exception):  # the store may be out of reach too
+            await self.bus.emit(
+                WITNESSED,
+                f"task/{flight.task}",
+                f"task {flight.task} (send {flight.attempt}), heard by the replica that sent "
+                f"it after its lead ended: {heard} -> {outcome}",
+                {"attempt": flight.attempt, "outcome": outcome, "why": heard},
+            )
+
+    async def _hear_out(self) -> None:
+        """The lead just ended: a job this replica sent that the arm has not answered yet
+        is listened to for up to WITNESS_S (a DHR arm says busy at once), and a job it
+        claimed but never published is recorded as such, for the next leader."""
+        deadline = time.monotonic() + WITNESS_S
+        while True:
+            async with self._lock:  # a status being handled ends first
+                flight = self.flight
+                if flight is None or flight.busy or flight.adopted:
+                    return
+                if not flight.sent:
+                    self.flight = None
+                    await self._witness(
+                        flight, "resend", "it never went out: the lead ended before its publish"
+                    )
+                    return
+            if time.monotonic() >= deadline or not self._link_up():
+                return
+            self._wake.clear()
+            await pause(min(0.05, deadline - time.monotonic()), self._wake)
+
+    async def _heard_by_sender(self, flight: Flight) -> None:
+        """An adopted job: what the replica that sent it recorded after its lead ended,
+        acted on as if heard here (the sender saw the send; this replica did not)."""
+        where = EventFilter(WITNESSED, f"task/{flight.task}", after_id=self._witness_read)
+        for event in await self.bus.store.query(where, limit=20):
+            self._witness_read = event.id
+            outcome = event.data.get("outcome")
+            if event.data.get("attempt") != flight.attempt or outcome not in VERDICTS:
+                continue
+            why = f"{event.data.get('why')} (heard by the replica that sent it)"
+            await self._apply(flight, outcome, "witness", why)
+            if self.flight is not flight or not flight.sent:
+                return
 
     def _presumption(self, flight: Flight, said: str = "silence") -> str:
         if said == "available":
@@ -155,8 +257,6 @@ class ArmDispatcher:
         return f"{quiet} after the send: it never got the job"
 
     async def _done(self, task_id: int, how: str) -> None:
-        self.flight = None
-
         def moved(task: TaskView, note: str) -> Event:
             return ("farm.bed.moved", f"printer/{task.params.get('printer_id')}", note, {})
 
@@ -165,20 +265,26 @@ class ArmDispatcher:
         self.bus.published(stored)
 
     # ------------------------------------------------------------------ the loop
-    async def run(self, stop: asyncio.Event) -> None:
-        """Send the next job whenever the arm is free; end each job by the rule."""
+    async def run(self, stop: asyncio.Event, heard_out: asyncio.Event | None = None) -> None:
+        """Send the next job whenever the arm is free; end each job by the rule. Once
+        `stop` is set, a job still out is heard out (`_hear_out`), then `heard_out` is set:
+        the arm's MQTT link may close."""
         self.flight, self.word = None, "unknown"  # a new term: open tasks are adopted
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                async with self._lock:
-                    await self._tick()
-            except CorralError as exc:
-                log.info("arm dispatch postponed", error=exc.message)
-            except Exception:
-                log.exception("arm dispatch failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    async with self._lock:
+                        await self._tick()
+                except CorralError as exc:
+                    log.info("arm dispatch postponed", error=exc.message)
+                except Exception:
+                    log.exception("arm dispatch failed")
+                await pause(0.5, self._wake, stop)
+            await self._hear_out()
+        finally:
+            if heard_out is not None:
+                heard_out.set()
 
     def _link_up(self) -> bool:
         return self.mqtt is not None and self.mqtt.connected
@@ -208,8 +314,10 @@ class ArmDispatcher:
         flight = self.flight
         if flight is not None and flight.sent:
             # Out with the arm: it ends by the arm's word, by this rule, or by `ended` (a
-            # failure or a cancel elsewhere); nothing to read meanwhile.
-            if now - flight.quiet_since > flight.timeout:
+            # failure or a cancel elsewhere); only an adopted job's sender is read meanwhile.
+            if flight.adopted:
+                await self._heard_by_sender(flight)
+            if self.flight is flight and flight.sent and now - flight.quiet_since > flight.timeout:
                 await self._apply(flight, after_silence(flight), "silence")
             return
         if flight is not None:  # to send again: its job, unless it ended meanwhile
@@ -225,15 +333,20 @@ class ArmDispatcher:
         if out:
             [stray] = out
             # Out before this dispatcher ran (a restart, a takeover): its words may be lost.
-            self.flight = Flight(
+            self.flight = adopted = Flight(
                 stray.id,
                 now,
                 busy=stray.state == "running",
                 gap=stray.sent_at is not None,
                 sent=stray.sent_at is not None,
                 timeout=stray.timeout_s,
+                attempt=stray.attempts,
+                adopted=True,
             )
+            self._witness_read = 0
             log.info("job in flight adopted", task=stray.id, state=stray.state)
+            if adopted.sent:
+                await self._heard_by_sender(adopted)
             return
         seen = 0
         while page := await self.tasks.store.open_for(self.arm, ("queued",), PAGE, seen):
@@ -267,8 +380,13 @@ class ArmDispatcher:
                 return
             task = claimed
         # Recorded before it goes out: an answer that comes back at once is matched.
-        flight = self.flight = Flight(task.id, time.monotonic(), timeout=task.timeout_s)
-        self.store.db.term.confirm()  # the claim proved the term; the lease still holds
+        flight = self.flight = Flight(
+            task.id, time.monotonic(), timeout=task.timeout_s, attempt=task.attempts
+        )
+        if not self._leads():  # the claim proved the term; the lease must still hold
+            flight.sent = False  # never sent: `_hear_out` records it for the next leader
+            log.info("job not sent: the lead ended after its claim", task=task.id)
+            return
         try:
             await self.mqtt.publish(self.settings.farm_job_topic, json.dumps(job).encode())
         except NotSent:

@@ -13,16 +13,13 @@ from typing import Any
 
 import structlog
 
-from corral.config import Settings
 from corral.control.arm import ArmDispatcher
-from corral.control.tasks import Executor, TaskService, moved_event
+from corral.control.tasks import Executor, moved_event
 from corral.errors import CorralError, Invalid
-from corral.events import EventBus
-from corral.metrics import Metrics
 from corral.model.farm import utilization
 from corral.model.farmfile import ID_PATTERN, FarmSpec
 from corral.model.views import BedView, PrinterView, RackView, TaskView, UsageView
-from corral.store.farm import FarmStore, ReadyOutcome
+from corral.store.farm import ReadyOutcome
 from corral.store.tables import utcnow
 from corral.store.tasks import Event
 
@@ -31,20 +28,12 @@ ARM_KINDS = ("take", "replace", "homing")
 
 
 class FarmService:
-    def __init__(
-        self,
-        store: FarmStore,
-        tasks: TaskService,
-        bus: EventBus,
-        metrics: Metrics,
-        settings: Settings,
-    ) -> None:
-        self.store = store
-        self.tasks = tasks
-        self.bus = bus
-        self.settings = settings
-        self.arm = settings.farm_arm
-        self.dispatch = ArmDispatcher(store, tasks, bus, metrics, settings)
+    def __init__(self, dispatch: ArmDispatcher) -> None:
+        """The farm around its arm's dispatcher, whose store, tasks, bus and settings it
+        shares (they are handed to the dispatcher once)."""
+        self.dispatch = dispatch
+        self.store, self.tasks, self.bus = dispatch.store, dispatch.tasks, dispatch.bus
+        self.settings, self.arm = dispatch.settings, dispatch.arm
         self._ready_lock = asyncio.Lock()
 
     def executor(self) -> Executor:

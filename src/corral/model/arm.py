@@ -24,6 +24,8 @@ class Flight:
     gap: bool = False  # since the send, words may have been lost: link lost, corral restarted
     sent: bool = True  # False: claimed in the store, but the publish did not go out
     timeout: float = 600.0  # the task's: silence longer than this gets a verdict
+    attempt: int = 0  # which send of the task this is (the task's `attempts` then)
+    adopted: bool = False  # sent by another leadership term: its sender's witness counts
 
 
 def after_word(flight: Flight, status: str) -> Outcome:
