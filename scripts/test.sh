@@ -31,6 +31,7 @@ step() { # step NAME COMMAND...
 step "ruff check" .venv/bin/ruff check "${DIRS[@]}"
 step "ruff format --check" .venv/bin/ruff format --check "${DIRS[@]}"
 step "mypy" .venv/bin/mypy
+step "import contracts" env PYTHONPATH=src .venv/bin/lint-imports --no-cache
 # Tests that need only the local engine run on two workers; those that use (and stop)
 # the shared robot engine and swarm, or restart the brokers, run after them, one at a time.
 selected() { # pytest, where "no test selected" (exit 5) is fine: a narrower run's other half

@@ -1,6 +1,7 @@
 """The errors corral raises on purpose, each mapped to one HTTP status.
 
-Raised by the store, the control layer and the API; the API turns them into
+Raised by the model's parsers, the store, the control layer and the API (errors is the
+bottom layer: it imports nothing of corral's); the API turns them into
 `{"error": {"code", "message", "detail"}}` responses.
 """
 

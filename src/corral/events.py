@@ -6,13 +6,13 @@ Producers call `emit`; the API's stream and the CLI's `events -f` read `subscrib
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from corral.metrics import Metrics
+from corral.model.events import EventFilter
 from corral.model.views import EventView
-from corral.store.events import EventStore
 
 log = structlog.get_logger("corral.events")
 
@@ -31,8 +31,24 @@ class Subscription:
             self.lagged.set()
 
 
+class EventLog(Protocol):
+    """Where the bus stores events (store/events.py `EventStore`, given by core.py)."""
+
+    async def append(
+        self, kind: str, resource: str, message: str, data: dict[str, Any]
+    ) -> EventView: ...
+
+    async def append_many(
+        self, events: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> list[EventView]: ...
+
+    async def query(
+        self, where: EventFilter, limit: int = 100, newest_first: bool = False
+    ) -> list[EventView]: ...
+
+
 class EventBus:
-    def __init__(self, store: EventStore, metrics: Metrics, queue_size: int = 1000) -> None:
+    def __init__(self, store: EventLog, metrics: Metrics, queue_size: int = 1000) -> None:
         self.store = store
         self.metrics = metrics
         self.queue_size = queue_size
@@ -59,6 +75,12 @@ class EventBus:
         for event in stored:
             self._publish(event)
         return stored
+
+    async def query(
+        self, where: EventFilter, limit: int = 100, newest_first: bool = False
+    ) -> list[EventView]:
+        """Stored events that match `where`, oldest first unless `newest_first`."""
+        return await self.store.query(where, limit, newest_first)
 
     def published(self, events: list[EventView]) -> None:
         """Events a store wrote within its own transaction, once it committed."""

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from corral.errors import Conflict, NotFound
+from corral.model.events import EventFilter
 from corral.model.hosts import HostSpec, Probe
 from corral.store.database import Database
-from corral.store.events import EventFilter, EventStore
+from corral.store.events import EventStore
 from corral.store.hosts import HostStore
 from corral.store.tokens import TokenStore
 

@@ -12,9 +12,9 @@ from corral.cli.tokens import parse_duration
 from corral.exits import CliError
 from corral.hosts.docker_engine import facts_from_info
 from corral.hosts.ssh_tunnel import _plain_words
+from corral.model.events import EventFilter
 from corral.model.names import parse_label_args
 from corral.model.views import EventView
-from corral.store.events import EventFilter
 
 
 def test_facts_from_info_reads_swarm_role() -> None:

@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
         },
     )
     app.state.core = core
-    errors.install(app)
+    errors.install(app, core.db.connection_lost)
     errors.document_json_errors(app)
     routers = (
         system.router,

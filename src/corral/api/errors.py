@@ -5,6 +5,7 @@ and any unexpected exception into a 500 without a traceback.
 """
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -12,7 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError
@@ -71,19 +71,6 @@ def validation_detail(exc: RequestValidationError) -> list[dict[str, str]]:
     ]
 
 
-def _database_away(exc: DBAPIError) -> bool:
-    """The database cannot be reached or is going down or starting up (not a bad query)."""
-    if exc.connection_invalidated:
-        return True
-    cause: BaseException | None = exc.orig
-    while cause is not None:
-        code = getattr(cause, "sqlstate", None)
-        if isinstance(cause, OSError) or (isinstance(code, str) and code[:2] in ("08", "57")):
-            return True
-        cause = cause.__cause__
-    return False
-
-
 def _allowed(request: Request) -> list[str]:
     """Every method the API description gives this path (Starlette names only the first
     matching route's)."""
@@ -123,7 +110,10 @@ def document_json_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, lost: Callable[[Exception], bool]) -> None:
+    """corral's error shape on `app`; `lost(exc)` tells the database going away (a 503)
+    from a bug (a 500): the store's `Database.connection_lost`."""
+
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -152,9 +142,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, ConnectionError) or (
-            isinstance(exc, DBAPIError) and _database_away(exc)
-        ):
+        if isinstance(exc, ConnectionError) or lost(exc):
             # the database went away (a restart, a failover): the next request reconnects
             log.warning("database connection lost", path=request.url.path, error=str(exc))
             return error_response(

@@ -9,7 +9,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +18,6 @@ import structlog
 from corral.events import EventBus
 from corral.metrics import Metrics
 from corral.model.views import BrokerView
-from corral.store.tables import utcnow
 
 log = structlog.get_logger("corral.brokers")
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
@@ -93,7 +92,7 @@ class Link(ABC):
         again = self.since is not None and self.last_error != ""
         if again:
             self.reconnects += 1
-        self.connected, self.since, self.last_error = True, utcnow(), ""
+        self.connected, self.since, self.last_error = True, datetime.now(UTC), ""
         self.metrics.broker_connected.labels(self.name).set(1)
         for hook in self.on_up:
             hook()
@@ -109,7 +108,7 @@ class Link(ABC):
         self.connected, self.last_error = False, reason
         self.metrics.broker_connected.labels(self.name).set(0)
         if was or first:
-            self.since = utcnow()
+            self.since = datetime.now(UTC)
             verb = "lost" if was else "unreachable"
             await self.bus.emit(
                 f"broker.{verb}",

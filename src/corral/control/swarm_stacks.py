@@ -20,6 +20,7 @@ from corral.events import EventBus
 from corral.hosts.driver import HostDriver
 from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.containers import CREATED, OWNED, SERVICE, STACK, engine_names, owned_labels
+from corral.model.events import EventFilter
 from corral.model.placement import HostCandidate
 from corral.model.swarm import (
     IN_FLUX_STATES,
@@ -41,7 +42,6 @@ from corral.model.swarm import (
     task_slots,
 )
 from corral.model.views import HostView
-from corral.store.events import EventFilter
 from corral.store.stacks import SlotState, StoredStack
 
 log = structlog.get_logger("corral.swarm")
@@ -449,7 +449,7 @@ class SwarmStacks:
     async def _newest(self, name: str, svc: str, kinds: tuple[str, ...]) -> dict[str, Any]:
         """The data of the newest event of one of `kinds` about the service ({} if none)."""
         where = EventFilter(kind="stack.service.*", resource=f"stack/{name}/{svc}")
-        for event in await self.bus.store.query(where, limit=100, newest_first=True):
+        for event in await self.bus.query(where, limit=100, newest_first=True):
             if event.kind in kinds:
                 return dict(event.data)
         return {}

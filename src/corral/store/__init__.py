@@ -1,4 +1,5 @@
 """Persistence: SQLAlchemy tables, migrations and one repository per resource.
 
-SQLite by default, PostgreSQL by URL; only `control` and `api` import it.
+SQLite by default, PostgreSQL by URL; only the services (`control`, `fleet`) import it and
+`core` builds it (a contract in pyproject.toml checks this).
 """

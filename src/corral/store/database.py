@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -36,6 +36,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 class Database:
     """An async engine plus a session factory, for SQLite or PostgreSQL."""
+
+    @staticmethod
+    def connection_lost(exc: BaseException) -> bool:
+        """The database cannot be reached or is going down or starting up (not a bad query):
+        the API answers 503 and the next request reconnects."""
+        if not isinstance(exc, DBAPIError):
+            return False
+        if exc.connection_invalidated:
+            return True
+        cause: BaseException | None = exc.orig
+        while cause is not None:
+            code = getattr(cause, "sqlstate", None)
+            if isinstance(cause, OSError) or (isinstance(code, str) and code[:2] in ("08", "57")):
+                return True
+            cause = cause.__cause__
+        return False
 
     def __init__(self, url: str) -> None:
         try:

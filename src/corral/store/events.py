@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.model.events import EventFilter
 from corral.model.views import EventView
 from corral.store.database import Database
 from corral.store.tables import EventRow, utcnow
@@ -27,52 +28,21 @@ def _view(row: EventRow) -> EventView:
     )
 
 
-class EventFilter:
-    """Which events a reader wants; `kind` and `resource` ending in `*` match a prefix."""
-
-    def __init__(
-        self,
-        kind: str | None = None,
-        resource: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        after_id: int | None = None,
-    ) -> None:
-        self.kind, self.resource = kind, resource
-        self.since, self.until, self.after_id = since, until, after_id
-
-    def matches(self, event: EventView) -> bool:
-        return (
-            _text_matches(self.kind, event.kind)
-            and _text_matches(self.resource, event.resource)
-            and (self.since is None or event.time >= self.since)
-            and (self.until is None or event.time <= self.until)
-            and (self.after_id is None or event.id > self.after_id)
-        )
-
-    def apply(self, query: Query) -> Query:
-        for column, pattern in ((EventRow.kind, self.kind), (EventRow.resource, self.resource)):
-            if pattern is None:
-                continue
-            if pattern.endswith("*"):
-                query = query.where(column.startswith(pattern[:-1], autoescape=True))
-            else:
-                query = query.where(column == pattern)
-        if self.since is not None:
-            query = query.where(EventRow.time >= self.since)
-        if self.until is not None:
-            query = query.where(EventRow.time <= self.until)
-        if self.after_id is not None:
-            query = query.where(EventRow.id > self.after_id)
-        return query
-
-
-def _text_matches(pattern: str | None, value: str) -> bool:
-    if pattern is None:
-        return True
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    return value == pattern
+def _apply(where: EventFilter, query: Query) -> Query:
+    for column, pattern in ((EventRow.kind, where.kind), (EventRow.resource, where.resource)):
+        if pattern is None:
+            continue
+        if pattern.endswith("*"):
+            query = query.where(column.startswith(pattern[:-1], autoescape=True))
+        else:
+            query = query.where(column == pattern)
+    if where.since is not None:
+        query = query.where(EventRow.time >= where.since)
+    if where.until is not None:
+        query = query.where(EventRow.time <= where.until)
+    if where.after_id is not None:
+        query = query.where(EventRow.id > where.after_id)
+    return query
 
 
 CHANNEL = "corral_events"
@@ -134,7 +104,7 @@ class EventStore:
         order = EventRow.id.desc() if newest_first else EventRow.id.asc()
         async with self.db.session() as s:
             rows = (
-                await s.scalars(where.apply(select(EventRow)).order_by(order).limit(limit))
+                await s.scalars(_apply(where, select(EventRow)).order_by(order).limit(limit))
             ).all()
             return [_view(r) for r in rows]
 

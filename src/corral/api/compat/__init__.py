@@ -18,7 +18,7 @@ def port_app(core: Core, title: str, router: APIRouter) -> FastAPI:
         title=title, version=corral.__version__, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.core = core
-    errors.install(app)
+    errors.install(app, core.db.connection_lost)
     app.include_router(router)
     app.add_middleware(BodyLimit, limit=core.settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=core.metrics)

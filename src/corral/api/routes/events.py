@@ -14,9 +14,9 @@ from fastapi.responses import StreamingResponse
 from corral.api.deps import CoreDep, Reader
 from corral.core import Core
 from corral.errors import Invalid
+from corral.model.events import EventFilter
 from corral.model.fields import Time
 from corral.model.views import EventView
-from corral.store.events import EventFilter
 
 router = APIRouter(prefix="/events", tags=["events"])
 

@@ -4,7 +4,7 @@ The docs pages load Swagger UI and ReDoc from files shipped in a Python package,
 work on a site with no internet.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated
 
@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 
 import corral
 from corral.api.deps import CoreDep, Reader, bearer
-from corral.store.tables import utcnow
 
 router = APIRouter(tags=["system"])
 DOCS_ASSETS = resources.files("fastapi_offline") / "static"
@@ -81,7 +80,7 @@ async def replicas(core: CoreDep, _: Reader) -> list[ReplicaInfo]:
                 term=core.db.term.term if leads else None,
                 this=True,
                 started_at=core.started_at,
-                seen_at=utcnow(),
+                seen_at=datetime.now(UTC),
             )
         ]
     rows, lead = await core.replicas.replicas()

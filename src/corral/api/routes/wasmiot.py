@@ -20,8 +20,8 @@ from corral.control.devices import device_url
 from corral.control.modules import functions_of
 from corral.core import Core
 from corral.errors import Forbidden, Invalid
+from corral.model.events import EventFilter
 from corral.model.wasm_modules import bracketed_fields, openapi
-from corral.store.events import EventFilter
 from corral.store.tables import DeploymentRow, DeviceRow, ModuleRow
 
 router = APIRouter(tags=["Wasm-IoT"])
@@ -523,5 +523,5 @@ async def stored_logs(
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
     where = EventFilter(kind="device.log", since=since)
-    events = await core.bus.store.query(where, limit=max(1, min(limit, 10_000)))
+    events = await core.bus.query(where, limit=max(1, min(limit, 10_000)))
     return [{**e.data, "dateReceived": e.time.isoformat()} for e in events]
