@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -237,6 +238,7 @@ class SimVehicle:
             self.nodes, self.edges = list(order["nodes"][1:]), list(order["edges"])
             self.errors = []
             self._waiting(order["nodes"])
+            self._wake.set()
             return
         if order["orderUpdateId"] < self.order_update_id:
             self._error("orderUpdateError", f"update {order['orderUpdateId']} is older")
@@ -283,8 +285,7 @@ class SimVehicle:
             ):
                 self.driving = False
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK)
+                await self._wake.wait()  # an order, an update or a resume sets it
                 continue
             target = self.nodes[0]
             where = target.get("nodePosition")
@@ -450,15 +451,24 @@ class SimVehicle:
         await self._publish("state", self.state())
 
     async def _report(self) -> None:
-        """State every `state_every` s, visualization every `visualization_every` s."""
+        """State every `state_every` s, visualization every `visualization_every` s, on a
+        fixed beat (a late tick does not push the next ones back; missed ones are skipped)."""
         ticks = max(1, round(self.state_every / self.visualization_every))
-        count = 0
+        loop = asyncio.get_running_loop()
+        # a phase of its own: a fleet started at once does not report in bursts
+        began, count, states = loop.time() + random.uniform(0, self.visualization_every), 0, 0
         while True:
-            await asyncio.sleep(self.visualization_every)
             count += 1
+            beat = began + count * self.visualization_every
+            late = loop.time() - beat
+            if late > self.visualization_every:  # skip the beats already missed
+                count += int(late / self.visualization_every)
+                beat = began + count * self.visualization_every
+            await asyncio.sleep(max(0.0, beat - loop.time()))
             if self.position is not None:
                 await self._publish("visualization", {"agvPosition": self._where()})
-            if count % ticks == 0:
+            if count // ticks > states:
+                states = count // ticks
                 await self.publish_state()
 
     def factsheet(self) -> dict[str, Any]:
