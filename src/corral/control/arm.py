@@ -30,8 +30,8 @@ from corral.errors import CorralError
 from corral.events import EventBus
 from corral.metrics import Metrics
 from corral.model.arm import Flight, Outcome, after_silence, after_word
+from corral.model.events import EventFilter
 from corral.model.views import TaskView
-from corral.store.events import EventFilter
 from corral.store.farm import FarmStore
 from corral.store.leadership import StaleTerm
 from corral.store.tables import utcnow
