@@ -227,7 +227,7 @@ class ArmDispatcher:
         """An adopted job: what the replica that sent it recorded after its lead ended,
         acted on as if heard here (the sender saw the send; this replica did not)."""
         where = EventFilter(WITNESSED, f"task/{flight.task}", after_id=self._witness_read)
-        for event in await self.bus.store.query(where, limit=20):
+        for event in await self.bus.query(where, limit=20):
             self._witness_read = event.id
             outcome = event.data.get("outcome")
             if event.data.get("attempt") != flight.attempt or outcome not in VERDICTS:

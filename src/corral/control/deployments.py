@@ -29,7 +29,7 @@ from corral.model.manifests import (
     parse_manifest,
     same_function_devices,
 )
-from corral.model.views import EventView
+from corral.model.views import DeploymentView, EventView
 from corral.model.wasm_modules import execution_files
 from corral.store.modules import DeploymentStore, ModuleStore
 from corral.store.tables import DeploymentRow
@@ -77,10 +77,21 @@ class DeploymentService:
     def _lock(self, deployment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(deployment_id, asyncio.Lock())
 
-    async def create(self, body: Any) -> tuple[DeploymentRow, bool]:
+    async def views(self) -> list[DeploymentView]:
+        return [DeploymentView.model_validate(row) for row in await self.store.every()]
+
+    async def view(self, ref: str) -> DeploymentView:
+        """By id, else by name."""
+        return DeploymentView.model_validate(await self.store.get(ref))
+
+    async def create(self, body: Any) -> tuple[DeploymentView, bool]:
         """Place a manifest's steps and store it. A manifest with the name of a stored one
         replaces it (as the orchestrator does): its parts leave the devices, and it waits
-        to be deployed again. (row, created)."""
+        to be deployed again. (deployment, created)."""
+        row, created = await self._create(body)
+        return DeploymentView.model_validate(row), created
+
+    async def _create(self, body: Any) -> tuple[DeploymentRow, bool]:
         name, placed = await self._place(body)
         steps = [p.as_json() for p in placed]
         try:
@@ -107,7 +118,7 @@ class DeploymentService:
             await self._created(row, placed, "created")
         return row, created
 
-    async def update(self, ref: str, body: Any) -> DeploymentRow:
+    async def update(self, ref: str, body: Any) -> DeploymentView:
         """`PUT /file/manifest/{id}`: a new manifest for a stored deployment, placed and
         deployed at once."""
         row = await self.store.get(ref)
@@ -193,10 +204,13 @@ class DeploymentService:
                 load[step["device"]] = load.get(step["device"], 0) + 1
         return load
 
-    async def deploy(self, ref: str) -> DeploymentRow:
+    async def deploy(self, ref: str) -> DeploymentView:
         """Send each device its part. A device that cannot be reached (down, but not yet
         found so by the health checks) counts as failed, and its steps move to other
         devices, as at execution; one that answers with a refusal fails the deployment."""
+        return DeploymentView.model_validate(await self._deploy(ref))
+
+    async def _deploy(self, ref: str) -> DeploymentRow:
         row = await self.store.get(ref)
         steps = [Placed.from_json(s) for s in row.steps]
         async with self._lock(row.id):
@@ -472,12 +486,13 @@ class DeploymentService:
             )
             step.device = target
 
-    async def failover(self, ref: str) -> DeploymentRow:
+    async def failover(self, ref: str) -> DeploymentView:
         """`POST /file/manifest/failover/{id}`: move each step whose device cannot run it
         now (inactive, gone, blacklisted) to another device, and deploy again."""
         row = await self.store.get(ref)
         steps = [Placed.from_json(s) for s in row.steps]
-        return await self._fail_over(row, steps, await self.devices.candidates(), set())
+        moved = await self._fail_over(row, steps, await self.devices.candidates(), set())
+        return DeploymentView.model_validate(moved)
 
     async def device_back(self, name: str) -> None:
         """A device answers again: send it its parts (it may have lost them). A deployment

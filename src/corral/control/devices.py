@@ -23,7 +23,7 @@ from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.model.hosts import host_allowed
 from corral.model.manifests import Candidate
-from corral.model.views import EventView
+from corral.model.views import DeviceView, EventView
 from corral.model.wasm_modules import check_wasm_name
 from corral.store.devices import DeviceStore
 from corral.store.tables import DeviceRow
@@ -33,7 +33,7 @@ log = structlog.get_logger("corral.devices")
 MAX_ADDRESSES = 8
 
 
-def device_url(row: DeviceRow) -> str:
+def device_url(row: DeviceRow | DeviceView) -> str:
     scheme = "https" if row.tls else "http"
     address = row.addresses[0] if row.addresses else "127.0.0.1"
     if ":" in address:
@@ -74,6 +74,12 @@ class DeviceService:
         self._candidates: list[Candidate] | None = None
         self._generation = 0
         bus.watch("device.", self._device_event)
+
+    async def views(self) -> list[DeviceView]:
+        return [DeviceView.model_validate(row) for row in await self.store.every()]
+
+    async def view(self, name: str) -> DeviceView:
+        return DeviceView.model_validate(await self.store.get(name))
 
     def _changed(self) -> None:
         self._generation += 1

@@ -10,6 +10,7 @@ from typing import Any
 from corral.errors import Invalid
 from corral.events import EventBus
 from corral.model.manifests import default_description
+from corral.model.views import ModuleView
 from corral.model.wasm_modules import check_function, check_wasm_name, inspect_wasm, openapi
 from corral.store.modules import ModuleStore
 from corral.store.tables import ModuleRow
@@ -18,11 +19,25 @@ MAX_FILE_NAME = 255
 RESERVED = ("wasm", "description", "upload")
 
 
-def functions_of(row: ModuleRow) -> dict[str, dict[str, Any]]:
+def functions_of(row: ModuleRow | ModuleView) -> dict[str, dict[str, Any]]:
     """Every exported function's description: the one given, else the default."""
     out = {e["name"]: default_description(e) for e in row.exports}
     out.update(row.functions)
     return out
+
+
+def _view(row: ModuleRow) -> ModuleView:
+    return ModuleView(
+        id=row.id,
+        name=row.name,
+        sha256=row.sha256,
+        size=len(row.binary),
+        exports=row.exports,
+        requirements=row.requirements,
+        functions=row.functions,
+        files=row.files,
+        created_at=row.created_at,
+    )
 
 
 class ModuleService:
@@ -30,13 +45,30 @@ class ModuleService:
         self.store = store
         self.bus = bus
 
-    async def upload(self, name: str, filename: str, data: bytes) -> tuple[ModuleRow, bool]:
+    async def views(self) -> list[ModuleView]:
+        return [_view(row) for row in await self.store.every()]
+
+    async def view(self, ref: str) -> ModuleView:
+        """By id, else by name (its newest version)."""
+        return _view(await self.store.get(ref))
+
+    async def wasm(self, ref: str) -> tuple[ModuleView, bytes]:
+        """The module and its bytes, in one read."""
+        row = await self.store.get(ref)
+        return _view(row), row.binary
+
+    async def file(self, module_id: str, name: str) -> tuple[str, bytes]:
+        """A data file of the module: (media type, bytes)."""
+        stored = await self.store.get_file(module_id, name)
+        return stored.media_type, stored.data
+
+    async def upload(self, name: str, filename: str, data: bytes) -> tuple[ModuleView, bool]:
         check_wasm_name(name, "module")
         if not data:
             raise Invalid("the module file is empty", {"field": "module"})
         known = await self.store.find(name, data)
         if known is not None:  # the same bytes passed wasmtime when they were first stored
-            return known, False
+            return _view(known), False
         # Compiling can take a while for a large module: not on the event loop.
         inspected = await asyncio.to_thread(inspect_wasm, data, filename or "module")
         row, created = await self.store.add(name, data, inspected.exports, inspected.requirements)
@@ -48,7 +80,7 @@ class ModuleService:
                 f"module {name} uploaded ({len(data)} bytes, exports {exports})",
                 {"name": name, "sha256": row.sha256, "requirements": row.requirements},
             )
-        return row, created
+        return _view(row), created
 
     async def describe(
         self,

@@ -252,3 +252,57 @@ class TriggerView(BaseModel):
     last_fired: datetime | None
     last_error: str = ""
     next_fire: datetime | None = Field(default=None, description="For schedules.")
+
+
+class DeviceView(BaseModel):
+    """A Wasm device: where it answers, what it described, its health and status log."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    addresses: list[str]
+    port: int
+    path: str
+    tls: bool
+    source: str
+    description: dict[str, Any] | None
+    status: str
+    blacklisted: bool
+    ok_checks: int
+    failed_checks: int
+    status_log: list[dict[str, Any]]
+    health: dict[str, Any] | None
+    last_error: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ModuleView(BaseModel):
+    """One stored version of a Wasm module, without its bytes (`size` says how many)."""
+
+    id: str
+    name: str
+    sha256: str
+    size: int
+    exports: list[dict[str, Any]]
+    requirements: list[dict[str, str]]
+    functions: dict[str, dict[str, Any]]
+    files: dict[str, dict[str, Any]]
+    created_at: datetime
+
+
+class DeploymentView(BaseModel):
+    """A deployment: its manifest, placed steps, each device's part and answer, its state."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    sequence: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    parts: dict[str, Any]
+    responses: dict[str, Any]
+    state: str
+    reason: str
+    created_at: datetime
+    updated_at: datetime

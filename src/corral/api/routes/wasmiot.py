@@ -21,8 +21,8 @@ from corral.control.modules import functions_of
 from corral.core import Core
 from corral.errors import Forbidden, Invalid
 from corral.model.events import EventFilter
+from corral.model.views import DeploymentView, DeviceView, ModuleView
 from corral.model.wasm_modules import bracketed_fields, openapi
-from corral.store.tables import DeploymentRow, DeviceRow, ModuleRow
 
 router = APIRouter(tags=["Wasm-IoT"])
 Ref = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -110,7 +110,7 @@ ReaderOrDevice = Annotated[Caller, Depends(_caller("read", device_ok=True))]
 LogSender = Annotated[Caller, Depends(_caller("read", device_ok=True, open_on_port=True))]
 
 
-def device_document(row: DeviceRow) -> dict[str, Any]:
+def device_document(row: DeviceView) -> dict[str, Any]:
     return {
         "_id": row.name,
         "name": row.name,
@@ -128,7 +128,7 @@ def device_document(row: DeviceRow) -> dict[str, Any]:
     }
 
 
-def module_document(row: ModuleRow) -> dict[str, Any]:
+def module_document(row: ModuleView) -> dict[str, Any]:
     return {
         "_id": row.id,
         "name": row.name,
@@ -136,14 +136,14 @@ def module_document(row: ModuleRow) -> dict[str, Any]:
             {"name": e["name"], "parameterCount": e["parameterCount"]} for e in row.exports
         ],
         "requirements": row.requirements,
-        "wasm": {"sha256": row.sha256, "size": len(row.binary)},
+        "wasm": {"sha256": row.sha256, "size": row.size},
         "dataFiles": row.files,
         "functions": functions_of(row),
         "createdAt": row.created_at.isoformat(),
     }
 
 
-def deployment_document(row: DeploymentRow) -> dict[str, Any]:
+def deployment_document(row: DeploymentView) -> dict[str, Any]:
     return {
         "_id": row.id,
         "name": row.name,
@@ -206,7 +206,7 @@ async def _body(request: Request) -> dict[str, Any]:
 
 @router.get("/file/device", summary="All devices")
 async def devices(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
-    return [device_document(r) for r in await core.devices.store.every()]
+    return [device_document(r) for r in await core.devices.views()]
 
 
 @router.delete("/file/device", summary="Forget every device")
@@ -216,12 +216,12 @@ async def forget_devices(core: CoreDep, _: Writer) -> dict[str, int]:
 
 @router.get("/file/device/{name}", summary="One device")
 async def device(name: Ref, core: CoreDep, _: Reader) -> dict[str, Any]:
-    return device_document(await core.devices.store.get(name))
+    return device_document(await core.devices.view(name))
 
 
 @router.delete("/file/device/{name}", status_code=204, summary="Forget one device")
 async def forget_device(name: Ref, core: CoreDep, _: Writer) -> Response:
-    await core.devices.store.get(name)
+    await core.devices.view(name)
     await core.devices.remove(name)
     return Response(status_code=204)
 
@@ -320,7 +320,7 @@ async def upload(request: Request, core: CoreDep, _: Writer) -> JSONResponse:
 
 @router.get("/file/module", summary="All module versions")
 async def modules(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
-    return [module_document(r) for r in await core.modules.store.every()]
+    return [module_document(r) for r in await core.modules.views()]
 
 
 @router.delete("/file/module", summary="Delete every module no deployment uses")
@@ -330,7 +330,7 @@ async def delete_modules(core: CoreDep, _: Writer) -> dict[str, int]:
 
 @router.get("/file/module/{ref}", summary="One module (an array of one); a name means its newest")
 async def module(ref: Ref, core: CoreDep, _: Reader) -> list[dict[str, Any]]:
-    return [module_document(await core.modules.store.get(ref))]
+    return [module_document(await core.modules.view(ref))]
 
 
 @router.delete("/file/module/{ref}", status_code=204, summary="Delete a module")
@@ -367,9 +367,8 @@ async def describe(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict
     return {"description": description}
 
 
-async def _module_for(core: Core, ref: str, caller: Caller, binary: bool = False) -> ModuleRow:
-    """The module a caller may read; its wasm bytes only when asked for."""
-    row = await core.modules.store.get(ref, binary)
+async def _readable(core: Core, row: ModuleView, caller: Caller) -> ModuleView:
+    """The module, if the caller may read it (a device: only modules of its deployments)."""
     if caller.role == "device" and not await core.deployments.device_may_read_module(
         caller.subject, row.id
     ):
@@ -382,21 +381,22 @@ async def _module_for(core: Core, ref: str, caller: Caller, binary: bool = False
 
 @router.get("/file/module/{ref}/description", summary="The module's OpenAPI description")
 async def module_description(ref: Ref, core: CoreDep, caller: ReaderOrDevice) -> dict[str, Any]:
-    row = await _module_for(core, ref, caller)
+    row = await _readable(core, await core.modules.view(ref), caller)
     return openapi(row.name, functions_of(row))
 
 
 @router.get("/file/module/{ref}/wasm", summary="The module's binary")
 async def module_binary(ref: Ref, core: CoreDep, caller: ReaderOrDevice) -> Response:
-    row = await _module_for(core, ref, caller, binary=True)
-    return Response(row.binary, media_type="application/wasm")
+    row, binary = await core.modules.wasm(ref)
+    await _readable(core, row, caller)
+    return Response(binary, media_type="application/wasm")
 
 
 @router.get("/file/module/{ref}/{file}", summary="A data file of the module")
 async def module_file(ref: Ref, file: str, core: CoreDep, caller: ReaderOrDevice) -> Response:
-    row = await _module_for(core, ref, caller)
-    stored = await core.modules.store.get_file(row.id, file)
-    return Response(stored.data, media_type=stored.media_type)
+    row = await _readable(core, await core.modules.view(ref), caller)
+    media_type, data = await core.modules.file(row.id, file)
+    return Response(data, media_type=media_type)
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -416,7 +416,7 @@ async def create_manifest(request: Request, core: CoreDep, _: Writer) -> PlainTe
 
 @router.get("/file/manifest", summary="All deployments")
 async def manifests(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
-    return [deployment_document(r) for r in await core.deployments.store.every()]
+    return [deployment_document(r) for r in await core.deployments.views()]
 
 
 @router.delete("/file/manifest", summary="Remove every deployment")
@@ -426,7 +426,7 @@ async def delete_manifests(core: CoreDep, _: Writer) -> dict[str, int]:
 
 @router.get("/file/manifest/{ref}", summary="One deployment")
 async def manifest(ref: Ref, core: CoreDep, _: Reader) -> dict[str, Any]:
-    return deployment_document(await core.deployments.store.get(ref))
+    return deployment_document(await core.deployments.view(ref))
 
 
 @router.post("/file/manifest/{ref}", summary="Send each device its part")
@@ -451,7 +451,7 @@ async def failover(ref: Ref, core: CoreDep, _: Writer) -> JSONResponse:
     return _deployed(await core.deployments.failover(ref))
 
 
-def _deployed(row: DeploymentRow) -> JSONResponse:
+def _deployed(row: DeploymentView) -> JSONResponse:
     body: dict[str, Any] = {"deviceResponses": row.responses, "state": row.state}
     if row.state == "deployed":
         return JSONResponse(body)
