@@ -235,6 +235,11 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(default=False, description="Serve /metrics without a token.")
     event_retention_days: int = Field(default=30, ge=1)
     log_level: str = Field(default="info")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="`corral serve`'s event loop: uvloop (libuv; less CPU per robot message) "
+        "or the standard library's; asyncio where uvloop is not installed.",
+    )
     access_log: bool = Field(
         default=False, description="One log line per request (secrets in it redacted)."
     )
