@@ -5,17 +5,23 @@ warning), so the load generator never shares its GIL. In one run:
 
 1. **Command round trip, unloaded.** Three robots, each acknowledging every command at
    once: one over the WebSocket (`RobotClient`), one over HTTP with long polls
-   (`HttpRobot.poll_forever`, wait 25 s), one over HTTP polling every 100 ms (the seed's
-   design: a GET every 100 ms, then an ack per command). The operator sends
+   (`HttpRobot.poll_forever`, wait 25 s), one over HTTP polling every 100 ms (a GET
+   every 100 ms, then an ack per command). The operator sends
    `POST /fleet/robots/{name}/commands {kind: custom, payload: {seq}}`, one command at a
    time, the three robots in turn; the next one goes 20-40 ms (at random, so the polling
-   robot sees commands at a random phase) after the previous one was delivered.
+   robot sees commands at a random phase) after the previous one was delivered. Beside
+   them, interleaved, a row without corral: the seed's own HTTP design, where the
+   orchestrator POSTs each command to a small HTTP server on the robot (`PushRobot`: the
+   standard library's server in a thread, a new TCP connection per command, the robot's
+   token in a header) and the robot acknowledges it in its answer; nothing is stored, so
+   it is a floor for that design, not a like-for-like service.
    - **delivery**: from just before the POST is sent to the robot's handler being called
      (both in this process, one clock);
    - **round trip**: from just before the POST to corral storing the ack: the command's
      `acked_at` (corral's clock, the same machine's wall clock as this process's
      `time.time()`), read afterwards, 50 commands at a time, from
-     `GET /fleet/robots/{name}/commands/log`.
+     `GET /fleet/robots/{name}/commands/log`; for the push row, to the answer with the
+     ack read.
 2. **N robots at 10 Hz** (N = 250, 500, 1000 by default; a fresh corral for each N). A
    second process (the load generator, also on this machine's 2 cores) runs `run_fleet`:
    N robots, each on its own WebSocket, on an 80x50 grid (4,000 markers, 1 m apart; the
@@ -50,6 +56,9 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import http.client
+import http.server
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -206,7 +215,7 @@ class HttpLongRobot:
 
 
 class HttpPollRobot:
-    """The seed's design: `GET commands` every `interval` seconds, then ack each one."""
+    """Polling: `GET commands` every `interval` seconds, then ack each one."""
 
     def __init__(self, url: str, name: str, token: str, interval: float = 0.1) -> None:
         self.name = name
@@ -237,6 +246,73 @@ class HttpPollRobot:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(5)
+
+
+class PushRobot:
+    """The seed's own HTTP design, not corral: a small HTTP server on the robot (the seed's
+    Flask on each Raspberry Pi; here the standard library's, in a thread) takes each
+    command the orchestrator POSTs to it, on a new TCP connection per request as the seed
+    says, with the robot's token in a header, and acknowledges it in its answer."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.token = f"push-{name}"
+        self.handled = Handled()
+        handled, token = self.handled, self.token
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                command = json.loads(body)
+                handled.mark(command)
+                answer = json.dumps({"ack": command["id"]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> PushRobot:
+        self.thread.start()
+        return self
+
+    def push(self, command_id: int, seq: int) -> tuple[float, float]:
+        """POST one command to the robot: (delivery ms, round trip ms to its ack read)."""
+        body = json.dumps({"id": command_id, "kind": "custom", "payload": {"seq": seq}})
+        sent = time.perf_counter()
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request(
+                "POST",
+                "/command",
+                body,
+                {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            )
+            answer = connection.getresponse()
+            ack = json.loads(answer.read())
+        finally:
+            connection.close()
+        acked = time.perf_counter()
+        if answer.status != 200 or ack.get("ack") != command_id:
+            raise RuntimeError(f"robot {self.name} did not acknowledge command {command_id}")
+        return (self.handled.wait(seq) - sent) * 1000, (acked - sent) * 1000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Pinger(threading.Thread):
@@ -346,12 +422,14 @@ def wait_online(api: httpx.Client, name: str, limit: float = 30.0) -> None:
 TRANSPORTS = {
     "ws": "WebSocket (RobotClient)",
     "long": "HTTP long poll (HttpRobot, wait 25 s)",
-    "poll": "HTTP polling every 100 ms (seed's design)",
+    "poll": "HTTP polling every 100 ms (HttpRobot)",
+    "push": "HTTP push to the robot (seed's, no corral)",
 }
 
 
 def unloaded(commands: int) -> tuple[dict[str, Samples], float, list[float]]:
-    """Part 1: the three transports, one command at a time, interleaved; and, over 5 s with
+    """Part 1: the three transports and the seed's push, one command at a time, interleaved;
+    and, over 5 s with
     no robot, corral's CPU and its answer time to `GET /healthz`."""
     results = {key: Samples() for key in TRANSPORTS}
     rng = random.Random(1)
@@ -367,6 +445,7 @@ def unloaded(commands: int) -> tuple[dict[str, Samples], float, list[float]]:
         pinger.stop()
         idle = (cpu_seconds(serve.proc.pid) - before) / (time.monotonic() - wall) * 100
         robots: dict[str, Robot] = {}
+        pusher: PushRobot | None = None
         try:
             with httpx.Client(base_url=serve.url, headers=HEADERS, timeout=60) as api:
                 makers: dict[str, Callable[[str, str, str], Robot]] = {
@@ -378,6 +457,7 @@ def unloaded(commands: int) -> tuple[dict[str, Samples], float, list[float]]:
                     name = f"probe-{key}"
                     robots[key] = make(serve.url, name, register(api, name)).start()
                     wait_online(api, name)
+                pusher = PushRobot("probe-push").start()
                 seq = 0
                 for i in range(commands + 10):  # the first 10 rounds warm up, untimed
                     for key, robot in robots.items():
@@ -385,11 +465,19 @@ def unloaded(commands: int) -> tuple[dict[str, Samples], float, list[float]]:
                         results[key].measure(api, robot, seq, keep=i >= 10)
                         # the ack is stored long before the next command goes
                         time.sleep(rng.uniform(0.02, 0.04))
+                    seq += 1
+                    delivery, trip = pusher.push(seq, seq)
+                    if i >= 10:
+                        results["push"].delivery.append(delivery)
+                        results["push"].trip.append(trip)
+                    time.sleep(rng.uniform(0.02, 0.04))
                 for key, robot in robots.items():
                     results[key].flush(api, robot)
         finally:
             for robot in robots.values():
                 robot.stop()
+            if pusher is not None:
+                pusher.stop()
             serve.stop()
     return results, idle, healthz
 
@@ -768,13 +856,15 @@ def print_unloaded(results: dict[str, Samples]) -> None:
             f"{label:44} {d[0]:12.1f} {d[1]:6.1f} {d[2]:6.1f}  {t[0]:8.1f} {t[1]:6.1f} "
             f"{t[2]:6.1f} {len(s.trip):4}"
         )
-    ws_d, ws_t = triple(results["ws"].delivery), triple(results["ws"].trip)
-    for key, label in (
-        ("long", "ratio HTTP long poll / WebSocket"),
-        ("poll", "ratio HTTP 100 ms polling / WebSocket"),
+    for key, over, label in (
+        ("long", "ws", "ratio HTTP long poll / WebSocket"),
+        ("poll", "ws", "ratio HTTP 100 ms polling / WebSocket"),
+        ("push", "ws", "ratio HTTP push (no corral) / WebSocket"),
+        ("ws", "push", "ratio WebSocket / HTTP push (no corral)"),
     ):
         d, t = triple(results[key].delivery), triple(results[key].trip)
-        cells = [ratio(a, b) for a, b in zip(d + t, ws_d + ws_t, strict=True)]
+        base_d, base_t = triple(results[over].delivery), triple(results[over].trip)
+        cells = [ratio(a, b) for a, b in zip(d + t, base_d + base_t, strict=True)]
         print(
             f"{label:44} {cells[0]:>12} {cells[1]:>6} {cells[2]:>6}  {cells[3]:>8} "
             f"{cells[4]:>6} {cells[5]:>6}"
