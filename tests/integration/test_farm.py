@@ -169,9 +169,9 @@ def test_duplicate_ready_is_ignored_while_its_tasks_are_open(
 
 def test_bad_requests(server: ThreadServer) -> None:
     with server.client() as api:
-        assert api.post("/tasks", json={"kind": "take", "target": "nobody"}).status_code == 422
+        assert api.post("/tasks", json={"kind": "take", "target": "nobody"}).status_code == 404
         wrong = api.post("/tasks", json={"kind": "dance", "target": "robot_arm"})
-        assert wrong.status_code == 422
+        assert wrong.status_code == 409
         assert "dance" in wrong.json()["error"]["message"]
         missing = api.post(
             "/tasks", json={"kind": "take", "target": "robot_arm", "params": {"printer_id": "x"}}

@@ -120,3 +120,81 @@ def test_error_answers_are_documented_as_json(server: ThreadServer) -> None:
         answer = api.get("/fleet/vda5050/mosquitto-acl")
         assert answer.status_code == 401
         assert answer.headers["content-type"] == "application/json"
+
+
+def _operation(api: Any, method: str, path: str) -> dict[str, Any]:
+    found: dict[str, Any] = api.get("/openapi.json").json()["paths"][path][method]
+    return found
+
+
+def test_a_robots_http_bodies_are_documented_and_held_to_it(server: ThreadServer) -> None:
+    """The channel's bodies were undocumented; an empty telemetry was a 204 and an ack of
+    7.0 (a JSON integer) a 422."""
+    with server.client() as api:
+        made = api.post("/fleet/robots", json={"name": "r3"})
+        assert made.status_code == 201, made.text
+        for route in ("telemetry", "checkpoint", "acks"):
+            body = _operation(api, "post", f"/fleet/robots/{{name}}/{route}")["requestBody"]
+            assert body["required"] is True
+            assert body["content"]["application/json"]["schema"]["type"] == "object"
+    with server.client(token=made.json()["token"]) as robot:
+        assert robot.post("/fleet/robots/r3/telemetry").status_code == 422
+        assert robot.post("/fleet/robots/r3/telemetry", json={"battery": 50}).status_code == 204
+        assert robot.post("/fleet/robots/r3/acks", json={"ids": [7.0]}).status_code == 404
+
+
+def test_a_device_registration_takes_what_its_schema_says(server: ThreadServer) -> None:
+    """port 5000.0 was refused; a host of {} was taken; an address outside device_networks
+    is this server's policy (403)."""
+    with server.client() as api:
+        schema = _operation(api, "post", "/file/device/discovery/register")["requestBody"]
+        registration = schema["content"]["application/json"]["schema"]
+        assert registration["additionalProperties"] is False
+        assert "pattern" in registration["properties"]["name"]
+        device = {"name": "d1", "host": "127.0.0.1", "port": 5000.0}
+        answer = api.post("/file/device/discovery/register", json=device)
+        assert answer.status_code == 204, answer.text
+        bad = {"name": "d2", "host": {}}
+        assert api.post("/file/device/discovery/register", json=bad).status_code == 422
+
+
+def test_state_not_shape_is_a_404_or_409(server: ThreadServer) -> None:
+    """Refusals that depend on what exists now, which no schema can state, were 422s."""
+    with server.client() as api:
+        task = {"kind": "homing", "target": "robot_arm"}
+        assert api.post("/tasks", json=task).status_code == 404
+        assert api.post("/fleet/robots", json={"name": "r4"}).status_code == 201
+        mission = api.post("/fleet/missions", json={"robot": "r4", "goal": "A"})
+        assert mission.status_code == 409, mission.text
+        assert api.put("/farm/racks/R", json={"slots": 2}).status_code == 200
+        bed = api.put("/farm/beds/b9", json={"type": "pei", "rack": "R", "slot": 5})
+        assert bed.status_code == 409, bed.text
+        started = api.post("/fleet/mapping", json={"robot": "r4", "map": "m4"})
+        assert started.status_code == 201, started.text
+        done = api.post("/fleet/mapping/r4/finish", json={"diameter": 2})
+        assert done.status_code == 409, done.text
+
+
+def test_a_hosts_url_and_transport_are_in_the_schema(server: ThreadServer) -> None:
+    """The URL's grammar and ssh-only-with-ssh:// were unstated; a bad URL's message was
+    pydantic's link ("For further information visit ..."); a new host's 201 undocumented."""
+    with server.client() as api:
+        spec = _schema(api, "HostBody")
+        pattern = spec["properties"]["url"]["pattern"]
+        assert re.search(pattern, "tcp://127.0.0.1:2375")
+        assert not re.search(pattern, "tcp://127.0.0.1:99999")
+        assert "allOf" in spec
+        assert "201" in _operation(api, "put", "/hosts/{name}")["responses"]
+        answer = api.put("/hosts/h2", json={"url": "tcp://127.0.0.1:99999"})
+        assert answer.status_code == 422
+        message = answer.json()["error"]["message"]
+        assert "url" in message
+        assert "errors.pydantic.dev" not in message
+
+
+def test_go1_answers_are_documented(server: ThreadServer) -> None:
+    with server.client() as api:
+        responses = _operation(api, "post", "/stop/")["responses"]
+        assert {"200", "409", "502"} <= set(responses)
+        failed = responses["409"]["content"]["application/json"]["schema"]["$ref"]
+        assert failed.endswith("/Go1Failed")

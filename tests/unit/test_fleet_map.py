@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from corral.errors import Invalid
+from corral.errors import Conflict, Invalid
 from corral.model.fleet_map import (
     FleetMap,
     MapBuilder,
@@ -245,7 +245,7 @@ def test_map_builder_averages_and_scales_by_the_diameter() -> None:
 def test_map_builder_refusals() -> None:
     builder = MapBuilder()
     builder.observe("only", 1, 1)
-    with pytest.raises(Invalid, match="at least 2"):
+    with pytest.raises(Conflict, match="at least 2"):  # what it saw so far, not the request
         builder.build("m", 5.0)
     with pytest.raises(Invalid, match="marker id"):
         builder.observe("bad id", 0, 0)

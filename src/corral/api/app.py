@@ -71,15 +71,7 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
-        responses={
-            400: {"model": errors.ErrorResponse},
-            401: {"model": errors.ErrorResponse},
-            403: {"model": errors.ErrorResponse},
-            404: {"model": errors.ErrorResponse},
-            409: {"model": errors.ErrorResponse},
-            413: {"model": errors.ErrorResponse},
-            422: {"model": errors.ErrorResponse},
-        },
+        responses=errors.ERRORS,
     )
     app.state.core = core
     errors.install(app, core.db.connection_lost)

@@ -46,6 +46,12 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# The error answers every route may give, for an app's API description.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422)
+}
+
+
 def error_response(
     status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:

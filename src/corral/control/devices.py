@@ -19,7 +19,7 @@ import structlog
 from corral.config import Settings
 from corral.devices.client import DeviceError, SupervisorClient
 from corral.devices.discovery import Browser, Found
-from corral.errors import CorralError, Invalid
+from corral.errors import CorralError, Forbidden, Invalid
 from corral.events import EventBus
 from corral.model.hosts import host_allowed
 from corral.model.manifests import Candidate
@@ -113,8 +113,8 @@ class DeviceService:
         if not 1 <= port <= 65535:
             raise Invalid(f"port {port} is not between 1 and 65535", {"field": "port"})
         refused = [a for a in addresses if not host_allowed(a, self.settings.device_networks)]
-        if refused:
-            raise Invalid(
+        if refused:  # this server's policy, not the request's shape (as engine_networks)
+            raise Forbidden(
                 f"device address {refused[0]!r} is outside device_networks",
                 {"field": "addresses", "allowed": self.settings.device_networks},
             )

@@ -176,7 +176,8 @@ class StackService:
         spec = self.parse(name, file, env, base_dir, mode)
         problems = await self.check(name, spec)
         if problems:
-            raise Invalid(f"stack cannot be placed: {problems[0]}", {"problems": problems})
+            # the hosts as they are now cannot take it: a conflict with the world's state
+            raise Conflict(f"stack cannot be placed: {problems[0]}", {"problems": problems})
         before = await self._stored_mode(name)
         await self.store.drop_leftovers(name)  # this stack's passes own those containers now
         if before == "swarm" and spec.mode != "swarm":

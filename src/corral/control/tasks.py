@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import Conflict, Invalid
+from corral.errors import Conflict, NotFound
 from corral.events import EventBus
 from corral.model.views import OPEN_TASK_STATES, TaskView
 from corral.store.tasks import Event, TaskStore, new_task
@@ -47,9 +47,11 @@ class TaskService:
         executor = self.executors.get(target)
         if executor is None:
             known = ", ".join(sorted(self.executors)) or "none (enable the farm)"
-            raise Invalid(f"no executor for target {target!r}; known: {known}", {"field": "target"})
+            raise NotFound(
+                f"no executor for target {target!r}; known: {known}", {"field": "target"}
+            )
         if kind not in executor.kinds:
-            raise Invalid(
+            raise Conflict(
                 f"{target} does not take {kind!r} tasks; it takes {', '.join(executor.kinds)}",
                 {"field": "kind"},
             )

@@ -108,7 +108,7 @@ class FleetService:
         if map_name is not None:
             fmap = self.dispatch.map(map_name)
             if marker is not None and marker not in fmap.markers:
-                raise Invalid(f"marker {marker!r} is not on map {map_name}", {"field": "marker"})
+                raise NotFound(f"marker {marker!r} is not on map {map_name}", {"field": "marker"})
         key = secrets.token_hex(32) if signed else None
         row = RobotRow(
             name=name,
@@ -307,9 +307,12 @@ class FleetService:
         """Returns once the acknowledgement is stored (with others', in one batch). With
         `known`, an id that is not one of the robot's commands refuses them all."""
         if not isinstance(ids, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in ids
+            (isinstance(i, int) and not isinstance(i, bool))
+            or (isinstance(i, float) and i.is_integer())
+            for i in ids
         ):
             raise Invalid("ack ids must be a list of command ids", {"field": "ids"})
+        ids = [int(i) for i in ids]  # JSON's 7.0 is the integer 7
         await self.seen(name)
         if ids and known:
             unknown = sorted(set(ids) - await self.store.known_commands(name, ids))

@@ -4,7 +4,8 @@ schema and the server agree (JSON integers, RFC 3339 times in query strings).
 Used by request models (routes, files read by the API) and query parameters.
 """
 
-from datetime import datetime
+import re
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BeforeValidator, Field
@@ -30,10 +31,21 @@ def _rfc3339(value: Any) -> Any:
     return value
 
 
+def _day(value: Any) -> Any:
+    """A date as RFC 3339 writes it: YYYY-MM-DD (pydantic alone also takes Unix seconds)."""
+    if isinstance(value, str):
+        if not DAY.match(value):
+            raise ValueError("must be a date as YYYY-MM-DD")
+        return date.fromisoformat(value)
+    return value
+
+
+DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 Integer = Annotated[int, BeforeValidator(_integer)]
 # A rack slot (1 to 1000) as an Integer: the bounds go first, or inside `| None` the
 # schema would carry them as unknown keywords.
 Slot = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integer)]
+Day = Annotated[date, BeforeValidator(_day)]
 Time = Annotated[
     AwareDatetime,
     BeforeValidator(_rfc3339),

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from corral.errors import Invalid
+from corral.errors import Conflict, Invalid
 
 MAX_MARKERS = 100_000
 MAX_LANES = 400_000
@@ -407,7 +407,7 @@ class MapBuilder:
         if not (isinstance(diameter, int | float) and math.isfinite(diameter) and diameter > 0):
             raise Invalid("diameter must be a positive number of metres", {"field": "diameter"})
         if len(self._sums) < 2:
-            raise Invalid(
+            raise Conflict(
                 f"mapping saw {len(self._sums)} marker(s); at least 2 are needed",
                 {"markers": len(self._sums)},
             )

@@ -11,6 +11,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from corral.model.names import NAME_SCHEMA, check_labels, check_name, labels_schema
 
@@ -48,15 +49,49 @@ class SshOptions(BaseModel):
     )
 
 
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_NAME = r"[A-Za-z0-9._~%!$&'()*+,;=-]+"  # a URL's host or user name, in ASCII
+_HOST = _NAME  # an IPv6 literal ([::1]) is taken too, though left out of the pattern
+_PATH = r"[\x21\x22\x24-\x3e\x40-\x7e]+"  # printable ASCII but '#' and '?'
+# What parse_engine_url accepts, as a pattern for the API description.
+ENGINE_URL_PATTERN = (
+    rf"^(unix:///{_PATH}|tcp://{_HOST}:{_PORT}/?|ssh://({_NAME}@)?{_HOST}(:{_PORT})?/?)$"
+)
+URL_NOTE = "unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]; also [IPv6] hosts."
+# tls only with tcp://, ssh only with ssh:// (the schema says so; _tls_only_on_tcp checks).
+TRANSPORT_WITH_SCHEME: JsonDict = {
+    "allOf": [
+        {
+            "anyOf": [
+                {"properties": {"ssh": {"type": "null"}}},
+                {"properties": {"url": {"pattern": "^ssh://"}}},
+            ]
+        },
+        {
+            "anyOf": [
+                {"properties": {"tls": {"type": "null"}}},
+                {"properties": {"url": {"pattern": "^tcp://"}}},
+            ]
+        },
+    ]
+}
+
+
 class HostSpec(BaseModel):
     """The desired host: how to reach the engine and the labels placement matches on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=TRANSPORT_WITH_SCHEME)
 
     name: str = Field(
         min_length=1, max_length=63, examples=["robot"], json_schema_extra=NAME_SCHEMA
     )
-    url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        examples=["tcp://10.231.0.2:2375"],
+        json_schema_extra={"pattern": ENGINE_URL_PATTERN},
+        description=URL_NOTE,
+    )
     labels: dict[str, str] = Field(
         default_factory=dict, max_length=MAX_LABELS, json_schema_extra=labels_schema()
     )

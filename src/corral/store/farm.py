@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.errors import Conflict, Invalid, NotFound
+from corral.errors import Conflict, NotFound
 from corral.model.farm import Rack, job_message, racks_nearest
 from corral.model.views import (
     OPEN_TASK_STATES,
@@ -208,7 +208,7 @@ class FarmStore:
                 if holder is None:
                     raise NotFound(f"rack {rack!r} not found", {"rack": rack})
                 if slot is None or not 1 <= slot <= holder.slots:
-                    raise Invalid(
+                    raise Conflict(
                         f"rack {rack} has slots 1 to {holder.slots}; give one as slot (got {slot})",
                         {"field": "slot"},
                     )

@@ -11,11 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from corral.api.compat import port_app
 from corral.api.deps import CoreDep, bearer
+from corral.api.errors import ErrorResponse
 from corral.core import Core
+from corral.model.fields import Integer
 
 router = APIRouter(tags=["edgeECHO (compatibility)"])
 ROLES = ("probe", "stream", "segmentation")
@@ -24,7 +26,7 @@ ROLES = ("probe", "stream", "segmentation")
 class StreamRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    count: StrictInt = Field(ge=1, description="Data messages the probe sends.")
+    count: Integer = Field(ge=1, description="Data messages the probe sends.")
     plain_stream: StrictBool = Field(description="True: no segmentation server.")
 
 
@@ -62,7 +64,11 @@ async def test() -> str:
     "/post/",
     dependencies=[Depends(_allowed)],
     summary="Start a probe -> stream (-> segmentation) session",
-    responses={200: {"model": StreamSession}},
+    responses={
+        200: {"model": StreamSession},
+        502: {"model": ErrorResponse, "description": "The session failed"},
+        504: {"model": ErrorResponse, "description": "The session is still starting"},
+    },
 )
 async def post(body: StreamRequest, core: CoreDep) -> Any:
     params = {"count": body.count, "plain_stream": body.plain_stream}

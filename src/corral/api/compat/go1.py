@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, bearer
+from corral.api.errors import ErrorBody
 from corral.core import Core
 from corral.errors import Invalid, NotFound
 from corral.model.views import StackView
@@ -24,6 +25,36 @@ class ContainerNames(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     containerName: list[str] = Field(max_length=200)
+
+
+class Go1Container(BaseModel):
+    name: str = Field(description="The service.")
+    container: str
+    host: str | None
+    state: str
+    error: str | None = None
+
+
+class Go1Done(BaseModel):
+    success: bool
+    containers: list[Go1Container] | None = None
+    removed: int | None = None
+
+
+class Go1Failed(BaseModel):
+    """The seed's `{"error": "..."}`, or corral's error object, with what was done."""
+
+    error: str | ErrorBody
+    containers: list[Go1Container] | None = None
+    removed: int | None = None
+    pending_hosts: dict[str, str] | None = None
+
+
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"model": Go1Done},
+    409: {"model": Go1Failed, "description": "Nothing deployed yet, or a conflict"},
+    502: {"model": Go1Failed, "description": "Some container is not as asked"},
+}
 
 
 async def _allowed(
@@ -82,7 +113,12 @@ def _services(core_view: StackView, names: list[str]) -> list[str]:
     return sorted(set(chosen))
 
 
-@router.post("/deploy/", dependencies=[Allowed], summary="Deploy the predefined containers")
+@router.post(
+    "/deploy/",
+    dependencies=[Allowed],
+    summary="Deploy the predefined containers",
+    responses=ANSWERS,
+)
 async def deploy(core: CoreDep) -> JSONResponse:
     name = _stack(core)
     path = core.settings.go1_file
@@ -98,7 +134,12 @@ async def deploy(core: CoreDep) -> JSONResponse:
     return _answer(await core.stacks.converge(name), set(), "running")
 
 
-@router.post("/terminate/", dependencies=[Allowed], summary="Remove the stack's containers")
+@router.post(
+    "/terminate/",
+    dependencies=[Allowed],
+    summary="Remove the stack's containers",
+    responses=ANSWERS,
+)
 async def terminate(core: CoreDep) -> JSONResponse:
     name = _stack(core)
     try:
@@ -132,11 +173,13 @@ async def _switch(core: Core, body: ContainerNames, stopped: bool) -> JSONRespon
     return _answer(await core.stacks.converge(name), set(services), done)
 
 
-@router.post("/start/", dependencies=[Allowed], summary="Start containers by name")
+@router.post(
+    "/start/", dependencies=[Allowed], summary="Start containers by name", responses=ANSWERS
+)
 async def start(body: ContainerNames, core: CoreDep) -> JSONResponse:
     return await _switch(core, body, stopped=False)
 
 
-@router.post("/stop/", dependencies=[Allowed], summary="Stop containers by name")
+@router.post("/stop/", dependencies=[Allowed], summary="Stop containers by name", responses=ANSWERS)
 async def stop(body: ContainerNames, core: CoreDep) -> JSONResponse:
     return await _switch(core, body, stopped=True)

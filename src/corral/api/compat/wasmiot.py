@@ -6,6 +6,7 @@ another origin.
 """
 
 import json
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -57,8 +58,50 @@ class SeedErrors(BaseHTTPMiddleware):
         return Response(body, status, headers, media_type="application/json")
 
 
+SEED_ERROR = {
+    "type": "object",
+    "description": "`err` alone for an unknown URL",
+    "properties": {
+        "errorText": {"type": "string"},
+        "error": {"type": "string"},
+        "err": {"type": "string"},
+    },
+    "required": ["err"],
+}
+SEED_STATUSES = {
+    "400": "Bad input",
+    "401": "No or a bad token",
+    "403": "Not allowed",
+    "404": "Not found",
+    "500": "A failure on corral's or a device's side",
+}
+
+
+def document_seed_errors(app: FastAPI) -> None:
+    """The port's API description gives the orchestrator's error answers, as SeedErrors
+    makes them, in place of corral's."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                for status in [s for s in responses if s[0] in "45"]:
+                    del responses[status]
+                for status, description in SEED_STATUSES.items():
+                    content = {"application/json": {"schema": SEED_ERROR}}
+                    responses[status] = {"description": description, "content": content}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_wasmiot_app(core: Core) -> FastAPI:
     app = port_app(core, "corral: Wasm-IoT orchestrator API", wasmiot.router)
+    document_seed_errors(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def bad_url(request: Request, exc: StarletteHTTPException) -> JSONResponse:

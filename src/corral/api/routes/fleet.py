@@ -19,7 +19,7 @@ from corral.api.deps import CoreDep, Reader, Writer, bearer
 from corral.api.robot_session import RobotSession, refuse
 from corral.control.access import Caller
 from corral.core import Core
-from corral.errors import CorralError, Forbidden, Invalid
+from corral.errors import Conflict, CorralError, Forbidden, Invalid
 from corral.fleet.missions import mission_doc
 from corral.fleet.service import OPERATOR_KINDS
 from corral.model.fields import Integer
@@ -29,8 +29,17 @@ router = APIRouter(prefix="/fleet", tags=["fleet"])
 RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
 
 
+# A start marker needs a map (the schema says so: no marker, or a map beside it).
+MARKER_WITH_MAP: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"marker": {"type": "null"}}},
+        {"required": ["map"], "properties": {"map": {"type": "string"}}},
+    ]
+}
+
+
 class RobotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=MARKER_WITH_MAP)
 
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
     group: str = Field(default="", max_length=63)
@@ -80,10 +89,49 @@ class BroadcastRequest(CommandRequest):
     group: str | None = Field(default=None, max_length=63, description="None: every robot.")
 
 
-class Acks(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# The robot channel's HTTP bodies, as the fleet service checks them (docs/fleet-protocol.md);
+# read raw, as the signature covers the bytes' JSON. `n` and `sig` are the signature's.
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
 
-    ids: list[Integer] = Field(max_length=10_000)
+
+def _number(low: float, high: float) -> dict[str, Any]:
+    return _nullable({"type": "number", "minimum": low, "maximum": high})
+
+
+MARKER = {"type": "string", "minLength": 1}
+TELEMETRY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "type": {},
+        "marker": _nullable(MARKER),
+        "lane": _nullable(
+            {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}
+        ),
+        "progress": _number(0, 1),
+        "distance": _number(0, 1e6),
+        "battery": _number(0, 100),
+        "status": _nullable({"type": "string", "maxLength": 200}),
+        "n": {},
+        "sig": {},
+    },
+    # at a marker or on a lane, not both
+    "not": {
+        "required": ["marker", "lane"],
+        "properties": {"marker": {"type": "string"}, "lane": {"type": "array"}},
+    },
+}
+CHECKPOINT = {"type": "object", "required": ["marker"], "properties": {"marker": MARKER}}
+ACKS = {
+    "type": "object",
+    "required": ["ids"],
+    "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "maxItems": 10_000}},
+}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 # ----------------------------------------------------------------------------- operators
@@ -241,9 +289,9 @@ async def cancel_mapping(name: RobotName, core: CoreDep, _: Writer) -> Response:
 async def start_mission(body: MissionRequest, core: CoreDep, _: Writer) -> dict[str, Any]:
     row = core.fleet.robot(body.robot)
     if row.map is None:
-        raise Invalid(f"robot {body.robot} is on no map", {"field": "robot"})
+        raise Conflict(f"robot {body.robot} is on no map", {"field": "robot"})
     if body.actions and (core.vda5050 is None or body.robot not in core.vda5050.by_robot):
-        raise Invalid(
+        raise Conflict(
             f"actions at the goal need a VDA 5050 vehicle; robot {body.robot} is not one",
             {"field": "actions"},
         )
@@ -302,8 +350,10 @@ RobotCaller = Annotated[Caller, Depends(_robot_caller)]
 
 async def _signed_body(request: Request, core: Core, name: str) -> dict[str, Any]:
     raw = await request.body()
+    if not raw:
+        raise Invalid("send the message as a JSON object")
     try:
-        body = json.loads(raw) if raw else {}
+        body = json.loads(raw)
     except ValueError:
         raise Invalid("the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -321,7 +371,12 @@ async def http_nonce(name: RobotName, core: CoreDep, _: RobotCaller) -> Nonce:
     return Nonce(nonce=core.fleet.http_nonce(name))
 
 
-@router.post("/robots/{name}/telemetry", status_code=204, summary="A robot reports (HTTP)")
+@router.post(
+    "/robots/{name}/telemetry",
+    status_code=204,
+    summary="A robot reports (HTTP)",
+    openapi_extra=_json_body(TELEMETRY),
+)
 async def http_telemetry(
     name: RobotName, request: Request, core: CoreDep, _: RobotCaller
 ) -> Response:
@@ -330,7 +385,12 @@ async def http_telemetry(
     return Response(status_code=204)
 
 
-@router.post("/robots/{name}/checkpoint", status_code=204, summary="A robot reached a marker")
+@router.post(
+    "/robots/{name}/checkpoint",
+    status_code=204,
+    summary="A robot reached a marker",
+    openapi_extra=_json_body(CHECKPOINT),
+)
 async def http_checkpoint(
     name: RobotName, request: Request, core: CoreDep, _: RobotCaller
 ) -> Response:
@@ -350,7 +410,12 @@ async def http_commands(
     return await core.fleet.wait_commands(name, after, wait)
 
 
-@router.post("/robots/{name}/acks", status_code=204, summary="A robot acknowledges commands")
+@router.post(
+    "/robots/{name}/acks",
+    status_code=204,
+    summary="A robot acknowledges commands",
+    openapi_extra=_json_body(ACKS),
+)
 async def http_acks(name: RobotName, request: Request, core: CoreDep, _: RobotCaller) -> Response:
     body = await _signed_body(request, core, name)
     await core.fleet.ack(name, body.get("ids"))

@@ -6,11 +6,19 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from corral.api.deps import CoreDep, Reader, Writer
 from corral.errors import Invalid
-from corral.model.hosts import MAX_LABELS, HostSpec, SshOptions, TlsFiles
+from corral.model.hosts import (
+    ENGINE_URL_PATTERN,
+    MAX_LABELS,
+    TRANSPORT_WITH_SCHEME,
+    URL_NOTE,
+    HostSpec,
+    SshOptions,
+    TlsFiles,
+)
 from corral.model.names import NAME_PATTERN, labels_schema
 from corral.model.views import HostView
 
@@ -21,9 +29,15 @@ HostName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description=
 class HostBody(BaseModel):
     """A host without its name, for `PUT /hosts/{name}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=TRANSPORT_WITH_SCHEME)
 
-    url: str = Field(min_length=1, max_length=2048, examples=["tcp://10.231.0.2:2375"])
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        examples=["tcp://10.231.0.2:2375"],
+        json_schema_extra={"pattern": ENGINE_URL_PATTERN},
+        description=URL_NOTE,
+    )
     labels: dict[str, str] = Field(
         default_factory=dict, max_length=MAX_LABELS, json_schema_extra=labels_schema()
     )
@@ -55,8 +69,11 @@ def _spec(name: str, body: HostBody) -> HostSpec:
             ssh=body.ssh,
             insecure=body.insecure,
         )
-    except ValueError as exc:
-        raise Invalid(str(exc).splitlines()[-1].strip(), {"host": name}) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise Invalid(f"{where}: {message}" if where else message, {"host": name}) from None
 
 
 @router.get("", summary="List hosts")
@@ -84,7 +101,11 @@ async def get_host(name: HostName, core: CoreDep, _: Reader) -> HostView:
     return await core.hosts.store.get(name)
 
 
-@router.put("/{name}", summary="Create or update a host")
+@router.put(
+    "/{name}",
+    summary="Create or update a host",
+    responses={201: {"model": HostView, "description": "Created"}},
+)
 async def put_host(
     name: HostName, body: HostBody, core: CoreDep, _: Writer, response: Response
 ) -> HostView:

@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import CoreDep, Reader, Writer
+from corral.api.routes.fleet import MARKER_WITH_MAP
 from corral.core import Core
 from corral.errors import Conflict, Invalid
 from corral.fleet.vda5050.broker_access import acl_file
@@ -22,7 +23,7 @@ RobotName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
 
 
 class VehicleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=MARKER_WITH_MAP)
     name: str = Field(pattern=NAME_PATTERN, max_length=63, description="Its robot name.")
     manufacturer: str = Field(pattern=TOPIC_LEVEL)
     serial_number: str = Field(pattern=TOPIC_LEVEL)

@@ -9,24 +9,29 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response, Security
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import UploadFile
 
 from corral.api.deps import CoreDep, bearer
 from corral.control.access import Action, Caller
-from corral.control.devices import device_url
+from corral.control.devices import MAX_ADDRESSES, device_url
 from corral.control.modules import functions_of
 from corral.core import Core
 from corral.errors import Forbidden, Invalid
 from corral.model.events import EventFilter
+from corral.model.fields import Day, Time
+from corral.model.manifests import MAX_STEPS
 from corral.model.views import DeploymentView, DeviceView, ModuleView
-from corral.model.wasm_modules import bracketed_fields, openapi
+from corral.model.wasm_modules import NAME, bracketed_fields, openapi
 
 router = APIRouter(tags=["Wasm-IoT"])
 Ref = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
 MAX_LOG = 16_384
+PORT_TEXT = (
+    r"^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+)
 
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -34,30 +39,67 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+WASM_NAME = {"type": "string", "pattern": NAME.pattern}
+TEXT = {"type": "string", "minLength": 1}
 STEP = {
     "type": "object",
+    "additionalProperties": False,
     "properties": {
-        "device": {"type": "string", "nullable": True},
-        "module": {"type": "string"},
-        "func": {"type": "string"},
+        "device": {"anyOf": [TEXT, {"type": "null"}]},
+        "module": TEXT,
+        "func": TEXT,
         "failovers": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["module", "func"],
 }
 MANIFEST = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "sequence": {"type": "array", "items": STEP}},
+    "additionalProperties": False,
+    "properties": {
+        "name": WASM_NAME,
+        "sequence": {"type": "array", "items": STEP, "minItems": 1, "maxItems": MAX_STEPS},
+    },
     "required": ["name", "sequence"],
+}
+# A host name (labels of 1 to 63 letters, digits or '-') or an IP address.
+# A host name: labels of letters, digits and '-'; the last starts with a letter, as a URL
+# parser reads a name ending in a number as an IPv4 address.
+LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+TOP = r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = {"type": "string", "maxLength": 253, "pattern": rf"^({LABEL}\.)*{TOP}$"}
+ADDRESS = {
+    "anyOf": [
+        {"type": "string", "format": "ipv4"},
+        {"type": "string", "format": "ipv6"},
+        HOST_NAME,
+    ]
 }
 REGISTRATION = {
     "type": "object",
+    "additionalProperties": False,
     "properties": {
-        "name": {"type": "string"},
-        "type": {"type": "string"},
-        "port": {"type": "integer"},
-        "properties": {"type": "object"},
-        "addresses": {"type": "array", "items": {"type": "string"}},
-        "host": {"type": "string"},
+        "name": WASM_NAME,
+        "type": {},
+        "port": {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "pattern": PORT_TEXT},
+            ]
+        },
+        "properties": {
+            "type": ["object", "null"],
+            "properties": {
+                "address": {"anyOf": [ADDRESS, {"const": ""}]},
+                "path": {"type": "string", "maxLength": 255},
+            },
+        },
+        # none (or empty): the host, else the address the request came from
+        "addresses": {
+            "type": ["array", "null"],
+            "items": ADDRESS,
+            "maxItems": MAX_ADDRESSES,
+        },
+        "host": {"anyOf": [ADDRESS, {"const": ""}, {"type": "null"}]},
     },
     "required": ["name"],
 }
@@ -247,13 +289,20 @@ async def register(request: Request, core: CoreDep, _: Writer) -> Response:
     if not isinstance(name, str):
         raise Invalid("name is required (the device's name)", {"field": "name"})
     port = body.get("port", 5000)
+    if isinstance(port, float) and port.is_integer():
+        port = int(port)  # JSON's 5000.0 is the integer 5000
     if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit():
         raise Invalid(f"port must be a number, not {port!r}", {"field": "port"})
-    properties = body.get("properties") or {}
+    host = body.get("host")
+    if host is not None and not isinstance(host, str):
+        raise Invalid("host must be a host name or an address", {"field": "host"})
+    properties = body.get("properties")
+    properties = {} if properties is None else properties
     if not isinstance(properties, dict):
         raise Invalid("properties must be an object", {"field": "properties"})
     client = request.client.host if request.client else "127.0.0.1"
-    addresses = body.get("addresses") or [body.get("host") or client]
+    addresses = body.get("addresses")
+    addresses = addresses if addresses not in (None, []) else [host or client]
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise Invalid("addresses must be a list of addresses", {"field": "addresses"})
     extra = properties.get("address")
@@ -300,7 +349,24 @@ def _own(caller: Caller, device: str) -> None:
 # ----------------------------------------------------------------------------- modules
 
 
-@router.post("/file/module", status_code=201, summary="Upload a module (multipart name + .wasm)")
+UPLOAD = {
+    "type": "object",
+    "required": ["name", "module"],
+    "properties": {
+        "name": WASM_NAME,
+        "module": {"type": "string", "format": "binary", "contentMediaType": "application/wasm"},
+    },
+}
+
+
+@router.post(
+    "/file/module",
+    status_code=201,
+    summary="Upload a module (multipart name + .wasm)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD}}}
+    },
+)
 async def upload(request: Request, core: CoreDep, _: Writer) -> JSONResponse:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise Invalid("send multipart/form-data with a `name` field and the .wasm file")
@@ -485,7 +551,33 @@ async def execute(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict[
 LOG_SAVED = {"message": "Log received and saved"}
 
 
-@router.post("/device/logs", summary="A device reports a log record (form field logData)")
+LOG_RECORD = {
+    "type": "object",
+    "required": ["logData"],
+    "properties": {
+        "logData": {
+            "type": "string",
+            "maxLength": MAX_LOG,
+            "contentMediaType": "application/json",
+            "description": "A JSON object: deviceName, message, logLevel, ...",
+        }
+    },
+}
+
+
+@router.post(
+    "/device/logs",
+    summary="A device reports a log record (form field logData)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": LOG_RECORD},
+                "application/x-www-form-urlencoded": {"schema": LOG_RECORD},
+            },
+        }
+    },
+)
 async def device_logs(request: Request, core: CoreDep, caller: LogSender) -> dict[str, str]:
     """Answers 200 `{"message": "Log received and saved"}`, as the supervisor expects (it
     rebuilds its log handler on any other answer). Kept as a `device.log` event. On
@@ -512,16 +604,18 @@ async def device_logs(request: Request, core: CoreDep, caller: LogSender) -> dic
 
 @router.get("/device/logs", summary="Stored device logs; ?date= keeps those received since")
 async def stored_logs(
-    core: CoreDep, _: Reader, date: str | None = None, limit: int = 1000
+    core: CoreDep,
+    _: Reader,
+    date: Annotated[
+        Time | Day | None, Query(description="A day (UTC midnight) or an RFC 3339 time.")
+    ] = None,
+    limit: Annotated[int, Query(description="At most 10000 are returned.")] = 1000,
 ) -> list[dict[str, Any]]:
     since = None
-    if date:
-        try:
-            since = datetime.fromisoformat(date.replace("Z", "+00:00"))
-        except ValueError:
-            raise Invalid(f"date {date!r} is not an ISO date or time", {"field": "date"}) from None
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+    if isinstance(date, datetime):
+        since = date
+    elif date is not None:
+        since = datetime(date.year, date.month, date.day, tzinfo=UTC)
     where = EventFilter(kind="device.log", since=since)
     events = await core.bus.query(where, limit=max(1, min(limit, 10_000)))
     return [{**e.data, "dateReceived": e.time.isoformat()} for e in events]
