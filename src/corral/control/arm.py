@@ -321,7 +321,7 @@ class ArmDispatcher:
                 await self._apply(flight, after_silence(flight), "silence")
             return
         if flight is not None:  # to send again: its job, unless it ended meanwhile
-            task = await self.tasks.store.get(flight.task)
+            task = await self.tasks.get(flight.task)
             if task.state in ("assigned", "running"):
                 await self._send(task, dict(task.params.get("job") or {}), first=False)
             else:
@@ -329,7 +329,7 @@ class ArmDispatcher:
             return
         if self.word in ("busy", "error") and now - self.word_since < self.timeout:
             return  # it said so itself, with no job of ours: wait for its available
-        out = await self.tasks.store.open_for(self.arm, ("assigned", "running"), 1)
+        out = await self.tasks.open_for(self.arm, ("assigned", "running"), 1)
         if out:
             [stray] = out
             # Out before this dispatcher ran (a restart, a takeover): its words may be lost.
@@ -349,13 +349,13 @@ class ArmDispatcher:
                 await self._heard_by_sender(adopted)
             return
         seen = 0
-        while page := await self.tasks.store.open_for(self.arm, ("queued",), PAGE, seen):
+        while page := await self.tasks.open_for(self.arm, ("queued",), PAGE, seen):
             seen += len(page)
             for task in page:
                 claim = await self.store.claim(task.id, self.arm, moved_event)
                 if claim.why is not None:  # a replace with no clean bed free: the next one
                     if task.reason != claim.why:
-                        await self.tasks.store.update(task.id, reason=claim.why)
+                        await self.tasks.update(task.id, reason=claim.why)
                     continue
                 self.bus.published(claim.events)
                 if claim.task is not None:
@@ -369,7 +369,7 @@ class ArmDispatcher:
         before it can be answered.)"""
         if task.state != "assigned":
             return None
-        return await self.tasks.store.update(task.id, sent_at=utcnow(), attempts=task.attempts + 1)
+        return await self.tasks.update(task.id, sent_at=utcnow(), attempts=task.attempts + 1)
 
     async def _send(self, task: TaskView, job: dict[str, Any], first: bool) -> None:
         assert self.mqtt is not None

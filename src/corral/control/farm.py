@@ -36,6 +36,18 @@ class FarmService:
         self.settings, self.arm = dispatch.settings, dispatch.arm
         self._ready_lock = asyncio.Lock()
 
+    async def printers(self) -> list[PrinterView]:
+        return await self.store.printers()
+
+    async def printer(self, id: str) -> PrinterView:
+        return await self.store.printer(id)
+
+    async def racks(self) -> list[RackView]:
+        return await self.store.racks()
+
+    async def beds(self) -> list[BedView]:
+        return await self.store.beds()
+
     def executor(self) -> Executor:
         # A job with the arm ends when the arm says so (or by the in-flight rule), not by a
         # cancel.
@@ -113,9 +125,7 @@ class FarmService:
         return None
 
     async def homing(self, body: bytes, source: str, redelivered: bool = False) -> str | None:
-        if redelivered and any(
-            t.kind == "homing" for t in await self.tasks.store.open_for(self.arm)
-        ):
+        if redelivered and any(t.kind == "homing" for t in await self.tasks.open_for(self.arm)):
             await self.bus.emit(
                 "farm.homing.duplicate",
                 f"arm/{self.arm}",
@@ -147,7 +157,7 @@ class FarmService:
     async def _task_ended(self, task: TaskView) -> None:
         await self.store.release(task)
         if task.kind == "take":  # no take, no replace: the printer still holds its bed
-            for other in await self.tasks.store.open_for(self.arm):
+            for other in await self.tasks.open_for(self.arm):
                 same = other.params.get("printer_id") == task.params.get("printer_id")
                 if other.kind == "replace" and other.state == "queued" and same:
                     await self.tasks.move(other.id, "cancelled", f"its take {task.id} {task.state}")

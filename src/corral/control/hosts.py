@@ -95,6 +95,13 @@ class HostService:
         # Set when a check finds the host unreachable: work still waiting on it gives up.
         self._lost: dict[str, asyncio.Event] = {}
 
+    async def views(self) -> list[HostView]:
+        """Every host, by name: its spec and its last observation."""
+        return await self.store.list()
+
+    async def view(self, name: str) -> HostView:
+        return await self.store.get(name)
+
     def refusal(self, spec: HostSpec) -> str:
         """Why corral will not talk to this engine as configured ("" when it will): an
         address outside `engine_networks`, or an insecure connection not accepted."""

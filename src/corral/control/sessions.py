@@ -284,7 +284,7 @@ class SessionService:
         reserved = await self.store.reserved()
         reasons: list[str] = []
         best: tuple[float, str] | None = None
-        for host in await self.hosts.store.list():
+        for host in await self.hosts.views():
             facts = host.facts
             if not host.reachable or facts is None:
                 reasons.append(f"{host.name} is unreachable")
@@ -343,7 +343,7 @@ class SessionService:
 
     async def _drivers(self) -> dict[str, HostDriver]:
         out: dict[str, HostDriver] = {}
-        for host in await self.hosts.store.list():
+        for host in await self.hosts.views():
             if host.reachable:
                 out[host.name] = self.hosts.driver_for(host)
         return out
@@ -374,7 +374,7 @@ class SessionService:
             plans = [plan_session_container(session, s) for s in inst.stack.services.values()]
             made = await _all(*(self.hosts.call(driver.create, plan, False) for plan in plans))
             ids = dict(zip(inst.stack.services, made, strict=True))
-            address = _client_address(await self.hosts.store.get(host))
+            address = _client_address(await self.hosts.view(host))
             endpoints: list[Endpoint] = []
             # Nothing is written between two `docker start`s: the containers' ids and start
             # times go with the move to running (a start cut short is cleaned by label).
@@ -535,7 +535,7 @@ class SessionService:
         """The host's driver when the monitor last found it reachable."""
         if not host:
             return None
-        for known in await self.hosts.store.list():
+        for known in await self.hosts.views():
             if known.name == host and known.reachable:
                 return self.hosts.driver_for(known)
         return None
@@ -565,7 +565,7 @@ class SessionService:
             if (await self.store.get(stored.id)).cleaned_at is not None:
                 return  # another caller cleaned it while this one waited
             self.store.db.term.confirm()
-            host = {h.name: h for h in await self.hosts.store.list()}.get(stored.host or "")
+            host = {h.name: h for h in await self.hosts.views()}.get(stored.host or "")
             if host is not None:
                 # A host cut off midway is given up on (Unreachable): cleaned when it answers.
                 await self.hosts.while_reachable(
@@ -650,7 +650,7 @@ class SessionService:
         sessions = await self.store.unfinished()
         if not sessions:
             return
-        hosts = {h.name: h for h in await self.hosts.store.list()}
+        hosts = {h.name: h for h in await self.hosts.views()}
         seen: dict[str, list[ContainerInfo]] = {}
         for name in sorted({s.host for s in sessions if s.host}):
             if name in hosts and hosts[name].reachable:
@@ -737,7 +737,7 @@ class SessionService:
         """Remove containers and networks of sessions already cleaned: made by a create
         still in flight when its session was cancelled. Sessions this store does not know
         belong to someone else and are left alone."""
-        for host in await self.hosts.store.list():
+        for host in await self.hosts.views():
             if not host.reachable:
                 continue
             try:
@@ -834,7 +834,7 @@ class SessionService:
         containers may have stopped or may still run, nobody can tell until it answers."""
         if not any(v.state in ACTIVE_STATES and v.host for v in views):
             return views
-        hosts = {h.name: h for h in await self.hosts.store.list()}
+        hosts = {h.name: h for h in await self.hosts.views()}
         return [_unknown(v, hosts.get(v.host)) for v in views]
 
     async def logs(

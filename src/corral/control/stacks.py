@@ -128,7 +128,7 @@ class StackService:
     async def check(self, name: str, spec: StackSpec) -> list[str]:
         """Problems that depend on the hosts: constraints no host meets, images no host has
         and nothing can build, networks that would span hosts with no shared network."""
-        hosts = await self.hosts.store.list()
+        hosts = await self.hosts.views()
         candidates = _candidates(hosts, {})
         problems: list[str] = []
         if spec.mode == "swarm":
@@ -242,7 +242,7 @@ class StackService:
         async with self._lock(name):
             if before == "swarm":
                 await self.swarm.down(name)
-            await self._remove_containers(name, await self.hosts.store.list())
+            await self._remove_containers(name, await self.hosts.views())
         await self.bus.emit(
             "stack.updated",
             f"stack/{name}",
@@ -310,7 +310,7 @@ class StackService:
             if self._mode_of(stored) == "swarm":
                 removed += await self.swarm.down(name)
             placed = set((await self.store.placements(name)).values())
-            hosts = await self.hosts.store.list()
+            hosts = await self.hosts.views()
             more, missed = await self._remove_containers(
                 name, hosts, placed, self._waves_of(stored)
             )
@@ -329,7 +329,7 @@ class StackService:
         leftovers = await self.store.leftovers()
         if not leftovers:
             return
-        hosts = {view.name: view for view in await self.hosts.store.list()}
+        hosts = {view.name: view for view in await self.hosts.views()}
         for stack, host, _, since in leftovers:
             view = hosts.get(host)
             if view is None:  # the host itself was removed: nothing corral can reach
@@ -368,7 +368,7 @@ class StackService:
     async def _collect_networks(self, stacks: set[str]) -> None:
         """Remove networks corral made for stacks that no longer exist (an overlay a swarm
         still held when its stack went down)."""
-        for host in await self.hosts.store.list():
+        for host in await self.hosts.views():
             if not host.reachable:
                 continue
             try:
@@ -477,7 +477,7 @@ class StackService:
         return await self.view(name)
 
     async def _observe(self, name: str, stored: StoredStack, spec: StackSpec) -> _Pass:
-        hosts = {h.name: h for h in await self.hosts.store.list()}
+        hosts = {h.name: h for h in await self.hosts.views()}
         loads = await self.store.host_loads()
         previous = await self.store.placements(name)
         for host in previous.values():
@@ -886,7 +886,7 @@ class StackService:
         stopper = asyncio.create_task(on_stop())
         try:
             while not stop.is_set():
-                for host in await self.hosts.store.list():
+                for host in await self.hosts.views():
                     running = watching.get(host.name)
                     if host.reachable and (running is None or not running.is_alive()):
                         driver = self.hosts.driver_for(host)

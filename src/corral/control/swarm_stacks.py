@@ -134,7 +134,7 @@ class SwarmStacks:
         """One pass: make the stack's services match the file, then read their tasks.
         Returns the slots and whether something is still moving (tasks starting, an update
         or a rollback under way), so that the caller looks again soon."""
-        hosts = await self.hosts.store.list()
+        hosts = await self.hosts.views()
         manager = manager_of(hosts)
         if manager is None:
             reason = "swarm mode needs a reachable swarm manager, and no host is one now"
@@ -462,7 +462,7 @@ class SwarmStacks:
 
         Services are only ever removed by name of a stack corral holds: corral never sweeps a
         swarm for services of stacks it does not know, since another corral may share it."""
-        hosts = await self.hosts.store.list()
+        hosts = await self.hosts.views()
         manager = manager_of(hosts)
         if manager is None:
             raise _no_manager(name)
@@ -482,7 +482,7 @@ class SwarmStacks:
 
     async def check_can_remove(self, name: str) -> None:
         """Unreachable unless a manager is reachable (to leave swarm mode, say)."""
-        if manager_of(await self.hosts.store.list()) is None:
+        if manager_of(await self.hosts.views()) is None:
             raise _no_manager(name)
 
     async def _remove_service(

@@ -24,7 +24,7 @@ from corral.errors import Conflict, Invalid, NotFound, Unauthorized
 from corral.events import EventBus
 from corral.fleet.links import Link, Links, Seal
 from corral.fleet.mapping import MappingSessions
-from corral.fleet.missions import Dispatcher
+from corral.fleet.missions import Dispatcher, mission_doc
 from corral.model.fleet_map import FleetMap, shortest_route
 from corral.model.views import TaskView
 from corral.robot.signing import verify
@@ -359,6 +359,27 @@ class FleetService:
         )
         return names
 
+    async def command_log(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A robot's latest commands, newest first, acknowledged or not."""
+        self.robot(name)
+        return [
+            {
+                "id": c.id,
+                "kind": c.kind,
+                "body": c.body,
+                "created_at": c.created_at.isoformat(),
+                "acked_at": c.acked_at.isoformat() if c.acked_at else None,
+            }
+            for c in await self.store.commands(name, limit)
+        ]
+
+    async def missions(self, state: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """The newest missions first, as documents."""
+        return [mission_doc(m) for m in await self.store.missions(state, limit)]
+
+    async def mission(self, id: int) -> dict[str, Any]:
+        return mission_doc(await self.store.mission(id))
+
     async def pending(self, name: str, after: int = 0) -> list[dict[str, Any]]:
         return [_wire(c.id, c.kind, c.body) for c in await self.store.open_commands(name, after)]
 
@@ -441,7 +462,7 @@ class FleetService:
             raise Invalid(f"marker {marker!r} is on no map", {"field": "params.marker"})
 
     async def _assign_tasks(self) -> None:
-        for task in await self.tasks.store.open_for(TARGET):
+        for task in await self.tasks.open_for(TARGET):
             if task.state != "queued":
                 continue
             choice = self._best_robot(task.params)

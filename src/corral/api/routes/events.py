@@ -55,7 +55,7 @@ async def list_events(
     newest_first: bool = False,
 ) -> list[EventView]:
     where = _filter(kind, resource, since, until, after_id)
-    return await core.events.query(where, limit, newest_first)
+    return await core.bus.query(where, limit, newest_first)
 
 
 @router.get(
@@ -93,7 +93,7 @@ async def _follow(core: Core, where: EventFilter, after_id: int | None) -> Async
     async with core.bus.subscribe() as sub:
         yield ": connected\n\n"
         if after_id is None:
-            newest = await core.events.query(EventFilter(), limit=1, newest_first=True)
+            newest = await core.bus.query(EventFilter(), limit=1, newest_first=True)
             last = newest[0].id if newest else 0
         else:
             last = after_id
@@ -103,7 +103,7 @@ async def _follow(core: Core, where: EventFilter, after_id: int | None) -> Async
                 sub.lagged.clear()
                 while not sub.queue.empty():
                     sub.queue.get_nowait()
-                page = await core.events.query(_after(where, last), limit=BACKFILL_PAGE)
+                page = await core.bus.query(_after(where, last), limit=BACKFILL_PAGE)
                 for event in page:
                     yield _frame(event)
                     last = event.id

@@ -127,7 +127,7 @@ async def apply_farm(body: FarmApply, core: CoreDep, _: Writer) -> FarmApplied:
 
 @router.get("/printers", summary="List printers")
 async def printers(core: CoreDep, _: Reader) -> list[PrinterView]:
-    return await core.farm.store.printers()
+    return await core.farm.printers()
 
 
 @router.put(
@@ -147,7 +147,7 @@ async def put_printer(
 
 @router.get("/printers/{id}", summary="A printer")
 async def printer(id: RecordId, core: CoreDep, _: Reader) -> PrinterView:
-    return await core.farm.store.printer(id)
+    return await core.farm.printer(id)
 
 
 @router.put("/printers/{id}/state", summary="Report a printer's state (printing, error, ...)")
@@ -183,7 +183,7 @@ async def usage_all(
     end: Annotated[Time | None, Query(alias="to", description=AFTER_FROM)] = None,
 ) -> list[UsageView]:
     since, until = _interval(start, end)
-    return [await core.farm.usage(p.id, since, until) for p in await core.farm.store.printers()]
+    return [await core.farm.usage(p.id, since, until) for p in await core.farm.printers()]
 
 
 # Times outside these years count as these bounds: no printer has a history there, and the
@@ -204,7 +204,7 @@ def _interval(start: datetime | None, end: datetime | None) -> tuple[datetime, d
 
 @router.get("/racks", summary="List racks")
 async def racks(core: CoreDep, _: Reader) -> list[RackView]:
-    return await core.farm.store.racks()
+    return await core.farm.racks()
 
 
 @router.put("/racks/{id}", summary="Add or change a rack")
@@ -220,7 +220,7 @@ async def remove_rack(id: RecordId, core: CoreDep, _: Writer) -> Response:
 
 @router.get("/beds", summary="List beds")
 async def beds(core: CoreDep, _: Reader) -> list[BedView]:
-    return await core.farm.store.beds()
+    return await core.farm.beds()
 
 
 @router.put("/beds/{id}", summary="Add or change a bed (in a rack slot)")
@@ -236,7 +236,7 @@ async def remove_bed(id: RecordId, core: CoreDep, _: Writer) -> Response:
 
 @router.get("/arm", summary="The robot arm: last status, job in flight, queue length")
 async def arm(core: CoreDep, _: Reader) -> ArmView:
-    tasks = await core.tasks.store.open_for(core.farm.arm)
+    tasks = await core.tasks.open_for(core.farm.arm)
     queued = sum(t.state == "queued" for t in tasks)
     dispatch = core.farm.dispatch
     since, blocked = dispatch.waiting(queued)

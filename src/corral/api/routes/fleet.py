@@ -181,17 +181,7 @@ async def command(
 
 @router.get("/robots/{name}/commands/log", summary="A robot's latest commands")
 async def command_log(name: RobotName, core: CoreDep, _: Reader) -> list[dict[str, Any]]:
-    core.fleet.robot(name)
-    return [
-        {
-            "id": c.id,
-            "kind": c.kind,
-            "body": c.body,
-            "created_at": c.created_at.isoformat(),
-            "acked_at": c.acked_at.isoformat() if c.acked_at else None,
-        }
-        for c in await core.fleet.store.commands(name)
-    ]
+    return await core.fleet.command_log(name)
 
 
 @router.post("/broadcast", summary="stop, resume, estop or custom to every robot or a group")
@@ -313,14 +303,14 @@ async def missions(
     state: Annotated[str | None, Query(pattern="^(active|done|cancelled|failed)$")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
-    return [mission_doc(m) for m in await core.fleet.store.missions(state, limit)]
+    return await core.fleet.missions(state, limit)
 
 
 @router.get("/missions/{mission_id}", summary="One mission")
 async def mission(
     mission_id: Annotated[int, Path(ge=1, le=2**53)], core: CoreDep, _: Reader
 ) -> dict[str, Any]:
-    return mission_doc(await core.fleet.store.mission(mission_id))
+    return await core.fleet.mission(mission_id)
 
 
 @router.delete("/missions/{mission_id}", summary="Cancel a mission")

@@ -78,7 +78,7 @@ def _spec(name: str, body: HostBody) -> HostSpec:
 
 @router.get("", summary="List hosts")
 async def list_hosts(core: CoreDep, _: Reader) -> list[HostView]:
-    return await core.hosts.store.list()
+    return await core.hosts.views()
 
 
 @router.post("", status_code=201, summary="Register a host")
@@ -98,7 +98,7 @@ async def apply_hosts(body: HostsApply, core: CoreDep, _: Writer) -> ApplyResult
 
 @router.get("/{name}", summary="Inspect a host")
 async def get_host(name: HostName, core: CoreDep, _: Reader) -> HostView:
-    return await core.hosts.store.get(name)
+    return await core.hosts.view(name)
 
 
 @router.put(

@@ -39,7 +39,7 @@ async def healthz() -> Health:
 
 @router.get("/status", summary="Version, database and host counts")
 async def status(core: CoreDep, _: Reader) -> Status:
-    hosts = await core.hosts.store.list()
+    hosts = await core.hosts.views()
     return Status(
         version=corral.__version__,
         database=core.db.describe(),

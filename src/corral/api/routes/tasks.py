@@ -52,7 +52,7 @@ async def list_tasks(
     kind: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> list[TaskView]:
-    return await core.tasks.store.find(state, target, kind, limit)
+    return await core.tasks.find(state, target, kind, limit)
 
 
 @router.post("", status_code=201, summary="Create a task")
@@ -64,7 +64,7 @@ async def create(body: NewTask, core: CoreDep, _: Writer) -> TaskView:
 
 @router.get("/{id}", summary="A task")
 async def get_task(id: TaskId, core: CoreDep, _: Reader) -> TaskView:
-    return await core.tasks.store.get(id)
+    return await core.tasks.get(id)
 
 
 @router.post("/{id}/cancel", summary="Cancel an open task")
