@@ -1435,13 +1435,6 @@ def _subnet(value: Any, path: Key) -> str:
         raise _Bad(path, f"bad subnet {text!r}: {exc}") from None
 
 
-def _network_mode(value: Any, path: Key) -> str:
-    text = _word(value, path, "a network mode")
-    if text not in _NETWORK_MODES:
-        raise _Bad(path, f"network_mode {text!r} is not supported; use host, none or bridge")
-    return text
-
-
 def _restart(value: Any, path: Key) -> tuple[RestartPolicy, int]:
     if value is False:
         return ("no", 0)
@@ -1450,47 +1443,6 @@ def _restart(value: Any, path: Key) -> tuple[RestartPolicy, int]:
     if policy not in _RESTART or (sep and policy != "on-failure"):
         raise _Bad(path, f"restart {text!r}: use no, always, on-failure[:N] or unless-stopped")
     return (_RESTART[policy], _int(count, path) if sep else 0)
-
-
-def _swarm_restart(value: Any, path: Key) -> RestartPolicy:
-    text = _word(value, path, "none, on-failure or any")
-    if text not in _SWARM_RESTART:
-        raise _Bad(path, f"condition {text!r}: use none, on-failure or any")
-    return _SWARM_RESTART[text]
-
-
-def _condition(value: Any, path: Key) -> Condition:
-    text = _word(value, path, "a condition")
-    if text not in _CONDITIONS:
-        raise _Bad(path, f"condition {text!r}: use one of {', '.join(_CONDITIONS)}")
-    return _CONDITIONS[text]
-
-
-def _mode(value: Any, path: Key) -> str:
-    text = _word(value, path, "a deploy mode")
-    if text not in ("replicated", "global"):
-        raise _Bad(path, f"deploy mode {text!r} is not supported; use replicated or global")
-    return text
-
-
-def _order(value: Any, path: Key) -> UpdateOrder:
-    text = _word(value, path, "stop-first or start-first")
-    if text == "stop-first":
-        return "stop-first"
-    if text == "start-first":
-        return "start-first"
-    raise _Bad(path, f"order {text!r}: use stop-first or start-first")
-
-
-def _failure_action(value: Any, path: Key) -> FailureAction:
-    text = _word(value, path, "rollback, pause or continue")
-    if text == "rollback":
-        return "rollback"
-    if text == "pause":
-        return "pause"
-    if text == "continue":
-        return "continue"
-    raise _Bad(path, f"failure_action {text!r}: use rollback, pause or continue")
 
 
 def _ratio(value: Any, path: Key) -> float:
@@ -1503,18 +1455,56 @@ def _ratio(value: Any, path: Key) -> float:
     return number
 
 
+def _choice(table: Mapping[str, T], what: str, refusal: str) -> Callable[[Any, Key], T]:
+    """A field that takes one word of `table` and answers its value; `refusal` names the
+    field and the words it takes, with `{text}` where the word given goes."""
+
+    def parse(value: Any, path: Key) -> T:
+        text = _word(value, path, what)
+        if text not in table:
+            raise _Bad(path, refusal.format(text=repr(text)))
+        return table[text]
+
+    return parse
+
+
+_STACK_MODES: dict[str, StackMode] = {"containers": "containers", "swarm": "swarm"}
+_UPDATE_ORDERS: dict[str, UpdateOrder] = {"stop-first": "stop-first", "start-first": "start-first"}
+_FAILURE_ACTIONS: dict[str, FailureAction] = {
+    "rollback": "rollback",
+    "pause": "pause",
+    "continue": "continue",
+}
+_network_mode = _choice(
+    {m: m for m in _NETWORK_MODES},
+    "a network mode",
+    "network_mode {text} is not supported; use host, none or bridge",
+)
+_swarm_restart = _choice(
+    _SWARM_RESTART, "none, on-failure or any", "condition {text}: use none, on-failure or any"
+)
+_condition = _choice(
+    _CONDITIONS, "a condition", "condition {text}: use one of " + ", ".join(_CONDITIONS)
+)
+_mode = _choice(
+    {"replicated": "replicated", "global": "global"},
+    "a deploy mode",
+    "deploy mode {text} is not supported; use replicated or global",
+)
+_order = _choice(
+    _UPDATE_ORDERS, "stop-first or start-first", "order {text}: use stop-first or start-first"
+)
+_failure_action = _choice(
+    _FAILURE_ACTIONS,
+    "rollback, pause or continue",
+    "failure_action {text}: use rollback, pause or continue",
+)
+_stack_mode = _choice(_STACK_MODES, "containers or swarm", "mode {text}: use containers or swarm")
+
+
 def stack_mode(text: str) -> StackMode | None:
     """`containers` or `swarm` as a StackMode; None for anything else."""
-    modes: dict[str, StackMode] = {"containers": "containers", "swarm": "swarm"}
-    return modes.get(text)
-
-
-def _stack_mode(value: Any, path: Key) -> StackMode:
-    text = _word(value, path, "containers or swarm")
-    mode = stack_mode(text)
-    if mode is None:
-        raise _Bad(path, f"mode {text!r}: use containers or swarm")
-    return mode
+    return _STACK_MODES.get(text)
 
 
 def _health_test(value: Any, path: Key) -> tuple[str, ...]:
