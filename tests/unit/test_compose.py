@@ -129,6 +129,11 @@ volumes:
 """
 
 
+def _read(path: Path) -> str:
+    """The caller's file reads, as corral's services do them (control/stacks.py)."""
+    return path.read_text(encoding="utf-8")
+
+
 def _y(*lines: str) -> str:
     """Lines of YAML; the first is line 1, so line numbers in tests are easy to check."""
     return "\n".join(lines) + "\n"
@@ -140,7 +145,7 @@ def _problems(
     base_dir: Path | None = None,
 ) -> list[str]:
     with pytest.raises(FileInvalid) as caught:
-        parse_compose(text, "compose.yml", env=env, base_dir=base_dir)
+        parse_compose(text, "compose.yml", env=env, base_dir=base_dir, read=_read)
     assert caught.value.source == "compose.yml"
     return [str(p) for p in caught.value.problems]
 
@@ -153,7 +158,7 @@ def _service(
 ) -> ServiceSpec:
     """Parse one service `a` whose body lines are given (indented under it)."""
     text = _y("services:", "  a:", *(f"    {line}" for line in body))
-    return parse_compose(text, env=env, base_dir=base_dir, stack=stack).services["a"]
+    return parse_compose(text, env=env, base_dir=base_dir, stack=stack, read=_read).services["a"]
 
 
 # ---------------------------------------------------------------- a realistic stack
@@ -161,7 +166,7 @@ def _service(
 
 @pytest.fixture
 def robots(tmp_path: Path) -> StackSpec:
-    return parse_compose(ROBOTS, "robots.yml", base_dir=tmp_path, stack="robots")
+    return parse_compose(ROBOTS, "robots.yml", base_dir=tmp_path, stack="robots", read=_read)
 
 
 def test_robotics_stack_master(robots: StackSpec) -> None:
@@ -385,7 +390,7 @@ def test_volume_forms_with_declared_volume(tmp_path: Path) -> None:
         "  data: {driver: local}",
         "  ext: {external: true, name: other-stack_data}",
     )
-    spec = parse_compose(text, base_dir=tmp_path / "stack")
+    spec = parse_compose(text, base_dir=tmp_path / "stack", read=_read)
     assert spec.services["a"].volumes == (
         VolumeMount("volume", "/data", "data", read_only=True),
         VolumeMount("bind", "/shared", str(tmp_path / "shared")),
@@ -600,7 +605,9 @@ def test_interpolation_reads_dotenv_and_env_wins(tmp_path: Path) -> None:
         "    environment: {O: $OVERRIDE}",
         "    deploy: {replicas: '${REPLICAS}'}",
     )
-    service = parse_compose(text, env={"OVERRIDE": "env"}, base_dir=tmp_path).services["a"]
+    service = parse_compose(text, env={"OVERRIDE": "env"}, base_dir=tmp_path, read=_read).services[
+        "a"
+    ]
     assert service.image == "robot:from-dotenv"
     assert service.ports == (PortMapping(80, 8080),)
     assert service.environment == {"O": "env"}
@@ -1241,7 +1248,7 @@ def test_parse_bytes_round_trip(number: int, unit: str) -> None:
 def _parse_or_error(text: str, base_dir: Path | None = None) -> StackSpec | FileInvalid:
     """The spec, or the FileInvalid raised; any other exception fails the test."""
     try:
-        return parse_compose(text, base_dir=base_dir)
+        return parse_compose(text, base_dir=base_dir, read=_read)
     except FileInvalid as exc:
         return exc
 

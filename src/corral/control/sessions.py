@@ -21,7 +21,7 @@ import structlog
 from corral.config import Settings
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
-from corral.control.stacks import base_folder
+from corral.control.stacks import base_folder, read_utf8
 from corral.errors import CorralError, Invalid, NoRoom, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
@@ -206,6 +206,7 @@ class SessionService:
                 session,
                 session_network(session),
                 Path(base_dir) if base_dir else None,
+                read_utf8,
             )
         except FileInvalid as exc:
             problems = [str(p) for p in exc.problems]

@@ -116,7 +116,13 @@ class StackService:
             raise Invalid(f"mode {mode!r}: use containers or swarm", {"field": "mode"})
         try:
             return parse_compose(
-                file, f"stack {name}", env=env, base_dir=folder, stack=name, mode=forced
+                file,
+                f"stack {name}",
+                env=env,
+                base_dir=folder,
+                stack=name,
+                mode=forced,
+                read=read_utf8,
             )
         except FileInvalid as exc:
             problems = [str(p) for p in exc.problems]
@@ -1018,6 +1024,12 @@ def _network_problems(
                 "no network: join them in one Docker swarm (corral then makes an overlay)"
             )
     return problems
+
+
+def read_utf8(path: Path) -> str:
+    """The files a stack or template names (`.env`, `env_file`), read for the model's
+    parser, which reads nothing itself. Shared by stacks and session templates."""
+    return path.read_text(encoding="utf-8")
 
 
 def base_folder(base_dir: str) -> Path | None:

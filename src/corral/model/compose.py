@@ -562,15 +562,32 @@ _NOT_IN_SWARM = {
 }
 
 
+Read = Callable[[Path], str]
+"""How the caller reads a file the stack names (its folder's `.env`, an `env_file`): the
+text, or the errors `Path.read_text` raises (FileNotFoundError, OSError, UnicodeDecodeError).
+The model reads nothing itself."""
+
+
+def no_files(path: Path) -> str:
+    """A `Read` for a file checked with no folder to read from: every file is missing."""
+    raise FileNotFoundError(path)
+
+
 class _Parser:
     """Walks one interpolated document, collecting every problem instead of stopping."""
 
     def __init__(
-        self, doc: Located, variables: Mapping[str, str], base_dir: Path | None, stack: str
+        self,
+        doc: Located,
+        variables: Mapping[str, str],
+        base_dir: Path | None,
+        stack: str,
+        read: Read = no_files,
     ) -> None:
         self.doc = doc
         self.variables = variables
         self.base_dir = base_dir
+        self.read = read
         self.stack = stack
         self.mode: StackMode = "containers"
         self.forced_mode: StackMode | None = None
@@ -925,7 +942,7 @@ class _Parser:
             entry = entry["path"]
         file = Path(self.resolve(_word(entry, path, "a file path"), path, "env_file"))
         try:
-            text = file.read_text(encoding="utf-8")
+            text = self.read(file)
         except FileNotFoundError:
             if required:
                 raise _Bad(path, f"env_file {str(file)!r} does not exist") from None
@@ -1535,12 +1552,14 @@ def parse_compose(
     base_dir: Path | None = None,
     stack: str = "stack",
     mode: StackMode | None = None,
+    read: Read = no_files,
 ) -> StackSpec:
     """Parse a Compose file into a StackSpec; raise FileInvalid listing every problem found.
 
     Variables come from `env` laid over `base_dir/.env`; relative paths (bind sources, build
     contexts, env_file) are taken from `base_dir` and are a problem when it is None. `mode`
-    overrides the file's `x-corral: {mode: ...}`.
+    overrides the file's `x-corral: {mode: ...}`. `read` reads those files for it (the
+    caller's I/O); by default there are none.
     """
     doc = load_located(text, source)
     problems: list[Problem] = []
@@ -1548,7 +1567,7 @@ def parse_compose(
     if base_dir is not None:
         dotenv = Path(base_dir) / ".env"
         try:
-            values, _, errors = parse_env_text(dotenv.read_text(encoding="utf-8"))
+            values, _, errors = parse_env_text(read(dotenv))
         except (FileNotFoundError, NotADirectoryError):
             values, errors = {}, []
         except (OSError, UnicodeDecodeError) as exc:
@@ -1559,7 +1578,8 @@ def parse_compose(
                 where = f" line {number}" if number else ""
                 problems.append(Problem("", 0, f"{dotenv}{where}: {message}"))
     variables.update(env or {})
-    parser = _Parser(doc, variables, Path(base_dir) if base_dir is not None else None, stack)
+    folder = Path(base_dir) if base_dir is not None else None
+    parser = _Parser(doc, variables, folder, stack, read)
     parser.forced_mode = mode
     parser.problems.extend(problems)
     data = parser.interpolate(doc.data, ())

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from corral.model.compose import StackSpec, parse_bytes, parse_compose, parse_duration
+from corral.model.compose import (
+    Read,
+    StackSpec,
+    no_files,
+    parse_bytes,
+    parse_compose,
+    parse_duration,
+)
 from corral.model.names import check_name
 from corral.model.yamlfile import FileInvalid, Problem, dotted, load_located
 
@@ -425,6 +432,7 @@ def instantiate(
     session: str,
     network: str,
     base_dir: Path | None,
+    read: Read = no_files,
 ) -> StackSpec:
     """The session's stack: the file with the values in, services whose condition is off
     left out. FileInvalid when the values make the file wrong (say, a bad port)."""
@@ -434,6 +442,7 @@ def instantiate(
         env=_env(spec.parameters, values, session, network),
         base_dir=base_dir,
         stack=f"template-{spec.name}",
+        read=read,
     )
     enabled = {
         name: svc
