@@ -35,6 +35,7 @@ from corral.control.wasm_init import import_folder
 from corral.devices.client import SupervisorClient
 from corral.errors import Invalid, NotFound
 from corral.events import EventBus
+from corral.fleet.meter import FleetCollector
 from corral.fleet.service import FleetService
 from corral.fleet.vda5050.master import MasterControl
 from corral.fleet.vda5050.messages import Topics
@@ -113,6 +114,15 @@ class Core:
             self.replica_id,
             settings.base_url,
             settings.replica_poll_seconds,
+        )
+        self.metrics.registry.register(
+            FleetCollector(
+                self.fleet.meter,
+                self.replica_id,
+                self.fleet.links.connected,
+                self.fleet.dispatch.held,
+                self.replicas.leading.is_set,
+            )
         )
         self.started_at = utcnow()
         self.stopping = asyncio.Event()

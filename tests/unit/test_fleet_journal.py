@@ -3,12 +3,14 @@ and kept for the next write when a write fails (a store that fails once is faked
 """
 
 import asyncio
+from datetime import datetime
 from typing import Any, cast
 
 import pytest
 
 from corral.events import EventBus
 from corral.fleet.journal import Journal
+from corral.fleet.meter import FleetMeter
 from corral.store.fleet import FleetStore
 from corral.store.tables import CommandRow, MissionRow
 
@@ -27,7 +29,7 @@ class FakeStore:
         acks: dict[str, set[int]],
         commands: list[tuple[str, str, dict[str, Any]]],
         traffic: dict[str, dict[str, Any]],
-    ) -> list[CommandRow]:
+    ) -> tuple[list[CommandRow], list[datetime]]:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_next:
@@ -38,7 +40,7 @@ class FakeStore:
         for robot, kind, body in commands:
             rows.append(CommandRow(id=self.next_id, robot=robot, kind=kind, body=body))
             self.next_id += 1
-        return rows
+        return rows, []
 
 
 class FakeBus:
@@ -67,6 +69,7 @@ def _journal() -> tuple[Journal, FakeStore, FakeBus, list[int], list[int]]:
         lambda name: {"map": name, "version": next(snapshots)},
         deliver,
         [on_end],
+        FleetMeter(),
     )
     return journal, store, bus, sent, ended
 

@@ -13,6 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from corral.api.robot_session import RobotSession
 from corral.core import Core
+from corral.fleet.meter import FleetMeter
 
 
 class FakeSocket:
@@ -40,6 +41,7 @@ class FakeFleet:
         self.links = SimpleNamespace(
             attach=lambda name, channel: None, detach=lambda name, channel: None
         )
+        self.meter = FleetMeter()
 
     def robot(self, name: str) -> Any:
         return SimpleNamespace(signed=False, map="yard")

@@ -35,8 +35,11 @@ async def refuse(websocket: WebSocket, code: str, message: str, close: int) -> N
 
 
 class RobotSession:
+    kind = "websocket"  # the fleet's Channel protocol
+
     def __init__(self, core: Core, websocket: WebSocket, name: str) -> None:
         self.core, self.websocket, self.name = core, websocket, name
+        self.counts = core.fleet.meter.websocket  # bound once: each message bumps it
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUED)
         self.stored_pending = 0  # checkpoints and acks read but not yet handled
         self.gone = False  # the robot hung up: what is left is handled without answers
@@ -44,6 +47,7 @@ class RobotSession:
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(message))
+        self.counts.sent += 1
 
     async def close(self, code: str, message: str, close: int) -> None:
         await refuse(self.websocket, code, message, close)
@@ -141,6 +145,7 @@ class RobotSession:
             raise WebSocketDisconnect(SILENT_CLOSE) from None
         if frame["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(frame.get("code", 1000))
+        self.counts.received += 1
         text = frame.get("text")
         return text if isinstance(text, str) else None
 
@@ -205,6 +210,7 @@ class RobotSession:
             # While a checkpoint is on its way, a report of standing on that marker is
             # not a lost checkpoint: let the worker's own checkpoint decide.
             await fleet.telemetry(self.name, message, infer=self.stored_pending == 0)
+            self.counts.telemetry += 1
         elif kind == "checkpoint":
             await fleet.checkpoint(self.name, message)
         elif kind == "ack":

@@ -17,9 +17,10 @@ from typing import Any
 import structlog
 
 from corral.events import EventBus
+from corral.fleet.meter import FleetMeter
 from corral.store.fleet import FleetStore
 from corral.store.leadership import StaleTerm
-from corral.store.tables import CommandRow, MissionRow
+from corral.store.tables import CommandRow, MissionRow, utcnow
 
 log = structlog.get_logger("corral.fleet.journal")
 Deliver = Callable[[list[CommandRow]], Awaitable[None]]
@@ -67,8 +68,10 @@ class Journal:
         snapshot: Snapshot,
         deliver: Deliver,
         on_end: list[MissionEnd],
+        meter: FleetMeter,
     ) -> None:
         self.store = store
+        self.meter = meter
         self.bus = bus
         self.snapshot = snapshot
         self.deliver = deliver
@@ -129,7 +132,7 @@ class Journal:
             batch, self.batch, upto = self.batch, Batch(), self.recorded
             snapshots = {name: self.snapshot(name) for name in sorted(batch.maps)}
             try:
-                rows = await self.store.apply(
+                rows, acked = await self.store.apply(
                     batch.missions, batch.robots, batch.acks, batch.commands, snapshots
                 )
             except StaleTerm:
@@ -139,6 +142,10 @@ class Journal:
                 self.batch = batch.then(self.batch)
                 raise
             self.written = upto
+            if acked:  # each command's round trip: from stored to its ack stored
+                now = utcnow()
+                for created in acked:
+                    self.meter.round_trip.observe((now - created).total_seconds())
             if batch.events:
                 await self.bus.emit_many(batch.events)
             await self.deliver(rows)

@@ -16,6 +16,10 @@ from corral.robot.signing import new_nonce
 class Channel(Protocol):
     """A robot's open socket, as the fleet sees it."""
 
+    @property
+    def kind(self) -> str:
+        """The channel's name in metrics: websocket, vda5050."""
+
     async def send(self, message: dict[str, Any]) -> None: ...
 
     async def close(self, code: str, message: str, close: int) -> None:
@@ -83,6 +87,16 @@ class Links:
             link.channel = None
             with contextlib.suppress(Exception):  # already gone: nothing to tell
                 await channel.close(code, message, close)
+
+    def connected(self) -> dict[str, int]:
+        """Robots connected now by channel (a socket's kind, `http` for a long poll
+        waiting); read at each metrics scrape."""
+        out: dict[str, int] = {}
+        for link in self.by_robot.values():
+            kind = link.channel.kind if link.channel is not None else "http" if link.polls else None
+            if kind is not None:
+                out[kind] = out.get(kind, 0) + 1
+        return out
 
     async def forget(self, robot: str) -> None:
         await self.cut(robot, "unauthorized", f"robot {robot} was removed", 4401)

@@ -14,6 +14,7 @@ from typing import Any
 from corral.errors import Conflict, Invalid, NotFound
 from corral.events import EventBus
 from corral.fleet.journal import Deliver, Journal, MissionEnd
+from corral.fleet.meter import FleetMeter
 from corral.model.fleet_map import FleetMap, lane_key, parse_map, shortest_route
 from corral.model.traffic import MARKER, Blocked, Traffic, marker_resource
 from corral.store.fleet import FleetStore
@@ -43,15 +44,18 @@ def mission_doc(row: MissionRow) -> dict[str, Any]:
 
 
 class Dispatcher:
-    def __init__(self, store: FleetStore, bus: EventBus, deliver: Deliver) -> None:
+    def __init__(
+        self, store: FleetStore, bus: EventBus, deliver: Deliver, meter: FleetMeter
+    ) -> None:
         self.store = store
         self.bus = bus
+        self.meter = meter
         self.maps: dict[str, FleetMap] = {}
         self.traffic: dict[str, Traffic] = {}
         self.active: dict[str, MissionRow] = {}  # robot -> its active mission
         self.priority: dict[str, int] = {}  # robot -> priority, kept by the fleet service
         self.on_end: list[MissionEnd] = []
-        self.journal = Journal(store, bus, self._reservations, deliver, self.on_end)
+        self.journal = Journal(store, bus, self._reservations, deliver, self.on_end, meter)
         self.lock = asyncio.Lock()
         self._breaking: set[str] = set()
         self._reported: dict[str, tuple[str, ...]] = {}
@@ -291,6 +295,7 @@ class Dispatcher:
                 return
             holder = traffic.holder(marker_resource(marker))
             if holder == robot:
+                self.meter.checkpoints_taken += 1
                 traffic.arrived(robot, marker)
                 self.journal.changed(map_name)
                 self.journal.robot(robot, marker=marker)
@@ -306,6 +311,7 @@ class Dispatcher:
         if holder == robot:
             await self.journal.commit()
             return
+        self.meter.checkpoints_refused += 1
         await self.bus.emit(
             "robot.off_route",
             f"robot/{robot}",
@@ -345,9 +351,12 @@ class Dispatcher:
         if not isinstance(answer, Blocked) or traffic.waits.get(robot) != waited:
             self.journal.changed(mission.map)  # a grant, or a new wait (not the same again)
         if isinstance(answer, Blocked):
+            if traffic.waits.get(robot) != waited:
+                self.meter.refusals += 1
             if not self._around_standing(mission, answer):
                 self._break_deadlock(mission.map)
             return
+        self.meter.grants += 1
         self.journal.command(
             robot, "move", {"marker": following, "lane": [here, following], "mission": mission.id}
         )
@@ -474,6 +483,10 @@ class Dispatcher:
             for robot in list(self.active):
                 self._advance(robot)
         await self.journal.commit()
+
+    def held(self) -> dict[str, int]:
+        """Markers and lanes reserved now, by map (for metrics)."""
+        return {name: len(traffic.holds) for name, traffic in self.traffic.items()}
 
     def _reservations(self, map_name: str) -> dict[str, Any]:
         return self.traffic[map_name].snapshot()

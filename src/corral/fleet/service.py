@@ -24,6 +24,7 @@ from corral.errors import Conflict, Invalid, NotFound, Unauthorized
 from corral.events import EventBus
 from corral.fleet.links import Link, Links, Seal
 from corral.fleet.mapping import MappingSessions
+from corral.fleet.meter import FleetMeter
 from corral.fleet.missions import Dispatcher, mission_doc
 from corral.model.fleet_map import FleetMap, shortest_route
 from corral.model.views import TaskView
@@ -76,8 +77,9 @@ class FleetService:
         self.settings = settings
         self.links = Links()
         self.mapping = MappingSessions()
+        self.meter = FleetMeter()
         self.robots: dict[str, RobotRow] = {}
-        self.dispatch = Dispatcher(store, bus, self._deliver)
+        self.dispatch = Dispatcher(store, bus, self._deliver, self.meter)
         self.dispatch.on_end.append(self._mission_ended)
         self._assign = asyncio.Event()
         tasks.register(

@@ -5,6 +5,7 @@ term); telemetry stays in memory and only what must survive a restart (positions
 checkpoints, commands, routes, reservations) is written. Rows are returned detached.
 """
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -69,7 +70,8 @@ class FleetStore:
     # ------------------------------------------------------------------ commands
     async def add_commands(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[CommandRow]:
         """(robot, kind, body) each; ids grow in the order given."""
-        return await self.apply({}, {}, {}, items, {})
+        rows, _ = await self.apply({}, {}, {}, items, {})
+        return rows
 
     async def apply(
         self,
@@ -78,19 +80,21 @@ class FleetStore:
         acks: dict[str, set[int]],
         commands: list[tuple[str, str, dict[str, Any]]],
         traffic: dict[str, dict[str, Any]],
-    ) -> list[CommandRow]:
+    ) -> tuple[list[CommandRow], list[datetime]]:
         """A batch of the fleet's writes in one transaction: missions' and robots' changed
         fields, acknowledgements (a robot's own commands only), new commands (ids in the
         order given) and maps' reservations, so a grant and its move command are stored
-        together or not at all."""
+        together or not at all. (The new commands, and when each command acknowledged
+        now, for the first time, was stored.)"""
         async with self.db.fenced() as s:
             for id, values in missions.items():
                 await s.execute(update(MissionRow).where(MissionRow.id == id).values(**values))
             for name, values in robots.items():
                 await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
             now = utcnow()
+            acked: list[datetime] = []
             for name, ids in acks.items():
-                await s.execute(
+                stored = await s.scalars(
                     update(CommandRow)
                     .where(
                         CommandRow.robot == name,
@@ -98,7 +102,9 @@ class FleetStore:
                         CommandRow.acked_at.is_(None),
                     )
                     .values(acked_at=now)
+                    .returning(CommandRow.created_at)
                 )
+                acked += stored.all()
             rows = [
                 CommandRow(robot=r, kind=k, body=b, created_at=utcnow()) for r, k, b in commands
             ]
@@ -110,7 +116,7 @@ class FleetStore:
                     .values(traffic=snapshot, updated_at=utcnow())
                 )
             await s.flush()
-            return rows
+            return rows, acked
 
     async def known_commands(self, robot: str, ids: list[int]) -> set[int]:
         """Which of `ids` are commands of `robot`."""

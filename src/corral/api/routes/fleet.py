@@ -339,6 +339,7 @@ RobotCaller = Annotated[Caller, Depends(_robot_caller)]
 
 
 async def _signed_body(request: Request, core: Core, name: str) -> dict[str, Any]:
+    core.fleet.meter.http.received += 1  # a robot's message: telemetry, checkpoint, acks
     raw = await request.body()
     if not raw:
         raise Invalid("send the message as a JSON object")
@@ -372,6 +373,7 @@ async def http_telemetry(
 ) -> Response:
     body = await _signed_body(request, core, name)
     await core.fleet.telemetry(name, body)
+    core.fleet.meter.http.telemetry += 1
     return Response(status_code=204)
 
 
@@ -397,7 +399,11 @@ async def http_commands(
     after: Annotated[int, Query(ge=0, le=2**53)] = 0,
     wait: Annotated[float, Query(ge=0, le=30)] = 0,
 ) -> list[dict[str, Any]]:
-    return await core.fleet.wait_commands(name, after, wait)
+    counts = core.fleet.meter.http
+    counts.received += 1
+    commands = await core.fleet.wait_commands(name, after, wait)
+    counts.sent += len(commands)
+    return commands
 
 
 @router.post(

@@ -58,6 +58,7 @@ class Vehicle:
     resent_at: float = 0.0  # when a lost order was last sent again (monotonic)
     resends: int = 0
     last_order: dict[str, Any] | None = None  # the body of the last order (update) sent
+    kind = "vda5050"  # the fleet's Channel protocol: its name in metrics
 
     # the fleet's Channel protocol: commands for this robot arrive here
     async def send(self, message: dict[str, Any]) -> None:
@@ -100,6 +101,7 @@ class MasterControl:
         self.by_robot: dict[str, Vehicle] = {}
         self._unknown_said: set[tuple[str, str]] = set()
         self.admit_map: str | None = None  # admit unknown vehicles onto this map
+        self.counts = fleet.meter.vda5050  # the fleet's figures for this channel
         self.messages = Counter(
             "corral_vda5050_messages",
             "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown, denied).",
@@ -349,6 +351,7 @@ class MasterControl:
             qos=qos,
         )
         self.messages.labels("out", topic, "ok").inc()
+        self.counts.sent += 1
 
     async def _mission_ended(self, mission: MissionRow) -> None:
         vehicle = self.by_robot.get(mission.robot)
@@ -392,6 +395,9 @@ class MasterControl:
             )
             return
         self.messages.labels("in", name, "ok").inc()
+        self.counts.received += 1
+        if name in ("state", "visualization"):
+            self.counts.telemetry += 1
         try:
             if name == "state":
                 await self._state(vehicle, message)
