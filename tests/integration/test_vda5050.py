@@ -23,6 +23,7 @@ import aiomqtt
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support.fleet_maps import corridor
 from tests.support.private_brokers import LockedMosquitto
 from tests.support.server import ADMIN, ServeProcess, ThreadServer, corral_command
@@ -36,7 +37,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schema
 # every vehicle the tests run, with a user and password on the broker
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
 VEHICLES += [
-    ("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1")
+    ("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1", "mt1")
 ]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
@@ -1077,3 +1078,50 @@ async def test_an_estop_overtakes_a_pending_order_and_the_vehicle_stays_stopped(
     assert sim.reached == ["n1", "n2", "n3", "n4", "n5"]
     assert bed.recorder.violations == []
     assert bed.recorder.invalid == []
+
+
+async def test_a_vehicle_counts_in_the_fleet_metrics_while_online(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("mt", "mt1", "line", "n0")
+    replica = next(r["id"] for r in (await bed.api.get("/replicas")).json() if r["this"])
+
+    async def figures() -> dict[tuple[str, str], float]:
+        """(metric, channel or direction) -> value, of this replica's vda5050 samples."""
+        text = (await bed.api.get("/metrics")).text
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("replica") == replica and labels.get("channel") == "vda5050":
+                    out[(sample.name, labels.get("direction", ""))] = sample.value
+        return out
+
+    connected = ("corral_fleet_robots_connected", "")
+    assert (await figures())[connected] == 0
+    away = asyncio.Event()
+    sim = SimVehicle(bed.broker.vehicle_url("acme", "mt1"), "acme", "mt1", "n0", state_every=0.5)
+    running = asyncio.create_task(sim.run(away))
+    try:
+        await bed.online("mt")
+
+        async def attached() -> bool:
+            return (await figures())[connected] == 1
+
+        await until(attached, "the vehicle counted as connected")
+        mission = await bed.mission("mt", "n2")
+        await bed.done([mission], "the vehicle's mission")
+        online = await figures()
+        assert online[("corral_fleet_telemetry_total", "")] >= 1  # its states at least
+        assert (
+            online[("corral_fleet_messages_total", "in")]
+            > online[("corral_fleet_telemetry_total", "")]
+        )  # its connection message too
+        assert online[("corral_fleet_messages_total", "out")] >= 1  # its order
+    finally:
+        away.set()  # it says OFFLINE
+        await running
+
+    async def gone() -> bool:
+        return (await figures())[connected] == 0
+
+    await until(gone, "the vehicle no longer counted")
