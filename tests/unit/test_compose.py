@@ -13,7 +13,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.model.compose import (
+from corral.model.compose import parse_bytes, parse_compose, parse_duration
+from corral.model.stack_spec import (
     BuildSpec,
     Constraint,
     Dependency,
@@ -24,9 +25,6 @@ from corral.model.compose import (
     StackSpec,
     VolumeMount,
     VolumeSpec,
-    parse_bytes,
-    parse_compose,
-    parse_duration,
     service_hash,
 )
 from corral.model.yamlfile import FileInvalid

@@ -3,9 +3,10 @@
 No engine involved: the reconciler's decisions are checked on their own.
 """
 
-from corral.model.compose import parse_compose, service_hash
+from corral.model.compose import parse_compose
 from corral.model.containers import OWNED, SPEC_HASH, STACK, plan_container
 from corral.model.placement import HostCandidate, place
+from corral.model.stack_spec import service_hash
 
 FILE = """
 services:

@@ -7,14 +7,9 @@ from typing import Any
 
 import pytest
 
-from corral.model.compose import (
-    Healthcheck,
-    ServiceSpec,
-    UpdatePolicy,
-    parse_compose,
-    service_hash,
-)
+from corral.model.compose import parse_compose
 from corral.model.placement import HostCandidate
+from corral.model.stack_spec import Healthcheck, ServiceSpec, UpdatePolicy, service_hash
 from corral.model.swarm import (
     NodeChoice,
     SwarmNode,

@@ -11,8 +11,8 @@ from corral.control.hosts import HostService
 from corral.errors import Invalid
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
-from corral.model.compose import BuildSpec, ServiceSpec
 from corral.model.dockerfile import BaseImage, base_images
+from corral.model.stack_spec import BuildSpec, ServiceSpec
 
 
 def dockerfile_path(build: BuildSpec) -> str:

@@ -25,7 +25,6 @@ from corral.control.stacks import base_folder, read_utf8
 from corral.errors import CorralError, Invalid, NoRoom, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
-from corral.model.compose import ServiceSpec, StackSpec
 from corral.model.containers import (
     CREATED,
     OWNED,
@@ -37,6 +36,7 @@ from corral.model.containers import (
     session_network,
 )
 from corral.model.hosts import parse_engine_url
+from corral.model.stack_spec import ServiceSpec, StackSpec
 from corral.model.templates import (
     ParamsInvalid,
     TemplateSpec,

@@ -25,13 +25,7 @@ from corral.control.swarm_stacks import SwarmStacks
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
-from corral.model.compose import (
-    NetworkSpec,
-    ServiceSpec,
-    StackSpec,
-    parse_compose,
-    stack_mode,
-)
+from corral.model.compose import parse_compose, stack_mode
 from corral.model.containers import (
     CREATED,
     OWNED,
@@ -47,6 +41,7 @@ from corral.model.containers import (
 )
 from corral.model.names import check_name
 from corral.model.placement import HostCandidate, Placement, matching_hosts, place
+from corral.model.stack_spec import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.views import HostView, StackView
 from corral.model.yamlfile import FileInvalid
 from corral.store.stacks import SlotState, StackStore, StoredStack, summarize

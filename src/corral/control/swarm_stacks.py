@@ -18,10 +18,10 @@ from corral.control.images import ImageSupply
 from corral.errors import CorralError, Unreachable
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
-from corral.model.compose import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.containers import CREATED, OWNED, SERVICE, STACK, engine_names, owned_labels
 from corral.model.events import EventFilter
 from corral.model.placement import HostCandidate
+from corral.model.stack_spec import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.swarm import (
     IN_FLUX_STATES,
     ROLLBACK_STATES,

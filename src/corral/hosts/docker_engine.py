@@ -23,10 +23,10 @@ from corral.errors import Conflict, CorralError, Invalid, Unreachable
 from corral.errors import NotFound as CorralNotFound
 from corral.hosts.ssh_tunnel import SshTunnel
 from corral.hosts.tls_reasons import client_certificate_problem, tls_reason
-from corral.model.compose import BuildSpec
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
 from corral.model.hosts import EngineFacts, HostSpec, SshOptions, SwarmRole, parse_engine_url
 from corral.model.readiness import listening_ports
+from corral.model.stack_spec import BuildSpec
 from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
 
 

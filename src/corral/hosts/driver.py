@@ -8,9 +8,9 @@ Every method raises `corral.errors.Unreachable` when the engine does not answer,
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-from corral.model.compose import BuildSpec
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts
+from corral.model.stack_spec import BuildSpec
 from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
 
 

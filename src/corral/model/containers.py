@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from corral.model.compose import ServiceSpec, StackSpec, service_hash
+from corral.model.stack_spec import ServiceSpec, StackSpec, service_hash
 
 STACK = "corral.stack"
 SERVICE = "corral.service"

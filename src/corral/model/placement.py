@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from corral.model.compose import StackSpec
+from corral.model.stack_spec import StackSpec
 
 Slot = tuple[str, int]  # (service, replica), replica counted from 1
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.model.compose import ServiceSpec, UpdatePolicy
 from corral.model.containers import SERVICE, SPEC_HASH, STACK, owned_labels
 from corral.model.placement import HostCandidate
+from corral.model.stack_spec import ServiceSpec, UpdatePolicy
 
 # UpdateStatus.State values (swarmkit) and the event corral raises when it sees one.
 UPDATE_EVENTS = {

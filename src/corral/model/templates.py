@@ -10,15 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from corral.model.compose import (
-    Read,
-    StackSpec,
-    no_files,
-    parse_bytes,
-    parse_compose,
-    parse_duration,
-)
+from corral.model.compose import Read, no_files, parse_bytes, parse_compose, parse_duration
 from corral.model.names import check_name
+from corral.model.stack_spec import StackSpec
 from corral.model.yamlfile import FileInvalid, Problem, dotted, load_located
 
 SECTION = "x-corral-template"
