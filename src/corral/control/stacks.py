@@ -24,7 +24,7 @@ from corral.control.images import ImageSupply, build_bases, missing_base
 from corral.control.swarm_stacks import SwarmStacks
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
-from corral.hosts.driver import HostDriver
+from corral.hosts.driver import HostDriver, NotSwarmManager
 from corral.model.compose import parse_compose, stack_mode
 from corral.model.containers import (
     CREATED,
@@ -357,10 +357,10 @@ class StackService:
             try:
                 await self.hosts.call(driver.remove_network, net)
                 return
+            except NotSwarmManager:
+                return  # a worker's view of an overlay: the manager removes it
             except Invalid as exc:
                 reason = exc.message
-                if "not a swarm manager" in reason:
-                    return  # a worker's view of an overlay: the manager removes it
             await asyncio.sleep(0.5)
         await self.bus.emit(
             "network.lingering", f"stack/{stack}", f"network {net} on {host} not removed: {reason}"

@@ -21,6 +21,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from corral.errors import Conflict, CorralError, Invalid, Unreachable
 from corral.errors import NotFound as CorralNotFound
+from corral.hosts.driver import NotSwarmManager
 from corral.hosts.ssh_tunnel import SshTunnel
 from corral.hosts.tls_reasons import client_certificate_problem, tls_reason
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
@@ -562,7 +563,10 @@ def _engine_errors(host: str) -> Iterator[None]:
     except NotFound as exc:
         raise CorralNotFound(f"{host}: {exc.explanation or exc}") from None
     except APIError as exc:
-        raise Invalid(f"{host}: {exc.explanation or exc}") from None
+        reason = f"{host}: {exc.explanation or exc}"
+        if "not a swarm manager" in reason:  # the engine's words; its status (503) is shared
+            raise NotSwarmManager(reason) from None
+        raise Invalid(reason) from None
     except (DockerException, OSError, RequestsConnectionError) as exc:
         raise Unreachable(f"{host}: {_short(exc)}", {"host": host}) from None
 

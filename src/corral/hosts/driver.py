@@ -8,10 +8,16 @@ Every method raises `corral.errors.Unreachable` when the engine does not answer,
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+from corral.errors import Invalid
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts
 from corral.model.stack_spec import BuildSpec
 from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
+
+
+class NotSwarmManager(Invalid):
+    """The engine refused a swarm-wide operation (an overlay network, a service) because it
+    is not a swarm manager: a worker's view of an overlay, say, which its manager removes."""
 
 
 class HostDriver(Protocol):
