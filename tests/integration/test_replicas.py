@@ -51,7 +51,9 @@ def _replica_env(local_engine: str, pg_url: str) -> dict[str, str]:
         "CORRAL_DATABASE_URL": pg_url,
         "CORRAL_LOCAL_DOCKER_URL": local_engine,
         "CORRAL_MDNS_ENABLED": "false",
-        "CORRAL_REPLICA_POLL_SECONDS": "0.5",
+        # A 2 s lease: these tests count terms, and at 0.5 s (a 1 s lease) a replica
+        # stalled for a second by the loaded CI machine stepped down and led again.
+        "CORRAL_REPLICA_POLL_SECONDS": "1.0",
         "CORRAL_STACK_RESYNC_SECONDS": "2",
     }
 
