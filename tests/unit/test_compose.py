@@ -1106,7 +1106,7 @@ def test_service_hash_is_the_same_in_another_process() -> None:
         healthcheck=Healthcheck(("CMD", "true")),
     )
     code = (
-        "from corral.model.compose import *\n"
+        "from corral.model.stack_spec import *\n"
         "print(service_hash(ServiceSpec('a', 'x', 9, environment={'A': '1', 'B': '2'},"
         " labels={'a': '2', 'z': '1'}, healthcheck=Healthcheck(('CMD', 'true'), 30.0))))"
     )
