@@ -5,7 +5,7 @@ No engine involved: the reconciler's decisions are checked on their own.
 
 from corral.model.compose import parse_compose
 from corral.model.containers import OWNED, SPEC_HASH, STACK, plan_container
-from corral.model.placement import HostCandidate, place
+from corral.model.placement import HostCandidate, fit, place
 from corral.model.stack_spec import service_hash
 
 FILE = """
@@ -60,3 +60,38 @@ def test_plans_carry_ownership_labels_and_engine_names() -> None:
     assert plan.labels[SPEC_HASH] == service_hash(spec.services["driver"])
     assert [(n.name, n.aliases) for n in plan.networks] == [("s_twin", ("driver", "lidar"))]
     assert plan.binds == ("s_maps:/maps:ro", "/dev/shm:/shm")
+
+
+SESSION = """
+services:
+  echo:
+    image: local/busybox:1
+    deploy:
+      placement: {constraints: [node.hostname != lab-old]}
+"""
+MIB = 1 << 20
+
+
+def test_a_session_goes_where_it_fits_with_the_most_free_cpu() -> None:
+    spec = parse_compose(SESSION, stack="template-echo")
+    hosts = [
+        HostCandidate("down", False, cpus=8, memory=8192 * MIB),
+        # node.hostname is the engine's host name when it is known
+        HostCandidate("lab", True, hostname="lab-old", cpus=8, memory=8192 * MIB),
+        HostCandidate("full", True, cpus=4, memory=4096 * MIB, sessions=3),
+        HostCandidate("busy", True, cpus=4, memory=4096 * MIB, held_cpus=3.5),
+        HostCandidate("small", True, cpus=4, memory=512 * MIB),
+        HostCandidate("edge1", True, cpus=2, memory=2048 * MIB),
+        HostCandidate("edge2", True, cpus=4, memory=2048 * MIB, held_cpus=1),
+    ]
+    assert fit(spec, hosts, 1.0, 1024 * MIB, per_host=3) == ("edge2", "")
+    host, why = fit(spec, hosts[:5], 1.0, 1024 * MIB, per_host=3)
+    assert host is None
+    assert why.split("; ") == [
+        "down is unreachable",
+        "lab does not meet the placement constraints",
+        "full holds 3 sessions (sessions_per_host)",
+        "busy has 0.50 of 4 CPUs free, a session needs 1",
+        "small has 512 MiB free, a session needs 1024 MiB",
+    ]
+    assert fit(spec, [], 1.0, MIB, per_host=3) == (None, "no hosts are registered")

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from corral.model.containers import (
     session_network,
 )
 from corral.model.hosts import parse_engine_url
+from corral.model.placement import HostCandidate, fit
 from corral.model.stack_spec import ServiceSpec, StackSpec
 from corral.model.templates import (
     ParamsInvalid,
@@ -281,40 +282,10 @@ class SessionService:
 
     async def _choose(self, stack: StackSpec, cpus: float, memory: int) -> tuple[str | None, str]:
         """The reachable host with the most free CPU that meets every constraint, or None
-        and why not."""
+        and why not (model/placement.py `fit`)."""
         reserved = await self.store.reserved()
-        reasons: list[str] = []
-        best: tuple[float, str] | None = None
-        for host in await self.hosts.views():
-            facts = host.facts
-            if not host.reachable or facts is None:
-                reasons.append(f"{host.name} is unreachable")
-                continue
-            if not _meets(stack, host):
-                reasons.append(f"{host.name} does not meet the placement constraints")
-                continue
-            held_cpus, held_memory, count = reserved.get(host.name, (0.0, 0, 0))
-            free_cpus = facts.cpus - held_cpus
-            free_memory = facts.memory_bytes - held_memory
-            if count >= self.settings.sessions_per_host:
-                reasons.append(f"{host.name} holds {count} sessions (sessions_per_host)")
-            elif cpus > free_cpus + 1e-9:
-                reasons.append(
-                    f"{host.name} has {max(free_cpus, 0):.2f} of {facts.cpus} CPUs free, "
-                    f"a session needs {cpus:g}"
-                )
-            elif memory > free_memory:
-                reasons.append(
-                    f"{host.name} has {max(free_memory, 0) >> 20} MiB free, a session needs "
-                    f"{memory >> 20} MiB"
-                )
-            else:
-                score = free_cpus
-                if best is None or score > best[0]:
-                    best = (score, host.name)
-        if best is not None:
-            return best[1], ""
-        return None, "; ".join(reasons) or "no hosts are registered"
+        hosts = [_candidate(h, reserved) for h in await self.hosts.views()]
+        return fit(stack, hosts, cpus, memory, self.settings.sessions_per_host)
 
     def _launch(self, session: str) -> None:
         if session in self._starting:
@@ -885,15 +856,22 @@ def _template_files(folder: Path) -> list[tuple[Path, str]]:
     return [(path, path.read_text(encoding="utf-8")) for path in paths]
 
 
-def _meets(stack: StackSpec, host: HostView) -> bool:
+def _candidate(host: HostView, reserved: Mapping[str, tuple[float, int, int]]) -> HostCandidate:
+    """A host as session placement sees it: usable only with facts from a good check."""
     facts = host.facts
-    role = facts.swarm_role if facts else "none"
-    engine_labels = facts.engine_labels if facts else {}
-    hostname = facts.hostname if facts else ""
-    return all(
-        c.matches(hostname or host.name, role, host.labels, engine_labels)
-        for svc in stack.services.values()
-        for c in svc.constraints
+    held_cpus, held_memory, count = reserved.get(host.name, (0.0, 0, 0))
+    return HostCandidate(
+        name=host.name,
+        reachable=bool(host.reachable) and facts is not None,
+        role=facts.swarm_role if facts else "none",
+        labels=host.labels,
+        engine_labels=facts.engine_labels if facts else {},
+        hostname=facts.hostname if facts else "",
+        cpus=facts.cpus if facts else 0.0,
+        memory=facts.memory_bytes if facts else 0,
+        held_cpus=held_cpus,
+        held_memory=held_memory,
+        sessions=count,
     )
 
 

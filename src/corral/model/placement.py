@@ -1,14 +1,16 @@
-"""Which host runs each replica of each service: constraints, stickiness and spreading.
+"""Which host runs what: each replica of a stack's services (constraints, stickiness and
+spreading), and a whole session (constraints and a resource fit).
 
-Pure logic called by the stack reconciler with the hosts it knows and the placements it
-made before; a replica stays where it is while its host still matches.
+Pure logic, called by the stack reconciler with the hosts it knows and the placements it
+made before (a replica stays where it is while its host still matches), and by the session
+service with what each host has free.
 """
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from corral.model.stack_spec import StackSpec
+from corral.model.stack_spec import Constraint, StackSpec
 
 Slot = tuple[str, int]  # (service, replica), replica counted from 1
 
@@ -21,6 +23,18 @@ class HostCandidate:
     labels: Mapping[str, str] = field(default_factory=dict)
     engine_labels: Mapping[str, str] = field(default_factory=dict)
     load: int = 0  # corral containers already placed there by other stacks
+    hostname: str = ""  # the engine's host name, when `node.hostname` means it (sessions)
+    cpus: float = 0.0  # the engine's CPUs and memory, and what sessions hold of them
+    memory: int = 0
+    held_cpus: float = 0.0
+    held_memory: int = 0
+    sessions: int = 0
+
+    def meets(self, constraints: Iterable[Constraint]) -> bool:
+        return all(
+            c.matches(self.hostname or self.name, self.role, self.labels, self.engine_labels)
+            for c in constraints
+        )
 
 
 @dataclass(frozen=True)
@@ -32,11 +46,7 @@ class Placement:
 def matching_hosts(spec: StackSpec, service: str, hosts: list[HostCandidate]) -> list[str]:
     """Hosts meeting every constraint; `node.hostname` is corral's name for the host."""
     constraints = spec.services[service].constraints
-    return [
-        h.name
-        for h in hosts
-        if all(c.matches(h.name, h.role, h.labels, h.engine_labels) for c in constraints)
-    ]
+    return [h.name for h in hosts if h.meets(constraints)]
 
 
 def place(spec: StackSpec, hosts: list[HostCandidate], previous: Mapping[Slot, str]) -> Placement:
@@ -65,3 +75,40 @@ def place(spec: StackSpec, hosts: list[HostCandidate], previous: Mapping[Slot, s
         placed[slot] = best
         load[best] += 1
     return Placement(placed, pending)
+
+
+def fit(
+    spec: StackSpec, hosts: list[HostCandidate], cpus: float, memory: int, per_host: int
+) -> tuple[str | None, str]:
+    """The host for a whole session: reachable, meeting every service's constraints, with
+    fewer than `per_host` sessions and the CPUs and memory free; the most free CPU wins.
+    (None, why not) when no host fits."""
+    constraints = [c for svc in spec.services.values() for c in svc.constraints]
+    reasons: list[str] = []
+    best: tuple[float, str] | None = None
+    for host in hosts:
+        if not host.reachable:
+            reasons.append(f"{host.name} is unreachable")
+            continue
+        if not host.meets(constraints):
+            reasons.append(f"{host.name} does not meet the placement constraints")
+            continue
+        free_cpus = host.cpus - host.held_cpus
+        free_memory = host.memory - host.held_memory
+        if host.sessions >= per_host:
+            reasons.append(f"{host.name} holds {host.sessions} sessions (sessions_per_host)")
+        elif cpus > free_cpus + 1e-9:
+            reasons.append(
+                f"{host.name} has {max(free_cpus, 0):.2f} of {host.cpus} CPUs free, "
+                f"a session needs {cpus:g}"
+            )
+        elif memory > free_memory:
+            reasons.append(
+                f"{host.name} has {max(free_memory, 0) >> 20} MiB free, a session needs "
+                f"{memory >> 20} MiB"
+            )
+        elif best is None or free_cpus > best[0]:
+            best = (free_cpus, host.name)
+    if best is not None:
+        return best[1], ""
+    return None, "; ".join(reasons) or "no hosts are registered"
