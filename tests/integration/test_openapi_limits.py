@@ -198,3 +198,54 @@ def test_go1_answers_are_documented(server: ThreadServer) -> None:
         assert {"200", "409", "502"} <= set(responses)
         failed = responses["409"]["content"]["application/json"]["schema"]["$ref"]
         assert failed.endswith("/Go1Failed")
+
+
+def test_an_ack_of_an_id_past_the_databases_integers_is_a_422(server: ThreadServer) -> None:
+    """An id of 10**30 reached the database and answered 500."""
+    with server.client() as api:
+        made = api.post("/fleet/robots", json={"name": "r5"})
+        assert made.status_code == 201, made.text
+        ids = _operation(api, "post", "/fleet/robots/{name}/acks")["requestBody"]
+        item = ids["content"]["application/json"]["schema"]["properties"]["ids"]["items"]
+        assert item["maximum"] == 2**53
+    with server.client(token=made.json()["token"]) as robot:
+        answer = robot.post(
+            "/fleet/robots/r5/acks", content=b'{"ids": [1000000000000000000000000000000]}'
+        )
+        assert answer.status_code == 422, answer.text
+
+
+def test_a_mission_to_a_marker_off_its_map_is_a_404(server: ThreadServer) -> None:
+    corridor = {
+        "name": "corridor",
+        "markers": [{"id": "A", "x": 0, "y": 0}, {"id": "B", "x": 2, "y": 0}],
+        "lanes": [["A", "B"]],
+    }
+    with server.client() as api:
+        assert api.post("/fleet/maps", json=corridor).status_code == 201
+        robot = {"name": "r6", "map": "corridor", "marker": "A"}
+        assert api.post("/fleet/robots", json=robot).status_code == 201
+        answer = api.post("/fleet/missions", json={"robot": "r6", "goal": "Z"})
+        assert answer.status_code == 404, answer.text
+
+
+def test_numbers_of_tasks_and_sessions_are_as_documented(server: ThreadServer) -> None:
+    """A task's priority "5" and timeout true were taken; a session's ttl 0.5 was a 422 the
+    schema (ttl > 0) did not announce."""
+    with server.client() as api:
+        ttl = _schema(api, "SessionRequest")["properties"]["ttl"]["anyOf"][0]
+        assert ttl["minimum"] == 1
+        for bad in ({"priority": "5"}, {"timeout": True}):
+            task = {"kind": "goto", "target": "fleet", "params": {"marker": "B"}, **bad}
+            assert api.post("/tasks", json=task).status_code == 422
+
+
+def test_a_queued_session_is_a_documented_202(server: ThreadServer) -> None:
+    echo = "x-corral-template:\n  name: echo\nservices:\n  echo:\n    image: local/busybox:1\n"
+    with server.client() as api:
+        assert api.post("/templates", json={"file": echo}).status_code == 201
+        responses = _operation(api, "post", "/templates/{name}/sessions")["responses"]
+        assert "202" in responses
+        queued = api.post("/templates/echo/sessions", json={"queue": True})
+        assert queued.status_code == 202, queued.text
+        assert api.delete(f"/sessions/{queued.json()['id']}").status_code in (200, 204)

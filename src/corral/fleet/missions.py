@@ -166,7 +166,7 @@ class Dispatcher:
         the robot is there and each action FINISHED (failed when one FAILED)."""
         fmap = self.map(map_name)
         if goal not in fmap.markers:
-            raise Invalid(f"goal {goal!r} is not a marker of map {map_name}", {"field": "goal"})
+            raise NotFound(f"goal {goal!r} is not a marker of map {map_name}", {"field": "goal"})
         async with self.lock:
             if robot in self.active:
                 raise Conflict(

@@ -39,6 +39,7 @@ TELEMETRY_FIELDS = frozenset(
     {"type", "marker", "lane", "progress", "distance", "battery", "status", "n", "sig"}
 )
 TARGET = "fleet"
+MAX_COMMAND_ID = 2**53  # command ids are database integers; larger ones name none
 
 
 def robot_doc(row: RobotRow, link: Link | None, position: str | None) -> dict[str, Any]:
@@ -309,8 +310,11 @@ class FleetService:
         """Returns once the acknowledgement is stored (with others', in one batch). With
         `known`, an id that is not one of the robot's commands refuses them all."""
         if not isinstance(ids, list) or not all(
-            (isinstance(i, int) and not isinstance(i, bool))
-            or (isinstance(i, float) and i.is_integer())
+            (
+                (isinstance(i, int) and not isinstance(i, bool))
+                or (isinstance(i, float) and i.is_integer())
+            )
+            and 1 <= i <= MAX_COMMAND_ID
             for i in ids
         ):
             raise Invalid("ack ids must be a list of command ids", {"field": "ids"})

@@ -16,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.websockets import WebSocketDisconnect
 
 from corral.api.deps import CoreDep, Reader, Writer, bearer
+from corral.api.links import answer_links
 from corral.api.robot_session import RobotSession, refuse
 from corral.control.access import Caller
 from corral.core import Core
 from corral.errors import Conflict, CorralError, Forbidden, Invalid
 from corral.fleet.missions import mission_doc
-from corral.fleet.service import OPERATOR_KINDS
+from corral.fleet.service import MAX_COMMAND_ID, OPERATOR_KINDS
 from corral.model.fields import Integer
 from corral.model.names import NAME_PATTERN
 
@@ -38,8 +39,22 @@ MARKER_WITH_MAP: dict[str, Any] = {
 }
 
 
+# A map, a robot on it and a mission there: examples that work one after the other.
+CORRIDOR = {
+    "name": "corridor",
+    "markers": [{"id": "A", "x": 0, "y": 0}, {"id": "B", "x": 2, "y": 0}],
+    "lanes": [["A", "B"]],
+}
+
+
 class RobotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=MARKER_WITH_MAP)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            **MARKER_WITH_MAP,
+            "examples": [{"name": "r1", "map": "corridor", "marker": "A"}],
+        },
+    )
 
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
     group: str = Field(default="", max_length=63)
@@ -62,7 +77,9 @@ class ActionRequest(BaseModel):
 
 
 class MissionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"robot": "r1", "goal": "B"}]}
+    )
 
     robot: str = Field(pattern=NAME_PATTERN, max_length=63)
     goal: str = Field(min_length=1, max_length=63, description="The destination marker.")
@@ -126,7 +143,13 @@ CHECKPOINT = {"type": "object", "required": ["marker"], "properties": {"marker":
 ACKS = {
     "type": "object",
     "required": ["ids"],
-    "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "maxItems": 10_000}},
+    "properties": {
+        "ids": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": MAX_COMMAND_ID},
+            "maxItems": 10_000,
+        }
+    },
 }
 
 
@@ -193,11 +216,17 @@ async def broadcast(body: BroadcastRequest, core: CoreDep, _: Writer) -> dict[st
     "/maps",
     status_code=201,
     summary="Upload a map (JSON, or YAML text as application/yaml)",
+    responses=answer_links(
+        (200, 201),
+        "name",
+        ("get", "/fleet/maps/{name}", "name"),
+        ("get", "/fleet/maps/{name}/traffic", "name"),
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"type": "object"}},
+                "application/json": {"schema": {"type": "object"}, "example": CORRIDOR},
                 "application/yaml": {"schema": {"type": "string"}},
             },
         }
@@ -275,7 +304,17 @@ async def cancel_mapping(name: RobotName, core: CoreDep, _: Writer) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/missions", status_code=201, summary="Send a robot to a marker")
+@router.post(
+    "/missions",
+    status_code=201,
+    summary="Send a robot to a marker",
+    responses=answer_links(
+        (201,),
+        "id",
+        ("get", "/fleet/missions/{mission_id}", "mission_id"),
+        ("delete", "/fleet/missions/{mission_id}", "mission_id"),
+    ),
+)
 async def start_mission(body: MissionRequest, core: CoreDep, _: Writer) -> dict[str, Any]:
     row = core.fleet.robot(body.robot)
     if row.map is None:

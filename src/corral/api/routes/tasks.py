@@ -6,9 +6,11 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
 
 from corral.api.deps import CoreDep, Reader, Writer
+from corral.api.links import answer_links
+from corral.model.fields import Integer
 from corral.model.views import TaskState, TaskView
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -16,13 +18,21 @@ TaskId = Annotated[int, Path(ge=1, le=2**62, description="Task id.")]
 
 
 class NewTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"kind": "goto", "target": "fleet", "params": {"marker": "B"}},
+                {"kind": "homing", "target": "robot_arm"},
+            ]
+        },
+    )
 
     kind: str = Field(min_length=1, max_length=32, examples=["take", "replace", "homing"])
     target: str = Field(min_length=1, max_length=63, examples=["robot_arm"])
     params: dict[str, Any] = Field(default_factory=dict, max_length=50)
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
-    timeout: float = Field(default=600.0, gt=0, le=86400, description="Seconds of silence.")
+    priority: Integer = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    timeout: StrictFloat = Field(default=600.0, gt=0, le=86400, description="Seconds of silence.")
 
     @field_validator("params")
     @classmethod
@@ -55,7 +65,18 @@ async def list_tasks(
     return await core.tasks.find(state, target, kind, limit)
 
 
-@router.post("", status_code=201, summary="Create a task")
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a task",
+    responses=answer_links(
+        (201,),
+        "id",
+        ("get", "/tasks/{id}", "id"),
+        ("post", "/tasks/{id}/cancel", "id"),
+        ("post", "/tasks/{id}/retry", "id"),
+    ),
+)
 async def create(body: NewTask, core: CoreDep, _: Writer) -> TaskView:
     return await core.tasks.create(
         body.kind, body.target, body.params, body.priority, body.timeout, "rest"

@@ -7,9 +7,11 @@ them.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from corral.api.deps import CoreDep, Reader, Writer
+from corral.api.errors import ErrorResponse
+from corral.api.links import answer_links
 from corral.model.names import NAME_PATTERN
 from corral.model.views import SessionView, TemplateView
 
@@ -19,8 +21,14 @@ TemplateName = Annotated[
 ]
 
 
+ECHO = (
+    "x-corral-template:\n  name: echo\n"
+    'services:\n  echo:\n    image: local/busybox:1\n    command: [sleep, "60"]\n'
+)
+
+
 class TemplateFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"file": ECHO}]})
 
     name: str | None = Field(
         default=None,
@@ -46,15 +54,25 @@ class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     params: dict[str, Any] = Field(default_factory=dict, max_length=200)
-    ttl: float | None = Field(
-        default=None, gt=0, le=7 * 86400, description="Seconds it may live; None: the template's."
+    ttl: StrictFloat | None = Field(
+        default=None, ge=1, le=7 * 86400, description="Seconds it may live; None: the template's."
     )
-    queue: bool = Field(
+    queue: StrictBool = Field(
         default=False, description="Wait in a queue when no host has room, instead of a 429."
     )
 
 
-@router.post("", summary="Register a template (or replace it)")
+@router.post(
+    "",
+    summary="Register a template (or replace it)",
+    responses=answer_links(
+        (200, 201),
+        "name",
+        ("get", "/templates/{name}", "name"),
+        ("delete", "/templates/{name}", "name"),
+        ("post", "/templates/{name}/sessions", "name"),
+    ),
+)
 async def add(body: TemplateFile, core: CoreDep, _: Writer, response: Response) -> Added:
     name, outcome = await core.sessions.add_template(body.file, body.name, body.base_dir)
     response.status_code = 201 if outcome == "created" else 200
@@ -77,11 +95,21 @@ async def remove(name: TemplateName, core: CoreDep, _: Writer) -> Response:
     return Response(status_code=204)
 
 
+SESSION_ANSWERS = answer_links(
+    (201, 202), "id", ("get", "/sessions/{id}", "id"), ("delete", "/sessions/{id}", "id")
+)
+SESSION_ANSWERS[202] |= {
+    "model": SessionView,
+    "description": "Pending or starting (queued, or not waited for)",
+}
+SESSION_ANSWERS[429] = {"model": ErrorResponse, "description": "No host has room (no queue)."}
+
+
 @router.post(
     "/{name}/sessions",
     status_code=201,
     summary="Start a session of a template",
-    responses={429: {"description": "No host has room (and queue was false)."}},
+    responses=SESSION_ANSWERS,
 )
 async def new_session(
     name: TemplateName,
