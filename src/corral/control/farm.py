@@ -35,18 +35,9 @@ class FarmService:
         self.store, self.tasks, self.bus = dispatch.store, dispatch.tasks, dispatch.bus
         self.settings, self.arm = dispatch.settings, dispatch.arm
         self._ready_lock = asyncio.Lock()
-
-    async def printers(self) -> list[PrinterView]:
-        return await self.store.printers()
-
-    async def printer(self, id: str) -> PrinterView:
-        return await self.store.printer(id)
-
-    async def racks(self) -> list[RackView]:
-        return await self.store.racks()
-
-    async def beds(self) -> list[BedView]:
-        return await self.store.beds()
+        # the layout and printers as stored
+        self.printers, self.printer = self.store.printers, self.store.printer
+        self.racks, self.beds = self.store.racks, self.store.beds
 
     def executor(self) -> Executor:
         # A job with the arm ends when the arm says so (or by the in-flight rule), not by a

@@ -94,13 +94,8 @@ class HostService:
         self._expiry_warned: set[tuple[str, str, datetime]] = set()
         # Set when a check finds the host unreachable: work still waiting on it gives up.
         self._lost: dict[str, asyncio.Event] = {}
-
-    async def views(self) -> list[HostView]:
-        """Every host, by name: its spec and its last observation."""
-        return await self.store.list()
-
-    async def view(self, name: str) -> HostView:
-        return await self.store.get(name)
+        # every host by name, or one: its spec and its last observation
+        self.views, self.view = store.list, store.get
 
     def refusal(self, spec: HostSpec) -> str:
         """Why corral will not talk to this engine as configured ("" when it will): an

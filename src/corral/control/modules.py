@@ -27,17 +27,9 @@ def functions_of(row: ModuleRow | ModuleView) -> dict[str, dict[str, Any]]:
 
 
 def _view(row: ModuleRow) -> ModuleView:
-    return ModuleView(
-        id=row.id,
-        name=row.name,
-        sha256=row.sha256,
-        size=len(row.binary),
-        exports=row.exports,
-        requirements=row.requirements,
-        functions=row.functions,
-        files=row.files,
-        created_at=row.created_at,
-    )
+    """The row without its bytes: their count instead."""
+    same = {name: getattr(row, name) for name in ModuleView.model_fields if name != "size"}
+    return ModuleView(**same, size=len(row.binary))
 
 
 class ModuleService:

@@ -5,7 +5,7 @@ States move forward only: queued -> assigned -> running -> done | failed | cance
 retry is a new task.
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,36 +31,12 @@ class TaskService:
         self.store = store
         self.bus = bus
         self.executors: dict[str, Executor] = {}
+        # reads, and changes that are no move, are the store's own
+        self.get, self.find, self.open_for = store.get, store.find, store.open_for
+        self.update = store.update
 
     def register(self, target: str, executor: Executor) -> None:
         self.executors[target] = executor
-
-    async def get(self, id: int) -> TaskView:
-        return await self.store.get(id)
-
-    async def find(
-        self,
-        state: str | None = None,
-        target: str | None = None,
-        kind: str | None = None,
-        limit: int = 200,
-    ) -> list[TaskView]:
-        return await self.store.find(state, target, kind, limit)
-
-    async def open_for(
-        self,
-        target: str,
-        states: Sequence[str] = OPEN_TASK_STATES,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[TaskView]:
-        """Open tasks of a target (or those in `states`) in the order they are served;
-        `limit` of them from `offset` on."""
-        return await self.store.open_for(target, states, limit, offset)
-
-    async def update(self, id: int, **values: Any) -> TaskView:
-        """Set a task's fields (no move: `move` does that); the task as it is now."""
-        return await self.store.update(id, **values)
 
     async def create(
         self,
