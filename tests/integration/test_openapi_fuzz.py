@@ -111,7 +111,18 @@ def _token(corral: Corral, role: str) -> str:
 def _config(work: Path, token: str, role: str) -> Path:
     """The run's schemathesis.toml: the token, the fixed path names a robot's or a device's
     token may reach, and the document-carrying operations' extra 422."""
-    lines = [f"headers = {{ Authorization = {json.dumps('Bearer ' + token)} }}"]
+    lines = [
+        f"headers = {{ Authorization = {json.dumps('Bearer ' + token)} }}",
+        # schemathesis' own lists, with 413: a body past max_body_bytes is refused before it
+        # is read, documented on every operation (a limit in bytes, which JSON Schema's
+        # lengths in characters cannot state)
+        "[checks.positive_data_acceptance]",
+        'expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]',
+        "[checks.negative_data_rejection]",
+        "expected-statuses = "
+        '["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429",'
+        ' "5xx"]',
+    ]
     if role in ("robot", "device"):
         # its own name; and no long poll, in which a robot waits up to 30 s for commands
         name = ROBOT if role == "robot" else DEVICE
@@ -121,7 +132,7 @@ def _config(work: Path, token: str, role: str) -> Path:
             "[[operations]]",
             f"include-name = {json.dumps(operation)}",
             "checks.positive_data_acceptance.expected-statuses = "
-            '["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429"]',
+            '["2xx", "3xx", "400", "401", "403", "404", "409", "413", "422", "429", "5xx"]',
         ]
     path = work / f"schemathesis-{role}.toml"
     path.write_text("\n".join(lines) + "\n")

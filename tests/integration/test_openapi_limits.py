@@ -156,6 +156,9 @@ def test_a_device_registration_takes_what_its_schema_says(server: ThreadServer) 
         assert answer.status_code == 204, answer.text
         bad = {"name": "d2", "host": {}}
         assert api.post("/file/device/discovery/register", json=bad).status_code == 422
+        for properties in ({"address": 7}, {"path": 7}):  # were taken, ignored or as "7"
+            bad = {"name": "d3", "host": "127.0.0.1", "properties": properties}
+            assert api.post("/file/device/discovery/register", json=bad).status_code == 422
 
 
 def test_state_not_shape_is_a_404_or_409(server: ThreadServer) -> None:

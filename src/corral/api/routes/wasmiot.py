@@ -306,14 +306,19 @@ async def register(request: Request, core: CoreDep, _: Writer) -> Response:
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise Invalid("addresses must be a list of addresses", {"field": "addresses"})
     extra = properties.get("address")
-    if isinstance(extra, str) and extra:  # first: devices may share a host name
+    if extra is not None and not isinstance(extra, str):
+        raise Invalid("properties.address must be an address", {"field": "properties.address"})
+    if extra:  # first: devices may share a host name
         addresses = [extra, *(a for a in addresses if a != extra)]
+    path = properties.get("path", "/")
+    if not isinstance(path, str):
+        raise Invalid("properties.path must be a URL path", {"field": "properties.path"})
     await core.devices.register(
         name,
         addresses,
         int(port),
         "register",
-        str(properties.get("path", "/")),
+        path,
         str(properties.get("tls", "0")) in ("1", "true"),
     )
     return Response(status_code=204)
