@@ -9,6 +9,7 @@ cheap (no await under it); the journal stores them in batches, then sends and an
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from corral.errors import Conflict, Invalid, NotFound
@@ -45,7 +46,12 @@ def mission_doc(row: MissionRow) -> dict[str, Any]:
 
 class Dispatcher:
     def __init__(
-        self, store: FleetStore, bus: EventBus, deliver: Deliver, meter: FleetMeter
+        self,
+        store: FleetStore,
+        bus: EventBus,
+        deliver: Deliver,
+        meter: FleetMeter,
+        priority: Callable[[str], int],
     ) -> None:
         self.store = store
         self.bus = bus
@@ -53,7 +59,7 @@ class Dispatcher:
         self.maps: dict[str, FleetMap] = {}
         self.traffic: dict[str, Traffic] = {}
         self.active: dict[str, MissionRow] = {}  # robot -> its active mission
-        self.priority: dict[str, int] = {}  # robot -> priority, kept by the fleet service
+        self.priority = priority  # a robot's priority, as the fleet service knows it
         self.on_end: list[MissionEnd] = []
         self.journal = Journal(store, bus, self._reservations, deliver, self.on_end, meter)
         self.lock = asyncio.Lock()
@@ -64,7 +70,7 @@ class Dispatcher:
 
     async def load(self) -> None:
         self.journal.forget()  # what this process decided in an earlier term is void
-        self.maps, self.traffic, self.active, self.priority = {}, {}, {}, {}
+        self.maps, self.traffic, self.active = {}, {}, {}
         for row in await self.store.maps():
             fmap = parse_map(row.doc, f"map {row.name}")
             self.maps[row.name] = fmap
@@ -431,7 +437,7 @@ class Dispatcher:
         }
         changes = {}
         if routes:
-            priority = {r: self.priority.get(r, 0) for r in cycle}
+            priority = {r: self.priority(r) for r in cycle}
             changes = traffic.resolve(cycle, routes, priority)
             changes = {r: route for r, route in changes.items() if r in routes}
         if not changes:
@@ -469,7 +475,7 @@ class Dispatcher:
 
     def _retry_waiting(self, map_name: str) -> None:
         traffic = self.traffic[map_name]
-        waiting = sorted(traffic.waits, key=lambda r: (-self.priority.get(r, 0), r))
+        waiting = sorted(traffic.waits, key=lambda r: (-self.priority(r), r))
         for robot in waiting:
             self._advance(robot)
 

@@ -80,7 +80,7 @@ class FleetService:
         self.mapping = MappingSessions()
         self.meter = FleetMeter()
         self.robots: dict[str, RobotRow] = {}
-        self.dispatch = Dispatcher(store, bus, self._deliver, self.meter)
+        self.dispatch = Dispatcher(store, bus, self._deliver, self.meter, self._priority)
         self.dispatch.on_end.append(self._mission_ended)
         self._assign = asyncio.Event()
         tasks.register(
@@ -93,7 +93,6 @@ class FleetService:
         what the last leader left replaces what this process read before)."""
         await self.dispatch.load()
         self.robots = {row.name: row for row in await self.store.robots()}
-        self.dispatch.priority = {name: row.priority for name, row in self.robots.items()}
 
     # ------------------------------------------------------------------ robots
     async def register(
@@ -135,7 +134,6 @@ class FleetService:
         await self.store.update_robot(name, token_id=view.id)
         row.token_id = view.id
         self.robots[name] = row
-        self.dispatch.priority[name] = priority
         await self.bus.emit(
             "robot.added",
             f"robot/{name}",
@@ -149,7 +147,10 @@ class FleetService:
         row = self.robot(name)
         await self.store.update_robot(name, group=group, priority=priority)
         row.group, row.priority = group, priority
-        self.dispatch.priority[name] = priority
+
+    def _priority(self, name: str) -> int:
+        row = self.robots.get(name)
+        return row.priority if row is not None else 0
 
     def robot(self, name: str) -> RobotRow:
         row = self.robots.get(name)
@@ -189,7 +190,6 @@ class FleetService:
                 await self.access.revoke(row.token_id, by)
         await self.store.delete_robot(name)
         del self.robots[name]
-        self.dispatch.priority.pop(name, None)
         await self.links.forget(name)
         await self.bus.emit("robot.removed", f"robot/{name}", f"robot {name} removed")
 
