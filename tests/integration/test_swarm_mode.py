@@ -309,7 +309,7 @@ def test_swarm_mode_refusals_name_the_problem(server: ThreadServer) -> None:
             "    deploy: {placement: {constraints: [node.labels.role == moon]}}\n"
         )
         response = api.post("/stacks", json={"name": "swarmbad", "file": constrained})
-        assert response.status_code == 422, response.text
+        assert response.status_code == 409, response.text  # the swarm as it is: a conflict
         assert "no swarm node meets node.labels.role == moon" in response.json()["error"]["message"]
         assert api.get("/stacks/swarmbad").status_code == 404
 
