@@ -111,7 +111,12 @@ async def _vehicles(
     ]
     tasks = [asyncio.create_task(sim.run(stop)) for sim in sims]
     conn.send("started")
-    await asyncio.to_thread(conn.recv)
+    while await asyncio.to_thread(conn.recv) == "count":  # what they sent so far, by topic
+        sent: dict[str, int] = {}
+        for sim in sims:
+            for topic, count in sim.headers.items():
+                sent[topic] = sent.get(topic, 0) + count
+        conn.send(sent)
     stop.set()
     await asyncio.sleep(1.0)  # they say OFFLINE
     for task in tasks:
@@ -148,14 +153,6 @@ class Watch:
                     where = json.loads(payload).get("agvPosition") or {}
                     if (where.get("x"), where.get("y")) != self.start[serial]:
                         self.moved_at[serial] = now
-
-
-async def until(check: Any, what: str, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while not await check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------- floor
@@ -255,7 +252,9 @@ async def floor(workdir: Path, sample: int) -> list[float]:
 class Row:
     n: int
     register_s: float = 0.0
-    online_s: float = 0.0
+    online_s: float = 0.0  # until all were online (or the limit, if not)
+    online: int = 0  # how many were online then
+    online_end: int = 0  # and at the end of the window
     corral_cpu: float = 0.0
     rss: float = 0.0
     peak: float = 0.0
@@ -263,9 +262,20 @@ class Row:
     others_cpu: float = 0.0
     load: float = 0.0
     handled: dict[str, float] = field(default_factory=dict)  # outcome/topic -> per second
+    sent: dict[str, float] = field(default_factory=dict)  # topic -> per second, by the vehicles
     to_order: list[float] = field(default_factory=list)
     to_motion: list[float] = field(default_factory=list)
     missed: int = 0
+
+
+def _sent(workers: list[tuple[Any, Connection]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for _, conn in workers:
+        conn.send("count")
+    for _, conn in workers:
+        for topic, count in conn.recv().items():
+            total[topic] = total.get(topic, 0) + count
+    return total
 
 
 def in_counts(text: str) -> dict[str, float]:
@@ -282,6 +292,7 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         "CORRAL_LOG_LEVEL": "warning",
         "CORRAL_BROKERS": json.dumps({"vda": broker.url}),
         "CORRAL_VDA5050_BROKER": "vda",
+        "CORRAL_VDA5050_VISUALIZATION": "false" if args.states_only else "true",
     }
     serve = await asyncio.to_thread(ServeProcess(workdir / f"corral-{n}", env).start)
     assert serve.proc is not None
@@ -316,11 +327,14 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         for _, conn in workers:
             await asyncio.to_thread(conn.recv)
 
-        async def all_online() -> bool:
+        async def online() -> int:
             robots = (await api.get("/fleet/robots")).json()
-            return sum(r["state"] == "online" for r in robots) == n
+            return sum(r["state"] == "online" for r in robots)
 
-        await until(all_online, f"{n} vehicles online", 300)
+        row.online = await online()
+        while row.online < n and time.monotonic() - began < args.online:
+            await asyncio.sleep(0.5)
+            row.online = await online()
         row.online_s = time.monotonic() - began
         await asyncio.sleep(args.warmup)
         sample = vehicles[:: max(1, n // args.sample)][: args.sample]
@@ -333,6 +347,7 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         cpu0, busy0 = cpu_seconds(pid), machine_jiffies()
         work0 = sum(cpu_seconds(p.pid) for p, _ in workers)
         me0 = cpu_seconds(os.getpid())
+        sent0 = _sent(workers)
         t0 = time.monotonic()
         posted: dict[str, float] = {}
         spacing = min(1.0, args.seconds / (len(sample) + 1))
@@ -345,10 +360,13 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
             await asyncio.sleep(spacing)
         await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - t0)))
         elapsed = time.monotonic() - t0
+        sent1 = _sent(workers)
+        row.sent = {k: (sent1.get(k, 0) - sent0.get(k, 0)) / elapsed for k in sent1}
         cpu1, busy1 = cpu_seconds(pid), machine_jiffies()
         work1 = sum(cpu_seconds(p.pid) for p, _ in workers)
         me1 = cpu_seconds(os.getpid())
         after = in_counts((await api.get("/metrics")).text)
+        row.online_end = await online()
         row.load = os.getloadavg()[0]
         row.corral_cpu = 100 * (cpu1 - cpu0) / elapsed
         row.workers_cpu = 100 * (work1 - work0) / elapsed
@@ -393,30 +411,34 @@ def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None
         f"{args.seconds:g} s window"
     )
     print(
-        f"{'vehicles':>8} {'register s':>10} {'online s':>8} {'corral CPU':>10} {'RSS MB':>6} "
+        f"{'vehicles':>8} {'register s':>10} {'online s':>8} {'online':>6} {'at end':>6} "
+        f"{'corral CPU':>10} {'RSS MB':>6} "
         f"{'peak':>5} {'vehicles CPU':>12} {'others':>6} {'load avg':>8}"
     )
     for r in rows:
         print(
-            f"{r.n:>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.corral_cpu:>9.0f}% "
+            f"{r.n:>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.online:>6} {r.online_end:>6} "
+            f"{r.corral_cpu:>9.0f}% "
             f"{r.rss:>6.0f} {r.peak:>5.0f} {r.workers_cpu:>11.0f}% {r.others_cpu:>5.0f}% "
             f"{r.load:>8.2f}"
         )
     print(
-        "\n2. VDA 5050 messages corral took in per second "
+        "\n2. VDA 5050 messages per second: sent by the vehicles, taken in by corral "
         "(target: N x 10 visualization, N x 1 state + events)"
     )
     print(
-        f"{'vehicles':>8} {'visualization':>13} {'target':>7} {'state':>6} {'target':>7} "
-        f"{'other ok':>8} {'not ok':>6}"
+        f"{'vehicles':>8} {'vis. target':>11} {'sent':>6} {'taken':>6} {'state target':>12} "
+        f"{'sent':>6} {'taken':>6} {'other ok':>8} {'not ok':>6}"
     )
     for r in rows:
         vis = r.handled.get("visualization:ok", 0.0)
         state = r.handled.get("state:ok", 0.0)
         other = max(0.0, sum(v for k, v in r.handled.items() if k.endswith(":ok")) - vis - state)
         bad = sum(v for k, v in r.handled.items() if not k.endswith(":ok"))
+        vis_sent, state_sent = r.sent.get("visualization", 0.0), r.sent.get("state", 0.0)
         print(
-            f"{r.n:>8} {vis:>13.0f} {10 * r.n:>7} {state:>6.0f} {r.n:>7} {other:>8.1f} {bad:>6.1f}"
+            f"{r.n:>8} {10 * r.n:>11} {vis_sent:>6.0f} {vis:>6.0f} {r.n:>12} {state_sent:>6.0f} "
+            f"{state:>6.0f} {other:>8.1f} {bad:>6.1f}"
         )
     print(
         f"\n3. order to first motion (ms), {args.sample} vehicles per size, "
@@ -442,13 +464,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window")
     parser.add_argument("--sample", type=int, default=20, help="missions timed per size")
     parser.add_argument("--workers", type=int, default=2, help="processes running the vehicles")
+    parser.add_argument(
+        "--states-only",
+        action="store_true",
+        help="corral takes in states only (vda5050_visualization off); vehicles send both",
+    )
+    parser.add_argument(
+        "--online", type=float, default=120.0, help="seconds to wait for all to be online"
+    )
     args = parser.parse_args()
     sizes = [int(x) for x in args.vehicles.split(",") if x.strip()]
     if max(sizes) > COLUMNS * ROWS // 2:
         parser.error(f"at most {COLUMNS * ROWS // 2} vehicles fit the grid")
     started = time.monotonic()
     now = dt.datetime.now(dt.UTC)
-    print(f"VDA 5050: corral with simulated vehicles, {now:%Y-%m-%d %H:%M} UTC")
+    takes = "states only (vda5050_visualization off)" if args.states_only else "all messages"
+    print(
+        f"VDA 5050: corral with simulated vehicles, {now:%Y-%m-%d %H:%M} UTC; corral takes {takes}"
+    )
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start"

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         description="Mosquitto's log file (log_type all or debug): the leader follows it and "
         "makes each publish the broker's ACLs refused on a VDA 5050 topic an event.",
     )
+    vda5050_visualization: bool = Field(
+        default=True,
+        description="Take in the vehicles' visualization messages (positions at their rate, "
+        "often 10 Hz); off: positions from their states only.",
+    )
     vda5050_interface: str = Field(
         default="uagv", pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="VDA 5050 interfaceName."
     )

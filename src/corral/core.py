@@ -227,7 +227,7 @@ class Core:
             self.fleet, VdaStore(self.db), mqtt, topics, self.bus, self.metrics
         )
         self.vda5050.admit_map = self.settings.vda5050_admit_map
-        self.vda5050.wire()
+        self.vda5050.wire(self.settings.vda5050_visualization)
         await self.vda5050.load()
 
     def _wire_farm(self) -> None:

@@ -37,7 +37,8 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schema
 # every vehicle the tests run, with a user and password on the broker
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
 VEHICLES += [
-    ("acme", s) for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1", "mt1")
+    ("acme", s)
+    for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1", "mt1", "so1")
 ]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
@@ -1125,3 +1126,25 @@ async def test_a_vehicle_counts_in_the_fleet_metrics_while_online(bed: Bed) -> N
         return (await figures())[connected] == 0
 
     await until(gone, "the vehicle no longer counted")
+
+
+@pytest.mark.parametrize("server", [{"vda5050_visualization": False}], indirect=True)
+async def test_with_visualization_off_positions_come_from_states(bed: Bed) -> None:
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("so", "so1", "line", "n0")
+    sim = bed.vehicle("so1", "n0")
+    await bed.online("so")
+    mission = await bed.mission("so", "n2")
+    await bed.done([mission], "the mission done")
+    assert sim.reached == ["n1", "n2"]
+
+    async def at_n2() -> bool:
+        telemetry = (await bed.api.get("/fleet/robots/so")).json()["telemetry"]
+        return bool(telemetry.get("position", {}).get("x") == 4.0)
+
+    await until(at_n2, "the position of n2 from a state")
+    sent = [b for s, n, b in bed.recorder.messages if s == "so1" and n == "visualization"]
+    assert sent, "the vehicle sends visualizations all the same"
+    metrics = (await bed.api.get("/metrics")).text
+    assert 'direction="in",outcome="ok",topic="visualization"' not in metrics
+    assert 'direction="in",outcome="ok",topic="state"' in metrics

@@ -39,6 +39,16 @@ PAUSE = {"stop": "startPause", "estop": "startPause", "resume": "stopPause"}
 ADMISSION = Caller(token_id=0, name="vda5050 admission", role="admin", subject="")
 
 
+@dataclass(frozen=True)
+class Inbound:
+    """One message of a vehicle's, decoded, with its problems (none: valid)."""
+
+    topic: str
+    message: dict[str, Any] | None
+    problems: list[str]
+    retained: bool
+
+
 @dataclass
 class Vehicle:
     """One vehicle as master control knows it (in memory)."""
@@ -59,6 +69,9 @@ class Vehicle:
     resends: int = 0
     last_order: dict[str, Any] | None = None  # the body of the last order (update) sent
     kind = "vda5050"  # the fleet's Channel protocol: its name in metrics
+    # what it said that is still to be handled, in order, by its own worker task
+    inbox: "asyncio.Queue[Inbound]" = field(default_factory=asyncio.Queue)
+    worker: "asyncio.Task[None] | None" = None
 
     # the fleet's Channel protocol: commands for this robot arrive here
     async def send(self, message: dict[str, Any]) -> None:
@@ -109,9 +122,12 @@ class MasterControl:
             registry=metrics.registry,
         )
 
-    def wire(self) -> None:
+    def wire(self, visualization: bool = True) -> None:
+        """Subscribe to the vehicles' topics (without `visualization`, positions come from
+        their states, at their rate)."""
         for topic in INBOUND:
-            self.mqtt.subscribe(self.topics.inbound(topic), self.on_message)
+            if topic != "visualization" or visualization:
+                self.mqtt.subscribe(self.topics.inbound(topic), self.on_message)
         self.fleet.dispatch.on_end.append(self._mission_ended)
 
     async def follow_broker_log(self, path: Path, stop: asyncio.Event) -> None:
@@ -121,6 +137,9 @@ class MasterControl:
     async def load(self) -> None:
         """Read the vehicles (at start, and when this replica takes the lead, after the
         fleet): what an earlier term knew of their orders is dropped; their next states say."""
+        for vehicle in self.by_robot.values():
+            if vehicle.worker is not None:
+                vehicle.worker.cancel()
         self.by_identity, self.by_robot = {}, {}
         for row in await self.store.all():
             if row.robot in self.fleet.robots:
@@ -230,6 +249,8 @@ class MasterControl:
         vehicle = self.vehicle(name)
         await self.fleet.remove(name, by)
         await self.store.remove(name)
+        if vehicle.worker is not None:
+            vehicle.worker.cancel()
         self.by_robot.pop(name, None)
         self.by_identity.pop((vehicle.manufacturer, vehicle.serial), None)
 
@@ -385,35 +406,52 @@ class MasterControl:
         message, found = decode(name, payload)
         if message is not None and not found and _sender(message) != (manufacturer, serial):
             found = ["manufacturer/serialNumber differ from the topic's"]
-        if message is None or found:
-            self.messages.labels("in", name, "invalid").inc()
+        self.messages.labels("in", name, "invalid" if message is None or found else "ok").inc()
+        if message is not None and not found:
+            self.counts.received += 1
+            if name in ("state", "visualization"):
+                self.counts.telemetry += 1
+            if name == "visualization":  # a position for people: nothing waits on it
+                self._visualization(vehicle, message)
+                return
+            if name == "state":  # heard now, even while its earlier messages are handled
+                self.fleet.links.get(vehicle.robot).heard()
+        # The rest may wait on the store: each vehicle's own task handles its messages in
+        # order, so one vehicle's slow step holds up no other (nor the broker's feed).
+        vehicle.inbox.put_nowait(Inbound(name, message, found, retained))
+        if vehicle.worker is None or vehicle.worker.done():
+            vehicle.worker = asyncio.create_task(self._work(vehicle))
+
+    async def _work(self, vehicle: Vehicle) -> None:
+        while True:
+            item = await vehicle.inbox.get()
+            try:
+                await self._handle(vehicle, item)
+            except CorralError as exc:
+                await self.bus.emit(
+                    "vda5050.refused",
+                    f"robot/{vehicle.robot}",
+                    f"{item.topic} of {vehicle.robot}: {exc.message}",
+                    {"topic": item.topic},
+                )
+            except Exception as exc:  # a store or broker fault: logged, the next goes on
+                log.error("vda5050 message failed", robot=vehicle.robot, error=repr(exc))
+
+    async def _handle(self, vehicle: Vehicle, item: Inbound) -> None:
+        name, message = item.topic, item.message
+        if message is None or item.problems:
             await self.bus.emit(
                 "vda5050.invalid",
                 f"robot/{vehicle.robot}",
-                f"refused a {name} message from {vehicle.robot}: {'; '.join(found)}",
-                {"topic": name, "problems": found, "direction": "in"},
+                f"refused a {name} message from {vehicle.robot}: {'; '.join(item.problems)}",
+                {"topic": name, "problems": item.problems, "direction": "in"},
             )
-            return
-        self.messages.labels("in", name, "ok").inc()
-        self.counts.received += 1
-        if name in ("state", "visualization"):
-            self.counts.telemetry += 1
-        try:
-            if name == "state":
-                await self._state(vehicle, message)
-            elif name == "connection":
-                await self._connection(vehicle, message, retained)
-            elif name == "visualization":
-                self._visualization(vehicle, message)
-            elif name == "factsheet":
-                vehicle.factsheet = message
-        except CorralError as exc:
-            await self.bus.emit(
-                "vda5050.refused",
-                f"robot/{vehicle.robot}",
-                f"{name} of {vehicle.robot}: {exc.message}",
-                {"topic": name},
-            )
+        elif name == "state":
+            await self._state(vehicle, message)
+        elif name == "connection":
+            await self._connection(vehicle, message, item.retained)
+        elif name == "factsheet":
+            vehicle.factsheet = message
 
     async def _admit(self, manufacturer: str, serial: str, payload: bytes) -> Vehicle | None:
         """The admission policy: an unknown vehicle saying ONLINE (in a valid message)
@@ -481,7 +519,9 @@ class MasterControl:
             "e_stop": state["safetyState"]["eStop"],
         }
         battery = state["batteryState"]["batteryCharge"]
+        position = state.get("agvPosition", link.telemetry.get("position"))
         link.telemetry = {
+            **({"position": position} if position is not None else {}),
             "marker": state["lastNodeId"] or None,
             "battery": max(0.0, min(100.0, float(battery))),
             "status": f"vda5050 {state['operatingMode']}"
