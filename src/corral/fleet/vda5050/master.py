@@ -267,7 +267,22 @@ class MasterControl:
         the vehicle is heard next."""
         kind, command_id = message["kind"], message["id"]
         if command_id in vehicle.handled:
-            return  # sent already; its acknowledgement is on the way to the store
+            return  # sent already (or being sent); its acknowledgement is on its way
+        vehicle.handled.add(command_id)  # before the first await: a second push skips it
+        try:
+            await self._send(vehicle, kind, command_id, message)
+        except BaseException:
+            vehicle.handled.discard(command_id)  # not sent: it goes again
+            raise
+        # The acknowledgement is stored with the fleet's next batch (this runs while the
+        # journal delivers one).
+        del_below = sorted(vehicle.handled)[:-1000]
+        vehicle.handled.difference_update(del_below)
+        self.fleet.dispatch.journal.ack(vehicle.robot, [command_id])
+
+    async def _send(
+        self, vehicle: Vehicle, kind: str, command_id: int, message: dict[str, Any]
+    ) -> None:
         if kind == "move":
             await self._order(vehicle, message)
         elif kind in PAUSE:
@@ -284,12 +299,6 @@ class MasterControl:
             else:
                 await self._publish(vehicle, "instantActions", {"actions": actions})
         # `mission` is informational: the order of its first move carries it.
-        # The acknowledgement is stored with the fleet's next batch (this runs while the
-        # journal delivers one).
-        vehicle.handled.add(command_id)
-        del_below = sorted(vehicle.handled)[:-1000]
-        vehicle.handled.difference_update(del_below)
-        self.fleet.dispatch.journal.ack(vehicle.robot, [command_id])
 
     async def _order(self, vehicle: Vehicle, move: dict[str, Any]) -> None:
         robot, (here, granted) = vehicle.robot, move["lane"]
