@@ -90,9 +90,9 @@ def _allowed(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def document_json_errors(app: FastAPI) -> None:
-    """Error answers are JSON on every route; FastAPI documents a route's error models in
-    that route's own media type (text/plain for a plain-text route): say application/json."""
+def edit_operations(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Have `app`'s API description built as FastAPI builds it, then `edit` each of its
+    operations once (the edited description is the one kept and served)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -101,19 +101,29 @@ def document_json_errors(app: FastAPI) -> None:
         schema = build()
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                for response in operation.get("responses", {}).values():
-                    content = response.get("content", {})
-                    errors = [
-                        media
-                        for media, body in content.items()
-                        if media != "application/json"
-                        and body.get("schema", {}).get("$ref", "").endswith("/ErrorResponse")
-                    ]
-                    for media in errors:
-                        content["application/json"] = content.pop(media)
+                edit(operation)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_json_errors(app: FastAPI) -> None:
+    """Error answers are JSON on every route; FastAPI documents a route's error models in
+    that route's own media type (text/plain for a plain-text route): say application/json."""
+
+    def as_json(operation: dict[str, Any]) -> None:
+        for response in operation.get("responses", {}).values():
+            content = response.get("content", {})
+            errors = [
+                media
+                for media, body in content.items()
+                if media != "application/json"
+                and body.get("schema", {}).get("$ref", "").endswith("/ErrorResponse")
+            ]
+            for media in errors:
+                content["application/json"] = content.pop(media)
+
+    edit_operations(app, as_json)
 
 
 def install(app: FastAPI, lost: Callable[[Exception], bool]) -> None:

@@ -80,23 +80,16 @@ SEED_STATUSES = {
 def document_seed_errors(app: FastAPI) -> None:
     """The port's API description gives the orchestrator's error answers, as SeedErrors
     makes them, in place of corral's."""
-    build = app.openapi
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                responses = operation.get("responses", {})
-                for status in [s for s in responses if s[0] in "45"]:
-                    del responses[status]
-                for status, description in SEED_STATUSES.items():
-                    content = {"application/json": {"schema": SEED_ERROR}}
-                    responses[status] = {"description": description, "content": content}
-        return schema
+    def seed_errors(operation: dict[str, Any]) -> None:
+        responses = operation.get("responses", {})
+        for status in [s for s in responses if s[0] in "45"]:
+            del responses[status]
+        for status, description in SEED_STATUSES.items():
+            content = {"application/json": {"schema": SEED_ERROR}}
+            responses[status] = {"description": description, "content": content}
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    errors.edit_operations(app, seed_errors)
 
 
 def create_wasmiot_app(core: Core) -> FastAPI:
