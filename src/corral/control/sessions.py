@@ -21,6 +21,7 @@ import structlog
 from corral.config import Settings
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
+from corral.control.readiness import until_decided
 from corral.control.stacks import base_folder, read_utf8
 from corral.errors import CorralError, Invalid, NoRoom, NotFound, Unreachable
 from corral.events import EventBus
@@ -37,6 +38,7 @@ from corral.model.containers import (
 )
 from corral.model.hosts import parse_engine_url
 from corral.model.placement import HostCandidate, fit
+from corral.model.readiness import Verdict, dependencies, judge
 from corral.model.stack_spec import ServiceSpec, StackSpec
 from corral.model.templates import (
     ParamsInvalid,
@@ -413,61 +415,32 @@ class SessionService:
     async def _wait_ready(
         self, inst: _Instance, driver: HostDriver, ids: dict[str, str], wave: list[str]
     ) -> None:
-        """Before a wave starts, everything it depends on must be ready."""
+        """Before a wave starts, everything it depends on must be ready (all at once; the
+        first that will not be fails the session)."""
         deadline = time.monotonic() + inst.template.ready_timeout_s
-        waits = {
-            (dep.service, dep.condition)
-            for name in wave
-            for dep in inst.stack.services[name].depends_on
-        }
         await _all(
             *(
                 self._ready(driver, inst.stack.services[dep], ids[dep], condition, deadline)
-                for dep, condition in sorted(waits)
+                for dep, condition in dependencies(inst.stack, wave)
             )
         )
 
     async def _ready(
         self, driver: HostDriver, svc: ServiceSpec, container: str, condition: str, deadline: float
     ) -> None:
-        ports = sorted(
-            {p.container_port for p in svc.ports if p.protocol == "tcp"} | set(svc.expose)
-        )
-        check = svc.healthcheck is not None and svc.healthcheck.test[:1] != ("NONE",)
-        pause = 0.02
-        while True:
+        async def look() -> Verdict:
             details = await self.hosts.call(driver.details, container)
-            if details.state in ("exited", "dead"):
-                plain = condition == "service_started" and not ports and not check
-                done = condition == "service_completed_successfully" or plain
-                if done and details.exit_code == 0:
-                    return  # it ran (and finished) already
-                raise NotReady(
-                    f"{svc.name} exited with code {details.exit_code} before it was ready"
-                )
-            missing: list[int] = []
-            if condition == "service_completed_successfully":
-                waiting = "has not completed"
-            elif check:
-                if details.health == "healthy":
-                    return
-                if details.health == "unhealthy":
-                    raise NotReady(f"{svc.name} is unhealthy")
-                waiting = "is not healthy"
-            elif ports and details.state == "running":
+            verdict = judge(svc, condition, details)
+            if verdict.outcome == "probe":
                 listening = await self.hosts.call(driver.listening_ports, container)
-                missing = [p for p in ports if p not in listening]
-                if not missing:
-                    return
-                waiting = f"does not listen on port {', '.join(map(str, missing))}"
-            elif details.state == "running":
-                return
-            else:
-                waiting = f"is {details.state or 'not started'}"
-            if time.monotonic() > deadline:
-                raise NotReady(f"{svc.name} {waiting} in time (the template's ready_timeout)")
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.25)
+                verdict = judge(svc, condition, details, listening)
+            return verdict
+
+        verdict = await until_decided(look, deadline, 0.02, 0.25)
+        if verdict.outcome == "failed":
+            raise NotReady(verdict.why)
+        if verdict.outcome == "waiting":
+            raise NotReady(f"{svc.name} {verdict.why} in time (the template's ready_timeout)")
 
     # ------------------------------------------------------------------ ending
     async def _end(self, session: str, state: str, reason: str) -> bool:

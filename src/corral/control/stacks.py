@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import structlog
 from corral.config import Settings
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply, build_bases, missing_base
+from corral.control.readiness import until_decided
 from corral.control.swarm_stacks import SwarmStacks
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unreachable
 from corral.events import EventBus
@@ -41,6 +43,7 @@ from corral.model.containers import (
 )
 from corral.model.names import check_name
 from corral.model.placement import HostCandidate, Placement, matching_hosts, place
+from corral.model.readiness import HEALTHY, READY, STARTED, Verdict, dependencies, judge
 from corral.model.stack_spec import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.views import HostView, StackView
 from corral.model.yamlfile import FileInvalid
@@ -48,6 +51,9 @@ from corral.store.stacks import SlotState, StackStore, StoredStack, summarize
 
 log = structlog.get_logger("corral.stacks")
 DEPENDENCY_WAIT_SECONDS = 120.0
+DEPENDENCY_PAUSE_SECONDS = 0.25
+WAITING = Verdict("waiting")
+NOT_THERE = Verdict("failed", "its container is not there")
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0
 STABLE_SECONDS = 10.0  # a container that ran this long restarts with the shortest back-off
 SWARM_POLL_SECONDS = 1.0  # look again this soon while a swarm-mode stack is still moving
@@ -574,32 +580,33 @@ class StackService:
     async def _wait_for_dependencies(
         self, work: _Pass, wave: list[str], states: dict[tuple[str, int], SlotState]
     ) -> None:
-        """Before a wave starts, wait for the conditions its services declare; record in
-        `work.unmet` the ones that failed or timed out."""
+        """Before a wave starts, wait for the conditions its services declare (started is
+        met by the start itself, as in compose); record in `work.unmet` the ones that failed
+        or timed out."""
         deadline = time.monotonic() + DEPENDENCY_WAIT_SECONDS
-        waits = {
-            (dep.service, dep.condition)
-            for svc in wave
-            for dep in work.spec.services[svc].depends_on
-            if dep.condition != "service_started"
-        }
-        for dep, condition in sorted(waits):
+        for dep, condition in dependencies(work.spec, wave):
+            if condition == STARTED:
+                continue
             slots = [s for s in states.values() if s.service == dep]
-            ok: bool | None = None
-            while slots and ok is None and time.monotonic() < deadline:
-                ok = await self._condition_met(work, dep, condition, slots)
-                if ok is None:
-                    await asyncio.sleep(0.25)
-            if not ok:
-                wanted = "healthy" if condition == "service_healthy" else "completed"
+            verdict = WAITING
+            if slots:
+                verdict = await until_decided(
+                    partial(self._condition_met, work, dep, condition, slots),
+                    deadline,
+                    DEPENDENCY_PAUSE_SECONDS,
+                    DEPENDENCY_PAUSE_SECONDS,
+                )
+            if verdict.outcome != "ready":
+                wanted = "healthy" if condition == HEALTHY else "completed"
                 work.unmet[dep] = f"{dep} is not {wanted}"
 
     async def _condition_met(
         self, work: _Pass, service: str, condition: str, slots: list[SlotState]
-    ) -> bool | None:
-        """True/False once decided, None while still waiting."""
+    ) -> Verdict:
+        """Every replica's verdict (model/readiness.py `judge`): the first that is not
+        ready, in slot order."""
         if any(s.host not in work.drivers or not s.container_id for s in slots):
-            return False
+            return NOT_THERE
         seen: dict[str, ContainerInfo] = {}
         for host in {s.host for s in slots}:
             found = await self.hosts.call(
@@ -609,17 +616,11 @@ class StackService:
         for slot in slots:
             c = seen.get(slot.container_id)
             if c is None:
-                return False
-            if condition == "service_healthy":
-                if c.health == "unhealthy" or c.state in ("exited", "dead"):
-                    return False
-                if c.health != "healthy":
-                    return None
-            elif c.state != "exited":
-                return None
-            elif c.exit_code != 0:
-                return False
-        return True
+                return NOT_THERE
+            verdict = judge(work.spec.services[service], condition, c)
+            if verdict.outcome != "ready":
+                return verdict
+        return READY
 
     async def _ensure_slot(
         self,
