@@ -22,6 +22,7 @@ from corral.control.access import AccessService
 from corral.control.arm import ArmDispatcher
 from corral.control.deployments import DeploymentService
 from corral.control.devices import DeviceService
+from corral.control.engine_events import EngineEvents
 from corral.control.farm import FarmService
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
@@ -71,6 +72,7 @@ class Core:
         self.hosts = HostService(HostStore(self.db), self.bus, self.metrics, settings)
         self.access = AccessService(TokenStore(self.db), self.bus)
         self.images = ImageSupply(self.hosts, self.bus)
+        self.engine_events = EngineEvents(self.hosts, self.bus)
         self.stacks = StackService(StackStore(self.db), self.hosts, self.bus, settings, self.images)
         self.sessions = SessionService(
             TemplateStore(self.db),
@@ -80,7 +82,6 @@ class Core:
             settings,
             self.images,
         )
-        self.stacks.on_session_event = self.sessions.poke
         self.links: dict[str, Link] = {
             name: (AmqpLink if url.startswith("amqp") else MqttLink)(
                 name, url, self.bus, self.metrics
@@ -200,7 +201,8 @@ class Core:
         loops: list[Coroutine[Any, Any, None]] = [
             self.hosts.run_monitor(stop),
             self.stacks.run_resync(stop),
-            self.stacks.run_watchers(stop),
+            self.engine_events.run(stop),
+            self.stacks.run_engine_events(stop),
             self.sessions.run_monitor(stop),
             *(link.run(heard_out if link is arm_link else stop) for link in self.links.values()),
             self.triggers.run_schedules(stop),

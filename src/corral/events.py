@@ -1,11 +1,13 @@
 """The event bus: every state change is stored, counted and pushed to live subscribers.
 
-Producers call `emit`; the API's stream and the CLI's `events -f` read `subscribe`.
+Producers call `emit`; the API's stream and the CLI's `events -f` read `subscribe`. Engine
+events (control/engine_events.py) are `signal`s: only the services watching them see them.
 """
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -59,6 +61,24 @@ class EventBus:
         """Call `callback` at once for every event whose kind starts with `prefix`, emitted
         here or relayed from another replica (for caches that an event makes stale)."""
         self._watchers.append((prefix, callback))
+
+    def signal(
+        self, kind: str, resource: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """An observation of the world outside (an engine's container died, started), not a
+        state change of corral's: passed at once to the watchers of its kind, neither
+        stored, counted nor streamed (what the watchers make of it is, as events)."""
+        event = EventView(
+            id=0,
+            time=datetime.now(UTC),
+            kind=kind,
+            resource=resource,
+            message=message,
+            data=data or {},
+        )
+        for prefix, callback in self._watchers:
+            if kind.startswith(prefix):
+                callback(event)
 
     async def emit(
         self, kind: str, resource: str, message: str, data: dict[str, Any] | None = None

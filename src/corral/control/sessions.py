@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 from corral.config import Settings
+from corral.control.engine_events import CONTAINER
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply
 from corral.control.readiness import until_decided
@@ -53,6 +54,7 @@ from corral.model.views import (
     ACTIVE_STATES,
     UNKNOWN,
     Endpoint,
+    EventView,
     HostView,
     ParameterView,
     SessionView,
@@ -108,6 +110,7 @@ class SessionService:
         self._swept = 0.0
         self._unknown: set[str] = set()  # active sessions whose host was found not answering
         self._parsed: dict[tuple[str, str | None], TemplateSpec] = {}
+        bus.watch(CONTAINER, self._engine_event)
 
     # ------------------------------------------------------------------ templates
     def _parse(self, file: str, name: str | None, base_dir: str) -> TemplateSpec:
@@ -581,6 +584,12 @@ class SessionService:
                 self._hurry -= 1
                 period = min(period, 0.1)
             await pause(period, stop, self._wake)
+
+    def _engine_event(self, event: EventView) -> None:
+        """An engine's container event (control/engine_events.py): a session container
+        that died means a check soon (a start needs none: the session's start saw it)."""
+        if event.data["attributes"].get(SESSION) and event.data["action"] in ("die", "oom"):
+            self.poke()
 
     def poke(self) -> None:
         """Check soon (a session container died on some engine)."""

@@ -8,9 +8,8 @@ by wave (depends_on order), in parallel within a wave and across hosts.
 
 import asyncio
 import contextlib
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -20,6 +19,7 @@ from typing import Any
 import structlog
 
 from corral.config import Settings
+from corral.control.engine_events import CONTAINER
 from corral.control.hosts import HostService
 from corral.control.images import ImageSupply, build_bases, missing_base
 from corral.control.readiness import until_decided
@@ -32,7 +32,6 @@ from corral.model.containers import (
     CREATED,
     OWNED,
     SERVICE,
-    SESSION,
     STACK,
     ContainerInfo,
     ContainerPlan,
@@ -45,7 +44,7 @@ from corral.model.names import check_name
 from corral.model.placement import HostCandidate, Placement, matching_hosts, place
 from corral.model.readiness import HEALTHY, READY, STARTED, Verdict, dependencies, judge
 from corral.model.stack_spec import NetworkSpec, ServiceSpec, StackSpec
-from corral.model.views import HostView, StackView
+from corral.model.views import EventView, HostView, StackView
 from corral.model.yamlfile import FileInvalid
 from corral.store.stacks import SlotState, StackStore, StoredStack, summarize
 
@@ -92,8 +91,9 @@ class StackService:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
         self.images = images
-        # Called when a session's container dies (the session service listens).
-        self.on_session_event: Callable[[], None] = lambda: None
+        # The engines' container events (control/engine_events.py), for run_engine_events.
+        self._engine_events: asyncio.Queue[EventView] = asyncio.Queue()
+        bus.watch(CONTAINER, self._engine_events.put_nowait)
         self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
         self._backoff: dict[str, float] = {}  # next restart delay per container
         self._started_at: dict[str, float] = {}
@@ -875,44 +875,19 @@ class StackService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=0.5)
 
-    async def run_watchers(self, stop: asyncio.Event) -> None:
-        """Follow each reachable engine's container events; restart what dies."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        watching: dict[str, threading.Thread] = {}
-
-        async def on_stop() -> None:  # the wait below ends at once (a leader steps down)
-            await stop.wait()
-            queue.put_nowait(("", {}))
-
-        stopper = asyncio.create_task(on_stop())
-        try:
-            while not stop.is_set():
-                for host in await self.hosts.views():
-                    running = watching.get(host.name)
-                    if host.reachable and (running is None or not running.is_alive()):
-                        driver = self.hosts.driver_for(host)
-                        # A daemon thread per engine: its stream ends when the driver closes.
-                        watching[host.name] = threading.Thread(
-                            target=_pump,
-                            args=(host.name, driver, queue, loop, stop),
-                            name=f"corral-events-{host.name}",
-                            daemon=True,
-                        )
-                        watching[host.name].start()
-                with contextlib.suppress(TimeoutError):
-                    host_name, event = await asyncio.wait_for(queue.get(), timeout=1.0)
-                    if host_name:
-                        await self._on_engine_event(host_name, event)
-        finally:
-            stopper.cancel()
+    async def run_engine_events(self, stop: asyncio.Event) -> None:
+        """Restart what dies and follow what starts: the engines' container events, as the
+        bus signals them (control/engine_events.py), one at a time in their order."""
+        while not self._engine_events.empty():  # from an earlier term as leader: stale
+            self._engine_events.get_nowait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                event = await asyncio.wait_for(self._engine_events.get(), timeout=1.0)
+                await self._on_engine_event(event.data["host"], event.data)
 
     async def _on_engine_event(self, host: str, event: dict[str, Any]) -> None:
-        action = str(event.get("Action") or event.get("status") or "")
-        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        action, attrs = event["action"], event["attributes"]
         stack, service, container = attrs.get(STACK), attrs.get(SERVICE), attrs.get("name", "")
-        if attrs.get(SESSION) and action in ("die", "oom"):
-            self.on_session_event()  # a start needs no check: the session's start saw it
         if not stack or action not in ("die", "start", "oom"):
             return
         expected = self._stopping.pop(container, 0) > time.monotonic()
@@ -938,22 +913,6 @@ class StackService:
         if action == "start":
             self._started_at[container] = time.monotonic()
         self.poke(stack)
-
-
-def _pump(
-    host: str,
-    driver: HostDriver,
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]],
-    loop: asyncio.AbstractEventLoop,
-    stop: asyncio.Event,
-) -> None:
-    """Thread body: copy one engine's container events into the loop's queue."""
-    events: Iterator[dict[str, Any]] = driver.events({OWNED: "true"})
-    with contextlib.suppress(Exception):
-        for event in events:
-            if stop.is_set():
-                return
-            loop.call_soon_threadsafe(queue.put_nowait, (host, event))
 
 
 def _restarts(spec: ServiceSpec, c: ContainerInfo) -> bool:
