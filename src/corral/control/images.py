@@ -4,15 +4,17 @@ Shared by the stack reconciler and the session service.
 """
 
 import asyncio
+import contextlib
 import os
 import time
 
 from corral.control.hosts import HostService
-from corral.errors import Invalid
+from corral.errors import CorralError, Invalid
 from corral.events import EventBus
 from corral.hosts.driver import HostDriver
 from corral.model.dockerfile import BaseImage, base_images
-from corral.model.stack_spec import BuildSpec, ServiceSpec
+from corral.model.stack_spec import BuildSpec, ServiceSpec, StackSpec
+from corral.model.views import HostView
 
 
 def dockerfile_path(build: BuildSpec) -> str:
@@ -44,6 +46,41 @@ class ImageSupply:
         self.bus = bus
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._base_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def problems(self, spec: StackSpec, hosts: list[HostView]) -> list[str]:
+        """Images no reachable host has and nothing can build: an image-only service's
+        image, or a build's base image (checked before a stack is applied)."""
+        bases = {
+            name: build_bases(svc.build)
+            for name, svc in spec.services.items()
+            if svc.build is not None
+        }
+        need = {svc.image for svc in spec.services.values()}
+        need |= {base.image for found in bases.values() for base in found}
+        have: dict[str, bool] = {image: False for image in need}
+        for host in hosts:
+            if not host.reachable:
+                continue
+            driver = self.hosts.driver_for(host)
+            for image in need:
+                if not have[image]:
+                    with contextlib.suppress(CorralError):
+                        have[image] = await self.hosts.call(driver.has_image, image)
+        problems: list[str] = []
+        for svc_name, svc in sorted(spec.services.items()):
+            if svc.build is None and not have.get(svc.image, True):
+                problems.append(
+                    f"line {svc.line}: services.{svc_name}.image: image {svc.image!r} is on no "
+                    "reachable host and the service has no build: to make it"
+                )
+            if svc.build is not None and not have[svc.image]:
+                problems += [
+                    f"line {svc.line}: services.{svc_name}.build: "
+                    + missing_base(svc_name, svc.build, base)
+                    for base in bases[svc_name]
+                    if not have[base.image]
+                ]
+        return problems
 
     async def ensure(
         self, drivers: dict[str, HostDriver], host: str, spec: ServiceSpec, resource: str

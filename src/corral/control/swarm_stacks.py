@@ -1,8 +1,9 @@
 """Swarm mode for stacks: each compose service becomes a swarm service on a manager, and its
 tasks are read back into corral's slots and events.
 
-Called by the stack service (corral.control.stacks) for stacks whose file says
-`x-corral: {mode: swarm}`: check before apply, converge on every pass, down, and clean-up.
+The runner (control/runner.py) the stack service (control/stacks.py) uses for stacks whose
+file says `x-corral: {mode: swarm}`: check before apply, converge on every pass, release
+(its services, at down or when the file leaves swarm mode).
 """
 
 import asyncio
@@ -92,9 +93,12 @@ class SwarmStacks:
         self._tasks: dict[tuple[str, str], TaskSeen] = {}  # what task events have said
 
     # ------------------------------------------------------------------ checks
-    async def check(self, spec: StackSpec, hosts: list[HostView]) -> list[str]:
-        """Problems that stop a swarm-mode apply: no reachable manager, or a service that no
-        swarm node corral knows may run."""
+    async def check(self, name: str, spec: StackSpec, hosts: list[HostView]) -> list[str]:
+        """Problems that stop a swarm-mode apply: no reachable manager, a service that no
+        swarm node corral knows may run, images no host has and nothing can build."""
+        return await self._placement_problems(spec, hosts) + await self.images.problems(spec, hosts)
+
+    async def _placement_problems(self, spec: StackSpec, hosts: list[HostView]) -> list[str]:
         manager = manager_of(hosts)
         if manager is None:
             seen = ", ".join(
@@ -455,7 +459,7 @@ class SwarmStacks:
         return {}
 
     # ------------------------------------------------------------------ removal
-    async def down(self, name: str) -> int:
+    async def release(self, name: str) -> int:
         """Remove the stack's swarm services and wait until their containers are gone (so that
         the overlays can go next); returns how many task containers ran. Idempotent; refused
         (Unreachable) while no manager is reachable, so that no service is left behind.
@@ -480,7 +484,7 @@ class SwarmStacks:
             await self._wait_gone(name, hosts)
         return running
 
-    async def check_can_remove(self, name: str) -> None:
+    async def check_can_leave(self, name: str) -> None:
         """Unreachable unless a manager is reachable (to leave swarm mode, say)."""
         if manager_of(await self.hosts.views()) is None:
             raise _no_manager(name)
