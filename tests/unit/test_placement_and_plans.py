@@ -3,10 +3,14 @@
 No engine involved: the reconciler's decisions are checked on their own.
 """
 
+from datetime import UTC, datetime
+
 from corral.model.compose import parse_compose
 from corral.model.containers import OWNED, SPEC_HASH, STACK, plan_container
-from corral.model.placement import HostCandidate, fit, place
+from corral.model.hosts import EngineFacts
+from corral.model.placement import HostCandidate, candidate, fit, place, session_candidate
 from corral.model.stack_spec import service_hash
+from corral.model.views import HostView
 
 FILE = """
 services:
@@ -95,3 +99,37 @@ def test_a_session_goes_where_it_fits_with_the_most_free_cpu() -> None:
         "small has 512 MiB free, a session needs 1024 MiB",
     ]
     assert fit(spec, [], 1.0, MIB, per_host=3) == (None, "no hosts are registered")
+
+
+def _view(reachable: bool | None, facts: bool) -> HostView:
+    now = datetime.now(UTC)
+    found = EngineFacts(
+        "27", "1.47", "linux", "x86_64", 4, 8 << 30, 0, 0, 0, "worker", "n1",
+        {"zone": "a"}, "edge-1",
+    )  # fmt: skip
+    return HostView(
+        name="edge",
+        url="tcp://10.0.0.1:2375",
+        labels={"room": "lab"},
+        reachable=reachable,
+        state_since=now,
+        last_checked=now,
+        facts=found if facts else None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_stacks_and_sessions_see_a_host_through_one_candidate() -> None:
+    stack = candidate(_view(True, True), load=3)
+    assert (stack.name, stack.reachable, stack.role, stack.load) == ("edge", True, "worker", 3)
+    assert (dict(stack.labels), dict(stack.engine_labels), stack.hostname) == (
+        {"room": "lab"},
+        {"zone": "a"},
+        "",  # node.hostname is corral's name for a stack
+    )
+    session = session_candidate(_view(True, True), (1.5, 1 << 30, 2))
+    assert (session.hostname, session.cpus, session.memory) == ("edge-1", 4, 8 << 30)
+    assert (session.held_cpus, session.held_memory, session.sessions) == (1.5, 1 << 30, 2)
+    assert session_candidate(_view(True, False), (0.0, 0, 0)).reachable is False
+    assert candidate(_view(None, False)).reachable is False

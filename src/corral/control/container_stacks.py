@@ -29,7 +29,13 @@ from corral.model.containers import (
     owned_labels,
     plan_container,
 )
-from corral.model.placement import HostCandidate, Placement, matching_hosts, place
+from corral.model.placement import (
+    HostCandidate,
+    Placement,
+    candidate,
+    matching_hosts,
+    place,
+)
 from corral.model.readiness import HEALTHY, READY, STARTED, Verdict, dependencies, judge
 from corral.model.stack_spec import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.views import HostView
@@ -495,17 +501,7 @@ def _manager(hosts: dict[str, HostView], among: list[str]) -> str | None:
 
 
 def _candidates(hosts: list[HostView], loads: dict[str, int]) -> list[HostCandidate]:
-    return [
-        HostCandidate(
-            name=h.name,
-            reachable=bool(h.reachable),
-            role=h.facts.swarm_role if h.facts else "none",
-            labels=h.labels,
-            engine_labels=h.facts.engine_labels if h.facts else {},
-            load=loads.get(h.name, 0),
-        )
-        for h in hosts
-    ]
+    return [candidate(h, loads.get(h.name, 0)) for h in hosts]
 
 
 def _constraint_problems(spec: StackSpec, candidates: list[HostCandidate]) -> list[str]:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,7 +38,7 @@ from corral.model.containers import (
     session_network,
 )
 from corral.model.hosts import parse_engine_url
-from corral.model.placement import HostCandidate, fit
+from corral.model.placement import fit, session_candidate
 from corral.model.readiness import Verdict, dependencies, judge
 from corral.model.stack_spec import ServiceSpec, StackSpec
 from corral.model.templates import (
@@ -289,7 +289,10 @@ class SessionService:
         """The reachable host with the most free CPU that meets every constraint, or None
         and why not (model/placement.py `fit`)."""
         reserved = await self.store.reserved()
-        hosts = [_candidate(h, reserved) for h in await self.hosts.views()]
+        hosts = [
+            session_candidate(h, reserved.get(h.name, (0.0, 0, 0)))
+            for h in await self.hosts.views()
+        ]
         return fit(stack, hosts, cpus, memory, self.settings.sessions_per_host)
 
     def _launch(self, session: str) -> None:
@@ -836,25 +839,6 @@ def _template_files(folder: Path) -> list[tuple[Path, str]]:
         raise Invalid(f"templates_dir {folder} is not a folder")
     paths = sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])
     return [(path, path.read_text(encoding="utf-8")) for path in paths]
-
-
-def _candidate(host: HostView, reserved: Mapping[str, tuple[float, int, int]]) -> HostCandidate:
-    """A host as session placement sees it: usable only with facts from a good check."""
-    facts = host.facts
-    held_cpus, held_memory, count = reserved.get(host.name, (0.0, 0, 0))
-    return HostCandidate(
-        name=host.name,
-        reachable=bool(host.reachable) and facts is not None,
-        role=facts.swarm_role if facts else "none",
-        labels=host.labels,
-        engine_labels=facts.engine_labels if facts else {},
-        hostname=facts.hostname if facts else "",
-        cpus=facts.cpus if facts else 0.0,
-        memory=facts.memory_bytes if facts else 0,
-        held_cpus=held_cpus,
-        held_memory=held_memory,
-        sessions=count,
-    )
 
 
 def _unknown(view: SessionView, host: HostView | None) -> SessionView:

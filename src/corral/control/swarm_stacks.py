@@ -21,7 +21,7 @@ from corral.events import EventBus
 from corral.hosts.driver import HostDriver
 from corral.model.containers import CREATED, OWNED, SERVICE, STACK, engine_names, owned_labels
 from corral.model.events import EventFilter
-from corral.model.placement import HostCandidate
+from corral.model.placement import HostCandidate, candidate
 from corral.model.stack_spec import NetworkSpec, ServiceSpec, StackSpec
 from corral.model.swarm import (
     IN_FLUX_STATES,
@@ -71,13 +71,7 @@ def manager_of(hosts: list[HostView]) -> HostView | None:
 def node_candidates(hosts: list[HostView]) -> dict[str, HostCandidate]:
     """Swarm node ID -> the corral host whose engine is that node."""
     return {
-        h.facts.swarm_node_id: HostCandidate(
-            name=h.name,
-            reachable=bool(h.reachable),
-            role=h.facts.swarm_role,
-            labels=h.labels,
-            engine_labels=h.facts.engine_labels,
-        )
+        h.facts.swarm_node_id: candidate(h)
         for h in hosts
         if h.facts is not None and h.facts.swarm_node_id and h.facts.swarm_role != "none"
     }

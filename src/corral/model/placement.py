@@ -3,14 +3,16 @@ spreading), and a whole session (constraints and a resource fit).
 
 Pure logic, called by the stack reconciler with the hosts it knows and the placements it
 made before (a replica stays where it is while its host still matches), and by the session
-service with what each host has free.
+service with what each host has free; `candidate` and `session_candidate` make a registered
+host (its view) into what each of them places on, swarm nodes included.
 """
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from corral.model.stack_spec import Constraint, StackSpec
+from corral.model.views import HostView
 
 Slot = tuple[str, int]  # (service, replica), replica counted from 1
 
@@ -35,6 +37,38 @@ class HostCandidate:
             c.matches(self.hostname or self.name, self.role, self.labels, self.engine_labels)
             for c in constraints
         )
+
+
+def candidate(host: HostView, load: int = 0) -> HostCandidate:
+    """A host as stack placement sees it (and swarm mode, a node's host): `node.hostname`
+    is corral's name for it; `load` is what other stacks placed there."""
+    facts = host.facts
+    return HostCandidate(
+        name=host.name,
+        reachable=bool(host.reachable),
+        role=facts.swarm_role if facts else "none",
+        labels=host.labels,
+        engine_labels=facts.engine_labels if facts else {},
+        load=load,
+    )
+
+
+def session_candidate(host: HostView, held: tuple[float, int, int]) -> HostCandidate:
+    """A host as session placement sees it: usable only with facts from a good check,
+    `node.hostname` is the engine's host name, with its CPUs and memory and what sessions
+    hold of them (`held`: CPUs, memory, sessions)."""
+    facts = host.facts
+    held_cpus, held_memory, count = held
+    return replace(
+        candidate(host),
+        reachable=bool(host.reachable) and facts is not None,
+        hostname=facts.hostname if facts else "",
+        cpus=facts.cpus if facts else 0.0,
+        memory=facts.memory_bytes if facts else 0,
+        held_cpus=held_cpus,
+        held_memory=held_memory,
+        sessions=count,
+    )
 
 
 @dataclass(frozen=True)
