@@ -114,12 +114,22 @@ class Outcome:
         self.latencies: list[float] = []
         self.sent = 0
         self.missing = 0
+        self.rounds = 0
         self.stalls: list[str] = []
 
     def add(self, sent: dict[str, float], arrivals: dict[str, float], ended: float) -> None:
         self.sent += len(sent)
-        self.latencies += [(arrivals[p] - t) * 1000 for p, t in sent.items() if p in arrivals]
+        got = sorted((arrivals[p] - t) * 1000 for p, t in sent.items() if p in arrivals)
+        self.latencies += got
         lost = [p for p in sent if p not in arrivals]
+        self.rounds += 1
+        if got:  # each round as it ends: a slow or stalled round shows which one it was
+            print(
+                f"  round {self.rounds} {self.name}: p50 {statistics.median(got):.1f} ms, "
+                f"p99 {got[min(len(got) - 1, round(0.99 * (len(got) - 1)))]:.1f} ms, "
+                f"missing {len(lost)}, load average {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
         self.missing += len(lost)
         if lost:
             last = max(arrivals.values(), default=min(sent.values()))
@@ -226,6 +236,7 @@ def main() -> None:
         for stall in outcome.stalls:
             print(f"{outcome.name:40} STALLED: {stall}")
     print(f"ratio corral/minimal: p50 {mine[0] / base[0]:.2f}x, p99 {mine[1] / base[1]:.2f}x")
+    print(f"corral rounds with a stall (a take job missing): {len(ours.stalls)} of {ours.rounds}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ publishing at QoS 1 only while connected; handlers learn whether a message was r
 (stored at the broker earlier) or live."""
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -41,6 +43,9 @@ class MqttLink(Link):
             identifier=f"corral-{self.name}-{id(self):x}",
             keepalive=10,
             timeout=5,
+            # Small messages go out at once: with Nagle's algorithm a publish right after
+            # an acknowledgement waits for the broker's delayed ACK (~40 ms on Linux).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         async with client:
             for topic in self._subscriptions:
@@ -77,3 +82,17 @@ class MqttLink(Link):
             await asyncio.wait_for(client.publish(topic, payload, qos=qos, retain=retain), 10)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise Unreachable(f"MQTT broker {self.name}: publish failed: {exc}") from None
+        if qos:
+            _ack_now(client)
+
+
+def _ack_now(client: aiomqtt.Client) -> None:
+    """Acknowledge the broker's PUBACK at once (Linux TCP_QUICKACK). Otherwise the kernel
+    delays that ACK up to 40 ms, and a broker without TCP_NODELAY (Mosquitto's default)
+    holds the next message it sends us, e.g. a robot's answer to what we published, until
+    it comes."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = client._client.socket()  # aiomqtt gives no other way to the connection's socket
+    if quickack is not None and isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)

@@ -45,6 +45,7 @@ PAGE = 10  # queued tasks read at a time, in the order they are served
 WITNESS_S = 1.0  # how long a replica whose lead ended listens for its job's first answer
 WITNESSED = "farm.job.witnessed"
 VERDICTS = ("running", "done", "failed", "resend", "unconfirmed")
+PENDING_S = 0.25  # how long an event waits for the dispatcher's next write to carry it
 
 
 class ArmDispatcher:
@@ -69,6 +70,11 @@ class ArmDispatcher:
         self.word_since = 0.0  # monotonic time of that word
         self.flight: Flight | None = None
         self._witness_read = 0  # the last witness event read for an adopted flight
+        # Events that record what already happened (the arm's word, a job's publish): stored
+        # with the dispatcher's next write (the arm's busy follows a send within
+        # milliseconds), or on their own after PENDING_S.
+        self._pending: list[Event] = []
+        self._pending_since = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -98,7 +104,7 @@ class ArmDispatcher:
         async with self._lock:
             previous, self.word, self.word_since = self.word, status, time.monotonic()
             if status != previous:
-                await self.bus.emit("arm.status", f"arm/{self.arm}", f"{self.arm} is {status}")
+                self._note(("arm.status", f"arm/{self.arm}", f"{self.arm} is {status}", {}))
             flight = self.flight
             if flight is not None and flight.sent:
                 await self._apply(flight, after_word(flight, status), status)
@@ -143,15 +149,33 @@ class ArmDispatcher:
         except StaleTerm:
             await self._witness(flight, outcome, why)
 
+    def _note(self, event: Event) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(event)
+
+    async def _flush(self) -> None:
+        """The events waiting for a write, stored on their own."""
+        events, self._pending = self._pending, []
+        if events:
+            await self.bus.emit_many(events)
+
     async def _record(self, task_id: int, outcome: Outcome, why: str) -> None:
-        """A verdict in the store, by this leader."""
-        if outcome == "running":
-            await self.tasks.move(task_id, "running")
-        elif outcome == "done":
-            await self._done(task_id, why)
-        elif outcome == "failed":
-            await self.tasks.move(task_id, "failed", why)
-        elif outcome == "resend":
+        """A verdict in the store, by this leader (with the events waiting for a write)."""
+        if outcome in ("running", "done", "failed"):
+            before, self._pending = self._pending, []
+            try:
+                if outcome == "done":
+                    await self._done(task_id, why, before)
+                else:
+                    reason = why if outcome == "failed" else ""
+                    await self.tasks.move(task_id, outcome, reason, before)
+            except BaseException:
+                self._pending[:0] = before  # not stored: they wait for the next write
+                raise
+            return
+        await self._flush()
+        if outcome == "resend":
             self.wake()
             await self.bus.emit(
                 "farm.job.resend", f"task/{task_id}", f"task {task_id}: {why}; sending it again"
@@ -194,6 +218,7 @@ class ArmDispatcher:
         }[outcome]
         log.info("job outcome witnessed for the next leader", task=flight.task, outcome=outcome)
         with contextlib.suppress(Exception):  # the store may be out of reach too
+            await self._flush()
             await self.bus.emit(
                 WITNESSED,
                 f"task/{flight.task}",
@@ -256,12 +281,12 @@ class ArmDispatcher:
             )
         return f"{quiet} after the send: it never got the job"
 
-    async def _done(self, task_id: int, how: str) -> None:
+    async def _done(self, task_id: int, how: str, before: list[Event]) -> None:
         def moved(task: TaskView, note: str) -> Event:
             return ("farm.bed.moved", f"printer/{task.params.get('printer_id')}", note, {})
 
         # The move and the farm's effects in one transaction: done once, or not at all.
-        _, stored = await self.store.done(task_id, how, moved_event, moved)
+        _, stored = await self.store.done(task_id, how, moved_event, moved, before)
         self.bus.published(stored)
 
     # ------------------------------------------------------------------ the loop
@@ -280,8 +305,10 @@ class ArmDispatcher:
                     log.info("arm dispatch postponed", error=exc.message)
                 except Exception:
                     log.exception("arm dispatch failed")
-                await pause(0.5, self._wake, stop)
+                await pause(PENDING_S if self._pending else 0.5, self._wake, stop)
             await self._hear_out()
+            with contextlib.suppress(Exception):  # the store may be out of reach
+                await self._flush()
         finally:
             if heard_out is not None:
                 heard_out.set()
@@ -308,9 +335,11 @@ class ArmDispatcher:
             log.info("arm dispatch postponed", error=exc.message)
 
     async def _tick(self) -> None:
+        now = time.monotonic()
+        if self._pending and now - self._pending_since > PENDING_S:
+            await self._flush()
         if not self._link_up():
             return  # nothing can be heard or sent: no verdict either
-        now = time.monotonic()
         flight = self.flight
         if flight is not None and flight.sent:
             # Out with the arm: it ends by the arm's word, by this rule, or by `ended` (a
@@ -329,9 +358,8 @@ class ArmDispatcher:
             return
         if self.word in ("busy", "error") and now - self.word_since < self.timeout:
             return  # it said so itself, with no job of ours: wait for its available
-        out = await self.tasks.open_for(self.arm, ("assigned", "running"), 1)
-        if out:
-            [stray] = out
+        stray, page = await self.tasks.store.queue(self.arm, PAGE)
+        if stray is not None:
             # Out before this dispatcher ran (a restart, a takeover): its words may be lost.
             self.flight = adopted = Flight(
                 stray.id,
@@ -349,7 +377,7 @@ class ArmDispatcher:
                 await self._heard_by_sender(adopted)
             return
         seen = 0
-        while page := await self.tasks.open_for(self.arm, ("queued",), PAGE, seen):
+        while page:
             seen += len(page)
             for task in page:
                 claim = await self.store.claim(task.id, self.arm, moved_event)
@@ -361,6 +389,7 @@ class ArmDispatcher:
                 if claim.task is not None:
                     await self._send(claim.task, claim.job, first=True)
                 return  # sent, or lost the race for it: never on to the next task
+            page = await self.tasks.open_for(self.arm, ("queued",), PAGE, seen)
 
     async def _claim(self, task: TaskView) -> TaskView | None:
         """The store write before a resend (only of this dispatcher's own flight): the
@@ -397,14 +426,16 @@ class ArmDispatcher:
             log.info("job publish unconfirmed", task=task.id, error=exc.message)
         if task.kind == "take" and first:
             self.metrics.job_latency_seconds.observe((utcnow() - task.created_at).total_seconds())
-        # After the job went out, under the dispatcher's lock: no write of the farm's
-        # races it (a racing SQLite writer fails a transaction that read first).
-        await self.bus.emit(
-            "task.sent",
-            f"task/{task.id}",
-            f"task {task.id} {task.kind} sent to {self.arm} (attempt {task.attempts}): "
-            f"{json.dumps(job)}",
-            {"job": job, "attempt": task.attempts},
+        # A record of a publish that happened (the claim is the send's record): stored with
+        # the next write, usually the arm's busy.
+        self._note(
+            (
+                "task.sent",
+                f"task/{task.id}",
+                f"task {task.id} {task.kind} sent to {self.arm} (attempt {task.attempts}): "
+                f"{json.dumps(job)}",
+                {"job": job, "attempt": task.attempts},
+            )
         )
 
     # ------------------------------------------------------------------ what it waits for

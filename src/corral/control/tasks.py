@@ -5,7 +5,7 @@ States move forward only: queued -> assigned -> running -> done | failed | cance
 retry is a new task.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,15 +79,17 @@ class TaskService:
     async def announce(self, tasks: list[TaskView]) -> None:
         await self.bus.emit_many(self.queued_events(tasks))
 
-    async def move(self, id: int, state: str, reason: str = "", **values: Any) -> TaskView | None:
-        """Move a task forward with its event; None when it was not a step forward."""
-        task, stored = await self.store.advance(id, state, reason, moved_event, **values)
-        if task is not None:
-            self.bus.published(stored)
-            if state in ("failed", "cancelled"):
-                executor = self.executors.get(task.target)
-                if executor is not None:
-                    await executor.on_end(task)
+    async def move(
+        self, id: int, state: str, reason: str = "", before: Sequence[Event] = (), **values: Any
+    ) -> TaskView | None:
+        """Move a task forward with its event (after `before`, stored in the same
+        transaction either way); None when it was not a step forward."""
+        task, stored = await self.store.advance(id, state, reason, moved_event, before, **values)
+        self.bus.published(stored)
+        if task is not None and state in ("failed", "cancelled"):
+            executor = self.executors.get(task.target)
+            if executor is not None:
+                await executor.on_end(task)
         return task
 
     async def cancel(self, id: int) -> TaskView:

@@ -1,18 +1,21 @@
 """The database handle: engine creation, migrations at start, and sessions (plain ones, and
-fenced ones that prove this replica's leadership term).
+fenced ones that prove this replica's leadership term), and `run` for a hot path's writes.
 
 One Database per process; repositories borrow sessions from it.
 """
 
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -21,9 +24,13 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from corral.errors import Invalid
-from corral.store.leadership import LeaderTerm
+from corral.store.leadership import LeaderTerm, StaleTerm
+from corral.store.tables import LeadershipRow
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -32,6 +39,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    # The writer thread's transactions take SQLite's write lock at once (waiting up to the
+    # busy timeout), so one that reads first never fails when another commits meanwhile.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class _Stale(Exception):
+    """The term read in the writer thread is not this replica's (raised to roll back)."""
+
+
+class _Dropped(Exception):
+    """The caller was cancelled meanwhile (raised to roll back)."""
 
 
 class Database:
@@ -74,6 +95,19 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.term = LeaderTerm()
+        # A SQLite file's hot-path writes (`run`) go through one thread of their own with a
+        # plain sqlite3 connection: one hand-off per transaction instead of aiosqlite's one
+        # (or more) per statement.
+        self._writer: ThreadPoolExecutor | None = None
+        self._sync: Engine | None = None
+        if self.file is not None:
+            self._sync = create_engine(
+                parsed.set(drivername="sqlite"),
+                connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
+            )
+            event.listen(self._sync, "connect", _sqlite_pragmas)
+            event.listen(self._sync, "begin", _begin_immediate)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-sqlite")
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
@@ -94,7 +128,49 @@ class Database:
             await self.term.prove(session)
             yield session
 
+    async def run(self, work: Callable[[Session], T], fenced: bool = True) -> T:
+        """`work`, one synchronous function, in one transaction (committed when it
+        returns, rolled back when it raises); `fenced`: the term proved first in it, as
+        `fenced()` does. On a SQLite file it runs on the writer thread: one thread
+        hand-off for the whole transaction. Elsewhere in an AsyncSession (`run_sync`:
+        on PostgreSQL the term's row is read FOR SHARE as always)."""
+        if self._writer is None:
+            async with self.session() as s:
+                if fenced:
+                    await self.term.prove(s)
+                return await s.run_sync(work)
+        term = self.term.confirm() if fenced and self.term.fenced else None
+        loop = asyncio.get_running_loop()
+        dropped = threading.Event()
+        try:
+            return await loop.run_in_executor(self._writer, self._run, work, term, dropped)
+        except asyncio.CancelledError:
+            # The caller will not act on it (a claimed job would never be published): it is
+            # rolled back unless it already committed, as an async session's would be.
+            dropped.set()
+            raise
+        except _Stale:
+            async with self.session() as s:  # says why and steps down, on this thread
+                await self.term.prove(s)
+            raise StaleTerm("this replica no longer leads") from None
+
+    def _run(self, work: Callable[[Session], T], term: int | None, dropped: threading.Event) -> T:
+        assert self._sync is not None
+        with Session(self._sync, expire_on_commit=False) as s, s.begin():
+            if term is not None:
+                held = s.scalar(select(LeadershipRow.term).where(LeadershipRow.id == 1))
+                if held != term:
+                    raise _Stale()
+            done = work(s)
+            if dropped.is_set():
+                raise _Dropped()
+            return done
+
     async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        if self._sync is not None:
+            self._sync.dispose()
         await self.engine.dispose()
 
     def describe(self) -> str:

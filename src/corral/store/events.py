@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from corral.model.events import EventFilter
 from corral.model.views import EventView
@@ -57,9 +58,12 @@ class EventStore:
         self.replica = replica
 
     async def _notify(self, s: AsyncSession, ids: list[int]) -> None:
+        await s.run_sync(self._notify_sync, ids)
+
+    def _notify_sync(self, s: Session, ids: list[int]) -> None:
         if not self.db.is_sqlite and ids:
             payload = f"{self.replica}:{','.join(str(i) for i in ids)}"
-            await s.execute(
+            s.execute(
                 text("SELECT pg_notify(:channel, :payload)"),
                 {"channel": CHANNEL, "payload": payload},
             )
@@ -91,11 +95,17 @@ class EventStore:
     ) -> list[EventView]:
         """Events written within the caller's transaction (stored when it commits), in
         order; publish them through the bus after the commit."""
+        return await s.run_sync(self.stage_sync, events)
+
+    def stage_sync(
+        self, s: Session, events: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> list[EventView]:
+        """`stage` within a synchronous transaction (Database.run)."""
         now = utcnow()
         rows = [EventRow(time=now, kind=k, resource=r, message=m, data=d) for k, r, m, d in events]
         s.add_all(rows)
-        await s.flush()  # one INSERT of all the rows, in order: their ids follow it
-        await self._notify(s, [r.id for r in rows])
+        s.flush()  # one INSERT of all the rows, in order: their ids follow it
+        self._notify_sync(s, [r.id for r in rows])
         return [_view(r) for r in rows]
 
     async def query(

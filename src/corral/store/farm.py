@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from corral.errors import Conflict, NotFound
 from corral.model.farm import Rack, job_message, racks_nearest
@@ -69,7 +70,7 @@ def bed_view(row: BedRow) -> BedView:
     )
 
 
-def _set_state(s: AsyncSession, row: PrinterRow, state: str) -> bool:
+def _set_state(s: AsyncSession | Session, row: PrinterRow, state: str) -> bool:
     if row.state == state:
         return False
     row.state, row.updated_at = state, utcnow()
@@ -77,7 +78,7 @@ def _set_state(s: AsyncSession, row: PrinterRow, state: str) -> bool:
     return True
 
 
-async def _open_at(s: AsyncSession, printer: str, *where: ColumnElement[bool]) -> Sequence[TaskRow]:
+def _open_at(s: Session, printer: str, *where: ColumnElement[bool]) -> Sequence[TaskRow]:
     """Open tasks at `printer` (its id in their params) that match `where`, in the order
     they are served; read by the printer id, not by reading every open task."""
     query = select(TaskRow).where(
@@ -85,7 +86,7 @@ async def _open_at(s: AsyncSession, printer: str, *where: ColumnElement[bool]) -
         TaskRow.params["printer_id"].as_string() == printer,
         *where,
     )
-    return (await s.scalars(query.order_by(TaskRow.priority.desc(), TaskRow.id))).all()
+    return s.scalars(query.order_by(TaskRow.priority.desc(), TaskRow.id)).all()
 
 
 class FarmStore:
@@ -93,8 +94,8 @@ class FarmStore:
         self.db = db
         self.events = events  # None: the notes' events are not stored (tools, tests)
 
-    async def _stage(self, s: AsyncSession, events: list[Event]) -> list[EventView]:
-        return await self.events.stage(s, events) if self.events is not None and events else []
+    def _stage(self, s: Session, events: list[Event]) -> list[EventView]:
+        return self.events.stage_sync(s, events) if self.events is not None and events else []
 
     # ------------------------------------------------------------------ printers
     async def put_printer(
@@ -140,19 +141,22 @@ class FarmStore:
             return printer_view(row)
 
     async def set_printer_state(self, id: str, state: str) -> tuple[PrinterView, bool]:
-        async with self.db.fenced() as s:
-            row = await s.get(PrinterRow, id, with_for_update=True)
+
+        def work(s: Session) -> tuple[PrinterView, bool]:
+            row = s.get(PrinterRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"printer {id!r} not found", {"printer": id})
             changed = _set_state(s, row, state)
             return printer_view(row), changed
+
+        return await self.db.run(work)
 
     async def remove_printer(self, id: str) -> None:
         async with self.db.session() as s:
             row = await s.get(PrinterRow, id)
             if row is None:
                 raise NotFound(f"printer {id!r} not found", {"printer": id})
-            busy = await _open_at(s, id)
+            busy = await s.run_sync(_open_at, id)
             if busy:
                 raise Conflict(f"printer {id} has open tasks: {', '.join(str(t.id) for t in busy)}")
             await s.delete(row)
@@ -257,6 +261,9 @@ class FarmStore:
             await s.delete(row)
 
     # ------------------------------------------------------------------ the farm's task writes
+    # Each is one synchronous function run by `Database.run` in one transaction that
+    # proves the term: on SQLite one thread hand-off for the whole write, not one per
+    # statement.
     async def record_ready(
         self,
         printer: str,
@@ -276,97 +283,73 @@ class FarmStore:
         other open task the take is also claimed here, as the dispatcher's `claim` would:
         the queued -> assigned move that records it as sent, and its event (`send` of the
         moved task). The outcome's `claim` holds it, to be published."""
-        async with self.db.fenced() as s:
-            row = await s.get(PrinterRow, printer, with_for_update=True)
-            added = row is None and add_as is not None
-            if row is None and add_as is not None:
-                row = PrinterRow(
-                    id=printer,
-                    state="idle",
-                    door=f"printer{printer}",
-                    bed_type=add_as,
-                    position=0.0,
-                    bed=None,
-                    updated_at=utcnow(),
-                )
-                s.add(row)
-                s.add(PrinterStateRow(printer=printer, state="idle", time=row.updated_at))
-                await s.flush()
-            if row is None:
-                return ReadyOutcome("unknown_printer")
-            pending = await _open_at(
-                s, printer, TaskRow.target == arm, TaskRow.kind.in_(FARM_KINDS)
-            )
-            if pending:
-                return ReadyOutcome("duplicate", [task_view(t) for t in pending])
-            alone = send is not None and not await open_rows(s, arm, limit=1)
-            notes: list[str] = []
-            tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
-            bed = await self._reserve(s, row)
-            fits = select(BedRow.id).where(BedRow.type == row.bed_type).limit(1)
-            if bed is None and await s.scalar(fits) is None:  # asked only when none is free
-                notes.append(
-                    f"printer {printer} takes bed type {row.bed_type!r}, which no bed has: "
-                    "no replace job"
-                )
-            else:
-                params: dict[str, Any] = {"printer_id": printer, "bed_id": bed}
-                if bed is None:
-                    notes.append(f"no clean {row.bed_type} bed free now: chosen when it is due")
-                tasks.append(new_task("replace", arm, params, 0, timeout_s, source))
-            _set_state(s, row, "finished")
-            s.add_all(tasks)
-            await s.flush()
-            outcome = ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
-            events = note(outcome) if note is not None else []
-            if send is not None and alone:  # nothing before it: the take goes now
-                take = tasks[0]
-                job = job_message("take", printer, row.bed, row.door, len(tasks) > 1)
-                values = {"params": {**take.params, "job": job}, "sent_at": utcnow()}
-                moved = await advance(s, take.id, "assigned", "", values)
-                if moved is not None:
-                    outcome.claim = Claim(moved, job)
-                    events.append(send(moved))
-            outcome.events = await self._stage(s, events)
-            return outcome
 
-    async def _reserve(self, s: AsyncSession, printer: PrinterRow) -> str | None:
-        """Reserve the nearest free bed for `printer`: racks nearest first, and in each the
-        first fitting bed by slot, read through the beds' index (ix_beds_free)."""
-        racks = [Rack(r.id, r.position, r.slots) for r in (await s.scalars(select(RackRow))).all()]
-        for rack in racks_nearest(printer.position, racks):
-            tried: list[str] = []
-            while True:
-                free = (
-                    select(BedRow.id)
-                    .where(
-                        BedRow.type == printer.bed_type,
-                        BedRow.state == "clean",
-                        BedRow.rack == rack.id,
-                        BedRow.reserved_for.is_(None),
-                        BedRow.printer.is_(None),
-                        BedRow.id.not_in(tried),
-                    )
-                    .order_by(BedRow.slot, BedRow.id)
-                    .limit(1)
-                )
-                chosen = await s.scalar(free)
-                if chosen is None:
-                    break
-                # Reserve only if still free: two reservations can never hold one bed.
-                done = await s.execute(
-                    update(BedRow)
-                    .where(
-                        BedRow.id == chosen,
-                        BedRow.reserved_for.is_(None),
-                        BedRow.printer.is_(None),
-                    )
-                    .values(reserved_for=printer.id)
-                )
-                if getattr(done, "rowcount", 0) == 1:
-                    return chosen
-                tried.append(chosen)
-        return None
+        def work(s: Session) -> ReadyOutcome:
+            return self._ready(s, printer, arm, timeout_s, source, add_as, note, send)
+
+        return await self.db.run(work)
+
+    def _ready(
+        self,
+        s: Session,
+        printer: str,
+        arm: str,
+        timeout_s: float,
+        source: str,
+        add_as: str | None,
+        note: Callable[[ReadyOutcome], list[Event]] | None,
+        send: Note | None,
+    ) -> ReadyOutcome:
+        row = s.get(PrinterRow, printer, with_for_update=True)
+        added = row is None and add_as is not None
+        if row is None and add_as is not None:
+            row = PrinterRow(
+                id=printer,
+                state="idle",
+                door=f"printer{printer}",
+                bed_type=add_as,
+                position=0.0,
+                bed=None,
+                updated_at=utcnow(),
+            )
+            s.add(row)
+            s.add(PrinterStateRow(printer=printer, state="idle", time=row.updated_at))
+            s.flush()
+        if row is None:
+            return ReadyOutcome("unknown_printer")
+        pending = _open_at(s, printer, TaskRow.target == arm, TaskRow.kind.in_(FARM_KINDS))
+        if pending:
+            return ReadyOutcome("duplicate", [task_view(t) for t in pending])
+        alone = send is not None and not open_rows(s, arm, limit=1)
+        notes: list[str] = []
+        tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
+        bed = _reserve(s, row)
+        fits = select(BedRow.id).where(BedRow.type == row.bed_type).limit(1)
+        if bed is None and s.scalar(fits) is None:  # asked only when none is free
+            notes.append(
+                f"printer {printer} takes bed type {row.bed_type!r}, which no bed has: "
+                "no replace job"
+            )
+        else:
+            params: dict[str, Any] = {"printer_id": printer, "bed_id": bed}
+            if bed is None:
+                notes.append(f"no clean {row.bed_type} bed free now: chosen when it is due")
+            tasks.append(new_task("replace", arm, params, 0, timeout_s, source))
+        _set_state(s, row, "finished")
+        s.add_all(tasks)
+        s.flush()
+        outcome = ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
+        events = note(outcome) if note is not None else []
+        if send is not None and alone:  # nothing before it: the take goes now
+            take = tasks[0]
+            job = job_message("take", printer, row.bed, row.door, len(tasks) > 1)
+            values = {"params": {**take.params, "job": job}, "sent_at": utcnow()}
+            moved = advance(s, take.id, "assigned", "", values)
+            if moved is not None:
+                outcome.claim = Claim(moved, job)
+                events.append(send(moved))
+        outcome.events = self._stage(s, events)
+        return outcome
 
     async def claim(self, task: int, arm: str, note: Note) -> Claim:
         """A first send's store write, in one transaction: the job message built (a replace
@@ -374,93 +357,153 @@ class FarmStore:
         it as sent (one claimer wins), and the move's event (`note`). Claim(None, {}, why)
         when it cannot be sent now; no task and no why when it is no longer queued (another
         claimer won it, or it ended)."""
-        async with self.db.fenced() as s:
-            row = await s.get(TaskRow, task, with_for_update=True)
-            if row is None:
-                raise NotFound(f"task {task} not found")
-            if row.state != "queued":  # moved since the queue was read: another claimer won
-                return Claim(None, {})
-            params = dict(row.params)
-            if row.kind == "homing":
-                message = job_message("homing", None, None, None, False)
+        return await self.db.run(lambda s: self._claim(s, task, arm, note))
+
+    def _claim(self, s: Session, task: int, arm: str, note: Note) -> Claim:
+        row = s.get(TaskRow, task, with_for_update=True)
+        if row is None:
+            raise NotFound(f"task {task} not found")
+        if row.state != "queued":  # moved since the queue was read: another claimer won
+            return Claim(None, {})
+        params = dict(row.params)
+        if row.kind == "homing":
+            message = job_message("homing", None, None, None, False)
+        else:
+            printer = s.get(PrinterRow, str(params.get("printer_id")))
+            if printer is None:
+                return Claim(None, {}, f"printer {params.get('printer_id')} no longer exists")
+            if row.kind == "take":
+                bed = printer.bed
             else:
-                printer = await s.get(PrinterRow, str(params.get("printer_id")))
-                if printer is None:
-                    return Claim(None, {}, f"printer {params.get('printer_id')} no longer exists")
-                if row.kind == "take":
-                    bed = printer.bed
-                else:
-                    bed = params.get("bed_id") or await self._reserve(s, printer)
-                    if bed is None:
-                        return Claim(None, {}, f"no clean {printer.bed_type} bed is free")
-                    params["bed_id"] = bed
-                queue = await open_rows(s, arm, ("queued",), 2)
-                after = [t for t in queue if t.id != row.id]
-                same = bool(after) and after[0].params.get("printer_id") == printer.id
-                message = job_message(row.kind, printer.id, bed, printer.door, same)
-            params.pop("job", None)
-            values = {"params": {**params, "job": message}, "sent_at": utcnow()}
-            moved = await advance(s, task, "assigned", "", values)
-            if moved is None:
-                return Claim(None, message)
-            return Claim(moved, message, None, await self._stage(s, [note(moved)]))
+                bed = params.get("bed_id") or _reserve(s, printer)
+                if bed is None:
+                    return Claim(None, {}, f"no clean {printer.bed_type} bed is free")
+                params["bed_id"] = bed
+            queue = open_rows(s, arm, ("queued",), 2)
+            after = [t for t in queue if t.id != row.id]
+            same = bool(after) and after[0].params.get("printer_id") == printer.id
+            message = job_message(row.kind, printer.id, bed, printer.door, same)
+        params.pop("job", None)
+        values = {"params": {**params, "job": message}, "sent_at": utcnow()}
+        moved = advance(s, task, "assigned", "", values)
+        if moved is None:
+            return Claim(None, message)
+        return Claim(moved, message, None, self._stage(s, [note(moved)]))
 
     async def done(
-        self, task: int, reason: str, note: Note, moved: Callable[[TaskView, str], Event]
+        self,
+        task: int,
+        reason: str,
+        note: Note,
+        moved: Callable[[TaskView, str], Event],
+        before: Sequence[Event] = (),
     ) -> tuple[TaskView | None, list[EventView]]:
         """A job the arm did, in one transaction: the task moved to done (through running
         when it was assigned), the job's effects on the farm (beds moved, the printer
-        idle), and the events: `note` of each move, `moved` of each bed that moved. None
-        when the task had ended meanwhile (nothing changes)."""
-        async with self.db.fenced() as s:
-            row = await s.get(TaskRow, task, with_for_update=True)
-            if row is None or row.state not in ("assigned", "running"):
-                return None, []
-            events: list[Event] = []
+        idle), and the events: `before` (what led to it), `note` of each move, `moved` of
+        each bed that moved. None when the task had ended meanwhile (nothing changes but
+        `before`)."""
+        return await self.db.run(lambda s: self._done(s, task, reason, note, moved, before))
+
+    def _done(
+        self,
+        s: Session,
+        task: int,
+        reason: str,
+        note: Note,
+        moved: Callable[[TaskView, str], Event],
+        before: Sequence[Event],
+    ) -> tuple[TaskView | None, list[EventView]]:
+        events: list[Event] = [*before]
+        row = s.get(TaskRow, task, with_for_update=True)
+        finished = None
+        if row is not None and row.state in ("assigned", "running"):
             if row.state == "assigned":
-                running = await advance(s, task, "running", "", {})
+                running = advance(s, task, "running", "", {})
                 if running is not None:
                     events.append(note(running))
-            finished = await advance(s, task, "done", reason, {})
-            if finished is None:
-                return None, []
-            events.append(note(finished))
-            events += [moved(finished, n) for n in await self._apply(s, finished)]
-            return finished, await self._stage(s, events)
-
-    async def _apply(self, s: AsyncSession, task: TaskView) -> list[str]:
-        """A done job's effects on the farm; what changed, for events."""
-        notes: list[str] = []
-        printer_id = str(task.params.get("printer_id") or "")
-        printer = await s.get(PrinterRow, printer_id, with_for_update=True)
-        if task.kind == "take" and printer is not None:
-            if printer.bed:
-                bed = await s.get(BedRow, printer.bed)
-                if bed is not None:
-                    bed.printer, bed.state = None, "with_part"
-                    notes.append(f"bed {bed.id} taken out of {printer.id} with its part")
-            printer.bed = None
-            _set_state(s, printer, "idle")
-        elif task.kind == "replace" and printer is not None:
-            bed_id = task.params.get("bed_id")
-            bed = await s.get(BedRow, str(bed_id)) if bed_id else None
-            if bed is not None and printer.bed not in (None, bed.id):
-                old = await s.get(BedRow, printer.bed)
-                if old is not None and old.printer == printer.id:
-                    old.printer = None  # it cannot be in there with the new one
-            if bed is not None:
-                bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
-                printer.bed = bed.id
-                notes.append(f"bed {bed.id} loaded into {printer.id}")
-            _set_state(s, printer, "idle")
-        return notes
+            finished = advance(s, task, "done", reason, {})
+            if finished is not None:
+                events.append(note(finished))
+                events += [moved(finished, n) for n in _apply(s, finished)]
+        return finished, self._stage(s, events)
 
     async def release(self, task: TaskView) -> None:
         """A replace that will not run gives its bed back."""
         bed_id = task.params.get("bed_id")
         if task.kind != "replace" or not bed_id:
             return
-        async with self.db.fenced() as s:
-            bed = await s.get(BedRow, str(bed_id))
+
+        def work(s: Session) -> None:
+            bed = s.get(BedRow, str(bed_id))
             if bed is not None and bed.reserved_for == task.params.get("printer_id"):
                 bed.reserved_for = None
+
+        await self.db.run(work)
+
+
+def _reserve(s: Session, printer: PrinterRow) -> str | None:
+    """Reserve the nearest free bed for `printer`: racks nearest first, and in each the
+    first fitting bed by slot, read through the beds' index (ix_beds_free)."""
+    racks = [Rack(r.id, r.position, r.slots) for r in s.scalars(select(RackRow)).all()]
+    for rack in racks_nearest(printer.position, racks):
+        tried: list[str] = []
+        while True:
+            free = (
+                select(BedRow.id)
+                .where(
+                    BedRow.type == printer.bed_type,
+                    BedRow.state == "clean",
+                    BedRow.rack == rack.id,
+                    BedRow.reserved_for.is_(None),
+                    BedRow.printer.is_(None),
+                    BedRow.id.not_in(tried),
+                )
+                .order_by(BedRow.slot, BedRow.id)
+                .limit(1)
+            )
+            chosen = s.scalar(free)
+            if chosen is None:
+                break
+            # Reserve only if still free: two reservations can never hold one bed.
+            done = s.execute(
+                update(BedRow)
+                .where(
+                    BedRow.id == chosen,
+                    BedRow.reserved_for.is_(None),
+                    BedRow.printer.is_(None),
+                )
+                .values(reserved_for=printer.id)
+            )
+            if getattr(done, "rowcount", 0) == 1:
+                return chosen
+            tried.append(chosen)
+    return None
+
+
+def _apply(s: Session, task: TaskView) -> list[str]:
+    """A done job's effects on the farm; what changed, for events."""
+    notes: list[str] = []
+    printer_id = str(task.params.get("printer_id") or "")
+    printer = s.get(PrinterRow, printer_id, with_for_update=True)
+    if task.kind == "take" and printer is not None:
+        if printer.bed:
+            bed = s.get(BedRow, printer.bed)
+            if bed is not None:
+                bed.printer, bed.state = None, "with_part"
+                notes.append(f"bed {bed.id} taken out of {printer.id} with its part")
+        printer.bed = None
+        _set_state(s, printer, "idle")
+    elif task.kind == "replace" and printer is not None:
+        bed_id = task.params.get("bed_id")
+        bed = s.get(BedRow, str(bed_id)) if bed_id else None
+        if bed is not None and printer.bed not in (None, bed.id):
+            old = s.get(BedRow, printer.bed)
+            if old is not None and old.printer == printer.id:
+                old.printer = None  # it cannot be in there with the new one
+        if bed is not None:
+            bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
+            printer.bed = bed.id
+            notes.append(f"bed {bed.id} loaded into {printer.id}")
+        _set_state(s, printer, "idle")
+    return notes

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from corral.errors import NotFound
 from corral.model.views import OPEN_TASK_STATES, EventView, TaskState, TaskView
@@ -122,7 +122,19 @@ class TaskStore:
         """Open tasks of a target (or those in `states`) in the order they are served;
         `limit` of them from `offset` on."""
         async with self.db.session() as s:
-            return [task_view(r) for r in await open_rows(s, target, states, limit, offset)]
+            rows = await s.run_sync(open_rows, target, states, limit, offset)
+            return [task_view(r) for r in rows]
+
+    async def queue(self, target: str, page: int) -> tuple[TaskView | None, list[TaskView]]:
+        """In one read: a task of `target` out (assigned or running), if any, and its
+        first `page` queued tasks in the order they are served (a dispatcher's round)."""
+
+        def work(s: Session) -> tuple[TaskView | None, list[TaskView]]:
+            out = open_rows(s, target, ("assigned", "running"), 1)
+            queued = open_rows(s, target, ("queued",), page)
+            return (task_view(out[0]) if out else None), [task_view(r) for r in queued]
+
+        return await self.db.run(work, fenced=False)
 
     async def transition(
         self, id: int, state: str, reason: str = "", **values: Any
@@ -133,29 +145,57 @@ class TaskStore:
         return task
 
     async def advance(
-        self, id: int, state: str, reason: str, note: Note | None, **values: Any
+        self,
+        id: int,
+        state: str,
+        reason: str,
+        note: Note | None,
+        before: Sequence[Event] = (),
+        **values: Any,
     ) -> tuple[TaskView | None, list[EventView]]:
         """`transition`, and the move's event (`note` of the moved task) stored in the same
-        transaction; the events, to publish once committed."""
-        async with self.db.fenced() as s:
-            task = await advance(s, id, state, reason, values)
-            if task is None or note is None or self.events is None:
-                return task, []
-            return task, await self.events.stage(s, [note(task)])
+        transaction, after `before` (what led to it, stored even when the move does not
+        happen); the events, to publish once committed."""
+
+        def work(s: Session) -> tuple[TaskView | None, list[EventView]]:
+            return self.advance_in(s, id, state, reason, note, values, before)
+
+        return await self.db.run(work)
+
+    def advance_in(
+        self,
+        s: Session,
+        id: int,
+        state: str,
+        reason: str,
+        note: Note | None,
+        values: dict[str, Any],
+        before: Sequence[Event] = (),
+    ) -> tuple[TaskView | None, list[EventView]]:
+        """`advance` within the caller's synchronous transaction; `before`: events stored
+        ahead of the move's (what led to it), also when the move does not happen."""
+        task = advance(s, id, state, reason, values)
+        events = [*before, *([note(task)] if task is not None and note is not None else [])]
+        if self.events is None or not events:
+            return task, []
+        return task, self.events.stage_sync(s, events)
 
     async def update(self, id: int, **values: Any) -> TaskView:
         """Set a task's fields (no move); the task as it is now."""
-        async with self.db.fenced() as s:
-            row = await s.get(TaskRow, id, with_for_update=True)
+
+        def work(s: Session) -> TaskView:
+            row = s.get(TaskRow, id, with_for_update=True)
             if row is None:
                 raise NotFound(f"task {id} not found", {"task": id})
             for key, value in values.items():
                 setattr(row, key, value)
             return task_view(row)
 
+        return await self.db.run(work)
 
-async def advance(
-    s: AsyncSession, id: int, state: str, reason: str, values: dict[str, Any]
+
+def advance(
+    s: Session, id: int, state: str, reason: str, values: dict[str, Any]
 ) -> TaskView | None:
     """Move a task forward within the caller's transaction (one conditional UPDATE);
     None when that is not a step forward from where it is."""
@@ -168,7 +208,7 @@ async def advance(
     elif state in ("done", "failed", "cancelled"):
         changes["finished_at"] = now
     sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
-    moved = await s.scalar(
+    moved = s.scalar(
         update(TaskRow)
         .where(TaskRow.id == id, TaskRow.state.in_(sources))
         .values(**changes)
@@ -177,13 +217,13 @@ async def advance(
     )
     if moved is not None:
         return task_view(moved)
-    if await s.get(TaskRow, id) is None:
+    if s.get(TaskRow, id) is None:
         raise NotFound(f"task {id} not found", {"task": id})
     return None
 
 
-async def open_rows(
-    s: AsyncSession,
+def open_rows(
+    s: Session,
     target: str | None,
     states: Sequence[str] = OPEN_TASK_STATES,
     limit: int | None = None,
@@ -195,4 +235,4 @@ async def open_rows(
     if target is not None:
         query = query.where(TaskRow.target == target)
     query = query.order_by(TaskRow.priority.desc(), TaskRow.id).limit(limit).offset(offset)
-    return (await s.scalars(query)).all()
+    return s.scalars(query).all()
