@@ -116,6 +116,8 @@ class Core:
             settings.base_url,
             settings.replica_poll_seconds,
         )
+        if self.replicas.shared:
+            self.fleet.spread(self.replica_id, self.replicas.leading.is_set)
         self.metrics.registry.register(
             FleetCollector(
                 self.fleet.meter,
@@ -175,6 +177,7 @@ class Core:
         if background:
             await self.replicas.begin()  # SQLite: this process leads before it serves
             self._spawn(self._prune_events())
+            self._spawn(self.fleet.run_peers(self.stopping))
             self._spawn(
                 self.replicas.run(
                     self.stopping, lambda stop: self._lead(stop, to_deploy), self._take_over

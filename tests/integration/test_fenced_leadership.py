@@ -169,7 +169,7 @@ def test_robots_on_missions_get_no_doubled_grant_across_eleven_cuts(
                     "/fleet/robots", json={"name": name, "map": "yard", "marker": ends[0]}
                 )
                 assert made.status_code == 201, made.text
-                url = replicas[i % 2].url  # half on the leader, half relayed by the follower
+                url = replicas[i % 2].url  # half on the leader, half held by the follower
                 robots.append(PeerRobot(url, name, made.json()["token"], ends[0], ledger))
             running = [asyncio.create_task(r.run(stop)) for r in robots]
             driver = asyncio.create_task(_missions(b, stop, trips))

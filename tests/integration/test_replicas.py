@@ -4,7 +4,6 @@ the middle of an apply, and the follower takes over and converges without doubli
 container or a task.
 """
 
-import asyncio
 import contextlib
 import json
 import os
@@ -19,8 +18,6 @@ from typing import Any
 import httpx
 from tests.support.engines import LOCAL_URL, engine_container_ids, running_container_ids
 from tests.support.server import ADMIN, ServeProcess, wait_until
-
-from corral.robot import RobotClient
 
 # `gate` turns healthy only after 4 s and the six workers wait for it: an apply killed
 # as soon as the gate exists is surely half done (workers created at most, none running).
@@ -171,78 +168,3 @@ def test_two_replicas_share_events_and_fail_over_mid_apply(
         leftovers = engine_container_ids(LOCAL_URL, label)
         if leftovers:
             subprocess.run(["docker", "-H", LOCAL_URL, "rm", "-f", *leftovers], check=False)
-
-
-def test_a_robot_on_a_follower_is_relayed_to_the_leader_and_survives_its_loss(
-    local_engine: str, tmp_path: Path, pg_url: str
-) -> None:
-    env = _replica_env(local_engine, pg_url)
-    first = ServeProcess(tmp_path / "a", env).start()
-    headers = {"Authorization": f"Bearer {ADMIN}"}
-    with httpx.Client(base_url=first.url, headers=headers, timeout=60) as a:
-        wait_until(lambda: _leader(a) is not None, "the first replica leads", 30)
-    second = ServeProcess(tmp_path / "b", env).start()
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=second.url, headers=headers, timeout=60) as b:
-            grid = {"name": "yard", "markers": [{"id": "a", "x": 0, "y": 0}], "lanes": []}
-            assert (await b.post("/fleet/maps", json=grid)).status_code == 201
-            made = await b.post("/fleet/robots", json={"name": "far", "map": "yard", "marker": "a"})
-            assert made.status_code == 201, made.text
-            robot = RobotClient(second.url, "far", made.json()["token"])
-            got: list[Any] = []
-
-            async def handler(command: dict[str, Any]) -> None:
-                got.append(command["payload"]["n"])
-
-            robot.on_command(handler)
-            welcomes: list[Any] = []
-            robot.on_connect(welcomes.append)
-            running = asyncio.create_task(robot.run())
-
-            async def delivered(n: int) -> None:
-                sent = await b.post(
-                    "/fleet/robots/far/commands", json={"kind": "custom", "payload": {"n": n}}
-                )
-                assert sent.status_code == 201, sent.text
-                async with asyncio.timeout(30):
-                    while True:  # the robot has it, and corral has its ack
-                        log = (await b.get("/fleet/robots/far/commands/log")).json()
-                        if n in got and all(c["acked_at"] for c in log):
-                            return
-                        await asyncio.sleep(0.1)
-
-            try:
-                await asyncio.wait_for(robot.connected.wait(), 30)
-                view = (await b.get("/fleet/robots/far")).json()
-                assert view["state"] == "online", "the leader knows the relayed robot"
-                await delivered(1)
-
-                # The leader dies: the relayed socket closes, and the robot reconnects to
-                # the follower, which leads by then.
-                assert first.proc is not None
-                os.kill(first.proc.pid, signal.SIGKILL)
-                first.stop()
-                for _ in range(300):
-                    replicas = (await b.get("/replicas")).json()
-                    leads = any(r["leader"] and r["url"] == second.url for r in replicas)
-                    if leads and len(welcomes) == 2 and robot.connected.is_set():
-                        break
-                    await asyncio.sleep(0.2)
-                assert len(welcomes) == 2, (
-                    f"the robot did not connect again after the leader's loss: {replicas}; "
-                    f"robot: {running.done() and running.exception()!r}, "
-                    f"sessions {robot.sessions}; "
-                    f"the follower's log ends:\n{second.output()[-4000:]}"
-                )
-                await delivered(2)
-                assert got == [1, 2]
-            finally:
-                await robot.close()
-                await asyncio.gather(running, return_exceptions=True)
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        second.stop()
-        first.stop()

@@ -11,6 +11,7 @@ moves that do not start where the robot stands (a doubled or stale grant).
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +64,14 @@ class PeerRobot:
         start: str,
         ledger: Ledger,
         lane_seconds: float = 0.25,
+        also: tuple[str, ...] = (),
     ) -> None:
-        self.url = url.replace("http://", "ws://").rstrip("/") + "/fleet/ws"
+        # where it connects: `url`, and after a connection that ends or fails the next of
+        # `also` in turn (a robot that knows several corral replicas)
+        self.urls = [u.replace("http://", "ws://").rstrip("/") + "/fleet/ws" for u in (url, *also)]
+        self.url = self.urls[0]
+        self.gaps: list[float] = []  # seconds from a connection's end to the next welcome
+        self.ended_at: float | None = None
         self.name, self.token, self.ledger = name, token, ledger
         self.lane_seconds = lane_seconds
         self.marker = start  # where it stands, or where its lane ends while driving
@@ -83,6 +90,9 @@ class PeerRobot:
             while not stop.is_set():
                 with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError):
                     await self._session(stop)
+                if self.ended_at is None:
+                    self.ended_at = time.monotonic()
+                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
                 await asyncio.sleep(0.2)
         finally:
             driver.cancel()
@@ -104,6 +114,9 @@ class PeerRobot:
             if welcome.get("type") != "welcome":
                 return
             self.connections += 1
+            if self.ended_at is not None:
+                self.gaps.append(time.monotonic() - self.ended_at)
+                self.ended_at = None
             self.socket = ws
             beat = asyncio.create_task(self._beat(stop))
             try:

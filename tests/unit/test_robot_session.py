@@ -38,13 +38,17 @@ class FakeFleet:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.log: list[str] = []
-        self.links = SimpleNamespace(
-            attach=lambda name, channel: None, detach=lambda name, channel: None
-        )
+        self.links = SimpleNamespace(attach=lambda name, channel: None)
         self.meter = FleetMeter()
 
     def robot(self, name: str) -> Any:
         return SimpleNamespace(signed=False, map="yard")
+
+    async def known(self, name: str, fresh: bool = False) -> Any:
+        return self.robot(name)
+
+    def detach(self, name: str, channel: Any) -> None:
+        return None
 
     def check_signature(self, name: str, message: dict[str, Any], seal: Any) -> None:
         return None

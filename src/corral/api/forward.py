@@ -1,20 +1,22 @@
 """On a follower replica, requests that change state (and reads of what only the leader
 holds in memory: the fleet, the arm, broker links) are passed to the leader and its
-answer returned as is, and robots' WebSockets relayed to it, so every replica serves the
-whole API with one writer.
+answer returned as is, so every replica serves the whole API with one writer. A robot's
+own channel (its WebSocket, its HTTP reports and polls) is served where it lands: the
+fleet passes on to the leader only what needs it (fleet/peers.py).
 
 Installed by create_app; a no-op on SQLite and on the leader.
 """
 
 import asyncio
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.errors import error_response
-from corral.api.relay import leader_request, relay
 from corral.core import Core
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -22,12 +24,29 @@ ELECTION_WAIT_SECONDS = 5.0  # a request that finds no leader waits this long fo
 LEADER_READS = ("/fleet", "/farm/arm", "/brokers")
 LOCAL = ("/healthz", "/metrics", "/events", "/ui", "/docs", "/openapi.json", "/whoami")
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+# a robot's own channel: served by the replica it reached
+ROBOT_CHANNEL = re.compile(r"^/fleet/robots/[^/]+/(telemetry|checkpoint|commands|acks|nonce)$")
 
 
 def needs_leader(method: str, path: str) -> bool:
-    if path.startswith(LOCAL):
+    if path.startswith(LOCAL) or ROBOT_CHANNEL.match(path):
         return False
     return method not in READ_METHODS or path.startswith(LEADER_READS)
+
+
+def leader_request(
+    leader: str, replica: str, scope: Scope, skip: Callable[[str], bool]
+) -> tuple[str, list[tuple[str, str]]]:
+    """The leader's URL for this request (same path and query) and the request's headers
+    but those `skip` names (lower case), marked as forwarded by `replica`."""
+    headers = [
+        (name, value.decode("latin-1"))
+        for name, value in ((k.decode("latin-1"), v) for k, v in scope["headers"])
+        if not skip(name.lower())
+    ]
+    headers.append(("X-Forwarded-By", replica))
+    query = scope.get("query_string", b"").decode("latin-1")
+    return leader.rstrip("/") + scope["path"] + (f"?{query}" if query else ""), headers
 
 
 class LeaderForward:
@@ -38,19 +57,17 @@ class LeaderForward:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         replicas = self.core.replicas
-        socket = scope["type"] == "websocket" and scope["path"].startswith("/fleet")
         if (
             not replicas.shared
             or replicas.leading.is_set()
-            or not (
-                socket or (scope["type"] == "http" and needs_leader(scope["method"], scope["path"]))
-            )
+            or scope["type"] != "http"
+            or not needs_leader(scope["method"], scope["path"])
         ):
             await self.app(scope, receive, send)
             return
         leader = await self._leader()
         if leader is None or leader == replicas.url:
-            if socket or replicas.leading.is_set():  # the route itself says so to a robot
+            if replicas.leading.is_set():
                 await self.app(scope, receive, send)
                 return
             response = error_response(
@@ -60,9 +77,6 @@ class LeaderForward:
                 headers={"Retry-After": "2"},
             )
             await response(scope, receive, send)
-            return
-        if socket:
-            await relay(leader, replicas.id, scope, receive, send)
             return
         await self._forward(leader, scope, receive, send)
 

@@ -58,7 +58,7 @@ class RobotSession:
             if await self._greet():
                 await self._serve()
         finally:
-            self.core.fleet.links.detach(self.name, self)
+            self.core.fleet.detach(self.name, self)
 
     async def _serve(self) -> None:
         worker = asyncio.create_task(self._work(), name=f"robot {self.name}")
@@ -89,7 +89,7 @@ class RobotSession:
         welcome and what is open."""
         fleet = self.core.fleet
         try:
-            signed = fleet.robot(self.name).signed
+            signed = (await fleet.known(self.name, fresh=True)).signed
         except CorralError as exc:
             await refuse(self.websocket, "forbidden", exc.message, 4403)
             return False

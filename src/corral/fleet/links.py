@@ -2,6 +2,7 @@
 its latest telemetry, the HTTP channel's signature seal, and a wake-up for HTTP long polls.
 
 Owned by the fleet service; nothing here is stored (telemetry is too frequent to write).
+A robot held by another replica has a link here too, fed by that replica's batches.
 """
 
 import asyncio
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from corral.robot.signing import new_nonce
+
+ELSEWHERE = 3.0  # seconds another replica's word that it holds a robot lasts
 
 
 class Channel(Protocol):
@@ -46,11 +49,16 @@ class Link:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     heard_at: float = 0.0  # wall clock, for people
+    elsewhere: str | None = None  # the other replica that holds its socket or poll
+    elsewhere_at: float = 0.0  # when that replica last said so (monotonic)
 
     @property
     def connected(self) -> bool:
-        """A socket is open or a long poll is waiting: the robot hears commands now."""
-        return self.channel is not None or self.polls > 0
+        """A socket is open or a long poll is waiting (here, or on the replica that said
+        so lately): the robot hears commands now."""
+        if self.channel is not None or self.polls > 0:
+            return True
+        return self.elsewhere is not None and time.monotonic() - self.elsewhere_at < ELSEWHERE
 
     def heard(self) -> None:
         self.last_seen = time.monotonic()
@@ -73,11 +81,13 @@ class Links:
         link.heard()
         return link
 
-    def detach(self, robot: str, channel: Channel) -> None:
-        """The socket ended; a newer one of the same robot stays."""
+    def detach(self, robot: str, channel: Channel) -> bool:
+        """The socket ended; a newer one of the same robot stays. True if it was the one."""
         link = self.by_robot.get(robot)
         if link is not None and link.channel is channel:
             link.channel = None
+            return True
+        return False
 
     async def cut(self, robot: str, code: str, message: str, close: int) -> None:
         """Close the robot's socket, if it has one, saying why (its credential ended)."""

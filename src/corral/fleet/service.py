@@ -2,8 +2,11 @@
 telemetry, checkpoints, acks) over either channel, commands with at-least-once delivery,
 broadcasts and the emergency stop, the heartbeat watch, and tasks for robots.
 
-The WebSocket and HTTP routes call it; Core runs `run_monitor`. Maps, missions and
-traffic are in `missions.Dispatcher`.
+The WebSocket and HTTP routes call it, on every replica: each takes the telemetry of the
+robots it holds; on PostgreSQL, a replica that does not lead passes checkpoints and acks to
+the leader, which decides and sends commands back to the holder (`peers.Peers`). Core runs
+`run_monitor` on the leader and `run_peers` everywhere. Maps, missions and traffic are in
+`missions.Dispatcher`.
 """
 
 import asyncio
@@ -12,6 +15,7 @@ import itertools
 import math
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,16 +24,18 @@ import structlog
 from corral.config import Settings
 from corral.control.access import AccessService, Caller
 from corral.control.tasks import Executor, TaskService
-from corral.errors import Conflict, Invalid, NotFound, Unauthorized
+from corral.errors import Conflict, CorralError, Invalid, NotFound, Unauthorized
 from corral.events import EventBus
 from corral.fleet.links import Link, Links, Seal
 from corral.fleet.mapping import MappingSessions
 from corral.fleet.meter import FleetMeter
 from corral.fleet.missions import Dispatcher, mission_doc
+from corral.fleet.peers import MAX_ACKS, Peers
 from corral.model.fleet_map import FleetMap, shortest_route
 from corral.model.views import TaskView
 from corral.robot.signing import verify
 from corral.store.fleet import FleetStore
+from corral.store.leadership import StaleTerm
 from corral.store.tables import CommandRow, MissionRow, RobotRow, utcnow
 from corral.waits import pause
 
@@ -83,10 +89,45 @@ class FleetService:
         self.dispatch = Dispatcher(store, bus, self._deliver, self.meter, self._priority)
         self.dispatch.on_end.append(self._mission_ended)
         self._assign = asyncio.Event()
+        self.peers: Peers | None = None  # other replicas, on PostgreSQL
+        self._maps_read = 0.0  # when a follower last read the maps again
         tasks.register(
             TARGET,
             Executor(("goto",), self._check_task, self._assign.set, self._task_ended),
         )
+
+    def spread(self, replica: str, leading: Callable[[], bool]) -> None:
+        """Several replicas: robots are held wherever they connect, decisions stay with
+        the leader (`leading` says whether this replica leads now)."""
+        self.peers = Peers(self, replica, leading)
+
+    def leads(self) -> bool:
+        return self.peers is None or bool(self.peers.leading())
+
+    async def run_peers(self, stopping: asyncio.Event) -> None:
+        if self.peers is not None:
+            await self.peers.run(stopping)
+
+    async def known(self, name: str, fresh: bool = False) -> RobotRow:
+        """The robot; a replica that does not lead reads it from the store when it does
+        not know it (registered through the leader) or, with `fresh`, always (a new key)."""
+        if self.leads() or (name in self.robots and not fresh):
+            return self.robot(name)
+        row = await self.store.robot(name)
+        if row is None:
+            self.robots.pop(name, None)
+            raise NotFound(f"robot {name!r} not found", {"robot": name})
+        self.robots[name] = row
+        if row.map is not None and row.map not in self.dispatch.maps:
+            await self._read_maps()
+        return row
+
+    async def _read_maps(self) -> None:
+        """A replica that does not lead reads the maps again (at most once a second)."""
+        if time.monotonic() - self._maps_read < 1.0:
+            return
+        self._maps_read = time.monotonic()
+        await self.dispatch.load()
 
     async def load(self) -> None:
         """Read the fleet from the store (at start, and when a replica takes the lead:
@@ -178,6 +219,8 @@ class FleetService:
         await self.bus.emit("token.created", f"token/{view.id}", f"token {name!r} (robot) created")
         await self.bus.emit("robot.rotated", f"robot/{name}", f"robot {name}: new credential")
         await self.links.cut(name, "unauthorized", "the credential was rotated", 4401)
+        if self.peers is not None:
+            self.peers.cut(name, "unauthorized", "the credential was rotated", 4401)
         return token, key
 
     async def remove(self, name: str, by: Caller) -> None:
@@ -191,6 +234,8 @@ class FleetService:
         await self.store.delete_robot(name)
         del self.robots[name]
         await self.links.forget(name)
+        if self.peers is not None:
+            self.peers.cut(name, "unauthorized", f"robot {name} was removed", 4401)
         await self.bus.emit("robot.removed", f"robot/{name}", f"robot {name} removed")
 
     async def start_mapping(self, name: str, map_name: str) -> dict[str, Any]:
@@ -263,13 +308,19 @@ class FleetService:
     async def seen(self, name: str) -> Link:
         link = self.links.get(name)
         link.heard()
-        if not link.online:
-            link.online = True
-            row = self.robot(name)
-            row.state, row.last_seen = "online", utcnow()
-            await self.store.update_robot(name, state="online", last_seen=row.last_seen)
-            await self.bus.emit("robot.online", f"robot/{name}", f"robot {name} is online")
+        if self.peers is not None:
+            self.peers.report(name, None)
+        if not link.online and self.leads():
+            await self._online(name, link)
         return link
+
+    async def _online(self, name: str, link: Link) -> None:
+        """The leader marks a robot online (stored, with its event)."""
+        link.online = True
+        row = self.robot(name)
+        row.state, row.last_seen = "online", utcnow()
+        await self.store.update_robot(name, state="online", last_seen=row.last_seen)
+        await self.bus.emit("robot.online", f"robot/{name}", f"robot {name} is online")
 
     async def telemetry(self, name: str, message: dict[str, Any], infer: bool = True) -> None:
         """A robot's report. With `infer`, standing on the marker it was sent to counts as
@@ -279,20 +330,84 @@ class FleetService:
         report = _telemetry(message)
         link = await self.seen(name)
         if row.map is not None:
-            marker, lane = report.get("marker"), report.get("lane")
-            if marker is not None:
-                self.dispatch.check_marker(row.map, marker)
-            if lane is not None:
-                self.dispatch.lane_of(row.map, lane[0], lane[1])
-            if marker is not None and self.dispatch.position(name, row.map) is None:
-                await self.dispatch.place(name, row.map, marker)
-            elif infer and marker is not None and self.dispatch.granted(name, row.map) == marker:
-                # it stands where it was sent and its checkpoint was lost (a corral restart
-                # between reading the checkpoint and saving it): take this as the checkpoint
-                await self.dispatch.checkpoint(name, row.map, marker)
+            try:
+                self._check_spot(row.map, report)
+            except CorralError:
+                if self.leads():
+                    raise
+                await self._read_maps()  # a follower's maps may be older than the leader's
+                self._check_spot(row.map, report)
+            if self.leads():
+                await self._whereabouts(name, row.map, report, infer)
         link.telemetry = {**report, "at": time.time()}
+        if self.peers is not None:
+            self.peers.report(name, link.telemetry, busy=not infer)
+
+    def _check_spot(self, map_name: str, report: dict[str, Any]) -> None:
+        marker, lane = report.get("marker"), report.get("lane")
+        if marker is not None:
+            self.dispatch.check_marker(map_name, marker)
+        if lane is not None:
+            self.dispatch.lane_of(map_name, lane[0], lane[1])
+
+    async def _whereabouts(
+        self, name: str, map_name: str, report: dict[str, Any], infer: bool
+    ) -> None:
+        """On the leader: a robot's first report places it; with `infer`, standing on the
+        marker it was sent to counts as its checkpoint."""
+        marker = report.get("marker")
+        if marker is None:
+            return
+        if self.dispatch.position(name, map_name) is None:
+            await self.dispatch.place(name, map_name, marker)
+        elif infer and self.dispatch.granted(name, map_name) == marker:
+            # it stands where it was sent and its checkpoint was lost (a corral restart
+            # between reading the checkpoint and saving it): take this as the checkpoint
+            await self.dispatch.checkpoint(name, map_name, marker)
+
+    async def heard_elsewhere(
+        self, name: str, telemetry: dict[str, Any] | None, busy: bool
+    ) -> None:
+        """On the leader: another replica heard this robot (and what it reported)."""
+        row = self.robots.get(name)
+        if row is None:
+            return
+        link = self.links.get(name)
+        if not link.online:
+            await self._online(name, link)
+        if telemetry is not None and row.map is not None and row.map in self.dispatch.traffic:
+            await self._whereabouts(name, row.map, telemetry, infer=not busy)
+
+    async def decide_here(self, name: str, kind: str, body: Any) -> None:
+        """On the leader: a checkpoint or an ack another replica passed on."""
+        if not self.leads():
+            raise StaleTerm("this replica does not lead")
+        if not isinstance(body, dict):
+            raise Invalid("a passed-on message is an object")
+        if kind == "checkpoint":
+            await self._checkpoint_here(name, body)
+        elif kind == "ack":
+            await self._ack_here(name, body.get("ids"), bool(body.get("known", True)))
+        else:
+            raise Invalid(f"unknown passed-on message {kind!r}")
 
     async def checkpoint(self, name: str, message: dict[str, Any]) -> None:
+        """Returns once the leader stored it (this replica, or the one it is passed to)."""
+        marker = message.get("marker")
+        if not isinstance(marker, str) or not marker:
+            raise Invalid("checkpoint needs a marker id", {"field": "marker"})
+        if self.peers is None:
+            await self._checkpoint_here(name, message)
+            return
+        body: dict[str, Any] = {k: message[k] for k in ("marker", "x", "y") if k in message}
+        if self.leads():
+            with contextlib.suppress(StaleTerm):  # else the lead ended under it: pass it on
+                await self._checkpoint_here(name, body)
+                return
+        await self.seen(name)
+        await self.peers.ask(name, "checkpoint", body)
+
+    async def _checkpoint_here(self, name: str, message: dict[str, Any]) -> None:
         row = self.robot(name)
         marker = message.get("marker")
         if not isinstance(marker, str) or not marker:
@@ -319,6 +434,23 @@ class FleetService:
         ):
             raise Invalid("ack ids must be a list of command ids", {"field": "ids"})
         ids = [int(i) for i in ids]  # JSON's 7.0 is the integer 7
+        if self.peers is None or not ids:
+            await self._ack_here(name, ids, known)
+            return
+        if self.leads():
+            with contextlib.suppress(StaleTerm):  # else the lead ended under it: pass it on
+                await self._ack_here(name, ids, known)
+                return
+        await self.seen(name)
+        for at in range(0, len(ids), MAX_ACKS):
+            chunk = ids[at : at + MAX_ACKS]
+            await self.peers.ask(name, "ack", {"ids": chunk, "known": known})
+
+    async def _ack_here(self, name: str, ids: Any, known: bool) -> None:
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_COMMAND_ID for i in ids
+        ):
+            raise Invalid("ack ids must be a list of command ids", {"field": "ids"})
         await self.seen(name)
         if ids and known:
             unknown = sorted(set(ids) - await self.store.known_commands(name, ids))
@@ -348,8 +480,36 @@ class FleetService:
         """Send stored commands to their robots' sockets and wake their long polls (not
         once this replica's lead has lapsed: the next leader delivers them)."""
         self.store.db.term.confirm()
+        elsewhere: list[tuple[str, dict[str, Any] | None]] = []
         for row in rows:
+            wire = _wire(row.id, row.kind, row.body)
+            if self.peers is not None and self.links.get(row.robot).channel is None:
+                elsewhere.append((row.robot, wire))  # its socket may be on another replica
+            await self.links.push(row.robot, wire)
+        if self.peers is not None and elsewhere:
+            self.peers.commands(elsewhere)
+
+    async def send_open(self, names: list[str]) -> None:
+        """Send these robots (held here) every command they have not acknowledged: what
+        the leader stored while this replica could not hear it."""
+        rows = await self.store.open_commands_of(names)
+        for row in sorted(rows, key=lambda c: (c.robot, c.kind != "estop", c.id)):
             await self.links.push(row.robot, _wire(row.id, row.kind, row.body))
+
+    def detach(self, name: str, channel: Any) -> None:
+        """A robot's socket here ended (the other replicas hear of it)."""
+        if self.links.detach(name, channel) and self.peers is not None:
+            self.peers.left(name)
+
+    async def cut_here(self, name: str, code: str, message: str, close: int) -> None:
+        """The leader cut a robot off (its credential rotated, or it was removed): close
+        its socket here, and read it again (its new key), or forget it."""
+        try:
+            await self.known(name, fresh=True)
+        except NotFound:
+            await self.links.forget(name)
+            return
+        await self.links.cut(name, code, message, close)
 
     async def broadcast(self, kind: str, payload: dict[str, Any], group: str | None) -> list[str]:
         body = _operator_body(kind, payload)
@@ -408,14 +568,16 @@ class FleetService:
 
     # ------------------------------------------------------------------ the watch
     async def run_monitor(self, stopping: asyncio.Event) -> None:
-        """Heartbeats (offline after silence), traffic retries, and task assignment, while
-        this replica leads. When it stops leading, its robots' sockets are closed with 1012
-        (service restart): they connect again and reach the new leader."""
-        try:
-            await self._watch(stopping)
-        finally:
-            for name in list(self.links.by_robot):
-                await self.links.cut(name, "not_leader", "this replica stopped leading", 1012)
+        """Heartbeats (offline after silence, wherever the robot is held), traffic retries,
+        and task assignment, while this replica leads. Its robots stay connected when it
+        stops leading: it holds them as any other replica does. A new leader first has
+        every holder send its robots' open commands again."""
+        if self.peers is not None:
+            self.peers.resend_all()
+            await self.send_open(
+                [n for n, link in self.links.by_robot.items() if link.channel or link.polls]
+            )
+        await self._watch(stopping)
 
     async def went_offline(
         self,

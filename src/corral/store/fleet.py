@@ -37,6 +37,11 @@ class FleetStore:
         async with self.db.session() as s:
             return list((await s.scalars(select(RobotRow).order_by(RobotRow.name))).all())
 
+    async def robot(self, name: str) -> RobotRow | None:
+        """One robot as stored now (a replica that did not register it reads it here)."""
+        async with self.db.session() as s:
+            return await s.get(RobotRow, name)
+
     async def update_robot(self, name: str, **values: Any) -> None:
         async with self.db.fenced() as s:
             await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
@@ -138,6 +143,16 @@ class FleetStore:
             )
             rows = list((await s.scalars(query)).all())
         return sorted(rows, key=lambda c: (c.kind != "estop", c.id))
+
+    async def open_commands_of(self, robots: list[str]) -> list[CommandRow]:
+        """Every unacknowledged command of these robots, by id (one query for many)."""
+        async with self.db.session() as s:
+            query = (
+                select(CommandRow)
+                .where(CommandRow.robot.in_(robots), CommandRow.acked_at.is_(None))
+                .order_by(CommandRow.id)
+            )
+            return list((await s.scalars(query)).all())
 
     async def commands(self, robot: str, limit: int = 100) -> list[CommandRow]:
         async with self.db.session() as s:

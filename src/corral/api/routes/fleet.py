@@ -370,7 +370,7 @@ async def _robot_caller(
     caller = await core.access.identify(credentials.credentials if credentials else None)
     if caller.role != "robot" or caller.subject != name:
         raise Forbidden(f"only robot {name}'s own token may use its channel", {"robot": name})
-    core.fleet.robot(name)
+    await core.fleet.known(name)
     return caller
 
 
@@ -474,11 +474,6 @@ async def robot_socket(websocket: WebSocket) -> None:
         return
     if caller.role != "robot":
         await refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
-        return
-    if not core.replicas.leading.is_set():
-        leader = await core.replicas.leader_url()
-        where = f"connect to the leader at {leader}" if leader else "no replica leads right now"
-        await refuse(websocket, "not_leader", f"this corral replica follows: {where}", 4503)
         return
     with contextlib.suppress(WebSocketDisconnect):
         await RobotSession(core, websocket, caller.subject).run()
