@@ -76,9 +76,7 @@ class ContainerStacks:
         self.bus = bus
         self.images = images
         self.start_requested: set[tuple[str, str]] = set()  # (stack, service) to start now
-        self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
-        self._backoff: dict[str, float] = {}  # next restart delay per container
-        self._started_at: dict[str, float] = {}
+        self._backoffs = _Backoff()
 
     async def check(self, name: str, spec: StackSpec, hosts: list[HostView]) -> list[str]:
         """Constraints no host meets, images no host has and nothing can build, networks
@@ -379,7 +377,7 @@ class ContainerStacks:
         stopped: bool,
     ) -> SlotState:
         if stopped and c.state in ("running", "restarting"):
-            self._act(c.name)
+            self._backoffs.expect(c.name)
             await self.hosts.call(driver.stop, c.id, plan.spec.stop_grace_s)
             return SlotState(plan.service, plan.replica, host, c.id, "stopped")
         if stopped:
@@ -387,23 +385,22 @@ class ContainerStacks:
         if c.state == "created":  # made ahead of its wave (or by a pass that was cut short)
             await self.hosts.call(driver.start, c.id)
             return SlotState(plan.service, plan.replica, host, c.id, "running")
+        why, data = "", {}
         if c.state in ("exited", "dead") and (work.name, plan.service) in self.start_requested:
-            await self.hosts.call(driver.start, c.id)
-            await self.bus.emit(
-                "container.started",
-                f"stack/{work.name}/{plan.service}",
-                f"{c.name} on {host} started by request",
-                {"container": c.name, "host": host},
+            kind, why = "container.started", "started by request"
+        elif c.state in ("exited", "dead") and _restarts(plan.spec, c):
+            kind = "container.restarted"
+            why = (
+                f"restarted (restart: {plan.spec.restart}) after it exited with code {c.exit_code}"
             )
-            return SlotState(plan.service, plan.replica, host, c.id, "running")
-        if c.state in ("exited", "dead") and _restarts(plan.spec, c):
+            data = {"exit_code": c.exit_code}
+        if why:
             await self.hosts.call(driver.start, c.id)
             await self.bus.emit(
-                "container.restarted",
+                kind,
                 f"stack/{work.name}/{plan.service}",
-                f"{c.name} on {host} restarted (restart: {plan.spec.restart}) after it "
-                f"exited with code {c.exit_code}",
-                {"container": c.name, "host": host, "exit_code": c.exit_code},
+                f"{c.name} on {host} {why}",
+                {"container": c.name, "host": host, **data},
             )
             return SlotState(plan.service, plan.replica, host, c.id, "running")
         return SlotState(
@@ -429,12 +426,8 @@ class ContainerStacks:
 
     async def remove(self, driver: HostDriver, c: ContainerInfo) -> None:
         """Remove a container, its death expected (no restart)."""
-        self._act(c.name)
+        self._backoffs.expect(c.name)
         await self.hosts.call(driver.remove, c.id)
-
-    def _act(self, container: str) -> None:
-        """Mark a container that corral is about to stop or remove: its death is expected."""
-        self._stopping[container] = time.monotonic() + 30
 
     async def _ensure_volumes(self, work: _Pass, host: str, spec: ServiceSpec) -> None:
         for mount in spec.volumes:
@@ -456,17 +449,10 @@ class ContainerStacks:
         stack, service, container = attrs.get(STACK), attrs.get(SERVICE), attrs.get("name", "")
         if not stack or action not in ("die", "start", "oom"):
             return None
-        expected = self._stopping.pop(container, 0) > time.monotonic()
+        expected = self._backoffs.expected(container)
         if action == "die" and not expected:
             code = attrs.get("exitCode", "?")
-            # Restart after a back-off, without holding up the other engines' events.
-            ran = time.monotonic() - self._started_at.get(container, 0.0)
-            delay = (
-                BACKOFF_START
-                if ran > STABLE_SECONDS
-                else self._backoff.get(container, BACKOFF_START)
-            )
-            self._backoff[container] = min(delay * 2, BACKOFF_MAX)
+            delay = self._backoffs.next_delay(container)
             await self.bus.emit(
                 "container.died",
                 f"stack/{stack}/{service}",
@@ -475,8 +461,39 @@ class ContainerStacks:
             )
             return delay
         if action == "start":
-            self._started_at[container] = time.monotonic()
+            self._backoffs.started(container)
         return 0.0
+
+
+class _Backoff:
+    """When to restart a container that died: 0.1 s after its death, doubling to 10 s while
+    it keeps dying within 10 s of its start; deaths corral caused (a stop, a removal) are
+    expected and not restarted."""
+
+    def __init__(self) -> None:
+        self._stopping: dict[str, float] = {}  # containers corral itself stops, until when
+        self._backoff: dict[str, float] = {}  # next restart delay per container
+        self._started_at: dict[str, float] = {}
+
+    def expect(self, container: str) -> None:
+        """Corral is about to stop or remove the container: its death is expected."""
+        self._stopping[container] = time.monotonic() + 30
+
+    def expected(self, container: str) -> bool:
+        """Whether the container's next event was expected (each expectation serves once)."""
+        return self._stopping.pop(container, 0) > time.monotonic()
+
+    def started(self, container: str) -> None:
+        self._started_at[container] = time.monotonic()
+
+    def next_delay(self, container: str) -> float:
+        """The delay before restarting a container that just died unexpectedly."""
+        ran = time.monotonic() - self._started_at.get(container, 0.0)
+        delay = (
+            BACKOFF_START if ran > STABLE_SECONDS else self._backoff.get(container, BACKOFF_START)
+        )
+        self._backoff[container] = min(delay * 2, BACKOFF_MAX)
+        return delay
 
 
 def _restarts(spec: ServiceSpec, c: ContainerInfo) -> bool:

@@ -367,6 +367,10 @@ class HostService:
         """The driver for a stored host (NotFound if there is none)."""
         return self.driver_for(await self.store.get(name))
 
+    async def drivers_up(self) -> dict[str, HostDriver]:
+        """The drivers of the hosts the monitor last found reachable, by host name."""
+        return {h.name: self.driver_for(h) for h in await self.views() if h.reachable}
+
     def driver_for(self, host: HostView) -> HostDriver:
         """The driver for a host already read from the store (no second read)."""
         return self._driver(spec_of(host))

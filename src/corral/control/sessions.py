@@ -321,13 +321,6 @@ class SessionService:
         stack = self._instantiate(spec, stored.params, stored.base_dir, session)
         return _Instance(stored, spec, stack)
 
-    async def _drivers(self) -> dict[str, HostDriver]:
-        out: dict[str, HostDriver] = {}
-        for host in await self.hosts.views():
-            if host.reachable:
-                out[host.name] = self.hosts.driver_for(host)
-        return out
-
     async def _start(self, session: str) -> None:
         started = time.monotonic()
         resource = f"session/{session}"
@@ -337,7 +330,7 @@ class SessionService:
                 return
             await self.bus.emit("session.starting", resource, f"session {session} starting")
             host = inst.stored.host
-            drivers = await self._drivers()
+            drivers = await self.hosts.drivers_up()
             if host not in drivers:
                 raise Unreachable(f"host {host} is unreachable")
             driver = drivers[host]
@@ -464,7 +457,7 @@ class SessionService:
             {"reason": reason},
         )
         stored = await self.store.get(session)
-        driver = await self._driver_if_up(stored.host)
+        driver = (await self.hosts.drivers_up()).get(stored.host) if stored.host else None
         if driver is not None:
 
             async def stop(on: HostDriver) -> None:
@@ -481,15 +474,6 @@ class SessionService:
             with contextlib.suppress(CorralError):  # a host cut off meanwhile included
                 await self.hosts.while_reachable(stored.host, stop(driver))
         return True
-
-    async def _driver_if_up(self, host: str) -> HostDriver | None:
-        """The host's driver when the monitor last found it reachable."""
-        if not host:
-            return None
-        for known in await self.hosts.views():
-            if known.name == host and known.reachable:
-                return self.hosts.driver_for(known)
-        return None
 
     async def cancel(self, session: str) -> SessionView:
         """Stop and remove a session now (DELETE); idempotent."""

@@ -59,7 +59,6 @@ class StackService:
         self.bus = bus
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
-        self.images = images
         # The engines' container events (control/engine_events.py), for run_engine_events.
         self._engine_events: asyncio.Queue[EventView] = asyncio.Queue()
         bus.watch(CONTAINER, self._engine_events.put_nowait)
