@@ -15,29 +15,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 import structlog
-from sqlalchemy import select, text, update
-from sqlalchemy.engine import make_url
 
 from corral.events import EventBus
 from corral.store.database import Database
 from corral.store.events import CHANNEL, EventStore
 from corral.store.leadership import LeaderTerm
-from corral.store.tables import LeadershipRow, ReplicaRow, utcnow
+from corral.store.replicas import (
+    Feed,
+    Leadership,
+    LockConnection,
+    Replica,
+    ReplicaStore,
+    Unreachable,
+)
+from corral.store.tables import utcnow
 from corral.waits import pause
 
 log = structlog.get_logger("corral.replicas")
-LOCK_KEY = 0x636F7272616C  # "corral": one advisory lock per database
 LAST_WRITES_WAIT = 1.0  # seconds a new term waits for a handed-back term's writes to end
 Lead = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 TakeOver = Callable[[], Coroutine[Any, Any, None]]
-
-
-def asyncpg_dsn(database: Database) -> str:
-    """The SQLAlchemy URL as a plain postgresql:// DSN for asyncpg."""
-    url = make_url(database.url.render_as_string(hide_password=False))
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
@@ -69,14 +67,6 @@ class Timing:
         return self.lease + self.poll / 2
 
 
-@dataclass(frozen=True)
-class Leadership:
-    """Who holds the current term (empty when its holder handed it back)."""
-
-    term: int
-    holder: str
-
-
 class Replicas:
     def __init__(
         self,
@@ -88,6 +78,7 @@ class Replicas:
         poll_seconds: float,
     ) -> None:
         self.db = db
+        self.store = ReplicaStore(db)
         self.events = events
         self.bus = bus
         self.id = replica_id
@@ -115,20 +106,11 @@ class Replicas:
     async def leader_url(self) -> str | None:
         """Where the leader answers (None when no replica leads right now)."""
         fresh = utcnow() - timedelta(seconds=max(5.0, self.timing.poll * 5))
-        async with self.db.session() as s:
-            row = await s.scalar(
-                select(ReplicaRow)
-                .join(LeadershipRow, LeadershipRow.holder == ReplicaRow.id)
-                .where(ReplicaRow.seen_at > fresh)
-            )
-            return row.url if row is not None else None
+        return await self.store.leader_url(fresh)
 
-    async def replicas(self) -> tuple[list[ReplicaRow], Leadership]:
+    async def replicas(self) -> tuple[list[Replica], Leadership]:
         """Every replica, and the current term with its holder."""
-        async with self.db.session() as s:
-            rows = list((await s.scalars(select(ReplicaRow).order_by(ReplicaRow.id))).all())
-            lead = await s.get(LeadershipRow, 1)
-        return rows, Leadership(lead.term, lead.holder) if lead else Leadership(0, "")
+        return await self.store.all()
 
     async def begin(self) -> None:
         """On SQLite, take this start's term and lead from now on: before the API serves,
@@ -136,8 +118,7 @@ class Replicas:
         the election in `run` takes the term."""
         if self.shared:
             return
-        async with self.db.session() as s:
-            term = await self.term.take(s, self.id)
+        term = await self.store.take_term(self.id)
         self.term.hold(term)
         self.leading.set()
         await self._announce(term, utcnow())
@@ -171,39 +152,24 @@ class Replicas:
     async def _campaign(
         self, stopping: asyncio.Event, lead: Lead, take_over: TakeOver | None
     ) -> None:
-        conn = await asyncio.wait_for(
-            asyncpg.connect(
-                asyncpg_dsn(self.db), server_settings={"application_name": f"corral-lock-{self.id}"}
-            ),
-            timeout=self.timing.lease * 2,
-        )
+        conn = await LockConnection.open(self.db, self.id, limit=self.timing.lease * 2)
         try:
-            await self._wait_for_lock(conn, stopping)
+            await conn.wait_for_lock(self.timing.lease, stopping)
             if stopping.is_set():
                 return
             cut = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: cut.set())
+            conn.on_cut(cut)
             handed_back = await self._handed_back(stopping, cut)
             if stopping.is_set() or cut.is_set():
                 return
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
+            await conn.confirm(limit=self.timing.lease)
             # A term handed back had its writes end before; one waited out belongs to a
             # leader that is frozen or cut off, whose open writes are ended sooner.
             patience = LAST_WRITES_WAIT if handed_back else self.timing.check
-            async with self.db.session() as s:
-                pid = await s.scalar(text("SELECT pg_backend_pid()"))
-                taken = asyncio.Event()
-                ender = asyncio.create_task(
-                    self._end_last_term_writes(conn, int(pid or 0), taken, patience)
-                )
-                try:
-                    term = await self.term.take(s, self.id)
-                finally:
-                    taken.set()  # the ender's query ends on its own: `conn` stays usable
-                    await asyncio.gather(ender, return_exceptions=True)
+            term = await self.store.take_term_fenced(self.id, conn, patience)
             # The lease runs from a confirmation after the take (which may have waited).
             began = time.monotonic()
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.timing.lease)
+            await conn.confirm(limit=self.timing.lease)
             self.term.hold(term, began + self.timing.lease)
             self._deposed.clear()
             await self._lead(conn, cut, term, utcnow(), stopping, lead, take_over)
@@ -213,7 +179,7 @@ class Replicas:
 
     async def _lead(
         self,
-        conn: asyncpg.Connection,
+        conn: LockConnection,
         cut: asyncio.Event,
         term: int,
         taken: datetime,
@@ -256,7 +222,7 @@ class Replicas:
                     await work
             await self._hand_back(term, why, stopped)
 
-    async def _confirm(self, conn: asyncpg.Connection, cut: asyncio.Event) -> str:
+    async def _confirm(self, conn: LockConnection, cut: asyncio.Event) -> str:
         """Confirm the lock every check period, each success extending the lease; the
         reason, once it cannot be confirmed before the lease ends or the term is over."""
         while True:
@@ -269,7 +235,7 @@ class Replicas:
             if left <= 0:
                 return "its lease lapsed"
             try:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=left)
+                await conn.confirm(limit=left)
             except TimeoutError:
                 return f"its lock was not confirmed within its lease ({self.timing.lease:g} s)"
             except Exception as exc:  # the lock is in doubt
@@ -277,28 +243,13 @@ class Replicas:
             self.term.extend(began + self.timing.lease)
             await pause(self.timing.check, cut, self._deposed)
 
-    async def _wait_for_lock(self, conn: asyncpg.Connection, stopping: asyncio.Event) -> None:
-        """Wait on the leader's lock until this replica holds it (or stops): PostgreSQL
-        grants it the moment the holder's session frees it. The wait is cut every lease
-        (`lock_timeout`) and asked again, so a stop or a dead connection is noticed."""
-        await conn.execute(f"SET lock_timeout = {int(self.timing.lease * 1000)}")
-        while not stopping.is_set():
-            try:
-                await asyncio.wait_for(
-                    conn.fetchval("SELECT pg_advisory_lock($1)", LOCK_KEY),
-                    timeout=self.timing.lease * 2,
-                )
-                return
-            except asyncpg.LockNotAvailableError:
-                continue  # another replica leads: wait again
-
     async def _handed_back(self, stopping: asyncio.Event, cut: asyncio.Event) -> bool:
         """Just won the lock: whether the last term was handed back. When its holder did
         not hand it back, it stops itself within its lease of losing the lock: wait that
         out (`takeover`), or until it hands the term back meanwhile."""
         deadline = time.monotonic() + self.timing.takeover
         while True:
-            last = await self._leadership()
+            last = await self.store.leadership()
             if last.holder in ("", self.id):
                 return True
             left = deadline - time.monotonic()
@@ -306,31 +257,9 @@ class Replicas:
                 return False
             await pause(min(left, self.timing.check), stopping, cut)
 
-    async def _end_last_term_writes(
-        self, conn: asyncpg.Connection, waiter: int, taken: asyncio.Event, patience: float
-    ) -> None:
-        """Taking a term waits for the transactions that proved the last one. One still
-        open after `patience` belongs to a leader that is frozen (SIGSTOP, a paused VM) or
-        cut off: its session is ended, so its write never happens and the term is taken."""
-        while True:
-            await pause(patience, taken)
-            if taken.is_set():
-                return
-            ended = await conn.fetchval(
-                "SELECT count(pg_terminate_backend(p)) FROM unnest(pg_blocking_pids($1)) AS p",
-                waiter,
-            )
-            if ended:
-                log.warning("ended the last term's open writes", sessions=ended)
-
     def _stale(self, why: str) -> None:
         log.warning("a leader-only write found this replica's term over", why=why)
         self._deposed.set()
-
-    async def _leadership(self) -> Leadership:
-        async with self.db.session() as s:
-            row = await s.get(LeadershipRow, 1)
-            return Leadership(row.term, row.holder) if row else Leadership(0, "")
 
     async def _announce(self, term: int, taken: datetime) -> None:
         with contextlib.suppress(Exception):
@@ -344,12 +273,7 @@ class Replicas:
     async def _hand_back(self, term: int, why: str, stopped: datetime) -> None:
         """Say the term is over (a successor then need not wait out a lease)."""
         with contextlib.suppress(Exception):
-            async with self.db.session() as s:
-                await s.execute(
-                    update(LeadershipRow)
-                    .where(LeadershipRow.term == term, LeadershipRow.holder == self.id)
-                    .values(holder="")
-                )
+            await self.store.hand_back(term, self.id)
         with contextlib.suppress(Exception):
             await self.bus.emit(
                 "replica.stepped_down",
@@ -362,43 +286,29 @@ class Replicas:
         """Say this replica is alive (and where); never whether it leads."""
         while not stopping.is_set():
             try:
-                async with self.db.session() as s:
-                    now = utcnow()
-                    row = await s.get(ReplicaRow, self.id)
-                    if row is None:
-                        s.add(ReplicaRow(id=self.id, url=self.url, started_at=now, seen_at=now))
-                    else:
-                        row.seen_at = now
+                await self.store.beat(self.id, self.url)
             except Exception as exc:  # try again next period
                 log.info("replica heartbeat failed", error=repr(exc))
             await pause(self.timing.poll, stopping)
 
     async def _unregister(self) -> None:
         with contextlib.suppress(Exception):
-            async with self.db.session() as s:
-                row = await s.get(ReplicaRow, self.id)
-                if row is not None:
-                    await s.delete(row)
+            await self.store.unregister(self.id)
 
     async def _feed(self, stopping: asyncio.Event) -> None:
         """LISTEN for other replicas' events and pass them to this replica's streams."""
         while not stopping.is_set():
-            queue: asyncio.Queue[str] = asyncio.Queue()
-            heard = _listener(queue)
-
             try:
-                conn = await asyncio.wait_for(
-                    asyncpg.connect(asyncpg_dsn(self.db)), self.timing.poll * 5
-                )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                conn = await Feed.open(self.db, self.timing.poll * 5)
+            except Unreachable as exc:
                 log.warning("event feed: database unreachable", error=str(exc))
                 await asyncio.sleep(self.timing.poll)
                 continue
             try:
-                await conn.add_listener(CHANNEL, heard)
+                await conn.listen(CHANNEL)
                 while not stopping.is_set() and not conn.is_closed():
                     try:
-                        payload = await asyncio.wait_for(queue.get(), timeout=self.timing.poll)
+                        payload = await asyncio.wait_for(conn.queue.get(), timeout=self.timing.poll)
                     except TimeoutError:
                         continue
                     origin, _, ids = payload.partition(":")
@@ -412,10 +322,3 @@ class Replicas:
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()
-
-
-def _listener(queue: "asyncio.Queue[str]") -> Callable[[Any, int, str, str], None]:
-    def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        queue.put_nowait(payload)
-
-    return heard
