@@ -44,10 +44,19 @@ warning), so the load generator never shares its GIL. In one run:
      long corral's event loop takes to answer a request that does nothing); and the load
      generator's event-loop lag (how late a 50 ms sleep wakes up): did it keep up.
 
+3. **Replicas** (`--replicas 1,2`): each size again with one and then two `corral serve`
+   on a private PostgreSQL (a fresh cluster per run, fsync off), the robots spread over
+   the replicas in turn (robot i on replica i mod k), the probe robot on the last replica
+   (one that does not lead), the operator's commands and the reads sent to the first (the
+   leader). corral's CPU is the sum over the replicas (each one's share printed too), RSS
+   the sum; PostgreSQL's CPU is in "others". `--replicas 0` (the default) is one corral on
+   SQLite, as before.
+
 Run (about 5-6 minutes with the defaults, 2 of them registering the 1,750 robots):
     .venv/bin/python bench/fleet.py
     .venv/bin/python bench/fleet.py --robots 250,500,1000 --seconds 30 --commands 200
     .venv/bin/python bench/fleet.py --no-missions       # telemetry only
+    .venv/bin/python bench/fleet.py --robots 1000 --replicas 1,2 --no-unloaded
 """
 
 from __future__ import annotations
@@ -80,7 +89,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.server import ADMIN, ServeProcess  # noqa: E402
+from tests.support.postgres import PrivatePostgres  # noqa: E402
+from tests.support.server import ADMIN, ServeProcess, wait_until  # noqa: E402
 
 from corral import __version__  # noqa: E402
 from corral.model.fleet_map import grid_map  # noqa: E402
@@ -343,9 +353,15 @@ Robot = WsRobot | HttpLongRobot | HttpPollRobot
 def send(api: httpx.Client, robot: Robot, seq: int) -> tuple[int, float, float]:
     """One custom command: (its id, wall clock just before the POST, delivery ms)."""
     sent_wall, sent = time.time(), time.perf_counter()
-    answer = api.post(
-        f"/fleet/robots/{robot.name}/commands", json={"kind": "custom", "payload": {"seq": seq}}
-    )
+    deadline = sent + 30
+    while True:  # 503: no replica leads for a moment (a leader stalled past its lease)
+        answer = api.post(
+            f"/fleet/robots/{robot.name}/commands",
+            json={"kind": "custom", "payload": {"seq": seq}},
+        )
+        if answer.status_code != 503 or time.perf_counter() > deadline:
+            break
+        time.sleep(0.05)
     answer.raise_for_status()
     delivered = robot.handled.wait(seq)
     return answer.json()["id"], sent_wall, (delivered - sent) * 1000
@@ -391,14 +407,33 @@ class Samples:
             self.sent = {}
 
 
-def start_corral(home: Path) -> ServeProcess:
+def start_corral(home: Path, database: str | None = None) -> ServeProcess:
     env = {
         "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
         "CORRAL_LOCAL_DOCKER_URL": "",
         "CORRAL_MDNS_ENABLED": "false",
         "CORRAL_LOG_LEVEL": "warning",
     }
+    if database is not None:
+        # P = 2 s: a replica of a loaded 2-core machine must not step down (docs/replicas.md)
+        env |= {"CORRAL_DATABASE_URL": database, "CORRAL_REPLICA_POLL_SECONDS": "2.0"}
     return ServeProcess(home, env).start()
+
+
+def start_replicas(home: Path, count: int, database: str) -> list[ServeProcess]:
+    """`count` corral replicas on one PostgreSQL; the first leads (it started alone)."""
+    first = start_corral(home / "r0", database)
+    servers = [first]
+    with httpx.Client(base_url=first.url, headers=HEADERS, timeout=30) as api:
+
+        def leads() -> bool:
+            return any(r["leader"] for r in api.get("/replicas").json())
+
+        wait_until(leads, "the first replica leads", 60)
+        for i in range(1, count):
+            servers.append(start_corral(home / f"r{i}", database))
+        wait_until(lambda: len(api.get("/replicas").json()) == count, "all replicas up", 60)
+    return servers
 
 
 def register(api: httpx.Client, name: str, **extra: Any) -> str:
@@ -561,6 +596,7 @@ async def _load(url: str, n: int, options: dict[str, Any], conn: Connection) -> 
         record=record,
         connect_timeout=240,
         seed=options["seed"],
+        **({"spread": options["spread"]} if options["spread"] else {}),
     )
     connect = time.perf_counter() - started
     rng = random.Random(options["seed"])
@@ -672,6 +708,8 @@ class Loaded:
     """What one fleet size measured (rates per second over the window)."""
 
     n: int
+    replicas: int = 0  # 0: one corral on SQLite; k: k replicas on PostgreSQL
+    per_replica: list[float] = field(default_factory=list)  # CPU % of each
     load: float = 0.0  # the machine's load average when the window opened
     connect: float = 0.0
     connected: int = 0
@@ -692,6 +730,7 @@ class Loaded:
     errors: int = 0
     reconnects: int = 0
     waits: int = 0
+    stepdowns: int = 0  # leaders that stepped down during the run (replicas only)
     ages: list[float] = field(default_factory=list)
     list_ms: list[float] = field(default_factory=list)
     healthz: list[float] = field(default_factory=list)
@@ -723,7 +762,8 @@ class Sampler(threading.Thread):
 
     def read(self) -> tuple[float, dict[str, int]]:
         asked = time.perf_counter()
-        robots = self.api.get("/fleet/robots").json()
+        answer = self.api.get("/fleet/robots")
+        robots = answer.json() if answer.status_code == 200 else []  # 503: between leaders
         now = time.time()
         self.out.list_ms.append((time.perf_counter() - asked) * 1000)
         for robot in robots:
@@ -745,14 +785,27 @@ class Sampler(threading.Thread):
         self.out.handled = sum(last[r] - first[r] for r in first if r in last) / (t1 - t0)
 
 
-def loaded(n: int, args: argparse.Namespace) -> Loaded:
-    """Part 2 for one N: a fresh corral, N simulated robots in a second process, a probe."""
-    out = Loaded(n)
+def total_cpu(pids: list[int]) -> list[float]:
+    return [cpu_seconds(pid) for pid in pids]
+
+
+def loaded(n: int, args: argparse.Namespace, replicas: int = 0) -> Loaded:
+    """Part 2 for one N: a fresh corral (or `replicas` of them on a fresh PostgreSQL, the
+    robots spread over them in turn), N simulated robots in a second process, a probe (on
+    the last replica: one that does not lead)."""
+    out = Loaded(n, replicas)
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as home:
-        serve = start_corral(Path(home))
-        assert serve.proc is not None
-        pid = serve.proc.pid
+    with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
+        if replicas:
+            pg = PrivatePostgres().start()
+            stack.callback(pg.stop)
+            servers = start_replicas(Path(home), replicas, pg.url)
+        else:
+            servers = [start_corral(Path(home))]
+        for server in servers:
+            stack.callback(server.stop)
+        serve = servers[0]
+        pids = [s.proc.pid for s in servers if s.proc is not None]
         probe: WsRobot | None = None
         worker = None
         parent, child = ctx.Pipe()
@@ -760,12 +813,13 @@ def loaded(n: int, args: argparse.Namespace) -> Loaded:
             with httpx.Client(base_url=serve.url, headers=HEADERS, timeout=120) as api:
                 fmap = grid_map(MAP, COLUMNS, ROWS).as_dict()
                 api.post("/fleet/maps", json=fmap).raise_for_status()
-                probe = WsRobot(serve.url, "probe", register(api, "probe")).start()
+                probe = WsRobot(servers[-1].url, "probe", register(api, "probe")).start()
                 options = {
                     "speed": args.speed,
                     "rate": args.rate,
                     "seed": args.seed,
                     "missions": not args.no_missions,
+                    "spread": [s.url for s in servers[1:]],
                 }
                 worker = ctx.Process(target=load_worker, args=(serve.url, n, options, child))
                 worker.start()
@@ -778,7 +832,7 @@ def loaded(n: int, args: argparse.Namespace) -> Loaded:
                 first = receive(parent, "counts", 60)
                 sampler = Sampler(serve.url, out)
                 pinger = Pinger(serve.url, out.healthz)
-                wall, cpu, load_cpu = time.monotonic(), cpu_seconds(pid), cpu_seconds(load_pid)
+                wall, cpus, load_cpu = time.monotonic(), total_cpu(pids), cpu_seconds(load_pid)
                 bench_cpu, busy = cpu_seconds("self"), machine_jiffies()
                 sampler.start()
                 pinger.start()
@@ -795,13 +849,18 @@ def loaded(n: int, args: argparse.Namespace) -> Loaded:
                 parent.send("snapshot")
                 last = receive(parent, "counts", 60)
                 out.seconds = time.monotonic() - wall
-                out.corral_cpu = (cpu_seconds(pid) - cpu) / out.seconds * 100
+                out.per_replica = [
+                    (after - before) / out.seconds * 100
+                    for before, after in zip(cpus, total_cpu(pids), strict=True)
+                ]
+                out.corral_cpu = sum(out.per_replica)
                 out.load_cpu = (cpu_seconds(load_pid) - load_cpu) / out.seconds * 100
                 out.bench_cpu = (cpu_seconds("self") - bench_cpu) / out.seconds * 100
                 now = machine_jiffies()
                 share = (now[0] - busy[0]) / max(1, now[1] - busy[1])
                 out.machine = share * (os.cpu_count() or 1) * 100
-                out.rss, out.hwm = memory_mb(pid)
+                memory = [memory_mb(p) for p in pids]
+                out.rss, out.hwm = sum(m[0] for m in memory), sum(m[1] for m in memory)
                 sampler.stop()
                 pinger.stop()
                 out.probe.flush(api, probe)
@@ -815,6 +874,13 @@ def loaded(n: int, args: argparse.Namespace) -> Loaded:
                 out.reconnects = last["reconnects"]
                 out.lags = last["lags"]
                 out.waits = len(api.get(f"/fleet/maps/{MAP}/traffic").json()["waits"])
+                if replicas:
+                    downs = api.get("/events", params={"kind": "replica.stepped_down"})
+                    out.stepdowns = len(downs.json())
+        except Exception:
+            for server in servers:
+                print(f"--- {server.url}:\n{server.output()[-3000:]}", file=sys.stderr)
+            raise
         finally:
             if worker is not None:
                 with contextlib.suppress(Exception):
@@ -825,7 +891,6 @@ def loaded(n: int, args: argparse.Namespace) -> Loaded:
                     worker.kill()
             if probe is not None:
                 probe.stop()
-            serve.stop()
     return out
 
 
@@ -871,22 +936,27 @@ def print_unloaded(results: dict[str, Samples]) -> None:
         )
 
 
+def tag(r: Loaded) -> str:
+    """A row's label: robots, and replicas on PostgreSQL (none: one corral on SQLite)."""
+    return f"{r.n}/{r.replicas}r" if r.replicas else str(r.n)
+
+
 def print_loaded(rows: list[Loaded], base: Samples, idle: float, idle_healthz: list[float]) -> None:
     print(f"2a. CPU (% of one core) and memory; corral idle (no robot): {idle:.1f}% CPU")
     print(
-        f"{'robots':>6} {'connect s':>9} {'corral CPU':>10} {'RSS MB':>6} {'peak':>5} "
+        f"{'robots':>8} {'connect s':>9} {'corral CPU':>10} {'RSS MB':>6} {'peak':>5} "
         f"{'loadgen CPU':>11} {'bench CPU':>9} {'others':>6} {'machine':>7} {'load avg':>8}"
     )
     for r in rows:
         others = r.machine - r.corral_cpu - r.load_cpu - r.bench_cpu
         print(
-            f"{r.n:6} {r.connect:9.1f} {r.corral_cpu:10.0f} {r.rss:6.0f} {r.hwm:5.0f} "
+            f"{tag(r):>8} {r.connect:9.1f} {r.corral_cpu:10.0f} {r.rss:6.0f} {r.hwm:5.0f} "
             f"{r.load_cpu:11.0f} {r.bench_cpu:9.0f} {others:6.0f} {r.machine:7.0f} {r.load:8.2f}"
         )
     print()
     print("2b. telemetry (per second) and its age in corral's view (ms); missions")
     print(
-        f"{'robots':>6} {'target':>6} {'sent':>6} {'handled':>7} {'handled/sent':>12} "
+        f"{'robots':>8} {'target':>6} {'sent':>6} {'handled':>7} {'handled/sent':>12} "
         f"{'age p50':>7} {'p99':>6} {'>1 s':>5} {'moves':>6} {'chkpts':>6} {'done':>5} "
         f"{'waiting':>7} {'loadgen lag p99':>15}"
     )
@@ -895,7 +965,7 @@ def print_loaded(rows: list[Loaded], base: Samples, idle: float, idle_healthz: l
         stale = sum(a > 1000 for a in r.ages) / max(1, len(r.ages)) * 100
         kept = r.handled / max(1.0, r.sent)
         print(
-            f"{r.n:6} {target:6} {r.sent:6.0f} {r.handled:7.0f} {kept:12.2f} "
+            f"{tag(r):>8} {target:6} {r.sent:6.0f} {r.handled:7.0f} {kept:12.2f} "
             f"{pct(r.ages, 0.5):7.0f} {pct(r.ages, 0.99):6.0f} {stale:4.0f}% {r.commands:6.1f} "
             f"{r.checkpoints:6.1f} {r.arrived:5} {r.waits:7} {pct(r.lags, 0.99):15.0f}"
         )
@@ -903,16 +973,15 @@ def print_loaded(rows: list[Loaded], base: Samples, idle: float, idle_healthz: l
     print("2c. command round trip of a WebSocket probe robot during the load (ms), and")
     print("    GET /healthz every 0.25 s (corral's event loop: a request that does nothing)")
     print(
-        f"{'robots':>6} {'delivery p50':>12} {'p95':>6} {'p99':>6}  {'trip p50':>8} {'p95':>6} "
+        f"{'robots':>8} {'delivery p50':>12} {'p95':>6} {'p99':>6}  {'trip p50':>8} {'p95':>6} "
         f"{'p99':>6} {'n':>4}  {'p99 / unloaded: delivery':>24} {'trip':>6}  "
         f"{'healthz p50':>11} {'p99':>6}"
     )
-    rows_with_base = [(0, base, idle_healthz), *((r.n, r.probe, r.healthz) for r in rows)]
-    for n, s, healthz in rows_with_base:
+    rows_with_base = [("none", base, idle_healthz), *((tag(r), r.probe, r.healthz) for r in rows)]
+    for label, s, healthz in rows_with_base:
         d, t = triple(s.delivery), triple(s.trip)
-        label = "none" if n == 0 else str(n)
         print(
-            f"{label:>6} {d[0]:12.1f} {d[1]:6.1f} {d[2]:6.1f}  {t[0]:8.1f} {t[1]:6.1f} "
+            f"{label:>8} {d[0]:12.1f} {d[1]:6.1f} {d[2]:6.1f}  {t[0]:8.1f} {t[1]:6.1f} "
             f"{t[2]:6.1f} {len(s.trip):4}  {ratio(d[2], pct(base.delivery, 0.99)):>24} "
             f"{ratio(t[2], pct(base.trip, 0.99)):>6}  {pct(healthz, 0.5):11.1f} "
             f"{pct(healthz, 0.99):6.1f}"
@@ -920,10 +989,11 @@ def print_loaded(rows: list[Loaded], base: Samples, idle: float, idle_healthz: l
     print()
     for r in rows:
         print(
-            f"{r.n} robots: {r.connected}/{r.n} connected after {r.connect:.1f} s (registration "
+            f"{tag(r)} robots: {r.connected}/{r.n} connected after {r.connect:.1f} s (registration "
             f"included); {r.reconnects} reconnects; {r.missions} missions started and "
             f"{r.arrived} done in the window, {r.refused} refused (409) and retried, "
-            f"{r.errors} errors; GET /fleet/robots took {pct(r.list_ms, 0.5):.0f} ms (median)"
+            f"{r.errors} errors; {r.stepdowns} leader step-downs; GET /fleet/robots took "
+            f"{pct(r.list_ms, 0.5):.0f} ms (median)"
         )
 
 
@@ -939,6 +1009,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="telemetry per second")
     parser.add_argument("--no-missions", action="store_true", help="telemetry only")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--replicas",
+        default="0",
+        help="corral processes per size, comma-separated: 0 is one on SQLite, k is k replicas "
+        "on a private PostgreSQL (robots spread over them in turn), e.g. 1,2",
+    )
+    parser.add_argument("--no-unloaded", action="store_true", help="skip part 1")
     args = parser.parse_args()
     sizes = [int(x) for x in args.robots.split(",") if x.strip()]
     started = time.monotonic()
@@ -951,18 +1028,25 @@ def main() -> None:
     print(versions())
     print()
     print(f"1. command round trip, unloaded corral, {args.commands} commands per robot (ms)")
-    base, idle, idle_healthz = unloaded(args.commands)
-    print_unloaded(base)
+    if args.no_unloaded:
+        base, idle, idle_healthz = {k: Samples() for k in TRANSPORTS}, float("nan"), []
+    else:
+        base, idle, idle_healthz = unloaded(args.commands)
+        print_unloaded(base)
     print(flush=True)
     rows = []
     for n in sizes:
-        rows.append(loaded(n, args))
-        r = rows[-1]
-        print(
-            f"  [{n} robots done: corral {r.corral_cpu:.0f}% CPU, {r.handled:.0f} telemetry/s "
-            f"handled, probe trip p99 {pct(r.probe.trip, 0.99):.1f} ms]",
-            flush=True,
-        )
+        for replicas in [int(x) for x in args.replicas.split(",") if x.strip()]:
+            rows.append(loaded(n, args, replicas))
+            r = rows[-1]
+            print(
+                f"  [{tag(r)} robots done: corral {r.corral_cpu:.0f}% CPU "
+                f"({' + '.join(f'{c:.0f}' for c in r.per_replica)}), load generator "
+                f"{r.load_cpu:.0f}%, {r.handled:.0f} telemetry/s handled, probe trip p99 "
+                f"{pct(r.probe.trip, 0.99):.1f} ms, age p99 {pct(r.ages, 0.99):.0f} ms, load "
+                f"average {r.load:.2f}]",
+                flush=True,
+            )
     print()
     missions = "no missions" if args.no_missions else f"half on missions at {args.speed:g} m/s"
     print(

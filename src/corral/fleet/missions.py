@@ -69,16 +69,29 @@ class Dispatcher:
         self._blocked_said: dict[int, tuple[int, str]] = {}
 
     async def load(self) -> None:
+        """Everything as stored (a replica taking the lead): read first, then replaced at
+        once, so no reader sees a half-read fleet."""
         self.journal.forget()  # what this process decided in an earlier term is void
-        self.maps, self.traffic, self.active = {}, {}, {}
+        maps, traffic = await self._read()
+        active = {m.robot: m for m in await self.store.missions("active", limit=None)}
+        self.maps, self.traffic, self.active = maps, traffic, active
+
+    async def read_maps(self) -> None:
+        """The maps as stored, for a replica that does not lead (it checks reports against
+        them); its traffic, missions and journal are left as they are."""
+        maps, traffic = await self._read()
+        for name, table in traffic.items():
+            self.traffic.setdefault(name, table)
+        self.maps = maps
+
+    async def _read(self) -> tuple[dict[str, FleetMap], dict[str, Traffic]]:
+        maps: dict[str, FleetMap] = {}
+        traffic: dict[str, Traffic] = {}
         for row in await self.store.maps():
             fmap = parse_map(row.doc, f"map {row.name}")
-            self.maps[row.name] = fmap
-            self.traffic[row.name] = (
-                Traffic.restore(fmap, row.traffic) if row.traffic else Traffic(fmap)
-            )
-        for mission in await self.store.missions("active", limit=None):  # every one
-            self.active[mission.robot] = mission
+            maps[row.name] = fmap
+            traffic[row.name] = Traffic.restore(fmap, row.traffic) if row.traffic else Traffic(fmap)
+        return maps, traffic
 
     # ------------------------------------------------------------------ maps
     async def put_map(self, data: Any, source: str) -> tuple[FleetMap, bool]:

@@ -7,8 +7,10 @@ LISTEN/NOTIFY (store/wire.py), and what the leader decides comes back to the hol
 - down (`corral_fleet_down`): the leader's answers, its stored commands for robots it does
   not hold (the holder sends them), cut sockets, and "send every open command" after a
   leader change or a lost listener;
-- positions (`corral_fleet_positions`): every 200 ms each replica's latest telemetry and who
-  it heard, so every replica (the leader first: heartbeats, arrivals) sees every robot.
+- positions (`corral_fleet_positions`): every 100 ms each follower's latest telemetry and
+  who it heard, so the leader (heartbeats, arrivals, reads) sees every robot; a report the
+  same as the last one sent (a robot standing still) goes as its time alone. Every replica
+  (the leader too) lists the robots it holds every second.
 
 FleetService owns one on PostgreSQL (none on SQLite: one process holds everything).
 """
@@ -30,9 +32,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("corral.fleet.peers")
 UP, DOWN, POSITIONS = "corral_fleet_up", "corral_fleet_down", "corral_fleet_positions"
-BATCH_SECONDS = 0.2  # positions are published this often
-HELD_EVERY = 5  # batches: the full list of robots held here goes out this often
-ASK_TIMEOUT = 2.0  # seconds an ask waits for the leader before asking again
+BATCH_SECONDS = 0.1  # positions are published this often
+HELD_EVERY = 10  # batches: the list of robots held here, and every report in full
+ASK_TIMEOUT = 3.0  # seconds an ask waits for the leader before sending it again
 ASK_PATIENCE = 30.0  # seconds an ask keeps trying before it fails (no replica leads)
 MAX_ACKS = 400  # command ids per ask (a payload stays under PostgreSQL's limit)
 
@@ -73,6 +75,7 @@ class Peers:
         self.asked: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
         self.reports: dict[str, list[Any]] = {}  # robot -> [telemetry | None, heard_at, busy]
         self.gone: set[str] = set()  # robots whose socket or poll ended here since the last batch
+        self.sent: dict[str, dict[str, Any]] = {}  # robot -> the last report published
         self.decide: asyncio.Queue[tuple[str, dict[str, Any] | None, bool]] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -97,29 +100,34 @@ class Peers:
         until a leader answers."""
         deadline = time.monotonic() + ASK_PATIENCE
         loop = asyncio.get_running_loop()
-        while True:
-            number = next(self.numbers)
-            future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-            self.asked[number] = future
-            message = {"f": self.replica, "n": number, "r": robot, "k": kind, "b": body}
-            self.wire.send(UP, json.dumps(message, separators=(",", ":")))
-            try:
-                answer = await asyncio.wait_for(future, ASK_TIMEOUT)
-            except TimeoutError:
-                answer = None
-            finally:
-                self.asked.pop(number, None)
-            if answer is not None:
-                error = answer.get("e")
-                if error is None:
-                    return
-                if error.get("code") != "not_leader":
-                    raise Remote(error)
-            if time.monotonic() > deadline:
-                raise Unreachable(
-                    f"no replica leads to take robot {robot}'s {kind}; it was not stored"
-                )
-            await asyncio.sleep(0.1)
+        number = next(self.numbers)
+        message = {"f": self.replica, "n": number, "r": robot, "k": kind, "b": body}
+        text = json.dumps(message, separators=(",", ":"))
+        try:
+            while True:
+                future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+                self.asked[number] = future
+                self.wire.send(UP, text)
+                try:
+                    # A slow leader's answer to the first sending still counts: the same
+                    # number is sent again, never a new one.
+                    answer = await asyncio.wait_for(asyncio.shield(future), ASK_TIMEOUT)
+                except TimeoutError:
+                    answer = None
+                if answer is not None:
+                    error = answer.get("e")
+                    if error is None:
+                        return
+                    if error.get("code") != "not_leader":
+                        raise Remote(error)
+                if time.monotonic() > deadline:
+                    raise Unreachable(
+                        f"no replica leads to take robot {robot}'s {kind}; it was not stored"
+                    )
+                if answer is not None:
+                    await asyncio.sleep(0.1)
+        finally:
+            self.asked.pop(number, None)
 
     # ------------------------------------------------------------------ the leader
     def commands(self, items: list[tuple[str, dict[str, Any] | None]]) -> None:
@@ -171,8 +179,21 @@ class Peers:
                 return
             reports, self.reports = self.reports, {}
             gone, self.gone = self.gone, set()
+            if turn % HELD_EVERY == 0:
+                self.sent = {}
+            if self.leading():  # the others ask the leader (GET /fleet/robots is its read)
+                reports = {}
+            entries = []
+            for name, (telemetry, heard_at, busy) in reports.items():
+                if telemetry is not None:
+                    same = {k: v for k, v in telemetry.items() if k != "at"}
+                    if self.sent.get(name) == same:
+                        telemetry = None  # unchanged: its time says it is still so
+                    else:
+                        self.sent[name] = same
+                entries.append([name, telemetry, round(heard_at, 3), busy])
             head: dict[str, Any] = {"f": self.replica}
-            texts = _chunks(head, "r", [[name, *entry] for name, entry in reports.items()])
+            texts = _chunks(head, "r", entries)
             if gone:
                 texts += _chunks(head, "g", sorted(gone))
             if turn % HELD_EVERY == 0:
@@ -221,9 +242,11 @@ class Peers:
             link.elsewhere, link.elsewhere_at = origin, now
             if telemetry is not None:
                 link.telemetry = telemetry
+            elif link.telemetry:
+                link.telemetry["at"] = heard_at  # the same report, heard again
             link.last_seen = max(link.last_seen, now - max(0.0, wall - heard_at))
             link.heard_at = max(link.heard_at, heard_at)
-            if leading:
+            if leading and self.fleet.to_decide(name, link, telemetry, busy):
                 self.decide.put_nowait((name, telemetry, busy))
         for name in message.get("h", ()):
             link = links.get(name)

@@ -127,7 +127,7 @@ class FleetService:
         if time.monotonic() - self._maps_read < 1.0:
             return
         self._maps_read = time.monotonic()
-        await self.dispatch.load()
+        await self.dispatch.read_maps()
 
     async def load(self) -> None:
         """Read the fleet from the store (at start, and when a replica takes the lead:
@@ -364,6 +364,23 @@ class FleetService:
             # it stands where it was sent and its checkpoint was lost (a corral restart
             # between reading the checkpoint and saving it): take this as the checkpoint
             await self.dispatch.checkpoint(name, map_name, marker)
+
+    def to_decide(
+        self, name: str, link: Link, telemetry: dict[str, Any] | None, busy: bool
+    ) -> bool:
+        """On the leader, without awaiting: whether what another replica heard of this robot
+        changes something (it comes online, is placed, or arrives), so most reports cost
+        a few lookups."""
+        if not link.online:
+            return True
+        row = self.robots.get(name)
+        marker = telemetry.get("marker") if telemetry else None
+        if row is None or row.map is None or marker is None:
+            return False
+        here = self.dispatch.position(name, row.map)
+        return here is None or (
+            not busy and here != marker and self.dispatch.granted(name, row.map) == marker
+        )
 
     async def heard_elsewhere(
         self, name: str, telemetry: dict[str, Any] | None, busy: bool

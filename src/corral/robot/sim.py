@@ -356,12 +356,14 @@ async def run_fleet(
     heartbeat: float | None = None,
     connect_timeout: float = 30.0,
     seed: int | None = None,
+    spread: Sequence[str] = (),
 ) -> FleetSim:
     """Register robots `{prefix}-1` … `{prefix}-{n}` on distinct start markers, start them,
     and return once all are connected (or after `connect_timeout` seconds).
 
     `record(robot, telemetry)` sees every telemetry a robot reports (`marker`, `lane`,
-    `progress`, `distance`); `log(line)` gets the lines worth showing a person.
+    `progress`, `distance`); `log(line)` gets the lines worth showing a person. With
+    `spread` (more corral URLs), robot i connects to `(url, *spread)[i % k]`.
     """
     if n < 1:
         raise ValueError("n must be 1 or more")
@@ -371,13 +373,14 @@ async def run_fleet(
     starts = pick_starts(fmap, n, start_markers)
     rng = random.Random(seed)
     gate = asyncio.Semaphore(REGISTER_AT_ONCE)
+    homes = [url, *spread]
 
     async def one(i: int) -> SimRobot:
         name = f"{prefix}-{i}"
         async with gate:
             token, key = await register(url, admin_token, name, fmap.name, starts[i - 1], i, signed)
         robot = SimRobot(
-            RobotClient(url, name, token, key, heartbeat),
+            RobotClient(homes[i % len(homes)], name, token, key, heartbeat),
             starts[i - 1],
             fmap,
             speed=speed,
