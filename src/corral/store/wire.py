@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
 from corral.store.database import Database
+from corral.store.replicas import asyncpg_dsn
 
 log = structlog.get_logger("corral.store.wire")
 MAX_PAYLOAD = 7900  # bytes; PostgreSQL refuses 8,000 and more
@@ -24,8 +24,7 @@ Heard = Callable[[str, str], None]  # (channel, payload), called on the event lo
 
 class Wire:
     def __init__(self, db: Database, channels: list[str], heard: Heard) -> None:
-        url = make_url(db.url.render_as_string(hide_password=False))
-        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.dsn = asyncpg_dsn(db)
         self.channels = channels
         self.heard = heard
         self.outbox: list[tuple[str, str]] = []
