@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import corral
 from corral import logs
 from corral.api import errors
-from corral.api.compat import go1
+from corral.api.compat import go1, wasmiot_routes
 from corral.api.compat.edgeecho import create_edgeecho_app
 from corral.api.compat.wasmiot import create_wasmiot_app
 from corral.api.forward import LeaderForward
@@ -33,7 +33,6 @@ from corral.api.routes import (
     templates,
     tokens,
     vda5050,
-    wasmiot,
 )
 from corral.config import Settings
 from corral.core import Core
@@ -89,7 +88,7 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
         vda5050.router,
         brokers.router,
         events.router,
-        wasmiot.router,
+        wasmiot_routes.router,
         go1.router,
     )
     for router in routers:

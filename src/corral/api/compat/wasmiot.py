@@ -16,8 +16,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import Response
 
 from corral.api import errors
-from corral.api.compat import port_app
-from corral.api.routes import wasmiot
+from corral.api.compat import port_app, wasmiot_routes
 from corral.core import Core
 
 # Bad input is 400 there; 401, 403 and 404 keep their meaning; a failure is 500.
@@ -93,7 +92,7 @@ def document_seed_errors(app: FastAPI) -> None:
 
 
 def create_wasmiot_app(core: Core) -> FastAPI:
-    app = port_app(core, "corral: Wasm-IoT orchestrator API", wasmiot.router)
+    app = port_app(core, "corral: Wasm-IoT orchestrator API", wasmiot_routes.router)
     document_seed_errors(app)
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,10 +1,10 @@
-"""The Wasm-IoT API (devices, modules, manifests, execute, device logs) with the shapes of
-docs/wasmiot-protocol.md, plus `/devices/{name}/deployments` for a device's own token.
+"""The Wasm-IoT API's routes (devices, modules, manifests, execute, device logs), translated
+by wasmiot_shapes.py to corral's services and back to the shapes of docs/wasmiot-protocol.md,
+plus `/devices/{name}/deployments` for a device's own token.
 
 Served on corral's port with a token, and on `wasmiot_port` (anonymous if allowed).
 """
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -12,110 +12,38 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from starlette.datastructures import UploadFile
 
+from corral.api.compat.wasmiot_shapes import (
+    ARGUMENTS,
+    FUNCTIONS,
+    LOG_RECORD,
+    LOG_SAVED,
+    MANIFEST,
+    REGISTRATION,
+    UPLOAD,
+    deployment_document,
+    descriptions,
+    device_document,
+    execution,
+    json_body,
+    log_record,
+    module_document,
+    module_upload,
+    read_body,
+    registration,
+)
 from corral.api.deps import CoreDep, bearer
 from corral.control.access import Action, Caller
-from corral.control.devices import MAX_ADDRESSES, device_url
 from corral.control.modules import functions_of
 from corral.core import Core
-from corral.errors import Forbidden, Invalid
+from corral.errors import Forbidden
 from corral.model.events import EventFilter
 from corral.model.fields import Day, Time
-from corral.model.manifests import MAX_STEPS
-from corral.model.views import DeploymentView, DeviceView, ModuleView
-from corral.model.wasm_modules import NAME, bracketed_fields, openapi
+from corral.model.views import DeploymentView, ModuleView
+from corral.model.wasm_modules import openapi
 
 router = APIRouter(tags=["Wasm-IoT"])
 Ref = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
-MAX_LOG = 16_384
-PORT_TEXT = (
-    r"^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
-)
-
-
-def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI for a route that reads its body itself (JSON, or a form for the seed)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-WASM_NAME = {"type": "string", "pattern": NAME.pattern}
-TEXT = {"type": "string", "minLength": 1}
-STEP = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "device": {"anyOf": [TEXT, {"type": "null"}]},
-        "module": TEXT,
-        "func": TEXT,
-        "failovers": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["module", "func"],
-}
-MANIFEST = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "name": WASM_NAME,
-        "sequence": {"type": "array", "items": STEP, "minItems": 1, "maxItems": MAX_STEPS},
-    },
-    "required": ["name", "sequence"],
-}
-# A host name (labels of 1 to 63 letters, digits or '-') or an IP address.
-# A host name: labels of letters, digits and '-'; the last starts with a letter, as a URL
-# parser reads a name ending in a number as an IPv4 address.
-LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-TOP = r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOST_NAME = {"type": "string", "maxLength": 253, "pattern": rf"^({LABEL}\.)*{TOP}$"}
-ADDRESS = {
-    "anyOf": [
-        {"type": "string", "format": "ipv4"},
-        {"type": "string", "format": "ipv6"},
-        HOST_NAME,
-    ]
-}
-REGISTRATION = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "name": WASM_NAME,
-        "type": {},
-        "port": {
-            "anyOf": [
-                {"type": "integer", "minimum": 1, "maximum": 65535},
-                {"type": "string", "pattern": PORT_TEXT},
-            ]
-        },
-        "properties": {
-            "type": ["object", "null"],
-            "properties": {
-                "address": {"anyOf": [ADDRESS, {"const": ""}]},
-                "path": {"type": "string", "maxLength": 255},
-            },
-        },
-        # none (or empty): the host, else the address the request came from
-        "addresses": {
-            "type": ["array", "null"],
-            "items": ADDRESS,
-            "maxItems": MAX_ADDRESSES,
-        },
-        "host": {"anyOf": [ADDRESS, {"const": ""}, {"type": "null"}]},
-    },
-    "required": ["name"],
-}
-FUNCTIONS = {
-    "type": "object",
-    "additionalProperties": {
-        "type": "object",
-        "properties": {
-            "method": {"type": "string", "enum": ["GET", "POST"]},
-            "parameters": {"type": "array", "items": {"type": "object"}},
-            "output": {"type": "string"},
-            "mounts": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-}
-ARGUMENTS = {"type": "object", "additionalProperties": {"type": ["integer", "number", "string"]}}
 
 
 def _caller(
@@ -150,97 +78,6 @@ ReaderOrDevice = Annotated[Caller, Depends(_caller("read", device_ok=True))]
 # A supervisor has no token: it posts its logs to port 3000 of whoever called it, even
 # before it has an orchestrator.
 LogSender = Annotated[Caller, Depends(_caller("read", device_ok=True, open_on_port=True))]
-
-
-def device_document(row: DeviceView) -> dict[str, Any]:
-    return {
-        "_id": row.name,
-        "name": row.name,
-        "url": device_url(row),
-        "communication": {"addresses": row.addresses, "port": row.port},
-        "description": row.description,
-        "status": row.status,
-        "blacklisted": row.blacklisted,
-        "source": row.source,
-        "okHealthCheckCount": row.ok_checks,
-        "failedHealthCheckCount": row.failed_checks,
-        "statusLog": list(reversed(row.status_log)),
-        "health": row.health,
-        "lastError": row.last_error,
-    }
-
-
-def module_document(row: ModuleView) -> dict[str, Any]:
-    return {
-        "_id": row.id,
-        "name": row.name,
-        "exports": [
-            {"name": e["name"], "parameterCount": e["parameterCount"]} for e in row.exports
-        ],
-        "requirements": row.requirements,
-        "wasm": {"sha256": row.sha256, "size": row.size},
-        "dataFiles": row.files,
-        "functions": functions_of(row),
-        "createdAt": row.created_at.isoformat(),
-    }
-
-
-def deployment_document(row: DeploymentView) -> dict[str, Any]:
-    return {
-        "_id": row.id,
-        "name": row.name,
-        "sequence": row.sequence,
-        "state": row.state,
-        "reason": row.reason,
-        "steps": [
-            {k: s[k] for k in ("device", "module_id", "module_name", "func", "failovers")}
-            for s in row.steps
-        ],
-        "fullManifest": row.parts,
-        "deviceResponses": row.responses,
-        "createdAt": row.created_at.isoformat(),
-        "updatedAt": row.updated_at.isoformat(),
-    }
-
-
-def _is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").startswith("multipart/form-data")
-
-
-async def _multipart(
-    request: Request,
-) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
-    """A multipart body's text fields, and its files as (content type, bytes) by name."""
-    fields: dict[str, str] = {}
-    files: dict[str, tuple[str, bytes]] = {}
-    async with request.form() as form:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                kind = value.content_type or "application/octet-stream"
-                files[key] = (kind, await value.read())
-            else:
-                fields[key] = value
-    return fields, files
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    """A JSON object, or form fields, from the request body (the seed accepts both)."""
-    kind = request.headers.get("content-type", "")
-    if kind.startswith("application/json") or not kind:
-        raw = await request.body()
-        if not raw:
-            return {}
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise Invalid("the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise Invalid("the body must be a JSON object")
-        return data
-    if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        async with request.form() as form:
-            return {k: v for k, v in form.items() if isinstance(v, str)}
-    raise Invalid(f"unsupported content type {kind!r}: send JSON or a form")
 
 
 # ----------------------------------------------------------------------------- devices
@@ -278,48 +115,14 @@ async def rescan(core: CoreDep, _: Writer) -> Response:
     "/file/device/discovery/register",
     status_code=204,
     summary="A device announces itself",
-    openapi_extra=_json_body(REGISTRATION),
+    openapi_extra=json_body(REGISTRATION),
 )
 async def register(request: Request, core: CoreDep, _: Writer) -> Response:
-    body = await _body(request)
-    unknown = set(body) - {"name", "type", "port", "properties", "addresses", "host"}
-    if unknown:
-        raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
-    name = body.get("name")
-    if not isinstance(name, str):
-        raise Invalid("name is required (the device's name)", {"field": "name"})
-    port = body.get("port", 5000)
-    if isinstance(port, float) and port.is_integer():
-        port = int(port)  # JSON's 5000.0 is the integer 5000
-    if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit():
-        raise Invalid(f"port must be a number, not {port!r}", {"field": "port"})
-    host = body.get("host")
-    if host is not None and not isinstance(host, str):
-        raise Invalid("host must be a host name or an address", {"field": "host"})
-    properties = body.get("properties")
-    properties = {} if properties is None else properties
-    if not isinstance(properties, dict):
-        raise Invalid("properties must be an object", {"field": "properties"})
-    client = request.client.host if request.client else "127.0.0.1"
-    addresses = body.get("addresses")
-    addresses = addresses if addresses not in (None, []) else [host or client]
-    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
-        raise Invalid("addresses must be a list of addresses", {"field": "addresses"})
-    extra = properties.get("address")
-    if extra is not None and not isinstance(extra, str):
-        raise Invalid("properties.address must be an address", {"field": "properties.address"})
-    if extra:  # first: devices may share a host name
-        addresses = [extra, *(a for a in addresses if a != extra)]
-    path = properties.get("path", "/")
-    if not isinstance(path, str):
-        raise Invalid("properties.path must be a URL path", {"field": "properties.path"})
+    found = registration(
+        await read_body(request), request.client.host if request.client else "127.0.0.1"
+    )
     await core.devices.register(
-        name,
-        addresses,
-        int(port),
-        "register",
-        path,
-        str(properties.get("tls", "0")) in ("1", "true"),
+        found.name, found.addresses, found.port, "register", found.path, found.tls
     )
     return Response(status_code=204)
 
@@ -354,16 +157,6 @@ def _own(caller: Caller, device: str) -> None:
 # ----------------------------------------------------------------------------- modules
 
 
-UPLOAD = {
-    "type": "object",
-    "required": ["name", "module"],
-    "properties": {
-        "name": WASM_NAME,
-        "module": {"type": "string", "format": "binary", "contentMediaType": "application/wasm"},
-    },
-}
-
-
 @router.post(
     "/file/module",
     status_code=201,
@@ -373,17 +166,7 @@ UPLOAD = {
     },
 )
 async def upload(request: Request, core: CoreDep, _: Writer) -> JSONResponse:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise Invalid("send multipart/form-data with a `name` field and the .wasm file")
-    async with request.form() as form:
-        name = form.get("name")
-        files = [v for v in form.values() if isinstance(v, UploadFile)]
-        if not isinstance(name, str):
-            raise Invalid("the `name` field is missing", {"field": "name"})
-        if len(files) != 1:
-            raise Invalid(f"send exactly one .wasm file, not {len(files)}", {"field": "module"})
-        data = await files[0].read()
-        filename = files[0].filename or "module.wasm"
+    name, filename, data = await module_upload(request)
     row, created = await core.modules.upload(name, filename, data)
     # 201 also for bytes already stored (the same id), as the orchestrator answers
     return JSONResponse({"id": row.id, "created": created}, status_code=201)
@@ -413,27 +196,10 @@ async def delete_module(ref: Ref, core: CoreDep, _: Writer) -> Response:
 @router.post(
     "/file/module/{ref}/upload",
     summary="Describe functions, attach data files",
-    openapi_extra=_json_body(FUNCTIONS),
+    openapi_extra=json_body(FUNCTIONS),
 )
 async def describe(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict[str, Any]:
-    files: dict[str, tuple[str, bytes]] = {}
-    if _is_multipart(request):
-        fields, files = await _multipart(request)
-        raw = fields.get("functions")
-        if raw is None:
-            functions = bracketed_fields(fields)  # the orchestrator's `fibo[method]=GET`
-            if not functions:
-                raise Invalid(
-                    "multipart descriptions need a `functions` JSON field, or fields "
-                    "named func[method], func[param0], func[output]"
-                )
-        else:
-            try:
-                functions = json.loads(raw)
-            except ValueError:
-                raise Invalid("the `functions` field is not valid JSON") from None
-    else:
-        functions = await _body(request)
+    functions, files = await descriptions(request)
     description = await core.modules.describe(ref, functions, files)
     return {"description": description}
 
@@ -477,11 +243,11 @@ async def module_file(ref: Ref, file: str, core: CoreDep, caller: ReaderOrDevice
     "/file/manifest",
     status_code=201,
     summary="Create a deployment from a manifest",
-    openapi_extra=_json_body(MANIFEST),
+    openapi_extra=json_body(MANIFEST),
 )
 async def create_manifest(request: Request, core: CoreDep, _: Writer) -> PlainTextResponse:
     """A taken name replaces that deployment (its id stays); 201 either way, as the seed."""
-    row, _created = await core.deployments.create(await _body(request))
+    row, _created = await core.deployments.create(await read_body(request))
     return PlainTextResponse(row.id, status_code=201)
 
 
@@ -508,10 +274,10 @@ async def deploy(ref: Ref, core: CoreDep, _: Writer) -> JSONResponse:
 @router.put(
     "/file/manifest/{ref}",
     summary="Change a deployment's manifest and deploy it again",
-    openapi_extra=_json_body(MANIFEST),
+    openapi_extra=json_body(MANIFEST),
 )
 async def update_manifest(ref: Ref, request: Request, core: CoreDep, _: Writer) -> JSONResponse:
-    return _deployed(await core.deployments.update(ref, await _body(request)))
+    return _deployed(await core.deployments.update(ref, await read_body(request)))
 
 
 @router.post(
@@ -540,34 +306,11 @@ async def delete_manifest(ref: Ref, core: CoreDep, _: Writer) -> Response:
 @router.post(
     "/execute/{ref}",
     summary="Run a deployment's chain; parameters by name",
-    openapi_extra=_json_body(ARGUMENTS),
+    openapi_extra=json_body(ARGUMENTS),
 )
 async def execute(ref: Ref, request: Request, core: CoreDep, _: Writer) -> dict[str, Any]:
-    params: dict[str, Any] = dict(request.query_params)
-    files: dict[str, tuple[str, bytes]] = {}
-    if _is_multipart(request):
-        fields, files = await _multipart(request)
-        params.update(fields)
-    else:
-        params.update(await _body(request))
-    return await core.deployments.execute(ref, params, {k: v for k, (_, v) in files.items()})
-
-
-LOG_SAVED = {"message": "Log received and saved"}
-
-
-LOG_RECORD = {
-    "type": "object",
-    "required": ["logData"],
-    "properties": {
-        "logData": {
-            "type": "string",
-            "maxLength": MAX_LOG,
-            "contentMediaType": "application/json",
-            "description": "A JSON object: deviceName, message, logLevel, ...",
-        }
-    },
-}
+    params, files = await execution(request)
+    return await core.deployments.execute(ref, params, files)
 
 
 @router.post(
@@ -587,16 +330,7 @@ async def device_logs(request: Request, core: CoreDep, caller: LogSender) -> dic
     """Answers 200 `{"message": "Log received and saved"}`, as the supervisor expects (it
     rebuilds its log handler on any other answer). Kept as a `device.log` event. On
     `wasmiot_port` no token is needed, even when that port is not anonymous."""
-    body = await _body(request)
-    raw = body.get("logData")
-    if not isinstance(raw, str) or len(raw) > MAX_LOG:
-        raise Invalid(f"logData must be a JSON string of at most {MAX_LOG} characters")
-    try:
-        entry = json.loads(raw)
-    except ValueError:
-        raise Invalid("logData is not valid JSON") from None
-    if not isinstance(entry, dict):
-        raise Invalid("logData must be a JSON object")
+    entry = log_record(await read_body(request))
     sender = request.client.host if request.client else ""
     name = str(entry.get("deviceName") or caller.subject or entry.get("deviceIP") or sender)[:63]
     _own(caller, name)
