@@ -4,7 +4,6 @@ All fixtures are synchronous; the engines and the database are real (see support
 """
 
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from tests.support.engines import (  # noqa: E402
     leave_swarm,
     release_robot,
 )
+from tests.support.processes import run_checked  # noqa: E402
 
 FOLDER_MARKERS = ("unit", "integration", "e2e")
 PG_ADMIN = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w"]
@@ -98,15 +98,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _psql(sql: str) -> None:
-    done = subprocess.run(
-        ["psql", *PG_ADMIN, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"psql failed ({sql}): {done.stderr.strip()}")
+    argv = ["psql", *PG_ADMIN, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql]
+    run_checked(argv, 60, f"psql failed ({sql})")
 
 
 @pytest.fixture

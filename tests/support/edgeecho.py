@@ -5,10 +5,10 @@ from that folder when a session first needs them.
 """
 
 import json
-import subprocess
 from pathlib import Path
 
 from tests.support.engines import _file_lock
+from tests.support.processes import run_checked
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "edgeecho"
 
@@ -16,15 +16,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "edgeecho"
 def build_emulators() -> Path:
     """Compile the emulators (idempotent, one process at a time); the template folder."""
     with _file_lock("edgeecho-build"):
-        done = subprocess.run(
-            ["bash", str(EXAMPLE / "emulators" / "build.sh")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"building the edgeECHO emulators failed:\n{done.stderr}")
+        build = ["bash", str(EXAMPLE / "emulators" / "build.sh")]
+        run_checked(build, 300, "building the edgeECHO emulators failed")
     return EXAMPLE
 
 

@@ -9,7 +9,6 @@ and bench/failover.py.
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy.engine import make_url
+from tests.support.processes import run_checked
 from tests.support.server import ServeProcess
 
 PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w", "-d", "postgres"]
@@ -29,16 +29,9 @@ def database_of(pg_url: str) -> str:
 
 
 def psql(sql: str) -> str:
-    done = subprocess.run(
-        [*PSQL, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"psql failed ({sql}): {done.stderr.strip()}")
-    return done.stdout.strip()
+    return run_checked(
+        [*PSQL, "-v", "ON_ERROR_STOP=1", "-Atqc", sql], 30, f"psql failed ({sql})"
+    ).strip()
 
 
 def cut_lock(pg_url: str, replica: str) -> int:

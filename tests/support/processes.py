@@ -1,5 +1,6 @@
-"""Small process helpers shared by the test bed: a free loopback port, waiting for a
-server to answer, and stopping a child process by its PID (SIGKILL when it lingers)."""
+"""Small process helpers shared by the test bed: a free loopback port, a command that must
+succeed, waiting for a server to answer, and stopping a child process by its PID (SIGKILL
+when it lingers)."""
 
 import os
 import signal
@@ -16,6 +17,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def run_checked(argv: list[str], timeout: float, failed: str) -> str:
+    """Run `argv` to its end; its output, or RuntimeError saying `failed` and its stderr."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{failed}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def stop_process(proc: "subprocess.Popen[str]", sig: int = signal.SIGTERM) -> int:

@@ -7,6 +7,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+from types import UnionType
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from corral.model.stack_spec import (
@@ -158,22 +159,25 @@ def _cpus(value: Any, path: Key) -> float:
     return number
 
 
-def _duration(value: Any, path: Key) -> float:
-    if not isinstance(value, str | int | float):
-        raise _Bad(path, "expected a duration such as 10s or 1m30s")
+def _measure(
+    value: Any, path: Key, kinds: type | UnionType, expected: str, parse: Callable[[Any], T]
+) -> T:
+    """`parse(value)` for a value of `kinds`; its refusal, or `expected`, as the problem."""
+    if not isinstance(value, kinds):
+        raise _Bad(path, expected)
     try:
-        return parse_duration(value)
+        return parse(value)
     except ValueError as exc:
         raise _Bad(path, str(exc)) from None
+
+
+def _duration(value: Any, path: Key) -> float:
+    expected = "expected a duration such as 10s or 1m30s"
+    return _measure(value, path, str | int | float, expected, parse_duration)
 
 
 def _bytes(value: Any, path: Key) -> int:
-    if not isinstance(value, str | int):
-        raise _Bad(path, "expected a size such as 64m or 1g")
-    try:
-        return parse_bytes(value)
-    except ValueError as exc:
-        raise _Bad(path, str(exc)) from None
+    return _measure(value, path, str | int, "expected a size such as 64m or 1g", parse_bytes)
 
 
 def _positive_bytes(value: Any, path: Key) -> int:
