@@ -205,6 +205,17 @@ async def multipart(
     return fields, files
 
 
+def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    """`raw` read as one JSON object; refused as `what` when it is not."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise Invalid(f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise Invalid(f"{what} must be a JSON object")
+    return data
+
+
 async def read_body(request: Request) -> dict[str, Any]:
     """A JSON object, or form fields, from the request body (the seed accepts both)."""
     kind = request.headers.get("content-type", "")
@@ -212,13 +223,7 @@ async def read_body(request: Request) -> dict[str, Any]:
         raw = await request.body()
         if not raw:
             return {}
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise Invalid("the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise Invalid("the body must be a JSON object")
-        return data
+        return json_object(raw, "the body")
     if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         async with request.form() as form:
             return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -278,13 +283,7 @@ def log_record(body: dict[str, Any]) -> dict[str, Any]:
     raw = body.get("logData")
     if not isinstance(raw, str) or len(raw) > MAX_LOG:
         raise Invalid(f"logData must be a JSON string of at most {MAX_LOG} characters")
-    try:
-        entry = json.loads(raw)
-    except ValueError:
-        raise Invalid("logData is not valid JSON") from None
-    if not isinstance(entry, dict):
-        raise Invalid("logData must be a JSON object")
-    return entry
+    return json_object(raw, "logData")
 
 
 async def module_upload(request: Request) -> tuple[str, str, bytes]:
