@@ -60,10 +60,15 @@ def layout(api: httpx.Client, printers: int, spare_beds: int) -> dict[str, str]:
     Returns printer -> the bed in it."""
     api.put("/farm/racks/near", json={"position": 0, "slots": 500}).raise_for_status()
     api.put("/farm/racks/far", json={"position": 50, "slots": 500}).raise_for_status()
+    for n in range(1, (spare_beds - 1) // 1000 + 1):  # more than 1,000: farther racks too
+        api.put(f"/farm/racks/far{n}", json={"position": 50 + 50 * n, "slots": 1000})
     for i in range(spare_beds):
         rack = "near" if i % 2 == 0 else "far"
+        slot = i // 2 + 1
+        if i >= 1000:
+            rack, slot = f"far{i // 1000}", i % 1000 + 1
         api.put(
-            f"/farm/beds/spare-{i}", json={"type": "pei", "rack": rack, "slot": i // 2 + 1}
+            f"/farm/beds/spare-{i}", json={"type": "pei", "rack": rack, "slot": slot}
         ).raise_for_status()
     inside = {}
     for i in range(printers):
