@@ -12,18 +12,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from tests.support.processes import free_port
 from tests.support.server import ADMIN
 from tests.support.wasmiot_orchestrator import Orchestrator
 
 from corral.api.compat.edgeecho import create_edgeecho_app
 from corral.api.compat.wasmiot import create_wasmiot_app
+from corral.core import Core
 
 SEED = int(os.environ.get("CORRAL_FUZZ_SEED", "1"))
 CHECKS = ",".join(
@@ -211,32 +213,21 @@ def test_the_api_as_the_admin(corral: Corral) -> None:
     )
 
 
-def test_the_wasmiot_port(corral: Corral) -> None:
+@pytest.mark.parametrize(
+    ("port", "create", "what"),
+    [
+        ("wasmiot", create_wasmiot_app, "the Wasm-IoT port"),
+        ("edgeecho", create_edgeecho_app, "the edgeECHO port"),
+    ],
+    ids=["wasmiot", "edgeecho"],
+)
+def test_a_seed_port(
+    corral: Corral, port: str, create: Callable[[Core], FastAPI], what: str
+) -> None:
     assert corral.server.core is not None
-    schema = create_wasmiot_app(corral.server.core).openapi()
-    _run(
-        corral,
-        "the Wasm-IoT port",
-        _write_schema(corral, "wasmiot", schema),
-        "--url",
-        corral.server.seed,
-        "--max-examples",
-        "10",
-    )
-
-
-def test_the_edgeecho_port(corral: Corral) -> None:
-    assert corral.server.core is not None
-    schema = create_edgeecho_app(corral.server.core).openapi()
-    _run(
-        corral,
-        "the edgeECHO port",
-        _write_schema(corral, "edgeecho", schema),
-        "--url",
-        corral.edgeecho,
-        "--max-examples",
-        "10",
-    )
+    schema = create(corral.server.core).openapi()
+    url = corral.server.seed if port == "wasmiot" else corral.edgeecho
+    _run(corral, what, _write_schema(corral, port, schema), "--url", url, "--max-examples", "10")
 
 
 def test_token_revocation_last(corral: Corral) -> None:
