@@ -54,6 +54,8 @@ class TokenView(BaseModel):
 class EventView(BaseModel):
     """One state change: what happened, to which resource, when."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     time: datetime
     kind: str = Field(examples=["host.unreachable"])

@@ -18,17 +18,6 @@ from corral.store.tables import EventRow, utcnow
 Query = TypeVar("Query", bound=Select[Any])
 
 
-def _view(row: EventRow) -> EventView:
-    return EventView(
-        id=row.id,
-        time=row.time,
-        kind=row.kind,
-        resource=row.resource,
-        message=row.message,
-        data=row.data,
-    )
-
-
 def _apply(where: EventFilter, query: Query) -> Query:
     for column, pattern in ((EventRow.kind, where.kind), (EventRow.resource, where.resource)):
         if pattern is None:
@@ -71,7 +60,7 @@ class EventStore:
     async def by_ids(self, ids: list[int]) -> list[EventView]:
         async with self.db.session() as s:
             query = select(EventRow).where(EventRow.id.in_(ids)).order_by(EventRow.id)
-            return [_view(r) for r in (await s.scalars(query)).all()]
+            return [EventView.model_validate(r) for r in (await s.scalars(query)).all()]
 
     async def append(
         self, kind: str, resource: str, message: str, data: dict[str, Any]
@@ -81,7 +70,7 @@ class EventStore:
             s.add(row)
             await s.flush()
             await self._notify(s, [row.id])
-            return _view(row)
+            return EventView.model_validate(row)
 
     async def append_many(
         self, events: list[tuple[str, str, str, dict[str, Any]]]
@@ -106,7 +95,7 @@ class EventStore:
         s.add_all(rows)
         s.flush()  # one INSERT of all the rows, in order: their ids follow it
         self._notify_sync(s, [r.id for r in rows])
-        return [_view(r) for r in rows]
+        return [EventView.model_validate(r) for r in rows]
 
     async def query(
         self, where: EventFilter, limit: int = 100, newest_first: bool = False
@@ -116,7 +105,7 @@ class EventStore:
             rows = (
                 await s.scalars(_apply(where, select(EventRow)).order_by(order).limit(limit))
             ).all()
-            return [_view(r) for r in rows]
+            return [EventView.model_validate(r) for r in rows]
 
     async def prune(self, before: datetime) -> int:
         async with self.db.session() as s:
