@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from corral.errors import CorralError, Unreachable
+from corral.store.database import Database
 from corral.store.wire import MAX_PAYLOAD, Wire
 
 if TYPE_CHECKING:
@@ -66,11 +67,11 @@ def _chunks(head: dict[str, Any], key: str, items: list[Any]) -> list[str]:
 
 
 class Peers:
-    def __init__(self, fleet: "FleetService", replica: str, leading: Any) -> None:
+    def __init__(self, fleet: "FleetService", db: Database, replica: str, leading: Any) -> None:
         self.fleet = fleet
         self.replica = replica
         self.leading = leading  # () -> bool: this replica leads now
-        self.wire = Wire(fleet.store.db, [UP, DOWN, POSITIONS], self._heard)
+        self.wire = Wire(db, [UP, DOWN, POSITIONS], self._heard)
         self.numbers = itertools.count(1)
         self.asked: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
         self.reports: dict[str, list[Any]] = {}  # robot -> [telemetry | None, heard_at, busy]

@@ -99,7 +99,7 @@ class FleetService:
     def spread(self, replica: str, leading: Callable[[], bool]) -> None:
         """Several replicas: robots are held wherever they connect, decisions stay with
         the leader (`leading` says whether this replica leads now)."""
-        self.peers = Peers(self, replica, leading)
+        self.peers = Peers(self, self.store.db, replica, leading)
 
     def leads(self) -> bool:
         return self.peers is None or bool(self.peers.leading())
