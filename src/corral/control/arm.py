@@ -358,7 +358,7 @@ class ArmDispatcher:
             return
         if self.word in ("busy", "error") and now - self.word_since < self.timeout:
             return  # it said so itself, with no job of ours: wait for its available
-        stray, page = await self.tasks.store.queue(self.arm, PAGE)
+        stray, page = await self.tasks.queue(self.arm, PAGE)
         if stray is not None:
             # Out before this dispatcher ran (a restart, a takeover): its words may be lost.
             self.flight = adopted = Flight(

@@ -33,6 +33,7 @@ class TaskService:
         self.executors: dict[str, Executor] = {}
         # reads, and changes that are no move, are the store's own
         self.get, self.find, self.open_for = store.get, store.find, store.open_for
+        self.queue = store.queue  # a dispatcher's round: the task out and the next queued
         self.update = store.update
 
     def register(self, target: str, executor: Executor) -> None:
