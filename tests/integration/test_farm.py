@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from tests.support.farm import Names, arm, jobs, layout
 from tests.support.server import ADMIN, ThreadServer, wait_until
@@ -195,16 +194,24 @@ def test_bad_requests(server: ThreadServer) -> None:
 
 
 def test_tasks_cancel_and_retry(server: ThreadServer) -> None:
-    with server.client() as api:  # no arm connected: tasks wait in the queue
-        task = api.post("/tasks", json={"kind": "homing", "target": "robot_arm"}).json()
-        assert task["state"] == "queued"
-        cancelled = api.post(f"/tasks/{task['id']}/cancel").json()
+    """No arm answers: the first task goes out to the broker and stays out (the arm ends
+    it), the second waits behind it in the queue (a cancel takes it out)."""
+    with server.client() as api:
+        out, waiting = (
+            api.post("/tasks", json={"kind": "homing", "target": "robot_arm"}).json()
+            for _ in range(2)
+        )
+        wait_until(lambda: api.get(f"/tasks/{out['id']}").json()["state"] == "assigned", "sent")
+        refused = api.post(f"/tasks/{out['id']}/cancel")
+        assert refused.status_code == 409
+        assert "it ends when robot_arm reports" in refused.json()["error"]["message"]
+        cancelled = api.post(f"/tasks/{waiting['id']}/cancel").json()
         assert cancelled["state"] == "cancelled"
-        assert api.post(f"/tasks/{task['id']}/cancel").status_code == 409
-        again = api.post(f"/tasks/{task['id']}/retry")
+        assert cancelled["sent_at"] is None
+        assert api.post(f"/tasks/{waiting['id']}/cancel").status_code == 409
+        again = api.post(f"/tasks/{waiting['id']}/retry")
         assert again.status_code == 201
-        assert again.json()["source"] == f"retry of task {task['id']}"
-        assert isinstance(httpx, object)
+        assert again.json()["source"] == f"retry of task {waiting['id']}"
 
 
 def test_the_farm_on_postgresql(names: Names, tmp_path: Path, pg_url: str) -> None:

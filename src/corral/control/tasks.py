@@ -81,11 +81,19 @@ class TaskService:
         await self.bus.emit_many(self.queued_events(tasks))
 
     async def move(
-        self, id: int, state: str, reason: str = "", before: Sequence[Event] = (), **values: Any
+        self,
+        id: int,
+        state: str,
+        reason: str = "",
+        before: Sequence[Event] = (),
+        only_from: Sequence[str] | None = None,
+        **values: Any,
     ) -> TaskView | None:
         """Move a task forward with its event (after `before`, stored in the same
-        transaction either way); None when it was not a step forward."""
-        task, stored = await self.store.advance(id, state, reason, moved_event, before, **values)
+        transaction either way); None when it was not a step forward (from `only_from`)."""
+        task, stored = await self.store.advance(
+            id, state, reason, moved_event, before, only_from, **values
+        )
         self.bus.published(stored)
         if task is not None and state in ("failed", "cancelled"):
             executor = self.executors.get(task.target)
@@ -98,14 +106,18 @@ class TaskService:
         if task.state not in OPEN_TASK_STATES:
             raise Conflict(f"task {id} is {task.state}; only open tasks can be cancelled")
         executor = self.executors.get(task.target)
-        if task.state != "queued" and executor is not None and not executor.cancel_in_flight:
-            raise Conflict(
-                f"task {id} is {task.state} with {task.target}; it ends when {task.target} "
-                "reports (or falls silent past its timeout)"
-            )
-        moved = await self.move(id, "cancelled", "cancelled by request")
+        in_flight = executor is not None and not executor.cancel_in_flight
+        if task.state != "queued" and in_flight:
+            raise Conflict(_ends_with_target(task))
+        # Only from queued where the target cannot cancel in flight: it may have been sent
+        # since the read above.
+        moved = await self.move(
+            id, "cancelled", "cancelled by request", only_from=("queued",) if in_flight else None
+        )
         if moved is None:
             latest = await self.store.get(id)
+            if latest.state in OPEN_TASK_STATES:
+                raise Conflict(_ends_with_target(latest))
             raise Conflict(f"task {id} became {latest.state} meanwhile")
         if executor is not None:
             executor.wake()
@@ -119,6 +131,13 @@ class TaskService:
         return await self.create(
             task.kind, task.target, params, task.priority, task.timeout_s, f"retry of task {id}"
         )
+
+
+def _ends_with_target(task: TaskView) -> str:
+    return (
+        f"task {task.id} is {task.state} with {task.target}; it ends when {task.target} "
+        "reports (or falls silent past its timeout)"
+    )
 
 
 def moved_event(task: TaskView) -> Event:

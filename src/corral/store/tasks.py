@@ -151,14 +151,16 @@ class TaskStore:
         reason: str,
         note: Note | None,
         before: Sequence[Event] = (),
+        only_from: Sequence[str] | None = None,
         **values: Any,
     ) -> tuple[TaskView | None, list[EventView]]:
         """`transition`, and the move's event (`note` of the moved task) stored in the same
         transaction, after `before` (what led to it, stored even when the move does not
-        happen); the events, to publish once committed."""
+        happen); the events, to publish once committed. `only_from`: the states it may
+        leave (default: every state it is a step forward from)."""
 
         def work(s: Session) -> tuple[TaskView | None, list[EventView]]:
-            return self.advance_in(s, id, state, reason, note, values, before)
+            return self.advance_in(s, id, state, reason, note, values, before, only_from)
 
         return await self.db.run(work)
 
@@ -171,10 +173,11 @@ class TaskStore:
         note: Note | None,
         values: dict[str, Any],
         before: Sequence[Event] = (),
+        only_from: Sequence[str] | None = None,
     ) -> tuple[TaskView | None, list[EventView]]:
         """`advance` within the caller's synchronous transaction; `before`: events stored
         ahead of the move's (what led to it), also when the move does not happen."""
-        task = advance(s, id, state, reason, values)
+        task = advance(s, id, state, reason, values, only_from)
         events = [*before, *([note(task)] if task is not None and note is not None else [])]
         if self.events is None or not events:
             return task, []
@@ -195,7 +198,12 @@ class TaskStore:
 
 
 def advance(
-    s: Session, id: int, state: str, reason: str, values: dict[str, Any]
+    s: Session,
+    id: int,
+    state: str,
+    reason: str,
+    values: dict[str, Any],
+    only_from: Sequence[str] | None = None,
 ) -> TaskView | None:
     """Move a task forward within the caller's transaction (one conditional UPDATE);
     None when that is not a step forward from where it is."""
@@ -208,6 +216,8 @@ def advance(
     elif state in ("done", "failed", "cancelled"):
         changes["finished_at"] = now
     sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
+    if only_from is not None:
+        sources = [source for source in sources if source in only_from]
     moved = s.scalar(
         update(TaskRow)
         .where(TaskRow.id == id, TaskRow.state.in_(sources))
