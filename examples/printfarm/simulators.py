@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
@@ -67,7 +66,6 @@ class Arm:
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.connect_async(host, port, keepalive=10)
 
@@ -84,21 +82,9 @@ class Arm:
         self.client.publish(self.status_topic, json.dumps({"status": status}), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        # No Nagle delay: a status right after an acknowledgement goes out at once (an
-        # arm's controller answers in milliseconds, not after the broker's delayed ACK).
-        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(self.job_topic, qos=1)
         with self.lock:
             self._say(self.status)  # a restarted broker forgot the retained status
-
-    def _on_publish(self, client: mqtt.Client, *_: Any) -> None:
-        # The broker's PUBACK of a status, acknowledged at once (Linux): a broker with Nagle
-        # on (Mosquitto's default) would otherwise hold the next job for this arm until the
-        # kernel's delayed ACK (40 ms).
-        quickack = getattr(socket, "TCP_QUICKACK", None)
-        sock = client.socket()
-        if quickack is not None and isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
