@@ -23,6 +23,7 @@ from tests.support.leadership import (
 )
 from tests.support.robot_peer import Ledger, PeerRobot
 from tests.support.server import ADMIN, ServeProcess, wait_until
+from tests.support.shuttles import SHUTTLES, keep_shuttling
 
 from corral.model.fleet_map import grid_map
 
@@ -110,37 +111,6 @@ def test_twenty_cuts_of_the_leaders_lock_leave_both_replicas_campaigning(
             replica.stop()
 
 
-# Four robots shuttle across a 5x5 grid on crossing routes (two along rows, two along
-# columns), so every trip contends for markers the others need.
-SHUTTLES = {
-    "east": ("r1c0", "r1c4"),
-    "west": ("r3c4", "r3c0"),
-    "south": ("r0c1", "r4c1"),
-    "north": ("r4c3", "r0c3"),
-}
-
-
-async def _missions(api: httpx.AsyncClient, stop: asyncio.Event, trips: list[int]) -> None:
-    """Keep each robot on a mission: when its last one ended, send it back the other way."""
-    legs = {name: 1 for name in SHUTTLES}
-    while not stop.is_set():
-        try:
-            active = (await api.get("/fleet/missions", params={"state": "active"})).json()
-            busy = {m["robot"] for m in active} if isinstance(active, list) else set(SHUTTLES)
-            for name, ends in SHUTTLES.items():
-                if name in busy:
-                    continue
-                sent = await api.post(
-                    "/fleet/missions", json={"robot": name, "goal": ends[legs[name] % 2]}
-                )
-                if sent.status_code == 201:
-                    legs[name] += 1
-                    trips[0] += 1
-        except httpx.HTTPError:
-            pass  # the replica asked is between leaders: ask again
-        await asyncio.sleep(0.2)
-
-
 def test_robots_on_missions_get_no_doubled_grant_across_eleven_cuts(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -172,7 +142,7 @@ def test_robots_on_missions_get_no_doubled_grant_across_eleven_cuts(
                 url = replicas[i % 2].url  # half on the leader, half held by the follower
                 robots.append(PeerRobot(url, name, made.json()["token"], ends[0], ledger))
             running = [asyncio.create_task(r.run(stop)) for r in robots]
-            driver = asyncio.create_task(_missions(b, stop, trips))
+            driver = asyncio.create_task(keep_shuttling(b, stop, trips))
             try:
                 await asyncio.to_thread(cuts)
                 await asyncio.sleep(3)  # trips after the last cut

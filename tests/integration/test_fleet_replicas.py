@@ -20,6 +20,7 @@ import httpx
 from tests.support.leadership import leaders
 from tests.support.robot_peer import Ledger, PeerRobot
 from tests.support.server import ADMIN, ServeProcess, wait_until
+from tests.support.shuttles import SHUTTLES, keep_shuttling
 
 from corral.model.fleet_map import grid_map
 from corral.robot import RobotClient
@@ -124,34 +125,7 @@ def test_a_robot_on_one_replica_gets_a_command_sent_through_the_other(
 
 # Four robots shuttle across a 5x5 grid on crossing routes; twenty more stand on a dock
 # map and only report and take operator commands.
-SHUTTLES = {
-    "east": ("r1c0", "r1c4"),
-    "west": ("r3c4", "r3c0"),
-    "south": ("r0c1", "r4c1"),
-    "north": ("r4c3", "r0c3"),
-}
 DOCKED = 20
-
-
-async def _missions(api: httpx.AsyncClient, stop: asyncio.Event, trips: list[int]) -> None:
-    """Keep each shuttle on a mission: when its last one ended, send it back."""
-    legs = {name: 1 for name in SHUTTLES}
-    while not stop.is_set():
-        try:
-            active = (await api.get("/fleet/missions", params={"state": "active"})).json()
-            busy = {m["robot"] for m in active} if isinstance(active, list) else set(SHUTTLES)
-            for name, ends in SHUTTLES.items():
-                if name in busy:
-                    continue
-                sent = await api.post(
-                    "/fleet/missions", json={"robot": name, "goal": ends[legs[name] % 2]}
-                )
-                if sent.status_code == 201:
-                    legs[name] += 1
-                    trips[0] += 1
-        except httpx.HTTPError:
-            pass  # between leaders: ask again
-        await asyncio.sleep(0.2)
 
 
 async def _orders(api: httpx.AsyncClient, names: list[str], stop: asyncio.Event) -> int:
@@ -200,7 +174,7 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
                     home, name, made.json()["token"], marker, book, also=(other,)
                 )
             running = [asyncio.create_task(r.run(stop)) for r in robots.values()]
-            driver = asyncio.create_task(_missions(b, quiet, trips))
+            driver = asyncio.create_task(keep_shuttling(b, quiet, trips))
             operator = asyncio.create_task(_orders(b, list(robots), quiet))
             try:
                 await asyncio.sleep(3)  # missions under way, commands flowing
