@@ -23,14 +23,16 @@ warning), so the load generator never shares its GIL. In one run:
      `GET /fleet/robots/{name}/commands/log`; for the push row, to the answer with the
      ack read.
 2. **N robots at 10 Hz** (N = 250, 500, 1000 by default; a fresh corral for each N). A
-   second process (the load generator, also on this machine's 2 cores) runs `run_fleet`:
-   N robots, each on its own WebSocket, on an 80x50 grid (4,000 markers, 1 m apart; the
-   40x25 grid cannot take 1,000 robots that move: one per marker). Odd robots park in the
-   top 20 rows; even robots live in the bottom 25 rows and get missions one after the
-   other (a random goal at most 6 lanes away, in their band, a new one on arrival), at
-   0.5 m/s, so moves, checkpoints, reservations and mission events flow. Every robot reports
-   at 10 Hz: the simulator's own reports on a lane, and a beacon of its marker at 10 Hz
-   while it stands. After a warm-up, for `--seconds`:
+   second process (the load generator, also on this machine's 2 cores, bench/loadgen.py:
+   one uvloop event loop, a bare WebSocket per robot, frames built by hand, no task per
+   robot) runs N robots, each on its own WebSocket, on an 80x50 grid (4,000 markers, 1 m
+   apart; the 40x25 grid cannot take 1,000 robots that move: one per marker). Odd robots
+   park in the top 20 rows; even robots live in the bottom 25 rows and get missions one
+   after the other (a random goal at most 6 lanes away, in their band, a new one on
+   arrival), at 0.5 m/s, so moves, checkpoints, reservations and mission events flow.
+   Every robot reports at 10 Hz, at a phase of its own: its lane and progress while it
+   drives, a checkpoint at a lane's end, its marker while it stands; it acks each command
+   as it reads it. After a warm-up, for `--seconds`:
    - corral's CPU (utime+stime from /proc/PID/stat, % of one core) and RSS (VmRSS, peak
      VmHWM); the load generator's, this process's and the rest of the machine's CPU
      (/proc/stat), since they all share the 2 cores;
@@ -89,13 +91,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import Generator, drive  # noqa: E402
 from tests.support.postgres import PrivatePostgres  # noqa: E402
 from tests.support.server import ADMIN, ServeProcess, wait_until  # noqa: E402
 
 from corral import __version__  # noqa: E402
 from corral.model.fleet_map import grid_map  # noqa: E402
 from corral.robot import HttpRobot, RobotClient, RobotHttpError  # noqa: E402
-from corral.robot.sim import SimRobot, run_fleet  # noqa: E402
 
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 MAP = "bench"
@@ -536,88 +538,28 @@ def layout(n: int, seed: int) -> list[str]:
     return [parked[(i - 1) // 2] if i % 2 else movers[i // 2 - 1] for i in range(1, n + 1)]
 
 
-@dataclass
-class Counts:
-    """The load generator's counters (cumulative, but `lags` since the last snapshot)."""
-
-    telemetry: int = 0  # telemetry messages written to a socket
-    missions: int = 0
-    arrived: int = 0
-    refused: int = 0  # mission requests answered 409 (the last one not closed yet)
-    errors: int = 0
-    lags: list[float] = field(default_factory=list)
-
-
 def load_worker(url: str, n: int, options: dict[str, Any], conn: Connection) -> None:
-    """The load generator's process: N simulated robots until told to stop."""
+    """The load generator's process: N simulated robots (bench/loadgen.py) until told to
+    stop, on uvloop."""
+    import uvloop
+
     try:
-        asyncio.run(_load(url, n, options, conn))
+        uvloop.run(_load(url, n, options, conn))
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def numbered(robot: SimRobot, counts: Counts) -> None:
-    """Make every telemetry of `robot` carry its number in `status` ("1", "2"...), so that
-    corral's `GET /fleet/robots` tells how many of them it has handled."""
-    send = robot.client.telemetry
-    number = 0
-
-    async def telemetry(**fields: Any) -> bool:
-        nonlocal number
-        number += 1
-        written = await send(**{**fields, "status": str(number)})
-        counts.telemetry += written
-        return written
-
-    robot.client.telemetry = telemetry  # type: ignore[method-assign]
-
-
 async def _load(url: str, n: int, options: dict[str, Any], conn: Connection) -> None:
     loop = asyncio.get_running_loop()
-    counts = Counts()
-    goals: dict[str, tuple[str, asyncio.Event]] = {}
-
-    def record(robot: str, telemetry: dict[str, Any]) -> None:
-        wanted = goals.get(robot)
-        if wanted is not None and telemetry.get("marker") == wanted[0]:
-            wanted[1].set()
-
-    started = time.perf_counter()
-    sim = await run_fleet(
-        url,
-        ADMIN,
-        grid_map(MAP, COLUMNS, ROWS).as_dict(),
-        n,
-        prefix="sim",
-        speed=options["speed"],
-        rate=options["rate"],
-        jitter=0.1,
-        start_markers=layout(n, options["seed"]),
-        record=record,
-        connect_timeout=240,
-        seed=options["seed"],
-        **({"spread": options["spread"]} if options["spread"] else {}),
-    )
-    connect = time.perf_counter() - started
     rng = random.Random(options["seed"])
+    gen = Generator([url, *options["spread"]], options["rate"], options["speed"], options["seed"])
     api = httpx.AsyncClient(
         base_url=url, headers=HEADERS, timeout=120, limits=httpx.Limits(max_connections=32)
     )
-    robots = list(sim.robots.values())
-    for robot in robots:
-        numbered(robot, counts)
-
-    async def beacon(robot: SimRobot) -> None:
-        """The robot's position at `rate` while it stands (on a lane the simulator reports)."""
-        period = 1.0 / options["rate"]
-        await asyncio.sleep(rng.uniform(0, period))
-        due = loop.time()
-        while True:
-            due = max(due + period, loop.time())
-            await asyncio.sleep(due - loop.time())
-            stats = robot.stats
-            if stats.lane is None and stats.marker is not None:
-                await robot.client.telemetry(marker=stats.marker, battery=80.0)
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(gen.ticker())]
+    await gen.start(api, n, layout(n, options["seed"]), MAP, 240)
+    connect = time.perf_counter() - started
 
     def near(here: str) -> str:
         row, col = (int(x) for x in here[1:].split("c"))
@@ -626,60 +568,28 @@ async def _load(url: str, n: int, options: dict[str, Any], conn: Connection) -> 
             if r in MOVE_ROWS and 0 <= c < COLUMNS and 0 < abs(r - row) + abs(c - col) <= HOP:
                 return f"r{r}c{c}"
 
-    async def drive(robot: SimRobot) -> None:
-        """Missions one after the other, each to a goal near where the robot stands."""
-        await asyncio.sleep(rng.uniform(0, 3))  # not all the first missions at once
-        while True:
-            here = robot.stats.marker
-            if here is None:
-                await asyncio.sleep(0.1)
-                continue
-            goal = near(here)
-            arrived = asyncio.Event()
-            goals[robot.name] = (goal, arrived)
-            answer = await api.post("/fleet/missions", json={"robot": robot.name, "goal": goal})
-            if answer.status_code == 409:  # corral has not closed the last one yet
-                counts.refused += 1
-                await asyncio.sleep(0.2)
-                continue
-            if answer.status_code != 201:
-                counts.errors += 1
-                await asyncio.sleep(1)
-                continue
-            counts.missions += 1
-            await arrived.wait()
-            counts.arrived += 1
-
-    async def lag() -> None:
-        while True:
-            before = loop.time()
-            await asyncio.sleep(0.05)
-            counts.lags.append((loop.time() - before - 0.05) * 1000)
-
-    tasks = [asyncio.create_task(beacon(robot)) for robot in robots]
     if options["missions"]:
-        movers = [r for r in robots if int(r.name.rsplit("-", 1)[1]) % 2 == 0]
-        tasks += [asyncio.create_task(drive(robot)) for robot in movers]
-    tasks.append(asyncio.create_task(lag()))
-    conn.send(("ready", {"connected": sim.connected(), "seconds": connect, "pid": os.getpid()}))
+        movers = [b for b in gen.bots if int(b.name.rsplit("-", 1)[1]) % 2 == 0]
+        tasks += [asyncio.create_task(drive(gen, b, api, near, rng)) for b in movers]
+    conn.send(("ready", {"connected": gen.connected(), "seconds": connect, "pid": os.getpid()}))
+    counts = gen.counts
     while True:
         message = await loop.run_in_executor(None, conn.recv)
         if message != "snapshot":
             break
-        stats = sim.stats.values()
         conn.send(
             (
                 "counts",
                 {
                     "telemetry": counts.telemetry,
-                    "commands": sum(s.commands for s in stats),
-                    "checkpoints": sum(len(s.reached) for s in stats),
+                    "commands": counts.commands,
+                    "checkpoints": counts.checkpoints,
                     "missions": counts.missions,
                     "arrived": counts.arrived,
                     "refused": counts.refused,
                     "errors": counts.errors,
-                    "reconnects": sum(s.reconnects for s in stats),
-                    "connected": sim.connected(),
+                    "reconnects": counts.disconnects,
+                    "connected": gen.connected(),
                     "lags": counts.lags,
                 },
             )
@@ -689,7 +599,7 @@ async def _load(url: str, n: int, options: dict[str, Any], conn: Connection) -> 
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await api.aclose()
-    await sim.stop()
+    await gen.stop()
     conn.send(("stopped", {}))
 
 
