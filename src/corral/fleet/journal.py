@@ -1,6 +1,7 @@
 """The fleet's writes in batches (group commit): the dispatcher's decisions (made in memory
-under its lock) and the robots' acknowledgements, stored in one transaction per batch, then
-sent to robots and announced.
+under its lock), stored in one transaction per batch, then sent to robots and announced;
+and, apart from them, the robots' acknowledgements, in group commits of their own (an ack
+never waits for a batch of decisions).
 
 Nothing is sent before it is stored: a move reaches its robot only once its grant and the
 map's reservations are in the store, so a restart never finds a robot moving on a grant
@@ -27,6 +28,7 @@ Deliver = Callable[[list[CommandRow]], Awaitable[None]]
 Snapshot = Callable[[str], dict[str, Any]]
 MissionEnd = Callable[[MissionRow], Awaitable[None]]
 Event = tuple[str, str, str, dict[str, Any] | None]
+Ask = tuple[str, list[int], bool, "asyncio.Future[list[int]]"]
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Journal:
         self.recorded = 0  # decisions recorded so far
         self.written = 0  # of which stored
         self.writing = asyncio.Lock()
+        self.asks: list[Ask] = []  # acknowledgements waiting for the next ack write
+        self.acking = asyncio.Lock()
 
     # ------------------------------------------------------------------ recording
     def mission(self, id: int, **values: Any) -> None:
@@ -112,6 +116,36 @@ class Journal:
     def ended(self, row: MissionRow) -> None:
         self.batch.ended.append(row)
         self.recorded += 1
+
+    async def acknowledge(self, robot: str, ids: list[int], known: bool) -> list[int]:
+        """Store a robot's acknowledgement of `ids` apart from the decisions' batches, so a
+        command's round trip never waits for a batch of checkpoints and moves: the acks
+        that arrive while one ack write is on go together in the next (group commit, one
+        transaction). Returns once stored: the ids that are none of the robot's commands
+        (with `known`, their presence stored nothing)."""
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        mine: Ask = (robot, ids, known, future)
+        self.asks.append(mine)
+        async with self.acking:
+            if not future.done():
+                asks, self.asks = self.asks, []
+                try:
+                    unknown, acked = await self.store.acknowledge([a[:3] for a in asks])
+                except asyncio.CancelledError:
+                    # the others' asks go with the next writer (each waits for the lock)
+                    self.asks = [a for a in asks if a is not mine] + self.asks
+                    raise
+                except BaseException as exc:
+                    for ask in asks:
+                        if ask is not mine:
+                            ask[3].set_exception(exc)
+                    raise
+                now = utcnow()
+                for created in acked:  # each command's round trip: stored to its ack stored
+                    self.meter.round_trip.observe((now - created).total_seconds())
+                for ask, missing in zip(asks, unknown, strict=True):
+                    ask[3].set_result(missing)
+        return await future
 
     def forget(self) -> None:
         """Drop what is not stored yet: the decisions of a leadership term that is over

@@ -439,8 +439,9 @@ class FleetService:
         row.marker = marker
 
     async def ack(self, name: str, ids: Any, known: bool = True) -> None:
-        """Returns once the acknowledgement is stored (with others', in one batch). With
-        `known`, an id that is not one of the robot's commands refuses them all."""
+        """Returns once the acknowledgement is stored (with other robots' acks, apart from
+        the mission batches). With `known`, an id that is not one of the robot's commands
+        refuses them all."""
         if not isinstance(ids, list) or not all(
             (
                 (isinstance(i, int) and not isinstance(i, bool))
@@ -469,16 +470,15 @@ class FleetService:
         ):
             raise Invalid("ack ids must be a list of command ids", {"field": "ids"})
         await self.seen(name)
-        if ids and known:
-            unknown = sorted(set(ids) - await self.store.known_commands(name, ids))
-            if unknown:
-                raise NotFound(
-                    f"robot {name} has no command {', '.join(map(str, unknown[:20]))}",
-                    {"code": "unknown_command", "ids": unknown[:20]},
-                )
-        if ids:
-            self.dispatch.journal.ack(name, ids)
-            await self.dispatch.journal.commit()
+        if not ids:
+            return
+        # Stored at once, apart from the mission batches (its own group commit).
+        unknown = await self.dispatch.journal.acknowledge(name, ids, known)
+        if known and unknown:
+            raise NotFound(
+                f"robot {name} has no command {', '.join(map(str, unknown[:20]))}",
+                {"code": "unknown_command", "ids": unknown[:20]},
+            )
 
     # ------------------------------------------------------------------ commands
     async def command(self, name: str, kind: str, payload: dict[str, Any]) -> int:

@@ -123,13 +123,37 @@ class FleetStore:
             await s.flush()
             return rows, acked
 
-    async def known_commands(self, robot: str, ids: list[int]) -> set[int]:
-        """Which of `ids` are commands of `robot`."""
-        async with self.db.session() as s:
-            found = await s.scalars(
-                select(CommandRow.id).where(CommandRow.robot == robot, CommandRow.id.in_(ids))
+    async def acknowledge(
+        self, asks: list[tuple[str, list[int], bool]]
+    ) -> tuple[list[list[int]], list[datetime]]:
+        """Robots' acknowledgements (robot, ids, known), all in one transaction of two
+        statements, apart from the decisions' batches; a robot's own commands only. For
+        each ask, the ids that are none of its robot's commands (with `known`, such an ask
+        stores nothing); and when each command acknowledged now, for the first time, was
+        stored."""
+        wanted = sorted({i for _, ids, _ in asks for i in ids})
+        async with self.db.fenced() as s:
+            found = await s.execute(
+                select(CommandRow.id, CommandRow.robot).where(CommandRow.id.in_(wanted))
             )
-            return set(found.all())
+            owner: dict[int, str] = {id: robot for id, robot in found.all()}
+            unknown: list[list[int]] = []
+            taken: set[int] = set()
+            for robot, ids, known in asks:
+                mine = {i for i in ids if owner.get(i) == robot}
+                unknown.append(sorted(set(ids) - mine))
+                if mine and not (known and unknown[-1]):
+                    taken |= mine
+            acked: list[datetime] = []
+            if taken:
+                stored = await s.scalars(
+                    update(CommandRow)
+                    .where(CommandRow.id.in_(sorted(taken)), CommandRow.acked_at.is_(None))
+                    .values(acked_at=utcnow())
+                    .returning(CommandRow.created_at)
+                )
+                acked = list(stored.all())
+        return unknown, acked
 
     async def open_commands(self, robot: str, after: int = 0) -> list[CommandRow]:
         """Unacknowledged commands past `after`, an estop first, then by id."""
