@@ -6,15 +6,16 @@ Each fleet size gets a fresh private Mosquitto (anonymous, on a free loopback po
 fresh `corral serve` (its own process, SQLite in a temp dir, log level warning, VDA 5050
 on that broker). The vehicles are registered in one `PUT /fleet/vda5050/vehicles` (a
 vehicles file's request), then run by corral's simulator (`corral.robot.vda_sim`, the one
-`corral sim vda` runs) in `--workers` processes of their own on the same 2 cores, on a
-50x40 grid (2,000 markers, 1 m apart): vehicle i stands on an even column, so the marker to
-its right is free. Each knows its position from the start, so every one publishes its
-visualization at 10 Hz from the start. After all are online and `--warmup` seconds, for
-`--seconds`:
+`corral sim vda` runs: each vehicle its own MQTT connection and last will, the vehicles of
+a process driven from one loop) in `--workers` processes of their own (by default as
+`corral sim vda` spreads them) on the same cores, on a 50x40 grid (2,000 markers, 1 m
+apart): vehicle i stands on an even column, so the marker to its right is free. Each knows
+its position from the start, so every one publishes its visualization at 10 Hz from the
+start. After all are online and `--warmup` seconds, for `--seconds`:
 
 - corral's CPU (utime+stime from /proc/PID/stat, % of one core) and RSS (VmRSS; peak
-  VmHWM); the vehicle workers' CPU, the rest of the machine's (/proc/stat) and the load
-  average, since all share the 2 cores;
+  VmHWM); the simulator's CPU (all its processes), the rest of the machine's (/proc/stat)
+  and the load average, since all share the machine's cores;
 - the VDA 5050 messages corral handled per second (`corral_vda5050_messages_total`,
   direction in, on /metrics at the start and the end of the window) against what the
   vehicles were to send (N x 11 per second, plus the states on events);
@@ -39,7 +40,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import multiprocessing as mp
 import os
 import platform
 import re
@@ -47,7 +47,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ from tests.support.private_brokers import PrivateMosquitto  # noqa: E402
 from tests.support.server import ADMIN, ServeProcess  # noqa: E402
 
 from corral.model.fleet_map import grid_map, lane_key  # noqa: E402
-from corral.robot.vda_sim import SimVehicle  # noqa: E402
+from corral.robot.vda_sim import SimVehicle, VehicleProcesses, default_procs  # noqa: E402
 
 COLUMNS, ROWS = 50, 40
 MANUFACTURER = "bench"
@@ -79,50 +78,6 @@ def spots(n: int) -> list[tuple[str, str, float, float]]:
         row, col = divmod(i, COLUMNS // 2)
         out.append((f"v{i:04d}", f"r{row}c{2 * col}", 2.0 * col, float(row)))
     return out
-
-
-# ----------------------------------------------------------------------------- vehicles
-
-
-def vehicle_worker(
-    url: str, vehicles: list[tuple[str, str, float, float]], conn: Connection
-) -> None:
-    """A process running its share of the simulated vehicles until told to stop."""
-    asyncio.run(_vehicles(url, vehicles, conn))
-
-
-async def _vehicles(
-    url: str, vehicles: list[tuple[str, str, float, float]], conn: Connection
-) -> None:
-    stop = asyncio.Event()
-    sims = [
-        SimVehicle(
-            url,
-            MANUFACTURER,
-            serial,
-            marker,
-            speed=1.0,
-            state_every=1.0,
-            visualization_every=0.1,
-            position=(x, y),
-            map_id="bench",
-        )
-        for serial, marker, x, y in vehicles
-    ]
-    tasks = [asyncio.create_task(sim.run(stop)) for sim in sims]
-    conn.send("started")
-    while await asyncio.to_thread(conn.recv) == "count":  # what they sent so far, by topic
-        sent: dict[str, int] = {}
-        for sim in sims:
-            for topic, count in sim.headers.items():
-                sent[topic] = sent.get(topic, 0) + count
-        conn.send(sent)
-    stop.set()
-    await asyncio.sleep(1.0)  # they say OFFLINE
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    conn.send("stopped")
 
 
 # ----------------------------------------------------------------------------- latency
@@ -258,6 +213,7 @@ class Row:
     corral_cpu: float = 0.0
     rss: float = 0.0
     peak: float = 0.0
+    procs: int = 0  # the simulator's processes
     workers_cpu: float = 0.0
     others_cpu: float = 0.0
     load: float = 0.0
@@ -266,16 +222,6 @@ class Row:
     to_order: list[float] = field(default_factory=list)
     to_motion: list[float] = field(default_factory=list)
     missed: int = 0
-
-
-def _sent(workers: list[tuple[Any, Connection]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for _, conn in workers:
-        conn.send("count")
-    for _, conn in workers:
-        for topic, count in conn.recv().items():
-            total[topic] = total.get(topic, 0) + count
-    return total
 
 
 def in_counts(text: str) -> dict[str, float]:
@@ -297,8 +243,7 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
     serve = await asyncio.to_thread(ServeProcess(workdir / f"corral-{n}", env).start)
     assert serve.proc is not None
     pid = serve.proc.pid
-    ctx = mp.get_context("spawn")
-    workers: list[tuple[Any, Connection]] = []
+    workers: VehicleProcesses | None = None
     vehicles = spots(n)
     api = httpx.AsyncClient(
         base_url=serve.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
@@ -318,14 +263,23 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         row.register_s = time.monotonic() - began
         assert answer.status_code == 200, answer.text
         began = time.monotonic()
-        for k in range(args.workers):
-            share = vehicles[k :: args.workers]
-            mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=vehicle_worker, args=(broker.url, share, theirs))
-            proc.start()
-            workers.append((proc, mine))
-        for _, conn in workers:
-            await asyncio.to_thread(conn.recv)
+        sims = [
+            SimVehicle(
+                broker.url,
+                MANUFACTURER,
+                serial,
+                marker,
+                speed=1.0,
+                state_every=1.0,
+                visualization_every=0.1,
+                position=(x, y),
+                map_id="bench",
+            )
+            for serial, marker, x, y in vehicles
+        ]
+        row.procs = args.workers or default_procs(n)
+        workers = await asyncio.to_thread(VehicleProcesses(sims, row.procs).start)
+        pids = workers.pids
 
         async def online() -> int:
             robots = (await api.get("/fleet/robots")).json()
@@ -345,9 +299,9 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         # the window
         before = in_counts((await api.get("/metrics")).text)
         cpu0, busy0 = cpu_seconds(pid), machine_jiffies()
-        work0 = sum(cpu_seconds(p.pid) for p, _ in workers)
+        work0 = sum(cpu_seconds(p) for p in pids)
         me0 = cpu_seconds(os.getpid())
-        sent0 = _sent(workers)
+        sent0 = await asyncio.to_thread(workers.sent)
         t0 = time.monotonic()
         posted: dict[str, float] = {}
         spacing = min(1.0, args.seconds / (len(sample) + 1))
@@ -360,10 +314,10 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
             await asyncio.sleep(spacing)
         await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - t0)))
         elapsed = time.monotonic() - t0
-        sent1 = _sent(workers)
+        sent1 = await asyncio.to_thread(workers.sent)
         row.sent = {k: (sent1.get(k, 0) - sent0.get(k, 0)) / elapsed for k in sent1}
         cpu1, busy1 = cpu_seconds(pid), machine_jiffies()
-        work1 = sum(cpu_seconds(p.pid) for p, _ in workers)
+        work1 = sum(cpu_seconds(p) for p in pids)
         me1 = cpu_seconds(os.getpid())
         after = in_counts((await api.get("/metrics")).text)
         row.online_end = await online()
@@ -386,12 +340,8 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
             else:
                 row.missed += 1
     finally:
-        for _, conn in workers:
-            conn.send("stop")
-        for proc, _ in workers:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
+        if workers is not None:
+            await asyncio.to_thread(workers.stop)
         await api.aclose()
         await asyncio.to_thread(serve.stop)
         broker.stop()
@@ -413,13 +363,14 @@ def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None
     print(
         f"{'vehicles':>8} {'register s':>10} {'online s':>8} {'online':>6} {'at end':>6} "
         f"{'corral CPU':>10} {'RSS MB':>6} "
-        f"{'peak':>5} {'vehicles CPU':>12} {'others':>6} {'load avg':>8}"
+        f"{'peak':>5} {'sim procs':>9} {'vehicles CPU':>12} {'others':>6} {'load avg':>8}"
     )
     for r in rows:
         print(
             f"{r.n:>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.online:>6} {r.online_end:>6} "
             f"{r.corral_cpu:>9.0f}% "
-            f"{r.rss:>6.0f} {r.peak:>5.0f} {r.workers_cpu:>11.0f}% {r.others_cpu:>5.0f}% "
+            f"{r.rss:>6.0f} {r.peak:>5.0f} {r.procs:>9} {r.workers_cpu:>11.0f}% "
+            f"{r.others_cpu:>5.0f}% "
             f"{r.load:>8.2f}"
         )
     print(
@@ -463,7 +414,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per size")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window")
     parser.add_argument("--sample", type=int, default=20, help="missions timed per size")
-    parser.add_argument("--workers", type=int, default=2, help="processes running the vehicles")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes running the vehicles (default: the simulator's, one per 500 "
+        "vehicles, at most one per core)",
+    )
     parser.add_argument(
         "--states-only",
         action="store_true",
@@ -497,7 +454,9 @@ def main() -> None:
             r = rows[-1]
             print(
                 f"  [{n} vehicles: corral {r.corral_cpu:.0f}% CPU, {r.rss:.0f} MB, "
-                f"first motion p50 {pct(r.to_motion, 0.5):.0f} ms]",
+                f"first motion p50 {pct(r.to_motion, 0.5):.0f} ms; "
+                f"simulator {r.workers_cpu:.0f}% CPU in {r.procs} processes, "
+                f"{r.sent.get('visualization', 0.0):.0f} visualizations/s sent]",
                 flush=True,
             )
     report(rows, base, args)

@@ -1,7 +1,6 @@
-"""`corral sim robots`: run N virtual robots against a corral server, over WebSocket.
-
-A front end to `corral.robot.sim.run_fleet`, for demos, load tests and trying the fleet
-without hardware; prints what the robots do, then a summary.
+"""`corral sim robots` and `corral sim vda`: virtual robots for the fleet, over WebSocket
+(a front end to `corral.robot.sim.run_fleet`) or as VDA 5050 vehicles on an MQTT broker
+(`corral.robot.vda_sim`), for demos, load tests and trying the fleet without hardware.
 """
 
 import asyncio
@@ -10,6 +9,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.markup import escape
@@ -147,7 +147,7 @@ def robots(
 @app.command("vda")
 def vda(
     n: Annotated[int, typer.Argument(min=1, help="how many vehicles")],
-    broker: Annotated[str, typer.Option(help="the MQTT broker, mqtt://host:port")],
+    broker: Annotated[str, typer.Option(help="the MQTT broker, mqtt://[user:password@]host:port")],
     start: Annotated[
         str, typer.Option(help="start nodes a,b,c: vehicle i stands on the i-th (one each)")
     ],
@@ -160,33 +160,67 @@ def vda(
     visualization_every: Annotated[
         float, typer.Option(min=0.01, help="seconds between visualization messages")
     ] = 0.1,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="YAML/JSON file: serial number -> {username, password} on the broker, "
+            "one login per vehicle (instead of the broker URL's)",
+        ),
+    ] = None,
+    procs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes to run the vehicles in "
+            "(default: one per 500 vehicles, at most one per core)",
+        ),
+    ] = None,
     duration: Annotated[
         float | None, typer.Option(help="stop after N seconds (default: Ctrl-C)")
     ] = None,
 ) -> None:
     """Run N VDA 5050 vehicles (written from the standard) on an MQTT broker; register them
-    in corral with `corral robot add-vda` (manufacturer, serial PREFIX1 … PREFIXN)."""
-    from corral.robot.vda_sim import SimVehicle, run_vehicles
+    in corral with `corral robot add-vda` (manufacturer, serial PREFIX1 … PREFIXN). Each has
+    its own MQTT connection and last will; the vehicles of a process run from one loop."""
+    from corral.robot.vda_sim import (
+        SimVehicle,
+        VehicleProcesses,
+        default_procs,
+        run_loop,
+        run_vehicles,
+    )
 
     nodes = [s for s in start.split(",") if s]
     if len(nodes) < n:
         raise CliError(f"--start names {len(nodes)} node(s) for {n} vehicles")
+    serials = [f"{serial_prefix}{i}" for i in range(1, n + 1)]
+    logins = _logins(credentials, serials) if credentials is not None else {}
     vehicles = [
         SimVehicle(
             broker,
             manufacturer,
-            f"{serial_prefix}{i}",
-            nodes[i - 1],
+            serial,
+            nodes[i],
             speed=speed,
             interface=interface,
             major=major,
             state_every=state_every,
             visualization_every=visualization_every,
+            username=logins.get(serial, (None, None))[0],
+            password=logins.get(serial, (None, None))[1],
         )
-        for i in range(1, n + 1)
+        for i, serial in enumerate(serials)
     ]
+    spread = min(procs or default_procs(n), n)
+    where = urlsplit(broker)
+    _line(
+        f"{n} VDA 5050 vehicle(s) of {manufacturer} on {where.hostname}:{where.port or 1883}"
+        + (f" in {spread} processes" if spread > 1 else "")
+    )
 
-    async def main() -> None:
+    async def main() -> list[SimVehicle]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         with suppress(NotImplementedError, RuntimeError):
@@ -194,11 +228,41 @@ def vda(
             loop.add_signal_handler(signal.SIGTERM, stop.set)
         if duration is not None:
             loop.call_later(duration, stop.set)
-        _line(f"{n} VDA 5050 vehicle(s) of {manufacturer} on {broker}")
-        await run_vehicles(vehicles, stop)
-        for vehicle in vehicles:
-            _line(
-                f"{vehicle.serial}: at {vehicle.last_node}, passed {len(vehicle.reached)} node(s)"
-            )
+        if spread == 1:
+            await run_vehicles(vehicles, stop)
+            return vehicles
+        workers = await asyncio.to_thread(VehicleProcesses(vehicles, spread).start)
+        try:
+            await stop.wait()
+        finally:
+            ended = await asyncio.to_thread(workers.stop)
+        return ended
 
-    asyncio.run(main())
+    ended: list[SimVehicle] = run_loop(main())
+    for vehicle in ended:
+        problem = f"; {vehicle.link_error}" if vehicle.link_error else ""
+        _line(
+            f"{vehicle.serial}: at {vehicle.last_node}, passed {len(vehicle.reached)} node(s)"
+            + problem
+        )
+
+
+def _logins(path: Path, serials: list[str]) -> dict[str, tuple[str, str]]:
+    """The credentials file: `SERIAL: {username: U, password: P}` for each vehicle."""
+    import yaml  # only with a file
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read {path}: {exc}", 2) from None
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: a mapping of serial number to username and password", 2)
+    logins: dict[str, tuple[str, str]] = {}
+    for serial in serials:
+        entry = data.get(serial)
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), str) for k in ("username", "password")
+        ):
+            raise CliError(f"{path}: {serial}: needs a username and a password (strings)", 2)
+        logins[serial] = (entry["username"], entry["password"])
+    return logins
