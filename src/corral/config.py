@@ -19,6 +19,7 @@ from pydantic_settings import (
 
 from corral import DEFAULT_PORT
 from corral.model.schedule import parse_schedule
+from corral.model.subnets import parse_pool
 
 
 def _config_file() -> Path | None:
@@ -107,6 +108,13 @@ class Settings(BaseSettings):
     )
     sessions_per_host: int = Field(
         default=50, ge=1, le=10000, description="Most active sessions one host may hold."
+    )
+    session_subnets: str = Field(
+        default="10.213.0.0/16",
+        description="Private IPv4 pool each session network's subnet is cut from (per host).",
+    )
+    session_subnet_prefix: int = Field(
+        default=27, ge=8, le=29, description="Size of each session's block (/27: 29 containers)."
     )
     edgeecho_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve the edgeECHO API on this port (5000)."
@@ -272,6 +280,14 @@ class Settings(BaseSettings):
         if value:
             parse_schedule(value)
         return value
+
+    @model_validator(mode="after")
+    def _session_pool(self) -> "Settings":
+        try:
+            parse_pool(self.session_subnets, self.session_subnet_prefix)
+        except ValueError as exc:
+            raise ValueError(f"session_subnets: {exc}") from None
+        return self
 
     @field_validator("engine_networks", "device_networks", mode="before")
     @classmethod

@@ -325,3 +325,86 @@ def test_sessions_on_postgresql(local_engine: str, tmp_path: Path, pg_url: str) 
         assert _left_on_engine(session["id"]) == ([], [])
         listed = api.get("/sessions", params={"template": "crash"}).json()
         assert [s["id"] for s in listed] == [session["id"]]
+
+
+def _subnet(network: str) -> str:
+    return subprocess.run(
+        ["docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", network],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_forty_sessions_at_once_outgrow_dockers_default_pools(
+    local_engine: str, tmp_path: Path
+) -> None:
+    """Docker's default address pools end after about 30 bridge networks; each session
+    network has its own block of corral's pool, so 40 sessions run at once."""
+    settings = Settings(
+        home=tmp_path, bootstrap_token=ADMIN, local_docker_url=local_engine,
+        session_grace_seconds=0.2, session_check_seconds=0.2, sessions_per_host=100,
+    )  # fmt: skip
+    with ThreadServer(settings) as server, server.client() as api:
+        nap = SLEEPER_WITH_CPUS.replace("CPUS", "0.001")
+        assert api.post("/templates", json={"file": nap}).status_code == 201
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            with server.client() as mine:
+                got = mine.post(
+                    "/templates/sleeper/sessions", json={"params": {"seconds": 30}}, timeout=120
+                )
+            answers.append(got)
+
+        threads = [threading.Thread(target=ask) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [a.status_code for a in answers] == [201] * 40, [a.text for a in answers]
+        views = [a.json() for a in answers]
+        assert {v["state"] for v in views} == {"running"}
+        subnets = {_subnet(v["network"]) for v in views}
+        assert len(subnets) == 40, subnets
+        assert all(s.startswith("10.213.") for s in subnets), subnets
+
+        def remove(session: str) -> None:
+            with server.client() as mine:
+                answers.append(mine.delete(f"/sessions/{session}", timeout=60))
+
+        answers.clear()
+        threads = [threading.Thread(target=remove, args=(v["id"],)) for v in views]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(a.json()["cleaned_at"] for a in answers), [a.text for a in answers]
+        for v in views:
+            assert _left_on_engine(v["id"]) == ([], [])
+
+
+def test_a_used_up_subnet_pool_is_a_429_naming_it(local_engine: str, tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path, bootstrap_token=ADMIN, local_docker_url=local_engine,
+        session_grace_seconds=0.2, session_check_seconds=0.2,
+        session_subnets="10.213.254.0/27", session_subnet_prefix=28,
+    )  # fmt: skip
+    with ThreadServer(settings) as server, server.client() as api:
+        assert api.post("/templates", json={"file": SLEEPER}).status_code == 201
+        ask = {"params": {"seconds": 30}}
+        first = api.post("/templates/sleeper/sessions", json=ask).json()
+        second = api.post("/templates/sleeper/sessions", json=ask).json()
+        assert (first["state"], second["state"]) == ("running", "running")
+        assert {_subnet(first["network"]), _subnet(second["network"])} == {
+            "10.213.254.0/28", "10.213.254.16/28",
+        }  # fmt: skip
+        refused = api.post("/templates/sleeper/sessions", json=ask)
+        assert refused.status_code == 429, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "no_room"
+        assert "session_subnets=10.213.254.0/27" in error["message"], error
+        assert api.delete(f"/sessions/{first['id']}", timeout=60).json()["cleaned_at"]
+        third = api.post("/templates/sleeper/sessions", json=ask).json()
+        assert third["state"] == "running"
+        assert _subnet(third["network"]) == "10.213.254.0/28"  # the freed block
+        for session in (second, third):
+            assert api.delete(f"/sessions/{session['id']}", timeout=60).json()["cleaned_at"]

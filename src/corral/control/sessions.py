@@ -41,6 +41,7 @@ from corral.model.hosts import parse_engine_url
 from corral.model.placement import fit, session_candidate
 from corral.model.readiness import Verdict, dependencies, judge
 from corral.model.stack_spec import ServiceSpec, StackSpec
+from corral.model.subnets import SubnetPool, containers_per_block
 from corral.model.templates import (
     ParamsInvalid,
     TemplateSpec,
@@ -110,6 +111,8 @@ class SessionService:
         self._swept = 0.0
         self._unknown: set[str] = set()  # active sessions whose host was found not answering
         self._parsed: dict[tuple[str, str | None], TemplateSpec] = {}
+        self._subnets: dict[str, SubnetPool] = {}  # per host: the session networks' blocks
+        self._subnet_reads: dict[str, asyncio.Lock] = {}
         bus.watch(CONTAINER, self._engine_event)
 
     # ------------------------------------------------------------------ templates
@@ -249,9 +252,18 @@ class SessionService:
             raise Invalid(f"ttl {ttl} s is outside 1 s to 7 days", {"field": "ttl"})
         session = secrets.token_hex(8).upper()
         stack = self._instantiate(spec, values, stored.base_dir, session)
+        room = containers_per_block(self.settings.session_subnet_prefix)
+        if len(stack.services) > room:
+            raise Invalid(
+                f"template {template} has {len(stack.services)} services; a session network "
+                f"(a /{self.settings.session_subnet_prefix} of session_subnets) holds {room}",
+                {"field": "session_subnet_prefix"},
+            )
         cpus, memory = reservation(spec, stack)
         async with self._place_lock:
             host, why = await self._choose(stack, cpus, memory)
+            if host is not None and await self._take_subnet(host, session) is None:
+                why, host = self._pool_used_up(host), None
             if host is None and not queue:
                 raise NoRoom(
                     f"no host has room for a {template} session: {why}",
@@ -411,6 +423,69 @@ class SessionService:
             )
         return list(out.values())
 
+    # ------------------------------------------------------------------ subnets
+    def _pool(self, host: str) -> SubnetPool:
+        pool = self._subnets.get(host)
+        if pool is None:
+            pool = SubnetPool(self.settings.session_subnets, self.settings.session_subnet_prefix)
+            self._subnets[host] = pool
+        return pool
+
+    async def _read_networks(self, host: str, driver: HostDriver | None, again: bool) -> None:
+        """Learn the subnets of the engine's networks (once per host, and `again` after the
+        engine refused a block): no session block may overlap them."""
+        pool = self._pool(host)
+        async with self._subnet_reads.setdefault(host, asyncio.Lock()):
+            if pool.known and not again:
+                return
+            if driver is None:
+                driver = await self.hosts.driver(host)
+            pool.note_engine(await self.hosts.call(driver.network_subnets))
+
+    async def _take_subnet(
+        self, host: str, session: str, driver: HostDriver | None = None
+    ) -> str | None:
+        """The session's block of the pool on `host` (held until it is cleaned), or None
+        when the pool is used up there."""
+        pool = self._pool(host)
+        if not pool.known:
+            await self._read_networks(host, driver, again=False)
+        return pool.take(session, session_network(session))
+
+    def _pool_used_up(self, host: str) -> str:
+        pool = self._pool(host)
+        return (
+            f"the session subnet pool session_subnets={pool.pool} (/{pool.prefix} blocks) is "
+            f"used up on {host}: {len(pool.held)} sessions hold a block, the rest overlap the "
+            "engine's networks; widen session_subnets or wait until sessions are cleaned"
+        )
+
+    async def _ensure_network(
+        self, host: str, driver: HostDriver, session: str, network: str, labels: dict[str, str]
+    ) -> None:
+        """The session's bridge network on its own block (Docker's default pools end after
+        about 30 networks); a block the engine refuses as overlapping is set aside."""
+        for _ in range(3):
+            subnet = await self._take_subnet(host, session, driver)
+            if subnet is None:
+                raise NoRoom(self._pool_used_up(host), {"pool": self.settings.session_subnets})
+            try:
+                await self.hosts.call(
+                    driver.ensure_network, network, "bridge", False, subnet, labels
+                )
+                return
+            except Invalid as exc:
+                if "overlap" not in exc.message:
+                    raise
+                log.info("session subnet refused", session=session, subnet=subnet)
+                self._pool(host).refuse(session, network)
+                await self._read_networks(host, driver, again=True)
+        raise Invalid(f"the engine of {host} refused three subnets for {network}")
+
+    def _release_subnet(self, stored: StoredSession) -> None:
+        if stored.host in self._subnets:
+            self._subnets[stored.host].release(stored.id, stored.network)
+
     async def _wait_ready(
         self, inst: _Instance, driver: HostDriver, ids: dict[str, str], wave: list[str]
     ) -> None:
@@ -507,6 +582,7 @@ class SessionService:
                     host.name, self._remove_owned(stored.id, self.hosts.driver_for(host))
                 )
             await self.store.mark_cleaned(stored.id, utcnow())
+            self._release_subnet(stored)
             await self.bus.emit(
                 "session.cleaned",
                 f"session/{stored.id}",
@@ -702,6 +778,8 @@ class SessionService:
         inst = await self._load(stored.id)
         async with self._place_lock:
             host, why = await self._choose(inst.stack, stored.cpus, stored.memory)
+            if host is not None and await self._take_subnet(host, stored.id) is None:
+                why, host = self._pool_used_up(host), None
             if host is None:
                 await self.store.update(stored.id, reason=f"queued: {why}")
                 return

@@ -266,6 +266,18 @@ class DockerEngine:
             found = self._api.networks(filters={"label": _label_filter(labels)})
         return {str(n["Name"]): dict(n.get("Labels") or {}) for n in found}
 
+    def network_subnets(self) -> dict[str, list[str]]:
+        with _engine_errors(self.spec.name):
+            found = self._api.networks()
+        return {
+            str(n["Name"]): [
+                str(c["Subnet"])
+                for c in (n.get("IPAM") or {}).get("Config") or []
+                if c.get("Subnet")
+            ]
+            for n in found
+        }
+
     def remove_network(self, name: str) -> None:
         with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
             self._api.remove_network(name)
