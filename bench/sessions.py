@@ -65,6 +65,7 @@ class Result:
     burst_latencies: list[float] = field(default_factory=list)
     burst_delivered: int = 0
     burst_total: int = 0
+    burst_errors: dict[str, int] = field(default_factory=dict)  # why requests failed
 
     def quantile(self, q: float) -> float:
         return _quantile(sorted(o.latency for o in self.outcomes), q)
@@ -233,6 +234,9 @@ def burst(result: Result, run: Callable[[], tuple[float, Callable[[], bool]]], n
         t.join()
     result.burst_wall = time.perf_counter() - started
     ok = [a for a in answers if not isinstance(a, Exception)]
+    for failed in (a for a in answers if isinstance(a, Exception)):
+        why = (str(failed).splitlines() or [type(failed).__name__])[0][:160]
+        result.burst_errors[why] = result.burst_errors.get(why, 0) + 1
     result.burst_latencies = sorted(took for took, _ in ok)
     result.burst_total = n
     delivered: list[bool] = []
@@ -274,6 +278,8 @@ def bursts(server: ThreadServer, images: dict[str, str], sizes: list[int]) -> No
                 f"{size:>3} {name:34} {result.burst_wall:7.3f} {q(0.5):7.3f} {q(0.95):7.3f} "
                 f"{result.burst_delivered:>4}/{result.burst_total:<5}"
             )
+            for why, count in result.burst_errors.items():
+                print(f"    {count} requests failed: {why}")
         base, ours = results
         print(
             f"{size:>3} ratio corral/seed: wall {ours.burst_wall / base.burst_wall:.2f}x, "

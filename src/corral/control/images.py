@@ -16,6 +16,8 @@ from corral.model.dockerfile import BaseImage, base_images
 from corral.model.stack_spec import BuildSpec, ServiceSpec, StackSpec
 from corral.model.views import HostView
 
+PRESENT_SECONDS = 30.0  # an image found on a host is not looked for again for this long
+
 
 def dockerfile_path(build: BuildSpec) -> str:
     return os.path.join(build.context, build.dockerfile)
@@ -46,6 +48,11 @@ class ImageSupply:
         self.bus = bus
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._base_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._present: dict[tuple[str, str], float] = {}  # (host, image) -> when found
+
+    def forget(self, host: str, image: str) -> None:
+        """The image turned out missing on the host (a create said so): look again."""
+        self._present.pop((host, image), None)
 
     async def problems(self, spec: StackSpec, hosts: list[HostView]) -> list[str]:
         """Images no reachable host has and nothing can build: an image-only service's
@@ -83,13 +90,29 @@ class ImageSupply:
         return problems
 
     async def ensure(
-        self, drivers: dict[str, HostDriver], host: str, spec: ServiceSpec, resource: str
+        self,
+        drivers: dict[str, HostDriver],
+        host: str,
+        spec: ServiceSpec,
+        resource: str,
+        recent: bool = False,
     ) -> None:
-        """One build or copy per (host, image) at a time; later callers find it there."""
-        lock = self._locks.setdefault((host, spec.image), asyncio.Lock())
+        """One build or copy per (host, image) at a time; later callers find it there. With
+        `recent`, an image found there in the last PRESENT_SECONDS is not inspected again
+        (a burst of sessions queued its inspections behind this lock); such a caller calls
+        `forget` when a create says the image is missing after all."""
+        key = (host, spec.image)
+        now = time.monotonic()
+        if recent and now - self._present.get(key, -PRESENT_SECONDS) < PRESENT_SECONDS:
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            found = self._present.get(key)
+            if recent and found is not None and found >= now:
+                return  # found while this caller waited for the lock
             driver = drivers[host]
             if await self.hosts.call(driver.has_image, spec.image):
+                self._present[key] = time.monotonic()
                 return
             if spec.build is not None:
                 for base in build_bases(spec.build):
@@ -106,12 +129,14 @@ class ImageSupply:
                 await self.bus.emit(
                     "image.built", resource, f"built {spec.image} on {host} in {took:.1f} s"
                 )
+                self._present[key] = time.monotonic()
                 return
             if not await self._copy(drivers, host, spec.image, resource):
                 raise Invalid(
                     f"image {spec.image} is on no reachable host and service {spec.name} "
                     "has no build"
                 )
+            self._present[key] = time.monotonic()
 
     async def _copy(
         self, drivers: dict[str, HostDriver], host: str, image: str, resource: str

@@ -348,16 +348,18 @@ class SessionService:
             driver = drivers[host]
             labels = {OWNED: "true", SESSION: session, CREATED: str(int(time.time()))}
             await _all(
-                self.hosts.call(
-                    driver.ensure_network, inst.stored.network, "bridge", False, None, labels
-                ),
+                self._ensure_network(host, driver, session, inst.stored.network, labels),
                 *(
-                    self.images.ensure(drivers, host, svc, resource)
+                    self.images.ensure(drivers, host, svc, resource, recent=True)
                     for svc in inst.stack.services.values()
                 ),
             )
-            plans = [plan_session_container(session, s) for s in inst.stack.services.values()]
-            made = await _all(*(self.hosts.call(driver.create, plan, False) for plan in plans))
+            made = await _all(
+                *(
+                    self._create(drivers, host, session, svc, resource)
+                    for svc in inst.stack.services.values()
+                )
+            )
             ids = dict(zip(inst.stack.services, made, strict=True))
             address = _client_address(await self.hosts.view(host))
             endpoints: list[Endpoint] = []
@@ -390,6 +392,26 @@ class SessionService:
         except Exception as exc:
             log.exception("session start crashed", session=session)
             await self._end(session, "failed", f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _create(
+        self,
+        drivers: dict[str, HostDriver],
+        host: str,
+        session: str,
+        svc: ServiceSpec,
+        resource: str,
+    ) -> str:
+        """Create one container (not started); an image gone since it was last found there
+        is supplied again, once."""
+        plan = plan_session_container(session, svc)
+        try:
+            return await self.hosts.call(drivers[host].create, plan, False)
+        except NotFound as exc:
+            if "image" not in exc.message.lower():
+                raise
+        self.images.forget(host, svc.image)
+        await self.images.ensure(drivers, host, svc, resource)
+        return await self.hosts.call(drivers[host].create, plan, False)
 
     async def _run(
         self,
@@ -506,7 +528,7 @@ class SessionService:
             details = await self.hosts.call(driver.details, container)
             verdict = judge(svc, condition, details)
             if verdict.outcome == "probe":
-                listening = await self.hosts.call(driver.listening_ports, container)
+                listening = await self.hosts.call(driver.listening_ports, container, details.pid)
                 verdict = judge(svc, condition, details, listening)
             return verdict
 

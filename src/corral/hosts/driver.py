@@ -68,7 +68,7 @@ class HostDriver(Protocol):
         """Times, exit code and published ports of one container."""
         ...
 
-    def listening_ports(self, container_id: str) -> set[int]:
+    def listening_ports(self, container_id: str, pid: int = 0) -> set[int]:
         """TCP ports the running container listens on (without connecting to them);
         Invalid when they cannot be seen."""
         ...

@@ -85,6 +85,7 @@ class ContainerDetails:
     finished_at: datetime | None
     ports: tuple[PublishedPort, ...] = ()
     health: str = ""
+    pid: int = 0  # the main process's, as the engine's machine numbers it (0: not running)
 
 
 def owned_labels(stack: str) -> dict[str, str]:
