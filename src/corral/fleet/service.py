@@ -328,17 +328,25 @@ class FleetService:
         of its own is on the way."""
         row = self.robot(name)
         report = _telemetry(message)
-        link = await self.seen(name)
-        if row.map is not None:
-            try:
-                self._check_spot(row.map, report)
-            except CorralError:
+        link = self.links.get(name)  # seen(), with one report to the peers, not two
+        link.heard()
+        if not link.online and self.leads():
+            await self._online(name, link)
+        try:
+            if row.map is not None:
+                try:
+                    self._check_spot(row.map, report)
+                except CorralError:
+                    if self.leads():
+                        raise
+                    await self._read_maps()  # a follower's maps may be older than the leader's
+                    self._check_spot(row.map, report)
                 if self.leads():
-                    raise
-                await self._read_maps()  # a follower's maps may be older than the leader's
-                self._check_spot(row.map, report)
-            if self.leads():
-                await self._whereabouts(name, row.map, report, infer)
+                    await self._whereabouts(name, row.map, report, infer)
+        except BaseException:
+            if self.peers is not None:
+                self.peers.report(name, None)  # heard, though what it said was refused
+            raise
         link.telemetry = {**report, "at": time.time()}
         if self.peers is not None:
             self.peers.report(name, link.telemetry, busy=not infer)

