@@ -18,7 +18,9 @@ start. After all are online and `--warmup` seconds, for `--seconds`:
   and the load average, since all share the machine's cores;
 - the VDA 5050 messages corral handled per second (`corral_vda5050_messages_total`,
   direction in, on /metrics at the start and the end of the window) against what the
-  vehicles were to send (N x 11 per second, plus the states on events);
+  vehicles were to send (N x 11 per second, plus the states on events), and the
+  visualizations superseded (a newer one of the same vehicle came before corral read it);
+  corral's RSS at the window's start and end (flat, or growing with a backlog);
 - **order to first motion** for `--sample` vehicles, one after another, 1 s apart:
   from just before `POST /fleet/missions` (to the free marker on its right) to the order
   reaching the broker (the bench subscribes to the sample's order and visualization
@@ -211,6 +213,7 @@ class Row:
     online: int = 0  # how many were online then
     online_end: int = 0  # and at the end of the window
     corral_cpu: float = 0.0
+    rss_start: float = 0.0  # at the window's start
     rss: float = 0.0
     peak: float = 0.0
     procs: int = 0  # the simulator's processes
@@ -298,6 +301,7 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         await asyncio.wait_for(ready.wait(), 30)
         # the window
         before = in_counts((await api.get("/metrics")).text)
+        row.rss_start = memory_mb(pid)[0]
         cpu0, busy0 = cpu_seconds(pid), machine_jiffies()
         work0 = sum(cpu_seconds(p) for p in pids)
         me0 = cpu_seconds(os.getpid())
@@ -362,34 +366,37 @@ def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None
     )
     print(
         f"{'vehicles':>8} {'register s':>10} {'online s':>8} {'online':>6} {'at end':>6} "
-        f"{'corral CPU':>10} {'RSS MB':>6} "
+        f"{'corral CPU':>10} {'RSS MB start':>12} {'end':>5} "
         f"{'peak':>5} {'sim procs':>9} {'vehicles CPU':>12} {'others':>6} {'load avg':>8}"
     )
     for r in rows:
         print(
             f"{r.n:>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.online:>6} {r.online_end:>6} "
             f"{r.corral_cpu:>9.0f}% "
-            f"{r.rss:>6.0f} {r.peak:>5.0f} {r.procs:>9} {r.workers_cpu:>11.0f}% "
+            f"{r.rss_start:>12.0f} {r.rss:>5.0f} {r.peak:>5.0f} "
+            f"{r.procs:>9} {r.workers_cpu:>11.0f}% "
             f"{r.others_cpu:>5.0f}% "
             f"{r.load:>8.2f}"
         )
     print(
         "\n2. VDA 5050 messages per second: sent by the vehicles, taken in by corral "
-        "(target: N x 10 visualization, N x 1 state + events)"
+        "(target: N x 10 visualization, N x 1 state + events; superseded: visualizations a "
+        "newer one of the same vehicle replaced before corral read them)"
     )
     print(
         f"{'vehicles':>8} {'vis. target':>11} {'sent':>6} {'taken':>6} {'state target':>12} "
-        f"{'sent':>6} {'taken':>6} {'other ok':>8} {'not ok':>6}"
+        f"{'sent':>6} {'taken':>6} {'other ok':>8} {'superseded':>10} {'not ok':>6}"
     )
     for r in rows:
         vis = r.handled.get("visualization:ok", 0.0)
         state = r.handled.get("state:ok", 0.0)
         other = max(0.0, sum(v for k, v in r.handled.items() if k.endswith(":ok")) - vis - state)
-        bad = sum(v for k, v in r.handled.items() if not k.endswith(":ok"))
+        superseded = r.handled.get("visualization:superseded", 0.0)
+        bad = sum(v for k, v in r.handled.items() if not k.endswith(":ok")) - superseded
         vis_sent, state_sent = r.sent.get("visualization", 0.0), r.sent.get("state", 0.0)
         print(
             f"{r.n:>8} {10 * r.n:>11} {vis_sent:>6.0f} {vis:>6.0f} {r.n:>12} {state_sent:>6.0f} "
-            f"{state:>6.0f} {other:>8.1f} {bad:>6.1f}"
+            f"{state:>6.0f} {other:>8.1f} {superseded:>10.0f} {bad:>6.1f}"
         )
     print(
         f"\n3. order to first motion (ms), {args.sample} vehicles per size, "
@@ -453,7 +460,8 @@ def main() -> None:
             rows.append(asyncio.run(fleet(n, workdir, args)))
             r = rows[-1]
             print(
-                f"  [{n} vehicles: corral {r.corral_cpu:.0f}% CPU, {r.rss:.0f} MB, "
+                f"  [{n} vehicles: corral {r.corral_cpu:.0f}% CPU, "
+                f"{r.rss_start:.0f}-{r.rss:.0f} MB, "
                 f"first motion p50 {pct(r.to_motion, 0.5):.0f} ms; "
                 f"simulator {r.workers_cpu:.0f}% CPU in {r.procs} processes, "
                 f"{r.sent.get('visualization', 0.0):.0f} visualizations/s sent]",

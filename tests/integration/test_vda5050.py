@@ -10,6 +10,7 @@ schemas and the no-double-release rule.
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -38,7 +39,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "src/corral/fleet/vda5050/schema
 VEHICLES = [("acme", f"sn{i}") for i in range(1, 9)]
 VEHICLES += [
     ("acme", s)
-    for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1", "mt1", "so1")
+    for s in ("lw1", "sk1", "ho1", "a1", "a2", "pd1", "em1", "f1", "f2", "es1", "mt1", "so1", "vz1")
 ]
 VEHICLES += [("other", "sn9"), ("NewCo", "x1")]
 
@@ -1126,6 +1127,33 @@ async def test_a_vehicle_counts_in_the_fleet_metrics_while_online(bed: Bed) -> N
         return (await figures())[connected] == 0
 
     await until(gone, "the vehicle no longer counted")
+
+
+async def test_positions_between_nodes_come_from_visualizations(bed: Bed) -> None:
+    """States come at nodes (and every 30 s here); the positions between nodes that corral
+    shows are the vehicle's visualizations, each checked and counted."""
+    assert (await bed.api.post("/fleet/maps", json=_line_map())).status_code == 201
+    await bed.register("vz", "vz1", "line", "n0")
+    url = bed.broker.vehicle_url("acme", "vz1")
+    sim = SimVehicle(url, "acme", "vz1", "n0", speed=1.0, state_every=30)
+    bed.tasks.append(asyncio.create_task(sim.run(bed.stop)))
+    await bed.online("vz")
+    mission = await bed.mission("vz", "n2")
+    seen: set[float] = set()
+
+    async def between_nodes() -> bool:
+        telemetry = (await bed.api.get("/fleet/robots/vz")).json()["telemetry"]
+        x = telemetry.get("position", {}).get("x")
+        if isinstance(x, float | int):
+            seen.add(float(x))
+        return any(x % 2.0 for x in seen)  # nodes are 2 m apart
+
+    await until(between_nodes, "a position between two nodes")
+    await bed.done([mission], "the mission done")
+    metrics = (await bed.api.get("/metrics")).text
+    ok = re.search(r'direction="in",outcome="ok",topic="visualization"\} (\S+)', metrics)
+    assert ok is not None
+    assert float(ok[1]) > 0
 
 
 @pytest.mark.parametrize("server", [{"vda5050_visualization": False}], indirect=True)

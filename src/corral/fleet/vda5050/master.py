@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ log = structlog.get_logger("corral.vda5050")
 # startPause activates the pause mode, stopPause deactivates it (VDA 5050 2.1, 6.8.1)
 PAUSE = {"stop": "startPause", "estop": "startPause", "resume": "stopPause"}
 ADMISSION = Caller(token_id=0, name="vda5050 admission", role="admin", subject="")
+BEAT = 0.02  # seconds: the vehicles' latest visualizations are read at most this often
+ROUTES_KEPT = 100_000  # topics whose split is kept
+ADMISSION_BACKLOG = 100  # messages kept of a vehicle while it is being admitted
+
+
+class _Counted(dict[tuple[str, str], Counter]):
+    """The inbound message counters by (topic, outcome), each label set looked up once."""
+
+    def __init__(self, counter: Counter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def __missing__(self, key: tuple[str, str]) -> Counter:
+        child = self[key] = self.counter.labels("in", key[0], key[1])
+        return child
 
 
 @dataclass(frozen=True)
@@ -121,13 +137,28 @@ class MasterControl:
             ["direction", "topic", "outcome"],
             registry=metrics.registry,
         )
+        self._counted = _Counted(self.messages)  # inbound counters by (topic, outcome)
+        # topic -> (manufacturer, serial), topic name: each topic split once
+        self._routes: dict[str, tuple[tuple[str, str], str]] = {}
+        # each vehicle's latest visualization not read yet, read on the next beat
+        self._latest: dict[tuple[str, str], bytes] = {}
+        self._superseded = 0
+        self._beat: asyncio.TimerHandle | None = None
+        # vehicles being admitted -> what they sent meanwhile
+        self._admitting: dict[tuple[str, str], list[tuple[str, bytes, bool]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def wire(self, visualization: bool = True) -> None:
         """Subscribe to the vehicles' topics (without `visualization`, positions come from
         their states, at their rate)."""
-        for topic in INBOUND:
-            if topic != "visualization" or visualization:
-                self.mqtt.subscribe(self.topics.inbound(topic), self.on_message)
+        self.mqtt.feed(
+            [
+                (self.topics.inbound(topic), 1)
+                for topic in INBOUND
+                if topic != "visualization" or visualization
+            ],
+            self.on_message,
+        )
         self.fleet.dispatch.on_end.append(self._mission_ended)
 
     async def follow_broker_log(self, path: Path, stop: asyncio.Event) -> None:
@@ -392,44 +423,116 @@ class MasterControl:
             await self._instant(vehicle, "cancelOrder", f"cancel-{mission.id}", True)
 
     # ------------------------------------------------------------------ vehicle -> corral
-    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        parsed = self.topics.parse(topic)
-        if parsed is None:
-            return
-        manufacturer, serial, name = parsed
-        vehicle = self.by_identity.get((manufacturer, serial))
-        if vehicle is None and name == "connection" and self.admit_map is not None:
-            vehicle = await self._admit(manufacturer, serial, payload)
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """One message off the broker (mqtt_feed calls this as it reads it, on the loop).
+        A visualization is kept as the vehicle's latest (one superseded before it was read
+        is counted, `outcome="superseded"`) and read on the next beat; anything else is
+        decoded and checked here, then handled in order by the vehicle's own task."""
+        route = self._routes.get(topic)
+        if route is None:
+            parsed = self.topics.parse(topic)
+            if parsed is None:
+                return
+            if len(self._routes) >= ROUTES_KEPT:  # many unknown senders: start afresh
+                self._routes.clear()
+            route = self._routes[topic] = ((parsed[0], parsed[1]), parsed[2])
+        identity, name = route
+        vehicle = self.by_identity.get(identity)
         if vehicle is None:
-            self.messages.labels("in", name, "unknown").inc()
-            if (manufacturer, serial) not in self._unknown_said:
-                self._unknown_said.add((manufacturer, serial))
-                await self.bus.emit(
+            self._unknown(identity, name, payload, retained)
+            return
+        if name == "visualization":
+            latest = self._latest
+            if identity in latest:
+                self._superseded += 1
+            latest[identity] = payload
+            if self._beat is None:
+                self._beat = asyncio.get_running_loop().call_later(BEAT, self._read_latest)
+            return
+        message, found = decode(name, payload)
+        if message is not None and not found and _sender(message) != identity:
+            found = ["manufacturer/serialNumber differ from the topic's"]
+        if message is None or found:
+            self._counted[name, "invalid"].inc()
+        else:
+            self._counted[name, "ok"].inc()
+            self.counts.received += 1
+            if name == "state":  # heard now, even while its earlier messages are handled
+                self.counts.telemetry += 1
+                self.fleet.links.get(vehicle.robot).heard()
+        # The rest may wait on the store: each vehicle's own task handles its messages in
+        # order, so one vehicle's slow step holds up no other (nor the broker's feed).
+        self._queue(vehicle, Inbound(name, message, found, retained))
+
+    def _queue(self, vehicle: Vehicle, item: Inbound) -> None:
+        vehicle.inbox.put_nowait(item)
+        if vehicle.worker is None or vehicle.worker.done():
+            vehicle.worker = asyncio.create_task(self._work(vehicle))
+
+    def _read_latest(self) -> None:
+        """The beat: each vehicle's latest visualization, decoded, checked and shown."""
+        self._beat = None
+        latest, self._latest = self._latest, {}
+        ok = 0
+        by_identity = self.by_identity
+        for identity, payload in latest.items():
+            vehicle = by_identity.get(identity)
+            if vehicle is None:
+                continue  # removed meanwhile
+            message, found = decode("visualization", payload)
+            if message is not None and not found and _sender(message) != identity:
+                found = ["manufacturer/serialNumber differ from the topic's"]
+            if message is None or found:
+                self._counted["visualization", "invalid"].inc()
+                self._queue(vehicle, Inbound("visualization", message, found, False))
+                continue
+            ok += 1
+            position = message.get("agvPosition")
+            if position is not None:  # a position for people: nothing waits on it
+                link = self.fleet.links.get(vehicle.robot)
+                link.telemetry = {**link.telemetry, "position": position}
+        if ok:
+            self._counted["visualization", "ok"].inc(ok)
+            self.counts.received += ok
+            self.counts.telemetry += ok
+        if self._superseded:
+            self._counted["visualization", "superseded"].inc(self._superseded)
+            self._superseded = 0
+
+    def _unknown(
+        self, identity: tuple[str, str], name: str, payload: bytes, retained: bool
+    ) -> None:
+        """A message of a vehicle that is not registered: admitted (a valid ONLINE, with
+        an admission map), else counted, and said once as an event."""
+        manufacturer, serial = identity
+        waiting = self._admitting.get(identity)
+        if waiting is not None:  # its admission is under way: its messages wait for it
+            if len(waiting) < ADMISSION_BACKLOG:
+                waiting.append((name, payload, retained))
+            return
+        if name == "connection" and self.admit_map is not None:
+            message, found = decode("connection", payload)
+            if message is not None and not found and message["connectionState"] == "ONLINE":
+                self._admitting[identity] = [(name, payload, retained)]
+                self._spawn(self._admit(manufacturer, serial))
+                return
+        self._counted[name, "unknown"].inc()
+        if identity not in self._unknown_said:
+            self._unknown_said.add(identity)
+            self._spawn(
+                self.bus.emit(
                     "vda5050.unknown",
                     f"vda5050/{manufacturer}/{serial}",
                     f"VDA 5050 vehicle {manufacturer}/{serial} is not registered: its messages "
                     "are ignored (register it as a robot)",
                     {"manufacturer": manufacturer, "serial_number": serial, "topic": name},
                 )
-            return
-        message, found = decode(name, payload)
-        if message is not None and not found and _sender(message) != (manufacturer, serial):
-            found = ["manufacturer/serialNumber differ from the topic's"]
-        self.messages.labels("in", name, "invalid" if message is None or found else "ok").inc()
-        if message is not None and not found:
-            self.counts.received += 1
-            if name in ("state", "visualization"):
-                self.counts.telemetry += 1
-            if name == "visualization":  # a position for people: nothing waits on it
-                self._visualization(vehicle, message)
-                return
-            if name == "state":  # heard now, even while its earlier messages are handled
-                self.fleet.links.get(vehicle.robot).heard()
-        # The rest may wait on the store: each vehicle's own task handles its messages in
-        # order, so one vehicle's slow step holds up no other (nor the broker's feed).
-        vehicle.inbox.put_nowait(Inbound(name, message, found, retained))
-        if vehicle.worker is None or vehicle.worker.done():
-            vehicle.worker = asyncio.create_task(self._work(vehicle))
+            )
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _work(self, vehicle: Vehicle) -> None:
         while True:
@@ -462,17 +565,17 @@ class MasterControl:
         elif name == "factsheet":
             vehicle.factsheet = message
 
-    async def _admit(self, manufacturer: str, serial: str, payload: bytes) -> Vehicle | None:
+    async def _admit(self, manufacturer: str, serial: str) -> None:
         """The admission policy: an unknown vehicle saying ONLINE (in a valid message)
-        becomes robot MANUFACTURER-SERIAL on `admit_map`; its first state places it."""
-        message, found = decode("connection", payload)
-        if message is None or found or message["connectionState"] != "ONLINE":
-            return None
+        becomes robot MANUFACTURER-SERIAL on `admit_map`; its first state places it. What
+        it sent meanwhile is handled once it is registered (or refused with it)."""
+        identity = (manufacturer, serial)
         name = re.sub(r"[^a-z0-9_.-]+", "-", f"{manufacturer}-{serial}".lower())[:63].strip("-._")
-        if not re.fullmatch(NAME_PATTERN, name) or name in self.fleet.robots:
-            return None
         try:
-            await self.register(name, manufacturer, serial, "", 0, self.admit_map, None, ADMISSION)
+            if re.fullmatch(NAME_PATTERN, name) and name not in self.fleet.robots:
+                await self.register(
+                    name, manufacturer, serial, "", 0, self.admit_map, None, ADMISSION
+                )
         except CorralError as exc:
             await self.bus.emit(
                 "vda5050.unknown",
@@ -480,8 +583,28 @@ class MasterControl:
                 f"VDA 5050 vehicle {manufacturer}/{serial} not admitted: {exc.message}",
                 {"manufacturer": manufacturer, "serial_number": serial},
             )
-            return None
-        return self.by_identity.get((manufacturer, serial))
+        except Exception as exc:  # a store fault: its next ONLINE tries again
+            log.error(
+                "vda5050 admission failed", vehicle=f"{manufacturer}/{serial}", error=repr(exc)
+            )
+        finally:
+            waiting = self._admitting.pop(identity, [])
+        if identity not in self.by_identity:  # not admitted: what it sent is unknown
+            for topic, _, _ in waiting:
+                self._counted[topic, "unknown"].inc()
+            if identity not in self._unknown_said:
+                self._unknown_said.add(identity)
+                await self.bus.emit(
+                    "vda5050.unknown",
+                    f"vda5050/{manufacturer}/{serial}",
+                    f"VDA 5050 vehicle {manufacturer}/{serial} is not registered: its messages "
+                    "are ignored (register it as a robot)",
+                    {"manufacturer": manufacturer, "serial_number": serial, "topic": "connection"},
+                )
+            return
+        topics = self.topics
+        for topic, payload, retained in waiting:
+            self.on_message(topics.of(manufacturer, serial, topic), payload, retained)
 
     async def _attach(self, vehicle: Vehicle) -> None:
         """Make the vehicle the robot's channel (again) and send what is still open."""
@@ -612,12 +735,6 @@ class MasterControl:
                 f"{vehicle.robot}: {what} {status.lower()}",
                 {"action_id": action_id, "status": status},
             )
-
-    def _visualization(self, vehicle: Vehicle, message: dict[str, Any]) -> None:
-        position = message.get("agvPosition")
-        if position is not None:
-            link = self.fleet.links.get(vehicle.robot)
-            link.telemetry = {**link.telemetry, "position": position}
 
 
 def _vda_action(action: dict[str, Any]) -> dict[str, Any]:
