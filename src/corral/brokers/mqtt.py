@@ -33,7 +33,7 @@ class MqttLink(Link):
         self._subscriptions: dict[str, Handler] = {}
         self._feed: tuple[list[tuple[str, int]], Deliver] | None = None
         self._client: aiomqtt.Client | None = None
-        self._tag = secrets.token_hex(3)  # client ids unique across replicas
+        self._tag = secrets.token_hex(3)  # the feed's client id: unique across replicas
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         self._subscriptions[topic] = handler
@@ -52,7 +52,7 @@ class MqttLink(Link):
             port=parts.port or 1883,
             username=parts.username,
             password=parts.password,
-            identifier=f"corral-{self.name}-{self._tag}",
+            identifier=f"corral-{self.name}-{id(self):x}",
             keepalive=10,
             timeout=5,
             # Small messages go out at once: with Nagle's algorithm a publish right after
@@ -62,23 +62,27 @@ class MqttLink(Link):
         async with client:
             for topic in self._subscriptions:
                 await client.subscribe(topic, qos=1)
-            feed = None
-            if self._feed is not None:
-                filters, deliver = self._feed
-                feed = MqttFeed(
-                    parts.hostname or "127.0.0.1",
-                    parts.port or 1883,
-                    f"corral-{self.name}-{self._tag}-feed",
-                    parts.username,
-                    parts.password,
-                    filters,
-                    deliver,
-                )
-                await feed.open()
+            if self._feed is None:  # the farm's and the triggers' links: aiomqtt alone
+                self._client = client
+                try:
+                    await self._up()
+                    await self._read(client)
+                finally:
+                    self._client = None
+                return
+            filters, deliver = self._feed
+            feed = MqttFeed(
+                parts.hostname or "127.0.0.1",
+                parts.port or 1883,
+                f"corral-{self.name}-{self._tag}-feed",
+                parts.username,
+                parts.password,
+                filters,
+                deliver,
+            )
+            await feed.open()
             self._client = client
-            work = [asyncio.create_task(self._read(client))]
-            if feed is not None:
-                work.append(asyncio.create_task(feed.run()))
+            work = [asyncio.create_task(self._read(client)), asyncio.create_task(feed.run())]
             try:
                 await self._up()
                 done, _ = await asyncio.wait(work, return_when=asyncio.FIRST_COMPLETED)
@@ -89,8 +93,7 @@ class MqttLink(Link):
                 for task in work:
                     task.cancel()
                 await asyncio.gather(*work, return_exceptions=True)
-                if feed is not None:
-                    feed.close()
+                feed.close()
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
