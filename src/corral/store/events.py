@@ -4,9 +4,9 @@ Written only through corral.events.EventBus so that every row is also streamed a
 """
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select, delete, select, text
+from sqlalchemy import Select, Table, delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,10 @@ def _apply(where: EventFilter, query: Query) -> Query:
 
 
 CHANNEL = "corral_events"
+EVENTS = cast(Table, EventRow.__table__)
+# Events staged within a transaction: one INSERT of all the rows, their ids returned in
+# their order (SQLAlchemy Core, built once).
+_INSERT = insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True)
 
 
 class EventStore:
@@ -90,12 +94,16 @@ class EventStore:
         self, s: Session, events: list[tuple[str, str, str, dict[str, Any]]]
     ) -> list[EventView]:
         """`stage` within a synchronous transaction (Database.run)."""
+        if not events:
+            return []
         now = utcnow()
-        rows = [EventRow(time=now, kind=k, resource=r, message=m, data=d) for k, r, m, d in events]
-        s.add_all(rows)
-        s.flush()  # one INSERT of all the rows, in order: their ids follow it
-        self._notify_sync(s, [r.id for r in rows])
-        return [EventView.model_validate(r) for r in rows]
+        rows = [
+            {"time": now, "kind": k, "resource": r, "message": m, "data": d}
+            for k, r, m, d in events
+        ]
+        ids = [i for (i,) in s.connection().execute(_INSERT, rows)]
+        self._notify_sync(s, ids)
+        return [EventView(id=i, **row) for i, row in zip(ids, rows, strict=True)]
 
     async def query(
         self, where: EventFilter, limit: int = 100, newest_first: bool = False

@@ -9,9 +9,19 @@ leadership term.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -28,9 +38,87 @@ from corral.model.views import (
 from corral.store.database import Database
 from corral.store.events import EventStore
 from corral.store.tables import BedRow, PrinterRow, PrinterStateRow, RackRow, TaskRow, utcnow
-from corral.store.tasks import Event, Note, advance, new_task, open_rows, task_view
+from corral.store.tasks import TASKS, Event, Note, advance, open_rows, task_view
 
 FARM_KINDS = ("take", "replace")
+
+# The farm's task writes (a ready, a claim, a job's end) run on every message: SQLAlchemy
+# Core statements built once, no ORM objects loaded or flushed.
+PRINTERS, BEDS = cast(Table, PrinterRow.__table__), cast(Table, BedRow.__table__)
+RACKS, STATES = cast(Table, RackRow.__table__), cast(Table, PrinterStateRow.__table__)
+_PRINTER_COLUMNS = (
+    PRINTERS.c.id,
+    PRINTERS.c.state,
+    PRINTERS.c.door,
+    PRINTERS.c.bed_type,
+    PRINTERS.c.bed,
+    PRINTERS.c.position,
+)
+_PRINTER = select(*_PRINTER_COLUMNS).where(PRINTERS.c.id == bindparam("b_printer"))
+_PRINTER_LOCKED = _PRINTER.with_for_update()
+_AT_PRINTER = (
+    TASKS.c.state.in_(OPEN_TASK_STATES),
+    TASKS.c.target == bindparam("b_arm"),
+    TASKS.c.kind.in_(FARM_KINDS),
+    TASKS.c.params["printer_id"].as_string() == bindparam("b_printer"),
+)
+# Whether the printer has open farm tasks (a duplicate ready), and the arm any open task.
+_OPEN_AT_AND_ANY = select(
+    exists().where(*_AT_PRINTER),
+    exists().where(TASKS.c.state.in_(OPEN_TASK_STATES), TASKS.c.target == bindparam("b_arm")),
+)
+_OPEN_AT = select(TASKS).where(*_AT_PRINTER).order_by(TASKS.c.priority.desc(), TASKS.c.id)
+_INSERT_TASKS = insert(TASKS).returning(*TASKS.c, sort_by_parameter_order=True)
+_TASK_LOCKED = select(TASKS).where(TASKS.c.id == bindparam("b_task")).with_for_update()
+_RACKS = select(RACKS.c.id, RACKS.c.position, RACKS.c.slots)
+_FREE_BED = (
+    select(BEDS.c.id)
+    .where(
+        BEDS.c.type == bindparam("b_type"),
+        BEDS.c.state == "clean",
+        BEDS.c.rack == bindparam("b_rack"),
+        BEDS.c.reserved_for.is_(None),
+        BEDS.c.printer.is_(None),
+        BEDS.c.id.not_in(bindparam("b_tried", expanding=True)),
+    )
+    .order_by(BEDS.c.slot, BEDS.c.id)
+    .limit(1)
+)
+# Reserve only if still free: two reservations can never hold one bed.
+_RESERVE = (
+    update(BEDS)
+    .where(BEDS.c.id == bindparam("b_bed"), BEDS.c.reserved_for.is_(None), BEDS.c.printer.is_(None))
+    .values(reserved_for=bindparam("b_printer"))
+)
+_FITS = select(BEDS.c.id).where(BEDS.c.type == bindparam("b_type")).limit(1)
+_STATE = (
+    update(PRINTERS)
+    .where(PRINTERS.c.id == bindparam("b_printer"))
+    .values(state=bindparam("b_state"), updated_at=bindparam("b_time"))
+)
+_HISTORY = insert(STATES).values(
+    printer=bindparam("b_printer"), state=bindparam("b_state"), time=bindparam("b_time")
+)
+_TAKE_OUT = (
+    update(BEDS)
+    .where(BEDS.c.id == bindparam("b_bed"))
+    .values(printer=None, state="with_part")
+    .returning(BEDS.c.id)
+)
+_LOAD = (
+    update(BEDS)
+    .where(BEDS.c.id == bindparam("b_bed"))
+    .values(printer=bindparam("b_printer"), rack=None, slot=None, reserved_for=None)
+    .returning(BEDS.c.id)
+)
+_OUT_OF = (
+    update(BEDS)
+    .where(BEDS.c.id == bindparam("b_bed"), BEDS.c.printer == bindparam("b_printer"))
+    .values(printer=None)
+)
+_PRINTER_BED = (
+    update(PRINTERS).where(PRINTERS.c.id == bindparam("b_printer")).values(bed=bindparam("b_bed"))
+)
 
 
 @dataclass
@@ -300,33 +388,36 @@ class FarmStore:
         note: Callable[[ReadyOutcome], list[Event]] | None,
         send: Note | None,
     ) -> ReadyOutcome:
-        row = s.get(PrinterRow, printer, with_for_update=True)
+        c = s.connection()
+        row = c.execute(_PRINTER_LOCKED, {"b_printer": printer}).first()
         added = row is None and add_as is not None
         if row is None and add_as is not None:
-            row = PrinterRow(
-                id=printer,
-                state="idle",
-                door=f"printer{printer}",
-                bed_type=add_as,
-                position=0.0,
-                bed=None,
-                updated_at=utcnow(),
-            )
-            s.add(row)
-            s.add(PrinterStateRow(printer=printer, state="idle", time=row.updated_at))
-            s.flush()
+            now = utcnow()
+            values = {
+                "id": printer,
+                "state": "idle",
+                "door": f"printer{printer}",
+                "bed_type": add_as,
+                "position": 0.0,
+                "bed": None,
+                "updated_at": now,
+            }
+            c.execute(insert(PRINTERS), values)
+            c.execute(_HISTORY, {"b_printer": printer, "b_state": "idle", "b_time": now})
+            row = c.execute(_PRINTER, {"b_printer": printer}).first()
         if row is None:
             return ReadyOutcome("unknown_printer")
-        pending = _open_at(s, printer, TaskRow.target == arm, TaskRow.kind.in_(FARM_KINDS))
+        pending, busy = c.execute(_OPEN_AT_AND_ANY, {"b_arm": arm, "b_printer": printer}).one()
         if pending:
-            return ReadyOutcome("duplicate", [task_view(t) for t in pending])
-        alone = send is not None and not open_rows(s, arm, limit=1)
+            found = c.execute(_OPEN_AT, {"b_arm": arm, "b_printer": printer})
+            return ReadyOutcome("duplicate", [task_view(t) for t in found])
+        alone = send is not None and not busy
         notes: list[str] = []
-        tasks = [new_task("take", arm, {"printer_id": printer}, 0, timeout_s, source)]
-        bed = _reserve(s, row)
-        fits = select(BedRow.id).where(BedRow.type == row.bed_type).limit(1)
-        if bed is None and s.scalar(fits) is None:  # asked only when none is free
-            notes.append(
+        now = utcnow()
+        tasks = [_new("take", arm, {"printer_id": printer}, timeout_s, source, now)]
+        bed = _reserve(c, row)
+        if bed is None and c.execute(_FITS, {"b_type": row.bed_type}).first() is None:
+            notes.append(  # asked only when none is free
                 f"printer {printer} takes bed type {row.bed_type!r}, which no bed has: "
                 "no replace job"
             )
@@ -334,15 +425,14 @@ class FarmStore:
             params: dict[str, Any] = {"printer_id": printer, "bed_id": bed}
             if bed is None:
                 notes.append(f"no clean {row.bed_type} bed free now: chosen when it is due")
-            tasks.append(new_task("replace", arm, params, 0, timeout_s, source))
-        _set_state(s, row, "finished")
-        s.add_all(tasks)
-        s.flush()
-        outcome = ReadyOutcome("created", [task_view(t) for t in tasks], notes, added)
+            tasks.append(_new("replace", arm, params, timeout_s, source, now))
+        _set_state_core(c, row, "finished", now)
+        views = [task_view(r) for r in c.execute(_INSERT_TASKS, tasks)]
+        outcome = ReadyOutcome("created", views, notes, added)
         events = note(outcome) if note is not None else []
         if send is not None and alone:  # nothing before it: the take goes now
-            take = tasks[0]
-            job = job_message("take", printer, row.bed, row.door, len(tasks) > 1)
+            take = views[0]
+            job = job_message("take", printer, row.bed, row.door, len(views) > 1)
             values = {"params": {**take.params, "job": job}, "sent_at": utcnow()}
             moved = advance(s, take.id, "assigned", "", values)
             if moved is not None:
@@ -360,7 +450,8 @@ class FarmStore:
         return await self.db.run(lambda s: self._claim(s, task, arm, note))
 
     def _claim(self, s: Session, task: int, arm: str, note: Note) -> Claim:
-        row = s.get(TaskRow, task, with_for_update=True)
+        c = s.connection()
+        row = c.execute(_TASK_LOCKED, {"b_task": task}).first()
         if row is None:
             raise NotFound(f"task {task} not found")
         if row.state != "queued":  # moved since the queue was read: another claimer won
@@ -369,13 +460,13 @@ class FarmStore:
         if row.kind == "homing":
             message = job_message("homing", None, None, None, False)
         else:
-            printer = s.get(PrinterRow, str(params.get("printer_id")))
+            printer = c.execute(_PRINTER, {"b_printer": str(params.get("printer_id"))}).first()
             if printer is None:
                 return Claim(None, {}, f"printer {params.get('printer_id')} no longer exists")
             if row.kind == "take":
                 bed = printer.bed
             else:
-                bed = params.get("bed_id") or _reserve(s, printer)
+                bed = params.get("bed_id") or _reserve(c, printer)
                 if bed is None:
                     return Claim(None, {}, f"no clean {printer.bed_type} bed is free")
                 params["bed_id"] = bed
@@ -415,7 +506,7 @@ class FarmStore:
         before: Sequence[Event],
     ) -> tuple[TaskView | None, list[EventView]]:
         events: list[Event] = [*before]
-        row = s.get(TaskRow, task, with_for_update=True)
+        row = s.connection().execute(_TASK_LOCKED, {"b_task": task}).first()
         finished = None
         if row is not None and row.state in ("assigned", "running"):
             if row.state == "assigned":
@@ -425,7 +516,7 @@ class FarmStore:
             finished = advance(s, task, "done", reason, {})
             if finished is not None:
                 events.append(note(finished))
-                events += [moved(finished, n) for n in _apply(s, finished)]
+                events += [moved(finished, n) for n in _apply(s.connection(), finished)]
         return finished, self._stage(s, events)
 
     async def release(self, task: TaskView) -> None:
@@ -442,68 +533,82 @@ class FarmStore:
         await self.db.run(work)
 
 
-def _reserve(s: Session, printer: PrinterRow) -> str | None:
-    """Reserve the nearest free bed for `printer`: racks nearest first, and in each the
-    first fitting bed by slot, read through the beds' index (ix_beds_free)."""
-    racks = [Rack(r.id, r.position, r.slots) for r in s.scalars(select(RackRow)).all()]
+def _new(
+    kind: str, arm: str, params: dict[str, Any], timeout_s: float, source: str, now: datetime
+) -> dict[str, Any]:
+    """A queued task's row, as `new_task` makes it (for one INSERT of several)."""
+    return {
+        "kind": kind,
+        "target": arm,
+        "params": params,
+        "priority": 0,
+        "state": "queued",
+        "reason": "",
+        "timeout_s": timeout_s,
+        "source": source,
+        "attempts": 0,
+        "created_at": now,
+        "assigned_at": None,
+        "sent_at": None,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def _set_state_core(c: Connection, printer: Any, state: str, now: datetime) -> bool:
+    """`_set_state` for a printer read as a Core row (of `_PRINTER`): its state and its
+    history."""
+    if printer.state == state:
+        return False
+    values = {"b_printer": printer.id, "b_state": state, "b_time": now}
+    c.execute(_STATE, values)
+    c.execute(_HISTORY, values)
+    return True
+
+
+def _reserve(c: Connection, printer: Any) -> str | None:
+    """Reserve the nearest free bed for `printer` (a row of `_PRINTER`): racks nearest
+    first, and in each the first fitting bed by slot, read through the beds' index
+    (ix_beds_free)."""
+    racks = [Rack(r.id, r.position, r.slots) for r in c.execute(_RACKS)]
     for rack in racks_nearest(printer.position, racks):
         tried: list[str] = []
         while True:
-            free = (
-                select(BedRow.id)
-                .where(
-                    BedRow.type == printer.bed_type,
-                    BedRow.state == "clean",
-                    BedRow.rack == rack.id,
-                    BedRow.reserved_for.is_(None),
-                    BedRow.printer.is_(None),
-                    BedRow.id.not_in(tried),
-                )
-                .order_by(BedRow.slot, BedRow.id)
-                .limit(1)
-            )
-            chosen = s.scalar(free)
+            where = {"b_type": printer.bed_type, "b_rack": rack.id, "b_tried": tried}
+            chosen = c.execute(_FREE_BED, where).scalar()
             if chosen is None:
                 break
-            # Reserve only if still free: two reservations can never hold one bed.
-            done = s.execute(
-                update(BedRow)
-                .where(
-                    BedRow.id == chosen,
-                    BedRow.reserved_for.is_(None),
-                    BedRow.printer.is_(None),
-                )
-                .values(reserved_for=printer.id)
-            )
-            if getattr(done, "rowcount", 0) == 1:
-                return chosen
+            done = c.execute(_RESERVE, {"b_bed": chosen, "b_printer": printer.id})
+            if done.rowcount == 1:
+                return str(chosen)
             tried.append(chosen)
     return None
 
 
-def _apply(s: Session, task: TaskView) -> list[str]:
+def _apply(c: Connection, task: TaskView) -> list[str]:
     """A done job's effects on the farm; what changed, for events."""
     notes: list[str] = []
     printer_id = str(task.params.get("printer_id") or "")
-    printer = s.get(PrinterRow, printer_id, with_for_update=True)
-    if task.kind == "take" and printer is not None:
-        if printer.bed:
-            bed = s.get(BedRow, printer.bed)
-            if bed is not None:
-                bed.printer, bed.state = None, "with_part"
-                notes.append(f"bed {bed.id} taken out of {printer.id} with its part")
-        printer.bed = None
-        _set_state(s, printer, "idle")
-    elif task.kind == "replace" and printer is not None:
-        bed_id = task.params.get("bed_id")
-        bed = s.get(BedRow, str(bed_id)) if bed_id else None
-        if bed is not None and printer.bed not in (None, bed.id):
-            old = s.get(BedRow, printer.bed)
-            if old is not None and old.printer == printer.id:
-                old.printer = None  # it cannot be in there with the new one
-        if bed is not None:
-            bed.printer, bed.rack, bed.slot, bed.reserved_for = printer.id, None, None, None
-            printer.bed = bed.id
-            notes.append(f"bed {bed.id} loaded into {printer.id}")
-        _set_state(s, printer, "idle")
+    printer = c.execute(_PRINTER_LOCKED, {"b_printer": printer_id}).first()
+    if printer is None or task.kind not in ("take", "replace"):
+        return notes
+    now = utcnow()
+    if task.kind == "take":
+        if printer.bed and c.execute(_TAKE_OUT, {"b_bed": printer.bed}).first() is not None:
+            notes.append(f"bed {printer.bed} taken out of {printer.id} with its part")
+        if printer.bed is not None:
+            c.execute(_PRINTER_BED, {"b_printer": printer.id, "b_bed": None})
+        _set_state_core(c, printer, "idle", now)
+        return notes
+    bed_id = task.params.get("bed_id")
+    loaded = None
+    if bed_id:
+        loaded = c.execute(_LOAD, {"b_bed": str(bed_id), "b_printer": printer.id}).scalar()
+    if loaded is not None:
+        if printer.bed not in (None, loaded):  # it cannot be in there with the new one
+            c.execute(_OUT_OF, {"b_bed": printer.bed, "b_printer": printer.id})
+        if printer.bed != loaded:
+            c.execute(_PRINTER_BED, {"b_printer": printer.id, "b_bed": loaded})
+        notes.append(f"bed {loaded} loaded into {printer.id}")
+    _set_state_core(c, printer, "idle", now)
     return notes

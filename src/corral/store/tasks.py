@@ -6,9 +6,9 @@ the leadership term (a replica that lost the lead moves nothing).
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, Select, Table, Update, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from corral.errors import NotFound
@@ -35,7 +35,16 @@ _STATES: dict[str, TaskState] = {
 }
 
 
-def task_view(row: TaskRow) -> TaskView:
+TASKS = cast(Table, TaskRow.__table__)
+# The hot paths' statements, built once (SQLAlchemy Core: no ORM objects loaded or flushed,
+# and a statement built once is compiled once).
+_EXISTS = select(TASKS.c.id).where(TASKS.c.id == bindparam("b_id"))
+_MOVES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Update] = {}
+_OPEN: dict[tuple[bool, bool, bool], Select[Any]] = {}
+
+
+def task_view(row: Any) -> TaskView:
+    """A task as the API shows it, from a stored row (an ORM TaskRow or a Core row)."""
     return TaskView(
         id=row.id,
         kind=row.kind,
@@ -122,8 +131,7 @@ class TaskStore:
         """Open tasks of a target (or those in `states`) in the order they are served;
         `limit` of them from `offset` on."""
         async with self.db.session() as s:
-            rows = await s.run_sync(open_rows, target, states, limit, offset)
-            return [task_view(r) for r in rows]
+            return await s.run_sync(open_rows, target, states, limit, offset)
 
     async def queue(self, target: str, page: int) -> tuple[TaskView | None, list[TaskView]]:
         """In one read: a task of `target` out (assigned or running), if any, and its
@@ -132,7 +140,7 @@ class TaskStore:
         def work(s: Session) -> tuple[TaskView | None, list[TaskView]]:
             out = open_rows(s, target, ("assigned", "running"), 1)
             queued = open_rows(s, target, ("queued",), page)
-            return (task_view(out[0]) if out else None), [task_view(r) for r in queued]
+            return (out[0] if out else None), queued
 
         return await self.db.run(work, fenced=False)
 
@@ -210,26 +218,41 @@ def advance(
     now = utcnow()
     changes: dict[str, Any] = {"state": state, "reason": reason, **values}
     if state == "assigned":
-        changes.update(assigned_at=now, attempts=TaskRow.attempts + 1)
+        changes["assigned_at"] = now
     elif state == "running":
         changes["started_at"] = now
     elif state in ("done", "failed", "cancelled"):
         changes["finished_at"] = now
-    sources = sorted(s for s, targets in TRANSITIONS.items() if state in targets)
+    sources = tuple(sorted(s for s, targets in TRANSITIONS.items() if state in targets))
     if only_from is not None:
-        sources = [source for source in sources if source in only_from]
-    moved = s.scalar(
-        update(TaskRow)
-        .where(TaskRow.id == id, TaskRow.state.in_(sources))
-        .values(**changes)
-        .returning(TaskRow)
-        .execution_options(populate_existing=True)
-    )
+        sources = tuple(source for source in sources if source in only_from)
+    connection = s.connection()
+    moved = connection.execute(
+        _move(state, sources, tuple(sorted(changes))),
+        {"b_id": id, **{f"set_{k}": v for k, v in changes.items()}},
+    ).first()
     if moved is not None:
         return task_view(moved)
-    if s.get(TaskRow, id) is None:
+    if connection.execute(_EXISTS, {"b_id": id}).first() is None:
         raise NotFound(f"task {id} not found", {"task": id})
     return None
+
+
+def _move(state: str, sources: tuple[str, ...], keys: tuple[str, ...]) -> Update:
+    """The conditional UPDATE of one kind of move (built once per kind): the task, if it
+    is in one of `sources`, gets the values `set_<key>`; the moved row returned."""
+    found = _MOVES.get((state, sources, keys))
+    if found is None:
+        values: dict[str, Any] = {k: bindparam(f"set_{k}") for k in keys}
+        if state == "assigned":
+            values["attempts"] = TASKS.c.attempts + 1
+        found = _MOVES[(state, sources, keys)] = (
+            update(TASKS)
+            .where(TASKS.c.id == bindparam("b_id"), TASKS.c.state.in_(sources))
+            .values(values)
+            .returning(*TASKS.c)
+        )
+    return found
 
 
 def open_rows(
@@ -238,11 +261,26 @@ def open_rows(
     states: Sequence[str] = OPEN_TASK_STATES,
     limit: int | None = None,
     offset: int = 0,
-) -> Sequence[TaskRow]:
+) -> list[TaskView]:
     """Open tasks (of one target, or all; or those in `states`) in the order they are
     served; `limit` of them from `offset` on."""
-    query = select(TaskRow).where(TaskRow.state.in_(states))
+    shape = (target is not None, limit is not None, offset > 0)
+    query = _OPEN.get(shape)
+    if query is None:
+        query = select(TASKS).where(TASKS.c.state.in_(bindparam("b_states", expanding=True)))
+        if target is not None:
+            query = query.where(TASKS.c.target == bindparam("b_target"))
+        query = query.order_by(TASKS.c.priority.desc(), TASKS.c.id)
+        if limit is not None:
+            query = query.limit(bindparam("b_limit", type_=Integer))
+        if offset:
+            query = query.offset(bindparam("b_offset", type_=Integer))
+        _OPEN[shape] = query
+    params: dict[str, Any] = {"b_states": list(states)}
     if target is not None:
-        query = query.where(TaskRow.target == target)
-    query = query.order_by(TaskRow.priority.desc(), TaskRow.id).limit(limit).offset(offset)
-    return s.scalars(query).all()
+        params["b_target"] = target
+    if limit is not None:
+        params["b_limit"] = limit
+    if offset:
+        params["b_offset"] = offset
+    return [task_view(r) for r in s.connection().execute(query, params)]
