@@ -7,6 +7,11 @@ take and replace tasks, choose a bed, then dispatch to a simulated arm that does
 in 10 ms). They take turns in rounds (A B, then B A, ...) so that the shared machine's load
 falls on both alike. A subscriber times each take job's arrival and pairs it with its
 ready message by printer id; jobs that never came are counted, not guessed.
+
+The arm takes each job in turn, so when the ready messages ask for more jobs a second than
+it does, a take waits for the jobs before it: before the rounds, a bare paho dispatcher
+measures the arm's own pace on this broker (the floor of any one-job-at-a-time
+dispatcher), and each corral round prints the jobs a second the arm did.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import tempfile
@@ -37,10 +43,11 @@ from tests.support.server import ADMIN, ServeProcess  # noqa: E402
 
 
 class Clock:
-    """Arrival time of each printer's first take job on a topic."""
+    """Arrival time of each printer's first take job on a topic, and of every job."""
 
     def __init__(self, topic: str) -> None:
         self.arrivals: dict[str, float] = {}
+        self.jobs: list[float] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"clock-{topic}")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", 1883)
@@ -50,6 +57,7 @@ class Clock:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         now = time.perf_counter()
+        self.jobs.append(now)
         job = json.loads(message.payload)
         if job.get("take_from_printer"):
             self.arrivals.setdefault(str(job.get("printer_id")), now)
@@ -152,6 +160,62 @@ class Outcome:
         return p50, p99
 
 
+def arm_floor(home: Path, count: int = 50) -> float:
+    """The arm's own pace: a bare paho dispatcher (TCP_NODELAY, as corral's) sends the
+    simulated arm a job as soon as it says available, `count` times; ms a job (median).
+    No dispatcher that sends one job at a time can do better with this arm and broker."""
+    names = Names.fresh()
+    said: list[str] = []
+    free = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if not message.retain and json.loads(message.payload).get("status") == "available":
+            free.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"floor-{names.job}")
+    client.on_message = on_message
+    client.connect("127.0.0.1", 1883)
+    client.subscribe(names.status, qos=1)
+    client.loop_start()
+    times = []
+    with arm(names, home / "floor.jsonl", work=0.01):
+        time.sleep(0.5)
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(count):
+            free.clear()
+            began = time.perf_counter()
+            job = {"printer_id": i, "bed_id": None, "take_from_printer": True}
+            client.publish(names.job, json.dumps(job), qos=1)
+            if not free.wait(5):
+                said.append("no answer")
+                continue
+            times.append((time.perf_counter() - began) * 1000)
+    client.loop_stop()
+    client.disconnect()
+    floor = statistics.median(times) if times else float("nan")
+    print(
+        f"arm floor (a bare dispatcher): {floor:.1f} ms a job, p99 "
+        f"{sorted(times)[round(0.99 * (len(times) - 1))] if times else float('nan'):.1f} ms, "
+        f"{count} jobs{', ' + str(len(said)) + ' unanswered' if said else ''}",
+        flush=True,
+    )
+    return floor
+
+
+def arm_pace(jobs: list[float], printers: int, rate: float) -> None:
+    """What the arm kept up with: its jobs (takes and replaces) per second from the first
+    to the last, against the two per printer the ready messages ask for. An arm slower
+    than that is the limit: the queue, and each take's wait, grow for the whole round."""
+    if len(jobs) < 2:
+        return
+    pace = (len(jobs) - 1) / (max(jobs) - min(jobs))
+    print(
+        f"  arm: {len(jobs)} jobs in {max(jobs) - min(jobs):.1f} s, {pace:.1f} jobs/s "
+        f"({1000 / pace:.0f} ms a job); asked: {2 * rate:g} jobs/s for {printers} printers",
+        flush=True,
+    )
+
+
 def wait_for(arrivals: dict[str, float], sent: dict[str, float], limit: float) -> float:
     """Until every sent printer's take job came, or `limit` s of none coming; when the
     wait ended (perf_counter)."""
@@ -208,15 +272,18 @@ def main() -> None:
             with httpx.Client(base_url=serve.url, headers=headers, timeout=60) as api:
                 # Each round's replaces load fresh clean beds.
                 layout(api, printers=args.messages, spare_beds=args.messages * args.rounds + 10)
+            arm_floor(Path(home))
             clock = Clock(names.job)
             with arm(names, Path(home) / "arm.jsonl", work=0.01):
                 time.sleep(1.0)
 
                 def corral_round() -> None:
                     clock.arrivals.clear()
+                    clock.jobs.clear()
                     sent = send(names.ready, printers, args.rate)
                     ended = wait_for(clock.arrivals, sent, args.stall)
                     ours.add(sent, dict(clock.arrivals), ended)
+                    arm_pace(clock.jobs, len(sent), args.rate)
                     time.sleep(1.0)  # the last replaces end: every printer is idle again
 
                 def relay_round() -> None:
