@@ -1,7 +1,9 @@
 """An AMQP (RabbitMQ) link with aio-pika: durable queues consumed with manual acks.
 
 A message is acknowledged only after its handler returns; a handler that raises sends it
-back to the queue (after a pause), so a failure in corral never loses one.
+back to the queue (after a pause), so a failure in corral never loses one. A message whose
+ack could not go out (the connection lost right after its handler returned) comes back
+redelivered: it is acked then, not handled a second time.
 """
 
 import asyncio
@@ -25,6 +27,9 @@ class AmqpLink(Link):
         super().__init__(name, url, bus, metrics)
         self._consumers: dict[str, Handler] = {}
         self._connection: aio_pika.abc.AbstractConnection | None = None
+        # Per queue, the bodies of messages handled whose ack failed: their redelivery
+        # (which comes before any new message) is acked without handling them again.
+        self._unacked: dict[str, list[bytes]] = {}
 
     def consume(self, queue: str, handler: Handler) -> None:
         """Consume `queue` (declared durable) with `handler`, from the next connection on."""
@@ -53,16 +58,29 @@ class AmqpLink(Link):
         self, queue: str, handler: Handler
     ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         lock = asyncio.Lock()  # one message at a time per queue, in order
+        unacked = self._unacked.setdefault(queue, [])
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             async with lock:
+                redelivered = bool(message.redelivered)
+                if not redelivered:
+                    unacked.clear()  # the redeliveries came first: none is left to come
+                elif message.body in unacked:
+                    unacked.remove(message.body)
+                    log.info("redelivered message was handled before; acked", queue=queue)
+                    await message.ack()
+                    return
                 try:
-                    await handler(message.body, bool(message.redelivered))
+                    await handler(message.body, redelivered)
                 except Exception as exc:
                     log.warning("message handling failed; requeued", queue=queue, error=repr(exc))
                     await asyncio.sleep(RETRY_PAUSE)
                     await message.nack(requeue=True)
                     return
-                await message.ack()
+                try:
+                    await message.ack()
+                except BaseException:  # not acked: the broker delivers it again
+                    unacked.append(message.body)
+                    raise
 
         return on_message

@@ -1,0 +1,59 @@
+"""The AMQP link's acks: a message handled whose ack could not go out is acked, not handled
+again, when the broker delivers it again; a new message clears what is remembered."""
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from corral.brokers.amqp import AmqpLink
+from corral.events import EventBus
+from corral.metrics import Metrics
+
+
+class Message:
+    """What the link reads of an incoming message, with an ack that can fail once."""
+
+    def __init__(self, body: bytes, redelivered: bool, ack_fails: bool = False) -> None:
+        self.body, self.redelivered, self.ack_fails = body, redelivered, ack_fails
+        self.acked = False
+
+    async def ack(self) -> None:
+        if self.ack_fails:
+            raise ConnectionError("channel closed")
+        self.acked = True
+
+    async def nack(self, requeue: bool) -> None:
+        raise AssertionError("not expected")
+
+
+def _link() -> AmqpLink:
+    store: Any = None  # nothing here is stored: the link only logs
+    metrics = Metrics()
+    return AmqpLink("amqp", "amqp://127.0.0.1/", EventBus(store, metrics), metrics)
+
+
+def test_a_redelivery_after_a_failed_ack_is_acked_not_handled_again() -> None:
+    handled: list[tuple[bytes, bool]] = []
+
+    async def handler(body: bytes, redelivered: bool) -> None:
+        handled.append((body, redelivered))
+
+    async def run() -> None:
+        link = _link()
+        first = link._wrap("ready", handler)
+        with pytest.raises(ConnectionError):  # handled, then the connection went
+            await first(Message(b"17", False, ack_fails=True))  # type: ignore[arg-type]
+        again = link._wrap("ready", handler)  # the next connection's consumer
+        redelivered = Message(b"17", True)
+        await again(redelivered)  # type: ignore[arg-type]
+        assert redelivered.acked
+        other = Message(b"18", True)  # delivered before, never handled: handled now
+        await again(other)  # type: ignore[arg-type]
+        await again(Message(b"19", False))  # type: ignore[arg-type]
+        later = Message(b"17", True)  # nothing remembered once a new message came
+        await again(later)  # type: ignore[arg-type]
+        assert later.acked
+
+    asyncio.run(run())
+    assert handled == [(b"17", False), (b"18", True), (b"19", False), (b"17", True)]
