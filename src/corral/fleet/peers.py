@@ -79,6 +79,11 @@ class Peers:
         self.sent: dict[str, dict[str, Any]] = {}  # robot -> the last report published
         self.decide: asyncio.Queue[tuple[str, dict[str, Any] | None, bool]] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        # how this replica's own messages begin (compact, or json.dumps' default spacing)
+        self.own = tuple(
+            json.dumps({"f": replica}, separators=sep)[:-1] + sep[0]
+            for sep in ((",", ":"), (", ", ": "))
+        )
 
     # ------------------------------------------------------------------ a holder
     def report(self, robot: str, telemetry: dict[str, Any] | None, busy: bool = False) -> None:
@@ -203,6 +208,8 @@ class Peers:
                 self.wire.send(POSITIONS, text)
 
     def _heard(self, channel: str, payload: str) -> None:
+        if payload.startswith(self.own):
+            return  # this replica's own (its batches of positions are ~80 KB a second)
         try:
             message = json.loads(payload)
         except ValueError:

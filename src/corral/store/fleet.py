@@ -8,7 +8,8 @@ checkpoints, commands, routes, reservations) is written. Rows are returned detac
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import Conflict, NotFound
 from corral.model.views import TokenView
@@ -92,10 +93,10 @@ class FleetStore:
         together or not at all. (The new commands, and when each command acknowledged
         now, for the first time, was stored.)"""
         async with self.db.fenced() as s:
-            for id, values in missions.items():
-                await s.execute(update(MissionRow).where(MissionRow.id == id).values(**values))
-            for name, values in robots.items():
-                await s.execute(update(RobotRow).where(RobotRow.name == name).values(**values))
+            # By primary key, many rows per statement (one executemany per set of fields):
+            # a batch is a few round trips, not one per mission and robot.
+            await _update_many(s, MissionRow.__table__, "id", missions)
+            await _update_many(s, RobotRow.__table__, "name", robots)
             now = utcnow()
             acked: list[datetime] = []
             for name, ids in acks.items():
@@ -225,3 +226,15 @@ class FleetStore:
             if state is not None:
                 query = query.where(MissionRow.state == state)
             return list((await s.scalars(query)).all())
+
+
+async def _update_many(
+    s: AsyncSession, table: Any, key: str, rows: dict[Any, dict[str, Any]]
+) -> None:
+    """Rows' changed fields by primary key: one executemany per set of fields (a row that
+    is gone changes nothing, as a single UPDATE would)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for name, values in rows.items():
+        groups.setdefault(tuple(sorted(values)), []).append({"_key": name, **values})
+    for params in groups.values():
+        await s.execute(update(table).where(table.c[key] == bindparam("_key")), params)
