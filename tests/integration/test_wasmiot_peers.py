@@ -1,8 +1,9 @@
 """corral as the orchestrator of strict Wasm-IoT supervisors (tests/support/wasmiot_supervisor,
 written from the protocol facts, not from corral's agent): found over real mDNS on
-loopback, chains of two and three of them and mixed with `corral agent`, run through
-`/execute` on the anonymous Wasm-IoT port; failover mid-chain when one is killed; a
-restarted supervisor (its deployments lost) gets them again and calls work.
+loopback by their TXT `address` (their shared host name resolves to another address),
+chains of two and three of them and mixed with `corral agent`, run through `/execute` on
+the anonymous Wasm-IoT port; failover mid-chain when one is killed; a restarted supervisor
+(its deployments lost) gets them again, in place, and calls work.
 """
 
 import json
@@ -111,6 +112,17 @@ def _run(seed: httpx.Client, deployment: str, x: int, name: str = "p0") -> dict[
     return result
 
 
+def _placed(seed: httpx.Client, deployment: str) -> list[str]:
+    """The device of each step of the deployment, as corral has them now."""
+    return [s["device"] for s in seed.get(f"/file/manifest/{deployment}").json()["steps"]]
+
+
+def _has_part(peer: SupervisorPeer, deployment: str, module: str) -> bool:
+    """The peer itself answers a call of the deployment's function (GET runs it at once)."""
+    answer = httpx.get(f"{peer.url}/{deployment}/modules/{module}/{module}?p0=1", timeout=10)
+    return answer.status_code == 200
+
+
 def _no_log_trouble(bed: Bed) -> None:
     for peer in bed.peers:
         assert "LOG HANDLER REBUILT" not in peer.output(), peer.output()
@@ -120,6 +132,9 @@ def test_chains_of_two_and_three_strict_supervisors(bed: Bed) -> None:
     peers = [bed.peer(i) for i in range(3)]
     with bed.corral.seed_client() as seed:
         _wait_ready(seed, [p.name for p in peers])
+        # The shared host name resolves to another device's address; TXT `address` first.
+        for name, doc in _devices(seed).items():
+            assert doc["communication"]["addresses"] == ["127.0.0.1", "127.0.0.3"], name
         _modules(seed)
         s0, s1, s2 = (p.name for p in peers)
 
@@ -243,24 +258,34 @@ def test_restarted_supervisors_get_their_deployments_again(bed: Bed) -> None:
         chain = _deploy(seed, "restart", [(s0, "double"), (s1, "add_ten"), (s2, "double")])
         assert _run(seed, chain, 1)["result"] == ["24", None]
 
-        # The middle one restarts: its deployments are gone, as the real one's.
+        # The middle one restarts: its deployments are gone, as the real one's. corral
+        # gives it its part again; no step moves (a failover would give the same value).
         peers[1].restart()
-        assert _run(seed, chain, 2)["result"] == ["28", None]
+        ran = _run(seed, chain, 2)
+        assert ran["result"] == ["28", None]
+        assert ran["isInFailover"] is False
+        assert _placed(seed, chain) == [s0, s1, s2]
+        assert _has_part(peers[1], chain, "add_ten")
 
         # The first one restarts: corral's own first call finds no deployment there.
         peers[0].restart()
-        assert _run(seed, chain, 3)["result"] == ["32", None]
+        ran = _run(seed, chain, 3)
+        assert ran["result"] == ["32", None]
+        assert ran["isInFailover"] is False
+        assert _placed(seed, chain) == [s0, s1, s2]
+        assert _has_part(peers[0], chain, "double")
 
         # The last one restarts and corral's health checks see it came back without its
         # orchestrator: it is registered and given its part again before anyone calls.
         peers[2].restart()
 
-        def has_part() -> bool:
-            answer = httpx.get(f"{peers[2].url}/{chain}/modules/double/double?p0=1", timeout=10)
-            return answer.status_code == 200
-
-        wait_until(has_part, "the restarted device redeployed by corral", 30)
-        assert _run(seed, chain, 4)["result"] == ["36", None]
+        wait_until(
+            lambda: _has_part(peers[2], chain, "double"), "the restarted device redeployed", 30
+        )
+        ran = _run(seed, chain, 4)
+        assert ran["result"] == ["36", None]
+        assert ran["isInFailover"] is False
+        assert _placed(seed, chain) == [s0, s1, s2]
         for doc in _devices(seed).values():
             assert doc["status"] == "active"
     _no_log_trouble(bed)

@@ -15,7 +15,10 @@ modules with wasmtime, and behaves as the public supervisor was seen to:
   orchestrator's; any answer but 200 `{"message": "Log received and saved"}` is counted;
 - deployments, history and the orchestrator live in memory: a restart loses them;
 - the mDNS advert shares one host name among peers, carries TXT `address`, and there is
-  no goodbye: SIGTERM ends the process at once.
+  no goodbye: SIGTERM ends the process at once. The shared host name resolves to another
+  device's address (127.0.0.3: loopback, but the peer listens on 127.0.0.1 only), as a
+  name shared like `raspberrypi.local` may; its own address is in TXT `address`, so only
+  an orchestrator that takes TXT `address` first reaches the peer.
 """
 
 import argparse
@@ -339,8 +342,16 @@ class Server(ThreadingHTTPServer):
         print(f"request from {client_address[0]} ended: {sys.exc_info()[1]!r}", flush=True)
 
 
+# Another device's address on the shared host name: loopback, but the peer listens on
+# 127.0.0.1 only, so a call there is refused. It is the host name's only address record:
+# with the peer's own beside it, zeroconf lists the one heard last first, and a test of
+# which one an orchestrator takes would depend on that order.
+OTHER_DEVICE_ADDRESS = "127.0.0.3"
+
+
 def advertise(name: str, port: int, host_name: str) -> Any:
-    """The mDNS advert; kept for the life of the process (no goodbye)."""
+    """The mDNS advert; kept for the life of the process (no goodbye). The host name's
+    address record is another device's; TXT `address` is the peer's own."""
     from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
     zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
@@ -348,7 +359,7 @@ def advertise(name: str, port: int, host_name: str) -> Any:
         ServiceInfo(
             "_webthing._tcp.local.",
             f"{name}._webthing._tcp.local.",
-            addresses=[socket.inet_aton("127.0.0.1")],
+            addresses=[socket.inet_aton(OTHER_DEVICE_ADDRESS)],
             port=port,
             properties={"path": "/", "tls": "0", "address": "127.0.0.1"},
             server=f"{host_name}.local.",
