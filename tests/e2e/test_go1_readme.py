@@ -1,20 +1,48 @@
 """The Go1 path of examples/go1/README.md as a user follows it, on the two engines of the
-test bed joined in a swarm: the local engine named again under another host is refused,
-the example's hosts file labels `local` and adds `robot`, and the stack converges once (its
-containers are not killed and made again), then `down` leaves nothing behind.
+test bed joined in a swarm: the base image (`FROM local/busybox:1`) on the local engine
+only, as the README has it; the local engine named again under another host is refused,
+the example's hosts file labels `local` and adds `robot`, `up` copies the base image to
+the robot and builds there, the stack converges once (its containers are not killed and
+made again), then the seed's `/terminate/` on the Go1 port leaves nothing behind, overlay
+included.
 """
 
 import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.support.engines import LOCAL_URL, RobotEngine, engine_container_ids
+import httpx
+from tests.support.engines import (
+    LOCAL_URL,
+    RobotEngine,
+    build_busybox_image,
+    engine_container_ids,
+)
 from tests.support.processes import free_port
 from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "go1"
 STACK = "go1readme"
+BASE = "local/busybox:1"  # what the example's Dockerfiles build on
+ROBOT_IMAGES = ("go1/lidar-drivers:1", "go1/go1-base:1")  # the two services placed there
+
+
+def _docker(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "-H", url, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _has_image(url: str, image: str) -> bool:
+    return _docker(url, "image", "inspect", "--format", "{{.Id}}", image).returncode == 0
+
+
+def _events(serve: ServeProcess, kind: str) -> list[dict[str, Any]]:
+    listed = run_cli(serve, "--json", "events", "--kind", kind, "-n", "500")
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
 
 
 def _swarm_ready() -> bool:
@@ -35,14 +63,28 @@ def test_go1_from_the_readme(swarm: RobotEngine, tmp_path: Path) -> None:
             subprocess.run(
                 ["docker", "-H", url, "rm", "-f", *left], capture_output=True, timeout=60
             )
+    go1_port = free_port()
     env = {
         "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
         "CORRAL_LOCAL_DOCKER_URL": LOCAL_URL,
         "CORRAL_STACK_RESYNC_SECONDS": "1",
         "RVIZ_PORT": str(free_port()),  # the file's ${RVIZ_PORT:-6080}, from the CLI's shell
+        # The seed's Flask API, for its users' /terminate/ (run.sh serves it the same way).
+        "CORRAL_GO1_FILE": str(EXAMPLE / "compose.yml"),
+        "CORRAL_GO1_STACK": STACK,
+        "CORRAL_GO1_PORT": str(go1_port),
+        "CORRAL_GO1_ANONYMOUS": "true",
     }
     serve = ServeProcess(tmp_path, env).start()
     try:
+        # README step 1: the base image on one engine (this one); the robot has neither it
+        # nor the example's images (the session's fixture loaded the base there for other
+        # tests: it is put back at the end).
+        build_busybox_image(LOCAL_URL)
+        for image in (*ROBOT_IMAGES, BASE):
+            _docker(swarm.url, "rmi", "-f", image)
+            assert not _has_image(swarm.url, image), image
+
         # The old README's hosts file: this engine again as `edge`. Refused, nothing applied.
         twice = tmp_path / "twice.yml"
         twice.write_text(f"hosts:\n  edge: {{url: '{LOCAL_URL}', labels: {{role: edge}}}}\n")
@@ -82,6 +124,13 @@ def test_go1_from_the_readme(swarm: RobotEngine, tmp_path: Path) -> None:
             return [s["state"] for s in view["slots"]] == ["running"] * 7
 
         wait_until(running, f"the seven Go1 services running (now {states})", limit=120)
+        # The base image went to the robot once, copied from the engine that had it.
+        copying = [e["message"] for e in _events(serve, "image.copying")]
+        assert copying == [f"copying {BASE} from local to robot"], copying
+        copied = [e["message"] for e in _events(serve, "image.copied")]
+        assert len(copied) == 1, copied
+        assert copied[0].startswith(f"copied {BASE} from local to robot in "), copied
+        assert all(_has_image(swarm.url, image) for image in (BASE, *ROBOT_IMAGES))
         label = f"corral.stack={STACK}"
         first = (engine_container_ids(LOCAL_URL, label), engine_container_ids(swarm.url, label))
         assert (len(first[0]), len(first[1])) == (5, 2)
@@ -91,17 +140,25 @@ def test_go1_from_the_readme(swarm: RobotEngine, tmp_path: Path) -> None:
         now = (engine_container_ids(LOCAL_URL, label), engine_container_ids(swarm.url, label))
         assert (sorted(now[0]), sorted(now[1])) == (sorted(first[0]), sorted(first[1]))
 
-        down = run_cli(serve, "down", STACK)
-        assert down.returncode == 0, down.stderr
+        # The seed's users end with /terminate/ on the Go1 port (curl, as in its README):
+        # every container goes, and the overlay with them, not left lingering.
+        terminated = httpx.post(
+            f"http://127.0.0.1:{go1_port}/terminate/",
+            headers={"Content-Type": "application/json"},
+            timeout=180,
+        )
+        assert terminated.status_code == 200, terminated.text
+        assert terminated.json() == {"success": True, "removed": 7}
         assert engine_container_ids(LOCAL_URL, label) == []
         assert engine_container_ids(swarm.url, label) == []
-        events = run_cli(serve, "--json", "events", "-n", "500").stdout
-        assert "network.lingering" not in events
-        networks = subprocess.run(
-            ["docker", "-H", LOCAL_URL, "network", "ls", "-q", "--filter", f"label={label}"],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        assert networks.stdout.split() == []
+        assert _events(serve, "network.lingering") == []
+        overlay = f"{STACK}_digital-twin-service"
+        for url in (LOCAL_URL, swarm.url):
+            by_label = _docker(url, "network", "ls", "-q", "--filter", f"label={label}")
+            assert by_label.returncode == 0, by_label.stderr
+            assert by_label.stdout.split() == [], url
+            assert _docker(url, "network", "inspect", overlay).returncode != 0, (url, overlay)
     finally:
         run_cli(serve, "down", STACK)
         serve.stop()
+        build_busybox_image(swarm.url)  # other tests of the session build on it there
