@@ -8,7 +8,6 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.support.engines import (
     LOCAL_URL,
@@ -17,7 +16,14 @@ from tests.support.engines import (
     engine_container_ids,
     running_container_ids,
 )
-from tests.support.server import ADMIN, ServeProcess, corral_command, run_cli, wait_until
+from tests.support.server import (
+    ADMIN,
+    ServeProcess,
+    corral_command,
+    json_objects,
+    run_cli,
+    wait_until,
+)
 
 STACK = "downaway"
 FILE = """
@@ -217,7 +223,7 @@ def test_down_with_a_host_cut_off_midway(robot_engine: RobotEngine, tmp_path: Pa
             "the leftovers_removed event",
             limit=30,
         )
-        events = _objects(run_cli(serve, "--json", "events", "-n", "200").stdout)
+        events = json_objects(run_cli(serve, "--json", "events", "-n", "200").stdout)
         done = [e for e in events if e["kind"] == "stack.leftovers_removed"]
         assert done[0]["data"]["host"] == "robot"
         assert done[0]["data"]["removed"] >= 1, done  # corral removed them, not the engine
@@ -328,13 +334,3 @@ def _name(url: str, cid: str) -> str:
         check=True,
     )
     return done.stdout.strip().lstrip("/")
-
-
-def _objects(text: str) -> list[dict[str, Any]]:
-    """The JSON objects `corral --json events` prints one after another."""
-    decoder, found, at = json.JSONDecoder(), [], 0
-    while text[at:].strip():
-        at += len(text[at:]) - len(text[at:].lstrip())
-        item, at = decoder.raw_decode(text, at)
-        found.append(item)
-    return found

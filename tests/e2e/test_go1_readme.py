@@ -21,7 +21,7 @@ from tests.support.engines import (
     engine_container_ids,
 )
 from tests.support.processes import free_port
-from tests.support.server import ADMIN, ServeProcess, run_cli, wait_until
+from tests.support.server import ADMIN, ServeProcess, json_objects, run_cli, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "go1"
 STACK = "go1readme"
@@ -42,7 +42,7 @@ def _has_image(url: str, image: str) -> bool:
 def _events(serve: ServeProcess, kind: str) -> list[dict[str, Any]]:
     listed = run_cli(serve, "--json", "events", "--kind", kind, "-n", "500")
     assert listed.returncode == 0, listed.stderr
-    return [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    return json_objects(listed.stdout)
 
 
 def _swarm_ready() -> bool:

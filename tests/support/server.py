@@ -4,6 +4,7 @@ Both listen on a free loopback port and are stopped by the test that started the
 """
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -134,3 +135,13 @@ def wait_until(check: Callable[[], object], what: str, limit: float = 60.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def json_objects(text: str) -> list[dict[str, Any]]:
+    """The JSON objects `corral --json events` prints one after another."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        item, at = decoder.raw_decode(text, at)
+        found.append(item)
+    return found
