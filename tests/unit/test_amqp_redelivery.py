@@ -57,3 +57,29 @@ def test_a_redelivery_after_a_failed_ack_is_acked_not_handled_again() -> None:
 
     asyncio.run(run())
     assert handled == [(b"17", False), (b"18", True), (b"19", False), (b"17", True)]
+
+
+def test_a_handling_cut_by_the_connection_runs_to_its_end_and_its_redelivery_is_acked() -> None:
+    handled: list[bytes] = []
+    going = asyncio.Event()
+
+    async def handler(body: bytes, redelivered: bool) -> None:
+        await going.wait()
+        handled.append(body)
+
+    async def run() -> None:
+        link = _link()
+        consumer = asyncio.ensure_future(link._wrap("ready", handler)(Message(b"17", False)))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        consumer.cancel()  # the connection went while it was handled
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        going.set()
+        await asyncio.sleep(0.01)
+        assert handled == [b"17"]  # not cut in two
+        redelivered = Message(b"17", True)
+        await link._wrap("ready", handler)(redelivered)  # type: ignore[arg-type]
+        assert redelivered.acked
+
+    asyncio.run(run())
+    assert handled == [b"17"]

@@ -1,9 +1,9 @@
 """An AMQP (RabbitMQ) link with aio-pika: durable queues consumed with manual acks.
 
 A message is acknowledged only after its handler returns; a handler that raises sends it
-back to the queue (after a pause), so a failure in corral never loses one. A message whose
-ack could not go out (the connection lost right after its handler returned) comes back
-redelivered: it is acked then, not handled a second time.
+back to the queue (after a pause), so a failure in corral never loses one. A handler runs
+to its end even when the connection is lost meanwhile; a message handled but not acked
+comes back redelivered: it is acked then, not handled a second time.
 """
 
 import asyncio
@@ -30,6 +30,7 @@ class AmqpLink(Link):
         # Per queue, the bodies of messages handled whose ack failed: their redelivery
         # (which comes before any new message) is acked without handling them again.
         self._unacked: dict[str, list[bytes]] = {}
+        self._handling: set[asyncio.Future[None]] = set()  # running, kept referenced
 
     def consume(self, queue: str, handler: Handler) -> None:
         """Consume `queue` (declared durable) with `handler`, from the next connection on."""
@@ -70,8 +71,17 @@ class AmqpLink(Link):
                     log.info("redelivered message was handled before; acked", queue=queue)
                     await message.ack()
                     return
+                # Shielded: a consumer cancelled meanwhile (its connection lost) must not
+                # cut a handling in two (a farm take claimed but never published); one
+                # that then ends well is remembered as handled, not acked.
+                work = asyncio.ensure_future(handler(message.body, redelivered))
+                self._handling.add(work)
+                work.add_done_callback(self._handling.discard)
                 try:
-                    await handler(message.body, redelivered)
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    work.add_done_callback(lambda done: _handled(done, message.body, unacked))
+                    raise
                 except Exception as exc:
                     log.warning("message handling failed; requeued", queue=queue, error=repr(exc))
                     await asyncio.sleep(RETRY_PAUSE)
@@ -84,3 +94,10 @@ class AmqpLink(Link):
                     raise
 
         return on_message
+
+
+def _handled(done: "asyncio.Future[None]", body: bytes, unacked: list[bytes]) -> None:
+    """A handling whose consumer was cancelled ended: if it ended well, its redelivery is
+    acked without handling it again."""
+    if not done.cancelled() and done.exception() is None:
+        unacked.append(body)

@@ -35,9 +35,6 @@ class FarmService:
         self.store, self.tasks, self.bus = dispatch.store, dispatch.tasks, dispatch.bus
         self.settings, self.arm = dispatch.settings, dispatch.arm
         self._ready_lock = asyncio.Lock()
-        self._inflight: set[asyncio.Future[str | None]] = set()
-        # printers whose ready was handled after its consumer was cancelled (not acked)
-        self._unacked: set[str] = set()
         # the layout and printers as stored
         self.printers, self.printer = self.store.printers, self.store.printer
         self.racks, self.beds = self.store.racks, self.store.beds
@@ -60,35 +57,6 @@ class FarmService:
                 {"body": printer[:200]},
             )
             return f"{printer[:80]!r} is not a printer id"
-        if printer in self._unacked:
-            self._unacked.discard(printer)
-            if redelivered:
-                await self.bus.emit(
-                    "farm.ready.duplicate",
-                    f"printer/{printer}",
-                    f"printer {printer}'s ready redelivered by the broker: it was handled "
-                    "before the broker's connection was lost (its ack was not): ignored",
-                )
-                return None
-        # Shielded: a consumer cancelled meanwhile (a broker's connection lost) must not
-        # split the transaction that claims a take from its publish (the job would sit
-        # "sent" but never went out). Such a message is handled but not acked: its
-        # redelivery is recognised above.
-        inner = asyncio.ensure_future(self._take_in(printer, source))
-        self._inflight.add(inner)
-        inner.add_done_callback(self._inflight.discard)
-        try:
-            return await asyncio.shield(inner)
-        except asyncio.CancelledError:
-            inner.add_done_callback(lambda done: self._handled_unacked(printer, done))
-            raise
-
-    def _handled_unacked(self, printer: str, done: "asyncio.Future[str | None]") -> None:
-        if not done.cancelled() and done.exception() is None and done.result() is None:
-            self._unacked.add(printer)
-
-    async def _take_in(self, printer: str, source: str) -> str | None:
-        """A valid ready message's tasks stored (and its take sent when the arm is free)."""
         received = utcnow()
 
         def note(outcome: ReadyOutcome) -> list[Event]:
