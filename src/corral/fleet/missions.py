@@ -373,7 +373,9 @@ class Dispatcher:
             if traffic.waits.get(robot) != waited:
                 self.meter.refusals += 1
             if not self._around_standing(mission, answer):
-                self._break_deadlock(mission.map)
+                # a new cycle can only pass through this robot's wait (a grant leaves its
+                # holder waiting for nothing): follow its one chain, not every waiting robot
+                self._break_deadlock(mission.map, robot)
             return
         self.meter.grants += 1
         self.journal.command(
@@ -427,21 +429,23 @@ class Dispatcher:
         self._advance(mission.robot)
         return True
 
-    def _break_deadlock(self, map_name: str) -> None:
+    def _break_deadlock(self, map_name: str, start: str | None = None) -> None:
         if map_name in self._breaking:
             return  # a resolution on this map is under way; the next tick looks again
         self._breaking.add(map_name)
         try:
-            self._resolve(map_name)
+            self._resolve(map_name, start)
         finally:
             self._breaking.discard(map_name)
 
-    def _resolve(self, map_name: str) -> None:
-        """Find a deadlock on the map and break it by re-routing or a side-step."""
+    def _resolve(self, map_name: str, start: str | None = None) -> None:
+        """Find a deadlock on the map (the one `start`'s wait leads into, or any: the tick's
+        look over every waiting robot) and break it by re-routing or a side-step."""
         traffic = self.traffic[map_name]
-        cycle = traffic.deadlock()
+        cycle = traffic.deadlock(start)
         if cycle is None:
-            self._reported.pop(map_name, None)
+            if start is None:
+                self._reported.pop(map_name, None)
             return
         routes = {
             r: self.active[r].route[self.active[r].progress :]
