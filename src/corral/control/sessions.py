@@ -26,7 +26,7 @@ from corral.control.readiness import until_decided
 from corral.control.stacks import base_folder, read_utf8
 from corral.errors import CorralError, Invalid, NoRoom, NotFound, Unreachable
 from corral.events import EventBus
-from corral.hosts.driver import HostDriver
+from corral.hosts.driver import HostDriver, ImageMissing, SubnetTaken
 from corral.model.containers import (
     CREATED,
     OWNED,
@@ -406,9 +406,8 @@ class SessionService:
         plan = plan_session_container(session, svc)
         try:
             return await self.hosts.call(drivers[host].create, plan, False)
-        except NotFound as exc:
-            if "image" not in exc.message.lower():
-                raise
+        except ImageMissing:
+            pass
         self.images.forget(host, svc.image)
         await self.images.ensure(drivers, host, svc, resource)
         return await self.hosts.call(drivers[host].create, plan, False)
@@ -496,9 +495,7 @@ class SessionService:
                     driver.ensure_network, network, "bridge", False, subnet, labels
                 )
                 return
-            except Invalid as exc:
-                if "overlap" not in exc.message:
-                    raise
+            except SubnetTaken:
                 log.info("session subnet refused", session=session, subnet=subnet)
                 self._pool(host).refuse(session, network)
                 await self._read_networks(host, driver, again=True)

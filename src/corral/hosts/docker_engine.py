@@ -21,7 +21,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from corral.errors import Conflict, CorralError, Invalid, Unreachable
 from corral.errors import NotFound as CorralNotFound
-from corral.hosts.driver import NotSwarmManager
+from corral.hosts.driver import ImageMissing, NotSwarmManager, SubnetTaken
 from corral.hosts.ssh_tunnel import SshTunnel
 from corral.hosts.tls_reasons import client_certificate_problem, tls_reason
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan, PublishedPort
@@ -252,14 +252,21 @@ class DockerEngine:
             if any(n["Name"] == name for n in self._api.networks(names=[name])):
                 return
             ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]) if subnet else None
-            self._api.create_network(
-                name,
-                driver=driver,
-                attachable=attachable or None,
-                labels=dict(labels),
-                ipam=ipam,
-                check_duplicate=True,
-            )
+            try:
+                self._api.create_network(
+                    name,
+                    driver=driver,
+                    attachable=attachable or None,
+                    labels=dict(labels),
+                    ipam=ipam,
+                    check_duplicate=True,
+                )
+            except APIError as exc:
+                # dockerd's IPAM answers an overlapping pool with 403 and these words; the
+                # one place they are read, so callers can catch a type instead.
+                if subnet and "overlap" in str(exc.explanation or "").lower():
+                    raise SubnetTaken(f"{self.spec.name}: {exc.explanation}") from None
+                raise
 
     def networks(self, labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
         with _engine_errors(self.spec.name):
@@ -398,6 +405,8 @@ class DockerEngine:
                     stdin_open=spec.stdin_open,
                     stop_timeout=round(spec.stop_grace_s),
                 )
+            except ImageNotFound as exc:
+                raise ImageMissing(f"{self.spec.name}: {exc.explanation or exc}") from None
             except APIError as exc:
                 if exc.status_code == 409:
                     message = f"container {plan.name} already exists on {self.spec.name}"

@@ -8,7 +8,7 @@ Every method raises `corral.errors.Unreachable` when the engine does not answer,
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-from corral.errors import Invalid
+from corral.errors import Invalid, NotFound
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts
 from corral.model.stack_spec import BuildSpec
@@ -18,6 +18,16 @@ from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
 class NotSwarmManager(Invalid):
     """The engine refused a swarm-wide operation (an overlay network, a service) because it
     is not a swarm manager: a worker's view of an overlay, say, which its manager removes."""
+
+
+class SubnetTaken(Invalid):
+    """The engine refused a network's subnet because it overlaps one of its own networks
+    (made meanwhile by someone else): the caller may pick another block."""
+
+
+class ImageMissing(NotFound):
+    """A container could not be created because its image is not on the engine (removed
+    since it was last seen there): the caller may supply it again."""
 
 
 class HostDriver(Protocol):
