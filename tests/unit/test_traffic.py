@@ -200,6 +200,9 @@ def test_snapshot_round_trip() -> None:
     assert again.waits == traffic.waits
     assert again.granted("c") == "m3"
     check(again)
+    stored = traffic.stored()
+    assert "holds" not in stored
+    assert Traffic.restore(SIDING, stored).snapshot() == snap
 
 
 @pytest.mark.parametrize(
@@ -518,3 +521,4 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
                 wait = traffic.waits[robot]
                 assert traffic.holder(wait.resource) == cycle[(index + 1) % len(cycle)]
         assert Traffic.restore(fmap, traffic.snapshot()).holds == traffic.holds
+        assert Traffic.restore(fmap, traffic.stored()).snapshot() == traffic.snapshot()

@@ -326,7 +326,7 @@ class Dispatcher:
                     self._at_goal(mission)
                 else:
                     self._advance(robot)
-                self._retry_waiting(map_name)
+                self._retry_waiting(map_name, freed=True)
         if holder == robot:
             await self.journal.commit()
             return
@@ -490,9 +490,17 @@ class Dispatcher:
             traffic.waits.pop(robot, None)
             self._advance(robot)
 
-    def _retry_waiting(self, map_name: str) -> None:
+    def _retry_waiting(self, map_name: str, freed: bool = False) -> None:
+        """Ask again for every waiting robot, by priority; with `freed` (after a checkpoint)
+        only for those whose resource is no longer held by the robot they waited for: asking
+        again would give the others the same wait (the tick, twice a second, asks them all,
+        and routes around a holder that has since stopped)."""
         traffic = self.traffic[map_name]
-        waiting = sorted(traffic.waits, key=lambda r: (-self.priority(r), r))
+        holds = traffic.holds
+        waiting = sorted(
+            (r for r, w in traffic.waits.items() if not freed or holds.get(w.resource) != w.holder),
+            key=lambda r: (-self.priority(r), r),
+        )
         for robot in waiting:
             self._advance(robot)
 
@@ -512,7 +520,7 @@ class Dispatcher:
         return {name: len(traffic.holds) for name, traffic in self.traffic.items()}
 
     def _reservations(self, map_name: str) -> dict[str, Any]:
-        return self.traffic[map_name].snapshot()
+        return self.traffic[map_name].stored()
 
     def snapshot(self, map_name: str) -> dict[str, Any]:
         self.map(map_name)

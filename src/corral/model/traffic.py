@@ -359,6 +359,23 @@ class Traffic:
             "robots": robots,
         }
 
+    def stored(self) -> dict[str, Any]:
+        """What `restore` needs, for the store after each batch of decisions: `robots` and
+        `waits` as in `snapshot`, unsorted and without `holds` (which the robots' markers and
+        granted moves give back); about half the bytes and a third of the time."""
+        nexts = self._next
+        robots: dict[str, Any] = {}
+        for robot, at in self._at.items():
+            step = nexts.get(robot)
+            robots[robot] = {"at": at, "next": step[0] if step else None}
+        return {
+            "robots": robots,
+            "waits": {
+                r: {"marker": w.marker, "resource": w.resource, "holder": w.holder}
+                for r, w in self.waits.items()
+            },
+        }
+
     @classmethod
     def restore(cls, fmap: FleetMap, snapshot: dict[str, Any]) -> Traffic:
         """The table a `snapshot` described; Invalid if it does not fit the map or is
