@@ -20,6 +20,7 @@ import uvicorn
 from tests.support.processes import ChildProcess, free_port, wait_answering
 
 from corral.api import create_app
+from corral.api.robot_ws import robot_websockets
 from corral.config import Settings
 
 ADMIN = "crl_test_admin_token_0123456789"
@@ -36,12 +37,14 @@ class ThreadServer:
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(settings)
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
             timeout_graceful_shutdown=1,
+            ws=robot_websockets(app.state.core),  # as `corral serve`: /fleet/ws served lean
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)

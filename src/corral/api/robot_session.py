@@ -1,4 +1,5 @@
-"""One robot's WebSocket after its token is checked: hello, then its messages, in order.
+"""One robot's WebSocket: its token checked (`serve_robot`), then hello and its messages,
+in order, over any socket that reads like Starlette's (`RobotSocket`).
 
 The socket is read all the time: checkpoints and acks, which wait for their batch to be
 stored, go to the session's own worker (in the order they came, a ping after them too, so
@@ -9,10 +10,10 @@ a robot's reports or keepalives unread.
 import asyncio
 import contextlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
-from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from corral.core import Core
@@ -27,7 +28,39 @@ STORED_KINDS = ("checkpoint", "ack")  # answered once stored, by the worker
 SILENT_CLOSE = 4408  # the close code for a robot silent for a whole heartbeat
 
 
-async def refuse(websocket: WebSocket, code: str, message: str, close: int) -> None:
+class RobotSocket(Protocol):
+    """What a session needs of its socket: Starlette's WebSocket (after accept) and the
+    lean `/fleet/ws` socket (robot_ws.RobotWebSocket) both are one. `receive` gives
+    ASGI-shaped messages: `websocket.receive` with `text` or `bytes`, and at the end
+    `websocket.disconnect` with its `code`."""
+
+    async def receive(self) -> Mapping[str, Any]: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+async def serve_robot(
+    core: Core, websocket: RobotSocket, authorization: str, query_token: str | None
+) -> None:
+    """An accepted robot socket: its token (the Authorization header's bearer, else the
+    `token` query parameter) checked, then its session until it ends."""
+    secret = authorization[7:] if authorization.lower().startswith("bearer ") else None
+    secret = secret or query_token
+    try:
+        caller = await core.access.identify(secret)
+    except CorralError as exc:
+        await refuse(websocket, "unauthorized", exc.message, 4401)
+        return
+    if caller.role != "robot":
+        await refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
+        return
+    with contextlib.suppress(WebSocketDisconnect):
+        await RobotSession(core, websocket, caller.subject).run()
+
+
+async def refuse(websocket: RobotSocket, code: str, message: str, close: int) -> None:
     """Say why in an error message, then close with the given code."""
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
@@ -37,7 +70,7 @@ async def refuse(websocket: WebSocket, code: str, message: str, close: int) -> N
 class RobotSession:
     kind = "websocket"  # the fleet's Channel protocol
 
-    def __init__(self, core: Core, websocket: WebSocket, name: str) -> None:
+    def __init__(self, core: Core, websocket: RobotSocket, name: str) -> None:
         self.core, self.websocket, self.name = core, websocket, name
         self.counts = core.fleet.meter.websocket  # bound once: each message bumps it
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUED)

@@ -55,6 +55,7 @@ async def _serve(settings: Settings) -> None:
     import uvicorn
 
     from corral.api.app import create_server_app
+    from corral.api.robot_ws import robot_websockets
     from corral.core import Core
     from corral.errors import CorralError
     from corral.model.yamlfile import FileInvalid
@@ -88,6 +89,7 @@ async def _serve(settings: Settings) -> None:
         access_log=settings.access_log,
         timeout_graceful_shutdown=3,
         lifespan="on",
+        ws=robot_websockets(core),  # /fleet/ws served lean; other sockets by uvicorn's own
     )
     server = GracefulServer(config)
     try:

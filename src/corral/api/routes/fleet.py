@@ -5,7 +5,6 @@ Operators use the first group with their tokens; a robot's token reaches only th
 channel routes of that robot (docs/fleet-protocol.md).
 """
 
-import contextlib
 import json
 import secrets
 from typing import Annotated, Any, Literal
@@ -13,14 +12,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
-from starlette.websockets import WebSocketDisconnect
 
 from corral.api.deps import CoreDep, Reader, Writer, bearer
 from corral.api.links import answer_links
-from corral.api.robot_session import RobotSession, refuse
+from corral.api.robot_session import serve_robot
 from corral.control.access import Caller
 from corral.core import Core
-from corral.errors import Conflict, CorralError, Forbidden, Invalid
+from corral.errors import Conflict, Forbidden, Invalid
 from corral.fleet.missions import mission_doc
 from corral.fleet.service import MAX_COMMAND_ID, OPERATOR_KINDS
 from corral.model.fields import Integer
@@ -469,18 +467,14 @@ async def http_acks(name: RobotName, request: Request, core: CoreDep, _: RobotCa
 
 @router.websocket("/ws")
 async def robot_socket(websocket: WebSocket) -> None:
+    """The robots' socket when the ASGI path serves it (in-process test clients, a server
+    without corral's own `ws=` protocol); `corral serve` answers `/fleet/ws` itself
+    (robot_ws.py), with the same session."""
     core: Core = websocket.app.state.core
     await websocket.accept()
-    header = websocket.headers.get("authorization", "")
-    secret = header[7:] if header.lower().startswith("bearer ") else None
-    secret = secret or websocket.query_params.get("token")
-    try:
-        caller = await core.access.identify(secret)
-    except CorralError as exc:
-        await refuse(websocket, "unauthorized", exc.message, 4401)
-        return
-    if caller.role != "robot":
-        await refuse(websocket, "forbidden", "this channel is for robot tokens", 4403)
-        return
-    with contextlib.suppress(WebSocketDisconnect):
-        await RobotSession(core, websocket, caller.subject).run()
+    await serve_robot(
+        core,
+        websocket,
+        websocket.headers.get("authorization", ""),
+        websocket.query_params.get("token"),
+    )
