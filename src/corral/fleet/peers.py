@@ -50,19 +50,22 @@ class Remote(CorralError):
 
 
 def _chunks(head: dict[str, Any], key: str, items: list[Any]) -> list[str]:
-    """`head` with `key` holding `items`, as JSON texts each under MAX_PAYLOAD bytes."""
+    """`head` with `key` holding `items`, as JSON texts each under MAX_PAYLOAD bytes (each
+    item encoded once, the texts joined from those encodings)."""
+    opened = json.dumps(head, separators=(",", ":"))[:-1]
+    prefix = f"{opened}{',' if head else ''}{json.dumps(key)}:["
     out: list[str] = []
-    part: list[Any] = []
-    size = len(json.dumps(head)) + len(key) + 8
+    part: list[str] = []
+    size = len(prefix) + 2
     for item in items:
-        length = len(json.dumps(item, separators=(",", ":"))) + 1
-        if part and size + length > MAX_PAYLOAD:
-            out.append(json.dumps({**head, key: part}, separators=(",", ":")))
-            part, size = [], len(json.dumps(head)) + len(key) + 8
-        part.append(item)
-        size += length
+        text = json.dumps(item, separators=(",", ":"))
+        if part and size + len(text) + 1 > MAX_PAYLOAD:
+            out.append(prefix + ",".join(part) + "]}")
+            part, size = [], len(prefix) + 2
+        part.append(text)
+        size += len(text) + 1
     if part:
-        out.append(json.dumps({**head, key: part}, separators=(",", ":")))
+        out.append(prefix + ",".join(part) + "]}")
     return out
 
 
