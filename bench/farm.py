@@ -39,7 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.brokers import AMQP_URL  # noqa: E402
 from tests.support.farm import Names, arm, layout  # noqa: E402
+from tests.support.private_brokers import PrivateMosquitto  # noqa: E402
 from tests.support.server import ADMIN, ServeProcess  # noqa: E402
+
+# The broker every MQTT client of the bench uses, and whether the simulated arm's socket
+# sets TCP_NODELAY (set from the command line).
+MQTT: dict[str, int] = {"port": 1883, "nodelay": 0}
 
 
 class Clock:
@@ -50,7 +55,7 @@ class Clock:
         self.jobs: list[float] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"clock-{topic}")
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", 1883)
+        self.client.connect("127.0.0.1", MQTT["port"])
         self.client.subscribe(topic, qos=1)
         self.client.loop_start()
         time.sleep(0.3)
@@ -87,7 +92,7 @@ def send(queue: str, printers: list[str], rate: float) -> dict[str, float]:
 def relay(names: Names, stop: threading.Event) -> None:
     """The minimal consumer: for each ready message, publish a take job, then ack."""
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"relay-{names.job}")
-    publisher.connect("127.0.0.1", 1883)
+    publisher.connect("127.0.0.1", MQTT["port"])
     publisher.loop_start()
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     channel = connection.channel()
@@ -174,11 +179,11 @@ def arm_floor(home: Path, count: int = 50) -> float:
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"floor-{names.job}")
     client.on_message = on_message
-    client.connect("127.0.0.1", 1883)
+    client.connect("127.0.0.1", MQTT["port"])
     client.subscribe(names.status, qos=1)
     client.loop_start()
     times = []
-    with arm(names, home / "floor.jsonl", work=0.01):
+    with arm(names, home / "floor.jsonl", 0.01, MQTT["port"], bool(MQTT["nodelay"])):
         time.sleep(0.5)
         client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(count):
@@ -250,7 +255,34 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2.0, help="ready messages per second")
     parser.add_argument("--rounds", type=int, default=2, help="turns of each approach")
     parser.add_argument("--stall", type=float, default=20.0, help="s with no job: stalled")
+    parser.add_argument(
+        "--broker",
+        choices=["machine", "nodelay"],
+        default="machine",
+        help="the machine's Mosquitto, or a private one on a loopback port with "
+        "set_tcp_nodelay true",
+    )
+    parser.add_argument(
+        "--arm",
+        choices=["dhr", "nodelay"],
+        default="dhr",
+        help="the simulated arm as DHR's (plain paho), or the same with TCP_NODELAY on its socket",
+    )
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as brokers:
+        broker = None
+        if args.broker == "nodelay":
+            broker = PrivateMosquitto(Path(brokers), nodelay=True).start()
+            MQTT["port"] = broker.port
+        MQTT["nodelay"] = int(args.arm == "nodelay")
+        try:
+            bench(args)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+def bench(args: argparse.Namespace) -> None:
     printers = [f"p{i}" for i in range(args.messages)]
     print(
         f"ready -> take job latency, {args.messages} printers finishing at {args.rate:g}/s, "
@@ -260,12 +292,16 @@ def main() -> None:
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
+    print(f"broker: {args.broker} (port {MQTT['port']}), arm: {args.arm}", flush=True)
     minimal = Outcome("minimal pika + paho consumer")
     ours = Outcome("corral (stored tasks, bed choice, arm)")
     names = Names.fresh()
     with tempfile.TemporaryDirectory() as home:
         env = {"CORRAL_BOOTSTRAP_TOKEN": ADMIN, "CORRAL_LOCAL_DOCKER_URL": "", **names.env()}
         env["CORRAL_LOG_LEVEL"] = "warning"
+        env["CORRAL_BROKERS"] = json.dumps(
+            {"amqp": AMQP_URL, "mqtt": f"mqtt://127.0.0.1:{MQTT['port']}"}
+        )
         serve = ServeProcess(Path(home), env).start()
         try:
             headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -274,7 +310,7 @@ def main() -> None:
                 layout(api, printers=args.messages, spare_beds=args.messages * args.rounds + 10)
             arm_floor(Path(home))
             clock = Clock(names.job)
-            with arm(names, Path(home) / "arm.jsonl", work=0.01):
+            with arm(names, Path(home) / "arm.jsonl", 0.01, MQTT["port"], bool(MQTT["nodelay"])):
                 time.sleep(1.0)
 
                 def corral_round() -> None:

@@ -103,8 +103,12 @@ def seed_layout(api: httpx.Client, printers: Iterable[int], spares: int) -> dict
 
 
 @contextmanager
-def arm(names: Names, record: Path, work: float = 0.05) -> Iterator[Arm]:
-    running = Arm(record, work, job_topic=names.job, status_topic=names.status).start()
+def arm(
+    names: Names, record: Path, work: float = 0.05, port: int = 1883, nodelay: bool = False
+) -> Iterator[Arm]:
+    running = Arm(
+        record, work, port=port, job_topic=names.job, status_topic=names.status, nodelay=nodelay
+    ).start()
     try:
         yield running
     finally:

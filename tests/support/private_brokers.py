@@ -18,7 +18,7 @@ from corral.fleet.vda5050.messages import Topics
 class PrivateMosquitto:
     """Mosquitto with persistence on (as the machine's), restarted as a crash would."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, nodelay: bool = False) -> None:
         self.dir = workdir / "mosquitto"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o777)  # started as root, it runs as user mosquitto
@@ -29,6 +29,7 @@ class PrivateMosquitto:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"user root\npersistence true\npersistence_location {self.dir}/\n"
             f"log_dest file {self.dir}/mosquitto.log\n"
+            + ("set_tcp_nodelay true\n" if nodelay else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
