@@ -296,7 +296,8 @@ class RobotWebSocket(asyncio.Protocol):
         self.open = True
         peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            access.info('%s:%d - "WebSocket %s" [accepted]', peer[0], peer[1], PATH)
+            # The whole target, as uvicorn logs it: corral's redaction hides a ?token=.
+            access.info('%s:%d - "WebSocket %s" [accepted]', peer[0], peer[1], request.target)
         self.task = self.loop.create_task(self._serve(request), name="robot socket")
         self.server_state.tasks.add(self.task)
         self.task.add_done_callback(self._served)
