@@ -3,7 +3,9 @@
 Runs against a SQLite file and against the machine's real PostgreSQL.
 """
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +108,38 @@ async def test_events_filter_and_survive_reopen(db_url: str) -> None:
     assert newest[0].data == {}
     assert await events.prune(later) == 3
     await db.close()
+
+
+async def test_a_sqlite_connection_closed_mid_statement_leaves_no_write_lock(
+    tmp_path: Path,
+) -> None:
+    """A task cancelled between an INSERT ... RETURNING and its fetch has its connection
+    closed by the pool: the file's write lock goes with it, so the next writer is not
+    refused with "database is locked" (the test_farm_race flake)."""
+    file = tmp_path / "corral.db"
+    db = await _open(f"sqlite+aiosqlite:///{file}")
+    async with db.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        # Never fetched, never committed, its cursor still referenced (by the cancelled
+        # task's frames, in the flake): as a cancelled emit leaves it.
+        cut_short = await driver.execute(
+            "INSERT INTO events (time, kind, resource, message, data) "
+            "VALUES ('2026-01-01', 'x', 'y', 'cut short', '{}') RETURNING id"
+        )
+        raw.invalidate()  # what the pool does with a connection whose task was cancelled
+    other = sqlite3.connect(file, timeout=1)
+    try:
+        other.execute(
+            "INSERT INTO events (time, kind, resource, message, data) "
+            "VALUES ('2026-01-01', 'x', 'y', 'next writer', '{}')"
+        )
+        other.commit()
+        messages = [row[0] for row in other.execute("SELECT message FROM events")]
+    finally:
+        other.close()
+    assert "next writer" in messages
+    assert "cut short" not in messages  # rolled back, not half-kept
+    del cut_short
+    await db.engine.dispose()

@@ -5,6 +5,8 @@ One Database per process; repositories borrow sessions from it.
 """
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A SQLite connection that ends its open transaction before it closes.
+
+    A statement cut short (a task cancelled between an INSERT ... RETURNING and its fetch)
+    keeps a closed connection alive as a zombie, and with it the file's write lock, until
+    the statement's cursor is collected: every other writer then waits out the busy timeout
+    and fails with "database is locked". A rollback first releases the lock at once."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # closing anyway: the close releases
+                self.rollback()
+        super().close()
 
 
 def _begin_immediate(conn: Connection) -> None:
@@ -87,7 +104,7 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 self.file = Path(parsed.database)
                 self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            options["connect_args"] = {"timeout": 30}
+            options["connect_args"] = {"timeout": 30, "factory": _SQLiteConnection}
         else:
             options["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(parsed, **options)
@@ -103,7 +120,12 @@ class Database:
         if self.file is not None:
             self._sync = create_engine(
                 parsed.set(drivername="sqlite"),
-                connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
+                connect_args={
+                    "timeout": 30,
+                    "check_same_thread": False,
+                    "isolation_level": None,
+                    "factory": _SQLiteConnection,
+                },
             )
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "begin", _begin_immediate)
