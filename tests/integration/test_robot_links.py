@@ -99,6 +99,30 @@ def test_a_silent_socket_is_closed_after_one_heartbeat(tmp_path: Path) -> None:
         wait_until(lambda: api.get("/fleet/robots/quiet").json()["state"] == "offline", "offline")
 
 
+def test_a_robot_that_only_reports_telemetry_is_not_silent(tmp_path: Path) -> None:
+    """Telemetry is handled as the socket reads it (no wake-up of the session): it still
+    counts as heard, so a robot that sends nothing else keeps its socket for three
+    heartbeats, and its latest report is what an operator sees."""
+    with _server(tmp_path, 1.0) as server, server.client() as api:
+        robot = _register(api, "chatty")
+
+        async def scenario() -> None:
+            ws = await _greeted(server.url, robot["token"], "chatty")
+            for n in range(16):  # 3.2 s: three heartbeats of 1 s
+                spot = "r1c1" if n % 2 else "r1c2"
+                await ws.send(json.dumps({"type": "telemetry", "marker": spot, "battery": n}))
+                with pytest.raises(TimeoutError):
+                    said = await asyncio.wait_for(ws.recv(), 0.2)
+                    raise AssertionError(f"corral said {said!r} to a robot reporting")
+            assert _connected(api, "chatty")
+            await ws.close()
+
+        asyncio.run(scenario())
+        doc = api.get("/fleet/robots/chatty").json()
+        assert doc["telemetry"]["battery"] == 15, doc
+        assert doc["telemetry"]["marker"] == "r1c1", doc
+
+
 def test_a_long_poll_counts_as_connected_while_it_waits(server: ThreadServer) -> None:
     with server.client() as api:
         robot = _register(api, "poller")

@@ -10,8 +10,8 @@ a robot's reports or keepalives unread.
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast, runtime_checkable
 
 import structlog
 from starlette.websockets import WebSocketDisconnect
@@ -39,6 +39,15 @@ class RobotSocket(Protocol):
     async def send_text(self, data: str) -> None: ...
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class QuickSocket(Protocol):
+    """A socket that can hand a text message to the session as it is read (robot_ws's):
+    `quick(text)` True means handled, with no wake-up of the session's task; False, that
+    it goes to `receive` as usual."""
+
+    quick: Callable[[str], bool] | None
 
 
 async def serve_robot(
@@ -103,6 +112,9 @@ class RobotSession:
 
     async def _serve(self) -> None:
         worker = asyncio.create_task(self._work(), name=f"robot {self.name}")
+        quick = isinstance(self.websocket, QuickSocket)
+        if quick:
+            cast(QuickSocket, self.websocket).quick = self._quick
         try:
             while True:
                 message = await self._next()
@@ -120,6 +132,8 @@ class RobotSession:
                 else:
                     await self._answer(message)
         finally:
+            if quick:
+                cast(QuickSocket, self.websocket).quick = None
             # What was read is handled even when the socket is gone: nothing is lost.
             self.gone = True
             await self.queue.put(None)
@@ -201,6 +215,27 @@ class RobotSession:
         self.counts.received += 1
         text = frame.get("text")
         return text if isinstance(text, str) else None
+
+    def _quick(self, text: str) -> bool:
+        """A telemetry report handled as the socket reads it, while this session's task
+        waits for a message: most of a robot's traffic then costs no task wake-up. What
+        is not plain telemetry, or needs an await (`Fleet.telemetry_now`), goes the usual
+        way, through `receive`, in order."""
+        if len(text) > MAX_MESSAGE:
+            return False
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or message.get("type") != "telemetry":
+            return False
+        if not self.core.fleet.telemetry_now(self.name, message, self.stored_pending == 0):
+            return False
+        self.read_since = asyncio.get_running_loop().time()  # heard: the watchdog sees it
+        counts = self.counts
+        counts.received += 1
+        counts.telemetry += 1
+        return True
 
     def _watch(self) -> None:
         """The watchdog: a read that waited a whole heartbeat is cancelled (the socket is

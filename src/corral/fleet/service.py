@@ -347,6 +347,43 @@ class FleetService:
             if self.peers is not None:
                 self.peers.report(name, None)  # heard, though what it said was refused
             raise
+        self._keep(name, link, report, infer)
+
+    def telemetry_now(self, name: str, message: dict[str, Any], infer: bool = True) -> bool:
+        """`telemetry` without awaiting, for the socket to handle a report as it is read:
+        True once handled; False, with nothing done, when it needs more (a signed or
+        unknown robot, a refused report, a follower's maps perhaps older than the
+        leader's, or on the leader a robot coming online, placed, or arriving)."""
+        row = self.robots.get(name)
+        link = self.links.by_robot.get(name)
+        if row is None or link is None or row.signed:
+            return False
+        try:
+            report = _telemetry(message)
+            if row.map is not None:
+                self._check_spot(row.map, report)
+        except CorralError:
+            return False
+        if self.leads() and (not link.online or self._decides(name, row.map, report, infer)):
+            return False
+        link.heard()
+        self._keep(name, link, report, infer)
+        return True
+
+    def _decides(
+        self, name: str, map_name: str | None, report: dict[str, Any], infer: bool
+    ) -> bool:
+        """Whether the leader's `_whereabouts` acts on this report (places the robot or takes
+        it as a lost checkpoint)."""
+        marker = report.get("marker")
+        if marker is None or map_name is None:
+            return False
+        if self.dispatch.position(name, map_name) is None:
+            return True
+        return infer and self.dispatch.granted(name, map_name) == marker
+
+    def _keep(self, name: str, link: Link, report: dict[str, Any], infer: bool) -> None:
+        """A report taken: the robot's latest telemetry, and for the peers."""
         link.telemetry = {**report, "at": time.time()}
         if self.peers is not None:
             self.peers.report(name, link.telemetry, busy=not infer)
