@@ -184,6 +184,13 @@ class Settings(BaseSettings):
         description="Take in the vehicles' visualization messages (positions at their rate, "
         "often 10 Hz); off: positions from their states only.",
     )
+    vda5050_share_group: str = Field(
+        default="corral",
+        pattern=r"^[A-Za-z0-9_.-]{1,63}$",
+        description="With replicas on PostgreSQL: the MQTT shared-subscription group "
+        "($share/GROUP/...) through which each replica takes a share of the vehicles' "
+        "visualization messages. Two corral installations on one broker need two groups.",
+    )
     vda5050_interface: str = Field(
         default="uagv", pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="VDA 5050 interfaceName."
     )

@@ -108,6 +108,7 @@ class Core:
         )
         self.fleet = FleetService(FleetStore(self.db), self.access, self.tasks, self.bus, settings)
         self.vda5050: MasterControl | None = None
+        self.vda5050_share: MqttLink | None = None  # this replica's share of visualizations
         self.replicas = Replicas(
             self.db,
             self.events,
@@ -178,6 +179,8 @@ class Core:
             await self.replicas.begin()  # SQLite: this process leads before it serves
             self._spawn(self._prune_events())
             self._spawn(self.fleet.run_peers(self.stopping))
+            if self.vda5050_share is not None:
+                self._spawn(self.vda5050_share.run(self.stopping))
             self._spawn(
                 self.replicas.run(
                     self.stopping, lambda stop: self._lead(stop, to_deploy), self._take_over
@@ -232,7 +235,15 @@ class Core:
             self.fleet, VdaStore(self.db), mqtt, topics, self.bus, self.metrics
         )
         self.vda5050.admit_map = self.settings.vda5050_admit_map
-        self.vda5050.wire(self.settings.vda5050_visualization)
+        # With replicas each takes a share of the visualizations (a connection of its own,
+        # run whether it leads or not); the leader's link takes the rest of the topics.
+        shared = self.fleet.peers is not None and self.settings.vda5050_visualization
+        self.vda5050.wire(self.settings.vda5050_visualization and not shared)
+        if shared:
+            self.vda5050_share = MqttLink(
+                f"{broker}-visualization", mqtt.url, self.bus, self.metrics
+            )
+            self.vda5050.share(self.vda5050_share, self.settings.vda5050_share_group)
         await self.vda5050.load()
 
     def _wire_farm(self) -> None:

@@ -10,7 +10,9 @@ LISTEN/NOTIFY (store/wire.py), and what the leader decides comes back to the hol
 - positions (`corral_fleet_positions`): every 100 ms each follower's latest telemetry and
   who it heard, so the leader (heartbeats, arrivals, reads) sees every robot; a report the
   same as the last one sent (a robot standing still) goes as its time alone. Every replica
-  (the leader too) lists the robots it holds every second.
+  (the leader too) lists the robots it holds every second. With them go the positions of
+  the VDA 5050 vehicles whose visualization messages this follower's share of the MQTT
+  shared subscription brought (`vehicle_position`): for people only, nothing decides on them.
 
 FleetService owns one on PostgreSQL (none on SQLite: one process holds everything).
 """
@@ -80,6 +82,7 @@ class Peers:
         self.reports: dict[str, list[Any]] = {}  # robot -> [telemetry | None, heard_at, busy]
         self.gone: set[str] = set()  # robots whose socket or poll ended here since the last batch
         self.sent: dict[str, dict[str, Any]] = {}  # robot -> the last report published
+        self.vehicles: dict[str, Any] = {}  # VDA 5050 vehicle -> its latest position, heard here
         self.decide: asyncio.Queue[tuple[str, dict[str, Any] | None, bool]] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
         # how this replica's own messages begin (compact, or json.dumps' default spacing)
@@ -99,6 +102,11 @@ class Peers:
             entry[0] = telemetry
         entry[1] = time.time()
         entry[2] = busy
+
+    def vehicle_position(self, robot: str, position: Any) -> None:
+        """A VDA 5050 vehicle's position from its visualization, taken here (a follower's
+        share of them), for the leader's view of the fleet."""
+        self.vehicles[robot] = position
 
     def left(self, robot: str) -> None:
         self.gone.add(robot)
@@ -188,10 +196,11 @@ class Peers:
                 return
             reports, self.reports = self.reports, {}
             gone, self.gone = self.gone, set()
+            vehicles, self.vehicles = self.vehicles, {}
             if turn % HELD_EVERY == 0:
                 self.sent = {}
             if self.leading():  # the others ask the leader (GET /fleet/robots is its read)
-                reports = {}
+                reports, vehicles = {}, {}
             entries = []
             for name, (telemetry, heard_at, busy) in reports.items():
                 if telemetry is not None:
@@ -205,6 +214,8 @@ class Peers:
             texts = _chunks(head, "r", entries)
             if gone:
                 texts += _chunks(head, "g", sorted(gone))
+            if vehicles:
+                texts += _chunks(head, "v", [[name, at] for name, at in vehicles.items()])
             if turn % HELD_EVERY == 0:
                 texts += _chunks(head, "h", self._held())
             for text in texts:
@@ -259,6 +270,9 @@ class Peers:
             link.heard_at = max(link.heard_at, heard_at)
             if leading and self.fleet.to_decide(name, link, telemetry, busy):
                 self.decide.put_nowait((name, telemetry, busy))
+        for name, position in message.get("v", ()):
+            vehicle = links.get(name)
+            vehicle.telemetry = {**vehicle.telemetry, "position": position}
         for name in message.get("h", ()):
             link = links.get(name)
             if link.channel is None:

@@ -31,6 +31,16 @@ class VdaStore:
         async with self.db.session() as s:
             return list((await s.scalars(select(VdaVehicleRow))).all())
 
+    async def find(self, manufacturer: str, serial: str) -> VdaVehicleRow | None:
+        """The vehicle with this identity, if one is registered."""
+        async with self.db.session() as s:
+            found: VdaVehicleRow | None = await s.scalar(
+                select(VdaVehicleRow).where(
+                    VdaVehicleRow.manufacturer == manufacturer, VdaVehicleRow.serial == serial
+                )
+            )
+            return found
+
     async def remove(self, robot: str) -> None:
         async with self.db.fenced() as s:
             await s.execute(delete(VdaVehicleRow).where(VdaVehicleRow.robot == robot))

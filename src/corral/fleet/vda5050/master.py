@@ -41,6 +41,7 @@ ADMISSION = Caller(token_id=0, name="vda5050 admission", role="admin", subject="
 BEAT = 0.02  # seconds: the vehicles' latest visualizations are read at most this often
 ROUTES_KEPT = 100_000  # topics whose split is kept
 ADMISSION_BACKLOG = 100  # messages kept of a vehicle while it is being admitted
+LEARN_S = 5.0  # seconds: a follower looks up an unknown vehicle at most this often
 
 
 class _Counted(dict[tuple[str, str], Counter]):
@@ -147,6 +148,7 @@ class MasterControl:
         # vehicles being admitted -> what they sent meanwhile
         self._admitting: dict[tuple[str, str], list[tuple[str, bytes, bool]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._looked_up: dict[tuple[str, str], float] = {}  # a follower's store reads (`_learn`)
 
     def wire(self, visualization: bool = True) -> None:
         """Subscribe to the vehicles' topics (without `visualization`, positions come from
@@ -160,6 +162,14 @@ class MasterControl:
             self.on_message,
         )
         self.fleet.dispatch.on_end.append(self._mission_ended)
+
+    def share(self, feed: MqttLink, group: str) -> None:
+        """With replicas: `feed`, a connection of this replica's own (run whether it leads
+        or not), takes its share of every vehicle's visualization through the shared
+        subscription `$share/GROUP/...`; the leader's link (`wire(visualization=False)`)
+        no longer takes them all. A follower passes the positions to the leader."""
+        topic = f"$share/{group}/{self.topics.inbound('visualization')}"
+        feed.feed([(topic, 1)], self.on_message)
 
     async def follow_broker_log(self, path: Path, stop: asyncio.Event) -> None:
         """While leading: the broker's ACL refusals, from its log, as events."""
@@ -439,6 +449,9 @@ class MasterControl:
         identity, name = route
         vehicle = self.by_identity.get(identity)
         if vehicle is None:
+            if not self.fleet.leads():  # a follower's share: perhaps registered since it read
+                self._learn(identity)
+                return
             self._unknown(identity, name, payload, retained)
             return
         if name == "visualization":
@@ -475,6 +488,7 @@ class MasterControl:
         latest, self._latest = self._latest, {}
         ok = 0
         by_identity = self.by_identity
+        peers = None if self.fleet.leads() else self.fleet.peers  # a follower tells the leader
         for identity, payload in latest.items():
             vehicle = by_identity.get(identity)
             if vehicle is None:
@@ -491,6 +505,8 @@ class MasterControl:
             if position is not None:  # a position for people: nothing waits on it
                 link = self.fleet.links.get(vehicle.robot)
                 link.telemetry = {**link.telemetry, "position": position}
+                if peers is not None:
+                    peers.vehicle_position(vehicle.robot, position)
         if ok:
             self._counted["visualization", "ok"].inc(ok)
             self.counts.received += ok
@@ -498,6 +514,26 @@ class MasterControl:
         if self._superseded:
             self._counted["visualization", "superseded"].inc(self._superseded)
             self._superseded = 0
+
+    def _learn(self, identity: tuple[str, str]) -> None:
+        """On a follower: a vehicle its share brought that it does not know is looked up in
+        the store (registered through the leader since this replica read them), at most
+        once every LEARN_S per vehicle; never admitted here (that is the leader's)."""
+        now = time.monotonic()
+        if now - self._looked_up.get(identity, -LEARN_S) < LEARN_S:
+            return
+        if len(self._looked_up) >= ROUTES_KEPT:
+            self._looked_up.clear()
+        self._looked_up[identity] = now
+        self._spawn(self._read_vehicle(identity))
+
+    async def _read_vehicle(self, identity: tuple[str, str]) -> None:
+        row = await self.store.find(*identity)
+        if row is None or identity in self.by_identity:
+            return
+        with contextlib.suppress(CorralError):
+            await self.fleet.known(row.robot)  # its robot, read if this replica lacks it
+            self._add(row)
 
     def _unknown(
         self, identity: tuple[str, str], name: str, payload: bytes, retained: bool
