@@ -83,7 +83,11 @@ def test_a_robot_on_one_replica_gets_a_command_sent_through_the_other(
                     async with asyncio.timeout(30):
                         while True:
                             view = (await api.get("/fleet/robots/far")).json()
-                            if view["telemetry"].get("battery") == 81 and view["connected"]:
+                            # The report shows at once; the leader places the robot from it
+                            # on its own deciding task, a moment later.
+                            placed = view["marker"] == "r2c1" and view["state"] == "online"
+                            heard = view["telemetry"].get("battery") == 81 and view["connected"]
+                            if heard and placed:
                                 return dict(view)
                             await asyncio.sleep(0.1)
 
