@@ -111,7 +111,7 @@ def counted(master: MasterControl, outcome: str) -> float:
 async def test_visualizations_are_kept_latest_only_until_the_beat() -> None:
     """What the broker's feed gives between two beats: per vehicle only its latest
     visualization is read; the ones it superseded are counted, not queued."""
-    fleet: Any = SimpleNamespace(meter=FleetMeter(), links=Links())
+    fleet: Any = SimpleNamespace(meter=FleetMeter(), links=Links(), leads=lambda: True, peers=None)
     metrics: Any = SimpleNamespace(registry=CollectorRegistry())
     master = MasterControl(fleet, None, None, Topics(), None, metrics)  # type: ignore[arg-type]
     for serial in ("v1", "v2"):
@@ -133,3 +133,45 @@ async def test_visualizations_are_kept_latest_only_until_the_beat() -> None:
     assert fleet.links.get("v1").telemetry["position"]["x"] == 9.0
     assert counted(master, "ok") == 3
     assert master._latest == {}
+
+
+class _Peers:
+    """What a follower's master control tells the leader (fleet.peers), recorded."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, Any] = {}
+
+    def vehicle_position(self, robot: str, position: Any) -> None:
+        self.positions[robot] = position
+
+
+async def test_a_follower_passes_its_share_of_positions_to_the_leader_and_admits_none() -> None:
+    """On a replica that does not lead (its share of the shared subscription): a known
+    vehicle's latest position is shown here and passed on for the leader; a vehicle it does
+    not know is looked up in the store (once), never admitted or reported as unknown."""
+    peers = _Peers()
+    fleet: Any = SimpleNamespace(
+        meter=FleetMeter(), links=Links(), leads=lambda: False, peers=peers, robots={}
+    )
+    metrics: Any = SimpleNamespace(registry=CollectorRegistry())
+    looked: list[tuple[str, str]] = []
+
+    class _Store:
+        async def find(self, manufacturer: str, serial: str) -> None:
+            looked.append((manufacturer, serial))
+
+    master = MasterControl(fleet, _Store(), None, Topics(), None, metrics)  # type: ignore[arg-type]
+    master.admit_map = "yard"  # admission is on, yet a follower never admits
+    vehicle = Vehicle("v1", "acme", "v1", Headers("acme", "v1"), master)
+    master.by_identity[("acme", "v1")] = vehicle
+    master.by_robot["v1"] = vehicle
+    master.on_message("uagv/v2/acme/v1/visualization", visualization("v1", 3.0), False)
+    for _ in range(3):
+        master.on_message("uagv/v2/acme/new/visualization", visualization("new", 1.0), False)
+    await asyncio.sleep(BEAT * 3)
+    assert fleet.links.get("v1").telemetry["position"]["x"] == 3.0
+    assert peers.positions["v1"]["x"] == 3.0
+    assert "new" not in peers.positions
+    assert looked == [("acme", "new")]  # once, not per message
+    assert master._admitting == {}
+    assert counted(master, "unknown") == 0
