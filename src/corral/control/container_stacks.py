@@ -126,7 +126,10 @@ class ContainerStacks:
             ]
             for state in await asyncio.gather(*jobs):
                 states[(state.service, state.replica)] = state
-        self.start_requested = {r for r in self.start_requested if r[0] != name}
+        # A start asked for while this pass ran on a stored file that still said stopped
+        # waits for the next pass (the request's own): only what this pass saw started ends.
+        started = {(name, svc) for svc in work.spec.services if svc not in work.stored.stopped}
+        self.start_requested -= started
         return list(states.values()), False
 
     async def _observe(self, name: str, stored: StoredStack, spec: StackSpec) -> _Pass:
