@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from corral.brokers.amqp import AmqpLink
+from corral.brokers.amqp import AmqpLink, _SentAcks
 from corral.events import EventBus
 from corral.metrics import Metrics
 
@@ -83,3 +83,53 @@ def test_a_handling_cut_by_the_connection_runs_to_its_end_and_its_redelivery_is_
 
     asyncio.run(run())
     assert handled == [b"17"]
+
+
+class Channel:
+    """A channel whose basic.qos is answered only when the test says so."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.asked = 0
+
+    async def set_qos(self, prefetch_count: int) -> None:
+        self.asked += 1
+        await self.answer.wait()
+        self.answer.clear()
+
+
+def test_an_ack_the_broker_was_not_seen_to_read_counts_as_lost_with_the_connection() -> None:
+    """An ack has no answer: one written just before a broker restart is lost with it, and
+    the message comes back. Only a later answered call on the channel proves it arrived."""
+    handled: list[bytes] = []
+
+    async def handler(body: bytes, redelivered: bool) -> None:
+        handled.append(body)
+
+    async def run() -> None:
+        link = _link()
+        acks = _SentAcks()
+        channel = Channel()
+        confirming = asyncio.ensure_future(acks.confirm(channel))  # type: ignore[arg-type]
+        consume = link._wrap("ready", handler, acks)
+        proved = Message(b"17", False)
+        await consume(proved)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert channel.asked == 1
+        assert acks.waiting == [("ready", b"17")]
+        channel.answer.set()  # the broker answered: the ack before it arrived
+        await asyncio.sleep(0.01)
+        assert acks.waiting == []
+        await consume(Message(b"18", False))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        confirming.cancel()  # ... and the connection goes before the proof
+        link._doubt(acks)
+        again = link._wrap("ready", handler)
+        back = Message(b"18", True)
+        await again(back)  # type: ignore[arg-type]
+        assert back.acked
+        never = Message(b"17", True)  # its ack was proved: a redelivery is a new message
+        await again(never)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert handled == [b"17", b"18", b"17"]

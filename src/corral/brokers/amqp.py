@@ -3,7 +3,8 @@
 A message is acknowledged only after its handler returns; a handler that raises sends it
 back to the queue (after a pause), so a failure in corral never loses one. A handler runs
 to its end even when the connection is lost meanwhile; a message handled but not acked
-comes back redelivered: it is acked then, not handled a second time.
+comes back redelivered: it is acked then, not handled a second time. An ack written but not
+yet seen to reach the broker when the connection goes counts as not acked.
 """
 
 import asyncio
@@ -18,6 +19,33 @@ from corral.metrics import Metrics
 
 Handler = Callable[[bytes, bool], Awaitable[None]]  # (body, redelivered)
 RETRY_PAUSE = 1.0
+PREFETCH = 20
+
+
+class _SentAcks:
+    """The acks written on one channel that the broker is not yet known to have read.
+
+    An ack has no answer in AMQP 0-9-1, and one written just before a broker restart is
+    lost with it. A channel's frames are read in order, so the answer to a later
+    synchronous call (basic.qos) proves every ack written before it arrived.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, bytes]] = []  # (queue, body), in the order acked
+        self._wake = asyncio.Event()
+
+    def sent(self, queue: str, body: bytes) -> None:
+        self.waiting.append((queue, body))
+        self._wake.set()
+
+    async def confirm(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Until cancelled or the channel fails: prove the acks written so far arrived."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            written = len(self.waiting)
+            await channel.set_qos(prefetch_count=PREFETCH)
+            del self.waiting[:written]
 
 
 class AmqpLink(Link):
@@ -41,22 +69,37 @@ class AmqpLink(Link):
         self._connection = connection
         lost = asyncio.Event()  # `connection.closed()` does not return on a broker's close
         connection.close_callbacks.add(lambda *_: lost.set())
+        acks = _SentAcks()
+        confirming: asyncio.Task[None] | None = None
         try:
             channel = await connection.channel()
             channel.close_callbacks.add(lambda *_: lost.set())  # a closed channel consumes nothing
-            await channel.set_qos(prefetch_count=20)
+            await channel.set_qos(prefetch_count=PREFETCH)
+            confirming = asyncio.create_task(acks.confirm(channel))
+            confirming.add_done_callback(lambda _: lost.set())
             for name, handler in self._consumers.items():
                 queue = await channel.declare_queue(name, durable=True)
-                await queue.consume(self._wrap(name, handler))
+                await queue.consume(self._wrap(name, handler, acks))
             await self._up()
             await lost.wait()
         finally:
             self._connection = None
+            if confirming is not None:
+                confirming.cancel()
+                await asyncio.gather(confirming, return_exceptions=True)
+            self._doubt(acks)
             if not connection.is_closed:
                 await connection.close()
 
+    def _doubt(self, acks: _SentAcks) -> None:
+        """The connection went: acks not known to have arrived may be lost with it, so
+        their messages' redeliveries are acked, not handled again."""
+        for queue, body in acks.waiting:
+            self._unacked.setdefault(queue, []).append(body)
+        acks.waiting.clear()
+
     def _wrap(
-        self, queue: str, handler: Handler
+        self, queue: str, handler: Handler, acks: _SentAcks | None = None
     ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         lock = asyncio.Lock()  # one message at a time per queue, in order
         unacked = self._unacked.setdefault(queue, [])
@@ -92,6 +135,8 @@ class AmqpLink(Link):
                 except BaseException:  # not acked: the broker delivers it again
                     unacked.append(message.body)
                     raise
+                if acks is not None:
+                    acks.sent(queue, message.body)
 
         return on_message
 
