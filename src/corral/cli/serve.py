@@ -59,7 +59,7 @@ async def _serve(settings: Settings) -> None:
     from corral.core import Core
     from corral.errors import CorralError
     from corral.model.yamlfile import FileInvalid
-    from corral.serving import GracefulServer, listen, uvicorn_logging
+    from corral.serving import GracefulServer, listen, settle_heap, uvicorn_logging
 
     # The seed APIs' own ports, each with the line that says where it is.
     extra = [
@@ -92,6 +92,7 @@ async def _serve(settings: Settings) -> None:
         ws=robot_websockets(core),  # /fleet/ws served lean; other sockets by uvicorn's own
     )
     server = GracefulServer(config)
+    settle_heap()
     try:
         await server.serve(sockets=sockets)
     finally:
