@@ -58,6 +58,7 @@ Run (about 5-6 minutes with the defaults, 2 of them registering the 1,750 robots
     .venv/bin/python bench/fleet.py
     .venv/bin/python bench/fleet.py --robots 250,500,1000 --seconds 30 --commands 200
     .venv/bin/python bench/fleet.py --no-missions       # telemetry only
+    .venv/bin/python bench/fleet.py --robots 1000 --columns 320  # as dense as 250 on 80
     .venv/bin/python bench/fleet.py --robots 1000 --replicas 1,2 --no-unloaded
 """
 
@@ -415,6 +416,7 @@ def start_corral(home: Path, database: str | None = None) -> ServeProcess:
         "CORRAL_LOCAL_DOCKER_URL": "",
         "CORRAL_MDNS_ENABLED": "false",
         "CORRAL_LOG_LEVEL": "warning",
+        "CORRAL_MAX_BODY_BYTES": str(4 << 20),  # a 320-column grid is 1.4 MB of JSON
     }
     if database is not None:
         # P = 2 s: a replica of a loaded 2-core machine must not step down (docs/replicas.md)
@@ -522,13 +524,13 @@ def unloaded(commands: int) -> tuple[dict[str, Samples], float, list[float]]:
 # ----------------------------------------------------------------------------- 2. the load
 
 
-def layout(n: int, seed: int) -> list[str]:
+def layout(n: int, seed: int, columns: int = COLUMNS) -> list[str]:
     """Start markers for robots 1..n: odd ones spread over the parking rows, even ones over
     the driving rows, both in a shuffled order so any prefix is spread too."""
     rng = random.Random(seed)
 
     def spread(rows: range, count: int) -> list[str]:
-        cells = [f"r{r}c{c}" for r in rows for c in range(COLUMNS)]
+        cells = [f"r{r}c{c}" for r in rows for c in range(columns)]
         picked = [cells[i * len(cells) // count] for i in range(count)]
         rng.shuffle(picked)
         return picked
@@ -558,14 +560,15 @@ async def _load(url: str, n: int, options: dict[str, Any], conn: Connection) -> 
     )
     started = time.perf_counter()
     tasks = [asyncio.create_task(gen.ticker())]
-    await gen.start(api, n, layout(n, options["seed"]), MAP, 240)
+    columns = options["columns"]
+    await gen.start(api, n, layout(n, options["seed"], columns), MAP, 240)
     connect = time.perf_counter() - started
 
     def near(here: str) -> str:
         row, col = (int(x) for x in here[1:].split("c"))
         while True:
             r, c = row + rng.randint(-HOP, HOP), col + rng.randint(-HOP, HOP)
-            if r in MOVE_ROWS and 0 <= c < COLUMNS and 0 < abs(r - row) + abs(c - col) <= HOP:
+            if r in MOVE_ROWS and 0 <= c < columns and 0 < abs(r - row) + abs(c - col) <= HOP:
                 return f"r{r}c{c}"
 
     if options["missions"]:
@@ -721,7 +724,7 @@ def loaded(n: int, args: argparse.Namespace, replicas: int = 0) -> Loaded:
         parent, child = ctx.Pipe()
         try:
             with httpx.Client(base_url=serve.url, headers=HEADERS, timeout=120) as api:
-                fmap = grid_map(MAP, COLUMNS, ROWS).as_dict()
+                fmap = grid_map(MAP, args.columns, ROWS).as_dict()
                 api.post("/fleet/maps", json=fmap).raise_for_status()
                 probe = WsRobot(servers[-1].url, "probe", register(api, "probe")).start()
                 options = {
@@ -729,6 +732,7 @@ def loaded(n: int, args: argparse.Namespace, replicas: int = 0) -> Loaded:
                     "rate": args.rate,
                     "seed": args.seed,
                     "missions": not args.no_missions,
+                    "columns": args.columns,
                     "spread": [s.url for s in servers[1:]],
                 }
                 worker = ctx.Process(target=load_worker, args=(serve.url, n, options, child))
@@ -920,6 +924,12 @@ def main() -> None:
     parser.add_argument("--no-missions", action="store_true", help="telemetry only")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--columns",
+        type=int,
+        default=COLUMNS,
+        help="grid width (markers); 320 holds 1,000 robots as densely as 80 holds 250",
+    )
+    parser.add_argument(
         "--replicas",
         default="0",
         help="corral processes per size, comma-separated: 0 is one on SQLite, k is k replicas "
@@ -960,7 +970,7 @@ def main() -> None:
     print()
     missions = "no missions" if args.no_missions else f"half on missions at {args.speed:g} m/s"
     print(
-        f"2. N robots at {args.rate:g} Hz on a {COLUMNS}x{ROWS} grid, {missions}; "
+        f"2. N robots at {args.rate:g} Hz on a {args.columns}x{ROWS} grid, {missions}; "
         f"{args.seconds:g} s measured after {args.warmup:g} s of warm-up"
     )
     print_loaded(rows, base["ws"], idle, idle_healthz)
