@@ -52,6 +52,8 @@ def check(traffic: Traffic) -> None:
             assert resource not in seen, f"{resource} held by {seen.get(resource)} and {robot}"
             seen[resource] = robot
     assert seen == traffic.holds
+    stored = {r: {"at": traffic.position(r), "next": traffic.granted(r)} for r in traffic.robots()}
+    assert traffic.stored()["robots"] == stored
     for robot in traffic.waits:
         assert traffic.position(robot) is not None
 

@@ -83,6 +83,10 @@ class Traffic:
         self.waits: dict[str, Wait] = {}  # robot -> what it waits for
         self._at: dict[str, str] = {}  # robot -> the marker it is at
         self._next: dict[str, tuple[str, str]] = {}  # robot -> (granted marker, FROM)
+        # robot -> {"at", "next"} as `stored` writes it: each entry replaced, never changed,
+        # so a copy of this dict is a snapshot (1,000 robots: a copy, not 1,000 new dicts
+        # with every batch of decisions)
+        self._entries: dict[str, dict[str, str | None]] = {}
 
     # ------------------------------------------------------------------ queries
     def position(self, robot: str) -> str | None:
@@ -129,6 +133,7 @@ class Traffic:
         self._drop(robot)
         self.holds[resource] = robot
         self._at[robot] = marker
+        self._entries[robot] = {"at": marker, "next": None}
         return None
 
     def request(self, robot: str, next_marker: str) -> Grant | Blocked:
@@ -170,6 +175,7 @@ class Traffic:
         holds[marker] = robot
         holds[lane] = robot
         self._next[robot] = (next_marker, at)
+        self._entries[robot] = {"at": at, "next": next_marker}
         self.waits.pop(robot, None)
         return Grant(robot, next_marker, (at, next_marker))
 
@@ -194,6 +200,7 @@ class Traffic:
             del self.holds[resource]
         del self._next[robot]
         self._at[robot] = marker
+        self._entries[robot] = {"at": marker, "next": None}
         self.waits.pop(robot, None)
         return released
 
@@ -207,6 +214,7 @@ class Traffic:
             del self.holds[resource]
         self._at.pop(robot, None)
         self._next.pop(robot, None)
+        self._entries.pop(robot, None)
         self.waits.pop(robot, None)
         return released
 
@@ -363,13 +371,8 @@ class Traffic:
         """What `restore` needs, for the store after each batch of decisions: `robots` and
         `waits` as in `snapshot`, unsorted and without `holds` (which the robots' markers and
         granted moves give back); about half the bytes and a third of the time."""
-        nexts = self._next
-        robots: dict[str, Any] = {}
-        for robot, at in self._at.items():
-            step = nexts.get(robot)
-            robots[robot] = {"at": at, "next": step[0] if step else None}
         return {
-            "robots": robots,
+            "robots": dict(self._entries),
             "waits": {
                 r: {"marker": w.marker, "resource": w.resource, "holder": w.holder}
                 for r, w in self.waits.items()
