@@ -410,7 +410,9 @@ class Samples:
             self.sent = {}
 
 
-def start_corral(home: Path, database: str | None = None) -> ServeProcess:
+def start_corral(
+    home: Path, database: str | None = None, extra: dict[str, str] | None = None
+) -> ServeProcess:
     env = {
         "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
         "CORRAL_LOCAL_DOCKER_URL": "",
@@ -421,12 +423,14 @@ def start_corral(home: Path, database: str | None = None) -> ServeProcess:
     if database is not None:
         # P = 2 s: a replica of a loaded 2-core machine must not step down (docs/replicas.md)
         env |= {"CORRAL_DATABASE_URL": database, "CORRAL_REPLICA_POLL_SECONDS": "2.0"}
-    return ServeProcess(home, env).start()
+    return ServeProcess(home, env | (extra or {})).start()
 
 
-def start_replicas(home: Path, count: int, database: str) -> list[ServeProcess]:
+def start_replicas(
+    home: Path, count: int, database: str, extra: dict[str, str] | None = None
+) -> list[ServeProcess]:
     """`count` corral replicas on one PostgreSQL; the first leads (it started alone)."""
-    first = start_corral(home / "r0", database)
+    first = start_corral(home / "r0", database, extra)
     servers = [first]
     with httpx.Client(base_url=first.url, headers=HEADERS, timeout=30) as api:
 
@@ -435,7 +439,7 @@ def start_replicas(home: Path, count: int, database: str) -> list[ServeProcess]:
 
         wait_until(leads, "the first replica leads", 60)
         for i in range(1, count):
-            servers.append(start_corral(home / f"r{i}", database))
+            servers.append(start_corral(home / f"r{i}", database, extra))
         wait_until(lambda: len(api.get("/replicas").json()) == count, "all replicas up", 60)
     return servers
 

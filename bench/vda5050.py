@@ -31,9 +31,15 @@ The floor: the same simulator alone on a broker (no corral), sent the same one-l
 order by the bench, `--sample` times: from the publish to the first visualization away from
 its start. corral's share of the latency is the difference.
 
+With `--replicas 2` each size runs again on two `corral serve` sharing a private PostgreSQL
+(the first leads): every replica subscribes to the visualizations through the MQTT shared
+subscription, so each takes a share; the counts and CPU are summed over the replicas and
+each one's share printed.
+
 Run (about 5 minutes with the defaults):
     .venv/bin/python bench/vda5050.py
     .venv/bin/python bench/vda5050.py --vehicles 100,500,1000 --seconds 30 --sample 20
+    .venv/bin/python bench/vda5050.py --vehicles 1000 --replicas 0,2
 """
 
 from __future__ import annotations
@@ -58,7 +64,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet import cpu_seconds, machine_jiffies, memory_mb, pct, versions  # noqa: E402
+from bench.fleet import (  # noqa: E402
+    cpu_seconds,
+    machine_jiffies,
+    memory_mb,
+    pct,
+    start_replicas,
+    versions,
+)
+from tests.support.postgres import PrivatePostgres  # noqa: E402
 from tests.support.private_brokers import PrivateMosquitto  # noqa: E402
 from tests.support.server import ADMIN, ServeProcess  # noqa: E402
 
@@ -68,7 +82,8 @@ from corral.robot.vda_sim import SimVehicle, VehicleProcesses, default_procs  # 
 COLUMNS, ROWS = 50, 40
 MANUFACTURER = "bench"
 MESSAGES = re.compile(
-    r'^corral_vda5050_messages_total\{direction="in",outcome="(\w+)",topic="(\w+)"\} (\S+)$',
+    r'^corral_vda5050_messages_total\{direction="in",outcome="(\w+)",replica="\w*",'
+    r'topic="(\w+)"\} (\S+)$',
     re.M,
 )
 
@@ -208,6 +223,9 @@ async def floor(workdir: Path, sample: int) -> list[float]:
 @dataclass
 class Row:
     n: int
+    replicas: int = 0  # 0: one corral on SQLite; k: k replicas on one PostgreSQL
+    per_replica: list[float] = field(default_factory=list)  # CPU % of each
+    vis_per_replica: list[float] = field(default_factory=list)  # visualizations taken, per s
     register_s: float = 0.0
     online_s: float = 0.0  # until all were online (or the limit, if not)
     online: int = 0  # how many were online then
@@ -231,21 +249,30 @@ def in_counts(text: str) -> dict[str, float]:
     return {f"{m[2]}:{m[1]}": float(m[3]) for m in MESSAGES.finditer(text)}
 
 
-async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
-    row = Row(n)
-    broker = PrivateMosquitto(workdir / f"broker-{n}").start()
+async def fleet(n: int, workdir: Path, args: argparse.Namespace, replicas: int = 0) -> Row:
+    row = Row(n, replicas)
+    broker = PrivateMosquitto(workdir / f"broker-{n}-{replicas}").start()
+    vda = {
+        "CORRAL_BROKERS": json.dumps({"vda": broker.url}),
+        "CORRAL_VDA5050_BROKER": "vda",
+        "CORRAL_VDA5050_VISUALIZATION": "false" if args.states_only else "true",
+    }
     env = {
         "CORRAL_BOOTSTRAP_TOKEN": ADMIN,
         "CORRAL_LOCAL_DOCKER_URL": "",
         "CORRAL_MDNS_ENABLED": "false",
         "CORRAL_LOG_LEVEL": "warning",
-        "CORRAL_BROKERS": json.dumps({"vda": broker.url}),
-        "CORRAL_VDA5050_BROKER": "vda",
-        "CORRAL_VDA5050_VISUALIZATION": "false" if args.states_only else "true",
-    }
-    serve = await asyncio.to_thread(ServeProcess(workdir / f"corral-{n}", env).start)
-    assert serve.proc is not None
-    pid = serve.proc.pid
+    } | vda
+    pg: PrivatePostgres | None = None
+    servers: list[ServeProcess] = []
+    if replicas:  # the first leads; each takes its share of the visualizations
+        pg = await asyncio.to_thread(PrivatePostgres().start)
+        home = workdir / f"corral-{n}-{replicas}"
+        servers = await asyncio.to_thread(start_replicas, home, replicas, pg.url, vda)
+    else:
+        servers = [await asyncio.to_thread(ServeProcess(workdir / f"corral-{n}", env).start)]
+    serve = servers[0]
+    pids = [s.proc.pid for s in servers if s.proc is not None]
     workers: VehicleProcesses | None = None
     vehicles = spots(n)
     api = httpx.AsyncClient(
@@ -282,7 +309,7 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         ]
         row.procs = args.workers or default_procs(n)
         workers = await asyncio.to_thread(VehicleProcesses(sims, row.procs).start)
-        pids = workers.pids
+        sim_pids = workers.pids
 
         async def online() -> int:
             robots = (await api.get("/fleet/robots")).json()
@@ -300,10 +327,10 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         watching = asyncio.create_task(watch.run(broker.url, ready))
         await asyncio.wait_for(ready.wait(), 30)
         # the window
-        before = in_counts((await api.get("/metrics")).text)
-        row.rss_start = memory_mb(pid)[0]
-        cpu0, busy0 = cpu_seconds(pid), machine_jiffies()
-        work0 = sum(cpu_seconds(p) for p in pids)
+        before = [in_counts(await _metrics(s.url)) for s in servers]
+        row.rss_start = sum(memory_mb(p)[0] for p in pids)
+        cpus0, busy0 = [cpu_seconds(p) for p in pids], machine_jiffies()
+        work0 = sum(cpu_seconds(p) for p in sim_pids)
         me0 = cpu_seconds(os.getpid())
         sent0 = await asyncio.to_thread(workers.sent)
         t0 = time.monotonic()
@@ -320,20 +347,31 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         elapsed = time.monotonic() - t0
         sent1 = await asyncio.to_thread(workers.sent)
         row.sent = {k: (sent1.get(k, 0) - sent0.get(k, 0)) / elapsed for k in sent1}
-        cpu1, busy1 = cpu_seconds(pid), machine_jiffies()
-        work1 = sum(cpu_seconds(p) for p in pids)
+        cpus1, busy1 = [cpu_seconds(p) for p in pids], machine_jiffies()
+        work1 = sum(cpu_seconds(p) for p in sim_pids)
         me1 = cpu_seconds(os.getpid())
-        after = in_counts((await api.get("/metrics")).text)
+        after = [in_counts(await _metrics(s.url)) for s in servers]
         row.online_end = await online()
         row.load = os.getloadavg()[0]
-        row.corral_cpu = 100 * (cpu1 - cpu0) / elapsed
+        row.per_replica = [100 * (b - a) / elapsed for a, b in zip(cpus0, cpus1, strict=True)]
+        row.corral_cpu = sum(row.per_replica)
         row.workers_cpu = 100 * (work1 - work0) / elapsed
         busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100 * (os.cpu_count() or 1)
         row.others_cpu = max(
             0.0, busy - row.corral_cpu - row.workers_cpu - 100 * (me1 - me0) / elapsed
         )
-        row.rss, row.peak = memory_mb(pid)
-        row.handled = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / elapsed for k in after}
+        memory = [memory_mb(p) for p in pids]
+        row.rss, row.peak = sum(m[0] for m in memory), sum(m[1] for m in memory)
+        row.vis_per_replica = [
+            (a.get("visualization:ok", 0.0) - b.get("visualization:ok", 0.0)) / elapsed
+            for b, a in zip(before, after, strict=True)
+        ]
+        keys = {k for counts in after for k in counts}
+        row.handled = {
+            k: sum(a.get(k, 0.0) - b.get(k, 0.0) for b, a in zip(before, after, strict=True))
+            / elapsed
+            for k in keys
+        }
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
         for serial, at in posted.items():
@@ -347,12 +385,27 @@ async def fleet(n: int, workdir: Path, args: argparse.Namespace) -> Row:
         if workers is not None:
             await asyncio.to_thread(workers.stop)
         await api.aclose()
-        await asyncio.to_thread(serve.stop)
+        for server in servers:
+            await asyncio.to_thread(server.stop)
+        if pg is not None:
+            pg.stop()
         broker.stop()
     return row
 
 
+async def _metrics(url: str) -> str:
+    """One replica's /metrics (each counts what it took itself)."""
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+    ) as api:
+        return (await api.get("/metrics")).text
+
+
 # ----------------------------------------------------------------------------- report
+
+
+def label(r: Row) -> str:
+    return f"{r.n}/{r.replicas}r" if r.replicas else str(r.n)
 
 
 def ms(values: list[float]) -> str:
@@ -371,7 +424,8 @@ def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None
     )
     for r in rows:
         print(
-            f"{r.n:>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.online:>6} {r.online_end:>6} "
+            f"{label(r):>8} {r.register_s:>10.1f} {r.online_s:>8.1f} {r.online:>6} "
+            f"{r.online_end:>6} "
             f"{r.corral_cpu:>9.0f}% "
             f"{r.rss_start:>12.0f} {r.rss:>5.0f} {r.peak:>5.0f} "
             f"{r.procs:>9} {r.workers_cpu:>11.0f}% "
@@ -395,8 +449,8 @@ def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None
         bad = sum(v for k, v in r.handled.items() if not k.endswith(":ok")) - superseded
         vis_sent, state_sent = r.sent.get("visualization", 0.0), r.sent.get("state", 0.0)
         print(
-            f"{r.n:>8} {10 * r.n:>11} {vis_sent:>6.0f} {vis:>6.0f} {r.n:>12} {state_sent:>6.0f} "
-            f"{state:>6.0f} {other:>8.1f} {superseded:>10.0f} {bad:>6.1f}"
+            f"{label(r):>8} {10 * r.n:>11} {vis_sent:>6.0f} {vis:>6.0f} {r.n:>12} "
+            f"{state_sent:>6.0f} {state:>6.0f} {other:>8.1f} {superseded:>10.0f} {bad:>6.1f}"
         )
     print(
         f"\n3. order to first motion (ms), {args.sample} vehicles per size, "
@@ -410,7 +464,8 @@ def report(rows: list[Row], base: list[float], args: argparse.Namespace) -> None
     print(f"{'floor':>8} {'':>12} {'':>7} {'':>7} {ms(base):>29} {'1.00x':>9} {0:>6}")
     for r in rows:
         ratio = pct(r.to_motion, 0.5) / floor50 if r.to_motion and floor50 else float("nan")
-        print(f"{r.n:>8} {ms(r.to_order):>28} {ms(r.to_motion):>29} {ratio:>8.2f}x {r.missed:>6}")
+        times = f"{ms(r.to_order):>28} {ms(r.to_motion):>29}"
+        print(f"{label(r):>8} {times} {ratio:>8.2f}x {r.missed:>6}")
 
 
 def main() -> None:
@@ -436,7 +491,14 @@ def main() -> None:
     parser.add_argument(
         "--online", type=float, default=120.0, help="seconds to wait for all to be online"
     )
+    parser.add_argument(
+        "--replicas",
+        default="0",
+        help="0: one corral on SQLite; k: k replicas on a private PostgreSQL, each taking "
+        "its share of the visualizations (MQTT shared subscription); comma-separated",
+    )
     args = parser.parse_args()
+    replicas = [int(x) for x in args.replicas.split(",") if x.strip()]
     sizes = [int(x) for x in args.vehicles.split(",") if x.strip()]
     if max(sizes) > COLUMNS * ROWS // 2:
         parser.error(f"at most {COLUMNS * ROWS // 2} vehicles fit the grid")
@@ -457,20 +519,29 @@ def main() -> None:
         print(f"  [floor: first motion p50 {pct(base, 0.5):.0f} ms]", flush=True)
         rows = []
         for n in sizes:
-            rows.append(asyncio.run(fleet(n, workdir, args)))
-            r = rows[-1]
-            print(
-                f"  [{n} vehicles: corral {r.corral_cpu:.0f}% CPU, "
-                f"{r.rss_start:.0f}-{r.rss:.0f} MB, "
-                f"first motion p50 {pct(r.to_motion, 0.5):.0f} ms; "
-                f"simulator {r.workers_cpu:.0f}% CPU in {r.procs} processes, "
-                f"{r.sent.get('visualization', 0.0):.0f} visualizations/s sent]",
-                flush=True,
-            )
+            for k in replicas:
+                rows.append(asyncio.run(fleet(n, workdir, args, k)))
+                _progress(rows[-1])
     report(rows, base, args)
     print(
         f"\nwhole run: {time.monotonic() - started:.0f} s, "
         f"load average {os.getloadavg()[0]:.2f} at the end"
+    )
+
+
+def _progress(r: Row) -> None:
+    shares = ""
+    if r.replicas:
+        cpus = " + ".join(f"{c:.0f}" for c in r.per_replica)
+        vis = " + ".join(f"{v:.0f}" for v in r.vis_per_replica)
+        shares = f" ({cpus}; visualizations taken per replica {vis}/s)"
+    print(
+        f"  [{label(r)} vehicles: corral {r.corral_cpu:.0f}% CPU{shares}, "
+        f"{r.rss_start:.0f}-{r.rss:.0f} MB, "
+        f"first motion p50 {pct(r.to_motion, 0.5):.0f} ms; "
+        f"simulator {r.workers_cpu:.0f}% CPU in {r.procs} processes, "
+        f"{r.sent.get('visualization', 0.0):.0f} visualizations/s sent]",
+        flush=True,
     )
 
 

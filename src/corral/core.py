@@ -232,7 +232,7 @@ class Core:
             raise Invalid(f"VDA 5050 needs an mqtt:// broker named {broker!r} in `brokers`")
         topics = Topics(self.settings.vda5050_interface, self.settings.vda5050_major)
         self.vda5050 = MasterControl(
-            self.fleet, VdaStore(self.db), mqtt, topics, self.bus, self.metrics
+            self.fleet, VdaStore(self.db), mqtt, topics, self.bus, self.metrics, self.replica_id
         )
         self.vda5050.admit_map = self.settings.vda5050_admit_map
         # With replicas each takes a share of the visualizations (a connection of its own,

@@ -451,9 +451,12 @@ async def test_bad_and_unknown_messages_are_refused_and_corral_keeps_serving(
     await bed.done([mission], "the mission done")
     assert sim.reached == ["n1", "n2"]
     metrics = (await bed.api.get("/metrics")).text
-    assert 'corral_vda5050_messages_total{direction="in",outcome="invalid",topic="state"} 2.0' in (
-        metrics
+    invalid = re.compile(
+        r'^corral_vda5050_messages_total\{direction="in",outcome="invalid",'
+        r'replica="[0-9a-f]+",topic="state"\} 2\.0$',
+        re.M,
     )
+    assert invalid.search(metrics), metrics
 
 
 def _sim_process(broker: str, start: str, serial_prefix: str = "lw") -> subprocess.Popen[bytes]:
@@ -1151,7 +1154,9 @@ async def test_positions_between_nodes_come_from_visualizations(bed: Bed) -> Non
     await until(between_nodes, "a position between two nodes")
     await bed.done([mission], "the mission done")
     metrics = (await bed.api.get("/metrics")).text
-    ok = re.search(r'direction="in",outcome="ok",topic="visualization"\} (\S+)', metrics)
+    ok = re.search(
+        r'direction="in",outcome="ok",replica="\w+",topic="visualization"\} (\S+)', metrics
+    )
     assert ok is not None
     assert float(ok[1]) > 0
 
@@ -1174,5 +1179,7 @@ async def test_with_visualization_off_positions_come_from_states(bed: Bed) -> No
     sent = [b for s, n, b in bed.recorder.messages if s == "so1" and n == "visualization"]
     assert sent, "the vehicle sends visualizations all the same"
     metrics = (await bed.api.get("/metrics")).text
-    assert 'direction="in",outcome="ok",topic="visualization"' not in metrics
-    assert 'direction="in",outcome="ok",topic="state"' in metrics
+    assert not re.search(
+        r'direction="in",outcome="ok",replica="\w+",topic="visualization"', metrics
+    )
+    assert re.search(r'direction="in",outcome="ok",replica="\w+",topic="state"', metrics)

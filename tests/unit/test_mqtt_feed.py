@@ -104,7 +104,9 @@ def visualization(serial: str, x: float, header: int = 0) -> bytes:
 
 
 def counted(master: MasterControl, outcome: str) -> float:
-    value: float = master.messages.labels("in", "visualization", outcome)._value.get()
+    value: float = master.messages.labels(
+        "in", "visualization", outcome, master.replica
+    )._value.get()
     return value
 
 
@@ -113,7 +115,7 @@ async def test_visualizations_are_kept_latest_only_until_the_beat() -> None:
     visualization is read; the ones it superseded are counted, not queued."""
     fleet: Any = SimpleNamespace(meter=FleetMeter(), links=Links(), leads=lambda: True, peers=None)
     metrics: Any = SimpleNamespace(registry=CollectorRegistry())
-    master = MasterControl(fleet, None, None, Topics(), None, metrics)  # type: ignore[arg-type]
+    master = MasterControl(fleet, None, None, Topics(), None, metrics, "r1")  # type: ignore[arg-type]
     for serial in ("v1", "v2"):
         vehicle = Vehicle(serial, "acme", serial, Headers("acme", serial), master)
         master.by_identity[("acme", serial)] = vehicle
@@ -160,7 +162,7 @@ async def test_a_follower_passes_its_share_of_positions_to_the_leader_and_admits
         async def find(self, manufacturer: str, serial: str) -> None:
             looked.append((manufacturer, serial))
 
-    master = MasterControl(fleet, _Store(), None, Topics(), None, metrics)  # type: ignore[arg-type]
+    master = MasterControl(fleet, _Store(), None, Topics(), None, metrics, "r2")  # type: ignore[arg-type]
     master.admit_map = "yard"  # admission is on, yet a follower never admits
     vehicle = Vehicle("v1", "acme", "v1", Headers("acme", "v1"), master)
     master.by_identity[("acme", "v1")] = vehicle

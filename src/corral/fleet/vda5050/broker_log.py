@@ -19,11 +19,14 @@ QUIET = 60.0  # seconds before the same client and topic is said again
 
 
 class BrokerLog:
-    def __init__(self, path: Path, topics: Topics, bus: EventBus, counter: Counter) -> None:
+    def __init__(
+        self, path: Path, topics: Topics, bus: EventBus, counter: Counter, replica: str
+    ) -> None:
         self.path = path
         self.topics = topics
         self.bus = bus
         self.counter = counter
+        self.replica = replica
         self._said: dict[tuple[str, str], float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -58,7 +61,7 @@ class BrokerLog:
         if parsed is None:
             return
         manufacturer, serial, name = parsed
-        self.counter.labels("in", name, "denied").inc()
+        self.counter.labels("in", name, "denied", self.replica).inc()
         now = time.monotonic()
         if now - self._said.get((client, topic), -QUIET) < QUIET:
             return

@@ -47,12 +47,13 @@ LEARN_S = 5.0  # seconds: a follower looks up an unknown vehicle at most this of
 class _Counted(dict[tuple[str, str], Counter]):
     """The inbound message counters by (topic, outcome), each label set looked up once."""
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self, counter: Counter, replica: str) -> None:
         super().__init__()
         self.counter = counter
+        self.replica = replica
 
     def __missing__(self, key: tuple[str, str]) -> Counter:
-        child = self[key] = self.counter.labels("in", key[0], key[1])
+        child = self[key] = self.counter.labels("in", key[0], key[1], self.replica)
         return child
 
 
@@ -121,6 +122,7 @@ class MasterControl:
         topics: Topics,
         bus: EventBus,
         metrics: Metrics,
+        replica: str,
     ) -> None:
         self.fleet = fleet
         self.store = store
@@ -134,11 +136,15 @@ class MasterControl:
         self.counts = fleet.meter.vda5050  # the fleet's figures for this channel
         self.messages = Counter(
             "corral_vda5050_messages",
-            "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown, denied).",
-            ["direction", "topic", "outcome"],
+            "VDA 5050 messages by direction, topic and outcome (ok, invalid, unknown, denied), "
+            "as this replica took or sent them.",
+            ["direction", "topic", "outcome", "replica"],
             registry=metrics.registry,
         )
-        self._counted = _Counted(self.messages)  # inbound counters by (topic, outcome)
+        self.replica = replica
+        self._counted = _Counted(
+            self.messages, self.replica
+        )  # inbound counters by (topic, outcome)
         # topic -> (manufacturer, serial), topic name: each topic split once
         self._routes: dict[str, tuple[tuple[str, str], str]] = {}
         # each vehicle's latest visualization not read yet, read on the next beat
@@ -173,7 +179,7 @@ class MasterControl:
 
     async def follow_broker_log(self, path: Path, stop: asyncio.Event) -> None:
         """While leading: the broker's ACL refusals, from its log, as events."""
-        await BrokerLog(path, self.topics, self.bus, self.messages).run(stop)
+        await BrokerLog(path, self.topics, self.bus, self.messages, self.replica).run(stop)
 
     async def load(self) -> None:
         """Read the vehicles (at start, and when this replica takes the lead, after the
@@ -406,7 +412,7 @@ class MasterControl:
         message = {**vehicle.headers.header(topic), **body}
         found = problems(topic, message)
         if found:
-            self.messages.labels("out", topic, "invalid").inc()
+            self.messages.labels("out", topic, "invalid", self.replica).inc()
             await self.bus.emit(
                 "vda5050.invalid",
                 f"robot/{vehicle.robot}",
@@ -421,7 +427,7 @@ class MasterControl:
             retain=retain,
             qos=qos,
         )
-        self.messages.labels("out", topic, "ok").inc()
+        self.messages.labels("out", topic, "ok", self.replica).inc()
         self.counts.sent += 1
 
     async def _mission_ended(self, mission: MissionRow) -> None:
