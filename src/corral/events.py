@@ -120,6 +120,13 @@ class EventBus:
         for sub in list(self._subscribers):
             sub.offer(event)
 
+    def wanted(self) -> tuple[str, ...] | None:
+        """The kinds of another replica's events this replica needs now: None for every kind
+        (a live subscriber is connected), else only the watchers' prefixes."""
+        if self._subscribers:
+            return None
+        return tuple(prefix for prefix, _ in self._watchers)
+
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscription]:
         sub = Subscription(self.queue_size)

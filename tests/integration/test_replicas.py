@@ -117,6 +117,20 @@ def test_two_replicas_share_events_and_fail_over_mid_apply(
         assert seen
         assert b.get("/hosts", headers=viewer).status_code == 401
 
+        # With no stream open on it, the other replica still reads the events its caches
+        # watch: a second token revoked on one is refused by the other well before the
+        # 10 s it would otherwise keep it (it reads no other event of the leader's then).
+        other = a.post("/tokens", json={"name": "from-a-2", "role": "viewer"})
+        assert other.status_code == 201
+        second_viewer = {"Authorization": f"Bearer {other.json()['token']}"}
+        assert b.get("/hosts", headers=second_viewer).status_code == 200
+        assert a.delete(f"/tokens/{other.json()['info']['id']}").status_code == 200
+        wait_until(
+            lambda: b.get("/hosts", headers=second_viewer).status_code == 401,
+            "the revoked token refused by the other replica",
+            8,
+        )
+
         # Changes sent to the follower are done by the leader.
         grid = {
             "name": "yard",

@@ -315,7 +315,9 @@ class Replicas:
                     if origin == self.id or not ids:
                         continue
                     wanted = [int(i) for i in ids.split(",") if i.isdigit()]
-                    for event in await self.events.by_ids(wanted):
+                    # with no live subscriber here, only what this replica's caches watch
+                    # (a follower beside a busy fleet read every event: 20% of its time)
+                    for event in await self.events.by_ids(wanted, self.bus.wanted()):
                         self.bus.relay(event)
             except Exception as exc:  # open the feed again
                 log.warning("event feed: connection lost", error=repr(exc))

@@ -24,6 +24,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from corral.errors import CorralError, Unreachable
@@ -53,19 +54,20 @@ class Remote(CorralError):
 
 def _chunks(head: dict[str, Any], key: str, items: list[Any]) -> list[str]:
     """`head` with `key` holding `items`, as JSON texts each under MAX_PAYLOAD bytes (each
-    item encoded once, the texts joined from those encodings)."""
+    item encoded once, by orjson: the positions of 500 robots ten times a second, the texts
+    joined from those encodings)."""
     opened = json.dumps(head, separators=(",", ":"))[:-1]
     prefix = f"{opened}{',' if head else ''}{json.dumps(key)}:["
     out: list[str] = []
     part: list[str] = []
     size = len(prefix) + 2
     for item in items:
-        text = json.dumps(item, separators=(",", ":"))
-        if part and size + len(text) + 1 > MAX_PAYLOAD:
+        raw = orjson.dumps(item)  # compact UTF-8; its length in bytes is what counts
+        if part and size + len(raw) + 1 > MAX_PAYLOAD:
             out.append(prefix + ",".join(part) + "]}")
             part, size = [], len(prefix) + 2
-        part.append(text)
-        size += len(text) + 1
+        part.append(raw.decode())
+        size += len(raw) + 1
     if part:
         out.append(prefix + ",".join(part) + "]}")
     return out

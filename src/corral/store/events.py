@@ -6,7 +6,7 @@ Written only through corral.events.EventBus so that every row is also streamed a
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select, Table, delete, insert, select, text
+from sqlalchemy import Select, Table, delete, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -61,9 +61,16 @@ class EventStore:
                 {"channel": CHANNEL, "payload": payload},
             )
 
-    async def by_ids(self, ids: list[int]) -> list[EventView]:
+    async def by_ids(self, ids: list[int], kinds: tuple[str, ...] | None = None) -> list[EventView]:
+        """These events, by id; with `kinds`, only those whose kind starts with one of them."""
+        if kinds is not None and not kinds:
+            return []
         async with self.db.session() as s:
             query = select(EventRow).where(EventRow.id.in_(ids)).order_by(EventRow.id)
+            if kinds is not None:
+                query = query.where(
+                    or_(*(EventRow.kind.startswith(k, autoescape=True) for k in kinds))
+                )
             return [EventView.model_validate(r) for r in (await s.scalars(query)).all()]
 
     async def append(
