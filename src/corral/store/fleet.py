@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import Conflict, NotFound
 from corral.model.views import TokenView
@@ -92,7 +92,7 @@ class FleetStore:
         order given) and maps' reservations, so a grant and its move command are stored
         together or not at all. (The new commands, and when each command acknowledged
         now, for the first time, was stored.)"""
-        async with self.db.fenced() as s:
+        async with self.db.fenced_core() as s:
             # By primary key, many rows per statement (one executemany per set of fields):
             # a batch is a few round trips, not one per mission and robot.
             await _update_many(s, MissionRow.__table__, "id", missions)
@@ -131,9 +131,9 @@ class FleetStore:
         stores nothing); and when each command acknowledged now, for the first time, was
         stored."""
         wanted = sorted({i for _, ids, _ in asks for i in ids})
-        async with self.db.fenced() as s:
+        async with self.db.fenced_core() as s:
             found = await s.execute(
-                select(CommandRow.id, CommandRow.robot).where(CommandRow.id.in_(wanted))
+                select(_COMMANDS.c.id, _COMMANDS.c.robot).where(_COMMANDS.c.id.in_(wanted))
             )
             owner: dict[int, str] = {id: robot for id, robot in found.all()}
             unknown: list[list[int]] = []
@@ -231,7 +231,7 @@ _MAPS: Any = FleetMapRow.__table__
 
 
 async def _insert_commands(
-    s: AsyncSession, commands: list[tuple[str, str, dict[str, Any]]]
+    s: AsyncConnection, commands: list[tuple[str, str, dict[str, Any]]]
 ) -> list[CommandRow]:
     """New commands (robot, kind, body), ids growing in the order given, as detached rows:
     one INSERT of many rows whose RETURNING keeps their order."""
@@ -246,7 +246,7 @@ async def _insert_commands(
 
 
 async def _update_many(
-    s: AsyncSession, table: Any, key: str, rows: dict[Any, dict[str, Any]]
+    s: AsyncConnection, table: Any, key: str, rows: dict[Any, dict[str, Any]]
 ) -> None:
     """Rows' changed fields by primary key: one executemany per set of fields (a row that
     is gone changes nothing, as a single UPDATE would)."""

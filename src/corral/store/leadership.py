@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from corral.errors import CorralError
 from corral.store.tables import LeadershipRow, utcnow
@@ -73,7 +73,7 @@ class LeaderTerm:
             self._over(f"term {self.term} lapsed: its lock was not confirmed in time")
         return self.term
 
-    async def prove(self, s: AsyncSession) -> None:
+    async def prove(self, s: AsyncSession | AsyncConnection) -> None:
         """Fail this transaction unless this replica's term is the current one. On
         PostgreSQL the term's row is read FOR SHARE, so the next term cannot be taken
         until this transaction ends: a proved write is always before the next term."""
