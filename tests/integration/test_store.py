@@ -3,17 +3,24 @@
 Runs against a SQLite file and against the machine's real PostgreSQL.
 """
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
 
 from corral.errors import Conflict, NotFound
 from corral.model.events import EventFilter
 from corral.model.hosts import HostSpec, Probe
 from corral.store.database import Database
 from corral.store.events import EventStore
+from corral.store.fleet import FleetStore
 from corral.store.hosts import HostStore
 from corral.store.tokens import TokenStore
 
@@ -77,8 +84,6 @@ async def test_tokens_hash_expire_and_revoke(db_url: str) -> None:
     assert not listed["ops"].active
     assert listed["ops"].revoked_at is not None
     async with db.session() as s:
-        from sqlalchemy import text
-
         stored = (await s.execute(text("select token_hash from tokens"))).scalars().all()
     assert secret not in stored
     assert all(len(h) == 64 for h in stored)
@@ -143,3 +148,45 @@ async def test_a_sqlite_connection_closed_mid_statement_leaves_no_write_lock(
     assert "cut short" not in messages  # rolled back, not half-kept
     del cut_short
     await db.engine.dispose()
+
+
+async def test_traffic_tables_move_from_one_json_value_to_a_row_per_robot(db_url: str) -> None:
+    """Migration 0016 on a store written by 0015: a map's traffic JSON becomes rows (and
+    back on a downgrade), and the fleet store reads them as `Traffic.restore` does."""
+
+    def to(revision: str, down: bool = False) -> Any:
+        def run(connection: Any) -> None:
+            config = Config()
+            location = str(resources.files("corral.store") / "migrations")
+            config.set_main_option("script_location", location)
+            config.attributes["connection"] = connection
+            (command.downgrade if down else command.upgrade)(config, revision)
+
+        return run
+
+    traffic = {
+        "robots": {"a": {"at": "m0", "next": "m1"}, "b": {"at": "m2", "next": None}},
+        "waits": {"b": {"marker": "m1", "resource": "marker:m1", "holder": "a"}},
+    }
+    db = Database(db_url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(to("0015"))
+        await conn.execute(
+            text(
+                "INSERT INTO fleet_maps (name, doc, traffic, created_at, updated_at) "
+                "VALUES ('line', '{}', :traffic, :now, :now)"
+            ),
+            {"traffic": json.dumps(traffic), "now": datetime.now(UTC)},
+        )
+    await db.migrate()
+    [(row, table)] = await FleetStore(db).maps()
+    assert row.name == "line"
+    assert table == traffic
+    async with db.engine.begin() as conn:
+        await conn.run_sync(to("0015", down=True))
+        stored = (await conn.execute(text("SELECT traffic FROM fleet_maps"))).scalar_one()
+    assert (json.loads(stored) if isinstance(stored, str) else stored) == traffic
+    await db.migrate()
+    [(_, again)] = await FleetStore(db).maps()
+    assert again == traffic
+    await db.close()

@@ -11,6 +11,7 @@ import pytest
 from corral.events import EventBus
 from corral.fleet.journal import Journal
 from corral.fleet.meter import FleetMeter
+from corral.model.traffic import Place, Stored, Wait
 from corral.store.fleet import FleetStore
 from corral.store.tables import CommandRow, MissionRow
 
@@ -28,7 +29,7 @@ class FakeStore:
         robots: dict[str, dict[str, Any]],
         acks: dict[str, set[int]],
         commands: list[tuple[str, str, dict[str, Any]]],
-        traffic: dict[str, dict[str, Any]],
+        traffic: dict[str, tuple[dict[str, Place], set[str]]],
     ) -> tuple[list[CommandRow], list[datetime]]:
         if self.gate is not None:
             await self.gate.wait()
@@ -62,11 +63,22 @@ def _journal() -> tuple[Journal, FakeStore, FakeBus, list[int], list[int]]:
     async def on_end(row: MissionRow) -> None:
         ended.append(row.id)
 
-    snapshots = iter(range(1, 1000))
+    versions = iter(range(1, 1000))
+
+    def table(name: str) -> Stored:
+        """Map `name`'s traffic, a new one each time: robot r1 a marker further along, r2
+        standing on m0 in the first only, r3 waiting in every other one."""
+        version = next(versions)
+        robots: dict[str, tuple[str, str | None]] = {"r1": (f"m{version}", None), "r3": ("w", None)}
+        if version == 1:
+            robots["r2"] = ("m0", None)
+        waits = {"r3": Wait("v", "marker:v", "r1")} if version % 2 else {}
+        return Stored(robots, waits)
+
     journal = Journal(
         cast(FleetStore, store),
         cast(EventBus, bus),
-        lambda name: {"map": name, "version": next(snapshots)},
+        table,
         deliver,
         [on_end],
         FleetMeter(),
@@ -95,7 +107,9 @@ async def test_decisions_made_while_a_batch_is_written_go_in_one_next_batch() ->
     missions, _, commands, traffic, _ = store.batches[1]
     assert missions == {7: {"progress": 2}}
     assert [c[0] for c in commands] == ["r2"]
-    assert traffic == {"m": {"map": "m", "version": 2}}
+    # only what changed after the first table, which was stored: r1 moved, r2 left, r3's
+    # wait ended (r3's row is written again without it)
+    assert traffic == {"m": ({"r1": ("m2", None, None), "r3": ("w", None, None)}, {"r2"})}
     assert sent == [1, 2]
     assert bus.events == []
 
@@ -113,7 +127,8 @@ async def test_a_failed_write_is_kept_and_written_with_what_came_after() -> None
     journal.command("r1", "estop", {})
     journal.ack("r1", [5])
     await journal.commit()
-    [(missions, _, commands, _, acks)] = store.batches
+    [(missions, _, commands, traffic, acks)] = store.batches
+    assert traffic == {}  # no map changed in these batches
     assert acks == {"r1": {5}}
     assert missions == {3: {"state": "done"}}
     assert [c[1] for c in commands] == ["move", "estop"]
@@ -129,3 +144,21 @@ async def test_a_commit_with_nothing_new_writes_nothing() -> None:
     await journal.commit()
     await journal.commit()
     assert len(store.batches) == 1
+
+
+async def test_traffic_rows_of_a_failed_write_are_written_with_the_next_batch() -> None:
+    journal, store, _, _, _ = _journal()
+    store.fail_next = True
+    journal.changed("m")
+    with pytest.raises(OSError, match="disk I/O"):
+        await journal.commit()  # the first table: r1 on m1, r2 on m0, r3 waiting
+    journal.changed("m")
+    await journal.commit()
+    journal.changed("m")
+    await journal.commit()
+    first, second = (batch[3] for batch in store.batches)
+    # nothing was stored before: every robot of the table now (r2 left before it was stored)
+    assert first == {"m": ({"r1": ("m2", None, None), "r3": ("w", None, None)}, set())}
+    assert second == {
+        "m": ({"r1": ("m3", None, None), "r3": ("w", None, Wait("v", "marker:v", "r1"))}, set())
+    }

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from corral.errors import Conflict, Invalid
 from corral.model.fleet_map import FleetMap, grid_map, lane_key, parse_map, shortest_route
-from corral.model.traffic import Blocked, Grant, Traffic, Wait
+from corral.model.traffic import NOTHING_STORED, Blocked, Grant, Place, Traffic, Wait
 
 LINE = parse_map(
     {
@@ -52,8 +52,9 @@ def check(traffic: Traffic) -> None:
             assert resource not in seen, f"{resource} held by {seen.get(resource)} and {robot}"
             seen[resource] = robot
     assert seen == traffic.holds
-    stored = {r: {"at": traffic.position(r), "next": traffic.granted(r)} for r in traffic.robots()}
-    assert traffic.stored()["robots"] == stored
+    stored = {r: (traffic.position(r), traffic.granted(r)) for r in traffic.robots()}
+    assert traffic.stored().robots == stored
+    assert traffic.stored().waits == traffic.waits
     for robot in traffic.waits:
         assert traffic.position(robot) is not None
 
@@ -202,9 +203,59 @@ def test_snapshot_round_trip() -> None:
     assert again.waits == traffic.waits
     assert again.granted("c") == "m3"
     check(again)
-    stored = traffic.stored()
-    assert "holds" not in stored
-    assert Traffic.restore(SIDING, stored).snapshot() == snap
+    rows = written({}, traffic.stored().since(NOTHING_STORED))
+    assert sorted(rows) == ["a", "b", "c"]
+    assert Traffic.restore(SIDING, as_read(rows)).snapshot() == snap
+
+
+def written(rows: dict[str, Place], changes: tuple[dict[str, Place], set[str]]) -> dict[str, Place]:
+    """A map's traffic rows after a batch wrote `changes` (as the store does: the changed
+    rows replaced, the gone ones deleted)."""
+    places, gone = changes
+    assert not places.keys() & gone
+    out = {r: place for r, place in rows.items() if r not in gone}
+    out.update(places)
+    return out
+
+
+def as_read(rows: dict[str, Place]) -> dict[str, Any]:
+    """Rows as the store reads them back for `Traffic.restore`."""
+    return {
+        "robots": {r: {"at": at, "next": step} for r, (at, step, _) in rows.items()},
+        "waits": {
+            r: {"marker": w.marker, "resource": w.resource, "holder": w.holder}
+            for r, (_, _, w) in rows.items()
+            if w is not None
+        },
+    }
+
+
+def test_a_batch_writes_only_the_rows_it_changed() -> None:
+    traffic = Traffic(LINE)
+    for robot, marker in (("a", "m0"), ("b", "m2"), ("c", "m4")):
+        traffic.place(robot, marker)
+    first = traffic.stored()
+    rows = written({}, first.since(NOTHING_STORED))
+    assert first.since(first) == ({}, set())
+    assert traffic.request("a", "m1") == Grant("a", "m1", ("m0", "m1"))
+    assert isinstance(traffic.request("c", "m3"), Grant)
+    assert isinstance(traffic.request("b", "m3"), Blocked)  # c holds m3: b waits
+    second = traffic.stored()
+    places, gone = second.since(first)
+    assert places == {
+        "a": ("m0", "m1", None),
+        "b": ("m2", None, Wait("m3", "marker:m3", "c")),
+        "c": ("m4", "m3", None),
+    }
+    assert gone == set()
+    rows = written(rows, (places, gone))
+    traffic.waits.pop("b")  # the dispatcher drops a wait (a re-route)
+    traffic.release("c")
+    places, gone = traffic.stored().since(second)
+    assert places == {"b": ("m2", None, None)}
+    assert gone == {"c"}
+    rows = written(rows, (places, gone))
+    assert Traffic.restore(LINE, as_read(rows)).snapshot() == traffic.snapshot()
 
 
 @pytest.mark.parametrize(
@@ -480,7 +531,7 @@ def test_random_fleets_never_share_a_marker_or_lane_and_resolve_every_deadlock(
 OPS = st.lists(
     st.tuples(
         st.integers(0, 3),
-        st.sampled_from(["place", "request", "arrive", "arrive-granted", "release"]),
+        st.sampled_from(["place", "request", "arrive", "arrive-granted", "release", "unwait"]),
         st.integers(0, 15),
     ),
     max_size=80,
@@ -493,6 +544,8 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
     fmap = grid_map("ops", 4, 4)
     names = sorted(fmap.markers)
     traffic = Traffic(fmap)
+    rows: dict[str, Place] = {}  # as stored, batch after batch
+    last = NOTHING_STORED
     for who, op, where in ops:
         robot, marker = f"robot{who}", names[where]
         before = dict(traffic.holds)
@@ -512,6 +565,8 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
                 following = traffic.granted(robot)
                 if following is not None:
                     traffic.arrived(robot, following)
+            elif op == "unwait":
+                traffic.waits.pop(robot, None)  # as the dispatcher does on a re-route
             else:
                 traffic.release(robot)
         except (Invalid, Conflict):
@@ -523,4 +578,7 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
                 wait = traffic.waits[robot]
                 assert traffic.holder(wait.resource) == cycle[(index + 1) % len(cycle)]
         assert Traffic.restore(fmap, traffic.snapshot()).holds == traffic.holds
-        assert Traffic.restore(fmap, traffic.stored()).snapshot() == traffic.snapshot()
+        now = traffic.stored()
+        rows = written(rows, now.since(last))
+        last = now
+        assert Traffic.restore(fmap, as_read(rows)).snapshot() == traffic.snapshot()

@@ -19,13 +19,14 @@ import structlog
 
 from corral.events import EventBus
 from corral.fleet.meter import FleetMeter
+from corral.model.traffic import NOTHING_STORED, Stored
 from corral.store.fleet import FleetStore
 from corral.store.leadership import StaleTerm
 from corral.store.tables import CommandRow, MissionRow, utcnow
 
 log = structlog.get_logger("corral.fleet.journal")
 Deliver = Callable[[list[CommandRow]], Awaitable[None]]
-Snapshot = Callable[[str], dict[str, Any]]
+Snapshot = Callable[[str], Stored]
 MissionEnd = Callable[[MissionRow], Awaitable[None]]
 Event = tuple[str, str, str, dict[str, Any] | None]
 Ask = tuple[str, list[int], bool, "asyncio.Future[list[int]]"]
@@ -79,6 +80,7 @@ class Journal:
         self.deliver = deliver
         self.on_end = on_end
         self.batch = Batch()
+        self.tables: dict[str, Stored] = {}  # each map's traffic table as last stored
         self.recorded = 0  # decisions recorded so far
         self.written = 0  # of which stored
         self.writing = asyncio.Lock()
@@ -147,6 +149,11 @@ class Journal:
                     ask[3].set_result(missing)
         return await future
 
+    def stored(self, tables: dict[str, Stored]) -> None:
+        """The maps' traffic tables as the store holds them (read when taking the lead): the
+        next batches write what changed after them."""
+        self.tables = dict(tables)
+
     def forget(self) -> None:
         """Drop what is not stored yet: the decisions of a leadership term that is over
         (stored later, under another term, they would grant steps already taken)."""
@@ -161,13 +168,19 @@ class Journal:
         async with self.writing:
             if self.written >= target:
                 return
-            # Cut the batch and take the maps' snapshots together (no await between):
-            # the snapshots hold exactly the decisions of this batch.
+            # Cut the batch and take the maps' tables together (no await between): they
+            # hold exactly the decisions of this batch. Only the robots whose row changed
+            # since the last table stored are written (a failed write leaves that one as
+            # it was, so the next batch writes its changes too).
             batch, self.batch, upto = self.batch, Batch(), self.recorded
-            snapshots = {name: self.snapshot(name) for name in sorted(batch.maps)}
+            tables = {name: self.snapshot(name) for name in sorted(batch.maps)}
+            changes = {
+                name: table.since(self.tables.get(name, NOTHING_STORED))
+                for name, table in tables.items()
+            }
             try:
                 rows, acked = await self.store.apply(
-                    batch.missions, batch.robots, batch.acks, batch.commands, snapshots
+                    batch.missions, batch.robots, batch.acks, batch.commands, changes
                 )
             except StaleTerm:
                 self.forget()  # decisions of a term that is over: the next leader decides
@@ -176,6 +189,7 @@ class Journal:
                 self.batch = batch.then(self.batch)
                 raise
             self.written = upto
+            self.tables.update(tables)
             if acked:  # each command's round trip: from stored to its ack stored
                 now = utcnow()
                 for created in acked:

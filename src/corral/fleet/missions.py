@@ -17,7 +17,7 @@ from corral.events import EventBus
 from corral.fleet.journal import Deliver, Journal, MissionEnd
 from corral.fleet.meter import FleetMeter
 from corral.model.fleet_map import FleetMap, lane_key, parse_map, shortest_route
-from corral.model.traffic import MARKER, Blocked, Traffic, marker_resource
+from corral.model.traffic import MARKER, Blocked, Stored, Traffic, marker_resource
 from corral.store.fleet import FleetStore
 from corral.store.tables import MissionRow, utcnow
 
@@ -75,6 +75,7 @@ class Dispatcher:
         maps, traffic = await self._read()
         active = {m.robot: m for m in await self.store.missions("active", limit=None)}
         self.maps, self.traffic, self.active = maps, traffic, active
+        self.journal.stored({name: table.stored() for name, table in traffic.items()})
 
     async def read_maps(self) -> None:
         """The maps as stored, for a replica that does not lead (it checks reports against
@@ -87,10 +88,10 @@ class Dispatcher:
     async def _read(self) -> tuple[dict[str, FleetMap], dict[str, Traffic]]:
         maps: dict[str, FleetMap] = {}
         traffic: dict[str, Traffic] = {}
-        for row in await self.store.maps():
+        for row, table in await self.store.maps():
             fmap = parse_map(row.doc, f"map {row.name}")
             maps[row.name] = fmap
-            traffic[row.name] = Traffic.restore(fmap, row.traffic) if row.traffic else Traffic(fmap)
+            traffic[row.name] = Traffic.restore(fmap, table)
         return maps, traffic
 
     # ------------------------------------------------------------------ maps
@@ -519,7 +520,7 @@ class Dispatcher:
         """Markers and lanes reserved now, by map (for metrics)."""
         return {name: len(traffic.holds) for name, traffic in self.traffic.items()}
 
-    def _reservations(self, map_name: str) -> dict[str, Any]:
+    def _reservations(self, map_name: str) -> Stored:
         return self.traffic[map_name].stored()
 
     def snapshot(self, map_name: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Stored robots, their commands, maps (with traffic snapshots) and missions.
+"""Stored robots, their commands, maps (with their traffic tables, a row per robot) and missions.
 
 The fleet service is the only writer, on the leader (each write proves the leadership
 term); telemetry stays in memory and only what must survive a restart (positions at
@@ -8,13 +8,22 @@ checkpoints, commands, routes, reservations) is written. Rows are returned detac
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import Conflict, NotFound
+from corral.model.traffic import Place
 from corral.model.views import TokenView
 from corral.store.database import Database
-from corral.store.tables import CommandRow, FleetMapRow, MissionRow, RobotRow, TokenRow, utcnow
+from corral.store.tables import (
+    CommandRow,
+    FleetMapRow,
+    FleetTrafficRow,
+    MissionRow,
+    RobotRow,
+    TokenRow,
+    utcnow,
+)
 from corral.store.tokens import token_row, token_view
 
 
@@ -85,12 +94,13 @@ class FleetStore:
         robots: dict[str, dict[str, Any]],
         acks: dict[str, set[int]],
         commands: list[tuple[str, str, dict[str, Any]]],
-        traffic: dict[str, dict[str, Any]],
+        traffic: dict[str, tuple[dict[str, Place], set[str]]],
     ) -> tuple[list[CommandRow], list[datetime]]:
         """A batch of the fleet's writes in one transaction: missions' and robots' changed
         fields, acknowledgements (a robot's own commands only), new commands (ids in the
-        order given) and maps' reservations, so a grant and its move command are stored
-        together or not at all. (The new commands, and when each command acknowledged
+        order given) and maps' reservations (for each map, the robots whose row changed,
+        with their rows now, and the robots gone), so a grant and its move command are
+        stored together or not at all. (The new commands, and when each command acknowledged
         now, for the first time, was stored.)"""
         async with self.db.fenced_core() as s:
             # By primary key, many rows per statement (one executemany per set of fields):
@@ -114,12 +124,8 @@ class FleetStore:
                 )
                 acked += stored.all()
             rows = await _insert_commands(s, commands)
-            for name, snapshot in traffic.items():
-                await s.execute(
-                    update(_MAPS)
-                    .where(_MAPS.c.name == name)
-                    .values(traffic=snapshot, updated_at=now)
-                )
+            for name, (places, gone) in traffic.items():
+                await _write_traffic(s, name, places, gone)
             return rows, acked
 
     async def acknowledge(
@@ -193,14 +199,31 @@ class FleetStore:
         async with self.db.fenced() as s:
             row = await s.get(FleetMapRow, name)
             if row is None:
-                s.add(FleetMapRow(name=name, doc=doc, traffic={}, created_at=utcnow()))
+                s.add(FleetMapRow(name=name, doc=doc, created_at=utcnow()))
                 return True
             row.doc, row.updated_at = doc, utcnow()
             return False
 
-    async def maps(self) -> list[FleetMapRow]:
+    async def maps(self) -> list[tuple[FleetMapRow, dict[str, Any]]]:
+        """Every map with its traffic table as `Traffic.restore` reads it ({"robots":
+        {robot: {"at", "next"}}, "waits": {robot: {"marker", "resource", "holder"}}})."""
         async with self.db.session() as s:
-            return list((await s.scalars(select(FleetMapRow).order_by(FleetMapRow.name))).all())
+            maps = list((await s.scalars(select(FleetMapRow).order_by(FleetMapRow.name))).all())
+            tables: dict[str, dict[str, Any]] = {
+                row.name: {"robots": {}, "waits": {}} for row in maps
+            }
+            for place in (await s.execute(select(_TRAFFIC).order_by(_TRAFFIC.c.robot))).all():
+                table = tables.get(place.map)
+                if table is None:  # a map that is gone: its rows say nothing
+                    continue
+                table["robots"][place.robot] = {"at": place.at, "next": place.next}
+                if place.wait_marker is not None:
+                    table["waits"][place.robot] = {
+                        "marker": place.wait_marker,
+                        "resource": place.wait_resource,
+                        "holder": place.wait_holder,
+                    }
+            return [(row, tables[row.name]) for row in maps]
 
     async def add_mission(self, row: MissionRow) -> MissionRow:
         async with self.db.fenced() as s:
@@ -227,7 +250,35 @@ class FleetStore:
 
 
 _COMMANDS: Any = CommandRow.__table__
-_MAPS: Any = FleetMapRow.__table__
+_TRAFFIC: Any = FleetTrafficRow.__table__
+
+
+async def _write_traffic(
+    s: AsyncConnection, name: str, places: dict[str, Place], gone: set[str]
+) -> None:
+    """A map's traffic rows: those of `places` replaced, those of `gone` deleted."""
+    if places or gone:
+        await s.execute(
+            delete(_TRAFFIC).where(
+                _TRAFFIC.c.map == name, _TRAFFIC.c.robot.in_(sorted(places.keys() | gone))
+            )
+        )
+    if places:
+        await s.execute(
+            insert(_TRAFFIC),
+            [
+                {
+                    "map": name,
+                    "robot": robot,
+                    "at": at,
+                    "next": step,
+                    "wait_marker": wait and wait.marker,
+                    "wait_resource": wait and wait.resource,
+                    "wait_holder": wait and wait.holder,
+                }
+                for robot, (at, step, wait) in places.items()
+            ],
+        )
 
 
 async def _insert_commands(

@@ -384,15 +384,29 @@ class CommandRow(Base):
 
 
 class FleetMapRow(Base):
-    """A map (markers and lanes) and its traffic table, saved as it changes."""
+    """A map (markers and lanes); its traffic table is in `FleetTrafficRow`s."""
 
     __tablename__ = "fleet_maps"
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     doc: Mapped[dict[str, Any]] = mapped_column(JSON)
-    traffic: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class FleetTrafficRow(Base):
+    """One robot in a map's traffic table: the marker it holds, the move it was granted and
+    what it waits for; a batch of decisions rewrites the rows it changed, no others."""
+
+    __tablename__ = "fleet_traffic"
+
+    map: Mapped[str] = mapped_column(String(63), primary_key=True)
+    robot: Mapped[str] = mapped_column(String(63), primary_key=True)
+    at: Mapped[str] = mapped_column(String(63))
+    next: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    wait_marker: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    wait_resource: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    wait_holder: Mapped[str | None] = mapped_column(String(63), nullable=True)
 
 
 class MissionRow(Base):
