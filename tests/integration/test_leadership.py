@@ -12,8 +12,9 @@ import time
 import pytest
 
 from corral.store.database import Database
+from corral.store.fleet import FleetStore
 from corral.store.leadership import LeaderTerm, StaleTerm
-from corral.store.tables import TaskRow
+from corral.store.tables import RobotRow, TaskRow
 from corral.store.tasks import TaskStore, new_task
 
 
@@ -44,6 +45,43 @@ async def test_a_stale_term_moves_no_task_and_steps_down(db_url: str) -> None:
         with pytest.raises(StaleTerm):  # and it stays down: no database needed to refuse
             old.term.confirm()
         assert await TaskStore(new).transition(task.id, "running") is not None
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_a_stale_term_stores_no_command_and_no_ack(db_url: str) -> None:
+    """The fleet's one-statement writes (an operator's command, robots' acks) prove the term
+    inside the statement: once a later term is taken they store nothing and step down."""
+    old, new = Database(db_url), Database(db_url)
+    await old.migrate()
+    told: list[str] = []
+    old.term.on_stale = told.append
+    try:
+        first = await _take(old, old.term, "old")
+        fleet = FleetStore(old)
+        for name in ("r1", "r2"):
+            await fleet.add_robot(RobotRow(name=name))
+        [mine] = await fleet.add_commands([("r1", "custom", {"seq": 1})])
+        [theirs] = await fleet.add_commands([("r2", "custom", {"seq": 2})])
+        [later] = await fleet.add_commands([("r1", "custom", {"seq": 3})])
+        assert mine.id < theirs.id < later.id
+        # r1 acks its command and r2's: its own is stored, r2's is named as not r1's; an
+        # ack again changes nothing and is not unknown
+        unknown, acked = await fleet.acknowledge([("r1", [mine.id, theirs.id])])
+        assert unknown == [[theirs.id]]
+        assert acked == [mine.created_at]
+        assert await fleet.acknowledge([("r1", [mine.id]), ("r2", [])]) == ([[], []], [])
+
+        await _take(new, new.term, "new")
+        with pytest.raises(StaleTerm):
+            await fleet.add_commands([("r1", "custom", {"seq": 4})])
+        assert told, "the stale replica was told to step down"
+        old.term.hold(first, time.monotonic() + 60)  # as if it had not noticed: the store refuses
+        with pytest.raises(StaleTerm):
+            await fleet.acknowledge([("r1", [later.id])])
+        log = await FleetStore(new).commands("r1")
+        assert [(c.body["seq"], c.acked_at is not None) for c in log] == [(3, False), (1, True)]
     finally:
         await old.close()
         await new.close()

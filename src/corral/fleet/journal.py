@@ -29,7 +29,7 @@ Deliver = Callable[[list[CommandRow]], Awaitable[None]]
 Snapshot = Callable[[str], Stored]
 MissionEnd = Callable[[MissionRow], Awaitable[None]]
 Event = tuple[str, str, str, dict[str, Any] | None]
-Ask = tuple[str, list[int], bool, "asyncio.Future[list[int]]"]
+Ask = tuple[str, list[int], "asyncio.Future[list[int]]"]
 
 
 @dataclass
@@ -119,20 +119,20 @@ class Journal:
         self.batch.ended.append(row)
         self.recorded += 1
 
-    async def acknowledge(self, robot: str, ids: list[int], known: bool) -> list[int]:
+    async def acknowledge(self, robot: str, ids: list[int]) -> list[int]:
         """Store a robot's acknowledgement of `ids` apart from the decisions' batches, so a
         command's round trip never waits for a batch of checkpoints and moves: the acks
         that arrive while one ack write is on go together in the next (group commit, one
-        transaction). Returns once stored: the ids that are none of the robot's commands
-        (with `known`, their presence stored nothing)."""
+        statement). Returns once stored: the ids that are none of the robot's commands
+        (nothing was stored for them)."""
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        mine: Ask = (robot, ids, known, future)
+        mine: Ask = (robot, ids, future)
         self.asks.append(mine)
         async with self.acking:
             if not future.done():
                 asks, self.asks = self.asks, []
                 try:
-                    unknown, acked = await self.store.acknowledge([a[:3] for a in asks])
+                    unknown, acked = await self.store.acknowledge([a[:2] for a in asks])
                 except asyncio.CancelledError:
                     # the others' asks go with the next writer (each waits for the lock)
                     self.asks = [a for a in asks if a is not mine] + self.asks
@@ -140,13 +140,13 @@ class Journal:
                 except BaseException as exc:
                     for ask in asks:
                         if ask is not mine:
-                            ask[3].set_exception(exc)
+                            ask[2].set_exception(exc)
                     raise
                 now = utcnow()
                 for created in acked:  # each command's round trip: stored to its ack stored
                     self.meter.round_trip.observe((now - created).total_seconds())
                 for ask, missing in zip(asks, unknown, strict=True):
-                    ask[3].set_result(missing)
+                    ask[2].set_result(missing)
         return await future
 
     def stored(self, tables: dict[str, Stored]) -> None:

@@ -485,8 +485,8 @@ class FleetService:
 
     async def ack(self, name: str, ids: Any, known: bool = True) -> None:
         """Returns once the acknowledgement is stored (with other robots' acks, apart from
-        the mission batches). With `known`, an id that is not one of the robot's commands
-        refuses them all."""
+        the mission batches). The robot's own ids are stored; with `known`, any other id is
+        refused (NotFound naming it), without, ignored (a robot's memory may be older)."""
         if not isinstance(ids, list) or not all(
             (
                 (isinstance(i, int) and not isinstance(i, bool))
@@ -518,7 +518,7 @@ class FleetService:
         if not ids:
             return
         # Stored at once, apart from the mission batches (its own group commit).
-        unknown = await self.dispatch.journal.acknowledge(name, ids, known)
+        unknown = await self.dispatch.journal.acknowledge(name, ids)
         if known and unknown:
             raise NotFound(
                 f"robot {name} has no command {', '.join(map(str, unknown[:20]))}",

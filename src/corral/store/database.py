@@ -112,6 +112,13 @@ class Database:
         else:
             options["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(parsed, **options)
+        # One statement as its own transaction: on PostgreSQL without the BEGIN and COMMIT
+        # round trips (a SQLite file's writes are local: a transaction as always)
+        self._single = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -163,6 +170,13 @@ class Database:
         half of each of their transactions' CPU time on the leader)."""
         async with self.engine.begin() as conn:
             await self.term.prove(conn)
+            yield conn
+
+    @asynccontextmanager
+    async def single(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement that is a transaction by itself (fenced with
+        `term.holds()` in it): the fleet's command and ack writes, one round trip each."""
+        async with self._single.begin() as conn:
             yield conn
 
     async def run(self, work: Callable[[Session], T], fenced: bool = True) -> T:

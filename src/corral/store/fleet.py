@@ -8,7 +8,7 @@ checkpoints, commands, routes, reservations) is written. Rows are returned detac
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import Conflict, NotFound
@@ -84,9 +84,29 @@ class FleetStore:
 
     # ------------------------------------------------------------------ commands
     async def add_commands(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[CommandRow]:
-        """(robot, kind, body) each; ids grow in the order given."""
-        rows, _ = await self.apply({}, {}, {}, items, {})
-        return rows
+        """(robot, kind, body) each; ids grow in the order given. One command (an operator's,
+        the usual case) is one statement, the term proved in it."""
+        if len(items) != 1:
+            rows, _ = await self.apply({}, {}, {}, items, {})
+            return rows
+        [(robot, kind, body)] = items
+        created = utcnow()
+        c = _COMMANDS.c
+        values = select(
+            bindparam("robot", robot, type_=c.robot.type),
+            bindparam("kind", kind, type_=c.kind.type),
+            bindparam("body", body, type_=c.body.type),
+            bindparam("created_at", created, type_=c.created_at.type),
+        ).where(self.db.term.holds())
+        async with self.db.single() as s:
+            id = await s.scalar(
+                insert(_COMMANDS)
+                .from_select(["robot", "kind", "body", "created_at"], values)
+                .returning(c.id)
+            )
+        if id is None:
+            self.db.term.failed()
+        return [CommandRow(id=id, robot=robot, kind=kind, body=body, created_at=created)]
 
     async def apply(
         self,
@@ -129,36 +149,42 @@ class FleetStore:
             return rows, acked
 
     async def acknowledge(
-        self, asks: list[tuple[str, list[int], bool]]
+        self, asks: list[tuple[str, list[int]]]
     ) -> tuple[list[list[int]], list[datetime]]:
-        """Robots' acknowledgements (robot, ids, known), all in one transaction of two
-        statements, apart from the decisions' batches; a robot's own commands only. For
-        each ask, the ids that are none of its robot's commands (with `known`, such an ask
-        stores nothing); and when each command acknowledged now, for the first time, was
-        stored."""
-        wanted = sorted({i for _, ids, _ in asks for i in ids})
-        async with self.db.fenced_core() as s:
-            found = await s.execute(
-                select(_COMMANDS.c.id, _COMMANDS.c.robot).where(_COMMANDS.c.id.in_(wanted))
-            )
-            owner: dict[int, str] = {id: robot for id, robot in found.all()}
-            unknown: list[list[int]] = []
-            taken: set[int] = set()
-            for robot, ids, known in asks:
-                mine = {i for i in ids if owner.get(i) == robot}
-                unknown.append(sorted(set(ids) - mine))
-                if mine and not (known and unknown[-1]):
-                    taken |= mine
-            acked: list[datetime] = []
-            if taken:
-                stored = await s.scalars(
+        """Robots' acknowledgements (robot, ids), all together, apart from the decisions'
+        batches: each robot's own commands are stored as acknowledged. For each ask, the ids
+        that are none of its robot's commands; and when each command acknowledged now, for
+        the first time, was stored.
+
+        One statement, the term proved in it, when every id is an open command of its robot
+        (nearly always); any other id is then looked up (a robot's own id acknowledged
+        before is fine), in a transaction that proves the term (a statement that wrote
+        nothing because the term is over raises StaleTerm there)."""
+        pairs = sorted({(i, robot) for robot, ids in asks for i in ids})
+        if not pairs:
+            return [[] for _ in asks], []
+        c = _COMMANDS.c
+        async with self.db.single() as s:
+            done = (
+                await s.execute(
                     update(_COMMANDS)
-                    .where(_COMMANDS.c.id.in_(sorted(taken)), _COMMANDS.c.acked_at.is_(None))
+                    .where(
+                        tuple_(c.id, c.robot).in_(pairs),
+                        c.acked_at.is_(None),
+                        self.db.term.holds(),
+                    )
                     .values(acked_at=utcnow())
-                    .returning(_COMMANDS.c.created_at)
+                    .returning(c.id, c.robot, c.created_at)
                 )
-                acked = list(stored.all())
-        return unknown, acked
+            ).all()
+        acked = [created for _, _, created in done]
+        owner: dict[int, str] = {id: robot for id, robot, _ in done}
+        others = sorted({i for i, robot in pairs if owner.get(i) != robot})
+        if others:
+            async with self.db.fenced_core() as s:
+                found = await s.execute(select(c.id, c.robot).where(c.id.in_(others)))
+                owner.update({id: robot for id, robot in found.all()})
+        return [sorted({i for i in ids if owner.get(i) != robot}) for robot, ids in asks], acked
 
     async def open_commands(self, robot: str, after: int = 0) -> list[CommandRow]:
         """Unacknowledged commands past `after`, an estop first, then by id."""

@@ -9,8 +9,9 @@ right before a side effect outside it (an MQTT job, a robot command).
 import math
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from corral.errors import CorralError
@@ -86,7 +87,27 @@ class LeaderTerm:
         if current != term:
             self._over(f"term {term} is over: term {current} leads")
 
-    def _over(self, why: str) -> None:
+    def holds(self) -> ColumnElement[bool]:
+        """`prove` inside one statement that is its own transaction: a condition true while
+        this replica's term is the current one, the term's row read FOR SHARE (so the next
+        term waits for the statement). A statement it stops writes nothing."""
+        if not self.fenced:
+            return true()
+        term = self.confirm()
+        current = (
+            select(LeadershipRow.term)
+            .where(LeadershipRow.id == 1)
+            .with_for_update(read=True)
+            .scalar_subquery()
+        )
+        return current == term
+
+    def failed(self) -> NoReturn:
+        """A statement that `holds()` fenced, and that must write, wrote nothing: the term is
+        over (StaleTerm, and this replica steps down)."""
+        self._over(f"term {self.term} is over: another term leads")
+
+    def _over(self, why: str) -> NoReturn:
         self.drop()
         if self.on_stale is not None:
             self.on_stale(why)
