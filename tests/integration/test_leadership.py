@@ -8,13 +8,14 @@ and against the machine's real PostgreSQL.
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from corral.store.database import Database
 from corral.store.fleet import FleetStore
 from corral.store.leadership import LeaderTerm, StaleTerm
-from corral.store.tables import RobotRow, TaskRow
+from corral.store.tables import MissionRow, RobotRow, TaskRow
 from corral.store.tasks import TaskStore, new_task
 
 
@@ -80,6 +81,23 @@ async def test_a_stale_term_stores_no_command_and_no_ack(db_url: str) -> None:
         old.term.hold(first, time.monotonic() + 60)  # as if it had not noticed: the store refuses
         with pytest.raises(StaleTerm):
             await fleet.acknowledge([("r1", [later.id])])
+        old.term.hold(first, time.monotonic() + 60)
+        mission = MissionRow(
+            robot="r1",
+            map="m",
+            goal="g",
+            objective="",
+            route=["a", "g"],
+            progress=0,
+            state="active",
+            reason="",
+            task_id=None,
+            actions=[],
+            created_at=datetime.now(UTC),
+        )
+        with pytest.raises(StaleTerm):
+            await fleet.add_mission(mission)
+        assert await FleetStore(new).missions() == []
         log = await FleetStore(new).commands("r1")
         assert [(c.body["seq"], c.acked_at is not None) for c in log] == [(3, False), (1, True)]
     finally:

@@ -582,3 +582,12 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
         rows = written(rows, now.since(last))
         last = now
         assert Traffic.restore(fmap, as_read(rows)).snapshot() == traffic.snapshot()
+
+
+def test_standing_robots_are_those_without_a_granted_move() -> None:
+    traffic = Traffic(LINE)
+    for robot, marker in (("a", "m0"), ("b", "m2"), ("c", "m4")):
+        traffic.place(robot, marker)
+    assert isinstance(traffic.request("a", "m1"), Grant)
+    assert traffic.standing(set()) == {"m2": "b", "m4": "c"}
+    assert traffic.standing({"c"}) == {"m2": "b"}  # c has a mission: it is going somewhere

@@ -385,13 +385,7 @@ class Dispatcher:
 
     def _standing(self, map_name: str) -> dict[str, str]:
         """Robots on the map with no mission and no granted move: marker -> robot."""
-        traffic = self.traffic[map_name]
-        out = {}
-        for robot in traffic.robots():
-            here = traffic.position(robot)
-            if here is not None and robot not in self.active and traffic.granted(robot) is None:
-                out[here] = robot
-        return out
+        return self.traffic[map_name].standing(self.active)
 
     def _around_standing(self, mission: MissionRow, blocked: Blocked) -> bool:
         """Blocked by a robot that is not going anywhere: route around it (True), or say so

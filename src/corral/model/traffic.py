@@ -7,6 +7,7 @@ through one `Traffic` per map); pure and synchronous, so the simulator and tests
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -143,6 +144,11 @@ class Traffic:
         if step is not None:
             out += [lane_resource(step[1], step[0]), MARKER + step[0]]
         return out
+
+    def standing(self, besides: Container[str]) -> dict[str, str]:
+        """Robots with no granted move, other than those in `besides`: marker -> robot."""
+        moving = self._next
+        return {at: r for r, at in self._at.items() if r not in moving and r not in besides}
 
     def robots(self) -> list[str]:
         """Every robot that holds something, by name."""

@@ -90,23 +90,8 @@ class FleetStore:
             rows, _ = await self.apply({}, {}, {}, items, {})
             return rows
         [(robot, kind, body)] = items
-        created = utcnow()
-        c = _COMMANDS.c
-        values = select(
-            bindparam("robot", robot, type_=c.robot.type),
-            bindparam("kind", kind, type_=c.kind.type),
-            bindparam("body", body, type_=c.body.type),
-            bindparam("created_at", created, type_=c.created_at.type),
-        ).where(self.db.term.holds())
-        async with self.db.single() as s:
-            id = await s.scalar(
-                insert(_COMMANDS)
-                .from_select(["robot", "kind", "body", "created_at"], values)
-                .returning(c.id)
-            )
-        if id is None:
-            self.db.term.failed()
-        return [CommandRow(id=id, robot=robot, kind=kind, body=body, created_at=created)]
+        values = {"robot": robot, "kind": kind, "body": body, "created_at": utcnow()}
+        return [CommandRow(id=await _insert_proved(self.db, _COMMANDS, values), **values)]
 
     async def apply(
         self,
@@ -252,10 +237,12 @@ class FleetStore:
             return [(row, tables[row.name]) for row in maps]
 
     async def add_mission(self, row: MissionRow) -> MissionRow:
-        async with self.db.fenced() as s:
-            s.add(row)
-            await s.flush()
-            return row
+        """Store a new mission (one statement, the term proved in it); `row` gets its id."""
+        table: Any = MissionRow.__table__
+        row.id = await _insert_proved(
+            self.db, table, {c.key: getattr(row, c.key) for c in table.columns if c.key != "id"}
+        )
+        return row
 
     async def mission(self, id: int) -> MissionRow:
         async with self.db.session() as s:
@@ -277,6 +264,21 @@ class FleetStore:
 
 _COMMANDS: Any = CommandRow.__table__
 _TRAFFIC: Any = FleetTrafficRow.__table__
+
+
+async def _insert_proved(db: Database, table: Any, values: dict[str, Any]) -> int:
+    """One row in one statement (`INSERT ... SELECT ... WHERE` the term holds), its own
+    transaction: its id, or StaleTerm when this replica's term is over."""
+    row = select(*(bindparam(k, v, type_=table.c[k].type) for k, v in values.items()))
+    async with db.single() as s:
+        id = await s.scalar(
+            insert(table)
+            .from_select(list(values), row.where(db.term.holds()))
+            .returning(table.c.id)
+        )
+    if id is None:
+        db.term.failed()
+    return int(id)
 
 
 async def _write_traffic(
