@@ -8,6 +8,8 @@ and against the machine's real PostgreSQL.
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -26,12 +28,23 @@ async def _take(db: Database, term: LeaderTerm, replica: str) -> int:
     return taken
 
 
-async def test_a_stale_term_moves_no_task_and_steps_down(db_url: str) -> None:
+@asynccontextmanager
+async def _two(db_url: str) -> AsyncIterator[tuple[Database, Database, list[str]]]:
+    """Two replicas on one database (the first migrated) and the reasons the first one was
+    told to step down."""
     old, new = Database(db_url), Database(db_url)
     await old.migrate()
     told: list[str] = []
     old.term.on_stale = told.append
     try:
+        yield old, new, told
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_a_stale_term_moves_no_task_and_steps_down(db_url: str) -> None:
+    async with _two(db_url) as (old, new, told):
         first = await _take(old, old.term, "old")
         tasks = TaskStore(old)
         [task] = await tasks.add([new_task("take", "arm", {}, 0, 60, "test")])
@@ -46,19 +59,13 @@ async def test_a_stale_term_moves_no_task_and_steps_down(db_url: str) -> None:
         with pytest.raises(StaleTerm):  # and it stays down: no database needed to refuse
             old.term.confirm()
         assert await TaskStore(new).transition(task.id, "running") is not None
-    finally:
-        await old.close()
-        await new.close()
 
 
 async def test_a_stale_term_stores_no_command_and_no_ack(db_url: str) -> None:
-    """The fleet's one-statement writes (an operator's command, robots' acks) prove the term
-    inside the statement: once a later term is taken they store nothing and step down."""
-    old, new = Database(db_url), Database(db_url)
-    await old.migrate()
-    told: list[str] = []
-    old.term.on_stale = told.append
-    try:
+    """The fleet's one-statement writes (an operator's command, robots' acks, a mission) prove
+    the term inside the statement: once a later term is taken they store nothing and step
+    down."""
+    async with _two(db_url) as (old, new, told):
         first = await _take(old, old.term, "old")
         fleet = FleetStore(old)
         for name in ("r1", "r2"):
@@ -100,9 +107,6 @@ async def test_a_stale_term_stores_no_command_and_no_ack(db_url: str) -> None:
         assert await FleetStore(new).missions() == []
         log = await FleetStore(new).commands("r1")
         assert [(c.body["seq"], c.acked_at is not None) for c in log] == [(3, False), (1, True)]
-    finally:
-        await old.close()
-        await new.close()
 
 
 async def test_a_lapsed_lease_stops_writes_at_once(db_url: str) -> None:
