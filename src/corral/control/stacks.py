@@ -290,15 +290,21 @@ class StackService:
             )
 
     async def _remove_network(self, stack: str, host: str, driver: HostDriver, net: str) -> None:
-        """Swarm frees an overlay's attachments a moment after their containers go: retry."""
+        """Swarm frees an overlay's attachments a moment after their containers go, and a
+        manager lists a removed overlay until its own node has let go of it: retry until the
+        host no longer lists the network."""
+        reason = "the engine still lists it"
         for _ in range(20):
             try:
                 await self.hosts.call(driver.remove_network, net)
-                return
             except NotSwarmManager:
                 return  # a worker's view of an overlay: the manager removes it
             except Invalid as exc:
                 reason = exc.message
+            else:
+                if net not in await self.hosts.call(driver.networks, owned_labels(stack)):
+                    return
+                reason = "the engine still lists it"
             await asyncio.sleep(0.5)
         await self.bus.emit(
             "network.lingering", f"stack/{stack}", f"network {net} on {host} not removed: {reason}"
