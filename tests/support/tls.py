@@ -60,6 +60,10 @@ class TlsEngineProxy:
         self.port: int = self.listener.getsockname()[1]
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
+        # every socket it opened, closed on exit: one still open then (a relay whose client
+        # has not hung up yet) would be left to the garbage collector and its warning
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "TlsEngineProxy":
         self.thread.start()
@@ -69,6 +73,19 @@ class TlsEngineProxy:
         self.stopped.set()
         self.listener.close()
         self.thread.join(timeout=5)
+        with self._lock:
+            left = list(self._open)
+        for sock in left:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _keep(self, sock: socket.socket) -> socket.socket:
+        """Track `sock` (closed at once when the proxy has stopped: __exit__ is past)."""
+        with self._lock:
+            self._open.add(sock)
+            if self.stopped.is_set():
+                sock.close()
+        return sock
 
     def _accept(self) -> None:
         while not self.stopped.is_set():
@@ -79,13 +96,18 @@ class TlsEngineProxy:
             threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
+        opened = [self._keep(raw)]
         try:
-            client = self.context.wrap_socket(raw, server_side=True)
+            client = self._keep(self.context.wrap_socket(raw, server_side=True))
+            opened.append(client)
+            engine = self._keep(socket.socket(socket.AF_UNIX))
+            opened.append(engine)
+            engine.connect(self.target)
         except (ssl.SSLError, OSError):
-            raw.close()
+            for sock in opened:
+                with contextlib.suppress(OSError):
+                    sock.close()
             return
-        engine = socket.socket(socket.AF_UNIX)
-        engine.connect(self.target)
         threading.Thread(target=_pipe, args=(engine, client), daemon=True).start()
         _pipe(client, engine)
 

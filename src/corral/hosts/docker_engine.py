@@ -171,6 +171,9 @@ class DockerEngine:
         self._clients: dict[int, docker.DockerClient] = {}
         self._streams: list[Any] = []  # open event streams, closed by close()
         self._lock = threading.Lock()
+        # once closed, no new client: a call still running in a worker thread when the
+        # host service shuts down would otherwise open one that nothing ever closes
+        self._closed = False
         address = parse_engine_url(spec.url)
         self._local = address.scheme == "unix"
         self._socket = address.path
@@ -183,6 +186,11 @@ class DockerEngine:
             # Checked here: docker-py would leave a socket open on a failed unix connect.
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", self._socket)
         with self._lock:
+            if self._closed:
+                raise Unreachable(
+                    f"host {self.spec.name}: its engine connection is closed",
+                    {"host": self.spec.name},
+                )
             client = self._clients.get(timeout)
             if client is None:
                 client = self._new_client(timeout)
@@ -231,7 +239,7 @@ class DockerEngine:
             said = self._tunnel.explain(settle=0.5) if self._tunnel is not None else ""
             if tls is not None:
                 said = tls_reason(str(exc), tls, parse_engine_url(self.spec.url).host)
-            self.close()
+            self._reset()  # the next call connects afresh
             raise Unreachable(said or _short(exc), {"host": self.spec.name}) from None
         return facts_from_info(info, version)
 
@@ -566,6 +574,14 @@ class DockerEngine:
                         self._streams.remove(stream)
 
     def close(self) -> None:
+        """Close the engine's clients, streams and tunnel for good (a driver is not used
+        again: the host service makes a new one)."""
+        with self._lock:
+            self._closed = True
+        self._reset()
+
+    def _reset(self) -> None:
+        """Close the clients, streams and tunnel open now."""
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
             streams, self._streams = self._streams, []
