@@ -8,7 +8,6 @@ service checks its sessions soon, each watching the bus (`EventBus.watch`), not 
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from corral.control.hosts import HostService
@@ -76,8 +75,8 @@ def _pump(
     stop: asyncio.Event,
 ) -> None:
     """Thread body: copy one engine's container events into the loop's queue."""
-    events: Iterator[dict[str, Any]] = driver.events({OWNED: "true"})
-    with contextlib.suppress(Exception):
+    events = driver.events({OWNED: "true"})
+    with contextlib.suppress(Exception), contextlib.closing(events):
         for event in events:
             if stop.is_set():
                 return

@@ -8,7 +8,7 @@ import errno
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -560,18 +560,21 @@ class DockerEngine:
         with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
             self._api.remove_service(service_id)  # type: ignore[no-untyped-call]
 
-    def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    def events(self, labels: Mapping[str, str]) -> Generator[dict[str, Any], None, None]:
         filters = {"type": ["container"], "label": _label_filter(labels)}
         with _engine_errors(self.spec.name):
             stream = self._api.events(decode=True, filters=filters)
             with self._lock:
                 self._streams.append(stream)
             try:
-                yield from stream
-            finally:
+                # not `yield from`, which on GeneratorExit calls docker-py's close (it raises)
+                for event in stream:  # noqa: UP028
+                    yield event
+            finally:  # a consumer that stops early leaves the stream to this: close it
                 with self._lock:
                     if stream in self._streams:
                         self._streams.remove(stream)
+                _close_stream(stream)
 
     def close(self) -> None:
         """Close the engine's clients, streams and tunnel for good (a driver is not used
@@ -586,13 +589,23 @@ class DockerEngine:
             clients, self._clients = list(self._clients.values()), {}
             streams, self._streams = self._streams, []
         for stream in streams:
-            with contextlib.suppress(Exception):
-                stream.close()
+            _close_stream(stream)
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
         if self._tunnel is not None:
             self._tunnel.close()
+
+
+def _close_stream(stream: Any) -> None:
+    """Close an engine stream and its connection. docker-py's close shuts the socket down
+    first and, when the engine has already dropped the connection (ENOTCONN), raises before
+    it closes the socket, which then stays open until collected: the response's own close
+    closes it."""
+    with contextlib.suppress(Exception):
+        stream.close()
+    with contextlib.suppress(Exception):
+        stream._response.close()
 
 
 @contextlib.contextmanager

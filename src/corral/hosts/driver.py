@@ -5,7 +5,7 @@ Every method raises `corral.errors.Unreachable` when the engine does not answer,
 `corral.errors.CorralError` subclasses for refusals it understands.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Protocol
 
 from corral.errors import Invalid, NotFound
@@ -93,8 +93,9 @@ class HostDriver(Protocol):
         """Output: the last `tail` lines (-1: all) written after `since` (epoch seconds)."""
         ...
 
-    def events(self, labels: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        """Container events as they happen, until the connection drops."""
+    def events(self, labels: Mapping[str, str]) -> Generator[dict[str, Any], None, None]:
+        """Container events as they happen, until the connection drops; a consumer that
+        stops early closes the generator, which closes the connection."""
         ...
 
     # Swarm mode: only on an engine that is a swarm manager (else Invalid).
