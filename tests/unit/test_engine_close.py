@@ -112,3 +112,74 @@ def test_an_event_stream_the_engine_reset_is_closed(closed_by: str) -> None:
     assert not _held(corrals_end)  # while `events` is still referenced
     engine.close()
     peer.close()
+
+
+class _QuietContainer:
+    """A loopback endpoint for one container, `x`, that has a terminal (Tty), said `hello`
+    and then says nothing more: a follow of its output waits for a next line."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.follower_port = 0
+        self.gone = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, (_, port) = self.listener.accept()
+                threading.Thread(target=self._serve, args=(conn, port), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, port: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            asked = b""
+            while True:
+                while b"\r\n\r\n" not in asked:
+                    more = conn.recv(4096)
+                    if not more:
+                        return
+                    asked += more
+                request, asked = asked.split(b"\r\n\r\n", 1)
+                path = request.split(b" ")[1]
+                if b"/containers/x/json" in path:
+                    body = b'{"Id": "x", "Config": {"Tty": true}}'
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                    continue
+                self.follower_port = port
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n6\r\nhello\n\r\n"
+                )
+                conn.recv(1)  # quiet until the reader hangs up
+                self.gone.set()
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_quiet_follow_ends_when_closed_from_another_thread() -> None:
+    """A reader waiting for a quiet container's next line (a viewer who left, say) stops as
+    soon as the output is closed, and the engine connection with it."""
+    peer = _QuietContainer()
+    engine = DockerEngine(HostSpec(name="quiet", url=peer.url), timeout=5)
+    output = engine.logs("x", -1, True)
+    assert b"".join(next(output) for _ in range(6)) == b"hello\n"  # a terminal's bytes
+    follow = _inode_of(peer.follower_port)
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(next(output, None)), daemon=True)
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive()  # waiting for a line that does not come
+    output.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert got == [None]  # the end of the output, not an error
+    assert not _held(follow)
+    assert peer.gone.wait(5)  # the engine saw the connection go
+    engine.close()
+    peer.close()

@@ -406,12 +406,15 @@ class HostService:
     ) -> AsyncIterator[bytes]:
         """A container's output as it comes, read in the hosts' thread pool."""
         driver = await self.driver(host)
-        chunks = await self.call(lambda: iter(driver.logs(container_id, tail, follow, since)))
-        while True:
-            chunk = await self.call(next, chunks, None)
-            if not isinstance(chunk, bytes):
-                return
-            yield chunk
+        chunks = await self.call(driver.logs, container_id, tail, follow, since)
+        try:
+            while True:
+                chunk = await self.call(next, chunks, None)
+                if not isinstance(chunk, bytes):
+                    return
+                yield chunk
+        finally:  # the reader left (a follow of a quiet container): free its thread now
+            chunks.close()
 
     def _driver(self, spec: HostSpec) -> HostDriver:
         known = self._drivers.get(spec.name)

@@ -497,10 +497,10 @@ class DockerEngine:
 
     def logs(
         self, container_id: str, tail: int, follow: bool, since: float | None = None
-    ) -> Iterator[bytes]:
+    ) -> "_Output":
         options: dict[str, Any] = {"since": since} if since is not None else {}
         with _engine_errors(self.spec.name):
-            yield from self._api.logs(
+            stream = self._api.logs(
                 container_id,
                 stream=True,
                 follow=follow,
@@ -508,6 +508,7 @@ class DockerEngine:
                 timestamps=False,
                 **options,
             )
+        return _Output(self.spec.name, stream)
 
     # ------------------------------------------------------------ swarm (on a manager)
     def swarm_nodes(self) -> list[SwarmNode]:
@@ -595,6 +596,34 @@ class DockerEngine:
                 client.close()
         if self._tunnel is not None:
             self._tunnel.close()
+
+
+class _Output:
+    """A container's output streamed from the engine (driver.OutputStream)."""
+
+    def __init__(self, host: str, stream: Any) -> None:
+        self._host = host
+        self._stream = stream
+        self._closed = False
+
+    def __iter__(self) -> "_Output":
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            with _engine_errors(self._host):
+                chunk = next(self._stream, None)
+        except CorralError:
+            if self._closed:  # closed under a waiting reader: the end, not a failure
+                raise StopIteration from None
+            raise
+        if chunk is None:
+            raise StopIteration
+        return bytes(chunk)
+
+    def close(self) -> None:
+        self._closed = True
+        _close_stream(self._stream)
 
 
 def _close_stream(stream: Any) -> None:

@@ -30,6 +30,17 @@ class ImageMissing(NotFound):
     since it was last seen there): the caller may supply it again."""
 
 
+class OutputStream(Protocol):
+    """A container's output as the engine sends it. close() ends it from any thread: a
+    reader waiting in next() for a quiet container's next line then stops."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __next__(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class HostDriver(Protocol):
     """One connection to one engine."""
 
@@ -89,7 +100,7 @@ class HostDriver(Protocol):
 
     def logs(
         self, container_id: str, tail: int, follow: bool, since: float | None = None
-    ) -> Iterator[bytes]:
+    ) -> OutputStream:
         """Output: the last `tail` lines (-1: all) written after `since` (epoch seconds)."""
         ...
 
