@@ -75,8 +75,10 @@ def _pump(
     stop: asyncio.Event,
 ) -> None:
     """Thread body: copy one engine's container events into the loop's queue."""
-    events = driver.events({OWNED: "true"})
-    with contextlib.suppress(Exception), contextlib.closing(events):
+    with (
+        contextlib.suppress(Exception),  # also an engine that does not answer: tried again
+        contextlib.closing(driver.events({OWNED: "true"})) as events,
+    ):
         for event in events:
             if stop.is_set():
                 return

@@ -293,7 +293,6 @@ class StackService:
         """Swarm frees an overlay's attachments a moment after their containers go, and a
         manager lists a removed overlay until its own node has let go of it: retry until the
         host no longer lists the network."""
-        reason = "the engine still lists it"
         for _ in range(20):
             try:
                 await self.hosts.call(driver.remove_network, net)

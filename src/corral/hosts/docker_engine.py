@@ -8,9 +8,10 @@ import errno
 import os
 import re
 import threading
-from collections.abc import Generator, Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import docker
 from docker import APIClient
@@ -169,7 +170,8 @@ class DockerEngine:
         self.spec = spec
         self.timeout = timeout
         self._clients: dict[int, docker.DockerClient] = {}
-        self._streams: list[Any] = []  # open event streams, closed by close()
+        # the event streams not yet collected (a finished one closed itself), for close()
+        self._streams: weakref.WeakSet[_Stream[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()
         # once closed, no new client: a call still running in a worker thread when the
         # host service shuts down would otherwise open one that nothing ever closes
@@ -497,7 +499,7 @@ class DockerEngine:
 
     def logs(
         self, container_id: str, tail: int, follow: bool, since: float | None = None
-    ) -> "_Output":
+    ) -> "_Stream[bytes]":
         options: dict[str, Any] = {"since": since} if since is not None else {}
         with _engine_errors(self.spec.name):
             stream = self._api.logs(
@@ -508,7 +510,7 @@ class DockerEngine:
                 timestamps=False,
                 **options,
             )
-        return _Output(self.spec.name, stream)
+        return _Stream(self.spec.name, stream)
 
     # ------------------------------------------------------------ swarm (on a manager)
     def swarm_nodes(self) -> list[SwarmNode]:
@@ -561,21 +563,15 @@ class DockerEngine:
         with _engine_errors(self.spec.name), contextlib.suppress(NotFound):
             self._api.remove_service(service_id)  # type: ignore[no-untyped-call]
 
-    def events(self, labels: Mapping[str, str]) -> Generator[dict[str, Any], None, None]:
+    def events(self, labels: Mapping[str, str]) -> "_Stream[dict[str, Any]]":
         filters = {"type": ["container"], "label": _label_filter(labels)}
         with _engine_errors(self.spec.name):
-            stream = self._api.events(decode=True, filters=filters)
-            with self._lock:
-                self._streams.append(stream)
-            try:
-                # not `yield from`, which on GeneratorExit calls docker-py's close (it raises)
-                for event in stream:  # noqa: UP028
-                    yield event
-            finally:  # a consumer that stops early leaves the stream to this: close it
-                with self._lock:
-                    if stream in self._streams:
-                        self._streams.remove(stream)
-                _close_stream(stream)
+            stream: _Stream[dict[str, Any]] = _Stream(
+                self.spec.name, self._api.events(decode=True, filters=filters)
+            )
+        with self._lock:
+            self._streams.add(stream)
+        return stream
 
     def close(self) -> None:
         """Close the engine's clients, streams and tunnel for good (a driver is not used
@@ -588,9 +584,10 @@ class DockerEngine:
         """Close the clients, streams and tunnel open now."""
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
-            streams, self._streams = self._streams, []
+            streams = list(self._streams)
+            self._streams.clear()
         for stream in streams:
-            _close_stream(stream)
+            stream.close()
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
@@ -598,43 +595,43 @@ class DockerEngine:
             self._tunnel.close()
 
 
-class _Output:
-    """A container's output streamed from the engine (driver.OutputStream)."""
+T = TypeVar("T")
+
+
+class _Stream(Generic[T]):
+    """What the engine streams, read item by item (driver.EngineStream); closed when it
+    ends, when its reader stops early, or by close() from another thread."""
 
     def __init__(self, host: str, stream: Any) -> None:
         self._host = host
-        self._stream = stream
+        self._stream = stream  # docker-py's CancellableStream
         self._closed = False
 
-    def __iter__(self) -> "_Output":
+    def __iter__(self) -> "_Stream[T]":
         return self
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> T:
         try:
             with _engine_errors(self._host):
-                chunk = next(self._stream, None)
+                item: T | None = next(self._stream, None)
         except CorralError:
             if self._closed:  # closed under a waiting reader: the end, not a failure
                 raise StopIteration from None
             raise
-        if chunk is None:
+        if item is None:
+            self.close()
             raise StopIteration
-        return bytes(chunk)
+        return item
 
     def close(self) -> None:
+        """docker-py's close shuts the socket down first and, when the engine has already
+        dropped the connection (ENOTCONN), raises before closing it, which would leave it
+        open until collected: the response's own close closes it."""
         self._closed = True
-        _close_stream(self._stream)
-
-
-def _close_stream(stream: Any) -> None:
-    """Close an engine stream and its connection. docker-py's close shuts the socket down
-    first and, when the engine has already dropped the connection (ENOTCONN), raises before
-    it closes the socket, which then stays open until collected: the response's own close
-    closes it."""
-    with contextlib.suppress(Exception):
-        stream.close()
-    with contextlib.suppress(Exception):
-        stream._response.close()
+        with contextlib.suppress(Exception):
+            self._stream.close()
+        with contextlib.suppress(Exception):
+            self._stream._response.close()
 
 
 @contextlib.contextmanager

@@ -5,14 +5,16 @@ Every method raises `corral.errors.Unreachable` when the engine does not answer,
 `corral.errors.CorralError` subclasses for refusals it understands.
 """
 
-from collections.abc import Generator, Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, TypeVar
 
 from corral.errors import Invalid, NotFound
 from corral.model.containers import ContainerDetails, ContainerInfo, ContainerPlan
 from corral.model.hosts import EngineFacts
 from corral.model.stack_spec import BuildSpec
 from corral.model.swarm import ServicePlan, SwarmNode, SwarmService, SwarmTask
+
+T_co = TypeVar("T_co", covariant=True)
 
 
 class NotSwarmManager(Invalid):
@@ -30,13 +32,13 @@ class ImageMissing(NotFound):
     since it was last seen there): the caller may supply it again."""
 
 
-class OutputStream(Protocol):
-    """A container's output as the engine sends it. close() ends it from any thread: a
-    reader waiting in next() for a quiet container's next line then stops."""
+class EngineStream(Protocol[T_co]):
+    """What an engine streams (a container's output, its events) as it comes. close() ends it
+    from any thread, with its connection: a reader waiting in next() then stops."""
 
-    def __iter__(self) -> Iterator[bytes]: ...
+    def __iter__(self) -> Iterator[T_co]: ...
 
-    def __next__(self) -> bytes: ...
+    def __next__(self) -> T_co: ...
 
     def close(self) -> None: ...
 
@@ -100,13 +102,12 @@ class HostDriver(Protocol):
 
     def logs(
         self, container_id: str, tail: int, follow: bool, since: float | None = None
-    ) -> OutputStream:
+    ) -> EngineStream[bytes]:
         """Output: the last `tail` lines (-1: all) written after `since` (epoch seconds)."""
         ...
 
-    def events(self, labels: Mapping[str, str]) -> Generator[dict[str, Any], None, None]:
-        """Container events as they happen, until the connection drops; a consumer that
-        stops early closes the generator, which closes the connection."""
+    def events(self, labels: Mapping[str, str]) -> EngineStream[dict[str, Any]]:
+        """Container events as they happen, until the connection drops or it is closed."""
         ...
 
     # Swarm mode: only on an engine that is a swarm manager (else Invalid).

@@ -68,20 +68,14 @@ class Stored:
 
     def since(self, before: Stored) -> tuple[dict[str, Place], set[str]]:
         """What changed after `before`: the robots whose row differs, each with its row
-        now, and the robots gone from the table (their rows to delete)."""
+        now, and the robots gone from the table (their rows to delete). A robot waits only
+        where it stands: a wait is part of its row."""
         robots, waits, old_robots, old_waits = self.robots, self.waits, before.robots, before.waits
         changed = {r for r, entry in robots.items() if old_robots.get(r) != entry}
         changed.update(r for r, wait in waits.items() if old_waits.get(r) != wait)
-        changed.update(r for r in old_waits if r not in waits)
-        gone = {r for r in old_robots if r not in robots}
-        places: dict[str, Place] = {}
-        for robot in changed:
-            entry = robots.get(robot)
-            if entry is None:
-                gone.add(robot)
-            else:
-                places[robot] = (entry[0], entry[1], waits.get(robot))
-        return places, gone
+        changed.update(r for r in old_waits.keys() - waits.keys() if r in robots)
+        places = {r: (*robots[r], waits.get(r)) for r in changed}
+        return places, old_robots.keys() - robots.keys()
 
 
 NOTHING_STORED = Stored({}, {})
