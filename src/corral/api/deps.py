@@ -15,7 +15,9 @@ from corral.core import Core
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer crl_...`")
 
 
-def get_core(request: Request) -> Core:
+async def get_core(request: Request) -> Core:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hand-off (two turns of the event loop) for every request
     core: Core = request.app.state.core
     return core
 

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from corral.errors import Invalid
+from corral.store.direct import Direct, json_text
 from corral.store.leadership import LeaderTerm, StaleTerm
 from corral.store.tables import LeadershipRow
 
@@ -102,7 +103,7 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         # JSON columns (a map's traffic table is written with every batch of decisions)
         # through orjson: about a tenth of the standard library's time
-        options: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+        options: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": orjson.loads}
         self.file: Path | None = None  # the SQLite database file, if there is one
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
@@ -119,6 +120,8 @@ class Database:
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        # The leader's hottest single statements, straight over asyncpg (store/direct.py)
+        self.direct = None if self.is_sqlite else Direct(self.dsn())
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -131,7 +134,7 @@ class Database:
         if self.file is not None:
             self._sync = create_engine(
                 parsed.set(drivername="sqlite"),
-                json_serializer=_json_text,
+                json_serializer=json_text,
                 json_deserializer=orjson.loads,
                 connect_args={
                     "timeout": 30,
@@ -218,11 +221,18 @@ class Database:
             return done
 
     async def close(self) -> None:
+        if self.direct is not None:
+            await self.direct.close()
         if self._writer is not None:
             self._writer.shutdown(wait=True)
         if self._sync is not None:
             self._sync.dispose()
         await self.engine.dispose()
+
+    def dsn(self) -> str:
+        """The URL as a plain postgresql:// DSN for asyncpg (with its password: never log
+        it; `describe` is for people)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def describe(self) -> str:
         """The URL without its password, for logs and the status endpoint."""
@@ -234,9 +244,3 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(resources.files("corral.store") / "migrations"))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
-
-
-def _json_text(value: Any) -> str:
-    """A JSON column's value as text (keys that are not strings written as strings, as the
-    standard library does)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import Conflict, NotFound
@@ -149,19 +150,29 @@ class FleetStore:
         if not pairs:
             return [[] for _ in asks], []
         c = _COMMANDS.c
-        async with self.db.single() as s:
-            done = (
-                await s.execute(
-                    update(_COMMANDS)
-                    .where(
-                        tuple_(c.id, c.robot).in_(pairs),
-                        c.acked_at.is_(None),
-                        self.db.term.holds(),
+        done: list[Any]
+        if self.db.direct is not None:
+            done = await self.db.direct.fetch(
+                _ACKNOWLEDGE,
+                [i for i, _ in pairs],
+                [robot for _, robot in pairs],
+                utcnow(),
+                self.db.term.confirm(),
+            )
+        else:
+            async with self.db.single() as s:
+                done = list(
+                    await s.execute(
+                        update(_COMMANDS)
+                        .where(
+                            tuple_(c.id, c.robot).in_(pairs),
+                            c.acked_at.is_(None),
+                            self.db.term.holds(),
+                        )
+                        .values(acked_at=utcnow())
+                        .returning(c.id, c.robot, c.created_at)
                     )
-                    .values(acked_at=utcnow())
-                    .returning(c.id, c.robot, c.created_at)
                 )
-            ).all()
         acked = [created for _, _, created in done]
         owner: dict[int, str] = {id: robot for id, robot, _ in done}
         others = sorted({i for i, robot in pairs if owner.get(i) != robot})
@@ -266,16 +277,51 @@ _COMMANDS: Any = CommandRow.__table__
 _TRAFFIC: Any = FleetTrafficRow.__table__
 
 
+# The term proved inside a statement sent straight (`Database.direct`), as
+# `LeaderTerm.holds()` does for SQLAlchemy's: the term's row read FOR SHARE; term 0 is a
+# process that does not take part in elections (it proves nothing).
+_HOLDS = "(${n}::bigint = 0 OR (SELECT term FROM leadership WHERE id = 1 FOR SHARE) = ${n})"
+_ACKNOWLEDGE = """UPDATE robot_commands SET acked_at = $3
+WHERE (id, robot) IN (SELECT * FROM unnest($1::bigint[], $2::varchar[])) AND acked_at IS NULL
+AND ($4::bigint = 0 OR (SELECT term FROM leadership WHERE id = 1 FOR SHARE) = $4)
+RETURNING id, robot, created_at"""
+_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _insert_text(table: Any, columns: tuple[str, ...]) -> str:
+    """`INSERT ... SELECT $1::type, ... WHERE` the term holds `RETURNING id`, for `columns`
+    of `table` (their types as PostgreSQL names them), the term the last parameter."""
+    key = (table.name, columns)
+    text = _INSERTS.get(key)
+    if text is None:
+        dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        names = ", ".join(quote(c) for c in columns)
+        casts = ", ".join(
+            f"${n}::{table.c[c].type.compile(dialect=dialect)}" for n, c in enumerate(columns, 1)
+        )
+        held = _HOLDS.format(n=len(columns) + 1)
+        text = f"INSERT INTO {quote(table.name)} ({names}) SELECT {casts} WHERE {held} RETURNING id"
+        _INSERTS[key] = text
+    return text
+
+
 async def _insert_proved(db: Database, table: Any, values: dict[str, Any]) -> int:
     """One row in one statement (`INSERT ... SELECT ... WHERE` the term holds), its own
     transaction: its id, or StaleTerm when this replica's term is over."""
-    row = select(*(bindparam(k, v, type_=table.c[k].type) for k, v in values.items()))
-    async with db.single() as s:
-        id = await s.scalar(
-            insert(table)
-            .from_select(list(values), row.where(db.term.holds()))
-            .returning(table.c.id)
+    if db.direct is not None:
+        columns = tuple(values)
+        id = await db.direct.fetchval(
+            _insert_text(table, columns), *values.values(), db.term.confirm()
         )
+    else:
+        row = select(*(bindparam(k, v, type_=table.c[k].type) for k, v in values.items()))
+        async with db.single() as s:
+            id = await s.scalar(
+                insert(table)
+                .from_select(list(values), row.where(db.term.holds()))
+                .returning(table.c.id)
+            )
     if id is None:
         db.term.failed()
     return int(id)

@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import structlog
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import make_url
 
 from corral.store.database import Database
 from corral.store.tables import LeadershipRow, ReplicaRow, utcnow
@@ -46,17 +45,11 @@ class Replica:
     seen_at: datetime
 
 
-def asyncpg_dsn(database: Database) -> str:
-    """The SQLAlchemy URL as a plain postgresql:// DSN for asyncpg."""
-    url = make_url(database.url.render_as_string(hide_password=False))
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _connect(database: Database, limit: float, name: str | None) -> asyncpg.Connection:
     settings = {"application_name": name} if name else None
     try:
         return await asyncio.wait_for(
-            asyncpg.connect(asyncpg_dsn(database), server_settings=settings), timeout=limit
+            asyncpg.connect(database.dsn(), server_settings=settings), timeout=limit
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise Unreachable(str(exc)) from exc

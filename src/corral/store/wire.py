@@ -15,7 +15,6 @@ import asyncpg
 import structlog
 
 from corral.store.database import Database
-from corral.store.replicas import asyncpg_dsn
 
 log = structlog.get_logger("corral.store.wire")
 MAX_PAYLOAD = 7900  # bytes; PostgreSQL refuses 8,000 and more
@@ -24,7 +23,7 @@ Heard = Callable[[str, str], None]  # (channel, payload), called on the event lo
 
 class Wire:
     def __init__(self, db: Database, channels: list[str], heard: Heard) -> None:
-        self.dsn = asyncpg_dsn(db)
+        self.dsn = db.dsn()
         self.channels = channels
         self.heard = heard
         self.outbox: list[tuple[str, str]] = []
