@@ -59,7 +59,13 @@ async def _serve(settings: Settings) -> None:
     from corral.core import Core
     from corral.errors import CorralError
     from corral.model.yamlfile import FileInvalid
-    from corral.serving import GracefulServer, listen, settle_heap, uvicorn_logging
+    from corral.serving import (
+        GracefulServer,
+        keep_heap_settled,
+        listen,
+        settle_heap,
+        uvicorn_logging,
+    )
 
     # The seed APIs' own ports, each with the line that says where it is.
     extra = [
@@ -93,9 +99,13 @@ async def _serve(settings: Settings) -> None:
     )
     server = GracefulServer(config)
     settle_heap()
+    stopping = asyncio.Event()
+    settling = asyncio.create_task(keep_heap_settled(stopping))
     try:
         await server.serve(sockets=sockets)
     finally:
+        stopping.set()
+        await settling
         await core.stop()
 
 
