@@ -13,6 +13,8 @@ replaced at its next use, without a ping.
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -52,29 +54,41 @@ class Direct:
         """The rows of one statement (its own transaction). DatabaseAway when the database
         cannot be reached or the connection broke; any other error of the statement as
         asyncpg raised it."""
+        async with self._using() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            return rows
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction: committed when the block ends, rolled back when
+        it raises (errors as `fetch`'s)."""
+        async with self._using() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _using(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._room:
             conn = await self._take()
             try:
-                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                yield conn
+            except asyncio.CancelledError:
+                conn.terminate()  # its statement may still be running: never reused
+                raise
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                 await _drop(conn)
                 raise DatabaseAway(
                     f"the database connection was lost; retry ({type(exc).__name__})"
                 ) from exc
-            except asyncio.CancelledError:
-                conn.terminate()  # its statement may still be running: never reused
-                raise
             except BaseException:
                 if conn.is_closed():
                     raise DatabaseAway("the database connection was lost; retry") from None
                 self._give(conn)
                 raise
             self._give(conn)
-            return rows
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        rows = await self.fetch(sql, *args)
-        return rows[0][0] if rows else None
 
     async def _take(self) -> asyncpg.Connection:
         if self._closed:

@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from corral.errors import Conflict, NotFound
 from corral.model.traffic import Place
 from corral.model.views import TokenView
+from corral.store import fleet_direct
 from corral.store.database import Database
 from corral.store.tables import (
     CommandRow,
@@ -108,11 +108,23 @@ class FleetStore:
         with their rows now, and the robots gone), so a grant and its move command are
         stored together or not at all. (The new commands, and when each command acknowledged
         now, for the first time, was stored.)"""
+        if self.db.direct is not None:
+            updates: list[tuple[Any, str, dict[Any, dict[str, Any]]]] = [
+                (_MISSIONS, "id", missions),
+                (_ROBOTS, "name", robots),
+            ]
+            new, created, first_acks = await fleet_direct.apply(
+                self.db, updates, acks, commands, traffic
+            )
+            return [
+                CommandRow(id=id, robot=robot, kind=kind, body=body, created_at=created)
+                for id, (robot, kind, body) in zip(new, commands, strict=True)
+            ], first_acks
         async with self.db.fenced_core() as s:
             # By primary key, many rows per statement (one executemany per set of fields):
             # a batch is a few round trips, not one per mission and robot.
-            await _update_many(s, MissionRow.__table__, "id", missions)
-            await _update_many(s, RobotRow.__table__, "name", robots)
+            await _update_many(s, _MISSIONS, "id", missions)
+            await _update_many(s, _ROBOTS, "name", robots)
             now = utcnow()
             acked: list[datetime] = []
             # Table statements, not the ORM's: no session state to synchronise, and about a
@@ -153,7 +165,7 @@ class FleetStore:
         done: list[Any]
         if self.db.direct is not None:
             done = await self.db.direct.fetch(
-                _ACKNOWLEDGE,
+                fleet_direct.ACKNOWLEDGE,
                 [i for i, _ in pairs],
                 [robot for _, robot in pairs],
                 utcnow(),
@@ -274,36 +286,9 @@ class FleetStore:
 
 
 _COMMANDS: Any = CommandRow.__table__
+_MISSIONS: Any = MissionRow.__table__
+_ROBOTS: Any = RobotRow.__table__
 _TRAFFIC: Any = FleetTrafficRow.__table__
-
-
-# The term proved inside a statement sent straight (`Database.direct`), as
-# `LeaderTerm.holds()` does for SQLAlchemy's: the term's row read FOR SHARE; term 0 is a
-# process that does not take part in elections (it proves nothing).
-_HOLDS = "(${n}::bigint = 0 OR (SELECT term FROM leadership WHERE id = 1 FOR SHARE) = ${n})"
-_ACKNOWLEDGE = """UPDATE robot_commands SET acked_at = $3
-WHERE (id, robot) IN (SELECT * FROM unnest($1::bigint[], $2::varchar[])) AND acked_at IS NULL
-AND ($4::bigint = 0 OR (SELECT term FROM leadership WHERE id = 1 FOR SHARE) = $4)
-RETURNING id, robot, created_at"""
-_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
-
-
-def _insert_text(table: Any, columns: tuple[str, ...]) -> str:
-    """`INSERT ... SELECT $1::type, ... WHERE` the term holds `RETURNING id`, for `columns`
-    of `table` (their types as PostgreSQL names them), the term the last parameter."""
-    key = (table.name, columns)
-    text = _INSERTS.get(key)
-    if text is None:
-        dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
-        quote = dialect.identifier_preparer.quote
-        names = ", ".join(quote(c) for c in columns)
-        casts = ", ".join(
-            f"${n}::{table.c[c].type.compile(dialect=dialect)}" for n, c in enumerate(columns, 1)
-        )
-        held = _HOLDS.format(n=len(columns) + 1)
-        text = f"INSERT INTO {quote(table.name)} ({names}) SELECT {casts} WHERE {held} RETURNING id"
-        _INSERTS[key] = text
-    return text
 
 
 async def _insert_proved(db: Database, table: Any, values: dict[str, Any]) -> int:
@@ -312,7 +297,7 @@ async def _insert_proved(db: Database, table: Any, values: dict[str, Any]) -> in
     if db.direct is not None:
         columns = tuple(values)
         id = await db.direct.fetchval(
-            _insert_text(table, columns), *values.values(), db.term.confirm()
+            fleet_direct.insert_text(table, columns), *values.values(), db.term.confirm()
         )
     else:
         row = select(*(bindparam(k, v, type_=table.c[k].type) for k, v in values.items()))

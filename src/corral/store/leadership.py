@@ -84,6 +84,11 @@ class LeaderTerm:
         current = await s.scalar(
             select(LeadershipRow.term).where(LeadershipRow.id == 1).with_for_update(read=True)
         )
+        self.proved(current, term)
+
+    def proved(self, current: int | None, term: int) -> None:
+        """`term` was this replica's when the term's row read `current` (FOR SHARE, in the
+        transaction about to write): StaleTerm, and a step down, unless they are one."""
         if current != term:
             self._over(f"term {term} is over: term {current} leads")
 
