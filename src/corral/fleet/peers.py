@@ -227,9 +227,12 @@ class Peers:
         if payload.startswith(self.own):
             return  # this replica's own (its batches of positions are ~80 KB a second)
         try:
-            message = json.loads(payload)
+            message = orjson.loads(payload)  # about a third of json.loads' time
         except ValueError:
-            return
+            try:  # what orjson refuses and json.dumps may write (NaN from a robot's report)
+                message = json.loads(payload)
+            except ValueError:
+                return
         if not isinstance(message, dict) or message.get("f") == self.replica:
             return
         if channel == POSITIONS:
