@@ -3,6 +3,8 @@ real PostgreSQL: a connection PostgreSQL ends is replaced without a ping, a stat
 was on it says "retry" (503) instead of failing, and nothing is stored twice."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -28,13 +30,22 @@ async def _end_corral_sessions(pg_url: str) -> int:
         await admin.close()
 
 
-async def test_an_ended_connection_is_replaced_without_a_ping(pg_url: str) -> None:
+@asynccontextmanager
+async def _fleet(pg_url: str) -> AsyncIterator[tuple[Database, FleetStore, int]]:
+    """A migrated store with robot r1 and one command stored straight (its id)."""
     db = Database(pg_url)
     await db.migrate()
     try:
         fleet = FleetStore(db)
         await fleet.add_robot(RobotRow(name="r1"))
         [first] = await fleet.add_commands([("r1", "custom", {"seq": 1})])
+        yield db, fleet, first.id
+    finally:
+        await db.close()
+
+
+async def test_an_ended_connection_is_replaced_without_a_ping(pg_url: str) -> None:
+    async with _fleet(pg_url) as (db, fleet, first):
         assert db.direct is not None
         assert db.direct._idle, "the statement went straight"
 
@@ -42,7 +53,7 @@ async def test_an_ended_connection_is_replaced_without_a_ping(pg_url: str) -> No
         await asyncio.sleep(0.3)  # the event loop reads PostgreSQL's goodbye meanwhile
         # the next statement opens a new connection: no error, no ping before it
         [second] = await fleet.add_commands([("r1", "custom", {"seq": 2})])
-        unknown, acked = await fleet.acknowledge([("r1", [first.id, second.id])])
+        unknown, acked = await fleet.acknowledge([("r1", [first, second.id])])
         assert unknown == [[]]
         assert len(acked) == 2
         log = await fleet.commands("r1")
@@ -50,17 +61,10 @@ async def test_an_ended_connection_is_replaced_without_a_ping(pg_url: str) -> No
             ({"seq": 2}, True),
             ({"seq": 1}, True),
         ]
-    finally:
-        await db.close()
 
 
 async def test_a_statement_on_a_connection_that_breaks_says_retry(pg_url: str) -> None:
-    db = Database(pg_url)
-    await db.migrate()
-    try:
-        fleet = FleetStore(db)
-        await fleet.add_robot(RobotRow(name="r1"))
-        await fleet.add_commands([("r1", "custom", {"seq": 1})])
+    async with _fleet(pg_url) as (db, fleet, _):
         assert db.direct is not None
         # a statement that is still running when its session is ended
         slow = asyncio.create_task(db.direct.fetchval("SELECT pg_sleep(5)"))
@@ -75,8 +79,6 @@ async def test_a_statement_on_a_connection_that_breaks_says_retry(pg_url: str) -
         [again] = await fleet.add_commands([("r1", "custom", {"seq": 2})])
         newest = await fleet.commands("r1", limit=1)
         assert [c.id for c in newest] == [again.id]
-    finally:
-        await db.close()
 
 
 async def test_a_database_that_cannot_be_reached_says_retry(pg_url: str) -> None:

@@ -109,22 +109,12 @@ class FleetStore:
         stored together or not at all. (The new commands, and when each command acknowledged
         now, for the first time, was stored.)"""
         if self.db.direct is not None:
-            updates: list[tuple[Any, str, dict[Any, dict[str, Any]]]] = [
-                (_MISSIONS, "id", missions),
-                (_ROBOTS, "name", robots),
-            ]
-            new, created, first_acks = await fleet_direct.apply(
-                self.db, updates, acks, commands, traffic
-            )
-            return [
-                CommandRow(id=id, robot=robot, kind=kind, body=body, created_at=created)
-                for id, (robot, kind, body) in zip(new, commands, strict=True)
-            ], first_acks
+            return await fleet_direct.apply(self.db, missions, robots, acks, commands, traffic)
         async with self.db.fenced_core() as s:
             # By primary key, many rows per statement (one executemany per set of fields):
             # a batch is a few round trips, not one per mission and robot.
-            await _update_many(s, _MISSIONS, "id", missions)
-            await _update_many(s, _ROBOTS, "name", robots)
+            await _update_many(s, MissionRow.__table__, "id", missions)
+            await _update_many(s, RobotRow.__table__, "name", robots)
             now = utcnow()
             acked: list[datetime] = []
             # Table statements, not the ORM's: no session state to synchronise, and about a
@@ -286,8 +276,6 @@ class FleetStore:
 
 
 _COMMANDS: Any = CommandRow.__table__
-_MISSIONS: Any = MissionRow.__table__
-_ROBOTS: Any = RobotRow.__table__
 _TRAFFIC: Any = FleetTrafficRow.__table__
 
 
