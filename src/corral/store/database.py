@@ -113,13 +113,6 @@ class Database:
         else:
             options["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(parsed, **options)
-        # One statement as its own transaction: on PostgreSQL without the BEGIN and COMMIT
-        # round trips (a SQLite file's writes are local: a transaction as always)
-        self._single = (
-            self.engine
-            if self.is_sqlite
-            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
         # The leader's hottest single statements, straight over asyncpg (store/direct.py)
         self.direct = None if self.is_sqlite else Direct(self.dsn())
         if self.is_sqlite:
@@ -177,9 +170,10 @@ class Database:
 
     @asynccontextmanager
     async def single(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one statement that is a transaction by itself (fenced with
-        `term.holds()` in it): the fleet's command and ack writes, one round trip each."""
-        async with self._single.begin() as conn:
+        """A connection for one statement fenced with `term.holds()` in it: the fleet's
+        command, ack and mission writes on SQLite (on PostgreSQL they go through `direct`,
+        one statement that is its own transaction)."""
+        async with self.engine.begin() as conn:
             yield conn
 
     async def run(self, work: Callable[[Session], T], fenced: bool = True) -> T:
