@@ -36,6 +36,49 @@ def _apply(where: EventFilter, query: Query) -> Query:
 
 
 CHANNEL = "corral_events"
+NOTICE_BYTES = 7900  # a NOTIFY payload stays under PostgreSQL's 8,000 bytes
+
+
+def notices(replica: str, ids: list[int], kinds: list[str]) -> list[str]:
+    """The NOTIFY payloads announcing stored events: `<replica>:<ids>:<kinds>`, ids and
+    distinct kinds comma-separated, split so that each payload fits. The kinds let a replica
+    that watches none of them skip reading the events."""
+    out: list[str] = []
+    start = 0
+    while start < len(ids):
+        end, size = start, len(replica) + 2
+        seen: dict[str, None] = {}
+        while end < len(ids):
+            grows = len(str(ids[end])) + 1
+            if kinds[end] not in seen:
+                grows += len(kinds[end]) + 1
+            if end > start and size + grows > NOTICE_BYTES:
+                break
+            size += grows
+            seen.setdefault(kinds[end])
+            end += 1
+        out.append(f"{replica}:{','.join(map(str, ids[start:end]))}:{','.join(seen)}")
+        start = end
+    return out
+
+
+def heard(payload: str) -> tuple[str, list[int], tuple[str, ...] | None]:
+    """A `corral_events` payload read back: the replica that stored the events, their ids,
+    and their kinds (None when the payload does not say)."""
+    origin, _, rest = payload.partition(":")
+    ids, marked, kinds = rest.partition(":")
+    wanted = [int(i) for i in ids.split(",") if i.isdigit()]
+    return origin, wanted, tuple(kinds.split(",")) if marked and kinds else None
+
+
+def concern(kinds: tuple[str, ...] | None, prefixes: tuple[str, ...] | None) -> bool:
+    """Whether events of these kinds can match a replica's wanted prefixes (None: every
+    kind is wanted, or the kinds are not known)."""
+    if kinds is None or prefixes is None:
+        return True
+    return any(kind.startswith(prefixes) for kind in kinds)
+
+
 EVENTS = cast(Table, EventRow.__table__)
 # Events staged within a transaction: one INSERT of all the rows, their ids returned in
 # their order (SQLAlchemy Core, built once).
@@ -44,22 +87,23 @@ _INSERT = insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True)
 
 class EventStore:
     """Events in the database. On PostgreSQL each commit also NOTIFYs `corral_events` with
-    `<replica>:<ids>`, so the other replicas can pass new events to their streams."""
+    `<replica>:<ids>:<kinds>` (`notices`), so the other replicas can pass new events to their
+    streams."""
 
     def __init__(self, db: Database, replica: str = "") -> None:
         self.db = db
         self.replica = replica
 
-    async def _notify(self, s: AsyncSession, ids: list[int]) -> None:
-        await s.run_sync(self._notify_sync, ids)
+    async def _notify(self, s: AsyncSession, ids: list[int], kinds: list[str]) -> None:
+        await s.run_sync(self._notify_sync, ids, kinds)
 
-    def _notify_sync(self, s: Session, ids: list[int]) -> None:
+    def _notify_sync(self, s: Session, ids: list[int], kinds: list[str]) -> None:
         if not self.db.is_sqlite and ids:
-            payload = f"{self.replica}:{','.join(str(i) for i in ids)}"
-            s.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": payload},
-            )
+            for payload in notices(self.replica, ids, kinds):
+                s.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": CHANNEL, "payload": payload},
+                )
 
     async def by_ids(self, ids: list[int], kinds: tuple[str, ...] | None = None) -> list[EventView]:
         """These events, by id; with `kinds`, only those whose kind starts with one of them."""
@@ -80,7 +124,7 @@ class EventStore:
             row = EventRow(time=utcnow(), kind=kind, resource=resource, message=message, data=data)
             s.add(row)
             await s.flush()
-            await self._notify(s, [row.id])
+            await self._notify(s, [row.id], [kind])
             return EventView.model_validate(row)
 
     async def append_many(
@@ -109,7 +153,7 @@ class EventStore:
             for k, r, m, d in events
         ]
         ids = [i for (i,) in s.connection().execute(_INSERT, rows)]
-        self._notify_sync(s, ids)
+        self._notify_sync(s, ids, [kind for kind, _, _, _ in events])
         return [EventView(id=i, **row) for i, row in zip(ids, rows, strict=True)]
 
     async def query(
