@@ -342,6 +342,31 @@ def test_a_silent_robot_goes_offline_and_keeps_its_marker(server: ThreadServer) 
         assert "robot.offline" in kinds
 
 
+def test_the_robot_list_carries_each_robots_latest_telemetry(server: ThreadServer) -> None:
+    with server.client() as api:
+        assert api.post("/fleet/maps", json=grid_map("t", 2, 1).as_dict()).status_code == 201
+        sent = {
+            "t1": {"marker": "r0c0", "battery": 51.5, "status": "chargé"},
+            "t2": {"lane": ["r0c0", "r0c1"], "progress": 0.25, "distance": 12},
+        }
+        for name, marker in (("t1", "r0c0"), ("t2", "r0c1")):
+            token = api.post(
+                "/fleet/robots", json={"name": name, "map": "t", "marker": marker}
+            ).json()["token"]
+            answer = httpx.post(
+                f"{server.url}/fleet/robots/{name}/telemetry",
+                json=sent[name],
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert answer.status_code == 204
+        listed = {r["name"]: r for r in api.get("/fleet/robots").json()}
+        assert listed["t1"]["telemetry"]["status"] == "chargé"
+        assert listed["t1"]["telemetry"]["battery"] == 51.5
+        assert listed["t2"]["telemetry"]["lane"] == ["r0c0", "r0c1"]
+        assert listed["t2"]["telemetry"]["progress"] == 0.25
+        assert [listed[n]["state"] for n in ("t1", "t2")] == ["online", "online"]
+
+
 def test_a_robot_goes_around_one_that_stands_in_its_way(server: ThreadServer) -> None:
     fmap = grid_map("park", 3, 2).as_dict()
     occupancy = Occupancy()
