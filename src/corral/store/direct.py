@@ -1,14 +1,15 @@
-"""The leader's hottest statements on PostgreSQL, sent straight over asyncpg connections of
-their own: one round trip and two turns of the event loop each, not a pooled checkout's.
+"""The hottest statements on PostgreSQL (the leader's fleet writes, every replica's events)
+sent straight over asyncpg connections of their own: one round trip and two turns of the
+event loop each, not a pooled checkout's.
 
 SQLAlchemy's pool pings a connection before each checkout, and its asyncpg adapter and
 pool add turns of the event loop around each statement: an operator's command stored as
 one statement took 11 turns of the loop (measured, a quiet loop), 2 here. On a leader
 whose loop is busy with a thousand robots each turn waits behind the others' work, so the
-turns, not PostgreSQL, made a command's round trip. Only single statements that are
-transactions by themselves (autocommit, the leadership term proved inside them) go this
-way; a connection left by PostgreSQL (a restart) is noticed by asyncpg as it happens and
-replaced at its next use, without a ping.
+turns, not PostgreSQL, made a command's round trip. Statements that are transactions by
+themselves (autocommit; the leader's with its term proved inside them) and the fleet's short
+batch transactions go this way; a connection left by PostgreSQL (a restart) is noticed by
+asyncpg as it happens and replaced at its next use, without a ping.
 """
 
 import asyncio
