@@ -92,7 +92,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import Generator, drive  # noqa: E402
+from bench.loadgen import Generator, Poster, drive  # noqa: E402
 from tests.support.postgres import PrivatePostgres  # noqa: E402
 from tests.support.server import ADMIN, ServeProcess, wait_until  # noqa: E402
 
@@ -577,7 +577,8 @@ async def _load(url: str, n: int, options: dict[str, Any], conn: Connection) -> 
 
     if options["missions"]:
         movers = [b for b in gen.bots if int(b.name.rsplit("-", 1)[1]) % 2 == 0]
-        tasks += [asyncio.create_task(drive(gen, b, api, near, rng)) for b in movers]
+        poster = Poster(url, HEADERS)
+        tasks += [asyncio.create_task(drive(gen, b, poster, near, rng)) for b in movers]
     conn.send(("ready", {"connected": gen.connected(), "seconds": connect, "pid": os.getpid()}))
     counts = gen.counts
     while True:
