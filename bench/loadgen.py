@@ -5,8 +5,9 @@ No task per robot and no library frame code: one ticker walks the robots due in 
 slot and writes each one's report (its bytes built from a cached prefix and its running
 number; masked with a zero key, which leaves the payload as it is). A robot acts like
 corral's `SimRobot`: it takes move commands (one lane each), acks every command at once,
-drives the lane in real time, reports a checkpoint at its end, and reports its marker at
-the rate while it stands. Missions are asked for over HTTP (keep-alive connections, the
+drives the lane in real time, reports a checkpoint at its end (at its goal followed by a
+ping, whose pong says the mission is closed), and reports its marker at the rate while it
+stands. Missions are asked for over HTTP (keep-alive connections, the
 requests written by hand: `Poster`).
 """
 
@@ -75,6 +76,7 @@ class Bot(asyncio.Protocol):
         self.number = 0
         self.goal: str | None = None
         self.arrived: asyncio.Event | None = None
+        self.pinged = False  # a ping sent after the goal's checkpoint, its pong not seen yet
         self.welcomed = asyncio.Event()
         self._stand(start)
 
@@ -97,6 +99,7 @@ class Bot(asyncio.Protocol):
         self.transport, self.upgraded, self.connected = None, False, False
         self.buffer.clear()
         self.welcomed.clear()
+        self._pong()  # the goal's checkpoint went or is lost with the socket: go on
         if not self.gen.stopping:
             asyncio.get_running_loop().call_later(0.5, self.gen.reconnect, self)
 
@@ -154,11 +157,18 @@ class Bot(asyncio.Protocol):
                     if self.lane is None:
                         self._drive(asyncio.get_running_loop().time())
             self.send({"type": "ack", "id": message["id"]})
+        elif kind == "pong":
+            self._pong()
         elif kind == "welcome":
             self.connected = True
             self.welcomed.set()
         elif kind == "error":
             self.gen.counts.errors += 1
+
+    def _pong(self) -> None:
+        if self.pinged and self.arrived is not None:
+            self.pinged = False
+            self.arrived.set()
 
     # -------------------------------------------------------------- the robot
     def _stand(self, marker: str) -> None:
@@ -195,7 +205,11 @@ class Bot(asyncio.Protocol):
             transport.write(frame(b'{"type":"checkpoint","marker":"%s"}' % end.encode()))
             self.gen.counts.checkpoints += 1
             if self.goal == end and self.arrived is not None:
-                self.arrived.set()
+                # corral answers a ping once every checkpoint sent before it is stored
+                # (docs/fleet-protocol.md): the mission is closed when the pong comes, and
+                # the next one can be asked for without a 409
+                transport.write(frame(b'{"type":"ping"}'))
+                self.pinged = True
             if self.moves:
                 self._drive(now)
         transport.write(frame(self.prefix + number + b'"}'))
