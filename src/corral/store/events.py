@@ -43,7 +43,8 @@ NOTICE_BYTES = 7900  # a NOTIFY payload stays under PostgreSQL's 8,000 bytes
 def notices(replica: str, ids: list[int], kinds: list[str]) -> list[str]:
     """The NOTIFY payloads announcing stored events: `<replica>:<ids>:<kinds>`, ids and
     distinct kinds comma-separated, split so that each payload fits. The kinds let a replica
-    that watches none of them skip reading the events."""
+    that watches none of them skip reading the events. (`_APPEND` writes the same payload
+    in SQL for a batch that fits in one; `heard` reads both.)"""
     out: list[str] = []
     start = 0
     while start < len(ids):
