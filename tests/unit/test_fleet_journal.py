@@ -11,7 +11,8 @@ import pytest
 from corral.events import EventBus
 from corral.fleet.journal import Journal
 from corral.fleet.meter import FleetMeter
-from corral.model.traffic import Place, Stored, Wait
+from corral.model.fleet_map import grid_map
+from corral.model.traffic import Blocked, Grant, Place, Traffic, Wait
 from corral.store.fleet import FleetStore
 from corral.store.tables import CommandRow, MissionRow
 
@@ -63,27 +64,27 @@ def _journal() -> tuple[Journal, FakeStore, FakeBus, list[int], list[int]]:
     async def on_end(row: MissionRow) -> None:
         ended.append(row.id)
 
-    versions = iter(range(1, 1000))
-
-    def table(name: str) -> Stored:
-        """Map `name`'s traffic, a new one each time: robot r1 a marker further along, r2
-        standing on m0 in the first only, r3 waiting in every other one."""
-        version = next(versions)
-        robots: dict[str, tuple[str, str | None]] = {"r1": (f"m{version}", None), "r3": ("w", None)}
-        if version == 1:
-            robots["r2"] = ("m0", None)
-        waits = {"r3": Wait("v", "marker:v", "r1")} if version % 2 else {}
-        return Stored(robots, waits)
+    # Map m, five markers in a line: r1 on r0c0, r2 on r0c2, r3 on r0c3 (not stored yet).
+    table = Traffic(grid_map("m", 5, 1))
+    for robot, marker in (("r1", "r0c0"), ("r2", "r0c2"), ("r3", "r0c3")):
+        table.place(robot, marker)
+    tables = {"m": table}
 
     journal = Journal(
         cast(FleetStore, store),
         cast(EventBus, bus),
-        table,
+        tables.get,
         deliver,
         [on_end],
         FleetMeter(),
     )
     return journal, store, bus, sent, ended
+
+
+def _table(journal: Journal) -> Traffic:
+    table = journal.tables("m")
+    assert table is not None
+    return table
 
 
 async def test_decisions_made_while_a_batch_is_written_go_in_one_next_batch() -> None:
@@ -93,7 +94,12 @@ async def test_decisions_made_while_a_batch_is_written_go_in_one_next_batch() ->
     journal.changed("m")
     first = asyncio.create_task(journal.commit())
     await asyncio.sleep(0)
-    # While the first batch is being written, three more decisions and three callers.
+    # While the first batch is being written, more decisions and three callers: r1 is
+    # granted a move, r3 waits for r2's marker, then r2 is released.
+    table = _table(journal)
+    assert isinstance(table.request("r1", "r0c1"), Grant)
+    assert isinstance(table.request("r3", "r0c2"), Blocked)
+    table.release("r2")
     journal.command("r2", "move", {"marker": "b"})
     journal.mission(7, progress=1)
     journal.mission(7, progress=2)
@@ -107,9 +113,20 @@ async def test_decisions_made_while_a_batch_is_written_go_in_one_next_batch() ->
     missions, _, commands, traffic, _ = store.batches[1]
     assert missions == {7: {"progress": 2}}
     assert [c[0] for c in commands] == ["r2"]
-    # only what changed after the first table, which was stored: r1 moved, r2 left, r3's
-    # wait ended (r3's row is written again without it)
-    assert traffic == {"m": ({"r1": ("m2", None, None), "r3": ("w", None, None)}, {"r2"})}
+    # only what changed after the first table, which was stored: r1's grant, r3's wait,
+    # r2 gone
+    assert store.batches[0][3] == {
+        "m": (
+            {"r1": ("r0c0", None, None), "r2": ("r0c2", None, None), "r3": ("r0c3", None, None)},
+            set(),
+        )
+    }
+    assert traffic == {
+        "m": (
+            {"r1": ("r0c0", "r0c1", None), "r3": ("r0c3", None, Wait("r0c2", "marker:r0c2", "r2"))},
+            {"r2"},
+        )
+    }
     assert sent == [1, 2]
     assert bus.events == []
 
@@ -148,17 +165,19 @@ async def test_a_commit_with_nothing_new_writes_nothing() -> None:
 
 async def test_traffic_rows_of_a_failed_write_are_written_with_the_next_batch() -> None:
     journal, store, _, _, _ = _journal()
+    table = _table(journal)
     store.fail_next = True
+    table.release("r2")
     journal.changed("m")
     with pytest.raises(OSError, match="disk I/O"):
-        await journal.commit()  # the first table: r1 on m1, r2 on m0, r3 waiting
+        await journal.commit()  # the first table: r1 on r0c0, r3 on r0c3 (r2 left)
+    assert isinstance(table.request("r1", "r0c1"), Grant)
     journal.changed("m")
     await journal.commit()
+    assert isinstance(table.request("r3", "r0c2"), Grant)
     journal.changed("m")
     await journal.commit()
     first, second = (batch[3] for batch in store.batches)
-    # nothing was stored before: every robot of the table now (r2 left before it was stored)
-    assert first == {"m": ({"r1": ("m2", None, None), "r3": ("w", None, None)}, set())}
-    assert second == {
-        "m": ({"r1": ("m3", None, None), "r3": ("w", None, Wait("v", "marker:v", "r1"))}, set())
-    }
+    # nothing was stored before: every robot of the table now, and r2's row deleted
+    assert first == {"m": ({"r1": ("r0c0", "r0c1", None), "r3": ("r0c3", None, None)}, {"r2"})}
+    assert second == {"m": ({"r3": ("r0c3", "r0c2", None)}, set())}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from corral.errors import Conflict, Invalid
 from corral.model.fleet_map import FleetMap, grid_map, lane_key, parse_map, shortest_route
-from corral.model.traffic import NOTHING_STORED, Blocked, Grant, Place, Traffic, Wait
+from corral.model.traffic import Blocked, Grant, Place, Traffic, Wait
 
 LINE = parse_map(
     {
@@ -52,9 +52,6 @@ def check(traffic: Traffic) -> None:
             assert resource not in seen, f"{resource} held by {seen.get(resource)} and {robot}"
             seen[resource] = robot
     assert seen == traffic.holds
-    stored = {r: (traffic.position(r), traffic.granted(r)) for r in traffic.robots()}
-    assert traffic.stored().robots == stored
-    assert traffic.stored().waits == traffic.waits
     for robot in traffic.waits:
         assert traffic.position(robot) is not None
 
@@ -203,7 +200,7 @@ def test_snapshot_round_trip() -> None:
     assert again.waits == traffic.waits
     assert again.granted("c") == "m3"
     check(again)
-    rows = written({}, traffic.stored().since(NOTHING_STORED))
+    rows = written({}, traffic.changes())
     assert sorted(rows) == ["a", "b", "c"]
     assert Traffic.restore(SIDING, as_read(rows)).snapshot() == snap
 
@@ -234,14 +231,13 @@ def test_a_batch_writes_only_the_rows_it_changed() -> None:
     traffic = Traffic(LINE)
     for robot, marker in (("a", "m0"), ("b", "m2"), ("c", "m4")):
         traffic.place(robot, marker)
-    first = traffic.stored()
-    rows = written({}, first.since(NOTHING_STORED))
-    assert first.since(first) == ({}, set())
+    rows = written({}, traffic.changes())
+    assert sorted(rows) == ["a", "b", "c"]
+    assert traffic.changes() == ({}, set())
     assert traffic.request("a", "m1") == Grant("a", "m1", ("m0", "m1"))
     assert isinstance(traffic.request("c", "m3"), Grant)
     assert isinstance(traffic.request("b", "m3"), Blocked)  # c holds m3: b waits
-    second = traffic.stored()
-    places, gone = second.since(first)
+    places, gone = traffic.changes()
     assert places == {
         "a": ("m0", "m1", None),
         "b": ("m2", None, Wait("m3", "marker:m3", "c")),
@@ -249,9 +245,9 @@ def test_a_batch_writes_only_the_rows_it_changed() -> None:
     }
     assert gone == set()
     rows = written(rows, (places, gone))
-    traffic.waits.pop("b")  # the dispatcher drops a wait (a re-route)
+    traffic.unwait("b")  # the dispatcher drops a wait (a re-route)
     traffic.release("c")
-    places, gone = traffic.stored().since(second)
+    places, gone = traffic.changes()
     assert places == {"b": ("m2", None, None)}
     assert gone == {"c"}
     rows = written(rows, (places, gone))
@@ -435,7 +431,7 @@ def simulate(
                     around = shortest_route(fmap, route[0], route[-1], walls)
                     if around is not None:
                         routes[robot] = around
-                        traffic.waits.pop(robot, None)
+                        traffic.unwait(robot)
                 cycle = traffic.deadlock(robot)
                 if cycle is not None:
                     changes = traffic.resolve(cycle, routes, priority)
@@ -443,7 +439,7 @@ def simulate(
                     for victim, new_route in changes.items():
                         assert new_route[0] == traffic.position(victim)
                         routes[victim] = new_route
-                        traffic.waits.pop(victim, None)
+                        traffic.unwait(victim)
                     resolutions += 1
         check(traffic)
         # where each robot physically is: a marker, or a lane between two markers
@@ -531,8 +527,13 @@ def test_random_fleets_never_share_a_marker_or_lane_and_resolve_every_deadlock(
 OPS = st.lists(
     st.tuples(
         st.integers(0, 3),
-        st.sampled_from(["place", "request", "arrive", "arrive-granted", "release", "unwait"]),
-        st.integers(0, 15),
+        st.sampled_from(
+            [
+                *("place", "request", "arrive", "arrive-granted", "release", "unwait"),
+                *("write", "lost write"),
+            ]
+        ),
+        st.integers(0, 8),
     ),
     max_size=80,
 )
@@ -541,12 +542,11 @@ OPS = st.lists(
 @given(OPS)
 @settings(max_examples=200, deadline=None)
 def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, str, int]]) -> None:
-    fmap = grid_map("ops", 4, 4)
+    fmap = grid_map("ops", 3, 3)  # small: robots meet, wait and deadlock often
     names = sorted(fmap.markers)
     traffic = Traffic(fmap)
     rows: dict[str, Place] = {}  # as stored, batch after batch
-    last = NOTHING_STORED
-    for who, op, where in ops:
+    for who, op, where in [*ops, (0, "write", 0)]:
         robot, marker = f"robot{who}", names[where]
         before = dict(traffic.holds)
         try:
@@ -566,7 +566,13 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
                 if following is not None:
                     traffic.arrived(robot, following)
             elif op == "unwait":
-                traffic.waits.pop(robot, None)  # as the dispatcher does on a re-route
+                traffic.unwait(robot)  # as the dispatcher does on a re-route
+            elif op == "write":  # a batch of decisions stored: the rows read back are the table
+                rows = written(rows, traffic.changes())
+                assert Traffic.restore(fmap, as_read(rows)).snapshot() == traffic.snapshot()
+            elif op == "lost write":  # a batch's write failed: its rows go with the next
+                places, gone = traffic.changes()
+                traffic.touch([*places, *gone])
             else:
                 traffic.release(robot)
         except (Invalid, Conflict):
@@ -578,10 +584,6 @@ def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[int, st
                 wait = traffic.waits[robot]
                 assert traffic.holder(wait.resource) == cycle[(index + 1) % len(cycle)]
         assert Traffic.restore(fmap, traffic.snapshot()).holds == traffic.holds
-        now = traffic.stored()
-        rows = written(rows, now.since(last))
-        last = now
-        assert Traffic.restore(fmap, as_read(rows)).snapshot() == traffic.snapshot()
 
 
 def test_standing_robots_are_those_without_a_granted_move() -> None:

@@ -19,14 +19,14 @@ import structlog
 
 from corral.events import EventBus
 from corral.fleet.meter import FleetMeter
-from corral.model.traffic import NOTHING_STORED, Stored
+from corral.model.traffic import Place, Traffic
 from corral.store.fleet import FleetStore
 from corral.store.leadership import StaleTerm
 from corral.store.tables import CommandRow, MissionRow, utcnow
 
 log = structlog.get_logger("corral.fleet.journal")
 Deliver = Callable[[list[CommandRow]], Awaitable[None]]
-Snapshot = Callable[[str], Stored]
+Tables = Callable[[str], Traffic | None]  # a map's traffic table, by name
 MissionEnd = Callable[[MissionRow], Awaitable[None]]
 Event = tuple[str, str, str, dict[str, Any] | None]
 Ask = tuple[str, list[int], "asyncio.Future[list[int]]"]
@@ -68,7 +68,7 @@ class Journal:
         self,
         store: FleetStore,
         bus: EventBus,
-        snapshot: Snapshot,
+        tables: Tables,
         deliver: Deliver,
         on_end: list[MissionEnd],
         meter: FleetMeter,
@@ -76,11 +76,10 @@ class Journal:
         self.store = store
         self.meter = meter
         self.bus = bus
-        self.snapshot = snapshot
+        self.tables = tables
         self.deliver = deliver
         self.on_end = on_end
         self.batch = Batch()
-        self.tables: dict[str, Stored] = {}  # each map's traffic table as last stored
         self.recorded = 0  # decisions recorded so far
         self.written = 0  # of which stored
         self.writing = asyncio.Lock()
@@ -149,11 +148,6 @@ class Journal:
                     ask[2].set_result(missing)
         return await future
 
-    def stored(self, tables: dict[str, Stored]) -> None:
-        """The maps' traffic tables as the store holds them (read when taking the lead): the
-        next batches write what changed after them."""
-        self.tables = dict(tables)
-
     def forget(self) -> None:
         """Drop what is not stored yet: the decisions of a leadership term that is over
         (stored later, under another term, they would grant steps already taken)."""
@@ -168,16 +162,16 @@ class Journal:
         async with self.writing:
             if self.written >= target:
                 return
-            # Cut the batch and take the maps' tables together (no await between): they
-            # hold exactly the decisions of this batch. Only the robots whose row changed
-            # since the last table stored are written (a failed write leaves that one as
-            # it was, so the next batch writes its changes too).
+            # Cut the batch and take the maps' changed rows together (no await between):
+            # they hold exactly the decisions of this batch. Only the robots whose row
+            # changed since the last batch are written; a failed write has its tables give
+            # those rows again with the next batch.
             batch, self.batch, upto = self.batch, Batch(), self.recorded
-            tables = {name: self.snapshot(name) for name in sorted(batch.maps)}
-            changes = {
-                name: table.since(self.tables.get(name, NOTHING_STORED))
-                for name, table in tables.items()
-            }
+            changes: dict[str, tuple[dict[str, Place], set[str]]] = {}
+            for name in sorted(batch.maps):
+                table = self.tables(name)
+                if table is not None:
+                    changes[name] = table.changes()
             try:
                 rows, acked = await self.store.apply(
                     batch.missions, batch.robots, batch.acks, batch.commands, changes
@@ -187,9 +181,12 @@ class Journal:
                 raise
             except BaseException:
                 self.batch = batch.then(self.batch)
+                for name, (places, gone) in changes.items():
+                    table = self.tables(name)
+                    if table is not None:  # the map's table now (a map replaced meanwhile)
+                        table.touch([*places, *gone])
                 raise
             self.written = upto
-            self.tables.update(tables)
             if acked:  # each command's round trip: from stored to its ack stored
                 now = utcnow()
                 for created in acked:

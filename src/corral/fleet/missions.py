@@ -17,7 +17,7 @@ from corral.events import EventBus
 from corral.fleet.journal import Deliver, Journal, MissionEnd
 from corral.fleet.meter import FleetMeter
 from corral.model.fleet_map import FleetMap, lane_key, parse_map, shortest_route
-from corral.model.traffic import MARKER, Blocked, Stored, Traffic, marker_resource
+from corral.model.traffic import MARKER, Blocked, Traffic, marker_resource
 from corral.store.fleet import FleetStore
 from corral.store.tables import MissionRow, utcnow
 
@@ -61,7 +61,7 @@ class Dispatcher:
         self.active: dict[str, MissionRow] = {}  # robot -> its active mission
         self.priority = priority  # a robot's priority, as the fleet service knows it
         self.on_end: list[MissionEnd] = []
-        self.journal = Journal(store, bus, self._reservations, deliver, self.on_end, meter)
+        self.journal = Journal(store, bus, self._table, deliver, self.on_end, meter)
         self.lock = asyncio.Lock()
         self._breaking: set[str] = set()
         self._reported: dict[str, tuple[str, ...]] = {}
@@ -75,7 +75,6 @@ class Dispatcher:
         maps, traffic = await self._read()
         active = {m.robot: m for m in await self.store.missions("active", limit=None)}
         self.maps, self.traffic, self.active = maps, traffic, active
-        self.journal.stored({name: table.stored() for name, table in traffic.items()})
 
     async def read_maps(self) -> None:
         """The maps as stored, for a replica that does not lead (it checks reports against
@@ -113,6 +112,8 @@ class Dispatcher:
             # Whatever the restore refuses must be refused before the map is stored.
             traffic = Traffic.restore(fmap, old.snapshot()) if old is not None else Traffic(fmap)
             created = await self.store.put_map(fmap.name, fmap.as_dict())
+            if old is not None:  # the old table's rows not written yet go with the new one
+                traffic.touch(old.pending())
             self.maps[fmap.name] = fmap
             self.traffic[fmap.name] = traffic
             self.journal.changed(fmap.name)
@@ -414,7 +415,7 @@ class Dispatcher:
             return True
         mission.route, mission.progress = route, 0
         self.journal.mission(mission.id, route=route, progress=0)
-        traffic.waits.pop(mission.robot, None)
+        traffic.unwait(mission.robot)
         self.journal.event(
             "traffic.rerouted",
             f"mission/{mission.id}",
@@ -482,7 +483,7 @@ class Dispatcher:
             )
         self.journal.changed(map_name)
         for robot in changes:
-            traffic.waits.pop(robot, None)
+            traffic.unwait(robot)
             self._advance(robot)
 
     def _retry_waiting(self, map_name: str, freed: bool = False) -> None:
@@ -514,8 +515,8 @@ class Dispatcher:
         """Markers and lanes reserved now, by map (for metrics)."""
         return {name: len(traffic.holds) for name, traffic in self.traffic.items()}
 
-    def _reservations(self, map_name: str) -> Stored:
-        return self.traffic[map_name].stored()
+    def _table(self, map_name: str) -> Traffic | None:
+        return self.traffic.get(map_name)
 
     def snapshot(self, map_name: str) -> dict[str, Any]:
         self.map(map_name)

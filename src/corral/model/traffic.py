@@ -7,7 +7,7 @@ through one `Traffic` per map); pure and synchronous, so the simulator and tests
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -58,29 +58,6 @@ class Wait:
 Place = tuple[str, str | None, Wait | None]  # a robot's marker, granted move and wait
 
 
-@dataclass(frozen=True)
-class Stored:
-    """A table as the store keeps it, one row per robot: its (marker, granted move) and what
-    it waits for. Compared with the one written last, it names the rows a batch rewrites."""
-
-    robots: dict[str, tuple[str, str | None]]
-    waits: dict[str, Wait]
-
-    def since(self, before: Stored) -> tuple[dict[str, Place], set[str]]:
-        """What changed after `before`: the robots whose row differs, each with its row
-        now, and the robots gone from the table (their rows to delete). A robot waits only
-        where it stands: a wait is part of its row."""
-        robots, waits, old_robots, old_waits = self.robots, self.waits, before.robots, before.waits
-        changed = {r for r, entry in robots.items() if old_robots.get(r) != entry}
-        changed.update(r for r, wait in waits.items() if old_waits.get(r) != wait)
-        changed.update(r for r in old_waits.keys() - waits.keys() if r in robots)
-        places = {r: (*robots[r], waits.get(r)) for r in changed}
-        return places, old_robots.keys() - robots.keys()
-
-
-NOTHING_STORED = Stored({}, {})
-
-
 @dataclass
 class _Plan:
     """What `Traffic.resolve` knows about one robot of a deadlock."""
@@ -110,10 +87,10 @@ class Traffic:
         self.waits: dict[str, Wait] = {}  # robot -> what it waits for
         self._at: dict[str, str] = {}  # robot -> the marker it is at
         self._next: dict[str, tuple[str, str]] = {}  # robot -> (granted marker, FROM)
-        # robot -> (marker, granted move) as `stored` gives it: each entry replaced, never
-        # changed, so a copy of this dict is a snapshot (1,000 robots: a copy, not 1,000 new
-        # tuples with every batch of decisions)
-        self._entries: dict[str, tuple[str, str | None]] = {}
+        self._entries: dict[str, tuple[str, str | None]] = {}  # robot -> (marker, granted move)
+        # The robots whose row (entry and wait) changed since `changes` last took them: a
+        # batch of decisions writes those rows only, without comparing 1,000 robots.
+        self._touched: set[str] = set()
 
     # ------------------------------------------------------------------ queries
     def position(self, robot: str) -> str | None:
@@ -166,6 +143,7 @@ class Traffic:
         self.holds[resource] = robot
         self._at[robot] = marker
         self._entries[robot] = (marker, None)
+        self._touched.add(robot)
         return None
 
     def request(self, robot: str, next_marker: str) -> Grant | Blocked:
@@ -203,12 +181,14 @@ class Traffic:
             holder = holds.get(resource)
             if holder is not None and holder != robot:
                 self.waits[robot] = Wait(next_marker, resource, holder)
+                self._touched.add(robot)
                 return Blocked(robot, resource, holder)
         holds[marker] = robot
         holds[lane] = robot
         self._next[robot] = (next_marker, at)
         self._entries[robot] = (at, next_marker)
         self.waits.pop(robot, None)
+        self._touched.add(robot)
         return Grant(robot, next_marker, (at, next_marker))
 
     def arrived(self, robot: str, marker: str) -> list[str]:
@@ -234,11 +214,17 @@ class Traffic:
         self._at[robot] = marker
         self._entries[robot] = (marker, None)
         self.waits.pop(robot, None)
+        self._touched.add(robot)
         return released
 
     def release(self, robot: str) -> list[str]:
         """The operator clears a robot (offline, removed): free everything it holds."""
         return self._drop(robot)
+
+    def unwait(self, robot: str) -> None:
+        """Forget what the robot waits for (the dispatcher re-routes it)."""
+        if self.waits.pop(robot, None) is not None:
+            self._touched.add(robot)
 
     def _drop(self, robot: str) -> list[str]:
         released = self.held(robot)
@@ -248,6 +234,7 @@ class Traffic:
         self._next.pop(robot, None)
         self._entries.pop(robot, None)
         self.waits.pop(robot, None)
+        self._touched.add(robot)
         return released
 
     def _markers(self, robot: str) -> list[str]:
@@ -399,10 +386,22 @@ class Traffic:
             "robots": robots,
         }
 
-    def stored(self) -> Stored:
-        """The table as the store keeps it (two dict copies: `Stored.since` the last one
-        written gives the few rows a batch of decisions changed)."""
-        return Stored(dict(self._entries), dict(self.waits))
+    def changes(self) -> tuple[dict[str, Place], set[str]]:
+        """Take the rows changed since the last call: the robots whose row changed, each
+        with its row now, and the robots gone from the table (their rows to delete)."""
+        touched, self._touched = self._touched, set()
+        entries, waits = self._entries, self.waits
+        places = {r: (*entries[r], waits.get(r)) for r in touched if r in entries}
+        return places, touched - places.keys()
+
+    def touch(self, robots: Iterable[str]) -> None:
+        """Have the next `changes` give these robots' rows again (a write that failed, or a
+        table that replaces one whose changes are not all written)."""
+        self._touched.update(robots)
+
+    def pending(self) -> set[str]:
+        """The robots whose rows the next `changes` gives."""
+        return set(self._touched)
 
     @classmethod
     def restore(cls, fmap: FleetMap, snapshot: dict[str, Any]) -> Traffic:
@@ -438,4 +437,5 @@ class Traffic:
                 f"map {fmap.name}: the traffic snapshot does not fit: {reason}",
                 {"map": fmap.name},
             ) from None
+        traffic._touched.clear()  # the table as stored: none of its rows to write again
         return traffic
