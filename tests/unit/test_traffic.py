@@ -245,6 +245,8 @@ def test_a_batch_writes_only_the_rows_it_changed() -> None:
     }
     assert gone == set()
     rows = written(rows, (places, gone))
+    assert isinstance(traffic.request("b", "m3"), Blocked)  # asked again (the tick): same wait
+    assert traffic.changes() == ({}, set()), "a wait asked again is no row to write"
     traffic.unwait("b")  # the dispatcher drops a wait (a re-route)
     traffic.release("c")
     places, gone = traffic.changes()

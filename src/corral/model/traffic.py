@@ -180,8 +180,10 @@ class Traffic:
         for resource in (marker, lane):
             holder = holds.get(resource)
             if holder is not None and holder != robot:
-                self.waits[robot] = Wait(next_marker, resource, holder)
-                self._touched.add(robot)
+                wait = Wait(next_marker, resource, holder)
+                if self.waits.get(robot) != wait:  # asked again: the same wait, row as it is
+                    self.waits[robot] = wait
+                    self._touched.add(robot)
                 return Blocked(robot, resource, holder)
         holds[marker] = robot
         holds[lane] = robot
