@@ -34,7 +34,8 @@ SIDING = parse_map(
 
 def check(traffic: Traffic) -> None:
     """The table's invariants: one holder per resource, at most marker + lane + next marker
-    per robot, the lane joining the two markers, waits only from robots not moving."""
+    per robot, the lane joining the two markers, waits only from robots not moving, and
+    the robots waiting for each resource as the waits say."""
     seen: dict[str, str] = {}
     for robot in traffic.robots():
         held = traffic.held(robot)
@@ -52,6 +53,11 @@ def check(traffic: Traffic) -> None:
             assert resource not in seen, f"{resource} held by {seen.get(resource)} and {robot}"
             seen[resource] = robot
     assert seen == traffic.holds
+    resources = [f"marker:{m}" for m in traffic.fmap.markers]
+    resources += [f"lane:{lane_key(a, b)}" for a, b in traffic.fmap.lanes.values()]
+    for resource in resources:  # the index of waits by resource agrees with the waits
+        waiting = {r for r, wait in traffic.waits.items() if wait.resource == resource}
+        assert traffic.waiting_for([resource]) == waiting, resource
     for robot in traffic.waits:
         assert traffic.position(robot) is not None
 

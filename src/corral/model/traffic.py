@@ -84,7 +84,8 @@ class Traffic:
     def __init__(self, fmap: FleetMap) -> None:
         self.fmap = fmap
         self.holds: dict[str, str] = {}  # resource -> robot
-        self.waits: dict[str, Wait] = {}  # robot -> what it waits for
+        self.waits: dict[str, Wait] = {}  # robot -> what it waits for (`_wait` writes it)
+        self._waiting: dict[str, set[str]] = {}  # resource -> the robots waiting for it
         self._at: dict[str, str] = {}  # robot -> the marker it is at
         self._next: dict[str, tuple[str, str]] = {}  # robot -> (granted marker, FROM)
         self._entries: dict[str, tuple[str, str | None]] = {}  # robot -> (marker, granted move)
@@ -180,16 +181,13 @@ class Traffic:
         for resource in (marker, lane):
             holder = holds.get(resource)
             if holder is not None and holder != robot:
-                wait = Wait(next_marker, resource, holder)
-                if self.waits.get(robot) != wait:  # asked again: the same wait, row as it is
-                    self.waits[robot] = wait
-                    self._touched.add(robot)
+                self._wait(robot, Wait(next_marker, resource, holder))
                 return Blocked(robot, resource, holder)
         holds[marker] = robot
         holds[lane] = robot
         self._next[robot] = (next_marker, at)
         self._entries[robot] = (at, next_marker)
-        self.waits.pop(robot, None)
+        self._wait(robot, None)
         self._touched.add(robot)
         return Grant(robot, next_marker, (at, next_marker))
 
@@ -215,7 +213,7 @@ class Traffic:
         del self._next[robot]
         self._at[robot] = marker
         self._entries[robot] = (marker, None)
-        self.waits.pop(robot, None)
+        self._wait(robot, None)
         self._touched.add(robot)
         return released
 
@@ -225,8 +223,30 @@ class Traffic:
 
     def unwait(self, robot: str) -> None:
         """Forget what the robot waits for (the dispatcher re-routes it)."""
-        if self.waits.pop(robot, None) is not None:
-            self._touched.add(robot)
+        self._wait(robot, None)
+
+    def waiting_for(self, resources: Iterable[str]) -> set[str]:
+        """The robots waiting for any of `resources`."""
+        waiting = self._waiting
+        return {r for resource in resources for r in waiting.get(resource, ())}
+
+    def _wait(self, robot: str, wait: Wait | None) -> None:
+        """Set (or, with None, end) what the robot waits for; its row changes only when the
+        wait does (a robot asking again for the same move waits as it did)."""
+        before = self.waits.get(robot)
+        if before == wait:
+            return
+        if before is not None:
+            robots = self._waiting[before.resource]
+            robots.discard(robot)
+            if not robots:
+                del self._waiting[before.resource]
+        if wait is None:
+            del self.waits[robot]
+        else:
+            self.waits[robot] = wait
+            self._waiting.setdefault(wait.resource, set()).add(robot)
+        self._touched.add(robot)
 
     def _drop(self, robot: str) -> list[str]:
         released = self.held(robot)
@@ -235,7 +255,7 @@ class Traffic:
         self._at.pop(robot, None)
         self._next.pop(robot, None)
         self._entries.pop(robot, None)
-        self.waits.pop(robot, None)
+        self._wait(robot, None)
         self._touched.add(robot)
         return released
 
@@ -432,7 +452,7 @@ class Traffic:
                     raise Conflict(f"robot {robot!r} waits but is at no marker", {})
                 wait = Wait(str(item["marker"]), str(item["resource"]), str(item["holder"]))
                 traffic._known(wait.marker)
-                traffic.waits[str(robot)] = wait
+                traffic._wait(str(robot), wait)
         except (KeyError, TypeError, AttributeError, Conflict, Invalid) as exc:
             reason = exc.message if isinstance(exc, Conflict | Invalid) else f"missing {exc}"
             raise Invalid(
