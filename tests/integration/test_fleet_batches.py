@@ -101,6 +101,15 @@ async def test_a_batch_reads_back_as_it_was_written(db_url: str) -> None:
         assert again == []
         [(_, table)] = await fleet.maps()
         assert table == {"robots": {"r1": {"at": "c", "next": None}}, "waits": {}}
+
+        # a row written over twice more: a wait comes, then goes (every column rewritten)
+        waiting = {"m": ({"r1": ("c", None, Wait("d", "lane:c|d", "r3"))}, set())}
+        await fleet.apply({}, {}, {}, [], waiting)
+        [(_, table)] = await fleet.maps()
+        assert table["waits"] == {"r1": {"marker": "d", "resource": "lane:c|d", "holder": "r3"}}
+        await fleet.apply({}, {}, {}, [], {"m": ({"r1": ("c", "b", None)}, set())})
+        [(_, table)] = await fleet.maps()
+        assert table == {"robots": {"r1": {"at": "c", "next": "b"}}, "waits": {}}
     finally:
         await db.close()
 

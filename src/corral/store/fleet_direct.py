@@ -35,7 +35,10 @@ _TRAFFIC_GONE = "DELETE FROM fleet_traffic WHERE map = $1 AND robot = ANY($2::va
 _TRAFFIC_ROWS = """INSERT INTO fleet_traffic
 (map, robot, "at", "next", wait_marker, wait_resource, wait_holder)
 SELECT $1, * FROM unnest($2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
-$6::varchar[], $7::varchar[])"""
+$6::varchar[], $7::varchar[])
+ON CONFLICT (map, robot) DO UPDATE SET "at" = EXCLUDED."at", "next" = EXCLUDED."next",
+wait_marker = EXCLUDED.wait_marker, wait_resource = EXCLUDED.wait_resource,
+wait_holder = EXCLUDED.wait_holder"""
 NONE = (None, None, None)  # a robot that waits for nothing
 _UPDATED: tuple[tuple[Any, str], ...] = ((MissionRow.__table__, "id"), (RobotRow.__table__, "name"))
 
@@ -71,7 +74,7 @@ async def apply(
     """`FleetStore.apply` in one transaction: the term proved first, then the missions' and
     robots' changed fields (one pipelined executemany per set of fields), the acks in one
     statement, the new commands in one (ids in the order given), and each map's traffic
-    rows (deleted, then written)."""
+    rows (the changed ones written over in one statement, the gone ones deleted)."""
     assert db.direct is not None
     term = db.term.confirm()
     now = utcnow()
@@ -105,8 +108,8 @@ async def apply(
             # one sequence, rows taken in the order given: the ids grow in that order
             ids = sorted(row["id"] for row in new)
         for name, (places, gone) in traffic.items():
-            if places or gone:
-                await conn.execute(_TRAFFIC_GONE, name, sorted(places.keys() | gone))
+            if gone:
+                await conn.execute(_TRAFFIC_GONE, name, sorted(gone))
             if places:
                 rows_now = [
                     (
