@@ -88,7 +88,6 @@ class Traffic:
         self._waiting: dict[str, set[str]] = {}  # resource -> the robots waiting for it
         self._at: dict[str, str] = {}  # robot -> the marker it is at
         self._next: dict[str, tuple[str, str]] = {}  # robot -> (granted marker, FROM)
-        self._entries: dict[str, tuple[str, str | None]] = {}  # robot -> (marker, granted move)
         # The robots whose row (entry and wait) changed since `changes` last took them: a
         # batch of decisions writes those rows only, without comparing 1,000 robots.
         self._touched: set[str] = set()
@@ -143,7 +142,6 @@ class Traffic:
         self._drop(robot)
         self.holds[resource] = robot
         self._at[robot] = marker
-        self._entries[robot] = (marker, None)
         self._touched.add(robot)
         return None
 
@@ -186,7 +184,6 @@ class Traffic:
         holds[marker] = robot
         holds[lane] = robot
         self._next[robot] = (next_marker, at)
-        self._entries[robot] = (at, next_marker)
         self._wait(robot, None)
         self._touched.add(robot)
         return Grant(robot, next_marker, (at, next_marker))
@@ -212,7 +209,6 @@ class Traffic:
             del self.holds[resource]
         del self._next[robot]
         self._at[robot] = marker
-        self._entries[robot] = (marker, None)
         self._wait(robot, None)
         self._touched.add(robot)
         return released
@@ -254,7 +250,6 @@ class Traffic:
             del self.holds[resource]
         self._at.pop(robot, None)
         self._next.pop(robot, None)
-        self._entries.pop(robot, None)
         self._wait(robot, None)
         self._touched.add(robot)
         return released
@@ -412,8 +407,12 @@ class Traffic:
         """Take the rows changed since the last call: the robots whose row changed, each
         with its row now, and the robots gone from the table (their rows to delete)."""
         touched, self._touched = self._touched, set()
-        entries, waits = self._entries, self.waits
-        places = {r: (*entries[r], waits.get(r)) for r in touched if r in entries}
+        at, moves, waits = self._at, self._next, self.waits
+        places: dict[str, Place] = {}
+        for r in touched:
+            if r in at:
+                step = moves.get(r)
+                places[r] = (at[r], step[0] if step else None, waits.get(r))
         return places, touched - places.keys()
 
     def touch(self, robots: Iterable[str]) -> None:
