@@ -373,16 +373,22 @@ def send(api: httpx.Client, robot: Robot, seq: int) -> tuple[int, float, float]:
 
 def trips(
     api: httpx.Client, robot: str, sent: dict[int, float], limit: float = 60.0
-) -> list[float]:
-    """Round trips (ms) of commands {id: wall clock sent}: until corral stored each ack
-    (`acked_at`, from the robot's command log, which holds its latest 100)."""
+) -> list[tuple[float, float]]:
+    """(round trip, to stored) in ms of commands {id: wall clock sent}: until corral stored
+    each ack (`acked_at`), and until corral took the command in (`created_at`), from the
+    robot's command log, which holds its latest 100."""
     deadline = time.monotonic() + limit
     while True:
         log = api.get(f"/fleet/robots/{robot}/commands/log").json()
-        acked = {e["id"]: e["acked_at"] for e in log if e["id"] in sent and e["acked_at"]}
+        acked = {e["id"]: e for e in log if e["id"] in sent and e["acked_at"]}
         if len(acked) == len(sent):
+            at = dt.datetime.fromisoformat
             return [
-                (dt.datetime.fromisoformat(acked[i]).timestamp() - sent[i]) * 1000 for i in sent
+                (
+                    (at(acked[i]["acked_at"]).timestamp() - sent[i]) * 1000,
+                    (at(acked[i]["created_at"]).timestamp() - sent[i]) * 1000,
+                )
+                for i in sent
             ]
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(sent) - len(acked)} commands of {robot} never acknowledged")
@@ -395,20 +401,32 @@ class Samples:
 
     delivery: list[float] = field(default_factory=list)
     trip: list[float] = field(default_factory=list)
-    sent: dict[int, float] = field(default_factory=dict)  # acks not read yet
+    # each round trip in three: (to taken in, then to the robot, then to its ack stored)
+    legs: list[tuple[float, float, float]] = field(default_factory=list)
+    sent: dict[int, tuple[float, float]] = field(default_factory=dict)  # acks not read yet
 
     def measure(self, api: httpx.Client, robot: Robot, seq: int, keep: bool = True) -> None:
         command_id, sent_wall, delivery = send(api, robot, seq)
         if keep:
             self.delivery.append(delivery)
-            self.sent[command_id] = sent_wall
+            self.sent[command_id] = (sent_wall, delivery)
         if len(self.sent) >= 50:
             self.flush(api, robot)
 
     def flush(self, api: httpx.Client, robot: Robot) -> None:
         if self.sent:
-            self.trip += trips(api, robot.name, self.sent)
+            walls = {i: wall for i, (wall, _) in self.sent.items()}
+            for (trip, taken), (_, delivery) in zip(
+                trips(api, robot.name, walls), self.sent.values(), strict=True
+            ):
+                self.trip.append(trip)
+                self.legs.append((taken, delivery - taken, trip - delivery))
             self.sent = {}
+
+    def slowest(self, n: int = 5) -> str:
+        """The n slowest round trips, each as total (taken in + to the robot + to its ack)."""
+        worst = sorted(self.legs, key=sum, reverse=True)[:n]
+        return ", ".join(f"{sum(w):.0f} ({w[0]:.0f}+{w[1]:.0f}+{w[2]:.0f})" for w in worst)
 
 
 def start_corral(
@@ -918,6 +936,9 @@ def print_loaded(rows: list[Loaded], base: Samples, idle: float, idle_healthz: l
             f"{ratio(t[2], pct(base.trip, 0.99)):>6}  {pct(healthz, 0.5):11.1f} "
             f"{pct(healthz, 0.99):6.1f}"
         )
+    for r in rows:
+        legs = "taken in + to the robot + to its ack stored"
+        print(f"{tag(r):>8} slowest trips, ms ({legs}): {r.probe.slowest()}")
     print()
     for r in rows:
         print(
