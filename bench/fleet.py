@@ -54,6 +54,11 @@ warning), so the load generator never shares its GIL. In one run:
    the sum; PostgreSQL's CPU is in "others". `--replicas 0` (the default) is one corral on
    SQLite, as before.
 
+4. **The live stream** (`--stream`): during the window the bench also follows
+   `GET /fleet/stream?every=0.5` on the last replica (a follower passes the leader's on)
+   and reports its frames, robot updates per second, and how old each robot's telemetry
+   was when its frame arrived (against the `at` the holding replica stamped).
+
 Run (about 5-6 minutes with the defaults, 2 of them registering the 1,750 robots):
     .venv/bin/python bench/fleet.py
     .venv/bin/python bench/fleet.py --robots 250,500,1000 --seconds 30 --commands 200
@@ -349,6 +354,38 @@ class Pinger(threading.Thread):
         self.stopping.set()
         self.join()
         self.api.close()
+
+
+class Watcher(threading.Thread):
+    """`GET /fleet/stream?every=0.5` (the live stream) on a replica: each frame's data kept
+    raw with the wall clock it arrived at, parsed after the window (see Sampler)."""
+
+    def __init__(self, url: str, out: Loaded) -> None:
+        super().__init__(daemon=True)
+        self.api = httpx.Client(base_url=url, headers=HEADERS, timeout=120)
+        self.out = out
+        self.frames: list[tuple[float, bytes]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with self.api.stream("GET", "/fleet/stream", params={"every": 0.5}) as live:
+            live.raise_for_status()
+            for line in live.iter_lines():
+                if line.startswith("data: ["):
+                    self.frames.append((time.time(), line[6:].encode()))
+                if self.stopping.is_set():
+                    return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
+        self.api.close()
+        for arrived, data in self.frames[1:]:  # the first frame is everyone, not news
+            for doc in json.loads(data):
+                at = doc.get("telemetry", {}).get("at") if isinstance(doc, dict) else None
+                if isinstance(at, int | float):
+                    self.out.stream_ages.append((arrived - at) * 1000)
+        self.out.stream_frames = len(self.frames)
 
 
 Robot = WsRobot | HttpLongRobot | HttpPollRobot
@@ -676,6 +713,8 @@ class Loaded:
     list_ms: list[float] = field(default_factory=list)
     healthz: list[float] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
+    stream_ages: list[float] = field(default_factory=list)  # --stream: age at arrival, ms
+    stream_frames: int = 0
     probe: Samples = field(default_factory=Samples)
 
 
@@ -786,6 +825,9 @@ def loaded(n: int, args: argparse.Namespace, replicas: int = 0) -> Loaded:
                 bench_cpu, busy = cpu_seconds("self"), machine_jiffies()
                 sampler.start()
                 pinger.start()
+                watcher = Watcher(servers[-1].url, out) if args.stream else None
+                if watcher is not None:
+                    watcher.start()
                 end = wall + args.seconds
                 gap = args.seconds / args.commands
                 seq = 0
@@ -813,6 +855,8 @@ def loaded(n: int, args: argparse.Namespace, replicas: int = 0) -> Loaded:
                 out.rss, out.hwm = sum(m[0] for m in memory), sum(m[1] for m in memory)
                 sampler.stop()
                 pinger.stop()
+                if watcher is not None:
+                    watcher.stop()
                 out.probe.flush(api, probe)
                 out.sent = (last["telemetry"] - first["telemetry"]) / out.seconds
                 out.commands = (last["commands"] - first["commands"]) / out.seconds
@@ -939,6 +983,14 @@ def print_loaded(rows: list[Loaded], base: Samples, idle: float, idle_healthz: l
     for r in rows:
         legs = "taken in + to the robot + to its ack stored"
         print(f"{tag(r):>8} slowest trips, ms ({legs}): {r.probe.slowest()}")
+    for r in rows:
+        if r.stream_frames:
+            print(
+                f"{tag(r):>8} GET /fleet/stream on the last replica: {r.stream_frames} frames, "
+                f"{len(r.stream_ages) / r.seconds:.0f} robot updates/s, age on arrival p50 "
+                f"{pct(r.stream_ages, 0.5):.0f} ms, p99 {pct(r.stream_ages, 0.99):.0f} ms, "
+                f"max {max(r.stream_ages, default=float('nan')):.0f} ms"
+            )
     print()
     for r in rows:
         print(
@@ -975,6 +1027,12 @@ def main() -> None:
         "on a private PostgreSQL (robots spread over them in turn), e.g. 1,2",
     )
     parser.add_argument("--no-unloaded", action="store_true", help="skip part 1")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="follow GET /fleet/stream (every 0.5 s) on the last replica during the window "
+        "and report how old the positions in its frames were on arrival",
+    )
     args = parser.parse_args()
     sizes = [int(x) for x in args.robots.split(",") if x.strip()]
     started = time.monotonic()

@@ -1,25 +1,27 @@
 """Robots held by whichever of two `corral serve` replicas (one PostgreSQL) they reach:
 an operator's command sent through one replica reaches a robot on the other and its ack
-is seen through the first; every replica shows every robot's position; killing the
-leader under load leaves robots connected (or back within moments), no reservation
-granted to two robots, no command lost or doubled.
+is seen through the first; every replica shows (and streams) every robot's position;
+killing the leader under load leaves robots connected (or back within moments), no
+reservation granted to two robots, no command lost or doubled.
 
 Times are printed, not asserted; bench/fleet.py keeps durations.
 """
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tests.support.leadership import leaders
 from tests.support.robot_peer import Ledger, PeerRobot
-from tests.support.server import ADMIN, ServeProcess, wait_until
+from tests.support.server import ADMIN, ServeProcess, corral_command, wait_until
 from tests.support.shuttles import SHUTTLES, keep_shuttling
 
 from corral.model.fleet_map import grid_map
@@ -46,6 +48,19 @@ def _connected(metrics: str, channel: str) -> dict[str, float]:
             replica = line.split('replica="')[1].split('"')[0]
             out[replica] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+async def _sse(answer: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    """The (event, data) frames of a server-sent event stream, comments skipped."""
+    kind, data = "message", ""
+    async for line in answer.aiter_lines():
+        if line.startswith("event: "):
+            kind = line[len("event: ") :]
+        elif line.startswith("data: "):
+            data += line[len("data: ") :]
+        elif not line and data:
+            yield kind, json.loads(data)
+            kind, data = "message", ""
 
 
 def test_a_robot_on_one_replica_gets_a_command_sent_through_the_other(
@@ -96,6 +111,42 @@ def test_a_robot_on_one_replica_gets_a_command_sent_through_the_other(
                     assert view["telemetry"]["marker"] == "r2c1"
                     assert view["state"] == "online"
                     assert view["marker"] == "r2c1", "the leader placed it from the report"
+
+                # The live stream, asked of the follower (which passes the leader's on):
+                # the robot's document at once, then its next report.
+                async with b.stream("GET", "/fleet/stream", params={"every": 0.2}) as live:
+                    assert live.status_code == 200
+                    frames = _sse(live)
+                    kind, first_frame = await anext(frames)
+                    assert kind == "robots"
+                    [doc] = [d for d in first_frame if d["name"] == "far"]
+                    assert doc["telemetry"]["battery"] == 81
+                    await robot.telemetry(marker="r2c1", battery=77)
+                    async with asyncio.timeout(30):
+                        async for kind, data in frames:
+                            far = [d for d in data if kind == "robots" and d["name"] == "far"]
+                            if far and far[0]["telemetry"]["battery"] == 77:
+                                break
+                # The same from a shell: `corral robot watch` through the follower.
+                watcher = await asyncio.create_subprocess_exec(
+                    *corral_command(),
+                    *("robot", "watch", "--every", "0.2"),
+                    env={**os.environ, "CORRAL_URL": second.url, "CORRAL_TOKEN": ADMIN},
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                try:
+                    assert watcher.stdout is not None
+                    line = (await asyncio.wait_for(watcher.stdout.readline(), 30)).decode()
+                    assert line.split()[:4] == ["far", "online", "yard", "r2c1"], line
+                    assert "77%" in line
+                finally:
+                    watcher.terminate()
+                    await asyncio.wait_for(watcher.wait(), 10)
+                for bad in ("0", "11", "nan", "soon"):
+                    refused = await b.get("/fleet/stream", params={"every": bad})
+                    assert refused.status_code == 422, (bad, refused.text)
+                    assert "every" in refused.text
 
                 for n in (1, 2, 3):
                     sent = await a.post(
@@ -180,6 +231,7 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
             running = [asyncio.create_task(r.run(stop)) for r in robots.values()]
             driver = asyncio.create_task(keep_shuttling(b, quiet, trips))
             operator = asyncio.create_task(_orders(b, list(robots), quiet))
+            watching = asyncio.create_task(_watch(b, quiet))
             try:
                 await asyncio.sleep(3)  # missions under way, commands flowing
                 assert first.proc is not None
@@ -194,6 +246,12 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
                 quiet.set()
                 await driver
                 ordered = await operator
+                firsts = await watching
+                # The live stream through the second replica ended with the first (the
+                # leader it passed on) and came back from the second, whole both times.
+                print(f"live stream connections, robots in each first frame: {firsts}")
+                assert len(firsts) >= 2
+                assert set(firsts) == {len(robots)}
                 # the last missions end, and every command is acknowledged
                 async with asyncio.timeout(60):
                     while True:
@@ -208,7 +266,7 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
             finally:
                 quiet.set()
                 stop.set()
-                await asyncio.gather(driver, operator, *running, return_exceptions=True)
+                await asyncio.gather(driver, operator, watching, *running, return_exceptions=True)
             for name, log in logs.items():
                 stored = sorted(c["id"] for c in log)
                 book = ledger if name in SHUTTLES else dock
@@ -233,6 +291,26 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
     finally:
         second.stop()
         first.stop()
+
+
+async def _watch(api: httpx.AsyncClient, stop: asyncio.Event) -> list[int]:
+    """Follow GET /fleet/stream until `stop`, connecting again whenever it ends (a 503
+    while no replica leads is tried again); how many robots each connection's first frame
+    held."""
+    firsts: list[int] = []
+    while not stop.is_set():
+        with contextlib.suppress(httpx.HTTPError):
+            async with api.stream("GET", "/fleet/stream", params={"every": 0.2}) as live:
+                if live.status_code == 200:
+                    first = True
+                    async for kind, data in _sse(live):
+                        if first and kind == "robots":
+                            firsts.append(len(data))
+                            first = False
+                        if stop.is_set():
+                            break
+        await asyncio.sleep(0.2)
+    return firsts
 
 
 async def _leader_urls(api: httpx.AsyncClient) -> list[str]:

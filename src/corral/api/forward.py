@@ -8,6 +8,7 @@ Installed by create_app; a no-op on SQLite and on the leader.
 """
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -105,19 +106,58 @@ class LeaderForward:
         )
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0))
+        request = self.client.build_request(scope["method"], url, content=body, headers=headers)
+        answer: httpx.Response | None = None
         try:
-            answer = await self.client.request(scope["method"], url, content=body, headers=headers)
+            answer = await self.client.send(request, stream=True)
+            out: list[Any] = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in answer.headers.items()
+                if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"
+            ]
+            if answer.headers.get("content-type", "").startswith("text/event-stream"):
+                await self._pass_stream(answer, out, receive, send)  # ends on HTTP errors
+                return
+            content = await answer.aread()
         except httpx.HTTPError as exc:
             response = error_response(
                 503, "leader_unreachable", f"the leader at {leader} did not answer: {exc}"
             )
             await response(scope, receive, send)
             return
-        out: list[Any] = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in answer.headers.items()
-            if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"
-        ]
-        out.append((b"content-length", str(len(answer.content)).encode()))
+        finally:
+            if answer is not None:
+                await answer.aclose()
+        out.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": answer.status_code, "headers": out})
-        await send({"type": "http.response.body", "body": answer.content})
+        await send({"type": "http.response.body", "body": content})
+
+    @staticmethod
+    async def _pass_stream(
+        answer: httpx.Response, headers: list[Any], receive: Receive, send: Send
+    ) -> None:
+        """The leader's event stream, passed on as it comes until either end leaves (the
+        client hanging up closes the leader's stream; the leader's end, or its loss, ends
+        the client's, whose reconnect finds the next leader)."""
+        await send(
+            {"type": "http.response.start", "status": answer.status_code, "headers": headers}
+        )
+
+        async def pump() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                async for chunk in answer.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def hang_up() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(hang_up())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(OSError, RuntimeError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,12 +1,16 @@
-"""Plain-text streaming answers (container output) for the stack and session routes.
+"""Streaming answers: plain text (container output) for the stack and session routes, and
+the headers of every server-sent event stream (events, the fleet's live stream).
 
-The first chunk is read before the answer starts, so a missing container is still a clean
-4xx rather than a stream that breaks off.
+The first chunk of a text stream is read before the answer starts, so a missing container
+is still a clean 4xx rather than a stream that breaks off.
 """
 
 from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
+
+# nothing between corral and the reader keeps or holds back a frame
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 async def text_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:

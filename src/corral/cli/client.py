@@ -194,10 +194,8 @@ class Api:
             while chunk := response.read1(65536):
                 yield chunk
 
-    def stream(
-        self, path: str, params: dict[str, Any], last_id: int | None
-    ) -> Iterator[dict[str, Any]]:
-        """Yield events from an SSE endpoint until the server closes it."""
+    def stream(self, path: str, params: dict[str, Any], last_id: int | None) -> Iterator[Any]:
+        """Yield each frame's data from an SSE endpoint until the server closes it."""
         headers = {} if last_id is None else {"Last-Event-ID": str(last_id)}
         with self._streamed(path, params, headers, 60.0) as response:
             while line := response.readline():

@@ -5,6 +5,8 @@ A robot's credential is printed once, by `robot add` and `robot rotate`.
 """
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,25 +109,60 @@ def list_robots(ctx: typer.Context) -> None:
     if state(ctx).json:
         emit_json(found)
         return
-    rows = []
-    for r in found:
-        t = r["telemetry"]
-        lane = t.get("lane")
-        where = r["marker"] or "-"
-        if lane:
-            where = f"{lane[0]}>{lane[1]} {t.get('progress', 0):.0%}"
-        battery = t.get("battery")
-        rows.append(
-            [
-                r["name"],
-                r["state"],
-                r["map"] or "-",
-                where,
-                f"{battery:.0f}%" if isinstance(battery, int | float) else "-",
-                ago(r["last_seen"]),
-            ]
-        )
-    table(["NAME", "STATE", "MAP", "WHERE", "BATTERY", "SEEN"], rows, "no robots")
+    table(ROBOT_COLUMNS, [_robot_row(r) for r in found], "no robots")
+
+
+ROBOT_COLUMNS = ["NAME", "STATE", "MAP", "WHERE", "BATTERY", "SEEN"]
+
+
+def _robot_row(r: dict[str, Any]) -> list[str]:
+    t = r["telemetry"]
+    lane = t.get("lane")
+    where = r["marker"] or "-"
+    if lane:
+        where = f"{lane[0]}>{lane[1]} {t.get('progress', 0):.0%}"
+    battery = t.get("battery")
+    return [
+        r["name"],
+        r["state"],
+        r["map"] or "-",
+        where,
+        f"{battery:.0f}%" if isinstance(battery, int | float) else "-",
+        ago(r["last_seen"]),
+    ]
+
+
+@robots.command("watch")
+def watch(
+    ctx: typer.Context,
+    every: Annotated[
+        float, typer.Option(help="seconds between updates (0.1-10)", min=0.1, max=10.0)
+    ] = 0.5,
+) -> None:
+    """Follow the robots live: a line for each robot whose place, state or telemetry
+    changed (every robot at first), and for each robot removed, until interrupted."""
+    cli = state(ctx)
+    api = cli.api()
+    try:
+        while True:
+            try:  # the stream ends when the leader changes: follow the next one
+                for frame in api.stream("/fleet/stream", {"every": every}, None):
+                    items: list[Any] = frame if isinstance(frame, list) else []
+                    for item in items:
+                        if cli.json:
+                            emit_json(item if isinstance(item, dict) else {"removed": item})
+                        elif isinstance(item, dict):
+                            out.print("  ".join(_robot_row(item)))
+                        else:
+                            out.print(f"{item}  removed")
+                    sys.stdout.flush()  # each update as it comes, into a pipe too
+            except CliError as exc:
+                if exc.code == 2:
+                    raise
+                typer.echo(f"{exc.message}; retrying", err=True)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return
 
 
 @robots.command("show")

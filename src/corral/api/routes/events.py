@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import CoreDep, Reader
+from corral.api.streams import SSE_HEADERS
 from corral.core import Core
 from corral.errors import Invalid
 from corral.model.events import EventFilter
@@ -78,9 +79,8 @@ async def stream_events(
             raise Invalid("Last-Event-ID must be an event id", {"field": "Last-Event-ID"})
         start = int(last_event_id)
     where = _filter(kind, resource, None, None, None)
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(
-        _follow(core, where, start), media_type="text/event-stream", headers=headers
+        _follow(core, where, start), media_type="text/event-stream", headers=SSE_HEADERS
     )
 
 

@@ -11,15 +11,18 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from corral.api.deps import CoreDep, Reader, Writer, bearer
 from corral.api.links import answer_links
 from corral.api.robot_session import serve_robot
+from corral.api.streams import SSE_HEADERS
 from corral.control.access import Caller
 from corral.core import Core
 from corral.errors import Conflict, Forbidden, Invalid
+from corral.fleet.live import follow
 from corral.fleet.missions import mission_doc
 from corral.fleet.service import MAX_COMMAND_ID, OPERATOR_KINDS
 from corral.model.fields import Integer
@@ -179,6 +182,34 @@ async def robots(core: CoreDep, _: Reader) -> Response:
     # every command waits on). Telemetry holds only checked fields (`_telemetry`).
     docs = [core.fleet.doc(name) for name in sorted(core.fleet.robots)]
     return Response(orjson.dumps(docs), media_type="application/json")
+
+
+@router.get(
+    "/stream",
+    summary="Follow every robot's place, state and telemetry (server-sent events)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_robots(
+    core: CoreDep,
+    _: Reader,
+    every: Annotated[
+        float, Query(ge=0.1, le=10.0, description="seconds between frames (0.1-10)")
+    ] = 0.5,
+) -> StreamingResponse:
+    # Served by the leader, which hears every replica's robots (a follower passes the
+    # stream through); it ends when this replica stops leading, and the client's reconnect
+    # reaches the next leader.
+    fleet, replicas = core.fleet, core.replicas
+
+    def doc_of(name: str) -> dict[str, Any] | None:
+        return fleet.doc(name) if name in fleet.robots else None
+
+    def going() -> bool:
+        return not replicas.shared or replicas.leading.is_set()
+
+    frames = follow(lambda: sorted(fleet.robots), doc_of, every, going, core.stopping)
+    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.get("/robots/{name}", summary="One robot")

@@ -1,0 +1,89 @@
+"""The fleet's live view as a stream: every robot's document once, then every few tenths of
+a second the robots whose place, state or telemetry changed, and the robots removed.
+
+Served by `GET /fleet/stream` on the leader (which hears every replica's robots; a follower
+passes the stream through), for dashboards and tools that follow a fleet without polling.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import orjson
+
+from corral.waits import pause
+
+DocOf = Callable[[str], dict[str, Any] | None]  # a robot's document, None once it is gone
+SLICE = 250  # robots' documents built per turn of the event loop
+
+
+def _same(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a document news: all of it but when the robot was last heard and when
+    its latest report came (a robot standing still and saying so is not news)."""
+    telemetry = doc.get("telemetry") or {}
+    return (
+        doc.get("state"),
+        doc.get("connected"),
+        doc.get("map"),
+        doc.get("marker"),
+        doc.get("group"),
+        doc.get("priority"),
+        orjson.dumps(
+            {k: v for k, v in telemetry.items() if k != "at"}, option=orjson.OPT_SORT_KEYS
+        ),
+    )
+
+
+class LiveView:
+    """One stream client's view: what it was last sent of each robot."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, tuple[Any, ...]] = {}
+
+    async def frame(self, names: Iterable[str], doc_of: DocOf) -> tuple[list[Any], list[str]]:
+        """(the documents of the robots that changed since the last frame, every robot in
+        the first; the names of those gone since), built a slice at a time."""
+        changed: list[Any] = []
+        seen: set[str] = set()
+        for at, name in enumerate(list(names)):
+            if at and at % SLICE == 0:
+                await asyncio.sleep(0)
+            doc = doc_of(name)
+            if doc is None:
+                continue
+            seen.add(name)
+            key = _same(doc)
+            if self.sent.get(name) != key:
+                self.sent[name] = key
+                changed.append(doc)
+        gone = sorted(set(self.sent) - seen)
+        for name in gone:
+            del self.sent[name]
+        return changed, gone
+
+
+def sse(kind: str, data: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def follow(
+    names: Callable[[], Iterable[str]],
+    doc_of: DocOf,
+    every: float,
+    going: Callable[[], bool],
+    stopping: asyncio.Event,
+) -> AsyncIterator[bytes]:
+    """The stream's frames: `robots` (a list of documents) and `removed` (a list of names)
+    every `every` seconds while `going()` and not `stopping`, a comment when nothing
+    changed (it keeps proxies from closing a quiet stream)."""
+    view = LiveView()
+    yield b": connected\n\n"
+    while going() and not stopping.is_set():
+        changed, gone = await view.frame(names(), doc_of)
+        if changed:
+            yield sse("robots", changed)
+        if gone:
+            yield sse("removed", gone)
+        if not (changed or gone):
+            yield b": no change\n\n"
+        await pause(every, stopping)

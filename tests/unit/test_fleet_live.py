@@ -1,0 +1,69 @@
+"""The fleet's live stream: the first frame holds every robot, later ones only the robots
+whose place, state or telemetry changed (not those merely heard again), and the removed."""
+
+import asyncio
+from typing import Any
+
+from corral.fleet.live import LiveView, follow
+
+
+def _doc(
+    name: str, marker: str, battery: float, at: float, state: str = "online"
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "state": state,
+        "connected": True,
+        "map": "yard",
+        "marker": marker,
+        "group": None,
+        "priority": 0,
+        "last_seen": str(at),
+        "telemetry": {"battery": battery, "marker": marker, "at": at},
+    }
+
+
+def test_frames_carry_what_changed_and_who_left() -> None:
+    docs = {"a": _doc("a", "m1", 90, 1.0), "b": _doc("b", "m2", 80, 1.0)}
+
+    async def frames() -> list[tuple[list[Any], list[str]]]:
+        view = LiveView()
+        out = [await view.frame(list(docs), docs.get)]
+        docs["a"] = _doc("a", "m1", 90, 1.5)  # heard again, nothing new
+        docs["b"] = _doc("b", "m3", 80, 1.5)  # moved on
+        out.append(await view.frame(list(docs), docs.get))
+        del docs["a"]
+        docs["b"] = _doc("b", "m3", 80, 2.0, state="offline")
+        out.append(await view.frame(["a", "b"], docs.get))  # a's name, but it is gone
+        out.append(await view.frame(list(docs), docs.get))
+        return out
+
+    first, second, third, fourth = asyncio.run(frames())
+    assert [d["name"] for d in first[0]] == ["a", "b"]
+    assert first[1] == []
+    assert [d["marker"] for d in second[0]] == ["m3"]
+    assert second[1] == []
+    assert [(d["name"], d["state"]) for d in third[0]] == [("b", "offline")]
+    assert third[1] == ["a"]
+    assert fourth == ([], [])
+
+
+def test_the_stream_says_when_nothing_changed_and_ends_when_told() -> None:
+    docs = {f"r{i}": _doc(f"r{i}", "m1", 50, 1.0) for i in range(600)}  # more than a slice
+    turns = iter([True, True, False])
+
+    async def read() -> list[bytes]:
+        stopping = asyncio.Event()
+        return [
+            chunk
+            async for chunk in follow(
+                lambda: list(docs), docs.get, 0.01, lambda: next(turns), stopping
+            )
+        ]
+
+    chunks = asyncio.run(read())
+    assert chunks[0] == b": connected\n\n"
+    assert chunks[1].startswith(b"event: robots\ndata: [")
+    assert chunks[1].count(b'"name"') == 600
+    assert chunks[2] == b": no change\n\n"
+    assert len(chunks) == 3
