@@ -67,3 +67,21 @@ def test_the_stream_says_when_nothing_changed_and_ends_when_told() -> None:
     assert chunks[1].count(b'"name"') == 600
     assert chunks[2] == b": no change\n\n"
     assert len(chunks) == 3
+
+
+def test_an_empty_fleet_still_gets_its_first_frame() -> None:
+    turns = iter([True, True, False])
+
+    async def read() -> list[bytes]:
+        return [
+            chunk
+            async for chunk in follow(
+                list, lambda _: None, 0.01, lambda: next(turns), asyncio.Event()
+            )
+        ]
+
+    assert asyncio.run(read()) == [
+        b": connected\n\n",
+        b"event: robots\ndata: []\n\n",
+        b": no change\n\n",
+    ]

@@ -73,17 +73,20 @@ async def follow(
     going: Callable[[], bool],
     stopping: asyncio.Event,
 ) -> AsyncIterator[bytes]:
-    """The stream's frames: `robots` (a list of documents) and `removed` (a list of names)
-    every `every` seconds while `going()` and not `stopping`, a comment when nothing
-    changed (it keeps proxies from closing a quiet stream)."""
+    """The stream's frames: `robots` (a list of documents; the first one always, every
+    robot, even none) and `removed` (a list of names) every `every` seconds while
+    `going()` and not `stopping`, a comment when nothing changed (it keeps proxies from
+    closing a quiet stream)."""
     view = LiveView()
     yield b": connected\n\n"
+    first = True
     while going() and not stopping.is_set():
         changed, gone = await view.frame(names(), doc_of)
-        if changed:
+        if changed or first:
             yield sse("robots", changed)
         if gone:
             yield sse("removed", gone)
-        if not (changed or gone):
+        if not (changed or gone or first):
             yield b": no change\n\n"
+        first = False
         await pause(every, stopping)
