@@ -145,7 +145,7 @@ class LeaderForward:
 
         async def pump() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                async for chunk in answer.aiter_raw():
+                async for chunk in answer.aiter_bytes():  # decoded, as the header is dropped
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
         async def hang_up() -> None:
