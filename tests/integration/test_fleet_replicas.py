@@ -51,10 +51,13 @@ def _connected(metrics: str, channel: str) -> dict[str, float]:
 
 
 async def _sse(answer: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
-    """The (event, data) frames of a server-sent event stream, comments skipped."""
+    """The (event, data) frames of a server-sent event stream; a comment line (a quiet
+    turn) as ("", None)."""
     kind, data = "message", ""
     async for line in answer.aiter_lines():
-        if line.startswith("event: "):
+        if line.startswith(":"):
+            yield "", None
+        elif line.startswith("event: "):
             kind = line[len("event: ") :]
         elif line.startswith("data: "):
             data += line[len("data: ") :]
@@ -117,16 +120,22 @@ def test_a_robot_on_one_replica_gets_a_command_sent_through_the_other(
                 async with b.stream("GET", "/fleet/stream", params={"every": 0.2}) as live:
                     assert live.status_code == 200
                     frames = _sse(live)
-                    kind, first_frame = await anext(frames)
+                    kind, first_frame = "", None
+                    while not kind:  # past the comment that opens it
+                        kind, first_frame = await anext(frames)
                     assert kind == "robots"
                     [doc] = [d for d in first_frame if d["name"] == "far"]
                     assert doc["telemetry"]["battery"] == 81
                     await robot.telemetry(marker="r2c1", battery=77)
+                    news: list[Any] = []
                     async with asyncio.timeout(30):
                         async for kind, data in frames:
-                            far = [d for d in data if kind == "robots" and d["name"] == "far"]
-                            if far and far[0]["telemetry"]["battery"] == 77:
+                            if kind == "robots":
+                                news += [d for d in data if d["name"] == "far"]
+                            if news and news[-1]["telemetry"]["battery"] == 77:
                                 break
+                    assert news, "the stream went on to the robot's next report"
+                    assert news[-1]["telemetry"]["battery"] == 77
                 # The same from a shell: `corral robot watch` through the follower.
                 watcher = await asyncio.create_subprocess_exec(
                     *corral_command(),
@@ -232,6 +241,15 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
             driver = asyncio.create_task(keep_shuttling(b, quiet, trips))
             operator = asyncio.create_task(_orders(b, list(robots), quiet))
             watching = asyncio.create_task(_watch(b, quiet))
+            watcher = await asyncio.create_subprocess_exec(  # `corral robot watch` too
+                *corral_command(),
+                *("robot", "watch", "--every", "0.2"),
+                env={**os.environ, "CORRAL_URL": second.url, "CORRAL_TOKEN": ADMIN},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            printed: list[tuple[float, str]] = []
+            reading = asyncio.create_task(_lines(watcher, printed))
             try:
                 await asyncio.sleep(3)  # missions under way, commands flowing
                 assert first.proc is not None
@@ -241,7 +259,8 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
                     if second.url in await _leader_urls(b):
                         break
                     await asyncio.sleep(0.1)
-                print(f"the second replica leads {time.monotonic() - killed:.2f} s after the kill")
+                led = time.monotonic()
+                print(f"the second replica leads {led - killed:.2f} s after the kill")
                 await asyncio.sleep(4)  # missions and commands on the new leader
                 quiet.set()
                 await driver
@@ -252,6 +271,12 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
                 print(f"live stream connections, robots in each first frame: {firsts}")
                 assert len(firsts) >= 2
                 assert set(firsts) == {len(robots)}
+                # The CLI followed the stream to the new leader: every robot printed again.
+                async with asyncio.timeout(30):
+                    while True:
+                        if {n for at, n in printed if at > led} == set(robots):
+                            break
+                        await asyncio.sleep(0.2)
                 # the last missions end, and every command is acknowledged
                 async with asyncio.timeout(60):
                     while True:
@@ -266,7 +291,12 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
             finally:
                 quiet.set()
                 stop.set()
-                await asyncio.gather(driver, operator, watching, *running, return_exceptions=True)
+                if watcher.returncode is None:
+                    watcher.terminate()
+                await asyncio.wait_for(watcher.wait(), 10)
+                await asyncio.gather(
+                    driver, operator, watching, reading, *running, return_exceptions=True
+                )
             for name, log in logs.items():
                 stored = sorted(c["id"] for c in log)
                 book = ledger if name in SHUTTLES else dock
@@ -291,6 +321,15 @@ def test_killing_the_leader_under_load_loses_no_command_and_doubles_no_grant(
     finally:
         second.stop()
         first.stop()
+
+
+async def _lines(process: asyncio.subprocess.Process, into: list[tuple[float, str]]) -> None:
+    """Each line `corral robot watch` prints: (when, the robot it names), until it ends."""
+    assert process.stdout is not None
+    while line := await process.stdout.readline():
+        words = line.decode().split()
+        if words:
+            into.append((time.monotonic(), words[0]))
 
 
 async def _watch(api: httpx.AsyncClient, stop: asyncio.Event) -> list[int]:

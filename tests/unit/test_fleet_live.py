@@ -2,6 +2,7 @@
 whose place, state or telemetry changed (not those merely heard again), and the removed."""
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from corral.fleet.live import LiveView, follow
@@ -48,40 +49,51 @@ def test_frames_carry_what_changed_and_who_left() -> None:
     assert fourth == ([], [])
 
 
-def test_the_stream_says_when_nothing_changed_and_ends_when_told() -> None:
+async def _first(frames: AsyncIterator[bytes], n: int) -> list[bytes]:
+    """The stream's first n chunks; then it is closed, as a client hanging up closes it."""
+    chunks = []
+    async for chunk in frames:
+        chunks.append(chunk)
+        if len(chunks) == n:
+            break
+    await frames.aclose()  # type: ignore[attr-defined]
+    return chunks
+
+
+def test_the_stream_says_when_nothing_changed() -> None:
     docs = {f"r{i}": _doc(f"r{i}", "m1", 50, 1.0) for i in range(600)}  # more than a slice
-    turns = iter([True, True, False])
+    frames = follow(lambda: list(docs), docs.get, 0.01, lambda: True, asyncio.Event())
 
-    async def read() -> list[bytes]:
-        stopping = asyncio.Event()
-        return [
-            chunk
-            async for chunk in follow(
-                lambda: list(docs), docs.get, 0.01, lambda: next(turns), stopping
-            )
-        ]
-
-    chunks = asyncio.run(read())
+    chunks = asyncio.run(_first(frames, 3))
     assert chunks[0] == b": connected\n\n"
     assert chunks[1].startswith(b"event: robots\ndata: [")
     assert chunks[1].count(b'"name"') == 600
     assert chunks[2] == b": no change\n\n"
-    assert len(chunks) == 3
 
 
 def test_an_empty_fleet_still_gets_its_first_frame() -> None:
-    turns = iter([True, True, False])
+    frames = follow(list, lambda _: None, 0.01, lambda: True, asyncio.Event())
 
-    async def read() -> list[bytes]:
-        return [
-            chunk
-            async for chunk in follow(
-                list, lambda _: None, 0.01, lambda: next(turns), asyncio.Event()
-            )
-        ]
-
-    assert asyncio.run(read()) == [
+    assert asyncio.run(_first(frames, 3)) == [
         b": connected\n\n",
         b"event: robots\ndata: []\n\n",
         b": no change\n\n",
     ]
+
+
+def test_the_stream_ends_when_its_replica_stops_leading_or_stops() -> None:
+    lead = [True]
+
+    async def read(stopping: asyncio.Event, every: float) -> list[bytes]:
+        chunks = []
+        async for chunk in follow(list, lambda _: None, every, lambda: lead[0], stopping):
+            chunks.append(chunk)
+            if chunk.startswith(b"event: robots"):
+                lead[0] = False  # lost while the stream waits out its 10 s: it ends
+        return chunks
+
+    assert len(asyncio.run(read(asyncio.Event(), 10.0))) == 2
+    stopped = asyncio.Event()
+    stopped.set()
+    lead[0] = True
+    assert asyncio.run(read(stopped, 10.0)) == [b": connected\n\n"]

@@ -22,6 +22,9 @@ from corral.core import Core
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 ELECTION_WAIT_SECONDS = 5.0  # a request that finds no leader waits this long for one
+# a passed-on event stream silent this long is ended (corral's streams speak every 10 s
+# at most), so a leader gone without closing its connection does not hold its readers
+STREAM_SILENCE_SECONDS = 30.0
 LEADER_READS = ("/fleet", "/farm/arm", "/brokers")
 LOCAL = ("/healthz", "/metrics", "/events", "/ui", "/docs", "/openapi.json", "/whoami")
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
@@ -144,8 +147,10 @@ class LeaderForward:
         )
 
         async def pump() -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                async for chunk in answer.aiter_bytes():  # decoded, as the header is dropped
+            chunks = answer.aiter_bytes()  # decoded, as the header is dropped
+            with contextlib.suppress(httpx.HTTPError, TimeoutError, StopAsyncIteration):
+                while True:  # a leader cut off without a word is given up after a silence
+                    chunk = await asyncio.wait_for(anext(chunks), STREAM_SILENCE_SECONDS)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
         async def hang_up() -> None:

@@ -176,9 +176,9 @@ class Api:
         """A streamed answer, checked, to read while in the block; its reads wait
         `read_timeout` (None: for ever). Its connection closes when the block ends."""
         connection, response = self._open("GET", path, params=params, headers=headers)
-        if response.status >= 400:
+        if response.status >= 400:  # 5xx (no leader for a moment): worth asking again
             reply = self._whole(connection, response)
-            raise CliError(_error_line(reply), 2)
+            raise CliError(_error_line(reply), 2 if response.status < 500 else 1)
         if connection.sock is not None:
             connection.sock.settimeout(read_timeout)
         try:

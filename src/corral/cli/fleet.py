@@ -140,7 +140,8 @@ def watch(
     ] = 0.5,
 ) -> None:
     """Follow the robots live: a line for each robot whose place, state or telemetry
-    changed (every robot at first), and for each robot removed, until interrupted."""
+    changed (every robot at first, and again after a reconnect), and for each robot
+    removed, until interrupted; --json: a document per line."""
     cli = state(ctx)
     api = cli.api()
     try:
@@ -149,8 +150,9 @@ def watch(
                 for frame in api.stream("/fleet/stream", {"every": every}, None):
                     items: list[Any] = frame if isinstance(frame, list) else []
                     for item in items:
-                        if cli.json:
-                            emit_json(item if isinstance(item, dict) else {"removed": item})
+                        if cli.json:  # a document per line, for jq -c and the like
+                            line = item if isinstance(item, dict) else {"removed": item}
+                            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
                         elif isinstance(item, dict):
                             out.print("  ".join(_robot_row(item)))
                         else:

@@ -15,6 +15,7 @@ from corral.waits import pause
 
 DocOf = Callable[[str], dict[str, Any] | None]  # a robot's document, None once it is gone
 SLICE = 250  # robots' documents built per turn of the event loop
+LOOK_EVERY = 0.5  # seconds: how soon a stream sees that its replica stopped leading
 
 
 def _same(doc: dict[str, Any]) -> tuple[Any, ...]:
@@ -89,4 +90,8 @@ async def follow(
         if not (changed or gone or first):
             yield b": no change\n\n"
         first = False
-        await pause(every, stopping)
+        waited = 0.0
+        while waited < every and going() and not stopping.is_set():  # a lost lead ends it soon
+            step = min(LOOK_EVERY, every - waited)
+            await pause(step, stopping)
+            waited += step

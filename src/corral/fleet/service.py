@@ -15,7 +15,7 @@ import itertools
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from corral.control.tasks import Executor, TaskService
 from corral.errors import Conflict, CorralError, Invalid, NotFound, Unauthorized
 from corral.events import EventBus
 from corral.fleet.links import Link, Links, Seal
+from corral.fleet.live import follow
 from corral.fleet.mapping import MappingSessions
 from corral.fleet.meter import FleetMeter
 from corral.fleet.missions import Dispatcher, mission_doc
@@ -103,6 +104,17 @@ class FleetService:
 
     def leads(self) -> bool:
         return self.peers is None or bool(self.peers.leading())
+
+    def stream(self, every: float, stopping: asyncio.Event) -> AsyncIterator[bytes]:
+        """The live stream's frames (fleet/live.py), served by the leader, which hears every
+        replica's robots; it ends when this replica stops leading or `stopping`."""
+        if not self.leads():
+            raise StaleTerm("this replica does not lead now; ask again for the next leader's")
+
+        def doc_of(name: str) -> dict[str, Any] | None:
+            return self.doc(name) if name in self.robots else None
+
+        return follow(lambda: sorted(self.robots), doc_of, every, self.leads, stopping)
 
     async def run_peers(self, stopping: asyncio.Event) -> None:
         if self.peers is not None:

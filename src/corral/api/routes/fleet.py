@@ -22,7 +22,6 @@ from corral.api.streams import SSE_HEADERS
 from corral.control.access import Caller
 from corral.core import Core
 from corral.errors import Conflict, Forbidden, Invalid
-from corral.fleet.live import follow
 from corral.fleet.missions import mission_doc
 from corral.fleet.service import MAX_COMMAND_ID, OPERATOR_KINDS
 from corral.model.fields import Integer
@@ -197,18 +196,9 @@ async def stream_robots(
         float, Query(ge=0.1, le=10.0, description="seconds between frames (0.1-10)")
     ] = 0.5,
 ) -> StreamingResponse:
-    # Served by the leader, which hears every replica's robots (a follower passes the
-    # stream through); it ends when this replica stops leading, and the client's reconnect
-    # reaches the next leader.
-    fleet, replicas = core.fleet, core.replicas
-
-    def doc_of(name: str) -> dict[str, Any] | None:
-        return fleet.doc(name) if name in fleet.robots else None
-
-    def going() -> bool:
-        return not replicas.shared or replicas.leading.is_set()
-
-    frames = follow(lambda: sorted(fleet.robots), doc_of, every, going, core.stopping)
+    # A follower passes it to the leader (api/forward.py); 503 not_leader here if this
+    # replica's lead ended in between. The client's reconnect reaches the next leader.
+    frames = core.fleet.stream(every, core.stopping)
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
