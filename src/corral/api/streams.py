@@ -6,11 +6,18 @@ is still a clean 4xx rather than a stream that breaks off.
 """
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 
 # nothing between corral and the reader keeps or holds back a frame
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+# a route's OpenAPI answer for a server-sent event stream
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
+def event_stream(frames: AsyncIterator[Any]) -> StreamingResponse:
+    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def text_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:

@@ -9,7 +9,9 @@ import http.client
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from corral import DEFAULT_PORT
 from corral.exits import CliError
+
+RETRY_SECONDS = 1.0  # before a followed stream is opened again
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -193,6 +197,29 @@ class Api:
         with self._streamed(path, params, {}, None) as response:
             while chunk := response.read1(65536):
                 yield chunk
+
+    def follow(
+        self,
+        path: str,
+        params: dict[str, Any],
+        handle: Callable[[Any], None],
+        last_id: Callable[[], int | None] = lambda: None,
+    ) -> None:
+        """Give each frame's data of an SSE endpoint to `handle` until interrupted, opening
+        it again (after `last_id()`) whenever it ends or the server answers 5xx (no leader
+        for a moment); a 4xx ends it with its CliError."""
+        try:
+            while True:
+                try:
+                    for data in self.stream(path, params, last_id()):
+                        handle(data)
+                except CliError as exc:
+                    if exc.code == 2:
+                        raise
+                    print(f"{exc.message}; retrying", file=sys.stderr, flush=True)
+                time.sleep(RETRY_SECONDS)
+        except KeyboardInterrupt:
+            return
 
     def stream(self, path: str, params: dict[str, Any], last_id: int | None) -> Iterator[Any]:
         """Yield each frame's data from an SSE endpoint until the server closes it."""

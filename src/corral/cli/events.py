@@ -3,7 +3,6 @@
 Following reconnects by itself after a dropped connection, resuming from the last event.
 """
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -13,8 +12,6 @@ from corral.cli.context import state
 from corral.cli.output import emit_json, out, parse_time
 from corral.cli.tokens import parse_duration
 from corral.exits import CliError
-
-RETRY_SECONDS = 1.0
 
 
 def _since(value: str | None) -> str | None:
@@ -62,16 +59,10 @@ def events(
         return
     last = past[-1]["id"] if past else None
     live = {k: v for k, v in (("kind", kind), ("resource", resource)) if v}
-    try:
-        while True:
-            try:
-                for event in api.stream("/events/stream", live, last):
-                    _line(event, cli.json)
-                    last = event["id"]
-            except CliError as exc:
-                if exc.code == 2:
-                    raise
-                typer.echo(f"{exc.message}; retrying", err=True)
-            time.sleep(RETRY_SECONDS)
-    except KeyboardInterrupt:
-        return
+
+    def printed(event: dict[str, Any]) -> None:
+        nonlocal last
+        _line(event, cli.json)
+        last = event["id"]
+
+    api.follow("/events/stream", live, printed, lambda: last)  # resumes after the last

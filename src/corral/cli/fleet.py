@@ -6,7 +6,6 @@ A robot's credential is printed once, by `robot add` and `robot rotate`.
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -143,28 +142,20 @@ def watch(
     changed (every robot at first, and again after a reconnect), and for each robot
     removed, until interrupted; --json: a document per line."""
     cli = state(ctx)
-    api = cli.api()
-    try:
-        while True:
-            try:  # the stream ends when the leader changes: follow the next one
-                for frame in api.stream("/fleet/stream", {"every": every}, None):
-                    items: list[Any] = frame if isinstance(frame, list) else []
-                    for item in items:
-                        if cli.json:  # a document per line, for jq -c and the like
-                            line = item if isinstance(item, dict) else {"removed": item}
-                            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
-                        elif isinstance(item, dict):
-                            out.print("  ".join(_robot_row(item)))
-                        else:
-                            out.print(f"{item}  removed")
-                    sys.stdout.flush()  # each update as it comes, into a pipe too
-            except CliError as exc:
-                if exc.code == 2:
-                    raise
-                typer.echo(f"{exc.message}; retrying", err=True)
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        return
+
+    def printed(frame: Any) -> None:  # robots' documents, or the names of robots removed
+        for item in frame if isinstance(frame, list) else []:
+            if cli.json:  # a document per line, for jq -c and the like
+                line = item if isinstance(item, dict) else {"removed": item}
+                sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+            elif isinstance(item, dict):
+                out.print("  ".join(_robot_row(item)))
+            else:
+                out.print(f"{item}  removed")
+        sys.stdout.flush()  # each update as it comes, into a pipe too
+
+    # the stream ends when the leader changes: follow the next one
+    cli.api().follow("/fleet/stream", {"every": every}, printed)
 
 
 @robots.command("show")

@@ -6,7 +6,7 @@ passes the stream through), for dashboards and tools that follow a fleet without
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -18,20 +18,12 @@ SLICE = 250  # robots' documents built per turn of the event loop
 LOOK_EVERY = 0.5  # seconds: how soon a stream sees that its replica stopped leading
 
 
-def _same(doc: dict[str, Any]) -> tuple[Any, ...]:
+def _same(doc: dict[str, Any]) -> bytes:
     """What makes a document news: all of it but when the robot was last heard and when
     its latest report came (a robot standing still and saying so is not news)."""
-    telemetry = doc.get("telemetry") or {}
-    return (
-        doc.get("state"),
-        doc.get("connected"),
-        doc.get("map"),
-        doc.get("marker"),
-        doc.get("group"),
-        doc.get("priority"),
-        orjson.dumps(
-            {k: v for k, v in telemetry.items() if k != "at"}, option=orjson.OPT_SORT_KEYS
-        ),
+    telemetry = {k: v for k, v in (doc.get("telemetry") or {}).items() if k != "at"}
+    return orjson.dumps(
+        {**doc, "last_seen": None, "telemetry": telemetry}, option=orjson.OPT_SORT_KEYS
     )
 
 
@@ -39,14 +31,14 @@ class LiveView:
     """One stream client's view: what it was last sent of each robot."""
 
     def __init__(self) -> None:
-        self.sent: dict[str, tuple[Any, ...]] = {}
+        self.sent: dict[str, bytes] = {}
 
-    async def frame(self, names: Iterable[str], doc_of: DocOf) -> tuple[list[Any], list[str]]:
+    async def frame(self, names: list[str], doc_of: DocOf) -> tuple[list[Any], list[str]]:
         """(the documents of the robots that changed since the last frame, every robot in
         the first; the names of those gone since), built a slice at a time."""
         changed: list[Any] = []
         seen: set[str] = set()
-        for at, name in enumerate(list(names)):
+        for at, name in enumerate(names):
             if at and at % SLICE == 0:
                 await asyncio.sleep(0)
             doc = doc_of(name)
@@ -68,7 +60,7 @@ def sse(kind: str, data: Any) -> bytes:
 
 
 async def follow(
-    names: Callable[[], Iterable[str]],
+    names: Callable[[], list[str]],  # a new list each time: the robots may change meanwhile
     doc_of: DocOf,
     every: float,
     going: Callable[[], bool],

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import CoreDep, Reader
-from corral.api.streams import SSE_HEADERS
+from corral.api.streams import EVENT_STREAM, event_stream
 from corral.core import Core
 from corral.errors import Invalid
 from corral.model.events import EventFilter
@@ -63,7 +63,7 @@ async def list_events(
     "/stream",
     summary="Follow events (server-sent events)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=EVENT_STREAM,
 )
 async def stream_events(
     core: CoreDep,
@@ -79,9 +79,7 @@ async def stream_events(
             raise Invalid("Last-Event-ID must be an event id", {"field": "Last-Event-ID"})
         start = int(last_event_id)
     where = _filter(kind, resource, None, None, None)
-    return StreamingResponse(
-        _follow(core, where, start), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return event_stream(_follow(core, where, start))
 
 
 def _frame(event: EventView) -> str:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from corral.api.deps import CoreDep, Reader, Writer, bearer
 from corral.api.links import answer_links
 from corral.api.robot_session import serve_robot
-from corral.api.streams import SSE_HEADERS
+from corral.api.streams import EVENT_STREAM, event_stream
 from corral.control.access import Caller
 from corral.core import Core
 from corral.errors import Conflict, Forbidden, Invalid
@@ -187,7 +187,7 @@ async def robots(core: CoreDep, _: Reader) -> Response:
     "/stream",
     summary="Follow every robot's place, state and telemetry (server-sent events)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=EVENT_STREAM,
 )
 async def stream_robots(
     core: CoreDep,
@@ -198,8 +198,7 @@ async def stream_robots(
 ) -> StreamingResponse:
     # A follower passes it to the leader (api/forward.py); 503 not_leader here if this
     # replica's lead ended in between. The client's reconnect reaches the next leader.
-    frames = core.fleet.stream(every, core.stopping)
-    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    return event_stream(core.fleet.stream(every, core.stopping))
 
 
 @router.get("/robots/{name}", summary="One robot")
